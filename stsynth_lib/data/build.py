@@ -1,0 +1,274 @@
+"""From a scanned SpaceNet 7 tree to the tile store that every model reads.
+
+Steps, each a function with its own tests:
+
+* :func:`split_aois`  -- AOIs into train/val/test, deterministic from a seed (no AOI in two splits);
+* :func:`build_pairs` -- (past month t0, future month t1) pairs within an AOI, ``min_gap <= t1 - t0 <= max_gap``;
+* :func:`tile_grid` / :func:`tile_transform` -- cut mosaics into ``tile_size_px`` tiles with their geotransforms;
+* :func:`build_dataset` -- read each image once, rasterise its footprints, cut tiles, write the store
+  (see :mod:`stsynth_lib.data.dataset` for the format) into a temporary folder renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from stsynth_lib.data.sn7 import SN7DataError
+
+
+def split_aois(aois: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[str]]:
+    """Assign each AOI to exactly one of train/val/test.
+
+    Deterministic from ``seed`` and independent of the input order. With three
+    or more AOIs every split gets at least one.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise ValueError(f"split fractions must be three non-negative numbers (train, val, test), got {fractions}")
+    uniq = sorted(set(aois))
+    rng = np.random.default_rng(seed)
+    order = [uniq[i] for i in rng.permutation(len(uniq))]
+    n = len(order)
+    frac = np.asarray(fractions, float) / sum(fractions)
+    n_val = int(round(frac[1] * n))
+    n_test = int(round(frac[2] * n))
+    if n >= 3:
+        n_val = max(n_val, 1 if frac[1] > 0 else 0)
+        n_test = max(n_test, 1 if frac[2] > 0 else 0)
+        while n - n_val - n_test < 1:
+            if n_val >= n_test and n_val > 1:
+                n_val -= 1
+            else:
+                n_test -= 1
+    n_train = n - n_val - n_test
+    return {
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def build_pairs(meta: pd.DataFrame, min_gap_months: int = 1, max_gap_months: int = 12) -> pd.DataFrame:
+    """All (t0, t1) month pairs within each AOI with ``min_gap <= t1 - t0 <= max_gap`` (t1 > t0 strictly).
+
+    ``meta`` needs ``aoi`` and ``month_index``; the result has ``aoi,
+    past_index, future_index`` (row labels of ``meta``) and ``gap_months``.
+    """
+    if min_gap_months < 1:
+        raise ValueError(f"min_gap_months must be >= 1 (a pair needs t1 > t0), got {min_gap_months}")
+    if max_gap_months < min_gap_months:
+        raise ValueError(f"max_gap_months ({max_gap_months}) < min_gap_months ({min_gap_months})")
+    out = []
+    for aoi, g in meta.groupby("aoi", sort=True):
+        idx = g.index.to_numpy()
+        mi = g["month_index"].to_numpy()
+        gap = mi[None, :] - mi[:, None]  # [past, future]
+        p, f = np.nonzero((gap >= min_gap_months) & (gap <= max_gap_months))
+        out.append(pd.DataFrame({"aoi": aoi, "past_index": idx[p], "future_index": idx[f], "gap_months": gap[p, f]}))
+    if not out:
+        return pd.DataFrame(columns=["aoi", "past_index", "future_index", "gap_months"])
+    return pd.concat(out, ignore_index=True)
+
+
+def tile_grid(height: int, width: int, tile_size_px: int) -> list[tuple[int, int]]:
+    """Top-left (row, col) offsets of the non-overlapping tiles that fit in the image (remainder dropped)."""
+    if tile_size_px > min(height, width):
+        raise SN7DataError(
+            f"tile_size_px={tile_size_px} is larger than the image ({height}x{width} px). "
+            f"Choose tile_size_px <= {min(height, width)}."
+        )
+    return [(r, c) for r in range(0, height - tile_size_px + 1, tile_size_px) for c in range(0, width - tile_size_px + 1, tile_size_px)]
+
+
+def tile_transform(transform, row_off: int, col_off: int):
+    """Geotransform of a tile whose top-left pixel is (row_off, col_off) of the mosaic."""
+    from affine import Affine
+
+    return transform * Affine.translation(col_off, row_off)
+
+
+def _resample(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    """Resize (C, H, W) to (C, size, size): area averaging for images, nearest for masks."""
+    from PIL import Image
+
+    res = Image.NEAREST if nearest else Image.BOX
+    return np.stack([np.asarray(Image.fromarray(b).resize((size, size), res)) for b in arr])
+
+
+def build_dataset(
+    meta: pd.DataFrame,
+    out_dir: str | Path,
+    tile_size_px: int = 256,
+    bands: Sequence[int] = (1, 2, 3),
+    min_gap_months: int = 1,
+    max_gap_months: int = 12,
+    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    min_valid_fraction: float = 0.5,
+    resize_to_px: int | None = None,
+    mask_source: str = "auto",
+    use_masked_images: bool = False,
+    seed: int = 0,
+    on_error: str = "raise",
+    progress: bool = True,
+) -> dict:
+    """Build the tile store of :mod:`stsynth_lib.data.dataset` in ``out_dir`` and return its summary.
+
+    Each image is read once: bands ``bands`` (1-based; SpaceNet 7's 4th band is
+    alpha and goes into validity), optional resampling to ``resize_to_px``,
+    UDM and alpha into the validity mask, footprints rasterised onto the same
+    grid, then cut into tiles. Pairs whose past or future tile has less than
+    ``min_valid_fraction`` usable pixels are dropped. ``on_error="skip"``
+    drops unreadable images with a warning instead of stopping.
+    """
+    import warnings
+
+    from affine import Affine
+    from tqdm.auto import tqdm
+
+    from stsynth_lib.data.io import read_raster, to_uint8_image, validity_mask
+    from stsynth_lib.data.rasterize import footprint_mask
+
+    out_dir = Path(out_dir)
+    meta = meta.reset_index(drop=True).copy()
+    if meta.empty:
+        raise SN7DataError("The metadata table is empty: nothing to build. Check data_root and the scan report.")
+    splits = split_aois(meta["aoi"].unique(), split_fractions, seed)
+    aoi_split = {a: s for s, aois in splits.items() for a in aois}
+
+    # Tile grid per AOI, from the smallest image of the AOI (SpaceNet 7 sizes vary by a pixel or two).
+    if resize_to_px:
+        grid_hw = {a: (resize_to_px, resize_to_px) for a in meta["aoi"].unique()}
+    else:
+        grid_hw = {a: (int(g["height"].min()), int(g["width"].min())) for a, g in meta.groupby("aoi")}
+    grids = {a: tile_grid(h, w, tile_size_px) for a, (h, w) in grid_hw.items()}
+    n_tiles = int(sum(len(grids[a]) for a in meta["aoi"]))
+    c = len(bands)
+    t = tile_size_px
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    images = np.lib.format.open_memmap(partial / "tiles_images.npy", "w+", np.uint8, (n_tiles, c, t, t))
+    masks = np.lib.format.open_memmap(partial / "tiles_masks.npy", "w+", np.uint8, (n_tiles, t, t))
+    valid = np.lib.format.open_memmap(partial / "tiles_valid.npy", "w+", np.uint8, (n_tiles, t, t))
+
+    tile_rows = []
+    next_id = 0
+    bad_images: list[int] = []
+    for i, row in tqdm(meta.iterrows(), total=len(meta), desc="tile images", unit="image", disable=not progress):
+        rowd = row.to_dict()
+        try:
+            full, prof = read_raster(row["image_masked_path"] if use_masked_images and row["image_masked_path"] else row["image_path"], with_profile=True)
+            udm = read_raster(row["udm_path"]) if row["udm_path"] else None
+        except SN7DataError as exc:
+            if on_error == "raise":
+                raise
+            warnings.warn(f"Skipping {row['image_path']}: {exc}", stacklevel=2)
+            bad_images.append(i)
+            continue
+        if max(bands) > full.shape[0]:
+            raise SN7DataError(f"{row['image_path']} has {full.shape[0]} bands; bands={list(bands)} asked for more.")
+        alpha = 3 if full.shape[0] == 4 and row["dtype"] == "uint8" and 4 not in bands else None
+        img = to_uint8_image(full[[b - 1 for b in bands]])
+        val = validity_mask(np.concatenate([img, full[3:4]]) if alpha is not None else img, udm,
+                            alpha_band=c if alpha is not None else None)
+        transform = prof["transform"]
+        crs = prof["crs"].to_string() if prof["crs"] else ""
+        h0, w0 = full.shape[1:]
+        if row["has_labels"]:
+            mask = footprint_mask(rowd, (h0, w0), transform, crs or None, source=mask_source)
+        else:
+            mask = np.zeros((h0, w0), np.uint8)
+        if resize_to_px:
+            img = _resample(img, resize_to_px, nearest=False)
+            val = (_resample(val[None] * 255, resize_to_px, nearest=False)[0] >= 255).astype(np.uint8)
+            mask = (_resample(mask[None] * 255, resize_to_px, nearest=False)[0] >= 128).astype(np.uint8)
+            transform = transform * Affine.scale(w0 / resize_to_px, h0 / resize_to_px)
+        for r0, c0 in grids[row["aoi"]]:
+            images[next_id] = img[:, r0 : r0 + t, c0 : c0 + t]
+            masks[next_id] = mask[r0 : r0 + t, c0 : c0 + t]
+            valid[next_id] = val[r0 : r0 + t, c0 : c0 + t]
+            tt = tile_transform(transform, r0, c0)
+            tile_rows.append({
+                "tile_id": next_id, "meta_index": i, "aoi": row["aoi"], "split": aoi_split[row["aoi"]],
+                "year": int(row["year"]), "month": int(row["month"]), "month_index": int(row["month_index"]),
+                "row_off": r0, "col_off": c0, "crs": crs,
+                **{f"transform_{k}": float(v) for k, v in zip("abcdef", tuple(tt)[:6])},
+                "has_labels": bool(row["has_labels"]),
+                "building_fraction": float(masks[next_id].mean()),
+                "valid_fraction": float(valid[next_id].mean()),
+            })
+            next_id += 1
+    images.flush(); masks.flush(); valid.flush()
+    del images, masks, valid
+    tiles = pd.DataFrame(tile_rows)
+    if next_id != n_tiles:  # skipped images: compact the arrays
+        for name in ("tiles_images.npy", "tiles_masks.npy", "tiles_valid.npy"):
+            arr = np.load(partial / name, mmap_mode="r")[:next_id]
+            np.save(partial / (name + ".tmp.npy"), arr)
+            del arr
+            os.replace(partial / (name + ".tmp.npy"), partial / name)
+
+    # Pairs of tiles at the same position, months min_gap..max_gap apart, both usable enough.
+    month_pairs = build_pairs(meta.drop(index=bad_images), min_gap_months, max_gap_months)
+    key = tiles.set_index(["meta_index", "row_off", "col_off"])["tile_id"]
+    tiles_by_meta = tiles.groupby("meta_index")
+    pair_rows = []
+    vf = tiles.set_index("tile_id")["valid_fraction"]
+    for mp in month_pairs.itertuples(index=False):
+        past_tiles = tiles_by_meta.get_group(mp.past_index)
+        for tr in past_tiles.itertuples(index=False):
+            fut = key.get((mp.future_index, tr.row_off, tr.col_off))
+            if fut is None or vf[tr.tile_id] < min_valid_fraction or vf[fut] < min_valid_fraction:
+                continue
+            frow = meta.loc[mp.future_index]
+            prow = meta.loc[mp.past_index]
+            pair_rows.append({
+                "aoi": mp.aoi, "split": aoi_split[mp.aoi], "row_off": tr.row_off, "col_off": tr.col_off,
+                "past_tile_id": int(tr.tile_id), "future_tile_id": int(fut), "gap_months": int(mp.gap_months),
+                "past_year": int(prow["year"]), "past_month": int(prow["month"]),
+                "future_year": int(frow["year"]), "future_month": int(frow["month"]),
+                "has_mask": bool(prow["has_labels"] and frow["has_labels"]),
+            })
+    pairs = pd.DataFrame(pair_rows, columns=[
+        "aoi", "split", "row_off", "col_off", "past_tile_id", "future_tile_id", "gap_months", "past_year",
+        "past_month", "future_year", "future_month", "has_mask"])
+    pairs.insert(0, "pair_id", np.arange(len(pairs), dtype=np.int64))
+    if len(pairs):
+        bf = tiles.set_index("tile_id")["building_fraction"]
+        pairs["past_building_fraction"] = bf[pairs["past_tile_id"]].to_numpy()
+        pairs["future_building_fraction"] = bf[pairs["future_tile_id"]].to_numpy()
+
+    tiles.to_parquet(partial / "tiles.parquet", index=False)
+    pairs.to_parquet(partial / "pairs.parquet", index=False)
+    meta_out = meta.copy()
+    meta_out.attrs = {}
+    meta_out.to_parquet(partial / "metadata.parquet", index=False)
+    (partial / "splits.json").write_text(json.dumps({"seed": seed, "fractions": list(split_fractions), "splits": splits}, indent=2))
+    summary = {
+        "tile_size_px": tile_size_px,
+        "bands": list(bands),
+        "resize_to_px": resize_to_px,
+        "min_gap_months": min_gap_months,
+        "max_gap_months": max_gap_months,
+        "min_valid_fraction": min_valid_fraction,
+        "seed": seed,
+        "n_images": int(len(meta) - len(bad_images)),
+        "n_tiles": int(len(tiles)),
+        "n_pairs": {s: int((pairs["split"] == s).sum()) for s in ("train", "val", "test")},
+        "n_aois": {s: len(a) for s, a in splits.items()},
+        "has_labels": bool(meta["has_labels"].any()),
+        "georeferenced": bool(meta["georeferenced"].any()) if "georeferenced" in meta else False,
+    }
+    (partial / "dataset.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return summary

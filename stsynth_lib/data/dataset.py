@@ -1,0 +1,226 @@
+"""The on-disk tile store and ``PairedTileDataset``, the one dataset every model trains and is scored on.
+
+Tile store layout (written once by :func:`stsynth_lib.data.build.build_dataset`)::
+
+    <dataset_dir>/
+        dataset.yaml          tile size, bands, source root, counts
+        tiles.parquet         one row per (AOI, month, tile): position, geotransform, CRS, fractions
+        tiles_images.npy      uint8   (n_tiles, C, T, T)   image bands (RGB by default)
+        tiles_masks.npy       uint8   (n_tiles, T, T)      building footprints, 0/1 (0 where no labels)
+        tiles_valid.npy       uint8   (n_tiles, T, T)      1 = usable pixel (not cloud/UDM, not nodata)
+        pairs.parquet         one row per (past tile, future tile) pair, with its split
+        splits.json           AOIs of each split and the seed that drew them
+
+The arrays are NumPy ``.npy`` files opened as memory maps, so the training loop
+does no GeoTIFF decoding and no rasterisation: a sample is three slices.
+
+Sample contract (``PairedTileDataset[i]``), all tensors ``float32`` unless noted:
+
+==================  ==============  ===========================================================
+key                 shape           meaning and range
+==================  ==============  ===========================================================
+``past``            (C, T, T)       past image (date t0), scaled to [-1, 1]
+``future``          (C, T, T)       future image (date t1 > t0), scaled to [-1, 1]
+``past_mask``       (1, T, T)       building footprints at t0, {0, 1}
+``future_mask``     (1, T, T)       building footprints at t1, {0, 1} (the guidance)
+``has_mask``        ()  bool        False where the AOI has no labels (masks are then all 0)
+``past_valid``      (1, T, T)       1 where the past pixel is usable (not cloud/UDM/nodata)
+``future_valid``    (1, T, T)       same for the future image
+``valid``           (1, T, T)       ``past_valid * future_valid``: where losses and metrics count
+``gap_months``      ()              t1 - t0 in months (>= 1)
+``past_month``      ()  int64       month of year of t0, 1..12
+``future_month``    ()  int64       month of year of t1, 1..12
+``past_year``       ()  int64
+``future_year``     ()  int64
+``transform``       (6,) float64    affine (a, b, c, d, e, f) of the tile (rasterio order)
+``crs``             str             CRS of the tile as WKT/EPSG string ("" if not georeferenced)
+``aoi``             str             SpaceNet 7 AOI name
+``pair_id``         () int64        row of ``pairs.parquet``
+==================  ==============  ===========================================================
+
+Images map uint8 ``v`` to ``v / 127.5 - 1``; :func:`to_uint8` inverts it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from torch.utils.data import Dataset
+
+SPLITS = ("train", "val", "test")
+
+
+def to_unit(x_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return x_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[-1, 1] float (tensor or array, any shape) -> uint8 [0, 255], clipped."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().float().cpu().numpy()
+    return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+class TileStore:
+    """Read-only view of a built dataset folder (memory-mapped arrays + tables)."""
+
+    def __init__(self, dataset_dir: str | Path):
+        self.root = Path(dataset_dir)
+        meta_path = self.root / "dataset.yaml"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{meta_path} not found: {self.root} is not a built stsynth dataset. "
+                "Build it first with notebook 02 (make data) or stsynth_lib.data.build.build_dataset()."
+            )
+        self.meta: dict[str, Any] = yaml.safe_load(meta_path.read_text())
+        self.tiles = pd.read_parquet(self.root / "tiles.parquet")
+        self.pairs = pd.read_parquet(self.root / "pairs.parquet")
+        self.splits: dict[str, list[str]] = json.loads((self.root / "splits.json").read_text())["splits"]
+        self.images = np.load(self.root / "tiles_images.npy", mmap_mode="r")
+        self.masks = np.load(self.root / "tiles_masks.npy", mmap_mode="r")
+        self.valid = np.load(self.root / "tiles_valid.npy", mmap_mode="r")
+        if not (len(self.tiles) == self.images.shape[0] == self.masks.shape[0] == self.valid.shape[0]):
+            raise ValueError(
+                f"{self.root}: tiles.parquet has {len(self.tiles)} rows but the arrays hold "
+                f"{self.images.shape[0]}/{self.masks.shape[0]}/{self.valid.shape[0]} tiles; "
+                "the build was interrupted or files were mixed. Rebuild the dataset."
+            )
+
+    @property
+    def tile_size_px(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def n_bands(self) -> int:
+        return int(self.images.shape[1])
+
+
+class PairedTileDataset(Dataset):
+    """(past image, future mask, future image, validity, time gap) pairs of one split.
+
+    Parameters
+    ----------
+    dataset_dir:
+        Folder written by ``build_dataset``.
+    split:
+        ``"train"``, ``"val"``, ``"test"`` or ``"all"``.
+    max_pairs:
+        Keep only the first ``max_pairs`` pairs (after a seeded shuffle when
+        ``subsample_seed`` is given) -- handy for smoke runs.
+    augment:
+        Random flips and 90-degree rotations, applied identically to every
+        spatial tensor (training only; the ``transform`` then no longer matches
+        the pixels, so never augment data you georeference).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: str = "train",
+        max_pairs: int | None = None,
+        augment: bool = False,
+        subsample_seed: int | None = None,
+    ):
+        self.store = TileStore(dataset_dir)
+        if split != "all" and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+        pairs = self.store.pairs if split == "all" else self.store.pairs[self.store.pairs["split"] == split]
+        if subsample_seed is not None:
+            pairs = pairs.sample(frac=1.0, random_state=subsample_seed)
+        if max_pairs is not None:
+            pairs = pairs.iloc[:max_pairs]
+        self.pairs = pairs.reset_index(drop=True)
+        self.split = split
+        self.augment = augment
+        self._tile_rows = self.store.tiles.set_index("tile_id", drop=False)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def n_bands(self) -> int:
+        return self.store.n_bands
+
+    @property
+    def tile_size_px(self) -> int:
+        return self.store.tile_size_px
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        p = self.pairs.iloc[idx]
+        t0, t1 = int(p["past_tile_id"]), int(p["future_tile_id"])
+        s = self.store
+        past = to_unit(np.asarray(s.images[t0]))
+        future = to_unit(np.asarray(s.images[t1]))
+        past_mask = np.asarray(s.masks[t0], dtype=np.float32)[None]
+        future_mask = np.asarray(s.masks[t1], dtype=np.float32)[None]
+        past_valid = np.asarray(s.valid[t0], dtype=np.float32)[None]
+        future_valid = np.asarray(s.valid[t1], dtype=np.float32)[None]
+        spatial = [past, future, past_mask, future_mask, past_valid, future_valid]
+        if self.augment:
+            k = np.random.randint(4)
+            flip = np.random.rand() < 0.5
+            spatial = [np.rot90(a, k, axes=(-2, -1)) for a in spatial]
+            if flip:
+                spatial = [a[..., ::-1] for a in spatial]
+        spatial = [torch.from_numpy(np.ascontiguousarray(a)) for a in spatial]
+        past, future, past_mask, future_mask, past_valid, future_valid = spatial
+        row = self._tile_rows.loc[t1]
+        return {
+            "past": past,
+            "future": future,
+            "past_mask": past_mask,
+            "future_mask": future_mask,
+            "has_mask": torch.tensor(bool(p["has_mask"])),
+            "past_valid": past_valid,
+            "future_valid": future_valid,
+            "valid": past_valid * future_valid,
+            "gap_months": torch.tensor(float(p["gap_months"]), dtype=torch.float32),
+            "past_month": torch.tensor(int(p["past_month"])),
+            "future_month": torch.tensor(int(p["future_month"])),
+            "past_year": torch.tensor(int(p["past_year"])),
+            "future_year": torch.tensor(int(p["future_year"])),
+            "transform": torch.tensor([row[f"transform_{c}"] for c in "abcdef"], dtype=torch.float64),
+            "crs": str(row["crs"]),
+            "aoi": str(p["aoi"]),
+            "pair_id": torch.tensor(int(p["pair_id"])),
+        }
+
+    def plot(self, sample: dict[str, Any], suptitle: str | None = None, prediction: torch.Tensor | None = None):
+        """Figure of one sample: past | future mask | future (| prediction), invalid pixels hatched."""
+        return plot_sample(sample, suptitle=suptitle, prediction=prediction)
+
+
+def _rgb(x: torch.Tensor) -> np.ndarray:
+    img = to_uint8(x[:3]).transpose(1, 2, 0)
+    return img
+
+
+def plot_sample(sample: dict[str, Any], suptitle: str | None = None, prediction: torch.Tensor | None = None):
+    """Return a matplotlib Figure showing a ``PairedTileDataset`` sample (torchgeo-style ``plot``)."""
+    import matplotlib.pyplot as plt
+
+    panels = [
+        (_rgb(sample["past"]), f"past {int(sample['past_year'])}-{int(sample['past_month']):02d}"),
+        (sample["future_mask"][0].numpy(), "future buildings" if bool(sample["has_mask"]) else "no labels"),
+        (_rgb(sample["future"]), f"future {int(sample['future_year'])}-{int(sample['future_month']):02d}"),
+    ]
+    if prediction is not None:
+        panels.append((_rgb(prediction), "generated"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+    invalid = 1 - sample["valid"][0].numpy()
+    for ax, (img, title) in zip(axes, panels):
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+        if invalid.any():
+            ax.contourf(invalid, levels=[0.5, 1.5], colors="none", hatches=["///"])
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(suptitle or f"{sample['aoi']}  gap {float(sample['gap_months']):.0f} months", fontsize=10)
+    fig.tight_layout()
+    return fig

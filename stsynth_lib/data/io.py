@@ -1,0 +1,78 @@
+"""Raster reading with errors that name the file and the fix, and pixel validity."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def read_raster(path: str | Path, bands: Sequence[int] | None = None, with_profile: bool = False):
+    """Read a GeoTIFF as a (C, H, W) array (all bands, or the 1-based ``bands``).
+
+    Raises :class:`stsynth_lib.data.sn7.SN7DataError` naming the file when it is
+    missing, corrupt or lacks a requested band. 16-bit and multi-band files are
+    returned as stored (no silent scaling); see :func:`to_uint8_image`.
+    """
+    import rasterio
+
+    from stsynth_lib.data.sn7 import SN7DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SN7DataError(f"{path} does not exist. Rescan the SpaceNet 7 tree (notebook 01) or fix data_root.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                if bands is not None:
+                    missing = [b for b in bands if b < 1 or b > src.count]
+                    if missing:
+                        raise SN7DataError(
+                            f"{path} has {src.count} bands; bands {missing} were asked for. "
+                            f"Set bands to a subset of 1..{src.count}."
+                        )
+                arr = src.read(list(bands) if bands is not None else None)
+                profile = {"transform": src.transform, "crs": src.crs, "count": src.count, "dtype": src.dtypes[0]}
+    except rasterio.errors.RasterioError as exc:
+        raise SN7DataError(f"Cannot read GeoTIFF {path}: {exc}. The file is corrupt or truncated; re-download it.") from exc
+    return (arr, profile) if with_profile else arr
+
+
+def to_uint8_image(arr: np.ndarray, dtype_hint: str | None = None) -> np.ndarray:
+    """Bring an image to uint8 [0, 255]: uint8 unchanged, 16-bit (or float) scaled by a 2-98 % stretch per band.
+
+    SpaceNet 7 mosaics are uint8; other sources (16-bit Planet or Sentinel
+    products) are stretched per band so that the rest of the pipeline sees the
+    same range. Returns a new array.
+    """
+    if arr.dtype == np.uint8:
+        return arr.copy()
+    out = np.empty(arr.shape, np.uint8)
+    for b in range(arr.shape[0]):
+        band = arr[b].astype(np.float64)
+        finite = band[np.isfinite(band) & (band != 0)]
+        lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
+        out[b] = np.clip(np.round((band - lo) / max(hi - lo, 1e-9) * 255), 0, 255).astype(np.uint8)
+    return out
+
+
+def validity_mask(image: np.ndarray, udm: np.ndarray | None = None, alpha_band: int | None = None) -> np.ndarray:
+    """1 where a pixel is usable: not flagged in the UDM, not transparent in the alpha band, not all-zero nodata.
+
+    ``image`` is the full (C, H, W) image; ``alpha_band`` is the 0-based index of
+    an alpha band (SpaceNet 7's 4th band) or None.
+    """
+    valid = np.ones(image.shape[-2:], bool)
+    if alpha_band is not None and image.shape[0] > alpha_band:
+        valid &= image[alpha_band] != 0
+    colour = image[: alpha_band if alpha_band is not None else image.shape[0]]
+    valid &= colour.any(axis=0)  # all-zero pixels are nodata (images_masked convention)
+    if udm is not None:
+        u = udm[0] if udm.ndim == 3 else udm
+        if u.shape != valid.shape:
+            raise ValueError(f"UDM mask shape {u.shape} does not match image shape {valid.shape}")
+        valid &= u == 0
+    return valid.astype(np.uint8)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny synthetic SpaceNet 7 tree and its tile store, and the real samples in ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STSYNTH_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
+REAL_128 = SHARED_DATA / "sn7_real_128"
+REAL_TILE = SHARED_DATA / "sn7_real_tile"
+
+needs_real_128 = pytest.mark.skipif(not REAL_128.is_dir(), reason=f"real SpaceNet 7 128 px sample not at {REAL_128}")
+needs_real_tile = pytest.mark.skipif(not REAL_TILE.is_dir(), reason=f"real SpaceNet 7 tile not at {REAL_TILE}")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared real data not at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_sn7_root(tmp_path_factory) -> Path:
+    """A synthetic SpaceNet 7 tree: 5 AOIs x 6 months of 64 px, clouds likely."""
+    from stsynth_lib.data.synthetic import generate_synthetic_sn7
+
+    root = tmp_path_factory.mktemp("sn7") / "sn7"
+    return generate_synthetic_sn7(root, n_aois=5, n_months=6, size_px=64, cloud_probability=0.3, seed=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tiny_sn7_root, tmp_path_factory) -> Path:
+    """The tile store of ``tiny_sn7_root``: 32 px tiles (4 per image), gaps 1-4 months, every split non-empty."""
+    from stsynth_lib.data.build import build_dataset
+    from stsynth_lib.data.sn7 import scan_sn7
+
+    out = tmp_path_factory.mktemp("dataset") / "dataset"
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    build_dataset(meta, out, tile_size_px=32, max_gap_months=4, split_fractions=(0.6, 0.2, 0.2), seed=0, progress=False)
+    return out
