@@ -40,7 +40,7 @@ data-128: env ## downsample your SpaceNet 7 download (SN7_ROOT=...) into the 128
 nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/executed/
 	@test -f notebooks/$(NB).py || (echo "No notebooks/$(NB).py"; exit 2)
 	@mkdir -p build/notebooks $(EXECUTED)
-	$(VENV)/bin/jupytext --quiet --to ipynb notebooks/$(NB).py -o build/notebooks/$(NB).ipynb
+	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o build/notebooks/$(NB).ipynb
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
 		-f params/$(PROFILE)/common.yaml \
 		$$(test -f params/$(PROFILE)/$(NB).yaml && echo -f params/$(PROFILE)/$(NB).yaml) \

@@ -87,11 +87,16 @@ def tile_grid(height: int, width: int, tile_size_px: int) -> list[tuple[int, int
     return [(r, c) for r in range(0, height - tile_size_px + 1, tile_size_px) for c in range(0, width - tile_size_px + 1, tile_size_px)]
 
 
+def compose(a, b):
+    """Affine composition ``a`` then ``b`` in pixel space (``a @ b``; ``*`` on affine < 2.4)."""
+    return a @ b if hasattr(type(a), "__matmul__") else a * b
+
+
 def tile_transform(transform, row_off: int, col_off: int):
     """Geotransform of a tile whose top-left pixel is (row_off, col_off) of the mosaic."""
     from affine import Affine
 
-    return transform * Affine.translation(col_off, row_off)
+    return compose(transform, Affine.translation(col_off, row_off))
 
 
 def _resample(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -190,7 +195,7 @@ def build_dataset(
             img = _resample(img, resize_to_px, nearest=False)
             val = (_resample(val[None] * 255, resize_to_px, nearest=False)[0] >= 255).astype(np.uint8)
             mask = (_resample(mask[None] * 255, resize_to_px, nearest=False)[0] >= 128).astype(np.uint8)
-            transform = transform * Affine.scale(w0 / resize_to_px, h0 / resize_to_px)
+            transform = compose(transform, Affine.scale(w0 / resize_to_px, h0 / resize_to_px))
         for r0, c0 in grids[row["aoi"]]:
             images[next_id] = img[:, r0 : r0 + t, c0 : c0 + t]
             masks[next_id] = mask[r0 : r0 + t, c0 : c0 + t]

@@ -224,3 +224,23 @@ def plot_sample(sample: dict[str, Any], suptitle: str | None = None, prediction:
     fig.suptitle(suptitle or f"{sample['aoi']}  gap {float(sample['gap_months']):.0f} months", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def measure_loader_throughput(dataset: Dataset, batch_size: int = 32, num_workers: int = 0, max_batches: int = 50,
+                              shuffle: bool = True, seed: int = 0) -> dict[str, float]:
+    """Time a shuffled ``DataLoader`` pass over ``dataset``: pairs/s and tiles/s (two tiles per pair)."""
+    import time
+
+    from torch.utils.data import DataLoader
+
+    g = torch.Generator().manual_seed(seed)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g)
+    n = 0
+    start = time.perf_counter()
+    for b, batch in enumerate(loader):
+        n += batch["past"].shape[0]
+        if b + 1 >= max_batches:
+            break
+    dt = time.perf_counter() - start
+    return {"pairs": n, "seconds": dt, "pairs_per_s": n / dt, "tiles_per_s": 2 * n / dt,
+            "batch_size": batch_size, "num_workers": num_workers}

@@ -79,8 +79,8 @@ def footprint_mask(
     geo -- the map-coordinate files are preferred whenever the image is
     georeferenced and resampled (``pixel_scale != 1``).
     """
+    import shapely
     from pyproj import Transformer
-    from shapely.ops import transform as shp_transform
 
     order = {"pix": ["pix"], "match": ["match"], "geo": ["geo"], "auto": ["pix", "match", "geo"]}
     if source not in order:
@@ -108,6 +108,7 @@ def footprint_mask(
         if cand == "geo" or (file_crs and file_crs != crs):
             src_crs = file_crs or "OGC:CRS84"
             tf = Transformer.from_crs(src_crs, crs, always_xy=True).transform
-            polys = [shp_transform(tf, p) for p in polys]
+            polys = list(shapely.transform(np.asarray(polys, dtype=object),
+                                           lambda xy: np.column_stack(tf(xy[:, 0], xy[:, 1]))))
         return rasterize_polygons(polys, shape, transform)
     raise SN7DataError(f"No label file for {row.get('image_path', 'this image')} (looked for {candidates}).")

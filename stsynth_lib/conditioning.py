@@ -1,0 +1,114 @@
+"""Turn a ``PairedTileDataset`` batch into the cGAN generator's input: the guidance channels, explicitly.
+
+Channels, in this order (see :meth:`GuidanceConfig.channel_names`):
+
+1. the past image, all its bands (RGB, or RGBN when the dataset keeps 4 bands), in [-1, 1];
+2. the future building mask in {0, 1}, if ``use_mask`` (``"auto"``: only when the
+   dataset has labels; the unlabelled ``sn7_real_128`` profile trains on image + time);
+3. time as constant planes (``time_encoding="planes"``): ``gap_months / gap_scale_months``,
+   and, if ``use_month``, ``sin`` and ``cos`` of the future month of year
+   (``2 pi (month - 1) / 12``), so December and January are neighbours.
+
+``time_encoding="none"`` drops 3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping
+
+import torch
+
+TIME_ENCODINGS = ("planes", "none")
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """Which guidance the generator sees. ``use_mask``: ``"auto"`` | ``True`` | ``False``."""
+
+    n_bands: int = 3
+    use_mask: bool | str = "auto"
+    time_encoding: str = "planes"
+    gap_scale_months: float = 24.0
+    use_month: bool = True
+
+    def __post_init__(self):
+        if self.use_mask not in (True, False, "auto"):
+            raise ValueError(f"use_mask must be true, false or 'auto', got {self.use_mask!r}")
+        if self.time_encoding not in TIME_ENCODINGS:
+            raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {self.time_encoding!r}")
+        if self.gap_scale_months <= 0:
+            raise ValueError(f"gap_scale_months must be > 0, got {self.gap_scale_months}")
+
+    def resolve(self, dataset_has_mask: bool, n_bands: int | None = None) -> "GuidanceConfig":
+        """Replace ``use_mask="auto"`` by whether the dataset has labels (and set ``n_bands``)."""
+        use_mask = bool(dataset_has_mask) if self.use_mask == "auto" else self.use_mask
+        return replace(self, use_mask=use_mask, n_bands=n_bands if n_bands is not None else self.n_bands)
+
+    @property
+    def time_channels(self) -> int:
+        if self.time_encoding == "none":
+            return 0
+        return 1 + (2 if self.use_month else 0)
+
+    def channel_names(self) -> list[str]:
+        if self.use_mask == "auto":
+            raise ValueError("GuidanceConfig.use_mask is still 'auto': call .resolve(dataset_has_mask) first")
+        names = [f"past_b{i + 1}" for i in range(self.n_bands)]
+        if self.use_mask:
+            names.append("future_mask")
+        if self.time_encoding == "planes":
+            names.append("gap_months_scaled")
+            if self.use_month:
+                names += ["future_month_sin", "future_month_cos"]
+        return names
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.channel_names())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GuidanceConfig":
+        return cls(**{k: d[k] for k in ("n_bands", "use_mask", "time_encoding", "gap_scale_months", "use_month") if k in d})
+
+
+def dataset_has_mask(dataset) -> bool:
+    """True when any pair of a ``PairedTileDataset`` (or its ``pairs`` table) comes from a labelled AOI."""
+    pairs = getattr(dataset, "pairs", None)
+    if pairs is not None and "has_mask" in pairs:
+        return bool(pairs["has_mask"].any())
+    return any(bool(dataset[i]["has_mask"]) for i in range(len(dataset)))
+
+
+def time_planes(batch: Mapping[str, Any], cfg: GuidanceConfig, height: int, width: int) -> torch.Tensor:
+    """``(B, cfg.time_channels, H, W)`` constant planes of the time guidance."""
+    past = batch["past"]
+    gap = torch.as_tensor(batch["gap_months"], device=past.device, dtype=past.dtype).reshape(-1)
+    feats = [gap / cfg.gap_scale_months]
+    if cfg.use_month:
+        month = torch.as_tensor(batch["future_month"], device=past.device).reshape(-1).to(past.dtype)
+        angle = 2 * math.pi * (month - 1) / 12
+        feats += [torch.sin(angle), torch.cos(angle)]
+    v = torch.stack(feats, 1)  # (B, k)
+    return v[:, :, None, None].expand(-1, -1, height, width)
+
+
+def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
+    """Concatenate the guidance of a collated batch into ``(B, cfg.n_channels, H, W)``."""
+    if cfg.use_mask == "auto":
+        raise ValueError("build_condition needs a resolved GuidanceConfig (use_mask true/false): call cfg.resolve(...)")
+    past = batch["past"]
+    if past.ndim != 4:
+        raise ValueError(f"batch['past'] must be (B, C, H, W), got {tuple(past.shape)}; collate samples with a DataLoader")
+    if past.shape[1] != cfg.n_bands:
+        raise ValueError(f"batch['past'] has {past.shape[1]} bands but the GuidanceConfig says n_bands={cfg.n_bands}")
+    parts = [past]
+    if cfg.use_mask:
+        parts.append(batch["future_mask"].to(past.dtype))
+    if cfg.time_encoding == "planes":
+        parts.append(time_planes(batch, cfg, past.shape[-2], past.shape[-1]))
+    return torch.cat(parts, 1)

@@ -1,0 +1,131 @@
+"""Figures for the data chapters (notebooks 01 and 02). Each function returns a matplotlib Figure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int = 6, footprints: bool = True,
+                      source_note: str | None = None):
+    """One AOI over time: ``n_months`` images evenly spread over its months, footprints outlined in yellow."""
+    from stsynth_lib.data.io import read_raster, to_uint8_image
+    from stsynth_lib.data.rasterize import footprint_mask
+
+    plt = _plt()
+    aoi = aoi or meta.groupby("aoi")["building_count"].max().fillna(0).idxmax()
+    g = meta[meta["aoi"] == aoi].sort_values("month_index")
+    picks = g.iloc[np.unique(np.linspace(0, len(g) - 1, min(n_months, len(g))).round().astype(int))]
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 3.0), squeeze=False)
+    for ax, (_, row) in zip(axes[0], picks.iterrows()):
+        img, prof = read_raster(row["image_path"], with_profile=True)
+        rgb = to_uint8_image(img[:3]).transpose(1, 2, 0)
+        ax.imshow(rgb)
+        title = f"{row['year']}-{row['month']:02d}"
+        if footprints and row["has_labels"]:
+            mask = footprint_mask(row.to_dict(), img.shape[1:], prof["transform"],
+                                  prof["crs"].to_string() if prof["crs"] else None)
+            ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.5)
+            title += f"\n{int(row['building_count'])} buildings"
+        if row.get("cloud_fraction", 0) and row["cloud_fraction"] > 0:
+            title += f", {row['cloud_fraction']:.0%} cloud"
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(f"{aoi}" + (f"  ({source_note})" if source_note else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_collection_overview(meta: pd.DataFrame):
+    """Months per AOI, building growth per AOI, and cloud cover per month."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    months = meta.groupby("aoi").size().sort_values()
+    axes[0].barh(range(len(months)), months.to_numpy(), color="tab:blue")
+    axes[0].set_yticks(range(len(months)))
+    axes[0].set_yticklabels([a[:16] for a in months.index], fontsize=6 if len(months) > 12 else 8)
+    axes[0].set_xlabel("months with an image")
+    axes[0].set_title("Months per AOI")
+    if meta["has_labels"].any():
+        for aoi, g in meta[meta["has_labels"]].groupby("aoi"):
+            axes[1].plot(g["date"], g["building_count"], lw=1, alpha=0.7)
+        axes[1].set_ylabel("buildings labelled")
+        axes[1].set_title("Building growth (one line per AOI)")
+    else:
+        axes[1].text(0.5, 0.5, "no building labels\nin this tree", ha="center", va="center", transform=axes[1].transAxes)
+        axes[1].set_title("Building growth")
+    axes[1].tick_params(axis="x", rotation=30)
+    if meta["cloud_fraction"].notna().any():
+        cc = meta.groupby("date")["cloud_fraction"].mean()
+        axes[2].bar(cc.index, cc.to_numpy(), width=20, color="tab:gray")
+        axes[2].set_ylabel("mean UDM cloud fraction")
+        axes[2].set_title("Cloud cover per month")
+    else:
+        per_month = meta.groupby("date").size()
+        axes[2].bar(per_month.index, per_month.to_numpy(), width=20, color="tab:gray")
+        axes[2].set_ylabel("images")
+        axes[2].set_title("Images per month (no UDM masks)")
+    axes[2].tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dataset_summary(store):
+    """Pairs per time gap and split, tiles' usable-pixel fraction, and building cover of tiles."""
+    plt = _plt()
+    pairs, tiles = store.pairs, store.tiles
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+    for split, colour in zip(("train", "val", "test"), ("tab:blue", "tab:orange", "tab:green")):
+        counts = pairs[pairs["split"] == split]["gap_months"].value_counts().sort_index()
+        axes[0].plot(counts.index, counts.to_numpy(), "o-", ms=3, color=colour,
+                     label=f"{split}: {len(store.splits[split])} AOIs, {int((pairs['split'] == split).sum())} pairs")
+    axes[0].set_xlabel("time gap (months)")
+    axes[0].set_ylabel("pairs")
+    axes[0].set_title("Pairs per time gap")
+    axes[0].legend(fontsize=7)
+    axes[1].hist(tiles["valid_fraction"], bins=20, color="tab:gray")
+    axes[1].set_xlabel("usable-pixel fraction of a tile")
+    axes[1].set_title("Tile validity (UDM, alpha, nodata)")
+    if tiles["has_labels"].any():
+        axes[2].hist(tiles.loc[tiles["has_labels"], "building_fraction"], bins=20, color="tab:red")
+        axes[2].set_xlabel("building cover of a tile")
+        axes[2].set_title("Building cover")
+    else:
+        axes[2].text(0.5, 0.5, "no building labels:\nguidance is the dates alone", ha="center", va="center",
+                     transform=axes[2].transAxes)
+        axes[2].set_title("Building cover")
+    fig.tight_layout()
+    return fig
+
+
+def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
+    """``n`` random pairs of a ``PairedTileDataset``: past | future mask | future, one row each."""
+    from stsynth_lib.data.dataset import to_uint8
+
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.5 * len(idx)), squeeze=False)
+    for r, i in enumerate(idx):
+        s = dataset[int(i)]
+        axes[r, 0].imshow(to_uint8(s["past"][:3]).transpose(1, 2, 0))
+        axes[r, 0].set_title(f"past {int(s['past_year'])}-{int(s['past_month']):02d}", fontsize=8)
+        axes[r, 1].imshow(s["future_mask"][0], cmap="gray", vmin=0, vmax=1)
+        axes[r, 1].set_title("future buildings" if bool(s["has_mask"]) else "no labels", fontsize=8)
+        axes[r, 2].imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
+        inval = 1 - s["valid"][0].numpy()
+        if inval.any():
+            axes[r, 2].contour(inval, levels=[0.5], colors="cyan", linewidths=0.6)
+        axes[r, 2].set_title(f"future {int(s['future_year'])}-{int(s['future_month']):02d} (+{int(s['gap_months'])} mo)", fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
+    fig.tight_layout()
+    return fig

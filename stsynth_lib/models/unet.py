@@ -1,0 +1,154 @@
+"""pix2pix U-Net generator (Isola et al. 2017), written flat so its depth follows the tile size.
+
+The reference implementation (``junyanz/pytorch-CycleGAN-and-pix2pix``, ``unet_256``)
+nests ``UnetSkipConnectionBlock`` objects 8 deep for 256 px tiles, so the
+bottleneck is 1 x 1. Here ``depth`` defaults to ``log2(tile_size_px)`` (64 px -> 6,
+128 -> 7, 256 -> 8, 512 -> 9) and the blocks are the same:
+
+* encoder level 0: ``Conv4x4/2`` (no norm); levels 1..d-1: ``LeakyReLU(0.2)``,
+  ``Conv4x4/2``, norm (no norm on the innermost level); channels
+  ``ngf * min(2**i, 8)``;
+* decoder: ``ReLU``, ``ConvTranspose4x4/2``, norm, then concatenation with the
+  encoder feature of the same resolution (the skip connection); the outermost
+  level ends with ``Tanh`` so outputs lie in [-1, 1] like the targets;
+* ``Dropout(0.5)`` on the ``d - 5`` decoder levels just outside the innermost
+  one (3 at 256 px, as in pix2pix), or on ``n_dropout`` levels if given.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+NORMS = ("instance", "batch", "none")
+
+
+def norm_layer(kind: str):
+    """Return a factory ``f(channels) -> nn.Module`` for ``instance`` / ``batch`` / ``none`` normalisation."""
+    if kind == "instance":  # pix2pix: affine=False, no running stats
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if kind == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if kind == "none":
+        return lambda _c: nn.Identity()
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}")
+
+
+def depth_for_size(tile_size_px: int) -> int:
+    """Number of stride-2 levels that bring ``tile_size_px`` down to a 1 x 1 bottleneck."""
+    d = int(round(math.log2(tile_size_px))) if tile_size_px > 0 else 0
+    if tile_size_px < 8 or 2**d != tile_size_px:
+        raise ValueError(
+            f"tile_size_px={tile_size_px}: the U-Net depth follows the tile size and needs a power of two >= 8 "
+            "(64, 128, 256, 512, ...). Pass depth=... explicitly for other sizes (the input must then be "
+            "divisible by 2**depth)."
+        )
+    return d
+
+
+def level_channels(ngf: int, depth: int) -> list[int]:
+    return [ngf * min(2**i, 8) for i in range(depth)]
+
+
+class UNetGenerator(nn.Module):
+    """pix2pix U-Net: ``(B, in_channels, H, W)`` condition -> ``(B, out_channels, H, W)`` image in [-1, 1].
+
+    Parameters
+    ----------
+    in_channels, out_channels:
+        Condition channels (see :mod:`stsynth_lib.conditioning`) and image bands.
+    tile_size_px:
+        Sets ``depth = log2(tile_size_px)`` when ``depth`` is not given.
+    ngf:
+        Filters of the first level (64 in pix2pix).
+    norm:
+        ``"instance"`` (default), ``"batch"`` (pix2pix's default, meant for batch size 1) or ``"none"``.
+    dropout:
+        Dropout probability on the innermost decoder levels (0.5 in pix2pix; 0 disables).
+    n_dropout:
+        How many decoder levels get dropout; ``None`` = ``max(0, depth - 5)`` as in pix2pix.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 3,
+        tile_size_px: int = 256,
+        ngf: int = 64,
+        norm: str = "instance",
+        dropout: float = 0.5,
+        depth: int | None = None,
+        n_dropout: int | None = None,
+    ):
+        super().__init__()
+        self.depth = depth if depth is not None else depth_for_size(tile_size_px)
+        if self.depth < 2:
+            raise ValueError(f"depth must be >= 2, got {self.depth}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        Norm = norm_layer(norm)
+        use_bias = norm != "batch"  # as in pix2pix: no conv bias before a BatchNorm
+        ch = level_channels(ngf, self.depth)
+        d = self.depth
+        n_drop = max(0, d - 5) if n_dropout is None else n_dropout
+        # decoder levels with dropout: the n_drop levels just outside the innermost one
+        self.dropout_levels = sorted(range(max(1, d - 1 - n_drop), d - 1)) if dropout > 0 else []
+
+        downs = []
+        for i in range(d):
+            cin = in_channels if i == 0 else ch[i - 1]
+            layers: list[nn.Module] = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
+            layers.append(nn.Conv2d(cin, ch[i], 4, 2, 1, bias=use_bias))
+            if 0 < i < d - 1:
+                layers.append(Norm(ch[i]))
+            downs.append(nn.Sequential(*layers))
+        self.downs = nn.ModuleList(downs)
+
+        ups = []
+        for i in range(d):
+            # up[i] maps resolution of e_i to resolution of e_{i-1} (or the output for i = 0)
+            cin = ch[i] if i == d - 1 else 2 * ch[i]
+            if i == 0:
+                layers = [nn.ReLU(True), nn.ConvTranspose2d(cin, out_channels, 4, 2, 1), nn.Tanh()]
+            else:
+                layers = [nn.ReLU(True), nn.ConvTranspose2d(cin, ch[i - 1], 4, 2, 1, bias=use_bias), Norm(ch[i - 1])]
+                if i in self.dropout_levels:
+                    layers.append(nn.Dropout(dropout))
+            ups.append(nn.Sequential(*layers))
+        self.ups = nn.ModuleList(ups)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected a (B, {self.in_channels}, H, W) condition, got shape {tuple(x.shape)}; "
+                "check the GuidanceConfig used to build the condition matches the one the model was built with"
+            )
+        f = 2**self.depth
+        if x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(
+                f"input {x.shape[-2]}x{x.shape[-1]} px is not divisible by 2**depth={f}; "
+                f"build the generator with tile_size_px={x.shape[-1]} (or a smaller depth)"
+            )
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for down in self.downs:
+            x = down(x)
+            feats.append(x)
+        return feats
+
+    def gate(self, level: int, skip: torch.Tensor, gating: torch.Tensor) -> torch.Tensor:
+        """Hook for subclasses: transform the skip feature of ``level`` given the coarser decoder feature."""
+        return skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check(x)
+        e = self.encode(x)
+        h = e[-1]
+        for i in range(self.depth - 1, 0, -1):
+            u = self.ups[i](h)
+            skip = self.gate(i - 1, e[i - 1], h)
+            h = torch.cat([u, skip], 1)
+        return self.ups[0](h)

@@ -1,0 +1,211 @@
+"""Pairs, splits, tiling geotransforms, the tile store and PairedTileDataset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+
+from conftest import REAL_128, needs_real_128
+from stsynth_lib.data.build import build_dataset, build_pairs, split_aois, tile_grid, tile_transform
+from stsynth_lib.data.dataset import PairedTileDataset, TileStore, measure_loader_throughput, to_uint8
+from stsynth_lib.data.io import read_raster
+from stsynth_lib.data.sn7 import SN7DataError, scan_sn7
+
+
+def _meta(months: dict[str, list[int]]) -> pd.DataFrame:
+    rows = [{"aoi": a, "month_index": m} for a, ms in months.items() for m in ms]
+    return pd.DataFrame(rows)
+
+
+def test_pairs_respect_gap_bounds_and_never_cross_aois():
+    meta = _meta({"A": [0, 1, 2, 5, 9], "B": [0, 3, 4]})
+    pairs = build_pairs(meta, min_gap_months=1, max_gap_months=4)
+    assert (pairs["gap_months"] >= 1).all() and (pairs["gap_months"] <= 4).all()
+    past = meta.loc[pairs["past_index"]]
+    fut = meta.loc[pairs["future_index"]]
+    assert (past["aoi"].to_numpy() == fut["aoi"].to_numpy()).all()
+    assert (fut["month_index"].to_numpy() - past["month_index"].to_numpy() == pairs["gap_months"]).all()
+    # A: (0,1)(0,2)(1,2)(1,5)(2,5)(5,9)  B: (0,3)(0,4)(3,4)
+    assert len(pairs) == 9
+
+
+def test_pairs_reject_gap_zero_and_inverted_bounds():
+    with pytest.raises(ValueError, match="t1 > t0"):
+        build_pairs(_meta({"A": [0, 1]}), min_gap_months=0)
+    with pytest.raises(ValueError, match="max_gap_months"):
+        build_pairs(_meta({"A": [0, 1]}), min_gap_months=3, max_gap_months=2)
+
+
+def test_splits_are_disjoint_complete_deterministic_and_order_free():
+    aois = [f"aoi{i}" for i in range(20)]
+    s1 = split_aois(aois, (0.7, 0.15, 0.15), seed=4)
+    s2 = split_aois(list(reversed(aois)), (0.7, 0.15, 0.15), seed=4)
+    assert s1 == s2
+    allocated = s1["train"] + s1["val"] + s1["test"]
+    assert sorted(allocated) == sorted(aois) and len(set(allocated)) == 20
+    assert split_aois(aois, seed=5) != s1
+    small = split_aois(["a", "b", "c"], (0.8, 0.1, 0.1))
+    assert all(len(v) == 1 for v in small.values())
+
+
+def _apply(t, col, row):
+    return (t.c + t.a * col + t.b * row, t.f + t.d * col + t.e * row)
+
+
+def test_tile_grid_and_transform_map_back_to_the_right_coordinates():
+    from affine import Affine
+
+    assert tile_grid(100, 70, 32) == [(0, 0), (0, 32), (32, 0), (32, 32), (64, 0), (64, 32)]
+    with pytest.raises(SN7DataError, match="tile_size_px"):
+        tile_grid(64, 64, 128)
+    t = Affine(4.77, 0, 1000.0, 0, -4.77, 5000.0)
+    tt = tile_transform(t, row_off=32, col_off=64)
+    # The tile's (0, 0) corner is the mosaic's pixel (row 32, col 64).
+    assert _apply(tt, 0, 0) == pytest.approx(_apply(t, 64, 32))
+    assert _apply(tt, 5, 7) == pytest.approx(_apply(t, 64 + 5, 32 + 7))
+
+
+def test_store_tiles_match_the_source_pixels_and_georeference(tiny_sn7_root, tiny_dataset_dir):
+    store = TileStore(tiny_dataset_dir)
+    assert store.tile_size_px == 32 and store.n_bands == 3
+    row = store.tiles.iloc[7]
+    meta = pd.read_parquet(tiny_dataset_dir / "metadata.parquet")
+    src = meta.loc[row["meta_index"]]
+    full, prof = read_raster(src["image_path"], with_profile=True)
+    r, c = int(row["row_off"]), int(row["col_off"])
+    assert np.array_equal(store.images[row["tile_id"]], full[:3, r : r + 32, c : c + 32])
+    from affine import Affine
+
+    tt = Affine(*[row[f"transform_{k}"] for k in "abcdef"])
+    assert _apply(tt, 0, 0) == pytest.approx(_apply(prof["transform"], c, r))
+    assert row["crs"] == "EPSG:3857"
+
+
+def test_store_pairs_follow_the_rules(tiny_dataset_dir):
+    store = TileStore(tiny_dataset_dir)
+    p = store.pairs
+    assert len(p) > 0 and (p["gap_months"] >= 1).all() and (p["gap_months"] <= 4).all()
+    tiles = store.tiles.set_index("tile_id")
+    past, fut = tiles.loc[p["past_tile_id"]], tiles.loc[p["future_tile_id"]]
+    assert (past["aoi"].to_numpy() == fut["aoi"].to_numpy()).all()
+    assert (past["row_off"].to_numpy() == fut["row_off"].to_numpy()).all()
+    assert (fut["month_index"].to_numpy() - past["month_index"].to_numpy() == p["gap_months"].to_numpy()).all()
+    assert (past["valid_fraction"] >= 0.5).all() and (fut["valid_fraction"] >= 0.5).all()
+    # No AOI leaks across splits, and every split has pairs.
+    per_aoi = p.groupby("aoi")["split"].nunique()
+    assert (per_aoi == 1).all()
+    splits = json.loads((tiny_dataset_dir / "splits.json").read_text())["splits"]
+    for name, aois in splits.items():
+        assert set(p.loc[p["split"] == name, "aoi"]) <= set(aois)
+        assert (p["split"] == name).sum() > 0
+    assert not set(splits["train"]) & set(splits["test"])
+
+
+def test_dataset_sample_shapes_ranges_and_consistency(tiny_dataset_dir):
+    ds = PairedTileDataset(tiny_dataset_dir, "train")
+    s = ds[3]
+    assert s["past"].shape == s["future"].shape == (3, 32, 32)
+    assert s["past"].dtype == torch.float32
+    assert -1.0 <= float(s["past"].min()) and float(s["future"].max()) <= 1.0
+    for k in ("past_mask", "future_mask", "past_valid", "future_valid", "valid"):
+        assert s[k].shape == (1, 32, 32)
+        assert set(torch.unique(s[k]).tolist()) <= {0.0, 1.0}
+    assert torch.equal(s["valid"], s["past_valid"] * s["future_valid"])
+    assert float(s["gap_months"]) >= 1
+    assert bool(s["has_mask"])
+    assert s["transform"].shape == (6,) and s["crs"] == "EPSG:3857"
+    # The future mask of the sample is the store's mask of the future tile.
+    pair = ds.store.pairs.set_index("pair_id").loc[int(s["pair_id"])]
+    assert np.array_equal(s["future_mask"][0].numpy(), ds.store.masks[pair["future_tile_id"]])
+    assert np.array_equal(to_uint8(s["future"]), ds.store.images[pair["future_tile_id"]])
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch["past"].shape == (4, 3, 32, 32) and len(batch["aoi"]) == 4
+
+
+def test_buildings_grow_in_pairs(tiny_dataset_dir):
+    """Synthetic construction only adds buildings: the future mask covers the past mask."""
+    ds = PairedTileDataset(tiny_dataset_dir, "all")
+    for i in range(0, len(ds), max(1, len(ds) // 20)):
+        s = ds[i]
+        assert (s["future_mask"] >= s["past_mask"]).all()
+
+
+def test_augmentation_moves_every_spatial_tensor_together(tiny_dataset_dir):
+    np.random.seed(1)
+    ds = PairedTileDataset(tiny_dataset_dir, "train", augment=True)
+    plain = PairedTileDataset(tiny_dataset_dir, "train")
+    for i in range(6):
+        a, p = ds[i], plain[i]
+        variants = [torch.rot90(p["future"], k, (-2, -1)) for k in range(4)]
+        variants += [v.flip(-1) for v in variants]
+        j = next(j for j, v in enumerate(variants) if torch.equal(v, a["future"]))
+        k, flip = j % 4, j >= 4
+
+        def same(x):
+            x = torch.rot90(x, k, (-2, -1))
+            return x.flip(-1) if flip else x
+
+        assert torch.equal(same(p["future_mask"]), a["future_mask"]) and torch.equal(same(p["past"]), a["past"])
+
+
+def test_missing_or_mixed_store_fails_clearly(tmp_path, tiny_dataset_dir):
+    with pytest.raises(FileNotFoundError, match="not a built stsynth dataset"):
+        PairedTileDataset(tmp_path)
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset_dir, broken)
+    np.save(broken / "tiles_masks.npy", np.zeros((3, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="Rebuild the dataset"):
+        TileStore(broken)
+
+
+def test_build_is_atomic_on_failure(tiny_sn7_root, tmp_path):
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    out = tmp_path / "ds"
+    build_dataset(meta, out, tile_size_px=32, progress=False)
+    before = (out / "pairs.parquet").read_bytes()
+    bad = meta.copy()
+    bad.loc[5, "image_path"] = str(tmp_path / "gone.tif")
+    with pytest.raises(SN7DataError, match="gone.tif"):
+        build_dataset(bad, out, tile_size_px=32, progress=False)
+    assert (out / "pairs.parquet").read_bytes() == before  # the previous store is intact
+    with pytest.warns(UserWarning, match="gone.tif"):
+        summary = build_dataset(bad, tmp_path / "ds2", tile_size_px=32, on_error="skip", progress=False)
+    assert summary["n_images"] == len(meta) - 1
+    store = TileStore(tmp_path / "ds2")
+    assert store.images.shape[0] == len(store.tiles) == (len(meta) - 1) * 4
+
+
+def test_build_without_labels_and_with_resampling(tiny_sn7_root, tmp_path):
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    meta["has_labels"] = False
+    summary = build_dataset(meta, tmp_path / "ds", tile_size_px=16, resize_to_px=32, progress=False)
+    assert not summary["has_labels"]
+    ds = PairedTileDataset(tmp_path / "ds", "all")
+    s = ds[0]
+    assert not bool(s["has_mask"]) and float(s["future_mask"].sum()) == 0
+    # 64 px at 4.777 m resampled to 32 px: tiles have 9.55 m pixels.
+    assert float(s["transform"][0]) == pytest.approx(2 * 4.777314, rel=1e-5)
+
+
+def test_loader_throughput_is_measured(tiny_dataset_dir):
+    tp = measure_loader_throughput(PairedTileDataset(tiny_dataset_dir, "train"), batch_size=8, max_batches=3)
+    assert tp["pairs"] == 24 and tp["tiles_per_s"] > 0
+
+
+@needs_real_128
+def test_build_real_128_subset(tmp_path):
+    meta = scan_sn7(REAL_128, progress=False)
+    meta = meta[meta["aoi"].isin(sorted(meta["aoi"].unique())[:4])]
+    summary = build_dataset(meta, tmp_path / "real", tile_size_px=128, max_gap_months=3, progress=False)
+    assert not summary["has_labels"] and summary["n_tiles"] == len(meta)
+    ds = PairedTileDataset(tmp_path / "real", "all")
+    s = ds[0]
+    assert s["past"].shape == (3, 128, 128) and s["crs"] == ""
+    assert float(s["valid"].mean()) > 0.9
