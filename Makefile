@@ -24,10 +24,10 @@ $(VENV)/.installed: pyproject.toml
 env: $(VENV)/.installed ## create .venv and install stsynth with every extra (torch, diffusers, book, tests)
 
 test: env ## run the fast tests (slow ones: make test-all)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q || [ $$? -eq 5 ]  # 5 = no tests collected: not a failure
 
 test-all: env ## run every test, slow ones included
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow" || [ $$? -eq 5 ]
 
 data: env ## build the dataset of PROFILE (synthetic SpaceNet 7 for smoke) by running notebooks 01-02
 	$(MAKE) nb NB=01_explore_data
