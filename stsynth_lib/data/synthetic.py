@@ -116,7 +116,7 @@ class _AOIPlan:
         # Roads: a rough grid at a random orientation.
         theta = rng.uniform(0, math.pi / 2)
         roads = []
-        for k in range(int(rng.integers(2, 5))):
+        for k in range(int(rng.integers(2, 5)) * max(1, n // 128)):
             ang = theta + (math.pi / 2) * (k % 2)
             off = rng.uniform(-0.35, 0.35) * n
             cx, cy = n / 2 - off * math.sin(ang), n / 2 + off * math.cos(ang)
@@ -130,7 +130,7 @@ class _AOIPlan:
         occupied = self.road_mask.copy()
         polys, ids = [], []
         tries = 0
-        while len(polys) < target and tries < target * 30:
+        while len(polys) < target and tries < target * 10:
             tries += 1
             line, ang = roads[int(rng.integers(len(roads)))]
             t = rng.uniform(0, 1)
@@ -142,11 +142,11 @@ class _AOIPlan:
             w, h = rng.uniform(2.5, 7.0), rng.uniform(2.5, 6.0)
             if not (2 <= cx < n - 2 and 2 <= cy < n - 2):
                 continue
-            poly = _rect(cx, cy, w, h, ang + rng.normal(0, 0.05))
-            x0, y0, x1, y1 = (int(v) for v in poly.buffer(1.0).bounds)
-            x0, y0 = max(x0, 0), max(y0, 0)
+            r = math.hypot(w, h) / 2 + 1.0  # cheap bounding box test before building the polygon
+            x0, y0, x1, y1 = max(int(cx - r), 0), max(int(cy - r), 0), int(cx + r), int(cy + r)
             if occupied[y0 : y1 + 2, x0 : x1 + 2].any():
                 continue
+            poly = _rect(cx, cy, w, h, ang + rng.normal(0, 0.05))
             occupied[y0 : y1 + 2, x0 : x1 + 2] = True
             polys.append(poly)
             ids.append(len(ids) + 1)
@@ -227,43 +227,47 @@ def _write_tif(path: Path, arr: np.ndarray, transform, crs: str = "EPSG:3857") -
         dst.write(arr)
 
 
-def _feature_collection(features: list[dict], crs_name: str | None) -> str:
-    fc: dict = {"type": "FeatureCollection"}
-    if crs_name:
-        fc["crs"] = {"type": "name", "properties": {"name": crs_name}}
-    fc["features"] = features
-    return json.dumps(fc)
-
-
 def _ring(coords) -> list[list[list[float]]]:
     return [[[float(x), float(y)] for x, y in coords]]
 
 
-def _write_labels(aoi_dir: Path, stem: str, plan: _AOIPlan, labelled: list[int], to_lonlat) -> None:
-    from shapely import affinity
+class _LabelWriter:
+    """Per-building GeoJSON features in the three SpaceNet 7 conventions, encoded once per AOI."""
 
-    t = plan.transform
-    pix, match, geo = [], [], []
-    for i in labelled:
-        poly = plan.polys[i]
-        map_poly = affinity.affine_transform(poly, [t.a, t.b, t.d, t.e, t.c, t.f])
-        xs, ys = zip(*map_poly.exterior.coords)
-        lon, lat = to_lonlat(np.array(xs), np.array(ys))
-        bid = i + 1
-        pix.append({"type": "Feature", "properties": {"Id": bid, "area": map_poly.area, "image_fname": f"{stem}.tif"},
-                    "geometry": {"type": "Polygon", "coordinates": _ring(poly.exterior.coords)}})
-        match.append({"type": "Feature", "properties": {"Id": bid, "area": map_poly.area, "iou_score": 1.0},
-                      "geometry": {"type": "Polygon", "coordinates": _ring(map_poly.exterior.coords)}})
-        geo.append({"type": "Feature", "properties": {"Id": bid},
-                    "geometry": {"type": "Polygon", "coordinates": _ring(zip(lon, lat))}})
-    name = f"{stem}_Buildings.geojson"
-    for sub, feats, crs_name in (
-        ("labels", geo, "urn:ogc:def:crs:OGC:1.3:CRS84"),
-        ("labels_match", match, "urn:ogc:def:crs:EPSG::3857"),
-        ("labels_match_pix", pix, None),
-    ):
-        (aoi_dir / sub).mkdir(parents=True, exist_ok=True)
-        (aoi_dir / sub / name).write_text(_feature_collection(feats, crs_name))
+    def __init__(self, plan: _AOIPlan, to_lonlat):
+        from shapely import affinity
+
+        t = plan.transform
+        self.pix, self.match, self.geo = [], [], []
+        for i, poly in enumerate(plan.polys):
+            map_poly = affinity.affine_transform(poly, [t.a, t.b, t.d, t.e, t.c, t.f])
+            xs, ys = (np.asarray(v) for v in zip(*map_poly.exterior.coords))
+            lon, lat = to_lonlat(xs, ys)
+            bid = i + 1
+            geom = lambda coords: json.dumps({"type": "Polygon", "coordinates": _ring(coords)})
+            self.pix.append((bid, map_poly.area, geom(poly.exterior.coords)))
+            self.match.append(json.dumps({"type": "Feature", "properties": {"Id": bid, "area": map_poly.area, "iou_score": 1.0},
+                                          "geometry": {"type": "Polygon", "coordinates": _ring(map_poly.exterior.coords)}}))
+            self.geo.append(json.dumps({"type": "Feature", "properties": {"Id": bid},
+                                        "geometry": {"type": "Polygon", "coordinates": _ring(zip(lon, lat))}}))
+
+    def write(self, aoi_dir: Path, stem: str, labelled: list[int]) -> None:
+        pix = [
+            '{"type": "Feature", "properties": ' + json.dumps({"Id": bid, "area": area, "image_fname": f"{stem}.tif"})
+            + ', "geometry": ' + geom + "}"
+            for bid, area, geom in (self.pix[i] for i in labelled)
+        ]
+        name = f"{stem}_Buildings.geojson"
+        for sub, feats, crs_name in (
+            ("labels", [self.geo[i] for i in labelled], "urn:ogc:def:crs:OGC:1.3:CRS84"),
+            ("labels_match", [self.match[i] for i in labelled], "urn:ogc:def:crs:EPSG::3857"),
+            ("labels_match_pix", pix, None),
+        ):
+            (aoi_dir / sub).mkdir(parents=True, exist_ok=True)
+            head = '{"type": "FeatureCollection", '
+            if crs_name:
+                head += '"crs": {"type": "name", "properties": {"name": "' + crs_name + '"}}, '
+            (aoi_dir / sub / name).write_text(head + '"features": [\n' + ",\n".join(feats) + "\n]}\n")
 
 
 def generate_synthetic_sn7(root: str | os.PathLike, config: SyntheticSN7Config | None = None, progress: bool = True, **overrides) -> Path:
@@ -300,6 +304,7 @@ def generate_synthetic_sn7(root: str | os.PathLike, config: SyntheticSN7Config |
         aoi_rng = np.random.default_rng(rng.integers(2**63))
         plan = _AOIPlan(cfg, aoi_rng, tx, ty)
         aoi_dir = partial / "train" / plan.name
+        labels = _LabelWriter(plan, to_lonlat)
         for k, (year, month) in enumerate(months):
             stem = f"global_monthly_{year}_{month:02d}_mosaic_{plan.name}"
             img, udm, labelled = plan.render(cfg, aoi_rng, k, month)
@@ -308,7 +313,7 @@ def generate_synthetic_sn7(root: str | os.PathLike, config: SyntheticSN7Config |
             masked[:, udm > 0] = 0
             _write_tif(aoi_dir / "images_masked" / f"{stem}.tif", masked, plan.transform)
             _write_tif(aoi_dir / "UDM_masks" / f"{stem}_UDM.tif", udm, plan.transform)
-            _write_labels(aoi_dir, stem, plan, labelled, to_lonlat)
+            labels.write(aoi_dir, stem, labelled)
             bar.update()
     bar.close()
     (partial / "synthetic.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
