@@ -209,3 +209,33 @@ def test_build_real_128_subset(tmp_path):
     s = ds[0]
     assert s["past"].shape == (3, 128, 128) and s["crs"] == ""
     assert float(s["valid"].mean()) > 0.9
+
+
+def test_plot_sample_returns_a_figure(tiny_dataset_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds = PairedTileDataset(tiny_dataset_dir, "val")
+    fig = ds.plot(ds[0], prediction=ds[0]["past"])
+    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "future buildings"
+
+
+def test_downsample_writes_the_128px_layout(tiny_sn7_root, tmp_path):
+    from stsynth_lib.data.downsample import main
+
+    assert main([str(tiny_sn7_root), str(tmp_path / "small"), "--size-px", "16", "--with-labels"]) == 0
+    meta = scan_sn7(tmp_path / "small", progress=False)
+    assert len(meta) == 30 and (meta["width"] == 16).all() and (meta["bands"] == 3).all()
+    src = scan_sn7(tiny_sn7_root, progress=False)
+    with rasterio.open(meta.loc[0, "image_path"]) as small, rasterio.open(src.loc[0, "image_path"]) as big:
+        assert small.transform.a == pytest.approx(big.transform.a * 4)
+        assert small.transform.c == pytest.approx(big.transform.c)
+    report = meta.attrs["scan_report"]
+    assert "labels_match_pix" in report.missing_folders and "labels" not in report.missing_folders
+    # labels in map coordinates still land on the buildings at the new resolution
+    s = build_dataset(meta, tmp_path / "ds16", tile_size_px=16, progress=False)
+    assert s["has_labels"] and TileStore(tmp_path / "ds16").tiles["building_fraction"].max() > 0
+    # resumable: a second run writes nothing new
+    from stsynth_lib.data.downsample import downsample_sn7
+
+    assert downsample_sn7(tiny_sn7_root, tmp_path / "small", 16, progress=False) == 0

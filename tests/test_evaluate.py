@@ -1,0 +1,159 @@
+"""evaluate_models / fid_report / segmentation on the tiny synthetic tile store, with fake models."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from stsynth_lib import evaluate as E
+from stsynth_lib.predictions import load_predictions, save_predictions
+from stsynth_lib.segmentation import SegUNet, load_segmenter, predict_masks, save_segmenter, train_segmenter
+
+
+@pytest.fixture(autouse=True)
+def _offline_cache(tmp_path, monkeypatch):
+    """Every test here runs as on an offline machine: an empty torch cache."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+
+def _write(folder, data, images_uint8, sel=None):
+    sel = np.arange(len(data)) if sel is None else sel
+    save_predictions(folder, images_uint8[sel].astype(np.float32) / 127.5 - 1, data.pair_ids[sel], data.pairs["aoi"].to_numpy()[sel],
+                     data.transform[sel], [data.crs[i] for i in sel])
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_dataset_dir):
+    model, info = train_segmenter(tiny_dataset_dir, steps=4, batch_size=4, base_channels=4, depth=2, progress=False)
+    assert info["train_pairs"] > 0 and np.isfinite(info["final_loss"])
+    return model
+
+
+def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
+    data = E.load_split(tiny_dataset_dir, "test")
+    rng = np.random.default_rng(0)
+    _write(tmp_path / "oracle", data, data.future)  # a perfect model
+    noisy = np.clip(data.past.astype(int) + rng.normal(0, 25, data.past.shape), 0, 255).astype(np.uint8)
+    _write(tmp_path / "noisy", data, noisy)  # persistence + noise: worse than persistence
+    runs = {"oracle": tmp_path / "oracle", "noisy": tmp_path / "noisy", "absent": tmp_path / "nope"}
+    res = E.evaluate_models(tiny_dataset_dir, "test", runs, out_dir=tmp_path / "eval", segmenter=segmenter,
+                            allow_uncalibrated=True, n_boot=50, progress=False, persistence_dir=tmp_path / "persistence")
+    pt = res.per_tile
+    assert set(pt["model"]) >= {"persistence", "oracle", "noisy"}
+    assert "absent" not in set(pt["model"]) and any("absent" in n and "no predictions" in n for n in res.notes)
+    # every model on the same tiles
+    counts = pt[pt["model"] != E.UPPER_BOUND].groupby("model")["pair_id"].apply(lambda s: tuple(sorted(s)))
+    assert counts.nunique() == 1
+    oracle = pt[pt["model"] == "oracle"]
+    assert np.isposinf(oracle["psnr"]).all()
+    np.testing.assert_allclose(oracle["ssim"], 1.0, atol=1e-9)
+    np.testing.assert_allclose(oracle["lpips"], 0.0, atol=1e-6)
+    # persistence is computed from the dataset: the noisy copy of it must be worse on PSNR
+    s = res.summary.set_index(["model", "metric"])["mean"]
+    assert s[("noisy", "psnr")] < s[("persistence", "psnr")] < s[("oracle", "psnr")]
+    verdict = " ".join(E.persistence_verdict(res.summary))
+    assert "noisy does NOT beat the persistence baseline" in verdict
+    # the oracle's segmentation equals the upper bound
+    if data.has_mask.any():
+        assert s[("oracle", "f1_micro")] == pytest.approx(s[(E.UPPER_BOUND, "f1_micro")])
+    # files for the book, with the uncalibrated label
+    out = tmp_path / "eval"
+    for f in ("per_tile.csv", "summary.csv", "summary.json", "results.md"):
+        assert (out / f).is_file()
+    payload = json.loads((out / "summary.json").read_text())
+    assert payload["calibrated"]["lpips"] is False
+    assert all(r["calibrated"] is False for r in payload["summary"] if r["metric"].startswith("lpips"))
+    table = E.results_table(res.summary)
+    assert any("LPIPS (uncalibrated)" in c for c in table.columns)
+    assert not any("PSNR" in c and "uncalibrated" in c for c in table.columns)
+    assert "uncalibrated" in (out / "results.md").read_text()
+    # persistence saved as a model's predictions (GeoTIFF + PNG)
+    pers = load_predictions(tmp_path / "persistence")
+    assert len(pers) == len(data) and np.array_equal(pers[int(data.pair_ids[0])], data.past[0])
+    assert (tmp_path / "persistence" / f"{int(data.pair_ids[0]):06d}.png").is_file()
+    # figures carry the label
+    fig = E.gallery(res, "noisy", "lpips")
+    assert "uncalibrated" in fig._suptitle.get_text()
+    ax = E.plot_metric_vs_gap(res, "lpips")
+    assert "uncalibrated" in ax.get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_partial_predictions_restrict_every_model_to_common_tiles(tiny_dataset_dir, tmp_path):
+    data = E.load_split(tiny_dataset_dir, "test")
+    half = np.arange(len(data) // 2)
+    _write(tmp_path / "half", data, data.future, half)
+    res = E.evaluate_models(tiny_dataset_dir, "test", {"half": tmp_path / "half"}, compute_lpips=False, n_boot=20, progress=False)
+    assert any("half" in n and f"{len(half)} of {len(data)}" in n for n in res.notes)
+    s = res.summary[res.summary["metric"] == "psnr"].set_index("model")["n"]
+    assert s["persistence"] == s["half"] == len(half)
+    assert any("Building F1 skipped" in n for n in res.notes)
+
+
+def test_mismatched_prediction_shape_is_a_clear_error(tiny_dataset_dir, tmp_path):
+    data = E.load_split(tiny_dataset_dir, "test")
+    big = np.zeros((1, data.future.shape[1], 2 * data.future.shape[2], 2 * data.future.shape[3]), np.uint8)
+    save_predictions(tmp_path / "wrong", big, data.pair_ids[:1], ["a"], data.transform[:1], [""])
+    with pytest.raises(ValueError, match="another dataset or tile size"):
+        E.evaluate_models(tiny_dataset_dir, "test", {"wrong": tmp_path / "wrong"}, compute_lpips=False, progress=False)
+
+
+def test_missing_lpips_weights_without_flag_fail(tiny_dataset_dir):
+    from stsynth_lib.metrics import MissingWeightsError
+
+    with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
+        E.evaluate_models(tiny_dataset_dir, "test", {}, allow_uncalibrated=False, progress=False)
+
+
+def test_fid_report_uncalibrated(tiny_dataset_dir, tmp_path):
+    data = E.load_split(tiny_dataset_dir, "test", max_pairs=6, seed=0)
+    _write(tmp_path / "oracle", data, data.future)
+    table, notes, calibrated = E.fid_report(tiny_dataset_dir, "test", {"oracle": tmp_path / "oracle"}, allow_uncalibrated=True,
+                                            max_pairs=6, by_gap=False, kid_subsets=5, progress=False, out_dir=tmp_path / "fid")
+    assert calibrated is False and any("uncalibrated" in n for n in notes)
+    t = table.set_index("model")
+    assert t.loc["oracle", "fid"] == pytest.approx(0.0, abs=1e-6)
+    assert t.loc["persistence", "fid"] > 0 and (t["n"] == 6).all()
+    wide = E.fid_table(table, calibrated)
+    assert any("FID (uncalibrated)" in c for c in wide.columns) and any("KID x1000 (uncalibrated)" in c for c in wide.columns)
+    assert json.loads((tmp_path / "fid" / "fid.json").read_text())["calibrated"] is False
+
+
+def test_segmenter_shapes_save_load(tmp_path, segmenter):
+    x = torch.rand(3, 3, 30, 30) * 2 - 1  # not a multiple of 4: padded internally
+    m = predict_masks(segmenter, x)
+    assert m.shape == (3, 1, 30, 30) and set(np.unique(m)) <= {0, 1}
+    p = save_segmenter(segmenter, tmp_path / "seg.pt", {"steps": 4})
+    loaded, info = load_segmenter(p)
+    assert info["steps"] == 4
+    np.testing.assert_array_equal(predict_masks(loaded, x), m)
+    with pytest.raises(ValueError, match="divisible"):
+        SegUNet(depth=2)(torch.zeros(1, 3, 30, 30))
+    with pytest.raises(FileNotFoundError, match="train the building segmenter"):
+        load_segmenter(tmp_path / "none.pt")
+
+
+def test_gap_buckets():
+    assert list(E.gap_bucket([1, 2, 3, 4, 6, 7, 12, 13, 30])) == ["1", "2-3", "2-3", "4-6", "4-6", "7-12", "7-12", "13+", "13+"]
+    assert E.gap_bucket_order() == ["1", "2-3", "4-6", "7-12", "13+"]
+
+
+@pytest.mark.slow
+def test_segmenter_learns_on_smoke_sized_data(tiny_dataset_dir):
+    """A longer training reaches a useful F1 on real (synthetic) test images: the upper bound is meaningful."""
+    model, _ = train_segmenter(tiny_dataset_dir, steps=150, batch_size=8, progress=False)
+    data = E.load_split(tiny_dataset_dir, "test")
+    from stsynth_lib.metrics import building_scores
+
+    s = building_scores(predict_masks(model, data.future), data.future_mask, data.valid)
+    tp, fp, fn = s["tp"].sum(), s["fp"].sum(), s["fn"].sum()
+    assert 2 * tp / (2 * tp + fp + fn) > 0.5

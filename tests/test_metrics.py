@@ -1,0 +1,257 @@
+"""Metrics against independent implementations (scikit-image, pytorch-fid) and their edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from skimage.metrics import peak_signal_noise_ratio as sk_psnr
+from skimage.metrics import structural_similarity as sk_ssim
+
+from stsynth_lib import metrics as M
+
+
+def _sk_ssim(a, b, data_range, full=False):
+    return sk_ssim(a, b, data_range=data_range, channel_axis=0, gaussian_weights=True, sigma=1.5,
+                   use_sample_covariance=False, full=full)
+
+
+def _images(kind: str, rng: np.random.Generator, shape=(3, 48, 40)):
+    """Pairs of [0, 1] images: random, structured (gradient / checkerboard / blobs) and their distortions."""
+    c, h, w = shape
+    if kind == "random":
+        a = rng.random(shape)
+        b = np.clip(a + 0.15 * rng.standard_normal(shape), 0, 1)
+    elif kind == "gradient":
+        yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+        a = np.stack([xx, yy, (xx + yy) / 2])[:c]
+        b = np.clip(a * 0.8 + 0.1, 0, 1)
+    elif kind == "checker":
+        yy, xx = np.mgrid[0:h, 0:w]
+        a = np.repeat((((yy // 6) + (xx // 6)) % 2)[None].astype(float), c, 0)
+        b = np.roll(a, 2, axis=-1) * 0.9
+    else:  # smooth blobs, blurred
+        a = np.stack([gaussian_filter(rng.random((h, w)), 3) for _ in range(c)])
+        a = (a - a.min()) / (a.max() - a.min())
+        b = np.stack([gaussian_filter(x, 1.2) for x in a])
+    return a, b
+
+
+@pytest.mark.parametrize("kind", ["random", "gradient", "checker", "blobs"])
+@pytest.mark.parametrize("scale,data_range", [(1.0, 1.0), (255.0, 255.0)])
+def test_psnr_ssim_match_skimage(kind, scale, data_range):
+    rng = np.random.default_rng(0)
+    a, b = _images(kind, rng)
+    a, b = a * scale, b * scale
+    assert M.masked_psnr(b, a, data_range=data_range)[0] == pytest.approx(sk_psnr(a, b, data_range=data_range), abs=1e-4)
+    assert M.masked_ssim(b, a, data_range=data_range)[0] == pytest.approx(_sk_ssim(a, b, data_range), abs=1e-4)
+
+
+def test_minus_one_one_range_and_wrong_data_range():
+    """Images in [-1, 1] need data_range=2; the research code's data_range=1 inflates PSNR by 6.02 dB."""
+    rng = np.random.default_rng(1)
+    a, b = _images("random", rng)
+    a2, b2 = a * 2 - 1, b * 2 - 1
+    right = M.masked_psnr(b2, a2, data_range=2.0)[0]
+    assert right == pytest.approx(M.masked_psnr(b, a, data_range=1.0)[0], abs=1e-9)
+    assert M.masked_ssim(b2, a2, data_range=2.0)[0] == pytest.approx(_sk_ssim(a2, b2, 2.0), abs=1e-4)
+    wrong = M.masked_psnr(b2, a2, data_range=1.0)[0]
+    assert wrong - right == pytest.approx(-20 * np.log10(2), abs=1e-9)
+    with pytest.raises(ValueError, match="data_range=1"):
+        M.check_range(a2, 1.0)
+    M.check_range(a2, 2.0)
+
+
+def test_batch_is_per_image_mean_not_pooled():
+    rng = np.random.default_rng(2)
+    pairs = [_images(k, rng) for k in ("random", "gradient", "checker")]
+    a = np.stack([p[0] for p in pairs])
+    b = np.stack([p[1] for p in pairs])
+    per = M.masked_psnr(b, a, data_range=1.0)
+    expect = [sk_psnr(x, y, data_range=1.0) for x, y in zip(a, b)]
+    np.testing.assert_allclose(per, expect, atol=1e-6)
+    pooled = sk_psnr(a, b, data_range=1.0)
+    assert abs(per.mean() - pooled) > 0.1  # the two aggregations really differ here
+
+
+def test_masked_metrics_ignore_invalid_pixels():
+    rng = np.random.default_rng(3)
+    a, b = _images("blobs", rng, (3, 40, 40))
+    valid = np.ones((40, 40))
+    valid[:, 25:] = 0
+    valid[5:9, 3:30] = 0
+    garbage = b.copy()
+    garbage[:, valid == 0] = rng.random((3, int((valid == 0).sum())))
+    # PSNR / L1: exactly the valid-pixel values, whatever the invalid pixels hold
+    sel = valid.astype(bool)
+    mse = ((garbage - a)[:, sel] ** 2).mean()
+    assert M.masked_psnr(garbage, a, valid, 1.0)[0] == pytest.approx(10 * np.log10(1 / mse), abs=1e-9)
+    assert M.masked_psnr(garbage, a, valid, 1.0)[0] == pytest.approx(M.masked_psnr(b, a, valid, 1.0)[0], abs=1e-9)
+    assert M.masked_l1(garbage, a, valid)[0] == pytest.approx(np.abs(b - a)[:, sel].mean(), abs=1e-12)
+    assert M.masked_psnr(garbage, a, None, 1.0)[0] != pytest.approx(M.masked_psnr(b, a, None, 1.0)[0], abs=1e-3)
+    # SSIM: skimage's full map averaged over the valid pixels of its (cropped) interior
+    _, smap = _sk_ssim(a, garbage, 1.0, full=True)
+    r = 5
+    inner = sel[r:-r, r:-r]
+    expect = smap[:, r:-r, r:-r].mean(0)[inner].mean()
+    assert M.masked_ssim(garbage, a, valid, 1.0)[0] == pytest.approx(expect, abs=1e-4)
+    # all-invalid -> NaN, not a number that would bias a mean
+    assert np.isnan(M.masked_psnr(b, a, np.zeros((40, 40)), 1.0)[0])
+    assert np.isnan(M.masked_ssim(b, a, np.zeros((40, 40)), 1.0)[0])
+
+
+def test_identical_images_edge_cases():
+    rng = np.random.default_rng(4)
+    a = rng.random((2, 3, 32, 32))
+    psnr = M.masked_psnr(a, a, data_range=1.0)
+    assert np.isposinf(psnr).all()
+    assert M.finite_psnr(psnr, cap_db=100.0).tolist() == [100.0, 100.0]
+    np.testing.assert_allclose(M.masked_ssim(a, a, data_range=1.0), 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="at least 11"):
+        M.masked_ssim(a[..., :8, :8], a[..., :8, :8], data_range=1.0)
+
+
+@pytest.fixture()
+def empty_torch_home(tmp_path, monkeypatch):
+    """A torch cache without any weights: what an offline machine has."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def test_missing_weights_fail_with_clear_message(empty_torch_home):
+    with pytest.raises(M.MissingWeightsError) as e:
+        M.LPIPSMetric("alex", allow_uncalibrated=False)
+    msg = str(e.value)
+    assert "alexnet-owt-7be5be79.pth" in msg and str(empty_torch_home / "hub" / "checkpoints") in msg
+    assert "allow_uncalibrated_metrics" in msg
+    with pytest.raises(M.MissingWeightsError, match="vgg16-397923af.pth"):
+        M.LPIPSMetric("vgg", allow_uncalibrated=False)
+    with pytest.raises(M.MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
+        M.InceptionFeatures(allow_uncalibrated=False)
+    assert not any(empty_torch_home.rglob("*.pth"))  # nothing was downloaded or created
+
+
+def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
+    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    assert lp.calibrated is False and "uncalibrated" in lp.name
+    rng = np.random.default_rng(5)
+    a = rng.random((4, 3, 32, 32)) * 2 - 1
+    b = np.clip(a + 0.3 * rng.standard_normal(a.shape), -1, 1)
+    np.testing.assert_allclose(lp(a, a), 0.0, atol=1e-7)
+    d = lp(b, a)
+    assert (d > 0).all()
+    # seeded: a second random backbone gives the same numbers
+    np.testing.assert_allclose(M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)(b, a), d, rtol=1e-6)
+    # masked LPIPS with every pixel valid is the mean of the spatial map, close to lpips' scalar form
+    import lpips as lpips_pkg
+
+    scalar = lpips_pkg.LPIPS(net="alex", pretrained=True, pnet_rand=True, spatial=False, verbose=False)
+    scalar.load_state_dict(lp.model.state_dict())
+    with torch.no_grad():
+        ref = scalar(torch.tensor(b, dtype=torch.float32), torch.tensor(a, dtype=torch.float32)).flatten().numpy()
+    np.testing.assert_allclose(d, ref, rtol=0.1)
+    # half the pixels masked: a corruption there no longer counts
+    valid = np.zeros((4, 1, 32, 32))
+    valid[..., :16] = 1
+    c = a.copy()
+    c[..., 24:] = -1
+    assert lp(c, a, valid).mean() < lp(c, a).mean()
+    assert M.label("LPIPS", False) == "LPIPS (uncalibrated)" and M.label("LPIPS", True) == "LPIPS"
+    with pytest.raises(ValueError, match="declares"):
+        lp((a + 1) * 127.5, a)
+
+
+def test_cached_weights_are_loaded_as_calibrated(empty_torch_home):
+    """With the weights file in the cache, the real loading code is used (no download)."""
+    import torchvision
+
+    sd = torchvision.models.alexnet().state_dict()
+    path = M.weights_path("alex")
+    path.parent.mkdir(parents=True)
+    torch.save(sd, path)
+    lp = M.LPIPSMetric("alex", allow_uncalibrated=False)
+    assert lp.calibrated and lp.name == "LPIPS"
+    assert torch.equal(lp.model.net.slice1[0].weight.cpu(), sd["features.0.weight"])
+
+
+def test_fid_matches_pytorch_fid_and_kid():
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    rng = np.random.default_rng(6)
+    f1 = rng.standard_normal((300, 24))
+    f2 = rng.standard_normal((250, 24)) * 1.3 + 0.4
+    ref = calculate_frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+    assert M.fid_from_features(f1, f2) == pytest.approx(ref, rel=1e-6)
+    # fewer samples than dimensions (singular covariances): still ~0 for identical sets
+    g = rng.standard_normal((20, 2048))
+    assert M.fid_from_features(g, g) == pytest.approx(0.0, abs=1e-6)
+    kid_same, _ = M.kid_from_features(f1[:150], f1[150:], subset_size=100, n_subsets=20)
+    kid_diff, _ = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
+    assert abs(kid_same) < 0.05 < kid_diff
+    with pytest.raises(ValueError, match="at least 2"):
+        M.fid_from_features(g[:1], g)
+
+
+def test_uncalibrated_inception_fid_about_zero_for_identical_sets(empty_torch_home):
+    feat = M.InceptionFeatures(allow_uncalibrated=True, seed=0)
+    assert feat.calibrated is False
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
+    f = feat(x, batch_size=6)
+    assert f.shape == (6, 2048) and np.isfinite(f).all() and f.std() > 0
+    assert M.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    y = np.clip(x.astype(int) // 3 + 150, 0, 255).astype(np.uint8)
+    assert M.fid_from_features(feat(y, batch_size=6), f) > 1e-3
+
+
+def test_building_scores():
+    rng = np.random.default_rng(8)
+    truth = (rng.random((3, 1, 16, 16)) < 0.2).astype(np.uint8)
+    perfect = M.building_scores(truth, truth)
+    np.testing.assert_array_equal(perfect["f1"], 1.0)
+    np.testing.assert_array_equal(perfect["iou"], 1.0)
+    empty = M.building_scores(np.zeros_like(truth), truth)
+    np.testing.assert_array_equal(empty["f1"], 0.0)
+    np.testing.assert_array_equal(empty["recall"], 0.0)
+    assert np.isnan(empty["precision"]).all()
+    # hand-made counts: 2 TP, 1 FP, 1 FN -> P = R = 2/3, F1 = 2/3, IoU = 1/2
+    t = np.zeros((1, 4, 4))
+    p = np.zeros((1, 4, 4))
+    t[0, 0, :3] = 1
+    p[0, 0, 1:4] = 1
+    s = M.building_scores(p, t)
+    assert (s["tp"][0], s["fp"][0], s["fn"][0]) == (2, 1, 1)
+    assert s["f1"][0] == pytest.approx(2 / 3) and s["iou"][0] == pytest.approx(0.5)
+    # invalid pixels do not count: hide the FP
+    v = np.ones((1, 4, 4))
+    v[0, 0, 3] = 0
+    assert M.building_scores(p, t, v)["fp"][0] == 0
+    assert M.micro_f1(np.array([[2, 1, 1], [0, 0, 0]])) == pytest.approx(2 / 3)
+
+
+def test_new_building_scores_and_change_masks():
+    past = np.zeros((1, 1, 8, 8))
+    past[..., :2, :2] = 1
+    future = past.copy()
+    future[..., 5:7, 5:7] = 1  # a new building
+    copy_past = M.new_building_scores(past, future, past)
+    assert copy_past["recall"][0] == 0 and copy_past["f1"][0] == 0
+    drawn = M.new_building_scores(future, future, past)
+    assert drawn["f1"][0] == 1 and drawn["tp"][0] == 4
+    changed, unchanged = M.change_masks(past, future)
+    assert changed.sum() == 4 and unchanged.sum() == 60
+    v = np.ones((8, 8))
+    v[5, 5] = 0
+    changed, unchanged = M.change_masks(past, future, v)
+    assert changed.sum() == 3 and unchanged.sum() == 60
+
+
+def test_bootstrap_ci():
+    rng = np.random.default_rng(9)
+    x = rng.normal(5, 1, 400)
+    est, lo, hi, n = M.bootstrap_ci(np.r_[x, np.nan], n_boot=500, seed=0)
+    assert n == 400 and est == pytest.approx(x.mean()) and lo < est < hi
+    assert hi - lo == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
+    assert M.bootstrap_ci(np.r_[x, np.nan], n_boot=500, seed=0) == (est, lo, hi, n)
+    assert M.bootstrap_ci([np.nan])[3] == 0

@@ -1,0 +1,90 @@
+"""Run-folder utilities (atomic checkpoints, pruning, resume, CSV log) and the predictions format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from stsynth_lib.predictions import load_predictions, save_predictions
+from stsynth_lib.runs import (
+    CSVLogger,
+    atomic_checkpoint_dir,
+    atomic_torch_save,
+    find_project_root,
+    latest_checkpoint,
+    list_checkpoints,
+    prepare_run_dir,
+    resolve_resume,
+)
+
+
+def test_checkpoints_are_atomic_pruned_and_resolved(tmp_path):
+    run = prepare_run_dir(tmp_path, "smoke", "m", {"lr": 2e-4, "path": tmp_path})
+    assert (run / "params.yaml").read_text().startswith("lr: 0.0002")
+    for step in (10, 20, 30):
+        with atomic_checkpoint_dir(run, step, keep=2) as d:
+            atomic_torch_save({"step": step}, d / "state.pt")
+    assert [s for s, _ in list_checkpoints(run)] == [20, 30]
+    with pytest.raises(RuntimeError):
+        with atomic_checkpoint_dir(run, 40, keep=2) as d:
+            (d / "state.pt").write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert latest_checkpoint(run).name == "checkpoint-30"  # the half-written one never became visible
+    assert not (run / "checkpoints" / "checkpoint-40.tmp").exists()
+    assert torch.load(latest_checkpoint(run) / "state.pt")["step"] == 30
+    assert resolve_resume(run, "latest").name == "checkpoint-30"
+    assert resolve_resume(run, "checkpoint-20").name == "checkpoint-20"
+    assert resolve_resume(run, None) is None
+    with pytest.raises(FileNotFoundError, match="checkpoint-30"):
+        resolve_resume(run, "checkpoint-99")
+
+
+def test_atomic_save_keeps_old_file_when_serialisation_fails(tmp_path):
+    target = tmp_path / "w.pt"
+    atomic_torch_save({"a": 1}, target)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"a": Boom()}, target)
+    assert torch.load(target) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pt"]
+
+
+def test_csv_logger_appends_and_truncates_for_resume(tmp_path):
+    log = CSVLogger(tmp_path / "log.csv")
+    for step in range(1, 6):
+        log.log({"step": step, "loss": 1.0 / step})
+    log.truncate_after(3)
+    CSVLogger(tmp_path / "log.csv").log({"step": 4, "loss": 0.5})
+    lines = (tmp_path / "log.csv").read_text().strip().splitlines()
+    assert lines[0] == "step,loss" and [l.split(",")[0] for l in lines[1:]] == ["1", "2", "3", "4"]
+
+
+def test_find_project_root_from_a_subfolder():
+    here = find_project_root()
+    assert find_project_root(here / "notebooks") == here
+    assert (here / "stsynth_lib").is_dir()
+
+
+def test_predictions_roundtrip_with_crs_and_transform(tmp_path):
+    imgs = torch.rand(2, 3, 16, 16) * 2 - 1
+    tfs = torch.tensor([[4.77, 0, 1000.0, 0, -4.77, 5000.0], [4.77, 0, 2000.0, 0, -4.77, 6000.0]], dtype=torch.float64)
+    save_predictions(tmp_path, imgs, [7, 9], ["A", "B"], tfs, ["EPSG:3857", ""])
+    with rasterio.open(tmp_path / "000007.tif") as src:
+        assert src.crs.to_epsg() == 3857
+        assert src.transform.c == 1000.0 and src.transform.f == 5000.0 and src.transform.a == pytest.approx(4.77)
+        assert src.count == 3 and src.dtypes[0] == "uint8"
+    with rasterio.open(tmp_path / "000009.tif") as src:
+        assert src.crs is None
+    preds = load_predictions(tmp_path)
+    assert set(preds) == {7, 9}
+    expected = np.clip(np.round((imgs[0].numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert np.array_equal(preds[7], expected)
+    assert (tmp_path / "000007.png").is_file()
+    with pytest.raises(FileNotFoundError, match="no predictions"):
+        load_predictions(tmp_path / "nothing")

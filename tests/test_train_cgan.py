@@ -1,0 +1,251 @@
+"""cGAN trainer: masked losses, one optimisation step, exact resume, atomic checkpoints, predictions."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stsynth_lib import train_cgan as tc
+from stsynth_lib.conditioning import GuidanceConfig
+from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.models import build_discriminator, build_generator, init_weights
+from stsynth_lib.runs import latest_checkpoint, list_checkpoints
+
+torch.set_num_threads(2)
+GUIDE = GuidanceConfig().resolve(dataset_has_mask=True, n_bands=3)
+
+
+def _random_batch(b=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    future = torch.rand(b, 3, size, size, generator=g) * 2 - 1
+    valid = torch.ones(b, 1, size, size)
+    valid[:, :, :, : size // 3] = 0  # a cloud band on the left
+    return {
+        "past": (future + 0.3 * torch.randn(b, 3, size, size, generator=g)).clamp(-1, 1),
+        "future": future,
+        "future_mask": (torch.rand(b, 1, size, size, generator=g) > 0.7).float(),
+        "valid": valid,
+        "gap_months": torch.full((b,), 6.0),
+        "future_month": torch.full((b,), 3),
+    }
+
+
+def _models(name="pix2pix", size=32, seed=0, dropout=0.5):
+    torch.manual_seed(seed)
+    G = init_weights(build_generator(name, GUIDE.n_channels, 3, size, ngf=8, dropout=dropout))
+    D = init_weights(build_discriminator(GUIDE.n_channels, 3, ndf=8))
+    return G, D
+
+
+@pytest.mark.parametrize("gan_mode", ["vanilla", "lsgan"])
+def test_invalid_pixels_change_no_loss_and_no_metric(gan_mode):
+    G, D = _models()
+    G.eval()  # no dropout noise between the two evaluations
+    batch = _random_batch()
+    base = tc.cgan_losses(G, D, batch, GUIDE, gan_mode=gan_mode)
+    changed = dict(batch)
+    invalid = batch["valid"] == 0
+    changed["future"] = torch.where(invalid, torch.rand_like(batch["future"]) * 2 - 1, batch["future"])
+    assert not torch.equal(changed["future"], batch["future"])
+    again = tc.cgan_losses(G, D, changed, GUIDE, gan_mode=gan_mode)
+    for k in ("loss_d", "loss_g", "loss_g_gan", "loss_g_l1"):
+        assert torch.equal(base[k], again[k]), k
+    # pixel metrics ignore them too (SSIM: stsynth_lib.metrics masks window centres, so windows
+    # straddling the cloud edge still see invalid pixels; that definition belongs to the evaluation)
+    m1 = tc._metric_rows(tc._unit01(base["fake"]), tc._unit01(batch["future"]), batch["valid"])
+    m2 = tc._metric_rows(tc._unit01(base["fake"]), tc._unit01(changed["future"]), batch["valid"])
+    for k in ("l1", "psnr"):
+        np.testing.assert_array_equal(m1[k], m2[k])
+    # ...while a change in a valid pixel does change the losses (the test can fail)
+    poked = dict(batch)
+    poked["future"] = batch["future"].clone()
+    poked["future"][:, :, 16, 20] = -batch["future"][:, :, 16, 20]
+    poked_losses = tc.cgan_losses(G, D, poked, GUIDE, gan_mode=gan_mode)
+    assert poked_losses["loss_g_l1"] != base["loss_g_l1"]
+    assert poked_losses["loss_d"] != base["loss_d"]
+
+
+def test_masked_l1_loss_definition():
+    pred, target = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)
+    valid = torch.zeros(1, 1, 4, 4)
+    valid[..., :2, :] = 1
+    target[..., 2:, :] = 100.0  # invalid half: huge error that must not count
+    assert tc.masked_l1_loss(pred, target, valid).item() == pytest.approx(1.0)
+    assert tc.masked_l1_loss(pred, target, torch.zeros_like(valid)).item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(name):
+    G, D = _models(name, dropout=0.0)
+    batch = _random_batch()
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    with torch.no_grad():
+        before = tc.cgan_losses(G, D, batch, GUIDE)
+    tc.train_step(G, D, opt_g, opt_d, batch, GUIDE)
+    with torch.no_grad():
+        after = tc.cgan_losses(G, D, batch, GUIDE)
+    assert after["loss_g_l1"] < before["loss_g_l1"]
+    assert after["loss_g"] < before["loss_g"]
+    assert all(p.requires_grad for p in D.parameters())  # D unfrozen again after the generator step
+
+
+def test_lr_schedule_constant_then_linear_to_zero():
+    f = [tc.lr_factor(s, steps_per_epoch=10, epochs_constant=2, epochs_decay=2) for s in range(40)]
+    assert f[:20] == [1.0] * 20
+    assert all(a > b for a, b in zip(f[20:], f[21:]))
+    assert 0 < f[-1] < 0.06
+
+
+def _cfg(dataset_dir, runs_dir, **kw):
+    base = dict(dataset_dir=str(dataset_dir), runs_dir=str(runs_dir), profile="test", model="pix2pix", ngf=8, ndf=8,
+                batch_size=4, epochs_constant=1, epochs_decay=1, max_train_pairs=16, max_val_pairs=4,
+                log_every_steps=1, sample_every_steps=3, checkpoints_total_limit=2, progress=False, device="cpu")
+    base.update(kw)
+    return tc.CGANTrainConfig(**base)
+
+
+def _state(run_dir, step):
+    return torch.load(Path(run_dir) / "checkpoints" / f"checkpoint-{step}" / "state.pt", weights_only=True)
+
+
+def _assert_same(a, b, path=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("model", ["pix2pix", "attention_unet"])
+def test_resume_gives_the_uninterrupted_run(tiny_dataset_dir, tmp_path, model):
+    full = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "a", model=model))
+    assert [s for s, _ in list_checkpoints(full)] == [4, 8]  # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs
+    # interrupted mid-epoch 2, then resumed from the latest checkpoint
+    part = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, max_steps=6))
+    assert [s for s, _ in list_checkpoints(part)] == [4, 6]
+    resumed = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, resume_from_checkpoint="latest"))
+    a, b = _state(full, 8), _state(resumed, 8)
+    for key in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng_cpu", "best"):
+        _assert_same(a[key], b[key], key)
+    assert [s for s, _ in list_checkpoints(resumed)] == [6, 8]  # kept-count limit 2
+    log_a, log_b = pd.read_csv(full / "log.csv"), pd.read_csv(resumed / "log.csv")
+    assert list(log_b["step"]) == list(range(1, 9))
+    np.testing.assert_array_equal(log_a["loss_g"].to_numpy(), log_b["loss_g"].to_numpy())
+    val = pd.read_csv(resumed / "val.csv")
+    assert list(val["epoch"]) == [1, 2]
+    # run folder contents
+    params = yaml.safe_load((full / "params.yaml").read_text())
+    assert params["model"] == model and params["steps_per_epoch"] == 4
+    assert (full / "best" / "generator.pt").is_file() and (full / "samples" / "step-0000003.png").is_file()
+    G, guide = tc.load_generator(full, "best")
+    assert guide.use_mask is True and not G.training
+    G2, _ = tc.load_generator(full, "latest")
+    _assert_same(G2.state_dict(), a["generator"])
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tiny_dataset_dir, tmp_path, monkeypatch):
+    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=4))
+    ck4 = run / "checkpoints" / "checkpoint-4" / "state.pt"
+    digest = hashlib.sha256(ck4.read_bytes()).hexdigest()
+
+    # 1. the process is interrupted in the middle of writing checkpoint-8
+    def dying_save(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(tc, "atomic_torch_save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest", sample_every_steps=0,
+                           val_every_epochs=99))  # no validation: only the checkpoint write can die
+    monkeypatch.undo()
+    assert [p.name for _, p in list_checkpoints(run)] == ["checkpoint-4"]
+    assert not any(p.name.endswith(".tmp") for p in (run / "checkpoints").iterdir())
+    assert hashlib.sha256(ck4.read_bytes()).hexdigest() == digest
+
+    # 2. SIGKILL mid-write (no cleanup runs): a real process dies inside atomic_checkpoint_dir
+    code = (
+        "import os, signal, sys\n"
+        "from stsynth_lib.runs import atomic_checkpoint_dir\n"
+        "with atomic_checkpoint_dir(sys.argv[1], 8) as tmp:\n"
+        "    (tmp / 'state.pt').write_bytes(b'partial')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -9
+    assert (run / "checkpoints" / "checkpoint-8.tmp").is_dir()  # the debris is there...
+    assert latest_checkpoint(run).name == "checkpoint-4"  # ...but never taken for a checkpoint
+    resumed = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest"))
+    assert [s for s, _ in list_checkpoints(resumed)] == [4, 8]
+    assert int(_state(resumed, 8)["step"]) == 8
+
+
+def test_no_labels_trains_on_image_and_time(tiny_dataset_dir, tmp_path):
+    ds_dir = tmp_path / "nolabels"
+    shutil.copytree(tiny_dataset_dir, ds_dir)
+    pairs = pd.read_parquet(ds_dir / "pairs.parquet")
+    pairs["has_mask"] = False
+    pairs.to_parquet(ds_dir / "pairs.parquet")
+    run = tc.train_cgan(_cfg(ds_dir, tmp_path / "runs", model="attention_unet", max_steps=1))
+    spec = yaml.safe_load((run / "model.yaml").read_text())
+    assert "future_mask" not in spec["channels"]
+    assert spec["in_channels"] == 3 + 3  # RGB + gap + month sin/cos
+    forced = tc.train_cgan(_cfg(ds_dir, tmp_path / "runs2", use_mask=True, time_encoding="none", max_steps=1))
+    assert yaml.safe_load((forced / "model.yaml").read_text())["channels"] == ["past_b1", "past_b2", "past_b3", "future_mask"]
+
+
+def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_dir, tmp_path):
+    from stsynth_lib.metrics import masked_l1
+    from stsynth_lib.predictions import load_predictions
+
+    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=2))
+    test = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=6)
+    out = run / "predictions" / "test"
+    df = tc.predict_split(run, test, out, progress=False, metrics_csv=run / "test_metrics.csv")
+    preds = load_predictions(out)
+    assert sorted(preds) == sorted(df["pair_id"]) == sorted(int(test[i]["pair_id"]) for i in range(len(test)))
+    s = test[0]
+    img = preds[int(s["pair_id"])]
+    assert img.dtype == np.uint8 and img.shape == (3, 32, 32)
+    # persistence L1 computed independently on [0, 1] images, reported in [-1, 1] units
+    expect = masked_l1((s["past"][None] + 1) / 2, (s["future"][None] + 1) / 2, s["valid"][None])[0] * 2
+    got = df.set_index("pair_id").loc[int(s["pair_id"]), "persistence_l1"]
+    assert got == pytest.approx(expect, abs=1e-2)  # persistence is scored after uint8 quantisation
+    # the model's score is computed on what was written to disk
+    gen = torch.from_numpy(img[None].astype(np.float32) / 255.0)
+    own = masked_l1(gen, (s["future"][None] + 1) / 2, s["valid"][None])[0] * 2
+    assert df.set_index("pair_id").loc[int(s["pair_id"]), "l1"] == pytest.approx(own, abs=1e-4)
+    table = tc.comparison_table(df, "pix2pix")
+    assert list(table.index) == ["pix2pix", "persistence (future = past)"]
+    assert (run / "test_metrics.csv").is_file()
+    # a second call replaces, never mixes
+    tc.predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=2), out, progress=False)
+    assert len(load_predictions(out)) == 2
+
+
+def test_cli_parses_every_option(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("profile: smoke\nlambda_l1: 10\nunrelated_key: 1\n")
+    cfg = tc.parse_args(["--params", str(p), "--dataset-dir", "data/x", "--model", "attention_unet",
+                         "--max-steps", "none", "--use-mask", "false", "--lambda-l1", "50", "--gan-mode", "lsgan"])
+    assert cfg.dataset_dir == "data/x" and cfg.model == "attention_unet" and cfg.max_steps is None
+    assert cfg.use_mask is False and cfg.lambda_l1 == 50 and cfg.gan_mode == "lsgan" and cfg.profile == "smoke"
+    with pytest.raises(ValueError, match="model must be one of"):
+        tc.parse_args(["--model", "vae"])
