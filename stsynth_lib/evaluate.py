@@ -227,7 +227,7 @@ def evaluate_models(
     are NaN with a note. ``persistence_dir`` (optional) receives the persistence baseline's
     "predictions" as GeoTIFF + PNG, like a model's.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from stsynth_lib.predictions import clear_predictions, load_predictions, save_predictions
     from stsynth_lib.segmentation import predict_masks
@@ -376,7 +376,10 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
     return table
 
 
-def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro")) -> list[str]:
+VERDICT_METRICS = ("psnr", "ssim", "lpips", "l1", "psnr_changed", "ssim_changed", "lpips_changed", "f1_micro", "f1_new_micro")
+
+
+def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = VERDICT_METRICS) -> list[str]:
     """One sentence per model: on which metrics it beats persistence (CIs not overlapping = 'clearly')."""
     out = []
     s = summary.set_index(["model", "metric"])
@@ -388,7 +391,7 @@ def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr",
                 continue
             a, b = s.loc[(m, metric)], s.loc[(PERSISTENCE, metric)]
             hib = METRICS[metric][0]
-            name = M.label(metric, bool(a["calibrated"]))
+            name = M.label(METRICS[metric][1], bool(a["calibrated"]))
             if (a["mean"] > b["mean"]) == hib and a["mean"] != b["mean"]:
                 better.append(name)
                 if (hib and a["ci_lo"] > b["ci_hi"]) or (not hib and a["ci_hi"] < b["ci_lo"]):
@@ -481,9 +484,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(f"{tag}\n{M.label(metric, cal)}={row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
+        axes[r, 0].set_ylabel(f"{tag}\n{M.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
     fig.colorbar(im, ax=axes[:, 4], fraction=0.05)
-    fig.suptitle(title or f"{model}: best / median / worst tiles by {M.label(metric, cal)}", fontsize=11)
+    fig.suptitle(title or f"{model}: best / median / worst tiles by {M.label(METRICS[metric][1], cal)}", fontsize=11)
     return fig
 
 
@@ -606,6 +609,16 @@ def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
 __all__ = [
     "PERSISTENCE", "UPPER_BOUND", "METRICS", "SplitData", "load_split", "gap_bucket", "gap_bucket_order", "EvalResult",
     "evaluate_models", "summarise", "results_table", "persistence_verdict", "save_results", "gallery",
-    "plot_metric_vs_gap", "fid_report", "fid_table",
+    "plot_metric_vs_gap", "fid_report", "fid_table", "prediction_dirs",
 ]
 
+
+
+def prediction_dirs(runs_dir: str | Path, profile: str, models: Iterable[str], split: str = "test") -> dict[str, Path]:
+    """``{model: runs/<profile>/<model>/predictions/<split>}`` (folders may not exist: evaluate_models notes it).
+
+    ``models`` may also be one comma-separated string (``papermill -p models pix2pix,controlnet``).
+    """
+    if isinstance(models, str):
+        models = [m.strip(" '\"") for m in models.strip("[]").split(",") if m.strip(" '\"")]
+    return {m: Path(runs_dir) / profile / m / "predictions" / split for m in models}

@@ -360,7 +360,7 @@ class InceptionFeatures:
     @torch.no_grad()
     def __call__(self, images, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Features (N, 2048) of images in [0, 1] (float) or uint8 [0, 255], ``(N, C, H, W)``."""
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         x = images
         if isinstance(x, np.ndarray) and x.dtype == np.uint8 or isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
@@ -370,7 +370,7 @@ class InceptionFeatures:
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
         feats = []
-        for i in tqdm(range(0, len(x), batch_size), desc="Inception features", disable=not progress):
+        for i in tqdm(range(0, len(x), batch_size), desc="Inception features", disable=not progress, mininterval=5):
             f = self.model(x[i : i + batch_size, :3].to(self.device))[0]
             feats.append(f.squeeze(-1).squeeze(-1).double().cpu())
         return torch.cat(feats).numpy() if feats else np.zeros((0, 2048))
@@ -397,12 +397,17 @@ def kid_from_features(f1: np.ndarray, f2: np.ndarray, subset_size: int = 1000, n
     """Kernel Inception Distance (Binkowski et al. 2018): unbiased MMD^2, cubic polynomial kernel.
 
     Averaged over ``n_subsets`` random subsets of ``min(subset_size, n1, n2)`` images; returns
-    (mean, std). Unbiased, so it can be slightly negative for identical distributions.
+    (mean, std over subsets). When a set is not larger than ``subset_size``, subsets of half the
+    smaller set are drawn so that the std still measures something (the mean stays unbiased: the
+    unbiased MMD^2 has the same expectation at every subset size). Unbiased, so it can be slightly
+    negative for identical distributions.
     """
     f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     m = min(subset_size, len(f1), len(f2))
     if m < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {len(f1)} and {len(f2)}")
+    if m == min(len(f1), len(f2)) and n_subsets > 1 and m >= 4:
+        m = m // 2
     d = f1.shape[1]
     rng = np.random.default_rng(seed)
     vals = []

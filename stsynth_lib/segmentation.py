@@ -68,6 +68,17 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> t
     return bce + dice
 
 
+def dataset_fingerprint(dataset_dir: str | Path) -> str:
+    """Short hash of a tile store's ``dataset.yaml`` + ``splits.json``: a saved segmenter is reused only for the same data."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in ("dataset.yaml", "splits.json"):
+        p = Path(dataset_dir) / name
+        h.update(p.read_bytes() if p.is_file() else b"")
+    return h.hexdigest()[:16]
+
+
 def train_segmenter(
     dataset_dir: str | Path,
     steps: int = 300,
@@ -86,7 +97,7 @@ def train_segmenter(
     Raises ValueError when the training split has no labelled pair (e.g. sn7_real_128).
     """
     from torch.utils.data import DataLoader, Subset
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from stsynth_lib.data.dataset import PairedTileDataset
     from stsynth_lib.runs import seed_everything
@@ -110,7 +121,7 @@ def train_segmenter(
     losses: list[float] = []
     step = 0
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, desc="building segmenter", disable=not progress)
+    bar = tqdm(total=steps, desc="building segmenter", disable=not progress, mininterval=5)
     while step < steps:
         for batch in loader:
             x = torch.cat([batch["past"], batch["future"]]).to(device)
@@ -121,15 +132,15 @@ def train_segmenter(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             if step >= steps:
                 break
     bar.close()
     model.eval()
-    info = {"steps": steps, "train_pairs": len(sub), "final_loss": float(np.mean(losses[-10:])),
+    info = {"steps": steps, "train_pairs": len(sub), "dataset_fingerprint": dataset_fingerprint(dataset_dir), "final_loss": float(np.mean(losses[-10:])),
             "losses": losses, "seconds": time.perf_counter() - t0, "n_params": sum(p.numel() for p in model.parameters())}
     return model, info
 

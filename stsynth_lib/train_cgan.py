@@ -501,6 +501,12 @@ def comparison_table(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- training
 
 
+def split_dataset(cfg: CGANTrainConfig, split: str) -> PairedTileDataset:
+    """The pairs of ``split`` a run uses (``max_train_pairs`` / ``max_val_pairs``: a seeded subset)."""
+    limit = {"train": cfg.max_train_pairs, "val": cfg.max_val_pairs}.get(split)
+    return PairedTileDataset(cfg.dataset_dir, split, max_pairs=limit, subsample_seed=cfg.seed if limit is not None else None)
+
+
 def _resolve_device(device: str) -> bool:
     """True when the run must stay on CPU."""
     if device == "cpu":
@@ -534,9 +540,7 @@ def train_cgan(config: CGANTrainConfig) -> Path:
     rank, world = accelerator.process_index, accelerator.num_processes
     seed_everything(cfg.seed + rank)
 
-    sub = cfg.seed if cfg.max_train_pairs is not None else None
-    train_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs, subsample_seed=sub)
-    val_ds = PairedTileDataset(cfg.dataset_dir, "val", max_pairs=cfg.max_val_pairs, subsample_seed=cfg.seed if cfg.max_val_pairs else None)
+    train_ds, val_ds = split_dataset(cfg, "train"), split_dataset(cfg, "val")
     if len(train_ds) == 0:
         raise ValueError(f"{cfg.dataset_dir}: the train split has no pairs; rebuild the dataset with more AOIs/months")
     n_bands, size = train_ds.n_bands, train_ds.tile_size_px
@@ -579,6 +583,14 @@ def train_cgan(config: CGANTrainConfig) -> Path:
     step, best = 0, None
     if ckpt is not None:
         state = torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+        saved_spec = state.get("model_spec")
+        if saved_spec is not None and saved_spec != spec:
+            diff = {k: (saved_spec.get(k), spec.get(k)) for k in spec if saved_spec.get(k) != spec.get(k)}
+            raise ValueError(
+                f"cannot resume from {ckpt}: it was trained with a different model/guidance {diff} "
+                "(checkpoint value, current value). Use the same parameters, another run_name, or "
+                "resume_from_checkpoint=None to start fresh (this clears the run folder)."
+            )
         G_raw.load_state_dict(state["generator"])
         D_raw.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
@@ -602,7 +614,7 @@ def train_cgan(config: CGANTrainConfig) -> Path:
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "sched_g": sched_g.state_dict(), "sched_d": sched_d.state_dict(),
             "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state() if on_cuda else None,
-            "step": at_step, "best": best,
+            "step": at_step, "best": best, "model_spec": spec,
         }
         with atomic_checkpoint_dir(run_dir, at_step, keep=cfg.checkpoints_total_limit) as tmp:
             atomic_torch_save(state, tmp / "state.pt")

@@ -14,7 +14,7 @@ import torch
 
 from stsynth_lib import evaluate as E
 from stsynth_lib.predictions import load_predictions, save_predictions
-from stsynth_lib.segmentation import SegUNet, load_segmenter, predict_masks, save_segmenter, train_segmenter
+from stsynth_lib.segmentation import SegUNet, dataset_fingerprint, load_segmenter, predict_masks, save_segmenter, train_segmenter
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +33,7 @@ def _write(folder, data, images_uint8, sel=None):
 def segmenter(tiny_dataset_dir):
     model, info = train_segmenter(tiny_dataset_dir, steps=4, batch_size=4, base_channels=4, depth=2, progress=False)
     assert info["train_pairs"] > 0 and np.isfinite(info["final_loss"])
+    assert info["dataset_fingerprint"] == dataset_fingerprint(tiny_dataset_dir)
     return model
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from stsynth_lib.controlnet.tokenizer import build_clip_tokenizer, check_tokenizer
+from stsynth_lib.controlnet.tokenizer import TokenizerCheckError, build_clip_tokenizer, check_tokenizer
 
 DEFAULT_PRETRAINED_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_BACKBONE = "tiny-random"
@@ -60,9 +60,11 @@ class Backbone:
 
     def to(self, device, dtype=None, vae_dtype=torch.float32) -> "Backbone":
         """Move the frozen parts; the VAE stays fp32 by default (fp16 VAEs give NaN/black images)."""
-        self.text_encoder.to(device, dtype=dtype)
-        self.unet.to(device, dtype=dtype)
-        self.vae.to(device, dtype=vae_dtype)
+        for m, dt in ((self.text_encoder, dtype), (self.unet, dtype), (self.vae, vae_dtype)):
+            if dt is None or next(m.parameters()).dtype == dt:
+                m.to(device)
+            else:
+                m.to(device, dtype=dt)
         return self
 
 
@@ -92,30 +94,63 @@ def load_backbone(
             "or the path of a local Stable Diffusion 1.x copy (a diffusers folder with tokenizer/, text_encoder/, "
             "vae/, unet/, scheduler/)."
         )
-    src = str(p) if is_local else name
-    kw: dict[str, Any] = {"revision": revision}
-    if local_files_only is not None:
-        kw["local_files_only"] = local_files_only
+    hint = (
+        "Without internet access (or without the weights in the Hugging Face cache), download it once on a "
+        f"connected machine, e.g. `hf download {name if not is_local else DEFAULT_PRETRAINED_MODEL} "
+        "--local-dir /path/to/local/sd15`, then pass `--pretrained_model /path/to/local/sd15` (notebook "
+        "parameter pretrained_model). For a CPU smoke run without any weights use pretrained_model: tiny-random."
+    )
+    if is_local:
+        src = p
+    else:
+        src = _fetch_snapshot(name, revision, variant, local_files_only, hint)
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", **kw)
-        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", variant=variant, **kw)
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", variant=variant, **kw)
-        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", variant=variant, **kw)
-        noise_scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", **kw)
-    except Exception as e:  # hub/network/filesystem errors all mean "backbone unavailable"
-        where = f"the local folder {src}" if is_local else f"the Hugging Face Hub id {name!r}"
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer", local_files_only=True)
+        check_tokenizer(tokenizer, source=f"tokenizer of {src}")
+        text_encoder = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", variant=variant, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", variant=variant, local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", variant=variant, local_files_only=True)
+        noise_scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler", local_files_only=True)
+    except TokenizerCheckError:
+        raise
+    except Exception as e:  # missing/corrupt files
+        where = f"the local folder {src}" if is_local else f"the downloaded snapshot of {name!r} at {src}"
         raise BackboneNotFoundError(
-            f"Could not load the Stable Diffusion backbone from {where} ({type(e).__name__}: {str(e)[:300]}).\n"
-            "Without internet access (or without the weights in the Hugging Face cache), download it once on a "
-            f"connected machine, e.g. `huggingface-cli download {name if not is_local else DEFAULT_PRETRAINED_MODEL} "
-            "--local-dir /path/to/local/sd15`, then pass `--pretrained_model /path/to/local/sd15` (notebook "
-            "parameter pretrained_model). For a CPU smoke run without any weights use pretrained_model: tiny-random."
+            f"Could not load the Stable Diffusion backbone from {where} ({type(e).__name__}: {str(e)[:300]}). "
+            "The folder must hold tokenizer/, text_encoder/, vae/, unet/ and scheduler/ in diffusers format. " + hint
         ) from e
     kind = "pretrained"
     if is_local and (p / _MARKER).is_file():
         kind = json.loads((p / _MARKER).read_text()).get("backbone", kind)
-    check_tokenizer(tokenizer, source=f"tokenizer of {src}")
     return Backbone(tokenizer, text_encoder, vae, unet, noise_scheduler, name=name, kind=kind)
+
+
+def _fetch_snapshot(repo_id: str, revision, variant, local_files_only, hint: str) -> Path:
+    """The local snapshot of the backbone's weights: from the HF cache, else downloaded (safetensors only)."""
+    from huggingface_hub import snapshot_download
+
+    v = f".{variant}" if variant else ""
+    patterns = [
+        "model_index.json", "scheduler/*.json", "tokenizer/*",
+        "text_encoder/config.json", f"text_encoder/model{v}.safetensors",
+        "vae/config.json", f"vae/diffusion_pytorch_model{v}.safetensors",
+        "unet/config.json", f"unet/diffusion_pytorch_model{v}.safetensors",
+    ]
+    try:  # already cached: no network at all
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception as cached_err:
+        if local_files_only:
+            raise BackboneNotFoundError(
+                f"Stable Diffusion backbone {repo_id!r} is not in the Hugging Face cache and local_files_only is set "
+                f"({type(cached_err).__name__}). " + hint
+            ) from cached_err
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        raise BackboneNotFoundError(
+            f"Could not download the Stable Diffusion backbone {repo_id!r} from the Hugging Face Hub "
+            f"({type(e).__name__}: {str(e)[:300]}). " + hint
+        ) from e
 
 
 def tiny_sd_configs(cross_attention_dim: int = 32) -> dict[str, dict[str, Any]]:
@@ -181,3 +216,39 @@ def save_backbone(backbone: Backbone, out_dir: str | os.PathLike) -> Path:
 
     atomic_write_text(out / _MARKER, json.dumps({"backbone": backbone.kind, "source": backbone.name}))
     return out
+
+
+def sd15_configs() -> dict[str, dict[str, Any]]:
+    """The architecture of Stable Diffusion 1.5 (UNet 860 M, VAE 84 M, CLIP ViT-L/14 text encoder 123 M)."""
+    return {
+        "text_encoder": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                             num_attention_heads=12, max_position_embeddings=77, projection_dim=768,
+                             hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1),
+        "vae": dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+                    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512, scaling_factor=0.18215),
+        "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                     block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3),
+    }
+
+
+def build_random_sd15(seed: int = 0, tokenizer_cache_dir: str | os.PathLike | None = None) -> Backbone:
+    """Stable Diffusion 1.5's architecture with random weights: for speed and memory benchmarks only
+    (same FLOPs and memory as the real model; labelled ``sd15-architecture-random``)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = sd15_configs()
+    tokenizer = build_clip_tokenizer(tokenizer_cache_dir)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
+        vae = AutoencoderKL(**cfg["vae"])
+        unet = UNet2DConditionModel(**cfg["unet"])
+    finally:
+        torch.random.set_rng_state(state)
+    return Backbone(tokenizer, text_encoder, vae, unet, DDPMScheduler(**SD15_SCHEDULER),
+                    name="sd15-architecture-random", kind="sd15-architecture-random")

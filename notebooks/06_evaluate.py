@@ -1,0 +1,211 @@
+# %% [markdown]
+# # 6. Evaluation: every model against persistence, on the same test tiles
+#
+# ## Overview
+# Each model of chapters 3-5 saved its generated test images as GeoTIFF + PNG. This chapter scores them, and the
+# **persistence baseline** (the future image is predicted to be the past image), on exactly the same test tiles:
+#
+# * **PSNR, SSIM, L1** on images in [0, 1] with `data_range = 1`, per tile over the valid pixels only (clouds, UDM
+#   and nodata of either date excluded), then averaged over tiles with a 95 % bootstrap interval;
+# * **LPIPS** (AlexNet) over the same valid pixels -- labelled *uncalibrated* when the ImageNet weights are not
+#   available and a random backbone stands in (smoke / offline runs);
+# * **change-aware scores**: the same metrics over the pixels whose building footprint changed between t0 and t1
+#   versus the pixels where it did not -- a model that only copies the past wins on the second and loses on the first;
+# * **building F1 / IoU / precision / recall** from a small building-segmentation U-Net trained here on the real
+#   training images, applied to the real future images (upper bound) and to each model's images, and the F1 restricted
+#   to pixels that were not built at t0: *does the model draw the buildings it was asked to add?*
+#
+# Chapter 7 adds the distribution metrics (FID, KID).
+#
+# ## Prerequisites
+# | | |
+# |---|---|
+# | Inputs | the tile store of chapter 2 (`dataset_dir`); the predictions of chapters 3-5 in `runs/<profile>/<model>/predictions/test/` (a missing one is a note, not an error) |
+# | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt`, the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
+# | Time | about 2 minutes on a CPU (smoke), a few minutes (sn7_real_128, no segmenter: no labels) |
+# | GPU | not needed; used for the segmenter and LPIPS when `device` finds one |
+# | Weights | LPIPS needs `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded automatically when online). Offline, the run stops with the file name and folder unless `allow_uncalibrated_metrics: true` |
+
+# %% tags=["parameters"]
+profile = "smoke"
+dataset_dir = "data/smoke/dataset"
+runs_dir = "runs"
+seed = 0
+device = "auto"                       # auto | cpu | cuda
+allow_uncalibrated_metrics = True     # smoke only: random LPIPS backbone if its weights are missing, labelled
+split = "test"
+models = ["pix2pix", "attention_unet", "controlnet"]
+lpips_net = "alex"                    # alex | vgg
+max_eval_pairs = None                 # None: every pair of the split; an int: a seeded subset, same for every model
+n_bootstrap = 1000                    # bootstrap resamples for the 95% intervals
+psnr_cap_db = 100.0                   # PSNR of an exact match is inf; means use this value (and say so)
+segmenter_steps = 300                 # building-segmenter training steps
+segmenter_batch_size = 16             # pairs per step (both dates used: 2x images)
+segmenter_base_channels = 16
+segmenter_depth = 3
+segmenter_lr = 1e-3
+retrain_segmenter = False             # False: reuse runs/<profile>/segmenter/segmenter.pt when it exists
+gallery_metric = "lpips"              # metric that ranks the best / median / worst tiles
+
+# %%
+import os
+
+from stsynth_lib.runs import find_project_root
+
+os.chdir(find_project_root())
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Markdown, display
+
+from stsynth_lib import evaluate as E
+from stsynth_lib import metrics as M
+from stsynth_lib.runs import prepare_run_dir, seed_everything
+from stsynth_lib.segmentation import dataset_fingerprint, load_segmenter, save_segmenter, train_segmenter
+
+seed_everything(seed)
+device = M.default_device(device)
+eval_dir = Path(runs_dir) / profile / "eval"
+runs = E.prediction_dirs(runs_dir, profile, models, split)
+for name, folder in runs.items():
+    print(f"{name:15s} {'found' if (folder / 'index.csv').is_file() else 'MISSING'}  {folder}")
+
+# %% [markdown]
+# ## The data range, and why it matters
+# PSNR is `10 log10(MAX^2 / MSE)`, where `MAX` is the range the images live in. The original research code scored
+# images in [-1, 1] with `MAX = 1`: every PSNR was 6.02 dB (= 20 log10 2) too low, and SSIM's constants were
+# off by the same factor. Here every image is compared in [0, 1] with `data_range = 1` (the tests check PSNR and SSIM
+# against scikit-image to 1e-4); `check_range` refuses images outside the declared range.
+
+# %%
+data = E.load_split(dataset_dir, split, max_pairs=max_eval_pairs, seed=seed)
+past01, fut01 = data.past / 255.0, data.future / 255.0
+right = M.masked_psnr(past01, fut01, data.valid, data_range=1.0)
+wrong = M.masked_psnr(past01 * 2 - 1, fut01 * 2 - 1, data.valid, data_range=1.0)  # the research code's mistake
+print(f"persistence PSNR on {len(data)} {split} pairs: {np.nanmean(M.finite_psnr(right)):.2f} dB with the right data range, "
+      f"{np.nanmean(M.finite_psnr(wrong)):.2f} dB with [-1, 1] images and data_range=1")
+
+# %% [markdown]
+# ## The building segmenter
+# Building F1 needs a judge that finds buildings in an image. A small U-Net is trained on the **real** images and
+# footprint masks of the training split (both dates of every labelled pair), and checked on the real future images of
+# the test split: that score is the upper bound for any generated image. Datasets without labels (the 128 px real
+# sample) skip it.
+
+# %%
+seg_dir = Path(runs_dir) / profile / "segmenter"
+seg_path = seg_dir / "segmenter.pt"
+segmenter, seg_info = None, {}
+try:
+    if seg_path.is_file() and not retrain_segmenter:
+        segmenter, seg_info = load_segmenter(seg_path, device=device)
+        if seg_info.get("dataset_fingerprint") != dataset_fingerprint(dataset_dir):
+            print(f"{seg_path} was trained on another build of the dataset: retraining")
+            segmenter = None
+        else:
+            print(f"Loaded {seg_path} ({seg_info.get('steps')} steps, trained on this dataset)")
+    if segmenter is None:
+        prepare_run_dir(runs_dir, profile, "segmenter", {
+            "dataset_dir": dataset_dir, "steps": segmenter_steps, "batch_size": segmenter_batch_size,
+            "base_channels": segmenter_base_channels, "depth": segmenter_depth, "lr": segmenter_lr, "seed": seed})
+        segmenter, seg_info = train_segmenter(dataset_dir, steps=segmenter_steps, batch_size=segmenter_batch_size,
+                                              lr=segmenter_lr, base_channels=segmenter_base_channels,
+                                              depth=segmenter_depth, device=device, seed=seed)
+        save_segmenter(segmenter, seg_path, seg_info)
+        print(f"Trained in {seg_info['seconds']:.0f} s on {seg_info['train_pairs']} labelled pairs "
+              f"({seg_info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}")
+        fig, ax = plt.subplots(figsize=(5, 2.6))
+        ax.plot(seg_info["losses"])
+        ax.set(xlabel="step", ylabel="BCE + Dice", title="building segmenter training loss")
+        plt.show()
+except ValueError as err:
+    display(Markdown(f"> **Note: building F1 is skipped on this dataset.** {err}"))
+
+# %% [markdown]
+# ## Scores per tile, then per model
+
+# %%
+res = E.evaluate_models(dataset_dir, split, runs, out_dir=eval_dir, segmenter=segmenter, lpips_net=lpips_net,
+                        allow_uncalibrated=allow_uncalibrated_metrics, device=device, max_pairs=max_eval_pairs,
+                        n_boot=n_bootstrap, psnr_cap_db=psnr_cap_db, seed=seed,
+                        persistence_dir=Path(runs_dir) / profile / "persistence" / "predictions" / split)
+for note in res.notes:
+    display(Markdown(f"> **Note:** {note}"))
+print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_dir}")
+
+# %% [markdown]
+# ### Results table
+# Mean over test tiles and 95 % bootstrap interval (1000 resamples of the tiles). Arrows give the better direction.
+# Building F1 pools the pixels of all tiles; `real_future` is the segmenter on the real future images (upper bound).
+
+# %%
+display(E.results_table(res.summary))
+for line in E.persistence_verdict(res.summary):
+    display(Markdown(f"* {line}"))
+
+# %% [markdown]
+# ### Change-aware scores
+# The same metrics over the pixels whose footprint changed between t0 and t1 (new or demolished buildings) and over
+# the rest. Persistence is hard to beat on unchanged pixels; a model that really uses the future mask should win on
+# the changed ones. Needs building labels.
+
+# %%
+change_cols = ("psnr_changed", "psnr_unchanged", "ssim_changed", "ssim_unchanged", "lpips_changed", "lpips_unchanged")
+if set(change_cols) & set(res.summary["metric"]):
+    display(E.results_table(res.summary, change_cols))
+else:
+    display(Markdown("> **Note:** no building labels in this split: change-aware scores need the footprints of t0 and t1."))
+
+# %% [markdown]
+# ### Building scores
+# Pixel-level scores of the segmenter's buildings against the future footprints; the `new` columns count only pixels
+# that were not built at t0, so copying the past scores zero recall there.
+
+# %%
+if segmenter is not None and data.has_mask.any():
+    display(E.results_table(res.summary, ("f1_micro", "f1", "iou", "precision", "recall", "f1_new_micro", "recall_new")))
+else:
+    display(Markdown("> **Note: building F1 skipped** -- no labelled test tiles or no segmenter for this dataset."))
+
+# %% [markdown]
+# ## Metric versus time gap
+# Longer gaps leave more to change; persistence (dashed) degrades with the gap, and a useful model degrades less.
+
+# %%
+curve_metrics = [m for m in ("psnr", "ssim", "lpips") if m in set(res.summary["metric"])]
+fig, axes = plt.subplots(1, len(curve_metrics), figsize=(5.2 * len(curve_metrics), 3.8))
+for ax, metric in zip(np.atleast_1d(axes), curve_metrics):
+    E.plot_metric_vs_gap(res, metric, n_boot=200, seed=seed, ax=ax)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Galleries: best, median and worst tiles
+# Per model, ranked by `gallery_metric`: past | future footprints | generated | truth | absolute error (invalid
+# pixels masked).
+
+# %%
+for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
+    fig = E.gallery(res, name, gallery_metric)
+    plt.show()
+
+# %% [markdown]
+# ## Summary
+# * All models and the persistence baseline are scored on the same test tiles, over valid pixels, with the correct
+#   data range; the tables give the mean and a 95 % bootstrap interval over tiles, and the verdict lines above say
+#   in words where each model does or does not beat persistence.
+# * LPIPS numbers are labelled *uncalibrated* whenever a random backbone was used; they then rank the rows of one
+#   table and mean nothing outside it. PSNR, SSIM and L1 need no weights and are always calibrated.
+# * Building F1 relies on a segmenter trained on real training images; its score on the real future images is the
+#   ceiling. On the 128 px real sample there are no labels, so F1 is skipped there (see the note above).
+#
+# **Results on real SpaceNet 7 (sn7_real_128, test split)** -- produced by
+# `make nb NB=06_evaluate PROFILE=sn7_real_128` (LPIPS uncalibrated: no weights offline):
+#
+# *(filled in from `runs/sn7_real_128/eval/results.md` once the models of chapters 3-5 have predictions there)*
+#
+# ## What's next
+# Chapter [7](07_fid) compares the *distributions* of generated and real tiles (FID, KID), per model and per
+# time gap, with the same persistence baseline.

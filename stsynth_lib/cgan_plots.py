@@ -1,0 +1,114 @@
+"""Figures for the cGAN chapters: loss curves, validation curves, sample grids, attention maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def plot_losses(run_dir: str | Path, smooth: int = 5):
+    """Generator/discriminator losses, the L1 term and throughput from ``log.csv`` (rolling mean over ``smooth`` rows)."""
+    import matplotlib.pyplot as plt
+
+    log = pd.read_csv(Path(run_dir) / "log.csv")
+    r = lambda s: s.rolling(smooth, min_periods=1).mean()  # noqa: E731
+    fig, ax = plt.subplots(1, 4, figsize=(16, 3.2))
+    ax[0].plot(log["step"], r(log["loss_g_gan"]), label="G adversarial")
+    ax[0].plot(log["step"], r(log["loss_d_real"]), label="D on real")
+    ax[0].plot(log["step"], r(log["loss_d_fake"]), label="D on generated")
+    ax[0].set_title("adversarial losses")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(log["step"], r(log["loss_g_l1"]), color="C3")
+    ax[1].set_title("L1 on valid pixels (train)")
+    ax[2].plot(log["step"], log["lr"], color="C4")
+    ax[2].set_title("learning rate")
+    ax[3].plot(log["step"], r(log["images_per_s"]), color="C2")
+    ax[3].set_title("throughput (images/s)")
+    for a in ax:
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None = None):
+    """Per-epoch validation L1 / PSNR / SSIM from ``val.csv``; dashed line: the persistence baseline."""
+    import matplotlib.pyplot as plt
+
+    val = pd.read_csv(Path(run_dir) / "val.csv")
+    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
+    for a, key, title in zip(ax, ("val_l1", "val_psnr", "val_ssim"), ("L1 (lower is better)", "PSNR dB", "SSIM")):
+        a.plot(val["epoch"], val[key], "o-", label="model")
+        best = val[val["best"] == 1]
+        a.plot(best["epoch"], best[key], "*", ms=12, color="gold", label="new best")
+        if persistence and key[4:] in persistence:
+            a.axhline(persistence[key[4:]], ls="--", color="gray", label="persistence")
+        a.set_title(f"validation {title}")
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def show_samples(run_dir: str | Path, which: int | str = "last"):
+    """Show a saved sample grid (``"last"``, ``"first"`` or a step): past | mask | generated | truth."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    files = sorted((Path(run_dir) / "samples").glob("step-*.png"))
+    if not files:
+        raise FileNotFoundError(f"no sample grids in {Path(run_dir) / 'samples'}; set sample_every_steps > 0")
+    if which == "last":
+        path = files[-1]
+    elif which == "first":
+        path = files[0]
+    else:
+        path = Path(run_dir) / "samples" / f"step-{int(which):07d}.png"
+    img = np.asarray(Image.open(path))
+    fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.4))
+    ax.imshow(img)
+    w = img.shape[1] / 4
+    ax.set_xticks([w * (i + 0.5) for i in range(4)], ["past", "future mask", "generated", "truth (magenta: invalid)"])
+    ax.set_yticks([])
+    ax.set_title(f"{path.stem} (validation pairs)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: int = 3, levels: tuple[int, ...] | None = None):
+    """Attention maps of an :class:`AttentionUNetGenerator` overlaid on the past image, one row per pair.
+
+    Columns: past image, future mask, then one overlay per gate (finest first; ``levels`` picks some).
+    Bright = the gate passes the skip feature (the decoder copies detail from the past image there).
+    """
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.models.attention_unet import attention_maps
+
+    maps = attention_maps(model, condition)
+    levels = tuple(range(len(maps))) if levels is None else levels
+    n = min(n, condition.shape[0])
+    cols = 2 + len(levels)
+    fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.5 * n), squeeze=False)
+    for i in range(n):
+        past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
+        axes[i, 0].imshow(past)
+        axes[i, 0].set_title("past" if i == 0 else "")
+        axes[i, 1].imshow(batch["future_mask"][i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].set_title("future mask" if i == 0 else "")
+        for c, lv in enumerate(levels):
+            a = axes[i, 2 + c]
+            a.imshow(past)
+            im = a.imshow(maps[lv][i, 0].cpu(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
+            if i == 0:
+                a.set_title(f"gate {lv} ({condition.shape[-1] // 2 ** (lv + 1)} px)", fontsize=9)
+        for a in axes[i]:
+            a.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention")
+    return fig

@@ -1,0 +1,222 @@
+"""Generate future images with a trained ControlNet (denoising loop + test-split generation).
+
+:func:`sample_images` is the denoising loop of diffusers'
+``StableDiffusionControlNetPipeline`` (classifier-free guidance with the control
+applied to both halves), written out so that the VAE can stay in fp32, each
+sample has its own seeded generator (results do not depend on the batch size)
+and multi-channel conditioning tensors are passed through untouched (the
+pipeline's image processor treats a 4-channel tensor as latents). There is no
+safety checker: generated satellite tiles never go through one.
+
+:func:`generate_split` writes the images of a split with
+``stsynth_lib.predictions.save_predictions`` (GeoTIFF with the input tile's CRS
+and geotransform + PNG + index.csv).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+
+from stsynth_lib.controlnet.backbone import Backbone, load_backbone
+from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch
+
+SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
+
+
+def resize_spatial(x: torch.Tensor, size_px: int | None, mode: str = "auto") -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` to ``size_px`` (no-op when ``None`` or already that size).
+
+    ``nearest`` keeps masks binary; ``auto`` averages (``area``) when shrinking and is bilinear when enlarging.
+    """
+    import torch.nn.functional as F
+
+    if size_px is None or x.shape[-1] == int(size_px) and x.shape[-2] == int(size_px):
+        return x
+    if mode == "auto":
+        mode = "area" if x.shape[-1] > int(size_px) else "bilinear"
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x.float(), size=(int(size_px), int(size_px)), mode=mode, **kw)
+
+
+def make_scheduler(name: str, base_config: Any):
+    """An inference scheduler built from the backbone's training-scheduler config."""
+    from diffusers import (
+        DDIMScheduler,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    classes = {
+        "unipc": UniPCMultistepScheduler,
+        "ddim": DDIMScheduler,
+        "dpmsolver++": DPMSolverMultistepScheduler,
+        "euler": EulerDiscreteScheduler,
+        "ddpm": DDPMScheduler,
+    }
+    key = str(name).lower()
+    if key not in classes:
+        raise ValueError(f"scheduler={name!r} is not supported; choose one of {SCHEDULERS}")
+    return classes[key].from_config(base_config)
+
+
+@torch.no_grad()
+def encode_prompts(backbone: Backbone, prompts: Sequence[str], device, dtype=None) -> torch.Tensor:
+    tok = backbone.tokenizer(
+        list(prompts), padding="max_length", max_length=backbone.tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    )
+    emb = backbone.text_encoder(tok.input_ids.to(device))[0]
+    return emb.to(dtype) if dtype is not None else emb
+
+
+@torch.no_grad()
+def sample_images(
+    backbone: Backbone,
+    controlnet,
+    cond: torch.Tensor,
+    prompts: Sequence[str],
+    scheduler,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 1.0,
+    seeds: Sequence[int] | None = None,
+    controlnet_conditioning_scale: float = 1.0,
+    weight_dtype: torch.dtype | None = None,
+    latents: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Denoise from seeded noise to images ``(B, 3, H, W)`` in [-1, 1] (float32, on CPU).
+
+    ``cond`` is the ``(B, C, H, W)`` conditioning in [0, 1]; ``guidance_scale``
+    > 1 enables classifier-free guidance against the empty prompt.
+    """
+    device = cond.device
+    dtype = weight_dtype or next(backbone.unet.parameters()).dtype
+    b, _, h, w = cond.shape
+    f = backbone.vae_scale_factor
+    if h % f or w % f:
+        raise ValueError(f"image size {h}x{w} is not divisible by the VAE factor {f}")
+    if latents is None:
+        shape = (1, backbone.unet.config.in_channels, h // f, w // f)
+        seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
+        latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
+    do_cfg = guidance_scale > 1.0
+    emb = encode_prompts(backbone, prompts, device, dtype)
+    if do_cfg:
+        emb = torch.cat([encode_prompts(backbone, [""] * b, device, dtype), emb])
+        cond = torch.cat([cond, cond])
+    cond = cond.to(device, dtype)
+    for t in scheduler.timesteps:
+        x = torch.cat([latents] * 2) if do_cfg else latents
+        x = scheduler.scale_model_input(x, t).to(dtype)
+        down, mid = controlnet(x, t, encoder_hidden_states=emb, controlnet_cond=cond,
+                               conditioning_scale=controlnet_conditioning_scale, return_dict=False)
+        eps = backbone.unet(x, t, encoder_hidden_states=emb, down_block_additional_residuals=[d.to(dtype) for d in down],
+                            mid_block_additional_residual=mid.to(dtype), return_dict=False)[0].float()
+        if do_cfg:
+            e_u, e_c = eps.chunk(2)
+            eps = e_u + guidance_scale * (e_c - e_u)
+        latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+    vae = backbone.vae
+    with torch.autocast(device_type=device.type, enabled=False):  # the VAE decodes in its own dtype (fp32)
+        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
+    img = img.float().clamp(-1, 1).cpu()
+    if not torch.isfinite(img).all():
+        raise FloatingPointError(
+            "generated images contain NaN/Inf (black images): keep the VAE in fp32 and prefer bf16 over fp16."
+        )
+    return img
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype | None = None):
+    """(backbone, controlnet, train params) of a finished run folder written by ``train_controlnet``."""
+    from diffusers import ControlNetModel
+
+    run_dir = Path(run_dir)
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    cn_dir = run_dir / "controlnet"
+    if not (cn_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{cn_dir} has no trained ControlNet: train it first (notebook 05 / train_controlnet).")
+    dev = _resolve_device(device)
+    backbone = load_backbone(params["backbone_path"]).freeze()
+    controlnet = ControlNetModel.from_pretrained(cn_dir).eval()
+    if dtype is None:  # the precision the run trained in (fp32 on CPU)
+        mp = params.get("mixed_precision_resolved", "no") if dev.type == "cuda" else "no"
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
+    backbone.to(dev, dtype)
+    controlnet.to(dev) if next(controlnet.parameters()).dtype == dtype else controlnet.to(dev, dtype)
+    return backbone, controlnet, params
+
+
+def generate_split(
+    run_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    scheduler: str = "unipc",
+    num_inference_steps: int = 20,
+    guidance_scale: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+    controlnet_conditioning_scale: float = 1.0,
+    max_pairs: int | None = None,
+    device: str = "auto",
+    write_png: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Generate the future image of every pair of ``split`` and save them as predictions.
+
+    Prompts and conditioning use the run's own training options (template,
+    gap plane), so generation sees exactly what training saw. Sample ``i``
+    uses the seed ``seed + pair_id``. Returns the predictions folder
+    (default ``<run_dir>/predictions/<split>``), which is cleared first.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.predictions import clear_predictions, save_predictions
+
+    run_dir = Path(run_dir)
+    backbone, controlnet, params = load_trained(run_dir, device)
+    dev = next(controlnet.parameters()).device
+    ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs)
+    if len(ds) == 0:
+        raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
+    _check_size(ds.tile_size_px, params)
+    out = Path(out_dir) if out_dir else run_dir / "predictions" / split
+    clear_predictions(out)
+    sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    for batch in tqdm(dl, desc=f"generate {split} ({scheduler}, {num_inference_steps} steps)", disable=not progress):
+        b = resize_batch(batch, params["resolution_px"])
+        cond = batch_conditioning(b, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"]).to(dev)
+        prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
+        seeds = [seed + int(p) for p in batch["pair_id"]]
+        imgs = sample_images(backbone, controlnet, cond, prompts, sched, num_inference_steps, guidance_scale,
+                             seeds, controlnet_conditioning_scale)
+        imgs = resize_spatial(imgs, ds.tile_size_px)  # back onto the tile's pixel grid
+        save_predictions(out, imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"], batch["crs"], write_png)
+    return out
+
+
+def _check_size(tile_px: int, params: dict) -> None:
+    trained = params.get("tile_size_px")
+    if trained and int(trained) != int(tile_px):
+        raise ValueError(
+            f"the ControlNet was trained on {trained} px tiles but this dataset has {tile_px} px tiles; "
+            "train and generate on the same dataset so that the evaluation compares like with like."
+        )

@@ -1,0 +1,118 @@
+"""Figures of the ControlNet chapter (return matplotlib Figures; the notebook shows them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+
+def _title_suffix(run_dir: Path) -> str:
+    import yaml
+
+    p = yaml.safe_load((run_dir / "params.yaml").read_text())
+    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{p.get('backbone_name')}]"
+
+
+def plot_training(run_dir: str | os.PathLike):
+    """Training loss (per logged step) and, at each validation, the loss with and without control and
+    ``control_gain`` (share of the no-control loss the ControlNet removes)."""
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    log = pd.read_csv(run_dir / "log.csv")
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
+    tr = log.dropna(subset=["loss"])
+    a1.plot(tr["step"], tr["loss"], label="train loss (masked MSE)")
+    va = log.dropna(subset=["val_loss"])
+    a1.plot(va["step"], va["val_loss"], "o-", label="val loss, with control")
+    a1.plot(va["step"], va["val_loss_nocontrol"], "s--", label="val loss, UNet alone")
+    a1.set_xlabel("step")
+    a1.set_ylabel("loss")
+    a1.legend(fontsize=8)
+    a2.plot(va["step"], va["control_gain"], "o-", color="C3")
+    a2.axhline(0, color="grey", lw=0.8)
+    a2.set_xlabel("step")
+    a2.set_ylabel("control_gain")
+    a2.set_title("1 - val loss / val loss (UNet alone)", fontsize=9)
+    fig.suptitle("ControlNet training" + _title_suffix(run_dir), fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: bool = True, n_bands: int = 3):
+    """The channels the ControlNet sees for one sample (``(C, H, W)`` in [0, 1]), and its prompt."""
+    import matplotlib.pyplot as plt
+
+    c = cond.numpy() if hasattr(cond, "numpy") else np.asarray(cond)
+    names = (["future mask"] if use_mask else []) + (["gap plane"] if use_gap_plane else [])
+    if c.shape[0] != n_bands + len(names):
+        raise ValueError(f"conditioning has {c.shape[0]} channels, expected {n_bands} bands + {names}")
+    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3 * (1 + len(names)), 3.3), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(np.clip(c[:3].transpose(1, 2, 0), 0, 1))
+    axes[0].set_title(f"channels 0-{n_bands - 1}: past image", fontsize=9)
+    for i, (ax, name) in enumerate(zip(axes[1:], names)):
+        ch = c[n_bands + i]
+        ax.imshow(ch, cmap="gray", vmin=0, vmax=1)
+        label = f"{name} = {ch.mean():.2f}" if name == "gap plane" else name
+        ax.set_title(f"channel {n_bands + i}: {label}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"prompt: \"{prompt}\"", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def show_validation(run_dir: str | os.PathLike, which: str = "last"):
+    """The validation grid of ``which`` (``"first"``, ``"last"`` or a step number) as a Figure."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    files = sorted((Path(run_dir) / "samples").glob("step-*.png"))
+    if not files:
+        raise FileNotFoundError(f"no validation images in {Path(run_dir) / 'samples'}: train first")
+    if which == "last":
+        f = files[-1]
+    elif which == "first":
+        f = files[0]
+    else:
+        f = Path(run_dir) / "samples" / f"step-{int(which):06d}.png"
+    img = Image.open(f)
+    fig = plt.figure(figsize=(img.width / 80, img.height / 80))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.imshow(img)
+    ax.axis("off")
+    return fig
+
+
+def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike, split: str = "test", n: int = 4,
+                     title: str = ""):
+    """Generated test images next to past, mask and truth, read back from the saved GeoTIFFs."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
+    from stsynth_lib.predictions import load_predictions
+
+    preds = load_predictions(pred_dir)
+    ds = PairedTileDataset(dataset_dir, split)
+    rows = ds.pairs.reset_index().set_index("pair_id")["index"]
+    ids = sorted(preds)[:: max(1, len(preds) // n)][:n]
+    fig, axes = plt.subplots(len(ids), 4, figsize=(9, 2.3 * len(ids) + 0.4), squeeze=False)
+    for r, pid in enumerate(ids):
+        s = ds[int(rows[pid])]
+        panels = [(to_uint8(s["past"][:3]).transpose(1, 2, 0), "past"),
+                  (s["future_mask"][0].numpy(), "future mask" if bool(s["has_mask"]) else "no labels"),
+                  (preds[pid][:3].transpose(1, 2, 0), "generated (GeoTIFF)"),
+                  (to_uint8(s["future"][:3]).transpose(1, 2, 0), "truth")]
+        for ax, (img, t) in zip(axes[r], panels):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            ax.set_title(t if r == 0 else "", fontsize=9)
+            ax.axis("off")
+        axes[r][0].text(-2, 0, f"{s['aoi'][:14]}\n+{int(s['gap_months'])} mo", fontsize=7, ha="right", va="top")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
