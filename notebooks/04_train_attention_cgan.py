@@ -23,7 +23,7 @@
 # where $x$ is the encoder feature and $g$ the coarser decoder feature. The decoder can learn to pass past detail
 # where nothing changes ($\alpha \to 1$) and to rely on its own coarse prediction where the guidance says the
 # scene changes ($\alpha \to 0$). Everything else is chapter 3: the same condition, PatchGAN, losses on valid
-# pixels, optimiser and trainer, so the two runs differ by the gates alone. At the end we look at the attention
+# pixels, optimiser, trainer and options (`residual` included), so the two runs differ by the gates alone. At the end we look at the attention
 # maps over the inputs.
 #
 # ## Prerequisites
@@ -52,6 +52,7 @@ ndf = 32                     # discriminator filters (pix2pix: 64)
 norm = "instance"            # instance | batch | none
 dropout = 0.5
 d_layers = 3                 # 3: the 70x70 PatchGAN
+residual = False             # not pix2pix: output past image + a tanh change, so training starts at persistence
 # loss and optimisation
 gan_mode = "vanilla"         # vanilla (BCE) | lsgan
 lambda_l1 = 100.0
@@ -129,6 +130,7 @@ plt.show()
 
 # %%
 persistence_val = summarize(evaluate_persistence(split_dataset(config, "val")))
+print("persistence on the same validation pairs:", {k: round(v, 4) for k, v in persistence_val.items()})
 fig = plot_validation(run_dir, persistence_val)
 plt.show()
 pd.read_csv(run_dir / "val.csv")

@@ -107,12 +107,12 @@ try:
         else:
             print(f"Loaded {seg_path} ({seg_info.get('steps')} steps, trained on this dataset)")
     if segmenter is None:
-        prepare_run_dir(runs_dir, profile, "segmenter", {
-            "dataset_dir": dataset_dir, "steps": segmenter_steps, "batch_size": segmenter_batch_size,
-            "base_channels": segmenter_base_channels, "depth": segmenter_depth, "lr": segmenter_lr, "seed": seed})
         segmenter, seg_info = train_segmenter(dataset_dir, steps=segmenter_steps, batch_size=segmenter_batch_size,
                                               lr=segmenter_lr, base_channels=segmenter_base_channels,
                                               depth=segmenter_depth, device=device, seed=seed)
+        prepare_run_dir(runs_dir, profile, "segmenter", {
+            "dataset_dir": dataset_dir, "steps": segmenter_steps, "batch_size": segmenter_batch_size,
+            "base_channels": segmenter_base_channels, "depth": segmenter_depth, "lr": segmenter_lr, "seed": seed})
         save_segmenter(segmenter, seg_path, seg_info)
         print(f"Trained in {seg_info['seconds']:.0f} s on {seg_info['train_pairs']} labelled pairs "
               f"({seg_info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}")

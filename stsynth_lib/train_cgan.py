@@ -90,6 +90,7 @@ class CGANTrainConfig:
     norm: str = "instance"  # instance | batch | none
     dropout: float = 0.5
     d_layers: int = 3  # 3 = 70x70 PatchGAN
+    residual: bool = False  # generator outputs clamp(past + tanh(.)) (not pix2pix; starts at persistence)
     # loss
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
     lambda_l1: float = 100.0
@@ -418,6 +419,7 @@ def model_spec(cfg: CGANTrainConfig, guidance: GuidanceConfig, n_bands: int, til
         "ngf": cfg.ngf,
         "norm": cfg.norm,
         "dropout": cfg.dropout,
+        "residual": bool(cfg.residual),
         "guidance": guidance.to_dict(),
         "channels": guidance.channel_names(),
     }
@@ -425,7 +427,8 @@ def model_spec(cfg: CGANTrainConfig, guidance: GuidanceConfig, n_bands: int, til
 
 def generator_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     return build_generator(spec["name"], spec["in_channels"], spec["out_channels"], spec["tile_size_px"],
-                           ngf=spec["ngf"], norm=spec["norm"], dropout=spec["dropout"])
+                           ngf=spec["ngf"], norm=spec["norm"], dropout=spec["dropout"],
+                           residual=bool(spec.get("residual", False)))
 
 
 def load_generator(run_dir: str | Path, which: str = "best", map_location: str = "cpu") -> tuple[nn.Module, GuidanceConfig]:

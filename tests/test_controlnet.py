@@ -371,10 +371,15 @@ def test_generated_geotiffs_carry_crs_and_transform(trained_runs, tiny_dataset_d
 
 def test_bf16_mixed_precision_run_on_cpu(tiny_dataset_dir, tmp_path):
     """The mixed-precision paths (frozen parts in bf16, fp32 VAE and loss, autocast ControlNet) run end to end."""
+    from accelerate.state import AcceleratorState
+
     from stsynth_lib.controlnet.train import train_controlnet
 
-    run = train_controlnet(_cfg(tiny_dataset_dir, tmp_path, mixed_precision="bf16", max_train_steps=2,
-                                checkpointing_steps=0))
+    try:
+        run = train_controlnet(_cfg(tiny_dataset_dir, tmp_path, mixed_precision="bf16", max_train_steps=2,
+                                    checkpointing_steps=0))
+    finally:  # Accelerate's process-wide state must not leak bf16 into later tests
+        AcceleratorState._reset_state()
     params = yaml.safe_load((run / "params.yaml").read_text())
     assert params["weight_dtype"] == "bfloat16" and params["mixed_precision_resolved"] == "bf16"
     with open(run / "log.csv", newline="") as fh:

@@ -139,3 +139,21 @@ def test_condition_without_mask_or_time():
         build_condition(_batch(bands=3), no_labels)
     with pytest.raises(ValueError, match="time_encoding"):
         GuidanceConfig(time_encoding="fourier")
+
+
+@pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])
+def test_residual_generator_starts_at_persistence(name):
+    from stsynth_lib.models import init_weights
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 6, 64, 64) * 2 - 1
+    plain = init_weights(build_generator(name, 6, 3, 64, ngf=8))
+    torch.manual_seed(0)
+    res = init_weights(build_generator(name, 6, 3, 64, ngf=8, residual=True))
+    y_plain, y_res = plain(x), res(x)
+    assert y_res.min() >= -1 and y_res.max() <= 1
+    assert (y_res - x[:, :3]).abs().mean() < 0.1 < (y_plain - x[:, :3]).abs().mean()
+    y_res.mean().backward()
+    assert all(p.grad is not None for p in res.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="residual"):
+        build_generator(name, 2, 3, 64, ngf=8, residual=True)

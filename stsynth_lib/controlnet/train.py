@@ -237,6 +237,20 @@ def _resolve_mixed_precision(mp: str, on_cuda: bool) -> str:
     return mp
 
 
+def _allow_new_precision(mp: str) -> None:
+    """Accelerate keeps one global state per process: a second run in the same notebook kernel with another
+    ``mixed_precision`` would fail ("AcceleratorState has already been initialized"). In a single process
+    (notebook, tests) the state is reset; under ``accelerate launch`` it is left alone."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    if not shared or str(shared.get("_mixed_precision", mp)) == mp:
+        return
+    if PartialState._shared_state and PartialState().num_processes > 1:
+        return  # distributed: Accelerator() will explain the conflict itself
+    AcceleratorState._reset_state()
+
+
 def _make_optimizer(cfg: ControlNetTrainConfig, controlnet, on_cuda: bool):
     zero, other = zero_conv_parameters(controlnet)
     groups = [{"params": other, "lr": cfg.learning_rate},
@@ -337,6 +351,7 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
         raise RuntimeError("device='cuda' but torch.cuda.is_available() is False; use device='auto' or 'cpu'")
     on_cuda = cfg.device != "cpu" and torch.cuda.is_available()
     mp = _resolve_mixed_precision(cfg.mixed_precision, on_cuda)
+    _allow_new_precision(mp)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps, mixed_precision=mp,
                               cpu=not on_cuda)
     device = accelerator.device

@@ -13,6 +13,13 @@ bottleneck is 1 x 1. Here ``depth`` defaults to ``log2(tile_size_px)`` (64 px ->
   level ends with ``Tanh`` so outputs lie in [-1, 1] like the targets;
 * ``Dropout(0.5)`` on the ``d - 5`` decoder levels just outside the innermost
   one (3 at 256 px, as in pix2pix), or on ``n_dropout`` levels if given.
+
+``residual=True`` (not in pix2pix; off by default) makes the tanh output a
+*change* added to the past image, ``clamp(past + tanh(.), -1, 1)``, where the
+past image is the first ``out_channels`` channels of the condition (the order
+:mod:`stsynth_lib.conditioning` guarantees). The untrained generator then starts
+at persistence (future = past) instead of noise, which matters when the
+training budget is small.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class UNetGenerator(nn.Module):
         Dropout probability on the innermost decoder levels (0.5 in pix2pix; 0 disables).
     n_dropout:
         How many decoder levels get dropout; ``None`` = ``max(0, depth - 5)`` as in pix2pix.
+    residual:
+        Output ``clamp(past + tanh(.), -1, 1)`` instead of ``tanh(.)`` (see the module docstring).
     """
 
     def __init__(
@@ -82,8 +91,13 @@ class UNetGenerator(nn.Module):
         dropout: float = 0.5,
         depth: int | None = None,
         n_dropout: int | None = None,
+        residual: bool = False,
     ):
         super().__init__()
+        if residual and in_channels < out_channels:
+            raise ValueError(f"residual=True needs the past image ({out_channels} bands) first in the condition, "
+                             f"but the condition has only {in_channels} channels")
+        self.residual = residual
         self.depth = depth if depth is not None else depth_for_size(tile_size_px)
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
@@ -151,4 +165,7 @@ class UNetGenerator(nn.Module):
             u = self.ups[i](h)
             skip = self.gate(i - 1, e[i - 1], h)
             h = torch.cat([u, skip], 1)
-        return self.ups[0](h)
+        out = self.ups[0](h)
+        if self.residual:
+            out = torch.clamp(x[:, : self.out_channels] + out, -1.0, 1.0)
+        return out
