@@ -32,9 +32,14 @@
 # driven by Accelerate, on the **same dataset, split and tiles** as the cGANs of chapters 3-4. It adds what users
 # of that example keep asking for: the loss over valid (cloud-free) latents only, computed in fp32, a NaN check
 # that stops with a clear message, an fp32 VAE under mixed precision, exact resume, validation with small batches
-# under `no_grad`, and **`control_gain`**: the share of the UNet-alone loss that the ControlNet removes on fixed
-# validation noise. It is exactly 0 at step 0 (zero convolutions) and rises when the ControlNet starts to use its
-# condition, which turns "the loss stays flat / the ControlNet ignores the condition" into a number.
+# under `no_grad`, and two numbers that turn "the loss stays flat / the ControlNet ignores its condition" into
+# measurements, on fixed validation noise and timesteps:
+#
+# * **`control_gain`** = 1 - loss / loss(UNet alone): what the ControlNet adds at all;
+# * **`cond_gain`** = 1 - loss / loss(with another pair's conditioning): what *this* pair's past image and mask add.
+#
+# Both are exactly 0 at step 0 (zero convolutions). A ControlNet that learns a generic correction but ignores its
+# condition shows a positive `control_gain` and a `cond_gain` near 0.
 #
 # **Backbone.** `pretrained_model` names a Stable Diffusion 1.x (a Hugging Face id, by default
 # `stable-diffusion-v1-5/stable-diffusion-v1-5`, or a local folder). The `smoke` and `sn7_real_128` profiles use
@@ -73,7 +78,7 @@ max_train_steps = 300
 train_batch_size = 8
 gradient_accumulation_steps = 1
 learning_rate = 1e-4               # diffusers' example: 1e-5 for SD 1.5; the tiny random backbone takes more
-zero_conv_lr_mult = 1.0            # learning-rate multiplier of the zero convolutions
+zero_conv_lr_mult = 10.0           # learning-rate multiplier of the zero convolutions (diffusers: 1)
 lr_scheduler = "constant"
 lr_warmup_steps = 0
 mixed_precision = "auto"           # auto: bf16 on a GPU that has it, else fp16; no on CPU
@@ -152,11 +157,13 @@ print(f"run folder: {run_dir}\nbackbone: {params['backbone']} ({params['backbone
 print(open(run_dir / "summary.yaml").read())
 
 # %% [markdown]
-# ## Loss curve and control gain
+# ## Loss curve, control gain and condition gain
 # Diffusion losses are noisy (each step draws new timesteps and noise), so the validation losses use the same
 # noise and timesteps every time. Left: training loss, and validation loss with the ControlNet and with the UNet
-# alone. Right: `control_gain`. With the tiny random backbone the UNet alone predicts the noise poorly and the
-# ControlNet learns to correct it; with SD 1.5 the gain measures how much the conditioning explains.
+# alone. Right: `control_gain` and `cond_gain`. With the tiny random backbone the UNet alone predicts the noise
+# poorly and much of `control_gain` is the ControlNet correcting it; `cond_gain` is the part that depends on the
+# pair's own past image and mask. `zero_conv_lr_mult` (the learning-rate multiplier of the zero convolutions)
+# speeds both up: on this backbone, 10 instead of 1 more than doubles `control_gain` after 300 steps.
 
 # %%
 fig = plot_training(run_dir)
@@ -196,7 +203,8 @@ plt.show()
 # * A ControlNet conditioned on the past image, the future building mask and the time gap, with metadata prompts,
 #   was trained beside a frozen Stable Diffusion on the same tiles as the cGANs; the run folder holds parameters,
 #   logs, validation grids, resumable checkpoints and the trained ControlNet.
-# * `control_gain` shows whether the ControlNet uses its condition (0 at step 0 by construction).
+# * `control_gain` and `cond_gain` show whether the ControlNet does anything, and whether it uses *its* condition
+#   (both 0 at step 0 by construction).
 # * The test split was generated and saved as georeferenced GeoTIFFs + PNGs for chapter 6.
 # * With the `tiny-random` backbone (smoke, sn7_real_128 on CPU) the pictures are not meaningful; run the `sn7` or
 #   `gpu` profile (SD 1.5 at 512 px on a GPU) for real results.

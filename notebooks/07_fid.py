@@ -86,8 +86,9 @@ for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
     style = dict(ls="--", color="k") if name == E.PERSISTENCE else {}
     axes[0].errorbar(np.arange(len(buckets)), g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=name, **style)
     axes[1].plot(np.arange(len(buckets)), g["fid"], marker="o", label=name, **style)
+n_per_bucket = table[table["model"] == E.PERSISTENCE].set_index("gap_bucket")["n"]
 for ax, what in zip(axes, ("KID x1000", "FID")):
-    ax.set_xticks(np.arange(len(buckets)), buckets)
+    ax.set_xticks(np.arange(len(buckets)), [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])
     ax.set(xlabel="time gap t1 - t0 (months)", ylabel=M.label(what, calibrated))
     ax.set_title(f"{M.label(what, calibrated)} vs time gap", fontsize=10)
     ax.legend(fontsize=8)
@@ -97,9 +98,13 @@ plt.show()
 # %%
 overall = table[table["gap_bucket"] == "all"].set_index("model")
 best = overall["kid"].idxmin()
-print(f"Lowest KID over all gaps: {best} ({overall.loc[best, 'kid'] * 1000:.2f} x1e-3, n = {overall.loc[best, 'n']}); "
-      f"persistence: {overall.loc[E.PERSISTENCE, 'kid'] * 1000:.2f} x1e-3"
-      + ("" if calibrated else "  [uncalibrated: random Inception]"))
+tag = "" if calibrated else "  [uncalibrated: random Inception]"
+pers = overall.loc[E.PERSISTENCE, "kid"] * 1000
+if best == E.PERSISTENCE:
+    print(f"No model beats the persistence baseline on KID over all gaps (persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}).{tag}")
+else:
+    print(f"Lowest KID over all gaps: {best} ({overall.loc[best, 'kid'] * 1000:.2f} x1e-3) vs persistence {pers:.2f} x1e-3, "
+          f"n = {overall.loc[best, 'n']}.{tag}")
 
 # %% [markdown]
 # ## Summary

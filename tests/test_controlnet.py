@@ -37,6 +37,20 @@ from stsynth_lib.controlnet.tokenizer import (  # noqa: E402
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _tokenizer_cache_in_tmp(tmp_path_factory):
+    """Trainers build the CLIP tokenizer files in $STSYNTH_CACHE: keep them out of the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("STSYNTH_CACHE")
+    os.environ["STSYNTH_CACHE"] = str(tmp_path_factory.mktemp("stsynth_cache"))
+    yield
+    if old is None:
+        os.environ.pop("STSYNTH_CACHE", None)
+    else:
+        os.environ["STSYNTH_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """The tiny models are far faster on one thread than on oversubscribed shared cores."""
@@ -230,15 +244,12 @@ def _cfg(dataset_dir, runs_dir, **kw):
     return ControlNetTrainConfig(**base)
 
 
-@pytest.fixture(scope="session")
-def trained_runs(tiny_dataset_dir, tmp_path_factory, tok_cache):
+@pytest.fixture(scope="module")
+def trained_runs(tiny_dataset_dir, tmp_path_factory, _tokenizer_cache_in_tmp):
     """A 4-step run, and the same run stopped at step 2 then resumed from 'latest'."""
-    import os
-
     from stsynth_lib.controlnet.train import train_controlnet
 
-    old_env, old_threads = os.environ.get("STSYNTH_CACHE"), torch.get_num_threads()
-    os.environ["STSYNTH_CACHE"] = str(tok_cache.parent / "stsynth_cache")  # the tokenizer files, not in ~/.cache
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         full = train_controlnet(_cfg(tiny_dataset_dir, tmp_path_factory.mktemp("full")))
@@ -248,10 +259,6 @@ def trained_runs(tiny_dataset_dir, tmp_path_factory, tok_cache):
         resumed = train_controlnet(_cfg(tiny_dataset_dir, part_root, resume_from_checkpoint="latest"))
     finally:
         torch.set_num_threads(old_threads)
-        if old_env is None:
-            os.environ.pop("STSYNTH_CACHE", None)
-        else:
-            os.environ["STSYNTH_CACHE"] = old_env
     yield full, resumed, ckpts_after_first
 
 
@@ -264,6 +271,7 @@ def test_run_folder_and_logs(trained_runs):
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
     assert float(rows[0]["control_gain"]) == 0.0  # zero convolutions: the control adds nothing yet
+    assert float(rows[0]["cond_gain"]) == 0.0
     assert float(rows[-1]["val_loss"]) != float(rows[-1]["val_loss_nocontrol"])  # ... and something after training
     assert all(np.isfinite(float(r["loss"])) for r in rows[1:])
     assert sorted(p.name for p in (full / "samples").iterdir()) == ["step-000000.png", "step-000002.png", "step-000004.png"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
-
 import numpy as np
 import pandas as pd
 
@@ -18,8 +16,9 @@ def _title_suffix(run_dir: Path) -> str:
 
 
 def plot_training(run_dir: str | os.PathLike):
-    """Training loss (per logged step) and, at each validation, the loss with and without control and
-    ``control_gain`` (share of the no-control loss the ControlNet removes)."""
+    """Training loss (per logged step) and, at each validation, the loss with and without control,
+    ``control_gain`` (share of the UNet-alone loss the ControlNet removes) and ``cond_gain`` (share of the
+    loss with another pair's conditioning that the right conditioning removes)."""
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
@@ -33,11 +32,14 @@ def plot_training(run_dir: str | os.PathLike):
     a1.set_xlabel("step")
     a1.set_ylabel("loss")
     a1.legend(fontsize=8)
-    a2.plot(va["step"], va["control_gain"], "o-", color="C3")
+    a2.plot(va["step"], va["control_gain"], "o-", color="C3", label="control_gain: 1 - loss / loss(UNet alone)")
+    if "cond_gain" in va:
+        a2.plot(va["step"], va["cond_gain"], "s-", color="C4",
+                label="cond_gain: 1 - loss / loss(another pair's condition)")
     a2.axhline(0, color="grey", lw=0.8)
     a2.set_xlabel("step")
-    a2.set_ylabel("control_gain")
-    a2.set_title("1 - val loss / val loss (UNet alone)", fontsize=9)
+    a2.set_ylabel("share of the validation loss removed")
+    a2.legend(fontsize=8)
     fig.suptitle("ControlNet training" + _title_suffix(run_dir), fontsize=10)
     fig.tight_layout()
     return fig

@@ -12,11 +12,12 @@ v-prediction MSE) with what users of that example ask for:
 * the loss is computed in fp32 and only over latent pixels whose 8x8 footprint is
   valid (clouds / nodata masked); a NaN/Inf loss stops the run with a clear message;
 * the VAE stays fp32 under fp16/bf16; no safety checker anywhere;
-* ``control_gain`` is logged at each validation: ``1 - loss(with control) /
-  loss(without control)`` on fixed noise and timesteps. The zero convolutions make it
-  exactly 0 at step 0; it rising shows the ControlNet is used (the "flat loss /
-  ignored condition" complaint, measured instead of guessed). ``zero_conv_lr_mult``
-  raises the learning rate of the zero convolutions;
+* two numbers logged at each validation, on fixed noise and timesteps, turn the "flat loss /
+  the ControlNet ignores its condition" complaint into measurements:
+  ``control_gain = 1 - loss / loss(UNet alone)`` (what the ControlNet adds at all) and
+  ``cond_gain = 1 - loss / loss(with another pair's conditioning)`` (what *this* pair's
+  past image and mask add). Both are exactly 0 at step 0 (zero convolutions).
+  ``zero_conv_lr_mult`` raises the learning rate of the zero convolutions;
 * validation with small batches under ``no_grad``, memory freed afterwards;
 * checkpoints ``checkpoints/checkpoint-<step>`` written atomically with a kept-count
   limit, ``resume_from_checkpoint: latest`` resumes exactly (model, optimizer, LR
@@ -29,7 +30,6 @@ import argparse
 import dataclasses
 import gc
 import json
-import math
 import shutil
 import sys
 import time
@@ -63,7 +63,7 @@ from stsynth_lib.runs import (
 
 LOG_FIELDS = [
     "step", "epoch", "loss", "lr", "images_per_s", "elapsed_s",
-    "val_loss", "val_loss_nocontrol", "control_gain",
+    "val_loss", "val_loss_nocontrol", "control_gain", "val_loss_shuffled_cond", "cond_gain",
 ]
 
 
@@ -118,7 +118,8 @@ class ControlNetTrainConfig:
     resume_from_checkpoint: str | None = None  # None/"" fresh (clears the run) | latest | checkpoint-<step>
     validation_steps: int = 100
     validate_at_start: bool = True
-    num_validation_images: int = 4
+    num_validation_images: int = 4  # pairs drawn in the validation grids
+    num_validation_loss_pairs: int = 16  # pairs of the validation losses / control_gain / cond_gain
     validation_batch_size: int = 2
     validation_scheduler: str = "unipc"
     validation_inference_steps: int = 20
@@ -367,11 +368,12 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
     # ---- data
     train_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs, augment=cfg.augment,
                                  subsample_seed=cfg.seed if cfg.max_train_pairs else None)
-    val_ds = PairedTileDataset(cfg.dataset_dir, "val", max_pairs=cfg.max_val_pairs)
+    val_ds = PairedTileDataset(cfg.dataset_dir, "val", max_pairs=cfg.max_val_pairs, subsample_seed=cfg.seed)
     if len(train_ds) == 0:
         raise ValueError(f"{cfg.dataset_dir}: the train split has no pairs; rebuild the dataset with more AOIs")
     if len(val_ds) == 0:  # validation falls back to (un-augmented) training pairs
-        val_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.num_validation_images)
+        val_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.num_validation_loss_pairs,
+                                   subsample_seed=cfg.seed)
     if train_ds.n_bands != 3:
         raise ValueError(f"{cfg.dataset_dir} has {train_ds.n_bands} bands; Stable Diffusion's VAE is RGB: build the "
                          "dataset with bands [1, 2, 3]")
@@ -446,8 +448,14 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
 
     tiny_note = " -- tiny-random backbone: images are not meaningful" if backbone.kind == TINY_BACKBONE else ""
     # fixed validation batch
-    n_val = min(cfg.num_validation_images, len(val_ds))
-    val_batch = _collate([val_ds[i] for i in range(n_val)])
+    # fixed validation pairs, spread over the (seeded, shuffled) validation split: consecutive pairs often share
+    # their past tile, and cond_gain compares each pair's conditioning with another pair's
+    n_loss = max(1, min(max(cfg.num_validation_loss_pairs, cfg.num_validation_images), len(val_ds)))
+    val_idx = np.unique(np.linspace(0, len(val_ds) - 1, n_loss).round().astype(int)).tolist()
+    n_loss = len(val_idx)
+    n_val = min(cfg.num_validation_images, n_loss)
+    loss_batch_r = resize_batch(_collate([val_ds[i] for i in val_idx]), res)
+    val_batch = _collate([val_ds[i] for i in val_idx[:n_val]])
     val_batch_r = resize_batch(val_batch, res)
     val_t = torch.linspace(50, backbone.noise_scheduler.config.num_train_timesteps - 50, 5).long()
 
@@ -464,33 +472,40 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
         out: dict[str, float] = {}
         try:
             with torch.no_grad():
-                cond = batch_conditioning(val_batch_r, cfg.use_gap_plane, cfg.gap_scale_months, use_mask)
-                prompts = batch_prompts(val_batch_r, cfg.prompt_template, cfg.empty_prompt)
+                cond = batch_conditioning(loss_batch_r, cfg.use_gap_plane, cfg.gap_scale_months, use_mask)
+                prompts = batch_prompts(loss_batch_r, cfg.prompt_template, cfg.empty_prompt)
                 # loss with and without control on fixed noise / timesteps
-                sums = {"val_loss": 0.0, "val_loss_nocontrol": 0.0}
+                # another pair's conditioning (rolled by one; zeros if a single pair): does the condition matter?
+                cond_other = cond.roll(1, dims=0) if n_loss > 1 else torch.zeros_like(cond)
+                sums = {"val_loss": 0.0, "val_loss_nocontrol": 0.0, "val_loss_shuffled_cond": 0.0}
                 g = torch.Generator().manual_seed(cfg.seed + 999)
                 bs = cfg.validation_batch_size
                 n_terms = 0
                 for t in val_t:
-                    for i in range(0, n_val, bs):
+                    for i in range(0, n_loss, bs):
                         sl = slice(i, i + bs)
-                        px = val_batch_r["future"][sl].to(device)
+                        px = loss_batch_r["future"][sl].to(device)
                         emb = encode_prompts(backbone, prompts[sl], device, weight_dtype)
                         f = backbone.vae_scale_factor
                         noise = torch.randn((px.shape[0], backbone.unet.config.in_channels, res // f, res // f),
                                             generator=g).to(device)
                         tt = t.repeat(px.shape[0]).to(device)
-                        valid = val_batch_r["valid"][sl].to(device)
+                        valid = loss_batch_r["valid"][sl].to(device)
                         torch.manual_seed(cfg.seed + 7)  # same VAE posterior sample for both losses
                         lc = diffusion_loss(backbone, cn, px, cond[sl].to(device), emb, valid, weight_dtype, noise, tt)
                         torch.manual_seed(cfg.seed + 7)
                         ln = diffusion_loss(backbone, cn, px, cond[sl].to(device), emb, valid, weight_dtype, noise, tt,
                                             use_control=False)
+                        torch.manual_seed(cfg.seed + 7)
+                        ls = diffusion_loss(backbone, cn, px, cond_other[sl].to(device), emb, valid, weight_dtype,
+                                            noise, tt)
                         sums["val_loss"] += float(lc) * px.shape[0]
                         sums["val_loss_nocontrol"] += float(ln) * px.shape[0]
+                        sums["val_loss_shuffled_cond"] += float(ls) * px.shape[0]
                         n_terms += px.shape[0]
                 out = {k: v / max(n_terms, 1) for k, v in sums.items()}
                 out["control_gain"] = 1.0 - out["val_loss"] / max(out["val_loss_nocontrol"], 1e-12)
+                out["cond_gain"] = 1.0 - out["val_loss"] / max(out["val_loss_shuffled_cond"], 1e-12)
                 # images
                 sched = make_scheduler(cfg.validation_scheduler, backbone.noise_scheduler.config)
                 imgs = []
@@ -506,7 +521,7 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
                 gen = resize_spatial(gen, tile_px)
             if accelerator.is_main_process:
                 fig = validation_figure(val_batch, gen, f"ControlNet step {step}, control_gain "
-                                        f"{out['control_gain']:+.3f}{tiny_note}")
+                                        f"{out['control_gain']:+.3f}, cond_gain {out['cond_gain']:+.3f}{tiny_note}")
                 path = run_dir / "samples" / f"step-{step:06d}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp.png")

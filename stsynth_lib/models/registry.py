@@ -32,7 +32,11 @@ def build_discriminator(cond_channels: int, image_channels: int = 3, ndf: int = 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
     """pix2pix initialisation: conv weights ~ N(0, 0.02), batch-norm weights ~ N(1, 0.02), biases 0."""
     for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if getattr(m, "_stsynth_zero_init", False):  # e.g. the residual generator's output layer
+            nn.init.zeros_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.normal_(m.weight, 0.0, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

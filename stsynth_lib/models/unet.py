@@ -17,9 +17,10 @@ bottleneck is 1 x 1. Here ``depth`` defaults to ``log2(tile_size_px)`` (64 px ->
 ``residual=True`` (not in pix2pix; off by default) makes the tanh output a
 *change* added to the past image, ``clamp(past + tanh(.), -1, 1)``, where the
 past image is the first ``out_channels`` channels of the condition (the order
-:mod:`stsynth_lib.conditioning` guarantees). The untrained generator then starts
-at persistence (future = past) instead of noise, which matters when the
-training budget is small.
+:mod:`stsynth_lib.conditioning` guarantees), and the last layer starts at zero
+(as ControlNet's zero convolutions), so the untrained generator *is* the
+persistence baseline (future = past) and training only has to learn the change.
+That matters when the training budget is small.
 """
 
 from __future__ import annotations
@@ -132,6 +133,12 @@ class UNetGenerator(nn.Module):
                     layers.append(nn.Dropout(dropout))
             ups.append(nn.Sequential(*layers))
         self.ups = nn.ModuleList(ups)
+        if residual:
+            # zero-initialised last layer: the untrained generator outputs exactly the past image
+            head = self.ups[0][1]
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+            head._stsynth_zero_init = True  # init_weights leaves it at zero
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
