@@ -201,6 +201,18 @@ def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[n
     return arr, have
 
 
+def _same_index(folder: str | Path, pair_ids: np.ndarray) -> bool:
+    """True if ``folder`` already holds predictions for exactly these pairs (persistence is then not rewritten)."""
+    index = Path(folder) / "index.csv"
+    if not index.is_file():
+        return False
+    try:
+        ids = pd.read_csv(index)["pair_id"].to_numpy()
+    except (ValueError, KeyError, pd.errors.EmptyDataError):
+        return False
+    return len(ids) == len(pair_ids) and set(ids.tolist()) == set(int(p) for p in pair_ids)
+
+
 def evaluate_models(
     dataset_dir: str | Path,
     split: str = "test",
@@ -239,7 +251,7 @@ def evaluate_models(
 
     preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
     have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
-    if persistence_dir is not None:
+    if persistence_dir is not None and not _same_index(persistence_dir, data.pair_ids):
         clear_predictions(persistence_dir)
         save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
                          data.transform, data.crs)

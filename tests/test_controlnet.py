@@ -238,6 +238,7 @@ def _cfg(dataset_dir, runs_dir, **kw):
 
     base = dict(dataset_dir=str(dataset_dir), runs_dir=str(runs_dir), profile="test", max_train_steps=4,
                 train_batch_size=2, learning_rate=1e-3, validation_steps=2, num_validation_images=2,
+                num_validation_loss_pairs=4,
                 validation_inference_steps=2, checkpointing_steps=2, checkpoints_total_limit=1, log_every_steps=1,
                 max_train_pairs=12, progress=False)
     base.update(kw)
@@ -403,3 +404,27 @@ def test_fp16_on_cpu_is_refused(tiny_dataset_dir, tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(ValueError, match="fp16"):
         train_controlnet(_cfg(tiny_dataset_dir, tmp_path, mixed_precision="fp16", device="cpu"))
+
+
+def test_cond_embedding_init_keeps_the_input_signal(tiny):
+    """With PyTorch's default init the conditioning encoder's output barely depends on its input; He init keeps it."""
+    import torch.nn.functional as F
+    from diffusers import ControlNetModel
+
+    from stsynth_lib.controlnet.train import reinit_cond_embedding, zero_conv_parameters
+
+    def input_dependence(cn):
+        emb = cn.controlnet_cond_embedding
+        c = torch.rand(2, 5, 32, 32, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            h = F.silu(emb.conv_in(c))
+            for blk in emb.blocks:
+                h = F.silu(blk(h))
+        return float((h[0] - h[1]).abs().mean() / h.abs().mean())
+
+    torch.manual_seed(0)
+    cn = ControlNetModel.from_unet(tiny.unet, conditioning_channels=5)
+    assert input_dependence(cn) < 0.05
+    reinit_cond_embedding(cn)
+    assert input_dependence(cn) > 0.3
+    assert all(float(p.detach().abs().max()) == 0 for p in zero_conv_parameters(cn)[0])  # zero convs untouched

@@ -11,7 +11,6 @@ from stsynth_lib.models.attention_unet import AttentionUNetGenerator, attention_
 from stsynth_lib.models.patchgan import receptive_field
 from stsynth_lib.models.unet import depth_for_size
 
-torch.set_num_threads(2)
 
 
 @pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])

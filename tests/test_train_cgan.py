@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +20,6 @@ from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.models import build_discriminator, build_generator, init_weights
 from stsynth_lib.runs import latest_checkpoint, list_checkpoints
 
-torch.set_num_threads(2)
 GUIDE = GuidanceConfig().resolve(dataset_has_mask=True, n_bands=3)
 
 

@@ -94,6 +94,7 @@ class ControlNetTrainConfig:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5
     zero_conv_lr_mult: float = 1.0  # LR multiplier of the zero convolutions
+    cond_embedding_init: str = "default"  # default (diffusers) | kaiming (He init, keeps the input signal): reinit_cond_embedding
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     lr_warmup_steps: int = 0
     adam_beta1: float = 0.9
@@ -236,6 +237,25 @@ def _resolve_mixed_precision(mp: str, on_cuda: bool) -> str:
     if mp == "fp16" and not on_cuda:
         raise ValueError("mixed_precision='fp16' needs a CUDA GPU; use 'no', 'auto' or 'bf16' (CPU autocast) on CPU")
     return mp
+
+
+def reinit_cond_embedding(controlnet, generator_seed: int = 0) -> None:
+    """Re-initialise the ControlNet's conditioning encoder (the small conv stack before the zero ``conv_out``)
+    with He-normal weights and zero biases.
+
+    With PyTorch's default init, 7 conv+SiLU layers shrink the input-dependent part of the signal by orders of
+    magnitude: the encoder's output is almost a constant (its biases) whatever the conditioning image, so the
+    ControlNet can only learn a generic correction and ignores its condition for a long time (measured by
+    ``cond_gain``). He init keeps the signal's scale through the stack. ``conv_out`` stays zero (zero conv).
+    """
+    emb = controlnet.controlnet_cond_embedding
+    g = torch.Generator().manual_seed(generator_seed)
+    with torch.no_grad():
+        for conv in [emb.conv_in, *emb.blocks]:
+            fan_in = conv.weight[0].numel()
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+            if conv.bias is not None:
+                conv.bias.zero_()
 
 
 def _allow_new_precision(mp: str) -> None:
@@ -401,6 +421,10 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
         backbone_path = str(cfg.pretrained_model)
 
     controlnet = ControlNetModel.from_unet(backbone.unet, conditioning_channels=n_cond)
+    if cfg.cond_embedding_init == "kaiming":
+        reinit_cond_embedding(controlnet, cfg.seed)
+    elif cfg.cond_embedding_init != "default":
+        raise ValueError(f"cond_embedding_init must be 'kaiming' or 'default', got {cfg.cond_embedding_init!r}")
     if cfg.sdpa:
         _set_attention(backbone.unet, True)
         _set_attention(controlnet, True)
