@@ -31,7 +31,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/attention_unet/` with test-split predictions in `predictions/test/` (read by chapter 6) |
-# | Time | about 2 minutes (smoke, CPU), 15-25 minutes (sn7_real_128, 2 CPU cores), hours (sn7 / gpu profiles on a GPU) |
+# | Time | under a minute (smoke, CPU), 10-15 minutes (sn7_real_128 on CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
 # | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.train_cgan --params params/<profile>/common.yaml --params params/<profile>/04_train_attention_cgan.yaml` |
 
 # %% tags=["parameters"]
@@ -86,7 +86,7 @@ import pandas as pd
 
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan_plots import plot_attention, plot_losses, plot_validation, show_samples
-from stsynth_lib.train_cgan import collate, load_generator
+from stsynth_lib.train_cgan import collate, load_generator, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.train_cgan import (
     CGANTrainConfig,
@@ -173,7 +173,7 @@ plt.show()
 
 # %%
 G, guidance = load_generator(run_dir, "best")
-batch = collate([test_ds[i] for i in range(min(3, len(test_ds)))])
+batch = collate([test_ds[i] for i in spread_indices(len(test_ds), 3)])
 fig = plot_attention(G, build_condition(batch, guidance), batch, n=3)
 plt.show()
 

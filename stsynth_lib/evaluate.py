@@ -201,16 +201,29 @@ def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[n
     return arr, have
 
 
-def _same_index(folder: str | Path, pair_ids: np.ndarray) -> bool:
-    """True if ``folder`` already holds predictions for exactly these pairs (persistence is then not rewritten)."""
+def _same_persistence(folder: str | Path, data: SplitData) -> bool:
+    """True if ``folder`` already holds the persistence images of exactly these pairs (then it is not rewritten).
+
+    Checks the pair ids of ``index.csv`` and the pixels of the first and last image.
+    """
+    import rasterio
+
     index = Path(folder) / "index.csv"
     if not index.is_file():
         return False
     try:
-        ids = pd.read_csv(index)["pair_id"].to_numpy()
-    except (ValueError, KeyError, pd.errors.EmptyDataError):
+        idx = pd.read_csv(index)
+        ids = idx["pair_id"].to_numpy()
+        if len(ids) != len(data) or set(ids.tolist()) != set(int(p) for p in data.pair_ids):
+            return False
+        where = {int(p): i for i, p in enumerate(data.pair_ids)}
+        for _, row in idx.iloc[[0, -1]].iterrows():
+            with rasterio.open(Path(folder) / row["tif"]) as src:
+                if not np.array_equal(src.read(), data.past[where[int(row["pair_id"])]]):
+                    return False
+    except (ValueError, KeyError, OSError, pd.errors.EmptyDataError, rasterio.errors.RasterioIOError):
         return False
-    return len(ids) == len(pair_ids) and set(ids.tolist()) == set(int(p) for p in pair_ids)
+    return True
 
 
 def evaluate_models(
@@ -251,7 +264,7 @@ def evaluate_models(
 
     preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
     have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
-    if persistence_dir is not None and not _same_index(persistence_dir, data.pair_ids):
+    if persistence_dir is not None and not _same_persistence(persistence_dir, data):
         clear_predictions(persistence_dir)
         save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
                          data.transform, data.crs)
@@ -584,7 +597,7 @@ def fid_report(
         groups += [(b, gaps == b) for b in gap_bucket_order() if (gaps == b).sum() >= min_bucket_pairs]
         skipped = [b for b in gap_bucket_order() if 0 < (gaps == b).sum() < min_bucket_pairs]
         if skipped:
-            notes.append(f"Gap buckets {', '.join(skipped)} have fewer than {min_bucket_pairs} pairs: no FID for them.")
+            notes.append(f"No FID for gap buckets with fewer than {min_bucket_pairs} pairs: {', '.join(skipped)} months.")
     for bucket, sel in groups:
         for name, f in feats.items():
             n = int(sel.sum())

@@ -309,6 +309,11 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
     return [local[i : i + batch_size] for i in range(0, len(local), batch_size)]
 
 
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (pairs of one tile are adjacent: this shows different places)."""
+    return sorted(set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())) if n else []
+
+
 def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return max(1, math.ceil(math.ceil(n / world) / batch_size))
 
@@ -624,7 +629,7 @@ def train_cgan(config: CGANTrainConfig) -> Path:
 
     # fixed validation batch for sample grids
     grid_ds = val_ds if len(val_ds) else train_ds
-    grid_batch = collate([grid_ds[i] for i in range(min(cfg.n_sample_rows, len(grid_ds)))])
+    grid_batch = collate([grid_ds[i] for i in spread_indices(len(grid_ds), cfg.n_sample_rows)])
 
     def write_samples(at_step: int) -> None:
         if not accelerator.is_main_process:

@@ -79,6 +79,10 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     pers = load_predictions(tmp_path / "persistence")
     assert len(pers) == len(data) and np.array_equal(pers[int(data.pair_ids[0])], data.past[0])
     assert (tmp_path / "persistence" / f"{int(data.pair_ids[0]):06d}.png").is_file()
+    # a second evaluation reuses identical persistence files, and rewrites them when they are stale
+    assert E._same_persistence(tmp_path / "persistence", data)
+    data.past[0] = 255 - data.past[0]
+    assert not E._same_persistence(tmp_path / "persistence", data)
     # figures carry the label
     fig = E.gallery(res, "noisy", "lpips")
     assert "uncalibrated" in fig._suptitle.get_text()

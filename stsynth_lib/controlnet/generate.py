@@ -197,6 +197,11 @@ def generate_split(
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
     _check_size(ds.tile_size_px, params)
+    if Path(dataset_dir).resolve() != Path(params["dataset_dir"]).resolve():
+        import warnings
+
+        warnings.warn(f"generating on {dataset_dir} with a ControlNet trained on {params['dataset_dir']}: "
+                      "the evaluation compares like with like only when both are the same dataset", stacklevel=2)
     out = Path(out_dir) if out_dir else run_dir / "predictions" / split
     clear_predictions(out)
     sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
