@@ -85,6 +85,7 @@ sample_every_steps = 20
 checkpoint_every_steps = 0   # 0: at the end of each epoch
 checkpoints_total_limit = 2
 best_metric = "val_l1"       # val_l1 | val_psnr | val_ssim
+val_every_steps = 0          # >0: also validate (and update best/) every this many steps, not only each epoch
 resume_from_checkpoint = None  # None: fresh run (clears the run folder) | "latest" | "checkpoint-<step>"
 max_test_pairs = None        # None: predict the whole test split
 

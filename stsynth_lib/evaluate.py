@@ -141,20 +141,24 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric
         changed, unchanged = M.change_masks(data.past_mask[sl], data.future_mask[sl], v)
         hm = data.has_mask[sl]
         nan = np.full(len(p), np.nan)
+        masks = [v, changed, unchanged] if hm.any() else [v]  # change-aware scores need labels
+        ssim = M.masked_ssim_many(p, t, masks, data_range=1.0)
         res = {
             "psnr": M.masked_psnr(p, t, v, data_range=1.0),
-            "ssim": M.masked_ssim(p, t, v, data_range=1.0),
+            "ssim": ssim[0],
             "l1": M.masked_l1(p, t, v),
-            "psnr_changed": np.where(hm, M.masked_psnr(p, t, changed, 1.0), nan),
-            "psnr_unchanged": np.where(hm, M.masked_psnr(p, t, unchanged, 1.0), nan),
-            "ssim_changed": np.where(hm, M.masked_ssim(p, t, changed, 1.0), nan),
-            "ssim_unchanged": np.where(hm, M.masked_ssim(p, t, unchanged, 1.0), nan),
             "valid_fraction": v.reshape(len(v), -1).mean(1),
             "changed_fraction": np.where(hm, changed.reshape(len(v), -1).mean(1).numpy(), nan),
         }
+        res["psnr_changed"] = np.where(hm, M.masked_psnr(p, t, changed, 1.0), nan) if hm.any() else nan
+        res["psnr_unchanged"] = np.where(hm, M.masked_psnr(p, t, unchanged, 1.0), nan) if hm.any() else nan
+        res["ssim_changed"] = np.where(hm, ssim[1], nan) if hm.any() else nan
+        res["ssim_unchanged"] = np.where(hm, ssim[2], nan) if hm.any() else nan
         if lpips_metric is not None:
-            l_all, l_ch, l_un = lpips_metric.masked_many(p * 2 - 1, t * 2 - 1, [v, changed, unchanged])
-            res.update({"lpips": l_all, "lpips_changed": np.where(hm, l_ch, nan), "lpips_unchanged": np.where(hm, l_un, nan)})
+            lps = lpips_metric.masked_many(p * 2 - 1, t * 2 - 1, masks)
+            res["lpips"] = lps[0]
+            res["lpips_changed"] = np.where(hm, lps[1], nan) if hm.any() else nan
+            res["lpips_unchanged"] = np.where(hm, lps[2], nan) if hm.any() else nan
         for k, val in res.items():
             out.setdefault(k, []).append(np.asarray(val, dtype=np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}

@@ -149,12 +149,24 @@ def _gaussian_kernel_1d(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tens
     return k / k.sum()
 
 
+def _valid_filter_matrix(n: int, k: torch.Tensor) -> torch.Tensor:
+    """(n, n - 2r) banded matrix M with ``(x @ M)[j] = sum_i k[i] x[j + i]``: 'valid' 1-D correlation as a matmul."""
+    win = k.numel()
+    m = torch.zeros(n, n - win + 1, dtype=k.dtype)
+    cols = torch.arange(n - win + 1)
+    for i in range(win):
+        m[cols + i, cols] = k[i]
+    return m
+
+
 def ssim_map(pred, target, data_range: float, sigma: float = 1.5, truncate: float = 3.5,
              k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """SSIM map (B, C, H - 2r, W - 2r) with skimage's gaussian settings; r = 5 for sigma 1.5.
 
     The map covers the interior whose windows lie inside the image -- exactly the part that
-    ``skimage.metrics.structural_similarity`` averages after its border crop.
+    ``skimage.metrics.structural_similarity`` averages after its border crop. The separable
+    gaussian is applied as two banded matrix products (float64), much faster on a CPU than a
+    grouped float64 convolution.
     """
     p, t = _bchw(_as_tensor(pred)), _bchw(_as_tensor(target))
     if p.shape != t.shape:
@@ -163,15 +175,10 @@ def ssim_map(pred, target, data_range: float, sigma: float = 1.5, truncate: floa
     win = k.numel()
     if min(p.shape[-2:]) < win:
         raise ValueError(f"SSIM needs images of at least {win} x {win} px (gaussian window), got {tuple(p.shape[-2:])}")
-    c = p.shape[1]
-    kh = k.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
-    kv = k.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
-
-    def filt(x):
-        return F.conv2d(F.conv2d(x, kh, groups=c), kv, groups=c)
-
-    ux, uy = filt(p), filt(t)
-    uxx, uyy, uxy = filt(p * p), filt(t * t), filt(p * t)
+    mh = _valid_filter_matrix(p.shape[-2], k)
+    mw = _valid_filter_matrix(p.shape[-1], k)
+    stack = torch.stack([p, t, p * p, t * t, p * t])  # (5, B, C, H, W)
+    ux, uy, uxx, uyy, uxy = mh.T @ stack @ mw
     vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     num = (2 * ux * uy + c1) * (2 * vxy + c2)
@@ -179,20 +186,28 @@ def ssim_map(pred, target, data_range: float, sigma: float = 1.5, truncate: floa
     return num / den
 
 
+def masked_ssim_many(pred, target, valids: Sequence, data_range: float = 1.0, sigma: float = 1.5) -> list[np.ndarray]:
+    """:func:`masked_ssim` for several masks (e.g. valid, changed, unchanged) from one SSIM map."""
+    p = _bchw(_as_tensor(pred))
+    s = ssim_map(pred, target, data_range=data_range, sigma=sigma).mean(dim=1, keepdim=True)
+    r = (p.shape[-1] - s.shape[-1]) // 2
+    outs = []
+    for valid in valids:
+        m = _mask_b1hw(valid, p)[..., r : p.shape[-2] - r, r : p.shape[-1] - r]
+        n = m.sum(dim=(1, 2, 3))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = ((s * m).sum(dim=(1, 2, 3)) / n).numpy()
+        out[n.numpy() == 0] = np.nan
+        outs.append(out)
+    return outs
+
+
 def masked_ssim(pred, target, valid=None, data_range: float = 1.0, sigma: float = 1.5) -> np.ndarray:
     """Per-image SSIM averaged over the valid pixels of the interior (and channels); shape (B,).
 
     NaN where an image has no valid pixel in its interior.
     """
-    p = _bchw(_as_tensor(pred))
-    s = ssim_map(pred, target, data_range=data_range, sigma=sigma)
-    r = (p.shape[-1] - s.shape[-1]) // 2
-    m = _mask_b1hw(valid, p)[..., r : p.shape[-2] - r, r : p.shape[-1] - r]
-    n = m.sum(dim=(1, 2, 3))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = ((s.mean(dim=1, keepdim=True) * m).sum(dim=(1, 2, 3)) / n).numpy()
-    out[n.numpy() == 0] = np.nan
-    return out
+    return masked_ssim_many(pred, target, [valid], data_range=data_range, sigma=sigma)[0]
 
 
 # --------------------------------------------------------------------------- weights rule
@@ -529,7 +544,7 @@ def default_device(device: str = "auto") -> str:
 
 __all__ = [
     "UNCALIBRATED", "MissingWeightsError", "check_range", "masked_psnr", "masked_l1", "finite_psnr", "ssim_map",
-    "masked_ssim", "weights_path", "require_weights", "label", "LPIPSMetric", "InceptionFeatures",
+    "masked_ssim", "masked_ssim_many", "weights_path", "require_weights", "label", "LPIPSMetric", "InceptionFeatures",
     "fid_from_features", "kid_from_features", "confusion_counts", "scores_from_counts", "building_scores",
     "new_building_region", "new_building_scores", "change_masks", "bootstrap_ci", "micro_f1", "default_device",
 ]

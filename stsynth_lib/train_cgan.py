@@ -117,6 +117,7 @@ class CGANTrainConfig:
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
     checkpoints_total_limit: int = 2
     val_every_epochs: int = 1
+    val_every_steps: int = 0  # >0: also validate (and update best/) every this many optimiser steps
     best_metric: str = "val_l1"  # val_l1 | val_psnr | val_ssim
     resume_from_checkpoint: str | None = None  # None/"" fresh (clears the run folder) | latest | checkpoint-<step>
     progress: bool = True
@@ -699,10 +700,11 @@ def train_cgan(config: CGANTrainConfig) -> Path:
             if cfg.sample_every_steps and step % cfg.sample_every_steps == 0:
                 write_samples(step)
             end_of_epoch = step == (epoch + 1) * spe
-            if end_of_epoch and (epoch + 1) % cfg.val_every_epochs == 0:
+            if ((end_of_epoch and (epoch + 1) % cfg.val_every_epochs == 0)
+                    or (cfg.val_every_steps and step % cfg.val_every_steps == 0)):
                 last_val = validate(epoch, step)
                 if last_val:
-                    pbar.write(f"epoch {epoch + 1}: val L1 {last_val['val_l1']:.4f}  PSNR {last_val['val_psnr']:.2f} dB  "
+                    pbar.write(f"epoch {epoch + 1} step {step}: val L1 {last_val['val_l1']:.4f}  PSNR {last_val['val_psnr']:.2f} dB  "
                                f"SSIM {last_val['val_ssim']:.3f}" + ("  (best)" if last_val["best"] else ""))
                 t_last = time.perf_counter()  # throughput excludes validation
             if end_of_epoch or step == total_steps or (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0):

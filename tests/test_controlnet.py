@@ -428,3 +428,19 @@ def test_cond_embedding_init_keeps_the_input_signal(tiny):
     reinit_cond_embedding(cn)
     assert input_dependence(cn) > 0.3
     assert all(float(p.detach().abs().max()) == 0 for p in zero_conv_parameters(cn)[0])  # zero convs untouched
+
+
+def test_local_pretrained_folder_path(tiny, tiny_dataset_dir, tmp_path):
+    """A local diffusers folder (the offline route for SD 1.5) trains and generates; it is recorded as pretrained."""
+    from stsynth_lib.controlnet.generate import generate_split
+    from stsynth_lib.controlnet.train import train_controlnet
+
+    folder = save_backbone(tiny, tmp_path / "local_sd")
+    (folder / "stsynth_backbone.json").unlink()  # a plain diffusers folder, as `hf download` leaves it
+    run = train_controlnet(_cfg(tiny_dataset_dir, tmp_path / "runs", pretrained_model=str(folder), max_train_steps=1,
+                                validate_at_start=False, validation_steps=0, checkpointing_steps=0))
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    assert params["backbone"] == "pretrained" and params["backbone_path"] == str(folder)
+    assert not (run / "backbone").exists()  # the pretrained weights are not copied into the run
+    out = generate_split(run, tiny_dataset_dir, "test", num_inference_steps=1, max_pairs=2, progress=False)
+    assert len(list(out.glob("*.tif"))) == 2

@@ -195,6 +195,19 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_dataset_dir, tmp_pa
     assert int(_state(resumed, 8)["step"]) == 8
 
 
+def test_val_every_steps_validates_inside_epochs_and_keeps_the_best(tiny_dataset_dir, tmp_path):
+    # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs: validation at steps 3, 4 (epoch end), 6, 8 (epoch end)
+    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs", val_every_steps=3))
+    val = pd.read_csv(run / "val.csv")
+    assert val["step"].tolist() == [3, 4, 6, 8]
+    assert val["best"].iloc[0] == 1
+    best = yaml.safe_load((run / "best" / "best.yaml").read_text())
+    assert best["value"] == pytest.approx(val["val_l1"].min())
+    assert best["step"] == int(val.loc[val["val_l1"].idxmin(), "step"])
+    plain = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs2"))
+    assert pd.read_csv(plain / "val.csv")["step"].tolist() == [4, 8]
+
+
 def test_no_labels_trains_on_image_and_time(tiny_dataset_dir, tmp_path):
     ds_dir = tmp_path / "nolabels"
     shutil.copytree(tiny_dataset_dir, ds_dir)
