@@ -53,7 +53,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); for a real backbone, Stable Diffusion 1.5 weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
 # | Outputs | `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
-# | Time | about 2-3 minutes (smoke, CPU, tiny backbone); about 5-10 minutes (sn7_real_128, CPU, tiny); hours (sn7 / gpu profiles, SD 1.5 at 512 px) |
+# | Time | about 2 minutes (smoke, idle 2-core CPU, tiny backbone); about 10 minutes (sn7_real_128, 2 CPU cores, most of it generating the 1,451 test pairs); hours (sn7 / gpu profiles, SD 1.5 at 512 px). On a busy machine set `OMP_NUM_THREADS=1`: two oversubscribed threads are many times slower than one |
 # | GPU | not for the tiny backbone. SD 1.5 at 512 px: one GPU with >= 16 GB (bf16, gradient checkpointing; 8-bit Adam when bitsandbytes is installed). Several GPUs: `accelerate launch -m stsynth_lib.controlnet.train --params params/<profile>/common.yaml --params params/<profile>/05_controlnet.yaml` |
 # | Offline | a missing backbone stops with the id and the fix: `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir /path/to/local/sd15` on a connected machine, then `pretrained_model: /path/to/local/sd15` |
 
