@@ -31,7 +31,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/attention_unet/` with test-split predictions in `predictions/test/` (read by chapter 6) |
-# | Time | under a minute (smoke, CPU), 10-15 minutes (sn7_real_128 on CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
+# | Time | under a minute (smoke, CPU), about 25 minutes (sn7_real_128 on a shared 2-core CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
 # | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.train_cgan --params params/<profile>/common.yaml --params params/<profile>/04_train_attention_cgan.yaml` |
 
 # %% tags=["parameters"]
@@ -124,8 +124,9 @@ plt.show()
 
 # %% [markdown]
 # ## Validation
-# Each epoch the generator (eval mode: no dropout) is scored on the validation pairs over valid pixels: L1 (in the
-# [-1, 1] units of the loss), PSNR and SSIM (on [0, 1] images). The best epoch by `best_metric` is kept in `best/`.
+# Each epoch, and every `val_every_steps` steps when set, the generator (eval mode: no dropout) is scored on the
+# validation pairs over valid pixels: L1 (in the [-1, 1] units of the loss), PSNR and SSIM (on [0, 1] images). The
+# best validation point by `best_metric` is kept in `best/`, and the test predictions below come from it.
 # The dashed line is the **persistence baseline** (future = past image) on the same pairs: a model that cannot beat
 # it has learnt nothing about change.
 
