@@ -55,6 +55,7 @@ from stsynth_lib.conditioning import GuidanceConfig, build_condition, dataset_ha
 from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
 from stsynth_lib.models.registry import build_discriminator, build_generator, init_weights
 from stsynth_lib.runs import (
+    merge_params,
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_torch_save,
@@ -739,14 +740,8 @@ def parse_args(argv: Sequence[str] | None = None) -> CGANTrainConfig:
         p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_parse_value, default=argparse.SUPPRESS,
                        help=f"default: {f.default!r}")
     ns = vars(p.parse_args(argv))
-    merged: dict[str, Any] = {}
-    for path in ns.pop("params"):
-        merged.update(yaml.safe_load(Path(path).read_text()) or {})
-    merged.update(ns)
-    for key in ("dataset_dir", "runs_dir", "profile", "run_name", "model"):
-        if key in merged and merged[key] is not None:
-            merged[key] = str(merged[key])
-    return CGANTrainConfig.from_params(merged)
+    params = ns.pop("params")
+    return CGANTrainConfig.from_params(merge_params(params, ns, str_keys=("dataset_dir", "runs_dir", "profile", "run_name", "model")))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

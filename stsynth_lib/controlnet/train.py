@@ -52,6 +52,7 @@ from stsynth_lib.controlnet.conditioning import (
     resize_batch,
 )
 from stsynth_lib.runs import (
+    merge_params,
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_write_text,
@@ -682,14 +683,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ControlNetTrainConfig:
         flags = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
         p.add_argument(*flags, dest=f.name, type=_parse_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
     ns = vars(p.parse_args(argv))
-    merged: dict[str, Any] = {}
-    for path in ns.pop("params"):
-        merged.update(yaml.safe_load(Path(path).read_text()) or {})
-    merged.update(ns)
-    for key in ("dataset_dir", "runs_dir", "profile", "run_name", "pretrained_model", "prompt_template"):
-        if key in merged and merged[key] is not None:
-            merged[key] = str(merged[key])
-    return ControlNetTrainConfig.from_params(merged)
+    params = ns.pop("params")
+    return ControlNetTrainConfig.from_params(merge_params(params, ns, str_keys=("dataset_dir", "runs_dir", "profile", "run_name", "pretrained_model", "prompt_template")))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
