@@ -62,8 +62,8 @@ from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
-from stsynth_lib.runs import prepare_run_dir, seed_everything
-from stsynth_lib.segmentation import dataset_fingerprint, load_segmenter, save_segmenter, train_segmenter
+from stsynth_lib.runs import seed_everything
+from stsynth_lib.segmentation import load_or_train_segmenter
 
 seed_everything(seed)
 device = M.default_device(device)
@@ -95,27 +95,13 @@ print(f"persistence PSNR on {len(data)} {split} pairs: {np.nanmean(M.finite_psnr
 # sample) skip it.
 
 # %%
-seg_dir = Path(runs_dir) / profile / "segmenter"
-seg_path = seg_dir / "segmenter.pt"
 segmenter, seg_info = None, {}
 try:
-    if seg_path.is_file() and not retrain_segmenter:
-        segmenter, seg_info = load_segmenter(seg_path, device=device)
-        if seg_info.get("dataset_fingerprint") != dataset_fingerprint(dataset_dir):
-            print(f"{seg_path} was trained on another build of the dataset: retraining")
-            segmenter = None
-        else:
-            print(f"Loaded {seg_path} ({seg_info.get('steps')} steps, trained on this dataset)")
-    if segmenter is None:
-        segmenter, seg_info = train_segmenter(dataset_dir, steps=segmenter_steps, batch_size=segmenter_batch_size,
-                                              lr=segmenter_lr, base_channels=segmenter_base_channels,
-                                              depth=segmenter_depth, device=device, seed=seed)
-        prepare_run_dir(runs_dir, profile, "segmenter", {
-            "dataset_dir": dataset_dir, "steps": segmenter_steps, "batch_size": segmenter_batch_size,
-            "base_channels": segmenter_base_channels, "depth": segmenter_depth, "lr": segmenter_lr, "seed": seed})
-        save_segmenter(segmenter, seg_path, seg_info)
-        print(f"Trained in {seg_info['seconds']:.0f} s on {seg_info['train_pairs']} labelled pairs "
-              f"({seg_info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}")
+    segmenter, seg_info, message = load_or_train_segmenter(
+        runs_dir, profile, dataset_dir, retrain=retrain_segmenter, device=device, seed=seed, steps=segmenter_steps,
+        batch_size=segmenter_batch_size, lr=segmenter_lr, base_channels=segmenter_base_channels, depth=segmenter_depth)
+    print(message)
+    if seg_info["trained_now"]:
         fig, ax = plt.subplots(figsize=(5, 2.6))
         ax.plot(seg_info["losses"])
         ax.set(xlabel="step", ylabel="BCE + Dice", title="building segmenter training loss")

@@ -183,3 +183,29 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[SegUNet, dict
     model.load_state_dict(obj["state_dict"])
     return model.eval(), obj.get("info", {})
 
+
+
+def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str | Path, retrain: bool = False,
+                            device: str = "cpu", seed: int = 0, **train_kwargs: Any) -> tuple[SegUNet, dict[str, Any], str]:
+    """Reuse ``<runs_dir>/<profile>/segmenter/segmenter.pt`` if it was trained on this build of the dataset, else train.
+
+    Returns ``(model, info, message)``; ``info["trained_now"]`` says which happened. Raises ``ValueError`` (from
+    :func:`train_segmenter`) when the dataset has no labelled pairs to train on.
+    """
+    from stsynth_lib.runs import prepare_run_dir
+
+    seg_path = Path(runs_dir) / profile / "segmenter" / "segmenter.pt"
+    if seg_path.is_file() and not retrain:
+        model, info = load_segmenter(seg_path, device=device)
+        if info.get("dataset_fingerprint") == dataset_fingerprint(dataset_dir):
+            info["trained_now"] = False
+            return model, info, f"Loaded {seg_path} ({info.get('steps')} steps, trained on this dataset)"
+        stale = f"{seg_path} was trained on another build of the dataset: retrained. "
+    else:
+        stale = ""
+    model, info = train_segmenter(dataset_dir, device=device, seed=seed, **train_kwargs)
+    prepare_run_dir(runs_dir, profile, "segmenter", {"dataset_dir": dataset_dir, "seed": seed, **train_kwargs})
+    save_segmenter(model, seg_path, info)
+    info["trained_now"] = True
+    return model, info, (f"{stale}Trained in {info['seconds']:.0f} s on {info['train_pairs']} labelled pairs "
+                         f"({info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}")

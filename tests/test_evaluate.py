@@ -162,3 +162,20 @@ def test_segmenter_learns_on_smoke_sized_data(tiny_dataset_dir):
     s = building_scores(predict_masks(model, data.future), data.future_mask, data.valid)
     tp, fp, fn = s["tp"].sum(), s["fp"].sum(), s["fn"].sum()
     assert 2 * tp / (2 * tp + fp + fn) > 0.5
+
+
+def test_segmenter_is_reused_only_for_the_same_dataset_build(tiny_dataset_dir, tmp_path):
+    import shutil
+
+    from stsynth_lib.segmentation import load_or_train_segmenter
+
+    kw = dict(steps=2, batch_size=4, base_channels=4, depth=2, progress=False)
+    _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, **kw)
+    assert info["trained_now"] and "Trained" in msg
+    _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, **kw)
+    assert not info["trained_now"] and msg.startswith("Loaded")
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dataset_dir, other)
+    (other / "splits.json").write_text((other / "splits.json").read_text().replace('"seed": 0', '"seed": 1'))
+    _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", other, **kw)
+    assert info["trained_now"] and "another build" in msg
