@@ -18,9 +18,9 @@
 # future building mask and the time gap -- to the future image, and a 70x70 **PatchGAN** discriminator judges,
 # patch by patch, whether an image is a plausible future *for that condition*. The generator minimises
 #
-# $$\mathcal{L}_G = \mathrm{GAN}(D(c, G(c)), \text{real}) + \lambda_{L1}\,\lVert y - G(c)\rVert_1 ,$$
+# **L_G = GAN(D(c, G(c)), real) + λ_L1 · ‖y − G(c)‖₁**,
 #
-# with $\lambda_{L1} = 100$ in pix2pix: the L1 term gets the colours and layout right, the adversarial term keeps the
+# with λ_L1 = 100 in pix2pix: the L1 term gets the colours and layout right, the adversarial term keeps the
 # result sharp. Both terms count **valid pixels only**: clouds, UDM and nodata of either date are zeroed in every
 # discriminator input and left out of the L1, so the model is never asked to paint a cloud.
 #
@@ -33,7 +33,7 @@
 # plus a tanh-bounded change from a zero-initialised last layer, clipped to [-1, 1]: the untrained model *is*
 # persistence and training only learns the change. Persistence is a hard baseline on real mosaics: month-to-month
 # change is mostly unpredictable radiometry (haze, sun angle, mosaicking), and an adversarial term that invents
-# texture costs L1. The `sn7_real_128` parameters were therefore chosen on the **validation** split: $\lambda_{L1}$ =
+# texture costs L1. The `sn7_real_128` parameters were therefore chosen on the **validation** split: λ_L1 =
 # 10,000 (100 and 1,000 validated worse), which leaves the adversarial term under 1% of the generator loss --
 # in effect an L1 regression with a PatchGAN attached -- every training pair, and the best generator by validation
 # L1 (checked every `val_every_steps`). Its margin over persistence on the unseen test AOIs is small (a fraction of
@@ -185,7 +185,7 @@ plt.show()
 # %% [markdown]
 # ## Summary
 # * pix2pix trains on the condition (past image, future mask when labelled, time planes) with an adversarial +
-#   $\lambda_{L1}$ x L1 loss restricted to valid pixels (100 in pix2pix, 10,000 for `sn7_real_128`, chosen on
+#   λ_L1 x L1 loss restricted to valid pixels (100 in pix2pix, 10,000 for `sn7_real_128`, chosen on
 #   validation); the run folder holds the parameters, logs, checkpoints and samples.
 # * The table above is the honest check: the generator against "nothing changes" on unseen AOIs. On the smoke
 #   profile the numbers only show that the pipeline works; the real 128 px profile is the meaningful one.

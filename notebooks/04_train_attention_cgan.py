@@ -18,11 +18,11 @@
 # scene changes (new buildings, cleared soil, seasonal vegetation) that detail is wrong. The **attention U-Net**
 # (Oktay et al. 2018) puts an additive attention gate on every skip:
 #
-# $$\alpha = \sigma\big(\psi(\mathrm{ReLU}(W_x x + W_g g))\big), \qquad \hat x = W(\alpha \odot x),$$
+# **α = σ(ψ(ReLU(W_x·x + W_g·g))),  x̂ = W(α ⊙ x)**,
 #
-# where $x$ is the encoder feature and $g$ the coarser decoder feature. The decoder can learn to pass past detail
-# where nothing changes ($\alpha \to 1$) and to rely on its own coarse prediction where the guidance says the
-# scene changes ($\alpha \to 0$). Everything else is chapter 3: the same condition, PatchGAN, losses on valid
+# where *x* is the encoder feature and *g* the coarser decoder feature. The decoder can learn to pass past detail
+# where nothing changes (α → 1) and to rely on its own coarse prediction where the guidance says the
+# scene changes (α → 0). Everything else is chapter 3: the same condition, PatchGAN, losses on valid
 # pixels, optimiser, trainer and options (`residual` included), so the two runs differ by the gates alone. At the end we look at the attention
 # maps over the inputs.
 #

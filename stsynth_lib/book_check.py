@@ -12,6 +12,8 @@ from pathlib import Path
 # src/href attributes of elements that the browser loads automatically (links to read elsewhere are fine).
 _LOADED = re.compile(r"<(script|link|img|iframe)\b[^>]*?\b(src|href)=[\"'](https?:)?//[^\"']+[\"']", re.I)
 _CSS_URL = re.compile(r"url\(\s*[\"']?(https?:)?//", re.I)
+# Sphinx wraps TeX in class="math ..."; with no MathJax offline it would show as raw TeX.
+_TEX = re.compile(r"class=[\"']math[ \"']")
 
 
 def remote_loads(html_dir: str | Path) -> list[str]:
@@ -24,6 +26,9 @@ def remote_loads(html_dir: str | Path) -> list[str]:
             if m.group(1).lower() == "link" and not re.search(r"rel=[\"'](stylesheet|preload|icon)", tag):
                 continue
             found.append(f"{page}: {tag[:160]}")
+    for page in sorted(Path(html_dir).rglob("*.html")):
+        if _TEX.search(page.read_text(errors="ignore")):
+            found.append(f"{page}: LaTeX math (no MathJax offline): write formulas in Unicode text instead")
     for css in sorted(Path(html_dir).rglob("*.css")):
         if _CSS_URL.search(css.read_text(errors="ignore")):
             found.append(f"{css}: url(//...)")
