@@ -60,15 +60,9 @@ def show_samples(run_dir: str | Path, which: int | str = "last"):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    files = sorted((Path(run_dir) / "samples").glob("step-*.png"))
-    if not files:
-        raise FileNotFoundError(f"no sample grids in {Path(run_dir) / 'samples'}; set sample_every_steps > 0")
-    if which == "last":
-        path = files[-1]
-    elif which == "first":
-        path = files[0]
-    else:
-        path = Path(run_dir) / "samples" / f"step-{int(which):07d}.png"
+    from stsynth_lib.runs import sample_grid_path
+
+    path = sample_grid_path(run_dir, which)
     img = np.asarray(Image.open(path))
     fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.4))
     ax.imshow(img)

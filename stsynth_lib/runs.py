@@ -246,3 +246,29 @@ def merge_params(param_files, overrides: Mapping[str, Any], str_keys: tuple[str,
         if merged.get(key) is not None:
             merged[key] = str(merged[key])
     return merged
+
+
+def parse_cli_value(text: str) -> Any:
+    """Command-line value parsed as YAML (``1e-4``, ``true``, ``[1, 2]``); ``none``/``null`` give ``None``."""
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        if v.lower() in ("none", "null"):
+            return None
+        try:
+            return float(v)  # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            return v
+    return v
+
+
+def sample_grid_path(run_dir: str | os.PathLike, which: str | int = "last") -> Path:
+    """The ``samples/step-<step>.png`` grid of a run: ``"last"``, ``"first"`` or a step number."""
+    files = sorted((Path(run_dir) / "samples").glob("step-*.png"), key=lambda p: int(p.stem.split("-")[1]))
+    if not files:
+        raise FileNotFoundError(f"no sample grids in {Path(run_dir) / 'samples'}: train first (with sample images on)")
+    if which in ("last", "first"):
+        return files[-1] if which == "last" else files[0]
+    matches = [p for p in files if int(p.stem.split("-")[1]) == int(which)]
+    if not matches:
+        raise FileNotFoundError(f"no sample grid for step {which} in {Path(run_dir) / 'samples'}; have {[p.name for p in files]}")
+    return matches[0]

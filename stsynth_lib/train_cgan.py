@@ -56,6 +56,7 @@ from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
 from stsynth_lib.models.registry import build_discriminator, build_generator, init_weights
 from stsynth_lib.runs import (
     merge_params,
+    parse_cli_value,
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_torch_save,
@@ -725,11 +726,6 @@ def train_cgan(config: CGANTrainConfig) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse_value(text: str) -> Any:
-    v = yaml.safe_load(text)
-    return None if isinstance(v, str) and v.lower() in ("none", "null") else v
-
-
 def parse_args(argv: Sequence[str] | None = None) -> CGANTrainConfig:
     """``--dataset-dir D --model pix2pix --epochs-constant 5 ...`` (every field of :class:`CGANTrainConfig`);
     ``--params FILE.yaml`` (repeatable) loads keys first, flags override."""
@@ -737,7 +733,7 @@ def parse_args(argv: Sequence[str] | None = None) -> CGANTrainConfig:
                                 description="Train a pix2pix or attention-U-Net cGAN on a stsynth tile store.")
     p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
     for f in dataclasses.fields(CGANTrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_parse_value, default=argparse.SUPPRESS,
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS,
                        help=f"default: {f.default!r}")
     ns = vars(p.parse_args(argv))
     params = ns.pop("params")

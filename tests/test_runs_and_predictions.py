@@ -97,3 +97,17 @@ def test_merge_params_later_files_and_overrides_win(tmp_path):
     (tmp_path / "nb.yaml").write_text("lr: 0.2\nsteps: 5\n")
     merged = merge_params([tmp_path / "common.yaml", tmp_path / "nb.yaml"], {"steps": 7, "run_name": 3}, str_keys=("run_name",))
     assert merged == {"profile": "smoke", "lr": 0.2, "dataset_dir": "data/x", "steps": 7, "run_name": "3"}
+
+
+def test_sample_grid_path_orders_steps_numerically(tmp_path):
+    from stsynth_lib.runs import parse_cli_value, sample_grid_path
+
+    (tmp_path / "samples").mkdir()
+    for step in (5, 40, 300):
+        (tmp_path / "samples" / f"step-{step:06d}.png").write_bytes(b"")
+    assert sample_grid_path(tmp_path).name == "step-000300.png"
+    assert sample_grid_path(tmp_path, "first").name == "step-000005.png"
+    assert sample_grid_path(tmp_path, 40).name == "step-000040.png"
+    with pytest.raises(FileNotFoundError, match="step 41"):
+        sample_grid_path(tmp_path, 41)
+    assert parse_cli_value("1e-4") == 1e-4 and parse_cli_value("none") is None and parse_cli_value("[1, 2]") == [1, 2]

@@ -74,15 +74,9 @@ def show_validation(run_dir: str | os.PathLike, which: str = "last"):
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    files = sorted((Path(run_dir) / "samples").glob("step-*.png"))
-    if not files:
-        raise FileNotFoundError(f"no validation images in {Path(run_dir) / 'samples'}: train first")
-    if which == "last":
-        f = files[-1]
-    elif which == "first":
-        f = files[0]
-    else:
-        f = Path(run_dir) / "samples" / f"step-{int(which):06d}.png"
+    from stsynth_lib.runs import sample_grid_path
+
+    f = sample_grid_path(run_dir, which)
     img = Image.open(f)
     fig = plt.figure(figsize=(img.width / 80, img.height / 80))
     ax = fig.add_axes([0, 0, 1, 1])

@@ -53,6 +53,7 @@ from stsynth_lib.controlnet.conditioning import (
 )
 from stsynth_lib.runs import (
     merge_params,
+    parse_cli_value,
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_write_text,
@@ -668,11 +669,6 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse_value(text: str) -> Any:
-    v = yaml.safe_load(text)
-    return None if isinstance(v, str) and v.lower() in ("none", "null") else v
-
-
 def parse_args(argv: Sequence[str] | None = None) -> ControlNetTrainConfig:
     """``--dataset_dir D --pretrained_model /path/to/local/sd15 --max_train_steps 1000 ...`` (every field of
     :class:`ControlNetTrainConfig`, with ``_`` or ``-``); ``--params FILE.yaml`` (repeatable) loads keys first."""
@@ -681,7 +677,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ControlNetTrainConfig:
     p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
     for f in dataclasses.fields(ControlNetTrainConfig):
         flags = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
-        p.add_argument(*flags, dest=f.name, type=_parse_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
+        p.add_argument(*flags, dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
     ns = vars(p.parse_args(argv))
     params = ns.pop("params")
     return ControlNetTrainConfig.from_params(merge_params(params, ns, str_keys=("dataset_dir", "runs_dir", "profile", "run_name", "pretrained_model", "prompt_template")))
