@@ -45,6 +45,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _seconds_per_call(fn, warmup: int, steps: int, device) -> float:
+    """Mean wall time of ``fn()`` over ``steps`` calls after ``warmup`` untimed ones (device synchronised)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t) / steps
+
+
 def count_flops(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -85,14 +97,7 @@ def bench_one(name: str, device: torch.device, size: int, batch: int, steps: int
 
     acc = _Acc()
     step = lambda: train_step(G, D, opt_g, opt_d, b, guidance, 100.0, "vanilla", acc)  # noqa: E731
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    train_s = (time.perf_counter() - t) / steps
+    train_s = _seconds_per_call(step, warmup, steps, device)
     train_flops = count_flops(step)
 
     from stsynth_lib.conditioning import build_condition
@@ -104,14 +109,7 @@ def bench_one(name: str, device: torch.device, size: int, batch: int, steps: int
         with torch.no_grad(), autocast():
             return G(cond)
 
-    for _ in range(warmup):
-        infer()
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        infer()
-    _sync(device)
-    infer_s = (time.perf_counter() - t) / steps
+    infer_s = _seconds_per_call(infer, warmup, steps, device)
     infer_flops = count_flops(infer)
     out = {
         "model": name, "device": device.type, "tile_size_px": size, "batch_size": batch, "ngf": ngf,

@@ -230,6 +230,23 @@ def _same_persistence(folder: str | Path, data: SplitData) -> bool:
     return True
 
 
+def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{model: (images aligned with data, which pairs it predicted)}``; a missing or empty folder becomes a note."""
+    from stsynth_lib.predictions import load_predictions
+
+    out = {}
+    for name, folder in (runs or {}).items():
+        if folder is None or not (Path(folder) / "index.csv").is_file():
+            notes.append(f"{name}: no predictions at {folder} (index.csv missing) -- run its notebook first; left out of the tables.")
+            continue
+        arr, ok = _align_predictions(load_predictions(folder), data)
+        if not ok.any():
+            notes.append(f"{name}: {folder} holds no prediction for the {len(data)} {split} pairs scored here; left out.")
+            continue
+        out[name] = (arr, ok)
+    return out
+
+
 def evaluate_models(
     dataset_dir: str | Path,
     split: str = "test",
@@ -258,7 +275,7 @@ def evaluate_models(
     """
     from tqdm import tqdm
 
-    from stsynth_lib.predictions import clear_predictions, load_predictions, save_predictions
+    from stsynth_lib.predictions import clear_predictions, save_predictions
     from stsynth_lib.segmentation import predict_masks
 
     data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
@@ -272,14 +289,7 @@ def evaluate_models(
         clear_predictions(persistence_dir)
         save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
                          data.transform, data.crs)
-    for name, folder in (runs or {}).items():
-        if folder is None or not (Path(folder) / "index.csv").is_file():
-            notes.append(f"{name}: no predictions at {folder} (index.csv missing) -- run its notebook first; left out of the tables.")
-            continue
-        arr, ok = _align_predictions(load_predictions(folder), data)
-        if not ok.any():
-            notes.append(f"{name}: {folder} holds no prediction for the {len(data)} {split} pairs scored here; left out.")
-            continue
+    for name, (arr, ok) in _load_model_predictions(runs, data, split, notes).items():
         if not ok.all():
             notes.append(f"{name}: predictions for {ok.sum()} of {len(data)} {split} pairs; the summary uses only the tiles every model predicted.")
         preds[name], have[name] = arr, ok
@@ -571,20 +581,10 @@ def fid_report(
     than ``min_bucket_pairs`` pairs are skipped). Returns (table, notes, calibrated); writes
     ``fid.csv`` / ``fid.json`` under ``out_dir``.
     """
-    from stsynth_lib.predictions import load_predictions
-
     data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
     notes: list[str] = []
     sets: dict[str, tuple[np.ndarray, np.ndarray]] = {PERSISTENCE: (data.past, np.ones(len(data), bool))}
-    for name, folder in (runs or {}).items():
-        if folder is None or not (Path(folder) / "index.csv").is_file():
-            notes.append(f"{name}: no predictions at {folder}; left out.")
-            continue
-        arr, ok = _align_predictions(load_predictions(folder), data)
-        if not ok.any():
-            notes.append(f"{name}: no prediction for the scored {split} pairs; left out.")
-            continue
-        sets[name] = (arr, ok)
+    sets.update(_load_model_predictions(runs, data, split, notes))
     common = np.logical_and.reduce([ok for _, ok in sets.values()])
     if not common.all():
         notes.append(f"Only the {common.sum()} of {len(data)} pairs that every model predicted are used.")

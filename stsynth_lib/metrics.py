@@ -191,12 +191,23 @@ def masked_ssim_many(pred, target, valids: Sequence, data_range: float = 1.0, si
     p = _bchw(_as_tensor(pred))
     s = ssim_map(pred, target, data_range=data_range, sigma=sigma).mean(dim=1, keepdim=True)
     r = (p.shape[-1] - s.shape[-1]) // 2
+    return _masked_map_means(s, p, valids, crop=r)
+
+
+def _masked_map_means(maps: torch.Tensor, ref: torch.Tensor, valids: Sequence, crop: int = 0) -> list[np.ndarray]:
+    """Per-image mean of a (B, 1, h, w) metric map over each mask's valid pixels (NaN where a mask is empty).
+
+    ``ref`` is the full-size image batch the masks belong to; ``crop`` pixels are cut from each border of the masks
+    to match a map computed without padding (SSIM's window).
+    """
     outs = []
     for valid in valids:
-        m = _mask_b1hw(valid, p)[..., r : p.shape[-2] - r, r : p.shape[-1] - r]
+        m = _mask_b1hw(valid, ref)
+        if crop:
+            m = m[..., crop : ref.shape[-2] - crop, crop : ref.shape[-1] - crop]
         n = m.sum(dim=(1, 2, 3))
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = ((s * m).sum(dim=(1, 2, 3)) / n).numpy()
+            out = ((maps * m).sum(dim=(1, 2, 3)) / n).numpy()
         out[n.numpy() == 0] = np.nan
         outs.append(out)
     return outs
@@ -315,15 +326,7 @@ class LPIPSMetric:
         """LPIPS averaged over several masks (e.g. valid, changed, unchanged) from one forward pass."""
         p, t = _bchw(_as_tensor(pred, torch.float32)), _bchw(_as_tensor(target, torch.float32))
         maps = torch.cat([self.spatial(p[i : i + batch_size], t[i : i + batch_size]) for i in range(0, len(p), batch_size)])
-        outs = []
-        for v in valids:
-            m = _mask_b1hw(v, p)
-            n = m.sum(dim=(1, 2, 3))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                o = ((maps * m).sum(dim=(1, 2, 3)) / n).numpy()
-            o[n.numpy() == 0] = np.nan
-            outs.append(o)
-        return outs
+        return _masked_map_means(maps, p, valids)
 
 
 # --------------------------------------------------------------------------- FID / KID
