@@ -55,6 +55,34 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
     return fig
 
 
+def plot_residual_calibration(run_dir: str | Path):
+    """Area-balanced validation L1 against the change scale (``best/residual_scale.csv``); None if not calibrated."""
+    import matplotlib.pyplot as plt
+
+    path = Path(run_dir) / "best" / "residual_scale.csv"
+    if not path.is_file():
+        return None
+    t = pd.read_csv(path)
+    chosen = t[t["chosen"]].iloc[0]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    for g, label in ((1.0, "same scale at every gap"), (float(chosen["full_gap_months"]), None)):
+        sub = t[t["full_gap_months"] == g]
+        if label is None:
+            if g == 1.0:
+                continue
+            label = f"scale x min(1, gap / {g:.0f} months) (chosen)"
+        ax.plot(sub["residual_scale"], sub["val_l1_area_mean"], "o-", ms=3, label=label)
+    ax.axhline(t.loc[t["residual_scale"] == 0, "val_l1_area_mean"].iloc[0], ls="--", color="gray", label="persistence (scale 0)")
+    ax.plot(chosen["residual_scale"], chosen["val_l1_area_mean"], "*", ms=14, color="gold", label="chosen")
+    ax.set_xlabel("scale of the predicted change")
+    ax.set_ylabel("val L1, mean over areas")
+    ax.set_title("Calibration on the validation split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def show_samples(run_dir: str | Path, which: int | str = "last"):
     """Show a saved sample grid (``"last"``, ``"first"`` or a step): past | mask | generated | truth."""
     import matplotlib.pyplot as plt

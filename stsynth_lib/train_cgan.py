@@ -24,6 +24,7 @@ Run folder ``<runs_dir>/<profile>/<run_name or model>/`` (see :mod:`stsynth_lib.
     params.yaml   model.yaml   log.csv (train losses, images/s)   val.csv (per-epoch validation)
     checkpoints/checkpoint-<step>/state.pt     everything needed to resume
     best/generator.pt + best.yaml              the best generator by ``best_metric``
+    best/residual_scale.csv                    val L1 per residual scale (``calibrate_residual_scale``)
     samples/step-<step>.png                    past | mask | generated | truth grids
 
 Resuming (``resume_from_checkpoint="latest"``) restores models, optimisers,
@@ -60,6 +61,7 @@ from stsynth_lib.runs import (
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_torch_save,
+    atomic_write_text,
     latest_checkpoint,
     prepare_run_dir,
     resolve_resume,
@@ -107,6 +109,7 @@ class CGANTrainConfig:
     max_train_pairs: int | None = None
     max_val_pairs: int | None = None
     augment: bool = True  # random flips / 90-degree rotations of training pairs
+    radiometric_jitter: float = 0.0  # >0: the same random per-band gain 1+-j and offset +-j on past AND future
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -121,6 +124,7 @@ class CGANTrainConfig:
     val_every_epochs: int = 1
     val_every_steps: int = 0  # >0: also validate (and update best/) every this many optimiser steps
     best_metric: str = "val_l1"  # val_l1 | val_psnr | val_ssim
+    calibrate_residual_scale: bool = False  # residual models: after training, scale the change on the FULL val split
     resume_from_checkpoint: str | None = None  # None/"" fresh (clears the run folder) | latest | checkpoint-<step>
     progress: bool = True
 
@@ -133,6 +137,12 @@ class CGANTrainConfig:
             raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
         if self.best_metric not in BEST_METRICS:
             raise ValueError(f"best_metric must be one of {sorted(BEST_METRICS)}, got {self.best_metric!r}")
+        if self.calibrate_residual_scale and not self.residual:
+            raise ValueError("calibrate_residual_scale: true needs residual: true (it scales the predicted change)")
+        if not 0 <= self.radiometric_jitter < 1:
+            raise ValueError(f"radiometric_jitter must be in [0, 1), got {self.radiometric_jitter}")
+        if self.radiometric_jitter > 0 and not self.augment:
+            raise ValueError("radiometric_jitter > 0 needs augment: true (it is part of the training augmentation)")
         if self.epochs_constant < 0 or self.epochs_decay < 0 or self.epochs_constant + self.epochs_decay < 1:
             raise ValueError(
                 f"epochs_constant={self.epochs_constant}, epochs_decay={self.epochs_decay}: both must be >= 0 "
@@ -275,8 +285,16 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def augment_batch(batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
-    """Random 90-degree rotation and horizontal flip per sample, identical on every spatial tensor."""
+def augment_batch(batch: dict[str, Any], generator: torch.Generator, radiometric_jitter: float = 0.0) -> dict[str, Any]:
+    """Random 90-degree rotation and horizontal flip per sample, identical on every spatial tensor.
+
+    ``radiometric_jitter`` = j > 0 also maps both images of a pair through the
+    same random per-band line ``x * gain + offset`` (gain in [1 - j, 1 + j],
+    offset in [-j, j], in [-1, 1] units, clipped to [-1, 1]). The change from
+    past to future is kept (rescaled by the gain), but a generator can no longer
+    tie its output to the absolute colours of the few training areas (34 AOIs
+    on sn7_real_128), which new areas do not share.
+    """
     b = batch["past"].shape[0]
     ks = torch.randint(0, 4, (b,), generator=generator).tolist()
     flips = (torch.rand(b, generator=generator) < 0.5).tolist()
@@ -290,6 +308,15 @@ def augment_batch(batch: dict[str, Any], generator: torch.Generator) -> dict[str
             xi = torch.rot90(x[i], ks[i], dims=(-2, -1))
             items.append(torch.flip(xi, dims=(-1,)) if flips[i] else xi)
         out[key] = torch.stack(items)
+    if radiometric_jitter > 0:
+        if radiometric_jitter >= 1:
+            raise ValueError(f"radiometric_jitter must be in [0, 1), got {radiometric_jitter}")
+        n_bands = batch["past"].shape[1]
+        gain = 1 + radiometric_jitter * (2 * torch.rand(b, n_bands, 1, 1, generator=generator) - 1)
+        offset = radiometric_jitter * (2 * torch.rand(b, n_bands, 1, 1, generator=generator) - 1)
+        for key in ("past", "future"):
+            x = out[key]
+            out[key] = (x * gain.to(x.dtype) + offset.to(x.dtype)).clamp(-1, 1)
     return out
 
 
@@ -419,6 +446,7 @@ def evaluate_persistence(dataset: PairedTileDataset, batch_size: int = 32) -> pd
 
 def model_spec(cfg: CGANTrainConfig, guidance: GuidanceConfig, n_bands: int, tile_size_px: int) -> dict[str, Any]:
     """Everything needed to rebuild the generator (written to ``model.yaml``)."""
+    channels = guidance.channel_names()
     return {
         "name": cfg.model,
         "in_channels": guidance.n_channels,
@@ -428,15 +456,91 @@ def model_spec(cfg: CGANTrainConfig, guidance: GuidanceConfig, n_bands: int, til
         "norm": cfg.norm,
         "dropout": cfg.dropout,
         "residual": bool(cfg.residual),
+        "gap_channel": channels.index("gap_months_scaled") if "gap_months_scaled" in channels else None,
         "guidance": guidance.to_dict(),
-        "channels": guidance.channel_names(),
+        "channels": channels,
     }
 
 
 def generator_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     return build_generator(spec["name"], spec["in_channels"], spec["out_channels"], spec["tile_size_px"],
                            ngf=spec["ngf"], norm=spec["norm"], dropout=spec["dropout"],
-                           residual=bool(spec.get("residual", False)))
+                           residual=bool(spec.get("residual", False)), gap_channel=spec.get("gap_channel"),
+                           gap_scale_months=float(spec.get("guidance", {}).get("gap_scale_months", 24.0)))
+
+
+RESIDUAL_SCALES = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
+RESIDUAL_FULL_GAPS_MONTHS = tuple(range(1, 13))  # 1 = the same scale at every gap (gaps are >= 1 month)
+
+
+@torch.no_grad()
+def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, scales: Sequence[float] = RESIDUAL_SCALES,
+                             full_gaps_months: Sequence[float] = RESIDUAL_FULL_GAPS_MONTHS, batch_size: int = 32,
+                             device: str | torch.device = "cpu", progress: bool = False) -> tuple[dict[str, float], pd.DataFrame]:
+    """Choose how much of its predicted change a residual generator applies, on held-out pairs.
+
+    The prediction becomes ``clamp(past + k * change)`` with ``k = scale * min(1, gap / full_gap)``:
+    ``scale = 0`` is persistence, ``scale = 1, full_gap = 1`` the trained generator, and
+    ``full_gap > 1`` applies less change to short gaps (a month ahead little really changes, and a
+    generator that learned its training areas' changes applies them too confidently there).
+    Every pair of ``dataset`` (the validation split, never the test split) is scored on the
+    uint8-quantised output, like the saved predictions, at ``k`` = 0, 0.05, ..., 1 (other ``k``
+    are interpolated linearly between those: L1 is smooth in ``k``). The chosen pair
+    ``(scale, full_gap)`` minimises the *area-balanced* L1 -- the mean over areas (AOIs) of each
+    area's mean L1 over valid pixels -- so that a few volatile areas cannot buy a setting that
+    loses in the steady ones. Without a gap plane in the condition only ``full_gap = 1`` is tried.
+
+    Returns ``({"residual_scale": s, "residual_full_gap_months": g}, table)``; ``table`` has one row
+    per (``residual_scale``, ``full_gap_months``) with ``val_l1`` (mean over pairs),
+    ``val_l1_area_mean`` (the criterion) and ``chosen``.
+    """
+    from tqdm.auto import tqdm
+
+    if not getattr(G, "residual", False):
+        raise ValueError("calibrate_residual_scale needs a generator built with residual=True")
+    if len(dataset) == 0:
+        raise ValueError("calibrate_residual_scale: the calibration split has no pairs")
+    if getattr(G, "gap_channel", None) is None:
+        full_gaps_months = (1,)
+    was_training = G.training
+    G.eval()
+    dtype = next(G.parameters()).dtype
+    grid = np.round(np.arange(0, 1.0 + 1e-9, 0.05), 2)
+    per_pair, gaps, areas = [], [], []
+    for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="calibrate", leave=False):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        b = to_device(batch, device)
+        change = G.forward_head(build_condition(b, guidance).to(dtype)).float().cpu()
+        past, future, valid = batch["past"], batch["future"], batch["valid"]
+        n = (valid.sum((1, 2, 3)) * past.shape[1]).clamp(min=1)
+        cols = []
+        for k in grid:
+            gen = torch.clamp(past + float(k) * change, -1.0, 1.0)
+            gen = torch.from_numpy(to_uint8(gen)).float() / 127.5 - 1.0
+            cols.append((((gen - future).abs() * valid).sum((1, 2, 3)) / n).numpy())
+        per_pair.append(np.stack(cols, 1))
+        gaps += batch["gap_months"].tolist()
+        areas += list(batch["aoi"])
+    G.train(was_training)
+    l1_grid = np.concatenate(per_pair)  # (pairs, len(grid))
+    gaps_a, areas_a = np.asarray(gaps, float), np.asarray(areas)
+    rows_idx = np.arange(len(l1_grid))
+    rows = []
+    for full_gap in full_gaps_months:
+        ramp = np.minimum(1.0, gaps_a / float(full_gap))
+        for scale in scales:
+            k = np.clip(float(scale) * ramp, 0, 1) / 0.05
+            lo = np.minimum(np.floor(k).astype(int), len(grid) - 2)
+            w = k - lo
+            l1 = (1 - w) * l1_grid[rows_idx, lo] + w * l1_grid[rows_idx, lo + 1]
+            rows.append({"residual_scale": float(scale), "full_gap_months": float(full_gap), "val_l1": float(l1.mean()),
+                         "val_l1_area_mean": float(pd.Series(l1).groupby(areas_a).mean().mean())})
+    table = pd.DataFrame(rows)
+    best = int(table["val_l1_area_mean"].to_numpy().argmin())
+    table["chosen"] = np.arange(len(table)) == best
+    chosen = {"residual_scale": float(table.loc[best, "residual_scale"]),
+              "residual_full_gap_months": float(table.loc[best, "full_gap_months"])}
+    return chosen, table
 
 
 def load_generator(run_dir: str | Path, which: str = "best", map_location: str = "cpu") -> tuple[nn.Module, GuidanceConfig]:
@@ -461,6 +565,8 @@ def load_generator(run_dir: str | Path, which: str = "best", map_location: str =
         if ck is None or not (Path(ck) / "state.pt").is_file():
             raise FileNotFoundError(f"no checkpoint {which!r} with a state.pt under {run_dir / 'checkpoints'}")
         state = torch.load(Path(ck) / "state.pt", map_location=map_location, weights_only=True)["generator"]
+    if getattr(G, "residual", False):  # runs saved before the calibration buffers existed
+        state = {"residual_scale": torch.ones(()), "residual_full_gap_months": torch.zeros(()), **state}
     G.load_state_dict(state)
     G.eval()
     return G, GuidanceConfig.from_dict(spec["guidance"])
@@ -507,6 +613,27 @@ def comparison_table(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
             {"method": "persistence (future = past)", **summarize(df[[c for c in df if c.startswith("persistence_")]]
                                                                 .rename(columns=lambda c: c[len("persistence_"):]))}]
     return pd.DataFrame(rows).set_index("method")
+
+
+def area_comparison(df: pd.DataFrame, model_name: str, n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Model against persistence area by area, from :func:`predict_split`'s output.
+
+    Returns ``(per_area, paired)``: mean L1 of both per area (AOI) with the pair count and whether the
+    model is better there (L1 in the [-1, 1] units of training, like :func:`comparison_table`), and
+    :func:`stsynth_lib.evaluate.paired_vs_persistence` (model minus persistence with a 95 % interval
+    from resampling whole areas) for L1, PSNR and SSIM, with L1 in [0, 1] units (half the [-1, 1]
+    value) like the evaluation chapter.
+    """
+    from stsynth_lib.evaluate import PERSISTENCE, paired_vs_persistence
+
+    per_area = df.groupby("aoi").agg(pairs=("pair_id", "size"), l1=("l1", "mean"), persistence_l1=("persistence_l1", "mean"))
+    per_area["model_better"] = per_area["l1"] < per_area["persistence_l1"]
+    cols = ["pair_id", "aoi", "l1", "psnr", "ssim"]
+    long = pd.concat([df[cols].assign(model=model_name),
+                      df[["pair_id", "aoi"] + [f"persistence_{c}" for c in ("l1", "psnr", "ssim")]]
+                      .rename(columns=lambda c: c.replace("persistence_", "")).assign(model=PERSISTENCE)])
+    long["l1"] = long["l1"] / 2  # [-1, 1] -> [0, 1] units, the evaluation's (and the table label's) scale
+    return per_area, paired_vs_persistence(long, n_boot=n_boot, seed=seed)
 
 
 # --------------------------------------------------------------------------- training
@@ -680,7 +807,8 @@ def train_cgan(config: CGANTrainConfig) -> Path:
                                              pin_memory=on_cuda, persistent_workers=False)
         for batch in loader:
             if cfg.augment:
-                batch = augment_batch(batch, torch.Generator().manual_seed(cfg.seed * 7919 + step * 104729 + rank))
+                batch = augment_batch(batch, torch.Generator().manual_seed(cfg.seed * 7919 + step * 104729 + rank),
+                                      cfg.radiometric_jitter)
             batch = to_device(batch, device, channels_last)
             losses = train_step(G, D, opt_g, opt_d, batch, guidance, cfg.lambda_l1, cfg.gan_mode, accelerator)
             sched_g.step()
@@ -719,6 +847,25 @@ def train_cgan(config: CGANTrainConfig) -> Path:
         write_samples(step)
         if best is None and len(val_ds):
             validate(max(0, (step - 1) // spe), step)
+        if cfg.calibrate_residual_scale and (run_dir / "best" / "generator.pt").is_file():
+            G_best = generator_from_spec(spec)
+            G_best.load_state_dict(torch.load(run_dir / "best" / "generator.pt", map_location="cpu", weights_only=True))
+            G_best.to(device)
+            cal_ds = PairedTileDataset(cfg.dataset_dir, "val")
+            chosen, table = calibrate_residual_scale(G_best, cal_ds, guidance, batch_size=max(cfg.batch_size, 16),
+                                                     device=device, progress=cfg.progress)
+            G_best.residual_scale.fill_(chosen["residual_scale"])
+            G_best.residual_full_gap_months.fill_(chosen["residual_full_gap_months"])
+            atomic_torch_save({k: v.cpu() for k, v in G_best.state_dict().items()}, run_dir / "best" / "generator.pt")
+            atomic_write_text(run_dir / "best" / "residual_scale.csv", table.to_csv(index=False))
+            best_yaml = yaml.safe_load((run_dir / "best" / "best.yaml").read_text())
+            save_yaml({**best_yaml, **chosen, "calibration_pairs": len(cal_ds)}, run_dir / "best" / "best.yaml")
+            row = table[table["chosen"]].iloc[0]
+            plain = table[(table["residual_scale"] == 1) & (table["full_gap_months"] == 1)]["val_l1_area_mean"].iloc[0]
+            pers = table[table["residual_scale"] == 0]["val_l1_area_mean"].iloc[0]
+            pbar.write(f"change scale {chosen['residual_scale']:.2f} x min(1, gap / {chosen['residual_full_gap_months']:.0f} months) "
+                       f"chosen on {len(cal_ds)} val pairs: area-balanced val L1 {row['val_l1_area_mean']:.4f} "
+                       f"(uncalibrated: {plain:.4f}, persistence: {pers:.4f})")
     accelerator.wait_for_everyone()
     return run_dir
 

@@ -179,3 +179,44 @@ def test_segmenter_is_reused_only_for_the_same_dataset_build(tiny_dataset_dir, t
     (other / "splits.json").write_text((other / "splits.json").read_text().replace('"seed": 0', '"seed": 1'))
     _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", other, **kw)
     assert info["trained_now"] and "another build" in msg
+
+
+def _per_tile_two_models(n_areas=6, pairs_per_area=20, seed=0):
+    """persistence plus 'steady' (better by 0.01 L1 in every area) and 'mixed' (much better in half the
+    areas, much worse in the other half: better on most tiles' mean, but not area by area)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    pid = 0
+    for a in range(n_areas):
+        for _ in range(pairs_per_area):
+            base = 0.1 + 0.05 * a + rng.normal(0, 0.01)
+            psnr = 22 + rng.normal(0, 1)
+            rows.append({"model": "persistence", "pair_id": pid, "aoi": f"A{a}", "l1": base, "psnr": psnr, "common": True})
+            rows.append({"model": "steady", "pair_id": pid, "aoi": f"A{a}", "l1": base - 0.01 + rng.normal(0, 0.002),
+                         "psnr": psnr + 0.3, "common": True})
+            rows.append({"model": "mixed", "pair_id": pid, "aoi": f"A{a}", "l1": base + (-0.05 if a % 2 else 0.04),
+                         "psnr": psnr, "common": True})
+            pid += 1
+    return pd.DataFrame(rows)
+
+
+def test_paired_vs_persistence_uses_areas_not_tiles():
+    per_tile = _per_tile_two_models()
+    p = E.paired_vs_persistence(per_tile, metrics=("l1", "psnr"), n_boot=500).set_index(["model", "metric"])
+    steady, mixed = p.loc[("steady", "l1")], p.loc[("mixed", "l1")]
+    assert steady["better"] is True and steady["ci_hi"] < 0 and steady["areas_better"] == 6
+    assert abs(steady["mean_diff"] + 0.01) < 0.002
+    assert p.loc[("steady", "psnr"), "better"] is True  # higher is better for PSNR: sign handled
+    # 'mixed' wins on the pooled tile mean (-0.005) but only in 3 of 6 areas: no verdict, interval spans zero
+    assert mixed["mean_diff"] < 0 and mixed["areas_better"] == 3
+    assert mixed["better"] is None and mixed["ci_lo"] < 0 < mixed["ci_hi"]
+    # a tile-level bootstrap would have called it: the area interval must be much wider
+    from stsynth_lib import metrics as M
+    d = (per_tile[per_tile.model == "mixed"]["l1"].to_numpy() - per_tile[per_tile.model == "persistence"]["l1"].to_numpy())
+    _, lo, hi, _ = M.bootstrap_ci(d, 500)
+    assert (mixed["ci_hi"] - mixed["ci_lo"]) > 3 * (hi - lo)
+    table = E.paired_table(p.reset_index())
+    assert set(table["verdict"]) == {"better", "no clear difference"}
+    assert "3 of 6" in set(table["areas where the model is better"])

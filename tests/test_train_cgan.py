@@ -260,3 +260,133 @@ def test_cli_parses_every_option(tmp_path):
     assert cfg.use_mask is False and cfg.lambda_l1 == 50 and cfg.gan_mode == "lsgan" and cfg.profile == "smoke"
     with pytest.raises(ValueError, match="model must be one of"):
         tc.parse_args(["--model", "vae"])
+
+
+def test_radiometric_jitter_maps_past_and_future_through_the_same_line():
+    gen = torch.Generator().manual_seed(3)
+    past = torch.rand(4, 3, 16, 16, generator=gen) - 0.5  # |x| <= 0.5: no clipping at j = 0.2
+    future = torch.rand(4, 3, 16, 16, generator=gen) - 0.5
+    valid = (torch.rand(4, 1, 16, 16, generator=gen) > 0.2).float()
+    batch = {"past": past, "future": future, "valid": valid, "aoi": ["a"] * 4}
+    plain = tc.augment_batch(batch, torch.Generator().manual_seed(9))
+    jit = tc.augment_batch(batch, torch.Generator().manual_seed(9), radiometric_jitter=0.2)
+    assert torch.equal(jit["valid"], plain["valid"])  # masks: same geometry, no radiometry
+    assert not torch.allclose(jit["past"], plain["past"])
+    for i in range(4):
+        for c in range(3):
+            x = plain["past"][i, c].flatten()
+            A = torch.stack([x, torch.ones_like(x)], 1).double()
+            gain, offset = torch.linalg.lstsq(A, jit["past"][i, c].flatten().double()[:, None]).solution.flatten()
+            assert 0.8 - 1e-6 <= gain <= 1.2 + 1e-6 and abs(offset) <= 0.2 + 1e-6
+            # the future went through the very same line: the past -> future change is kept, only rescaled
+            torch.testing.assert_close(jit["future"][i, c].double(), plain["future"][i, c].double() * gain + offset,
+                                       atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="radiometric_jitter"):
+        tc.CGANTrainConfig(dataset_dir="x", radiometric_jitter=0.2, augment=False)
+
+
+class _ShiftedFuture:
+    """A split whose future image is the past image plus ``shift`` (clipped): a known best change."""
+
+    def __init__(self, ds, shift, gain=1.0, full_gap_months=None):
+        self.ds, self.shift, self.gain, self.full_gap = ds, shift, gain, full_gap_months
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        s = dict(self.ds[i])
+        shift = self.shift
+        if self.full_gap is not None:  # the change grows with the gap until full_gap months
+            shift = shift * min(1.0, float(s["gap_months"]) / self.full_gap)
+        s["future"] = (s["past"] * self.gain + shift).clamp(-1, 1)
+        return s
+
+
+def _constant_change_generator(change: float, size: int):
+    """A residual generator whose predicted change is ``change`` everywhere (zero weights, tanh(bias) = change)."""
+    G = build_generator("pix2pix", GUIDE.n_channels, 3, size, ngf=8, residual=True,
+                        gap_channel=GUIDE.channel_names().index("gap_months_scaled"), gap_scale_months=GUIDE.gap_scale_months)
+    head = G.ups[0][1]
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.constant_(head.bias, float(np.arctanh(change)))
+    return G.eval()
+
+
+def test_residual_scale_is_calibrated_on_held_out_pairs(tiny_dataset_dir):
+    val = PairedTileDataset(tiny_dataset_dir, "val")
+    size = val.tile_size_px
+    G = _constant_change_generator(0.4, size)
+    # the truth moved by half of what the model predicts: the right scale is 0.5, the same at every gap
+    chosen, table = tc.calibrate_residual_scale(G, _ShiftedFuture(val, 0.2), GUIDE, batch_size=4)
+    assert chosen["residual_scale"] == pytest.approx(0.5) and chosen["residual_full_gap_months"] == 1.0
+    assert table["chosen"].sum() == 1
+    # the truth moved by the full change only from 3 months on, proportionally less before: found from the gaps
+    every = PairedTileDataset(tiny_dataset_dir, "all")
+    assert every.pairs["gap_months"].min() < 3 < every.pairs["gap_months"].max()
+    chosen_ramp, _ = tc.calibrate_residual_scale(G, _ShiftedFuture(every, 0.4, full_gap_months=3), GUIDE, batch_size=8)
+    assert chosen_ramp == {"residual_scale": pytest.approx(1.0), "residual_full_gap_months": 3.0}
+    # nothing changed: the calibration falls back to persistence (scale 0) instead of keeping the overconfident model
+    chosen0, table0 = tc.calibrate_residual_scale(G, _ShiftedFuture(val, 0.0), GUIDE, batch_size=4)
+    assert chosen0["residual_scale"] == 0.0 and table0["val_l1"].iloc[0] < 1e-6
+    # the criterion averages areas, not pairs: recompute it for scale 0 (persistence) by hand on several areas
+    damped = _ShiftedFuture(every, 0.0, gain=0.5)  # pair-dependent L1
+    _, table_all = tc.calibrate_residual_scale(G, damped, GUIDE, scales=(0.0, 1.0), full_gaps_months=(1,), batch_size=8)
+    per_pair = []
+    for i in range(len(every)):
+        s = damped[i]
+        per_pair.append(float(((s["past"] - s["future"]).abs() * s["valid"]).sum() / (s["valid"].sum() * 3).clamp(min=1)))
+    by_area = pd.Series(per_pair).groupby(every.pairs["aoi"].to_numpy()).mean()
+    assert by_area.size >= 2 and abs(by_area.mean() - np.mean(per_pair)) > 1e-4  # the two averages differ here
+    assert table_all["val_l1_area_mean"].iloc[0] == pytest.approx(by_area.mean(), abs=1e-5)
+    assert table_all["val_l1"].iloc[0] == pytest.approx(np.mean(per_pair), abs=1e-5)
+    # the scale and the ramp are saved buffers: forward uses them, a state-dict round trip keeps them
+    G.residual_scale.fill_(0.5)
+    G.residual_full_gap_months.fill_(4.0)
+    b = tc.collate([every[i] for i in range(len(every))])
+    out = G(tc.build_condition(b, GUIDE))
+    k = 0.5 * torch.clamp(b["gap_months"] / 4.0, max=1.0).reshape(-1, 1, 1, 1)
+    torch.testing.assert_close(out, (b["past"] + k * 0.4).clamp(-1, 1), atol=1e-5, rtol=0)
+    G2 = _constant_change_generator(0.4, size)
+    G2.load_state_dict(G.state_dict())
+    assert float(G2.residual_scale) == 0.5 and float(G2.residual_full_gap_months) == 4.0
+    with pytest.raises(ValueError, match="residual=True"):
+        tc.calibrate_residual_scale(build_generator("pix2pix", GUIDE.n_channels, 3, size, ngf=8), val, GUIDE)
+
+
+def test_training_run_writes_and_uses_the_calibrated_scale(tiny_dataset_dir, tmp_path):
+    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, residual=True, calibrate_residual_scale=True, max_steps=4))
+    table = pd.read_csv(run / "best" / "residual_scale.csv")
+    best = yaml.safe_load((run / "best" / "best.yaml").read_text())
+    row = table[table["chosen"]].iloc[0]
+    assert best["residual_scale"] == row["residual_scale"]
+    assert best["residual_full_gap_months"] == row["full_gap_months"]
+    assert table["val_l1_area_mean"].min() == pytest.approx(row["val_l1_area_mean"])
+    G, _ = tc.load_generator(run, "best")
+    assert float(G.residual_scale) == pytest.approx(row["residual_scale"])
+    assert float(G.residual_full_gap_months) == pytest.approx(row["full_gap_months"])
+    assert G.gap_channel == yaml.safe_load((run / "model.yaml").read_text())["channels"].index("gap_months_scaled")
+    from stsynth_lib.cgan_plots import plot_residual_calibration
+
+    fig = plot_residual_calibration(run)
+    assert fig is not None and "persistence (scale 0)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert plot_residual_calibration(tmp_path / "no-such-run") is None
+    G_latest, _ = tc.load_generator(run, "latest")  # checkpoints keep the trained scale of 1
+    assert float(G_latest.residual_scale) == 1.0
+    with pytest.raises(ValueError, match="residual: true"):
+        _cfg(tiny_dataset_dir, tmp_path, residual=False, calibrate_residual_scale=True)
+
+
+def test_area_comparison_counts_areas_and_pairs():
+    rows = []
+    for a, (n, model_l1, pers_l1) in enumerate([(10, 0.10, 0.12), (30, 0.20, 0.19), (5, 0.05, 0.06)]):
+        for i in range(n):
+            rows.append({"pair_id": 100 * a + i, "aoi": f"A{a}", "l1": model_l1, "psnr": 20.0, "ssim": 0.5,
+                         "persistence_l1": pers_l1, "persistence_psnr": 19.0, "persistence_ssim": 0.5})
+    per_area, paired = tc.area_comparison(pd.DataFrame(rows), "m", n_boot=200)
+    assert per_area["pairs"].tolist() == [10, 30, 5]
+    assert per_area["model_better"].tolist() == [True, False, True]
+    l1 = paired.set_index("metric").loc["l1"]
+    assert l1["areas_better"] == 2 and l1["n_areas"] == 3 and l1["n_pairs"] == 45
+    assert l1["mean_diff"] == pytest.approx((10 * -0.02 + 30 * 0.01 + 5 * -0.01) / 45 / 2)  # [0, 1] units
+    assert paired.set_index("metric").loc["psnr", "better"] is True  # +1 dB in every area

@@ -53,8 +53,9 @@ class AttentionUNetGenerator(UNetGenerator):
 
     def __init__(self, in_channels: int, out_channels: int = 3, tile_size_px: int = 256, ngf: int = 64,
                  norm: str = "instance", dropout: float = 0.5, depth: int | None = None, n_dropout: int | None = None,
-                 residual: bool = False):
-        super().__init__(in_channels, out_channels, tile_size_px, ngf, norm, dropout, depth, n_dropout, residual)
+                 residual: bool = False, gap_channel: int | None = None, gap_scale_months: float = 24.0):
+        super().__init__(in_channels, out_channels, tile_size_px, ngf, norm, dropout, depth, n_dropout, residual,
+                         gap_channel, gap_scale_months)
         ch = level_channels(ngf, self.depth)
         d = self.depth
         gates = []

@@ -17,7 +17,8 @@ GENERATORS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_generator(name: str, in_channels: int, out_channels: int = 3, tile_size_px: int = 256, **kwargs: Any) -> nn.Module:
-    """Generator ``name`` (``pix2pix`` | ``attention_unet``); ``kwargs``: ngf, norm, dropout, depth, n_dropout, residual."""
+    """Generator ``name`` (``pix2pix`` | ``attention_unet``); ``kwargs``: ngf, norm, dropout, depth, n_dropout, residual,
+    gap_channel, gap_scale_months."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; choose one of {sorted(GENERATORS)}")
     return GENERATORS[name](in_channels=in_channels, out_channels=out_channels, tile_size_px=tile_size_px, **kwargs)

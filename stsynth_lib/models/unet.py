@@ -21,6 +21,16 @@ past image is the first ``out_channels`` channels of the condition (the order
 (as ControlNet's zero convolutions), so the untrained generator *is* the
 persistence baseline (future = past) and training only has to learn the change.
 That matters when the training budget is small.
+
+A residual generator also carries two buffers saved with its weights,
+``residual_scale`` (1 while training) and ``residual_full_gap_months`` (0 = off):
+the output is ``clamp(past + k * tanh(.), -1, 1)`` with
+``k = residual_scale * min(1, gap / residual_full_gap_months)``, the gap being read
+from the condition's gap plane (``gap_channel``). The trainer sets them after
+training by calibrating on the validation split (see
+``stsynth_lib.train_cgan.calibrate_residual_scale``): k < 1 pulls the predicted
+change towards "no change" where the model was over-confident, e.g. one month
+ahead, where little real change happens.
 """
 
 from __future__ import annotations
@@ -93,12 +103,17 @@ class UNetGenerator(nn.Module):
         depth: int | None = None,
         n_dropout: int | None = None,
         residual: bool = False,
+        gap_channel: int | None = None,
+        gap_scale_months: float = 24.0,
     ):
         super().__init__()
         if residual and in_channels < out_channels:
             raise ValueError(f"residual=True needs the past image ({out_channels} bands) first in the condition, "
                              f"but the condition has only {in_channels} channels")
         self.residual = residual
+        if gap_channel is not None and not 0 <= gap_channel < in_channels:
+            raise ValueError(f"gap_channel={gap_channel} is not a channel of the {in_channels}-channel condition")
+        self.gap_channel, self.gap_scale_months = gap_channel, float(gap_scale_months)
         self.depth = depth if depth is not None else depth_for_size(tile_size_px)
         if self.depth < 2:
             raise ValueError(f"depth must be >= 2, got {self.depth}")
@@ -139,6 +154,8 @@ class UNetGenerator(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
             head._stsynth_zero_init = True  # init_weights leaves it at zero
+            self.register_buffer("residual_scale", torch.ones(()))
+            self.register_buffer("residual_full_gap_months", torch.zeros(()))
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
@@ -164,7 +181,8 @@ class UNetGenerator(nn.Module):
         """Hook for subclasses: transform the skip feature of ``level`` given the coarser decoder feature."""
         return skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The tanh output in [-1, 1]: the image (``residual=False``) or the change before scaling and clamping."""
         self._check(x)
         e = self.encode(x)
         h = e[-1]
@@ -172,7 +190,19 @@ class UNetGenerator(nn.Module):
             u = self.ups[i](h)
             skip = self.gate(i - 1, e[i - 1], h)
             h = torch.cat([u, skip], 1)
-        out = self.ups[0](h)
+        return self.ups[0](h)
+
+    def change_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, 1, 1)`` factor on the predicted change (see the module docstring)."""
+        k = self.residual_scale.to(x.dtype).expand(x.shape[0]).reshape(-1, 1, 1, 1)
+        if self.gap_channel is not None and float(self.residual_full_gap_months) > 0:
+            gap_months = x[:, self.gap_channel].mean((-2, -1)) * self.gap_scale_months
+            ramp = torch.clamp(gap_months / self.residual_full_gap_months.to(x.dtype), max=1.0)
+            k = k * ramp.reshape(-1, 1, 1, 1)
+        return k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.forward_head(x)
         if self.residual:
-            out = torch.clamp(x[:, : self.out_channels] + out, -1.0, 1.0)
+            out = torch.clamp(x[:, : self.out_channels] + self.change_scale(x).to(out.dtype) * out, -1.0, 1.0)
         return out
