@@ -496,6 +496,8 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
     """
     from tqdm.auto import tqdm
 
+    from stsynth_lib.metrics import masked_l1
+
     if not getattr(G, "residual", False):
         raise ValueError("calibrate_residual_scale needs a generator built with residual=True")
     if len(dataset) == 0:
@@ -512,12 +514,11 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
         b = to_device(batch, device)
         change = G.forward_head(build_condition(b, guidance).to(dtype)).float().cpu()
         past, future, valid = batch["past"], batch["future"], batch["valid"]
-        n = (valid.sum((1, 2, 3)) * past.shape[1]).clamp(min=1)
         cols = []
         for k in grid:
             gen = torch.clamp(past + float(k) * change, -1.0, 1.0)
             gen = torch.from_numpy(to_uint8(gen)).float() / 127.5 - 1.0
-            cols.append((((gen - future).abs() * valid).sum((1, 2, 3)) / n).numpy())
+            cols.append(masked_l1(gen, future, valid))  # NaN for a pair without valid pixels: left out below
         per_pair.append(np.stack(cols, 1))
         gaps += batch["gap_months"].tolist()
         areas += list(batch["aoi"])
@@ -533,7 +534,7 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
             lo = np.minimum(np.floor(k).astype(int), len(grid) - 2)
             w = k - lo
             l1 = (1 - w) * l1_grid[rows_idx, lo] + w * l1_grid[rows_idx, lo + 1]
-            rows.append({"residual_scale": float(scale), "full_gap_months": float(full_gap), "val_l1": float(l1.mean()),
+            rows.append({"residual_scale": float(scale), "full_gap_months": float(full_gap), "val_l1": float(np.nanmean(l1)),
                          "val_l1_area_mean": float(pd.Series(l1).groupby(areas_a).mean().mean())})
     table = pd.DataFrame(rows)
     best = int(table["val_l1_area_mean"].to_numpy().argmin())
