@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stsynth_lib.conditioning import GuidanceConfig  # noqa: E402
 from stsynth_lib.models import build_discriminator, build_generator, init_weights  # noqa: E402
-from stsynth_lib.train_cgan import train_step  # noqa: E402
+from stsynth_lib.cgan.losses import train_step  # noqa: E402
 
 # dense (no sparsity) bf16 tensor-core peaks, FLOP/s
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "L40": 181e12,

@@ -90,19 +90,19 @@ import pandas as pd
 from IPython.display import display
 
 from stsynth_lib.conditioning import build_condition
-from stsynth_lib.cgan_plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.train_cgan import collate, load_generator, spread_indices
+from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
+from stsynth_lib.cgan.model_io import load_generator
+from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate import paired_table
-from stsynth_lib.train_cgan import (
-    CGANTrainConfig,
+from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.train import split_dataset, train_cgan
+from stsynth_lib.evaluate.generator import (
     area_comparison,
     comparison_table,
     evaluate_persistence,
     predict_split,
-    split_dataset,
     summarize,
-    train_cgan,
 )
 
 # every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook)

@@ -34,7 +34,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # --------------------------------------------------------------------------- helpers
 

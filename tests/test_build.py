@@ -9,10 +9,21 @@ import pandas as pd
 import pytest
 import rasterio
 import torch
-
 from conftest import REAL_128, needs_real_128
-from stsynth_lib.data.build import build_dataset, build_pairs, split_aois, tile_grid, tile_transform
-from stsynth_lib.data.dataset import PairedTileDataset, TileStore, measure_loader_throughput, to_uint8
+
+from stsynth_lib.data.build import (
+    build_dataset,
+    build_pairs,
+    split_aois,
+    tile_grid,
+    tile_transform,
+)
+from stsynth_lib.data.dataset import (
+    PairedTileDataset,
+    TileStore,
+    measure_loader_throughput,
+    to_uint8,
+)
 from stsynth_lib.data.io import read_raster
 from stsynth_lib.data.sn7 import SN7DataError, scan_sn7
 

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import REAL_128, needs_real_128
+
 from stsynth_lib.data.io import read_raster, to_uint8_image, validity_mask
 from stsynth_lib.data.sn7 import SN7DataError, find_aoi_dirs, scan_sn7
-from stsynth_lib.data.synthetic import SN7_PIXEL_M, aoi_name, aoi_transform, generate_synthetic_sn7
+from stsynth_lib.data.synthetic import (
+    SN7_PIXEL_M,
+    aoi_name,
+    aoi_transform,
+    generate_synthetic_sn7,
+)
 
 
 def test_synthetic_tree_has_sn7_layout_and_formats(tiny_sn7_root):

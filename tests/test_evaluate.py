@@ -13,8 +13,16 @@ import pytest
 import torch
 
 from stsynth_lib import evaluate as E
+from stsynth_lib.evaluate.data import _same_persistence
 from stsynth_lib.predictions import load_predictions, save_predictions
-from stsynth_lib.segmentation import SegUNet, dataset_fingerprint, load_segmenter, predict_masks, save_segmenter, train_segmenter
+from stsynth_lib.segmentation import (
+    SegUNet,
+    dataset_fingerprint,
+    load_segmenter,
+    predict_masks,
+    save_segmenter,
+    train_segmenter,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -80,9 +88,9 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     assert len(pers) == len(data) and np.array_equal(pers[int(data.pair_ids[0])], data.past[0])
     assert (tmp_path / "persistence" / f"{int(data.pair_ids[0]):06d}.png").is_file()
     # a second evaluation reuses identical persistence files, and rewrites them when they are stale
-    assert E._same_persistence(tmp_path / "persistence", data)
+    assert _same_persistence(tmp_path / "persistence", data)
     data.past[0] = 255 - data.past[0]
-    assert not E._same_persistence(tmp_path / "persistence", data)
+    assert not _same_persistence(tmp_path / "persistence", data)
     # figures carry the label
     fig = E.gallery(res, "noisy", "lpips")
     assert "uncalibrated" in fig._suptitle.get_text()

@@ -12,7 +12,6 @@ from stsynth_lib.models.patchgan import receptive_field
 from stsynth_lib.models.unet import depth_for_size
 
 
-
 @pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])
 @pytest.mark.parametrize("size", [64, 128, 256, 512])
 def test_generator_shape_and_range_at_every_size(name, size):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-
 from conftest import REAL_TILE, needs_real_tile
+
 from stsynth_lib.data.io import read_raster
 from stsynth_lib.data.rasterize import footprint_mask, read_footprints
 from stsynth_lib.data.sn7 import SN7DataError, scan_sn7
@@ -73,8 +72,9 @@ def test_map_labels_without_georeference_fail_clearly(tmp_path):
 
 
 def test_pixel_labels_rasterise_where_they_are():
-    from stsynth_lib.data.rasterize import rasterize_polygons
     from shapely.geometry import box
+
+    from stsynth_lib.data.rasterize import rasterize_polygons
 
     m = rasterize_polygons([box(2, 3, 5, 7)], (10, 10))  # x 2..5 (cols), y 3..7 (rows)
     assert m.sum() == 12

@@ -14,11 +14,25 @@ import pytest
 import torch
 import yaml
 
-from stsynth_lib import train_cgan as tc
-from stsynth_lib.conditioning import GuidanceConfig
+import stsynth_lib.cgan.train as cgan_train
+from stsynth_lib.cgan.augment import augment_batch
+from stsynth_lib.cgan.calibrate import calibrate_residual_scale
+from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.losses import cgan_losses, masked_l1_loss, train_step
+from stsynth_lib.cgan.model_io import load_generator
+from stsynth_lib.cgan.train import parse_args, train_cgan
+from stsynth_lib.conditioning import GuidanceConfig, build_condition
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.evaluate.generator import (
+    _metric_rows,
+    _unit01,
+    area_comparison,
+    comparison_table,
+    predict_split,
+)
 from stsynth_lib.models import build_discriminator, build_generator, init_weights
 from stsynth_lib.runs import latest_checkpoint, list_checkpoints
+from stsynth_lib.training import collate, lr_factor
 
 GUIDE = GuidanceConfig().resolve(dataset_has_mask=True, n_bands=3)
 
@@ -50,25 +64,25 @@ def test_invalid_pixels_change_no_loss_and_no_metric(gan_mode):
     G, D = _models()
     G.eval()  # no dropout noise between the two evaluations
     batch = _random_batch()
-    base = tc.cgan_losses(G, D, batch, GUIDE, gan_mode=gan_mode)
+    base = cgan_losses(G, D, batch, GUIDE, gan_mode=gan_mode)
     changed = dict(batch)
     invalid = batch["valid"] == 0
     changed["future"] = torch.where(invalid, torch.rand_like(batch["future"]) * 2 - 1, batch["future"])
     assert not torch.equal(changed["future"], batch["future"])
-    again = tc.cgan_losses(G, D, changed, GUIDE, gan_mode=gan_mode)
+    again = cgan_losses(G, D, changed, GUIDE, gan_mode=gan_mode)
     for k in ("loss_d", "loss_g", "loss_g_gan", "loss_g_l1"):
         assert torch.equal(base[k], again[k]), k
     # pixel metrics ignore them too (SSIM: stsynth_lib.metrics masks window centres, so windows
     # straddling the cloud edge still see invalid pixels; that definition belongs to the evaluation)
-    m1 = tc._metric_rows(tc._unit01(base["fake"]), tc._unit01(batch["future"]), batch["valid"])
-    m2 = tc._metric_rows(tc._unit01(base["fake"]), tc._unit01(changed["future"]), batch["valid"])
+    m1 = _metric_rows(_unit01(base["fake"]), _unit01(batch["future"]), batch["valid"])
+    m2 = _metric_rows(_unit01(base["fake"]), _unit01(changed["future"]), batch["valid"])
     for k in ("l1", "psnr"):
         np.testing.assert_array_equal(m1[k], m2[k])
     # ...while a change in a valid pixel does change the losses (the test can fail)
     poked = dict(batch)
     poked["future"] = batch["future"].clone()
     poked["future"][:, :, 16, 20] = -batch["future"][:, :, 16, 20]
-    poked_losses = tc.cgan_losses(G, D, poked, GUIDE, gan_mode=gan_mode)
+    poked_losses = cgan_losses(G, D, poked, GUIDE, gan_mode=gan_mode)
     assert poked_losses["loss_g_l1"] != base["loss_g_l1"]
     assert poked_losses["loss_d"] != base["loss_d"]
 
@@ -78,8 +92,8 @@ def test_masked_l1_loss_definition():
     valid = torch.zeros(1, 1, 4, 4)
     valid[..., :2, :] = 1
     target[..., 2:, :] = 100.0  # invalid half: huge error that must not count
-    assert tc.masked_l1_loss(pred, target, valid).item() == pytest.approx(1.0)
-    assert tc.masked_l1_loss(pred, target, torch.zeros_like(valid)).item() == 0.0
+    assert masked_l1_loss(pred, target, valid).item() == pytest.approx(1.0)
+    assert masked_l1_loss(pred, target, torch.zeros_like(valid)).item() == 0.0
 
 
 @pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])
@@ -89,17 +103,17 @@ def test_one_training_step_lowers_the_loss_on_a_fixed_batch(name):
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
     with torch.no_grad():
-        before = tc.cgan_losses(G, D, batch, GUIDE)
-    tc.train_step(G, D, opt_g, opt_d, batch, GUIDE)
+        before = cgan_losses(G, D, batch, GUIDE)
+    train_step(G, D, opt_g, opt_d, batch, GUIDE)
     with torch.no_grad():
-        after = tc.cgan_losses(G, D, batch, GUIDE)
+        after = cgan_losses(G, D, batch, GUIDE)
     assert after["loss_g_l1"] < before["loss_g_l1"]
     assert after["loss_g"] < before["loss_g"]
     assert all(p.requires_grad for p in D.parameters())  # D unfrozen again after the generator step
 
 
 def test_lr_schedule_constant_then_linear_to_zero():
-    f = [tc.lr_factor(s, steps_per_epoch=10, epochs_constant=2, epochs_decay=2) for s in range(40)]
+    f = [lr_factor(s, steps_per_epoch=10, epochs_constant=2, epochs_decay=2) for s in range(40)]
     assert f[:20] == [1.0] * 20
     assert all(a > b for a, b in zip(f[20:], f[21:]))
     assert 0 < f[-1] < 0.06
@@ -110,7 +124,7 @@ def _cfg(dataset_dir, runs_dir, **kw):
                 batch_size=4, epochs_constant=1, epochs_decay=1, max_train_pairs=16, max_val_pairs=4,
                 log_every_steps=1, sample_every_steps=3, checkpoints_total_limit=2, progress=False, device="cpu")
     base.update(kw)
-    return tc.CGANTrainConfig(**base)
+    return CGANTrainConfig(**base)
 
 
 def _state(run_dir, step):
@@ -134,12 +148,12 @@ def _assert_same(a, b, path=""):
 
 @pytest.mark.parametrize("model", ["pix2pix", "attention_unet"])
 def test_resume_gives_the_uninterrupted_run(tiny_dataset_dir, tmp_path, model):
-    full = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "a", model=model))
+    full = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "a", model=model))
     assert [s for s, _ in list_checkpoints(full)] == [4, 8]  # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs
     # interrupted mid-epoch 2, then resumed from the latest checkpoint
-    part = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, max_steps=6))
+    part = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, max_steps=6))
     assert [s for s, _ in list_checkpoints(part)] == [4, 6]
-    resumed = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, resume_from_checkpoint="latest"))
+    resumed = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, resume_from_checkpoint="latest"))
     a, b = _state(full, 8), _state(resumed, 8)
     for key in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng_cpu", "best"):
         _assert_same(a[key], b[key], key)
@@ -153,14 +167,14 @@ def test_resume_gives_the_uninterrupted_run(tiny_dataset_dir, tmp_path, model):
     params = yaml.safe_load((full / "params.yaml").read_text())
     assert params["model"] == model and params["steps_per_epoch"] == 4
     assert (full / "best" / "generator.pt").is_file() and (full / "samples" / "step-0000003.png").is_file()
-    G, guide = tc.load_generator(full, "best")
+    G, guide = load_generator(full, "best")
     assert guide.use_mask is True and not G.training
-    G2, _ = tc.load_generator(full, "latest")
+    G2, _ = load_generator(full, "latest")
     _assert_same(G2.state_dict(), a["generator"])
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tiny_dataset_dir, tmp_path, monkeypatch):
-    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=4))
+    run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=4))
     ck4 = run / "checkpoints" / "checkpoint-4" / "state.pt"
     digest = hashlib.sha256(ck4.read_bytes()).hexdigest()
 
@@ -169,9 +183,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_dataset_dir, tmp_pa
         Path(path).write_bytes(b"half a checkpoint")
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(tc, "atomic_torch_save", dying_save)
+    monkeypatch.setattr(cgan_train, "atomic_torch_save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest", sample_every_steps=0,
+        train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest", sample_every_steps=0,
                            val_every_epochs=99))  # no validation: only the checkpoint write can die
     monkeypatch.undo()
     assert [p.name for _, p in list_checkpoints(run)] == ["checkpoint-4"]
@@ -190,21 +204,21 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tiny_dataset_dir, tmp_pa
     assert proc.returncode == -9
     assert (run / "checkpoints" / "checkpoint-8.tmp").is_dir()  # the debris is there...
     assert latest_checkpoint(run).name == "checkpoint-4"  # ...but never taken for a checkpoint
-    resumed = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest"))
+    resumed = train_cgan(_cfg(tiny_dataset_dir, tmp_path, resume_from_checkpoint="latest"))
     assert [s for s, _ in list_checkpoints(resumed)] == [4, 8]
     assert int(_state(resumed, 8)["step"]) == 8
 
 
 def test_val_every_steps_validates_inside_epochs_and_keeps_the_best(tiny_dataset_dir, tmp_path):
     # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs: validation at steps 3, 4 (epoch end), 6, 8 (epoch end)
-    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs", val_every_steps=3))
+    run = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs", val_every_steps=3))
     val = pd.read_csv(run / "val.csv")
     assert val["step"].tolist() == [3, 4, 6, 8]
     assert val["best"].iloc[0] == 1
     best = yaml.safe_load((run / "best" / "best.yaml").read_text())
     assert best["value"] == pytest.approx(val["val_l1"].min())
     assert best["step"] == int(val.loc[val["val_l1"].idxmin(), "step"])
-    plain = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs2"))
+    plain = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "runs2"))
     assert pd.read_csv(plain / "val.csv")["step"].tolist() == [4, 8]
 
 
@@ -214,11 +228,11 @@ def test_no_labels_trains_on_image_and_time(tiny_dataset_dir, tmp_path):
     pairs = pd.read_parquet(ds_dir / "pairs.parquet")
     pairs["has_mask"] = False
     pairs.to_parquet(ds_dir / "pairs.parquet")
-    run = tc.train_cgan(_cfg(ds_dir, tmp_path / "runs", model="attention_unet", max_steps=1))
+    run = train_cgan(_cfg(ds_dir, tmp_path / "runs", model="attention_unet", max_steps=1))
     spec = yaml.safe_load((run / "model.yaml").read_text())
     assert "future_mask" not in spec["channels"]
     assert spec["in_channels"] == 3 + 3  # RGB + gap + month sin/cos
-    forced = tc.train_cgan(_cfg(ds_dir, tmp_path / "runs2", use_mask=True, time_encoding="none", max_steps=1))
+    forced = train_cgan(_cfg(ds_dir, tmp_path / "runs2", use_mask=True, time_encoding="none", max_steps=1))
     assert yaml.safe_load((forced / "model.yaml").read_text())["channels"] == ["past_b1", "past_b2", "past_b3", "future_mask"]
 
 
@@ -226,10 +240,10 @@ def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_di
     from stsynth_lib.metrics import masked_l1
     from stsynth_lib.predictions import load_predictions
 
-    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=2))
+    run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=2))
     test = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=6)
     out = run / "predictions" / "test"
-    df = tc.predict_split(run, test, out, progress=False, metrics_csv=run / "test_metrics.csv")
+    df = predict_split(run, test, out, progress=False, metrics_csv=run / "test_metrics.csv")
     preds = load_predictions(out)
     assert sorted(preds) == sorted(df["pair_id"]) == sorted(int(test[i]["pair_id"]) for i in range(len(test)))
     s = test[0]
@@ -243,23 +257,23 @@ def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_di
     gen = torch.from_numpy(img[None].astype(np.float32) / 255.0)
     own = masked_l1(gen, (s["future"][None] + 1) / 2, s["valid"][None])[0] * 2
     assert df.set_index("pair_id").loc[int(s["pair_id"]), "l1"] == pytest.approx(own, abs=1e-4)
-    table = tc.comparison_table(df, "pix2pix")
+    table = comparison_table(df, "pix2pix")
     assert list(table.index) == ["pix2pix", "persistence (future = past)"]
     assert (run / "test_metrics.csv").is_file()
     # a second call replaces, never mixes
-    tc.predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=2), out, progress=False)
+    predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=2), out, progress=False)
     assert len(load_predictions(out)) == 2
 
 
 def test_cli_parses_every_option(tmp_path):
     p = tmp_path / "p.yaml"
     p.write_text("profile: smoke\nlambda_l1: 10\nunrelated_key: 1\n")
-    cfg = tc.parse_args(["--params", str(p), "--dataset-dir", "data/x", "--model", "attention_unet",
+    cfg = parse_args(["--params", str(p), "--dataset-dir", "data/x", "--model", "attention_unet",
                          "--max-steps", "none", "--use-mask", "false", "--lambda-l1", "50", "--gan-mode", "lsgan"])
     assert cfg.dataset_dir == "data/x" and cfg.model == "attention_unet" and cfg.max_steps is None
     assert cfg.use_mask is False and cfg.lambda_l1 == 50 and cfg.gan_mode == "lsgan" and cfg.profile == "smoke"
     with pytest.raises(ValueError, match="model must be one of"):
-        tc.parse_args(["--model", "vae"])
+        parse_args(["--model", "vae"])
 
 
 def test_radiometric_jitter_maps_past_and_future_through_the_same_line():
@@ -268,8 +282,8 @@ def test_radiometric_jitter_maps_past_and_future_through_the_same_line():
     future = torch.rand(4, 3, 16, 16, generator=gen) - 0.5
     valid = (torch.rand(4, 1, 16, 16, generator=gen) > 0.2).float()
     batch = {"past": past, "future": future, "valid": valid, "aoi": ["a"] * 4}
-    plain = tc.augment_batch(batch, torch.Generator().manual_seed(9))
-    jit = tc.augment_batch(batch, torch.Generator().manual_seed(9), radiometric_jitter=0.2)
+    plain = augment_batch(batch, torch.Generator().manual_seed(9))
+    jit = augment_batch(batch, torch.Generator().manual_seed(9), radiometric_jitter=0.2)
     assert torch.equal(jit["valid"], plain["valid"])  # masks: same geometry, no radiometry
     assert not torch.allclose(jit["past"], plain["past"])
     for i in range(4):
@@ -282,7 +296,7 @@ def test_radiometric_jitter_maps_past_and_future_through_the_same_line():
             torch.testing.assert_close(jit["future"][i, c].double(), plain["future"][i, c].double() * gain + offset,
                                        atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="radiometric_jitter"):
-        tc.CGANTrainConfig(dataset_dir="x", radiometric_jitter=0.2, augment=False)
+        CGANTrainConfig(dataset_dir="x", radiometric_jitter=0.2, augment=False)
 
 
 class _ShiftedFuture:
@@ -318,20 +332,20 @@ def test_residual_scale_is_calibrated_on_held_out_pairs(tiny_dataset_dir):
     size = val.tile_size_px
     G = _constant_change_generator(0.4, size)
     # the truth moved by half of what the model predicts: the right scale is 0.5, the same at every gap
-    chosen, table = tc.calibrate_residual_scale(G, _ShiftedFuture(val, 0.2), GUIDE, batch_size=4)
+    chosen, table = calibrate_residual_scale(G, _ShiftedFuture(val, 0.2), GUIDE, batch_size=4)
     assert chosen["residual_scale"] == pytest.approx(0.5) and chosen["residual_full_gap_months"] == 1.0
     assert table["chosen"].sum() == 1
     # the truth moved by the full change only from 3 months on, proportionally less before: found from the gaps
     every = PairedTileDataset(tiny_dataset_dir, "all")
     assert every.pairs["gap_months"].min() < 3 < every.pairs["gap_months"].max()
-    chosen_ramp, _ = tc.calibrate_residual_scale(G, _ShiftedFuture(every, 0.4, full_gap_months=3), GUIDE, batch_size=8)
+    chosen_ramp, _ = calibrate_residual_scale(G, _ShiftedFuture(every, 0.4, full_gap_months=3), GUIDE, batch_size=8)
     assert chosen_ramp == {"residual_scale": pytest.approx(1.0), "residual_full_gap_months": 3.0}
     # nothing changed: the calibration falls back to persistence (scale 0) instead of keeping the overconfident model
-    chosen0, table0 = tc.calibrate_residual_scale(G, _ShiftedFuture(val, 0.0), GUIDE, batch_size=4)
+    chosen0, table0 = calibrate_residual_scale(G, _ShiftedFuture(val, 0.0), GUIDE, batch_size=4)
     assert chosen0["residual_scale"] == 0.0 and table0["val_l1"].iloc[0] < 1e-6
     # the criterion averages areas, not pairs: recompute it for scale 0 (persistence) by hand on several areas
     damped = _ShiftedFuture(every, 0.0, gain=0.5)  # pair-dependent L1
-    _, table_all = tc.calibrate_residual_scale(G, damped, GUIDE, scales=(0.0, 1.0), full_gaps_months=(1,), batch_size=8)
+    _, table_all = calibrate_residual_scale(G, damped, GUIDE, scales=(0.0, 1.0), full_gaps_months=(1,), batch_size=8)
     per_pair = []
     for i in range(len(every)):
         s = damped[i]
@@ -343,35 +357,35 @@ def test_residual_scale_is_calibrated_on_held_out_pairs(tiny_dataset_dir):
     # the scale and the ramp are saved buffers: forward uses them, a state-dict round trip keeps them
     G.residual_scale.fill_(0.5)
     G.residual_full_gap_months.fill_(4.0)
-    b = tc.collate([every[i] for i in range(len(every))])
-    out = G(tc.build_condition(b, GUIDE))
+    b = collate([every[i] for i in range(len(every))])
+    out = G(build_condition(b, GUIDE))
     k = 0.5 * torch.clamp(b["gap_months"] / 4.0, max=1.0).reshape(-1, 1, 1, 1)
     torch.testing.assert_close(out, (b["past"] + k * 0.4).clamp(-1, 1), atol=1e-5, rtol=0)
     G2 = _constant_change_generator(0.4, size)
     G2.load_state_dict(G.state_dict())
     assert float(G2.residual_scale) == 0.5 and float(G2.residual_full_gap_months) == 4.0
     with pytest.raises(ValueError, match="residual=True"):
-        tc.calibrate_residual_scale(build_generator("pix2pix", GUIDE.n_channels, 3, size, ngf=8), val, GUIDE)
+        calibrate_residual_scale(build_generator("pix2pix", GUIDE.n_channels, 3, size, ngf=8), val, GUIDE)
 
 
 def test_training_run_writes_and_uses_the_calibrated_scale(tiny_dataset_dir, tmp_path):
-    run = tc.train_cgan(_cfg(tiny_dataset_dir, tmp_path, residual=True, calibrate_residual_scale=True, max_steps=4))
+    run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, residual=True, calibrate_residual_scale=True, max_steps=4))
     table = pd.read_csv(run / "best" / "residual_scale.csv")
     best = yaml.safe_load((run / "best" / "best.yaml").read_text())
     row = table[table["chosen"]].iloc[0]
     assert best["residual_scale"] == row["residual_scale"]
     assert best["residual_full_gap_months"] == row["full_gap_months"]
     assert table["val_l1_area_mean"].min() == pytest.approx(row["val_l1_area_mean"])
-    G, _ = tc.load_generator(run, "best")
+    G, _ = load_generator(run, "best")
     assert float(G.residual_scale) == pytest.approx(row["residual_scale"])
     assert float(G.residual_full_gap_months) == pytest.approx(row["full_gap_months"])
     assert G.gap_channel == yaml.safe_load((run / "model.yaml").read_text())["channels"].index("gap_months_scaled")
-    from stsynth_lib.cgan_plots import plot_residual_calibration
+    from stsynth_lib.cgan.plots import plot_residual_calibration
 
     fig = plot_residual_calibration(run)
     assert fig is not None and "persistence (scale 0)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert plot_residual_calibration(tmp_path / "no-such-run") is None
-    G_latest, _ = tc.load_generator(run, "latest")  # checkpoints keep the trained scale of 1
+    G_latest, _ = load_generator(run, "latest")  # checkpoints keep the trained scale of 1
     assert float(G_latest.residual_scale) == 1.0
     with pytest.raises(ValueError, match="residual: true"):
         _cfg(tiny_dataset_dir, tmp_path, residual=False, calibrate_residual_scale=True)
@@ -383,7 +397,7 @@ def test_area_comparison_counts_areas_and_pairs():
         for i in range(n):
             rows.append({"pair_id": 100 * a + i, "aoi": f"A{a}", "l1": model_l1, "psnr": 20.0, "ssim": 0.5,
                          "persistence_l1": pers_l1, "persistence_psnr": 19.0, "persistence_ssim": 0.5})
-    per_area, paired = tc.area_comparison(pd.DataFrame(rows), "m", n_boot=200)
+    per_area, paired = area_comparison(pd.DataFrame(rows), "m", n_boot=200)
     assert per_area["pairs"].tolist() == [10, 30, 5]
     assert per_area["model_better"].tolist() == [True, False, True]
     l1 = paired.set_index("metric").loc["l1"]

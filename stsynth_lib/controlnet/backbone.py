@@ -21,7 +21,11 @@ from typing import Any
 
 import torch
 
-from stsynth_lib.controlnet.tokenizer import TokenizerCheckError, build_clip_tokenizer, check_tokenizer
+from stsynth_lib.controlnet.tokenizer import (
+    TokenizerCheckError,
+    build_clip_tokenizer,
+    check_tokenizer,
+)
 
 DEFAULT_PRETRAINED_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 TINY_BACKBONE = "tiny-random"

@@ -23,7 +23,11 @@ import torch
 import yaml
 
 from stsynth_lib.controlnet.backbone import Backbone, load_backbone
-from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch
+from stsynth_lib.controlnet.conditioning import (
+    batch_conditioning,
+    batch_prompts,
+    resize_batch,
+)
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
 

@@ -40,9 +40,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from stsynth_lib.controlnet.backbone import TINY_BACKBONE, Backbone, build_tiny_sd, load_backbone, save_backbone
+from stsynth_lib.controlnet.backbone import (
+    TINY_BACKBONE,
+    Backbone,
+    build_tiny_sd,
+    load_backbone,
+    save_backbone,
+)
 from stsynth_lib.controlnet.conditioning import (
     DEFAULT_PROMPT_TEMPLATE,
     apply_prompt_dropout,
@@ -52,11 +57,11 @@ from stsynth_lib.controlnet.conditioning import (
     resize_batch,
 )
 from stsynth_lib.runs import (
-    merge_params,
-    parse_cli_value,
     CSVLogger,
     atomic_checkpoint_dir,
     atomic_write_text,
+    merge_params,
+    parse_cli_value,
     prepare_run_dir,
     resolve_resume,
     save_yaml,
@@ -364,7 +369,11 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from stsynth_lib.controlnet.generate import encode_prompts, make_scheduler, sample_images
+    from stsynth_lib.controlnet.generate import (
+        encode_prompts,
+        make_scheduler,
+        sample_images,
+    )
     from stsynth_lib.data.dataset import PairedTileDataset
 
     cfg = config

@@ -20,8 +20,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def downsample_sn7(src_root: str | Path, out_root: str | Path, size_px: int = 128, drop_georef: bool = False,
                    with_labels: bool = False, progress: bool = True) -> int:

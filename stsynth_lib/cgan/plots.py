@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stsynth_lib.data.dataset import to_uint8
+
 
 def plot_losses(run_dir: str | Path, smooth: int = 5):
     """Generator/discriminator losses, the L1 term and throughput from ``log.csv`` (rolling mean over ``smooth`` rows)."""
@@ -134,3 +136,30 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
             a.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention")
     return fig
+
+
+def sample_grid(batch: Mapping[str, Any], generated: torch.Tensor, n_rows: int = 4) -> np.ndarray:
+    """``(rows*H, 4*W, 3)`` uint8 grid: past | future mask | generated | truth (invalid truth pixels magenta)."""
+    n = min(n_rows, generated.shape[0])
+    rows = []
+    for i in range(n):
+        past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
+        mask = (batch["future_mask"][i, 0].float().cpu().numpy() * 255).astype(np.uint8)
+        mask = np.repeat(mask[:, :, None], 3, 2)
+        gen = to_uint8(generated[i][:3]).transpose(1, 2, 0)
+        truth = to_uint8(batch["future"][i][:3]).transpose(1, 2, 0).copy()
+        invalid = batch["valid"][i, 0].cpu().numpy() < 0.5
+        truth[invalid] = (255, 0, 255)
+        rows.append(np.concatenate([past, mask, gen, truth], 1))
+    return np.concatenate(rows, 0)
+
+
+def save_grid(grid: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(grid).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+

@@ -1,0 +1,110 @@
+"""Every option of a cGAN run (:class:`CGANTrainConfig`), checked when it is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from stsynth_lib.conditioning import GuidanceConfig
+from stsynth_lib.training import check_checkpoint_limit
+
+GAN_MODES = ("vanilla", "lsgan")
+BEST_METRICS = {"val_l1": "min", "val_psnr": "max", "val_ssim": "max"}
+
+
+@dataclass
+class CGANTrainConfig:
+    """Every option of a cGAN run (recorded in the run's ``params.yaml``)."""
+
+    dataset_dir: str = "data/smoke/dataset"
+    model: str = "pix2pix"  # pix2pix | attention_unet
+    runs_dir: str = "runs"
+    profile: str = "smoke"
+    run_name: str | None = None  # folder under runs/<profile>/; default: the model name
+    # guidance (see stsynth_lib.conditioning)
+    use_mask: Any = "auto"  # auto | true | false
+    time_encoding: str = "planes"  # planes | none
+    gap_scale_months: float = 24.0
+    use_month: bool = True
+    # architecture
+    ngf: int = 64
+    ndf: int = 64
+    norm: str = "instance"  # instance | batch | none
+    dropout: float = 0.5
+    d_layers: int = 3  # 3 = 70x70 PatchGAN
+    residual: bool = False  # generator outputs clamp(past + tanh(.)) (not pix2pix; starts at persistence)
+    # loss
+    gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
+    lambda_l1: float = 100.0
+    # optimisation
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    batch_size: int = 8
+    epochs_constant: int = 1
+    epochs_decay: int = 1
+    max_steps: int | None = None  # stop early after this many optimiser steps (a checkpoint is written)
+    max_train_pairs: int | None = None
+    max_val_pairs: int | None = None
+    augment: bool = True  # random flips / 90-degree rotations of training pairs
+    radiometric_jitter: float = 0.0  # >0: the same random per-band gain 1+-j and offset +-j on past AND future
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else fp32) | no | bf16 | fp16
+    channels_last: Any = "auto"  # auto (on CUDA and with CPU bf16) | true | false
+    # bookkeeping
+    log_every_steps: int = 10
+    sample_every_steps: int = 200
+    n_sample_rows: int = 4
+    checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
+    checkpoints_total_limit: int = 2
+    val_every_epochs: int = 1
+    val_every_steps: int = 0  # >0: also validate (and update best/) every this many optimiser steps
+    best_metric: str = "val_l1"  # val_l1 | val_psnr | val_ssim
+    calibrate_residual_scale: bool = False  # residual models: after training, scale the change on the FULL val split
+    resume_from_checkpoint: str | None = None  # None/"" fresh (the previous run is kept until this one succeeds) | latest | checkpoint-<step>
+    allow_resume_changes: bool = False  # resume even if options differ from the saved run (listed in params.yaml)
+    progress: bool = True
+
+    def __post_init__(self):
+        from stsynth_lib.models.registry import GENERATORS
+
+        if self.model not in GENERATORS:
+            raise ValueError(f"model must be one of {sorted(GENERATORS)}, got {self.model!r}")
+        if self.gan_mode not in GAN_MODES:
+            raise ValueError(f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}")
+        if self.best_metric not in BEST_METRICS:
+            raise ValueError(f"best_metric must be one of {sorted(BEST_METRICS)}, got {self.best_metric!r}")
+        if self.calibrate_residual_scale and not self.residual:
+            raise ValueError("calibrate_residual_scale: true needs residual: true (it scales the predicted change)")
+        if not 0 <= self.radiometric_jitter < 1:
+            raise ValueError(f"radiometric_jitter must be in [0, 1), got {self.radiometric_jitter}")
+        if self.radiometric_jitter > 0 and not self.augment:
+            raise ValueError("radiometric_jitter > 0 needs augment: true (it is part of the training augmentation)")
+        if self.epochs_constant < 0 or self.epochs_decay < 0 or self.epochs_constant + self.epochs_decay < 1:
+            raise ValueError(
+                f"epochs_constant={self.epochs_constant}, epochs_decay={self.epochs_decay}: both must be >= 0 "
+                "and their sum (the number of epochs) >= 1"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_checkpoint_limit(self.checkpoints_total_limit)
+
+    @property
+    def epochs(self) -> int:
+        return self.epochs_constant + self.epochs_decay
+
+    def guidance(self) -> GuidanceConfig:
+        return GuidanceConfig(use_mask=self.use_mask, time_encoding=self.time_encoding,
+                              gap_scale_months=self.gap_scale_months, use_month=self.use_month)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "CGANTrainConfig":
+        """Build from a parameter dict (e.g. a notebook's), keeping only the keys that are fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in params.items() if k in names}
+        kw.update(overrides)
+        return cls(**kw)
+

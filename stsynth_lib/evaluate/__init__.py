@@ -1,0 +1,48 @@
+"""Score every model and the persistence baseline on the same test tiles; tables, galleries, curves, FID.
+
+Entry points
+------------
+* :func:`evaluate_models` -- per-tile metrics (PSNR, SSIM, L1, LPIPS; the same over changed / unchanged
+  footprint pixels; building precision/recall/F1/IoU and new-building scores through a segmenter)
+  for ``persistence`` (future = past, computed from the dataset), every model's saved predictions
+  and the real future images (segmentation upper bound). Writes ``per_tile.csv``, ``summary.csv``,
+  ``summary.json`` and ``results.md`` under ``out_dir``.
+* :func:`summarise` / :func:`results_table` / :func:`persistence_verdict` -- mean and 95 % bootstrap
+  interval over tiles, the wide table of the book, and the plain sentence saying which model beats
+  persistence on what.
+* :func:`gallery` / :func:`plot_metric_vs_gap` -- best / median / worst tiles, metric vs time gap.
+* :func:`fid_report` -- FID and KID per model, per gap bucket, and of persistence (notebook 07).
+
+All images are compared in [0, 1] (``uint8 / 255``, ``data_range = 1``) over valid pixels
+(``past_valid * future_valid``); LPIPS gets the same images in [-1, 1].
+"""
+
+
+from stsynth_lib.evaluate.data import (  # noqa: F401
+    DEFAULT_GAP_EDGES,
+    LPIPS_METRICS,
+    METRICS,
+    PERSISTENCE,
+    UPPER_BOUND,
+    SplitData,
+    gap_bucket,
+    gap_bucket_order,
+    load_split,
+)
+from stsynth_lib.evaluate.report import (  # noqa: F401
+    fid_report,
+    fid_table,
+    gallery,
+    plot_metric_vs_gap,
+    prediction_dirs,
+    save_results,
+)
+from stsynth_lib.evaluate.scoring import EvalResult, evaluate_models  # noqa: F401
+from stsynth_lib.evaluate.stats import (  # noqa: F401
+    VERDICT_METRICS,
+    paired_table,
+    paired_vs_persistence,
+    persistence_verdict,
+    results_table,
+    summarise,
+)

@@ -1,0 +1,177 @@
+"""The ground truth of a split, the metric names and the time-gap buckets every evaluation table uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+PERSISTENCE = "persistence"
+UPPER_BOUND = "real_future"  # the real future images through the segmenter: building-score upper bound
+
+# metric -> (higher is better, human name)
+METRICS: dict[str, tuple[bool, str]] = {
+    "psnr": (True, "PSNR (dB)"),
+    "ssim": (True, "SSIM"),
+    "l1": (False, "L1 ([0,1] units)"),
+    "lpips": (False, "LPIPS"),
+    "psnr_changed": (True, "PSNR changed px (dB)"),
+    "psnr_unchanged": (True, "PSNR unchanged px (dB)"),
+    "ssim_changed": (True, "SSIM changed px"),
+    "ssim_unchanged": (True, "SSIM unchanged px"),
+    "lpips_changed": (False, "LPIPS changed px"),
+    "lpips_unchanged": (False, "LPIPS unchanged px"),
+    "f1": (True, "building F1"),
+    "f1_micro": (True, "building F1 (all pixels pooled)"),
+    "iou": (True, "building IoU"),
+    "precision": (True, "building precision"),
+    "recall": (True, "building recall"),
+    "f1_new_micro": (True, "new-building F1 (pooled)"),
+    "recall_new": (True, "new-building recall"),
+}
+LPIPS_METRICS = ("lpips", "lpips_changed", "lpips_unchanged")
+DEFAULT_GAP_EDGES = (1, 2, 4, 7, 13, 10_000)  # buckets [1], [2-3], [4-6], [7-12], [13+]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class SplitData:
+    """The ground truth of one split as arrays aligned with ``pairs`` (uint8 images, {0,1} masks)."""
+
+    pairs: pd.DataFrame
+    past: np.ndarray  # (N, C, H, W) uint8
+    future: np.ndarray  # (N, C, H, W) uint8
+    past_mask: np.ndarray  # (N, 1, H, W) uint8
+    future_mask: np.ndarray
+    valid: np.ndarray  # (N, 1, H, W) uint8, past_valid * future_valid
+    has_mask: np.ndarray  # (N,) bool
+    transform: np.ndarray  # (N, 6)
+    crs: list[str]
+
+    @property
+    def pair_ids(self) -> np.ndarray:
+        return self.pairs["pair_id"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | None = None, seed: int = 0) -> SplitData:
+    """Read one split's pairs from the tile store; ``max_pairs`` keeps a seeded random subset (same for every model)."""
+    from stsynth_lib.data.dataset import PairedTileDataset
+
+    ds = PairedTileDataset(dataset_dir, split)
+    pairs = ds.pairs
+    if len(pairs) == 0:
+        raise ValueError(f"{dataset_dir}: split {split!r} has no pairs; rebuild the dataset with more AOIs or other split fractions.")
+    if max_pairs is not None and len(pairs) > max_pairs:
+        pairs = pairs.sample(n=max_pairs, random_state=seed).sort_values("pair_id")
+    pairs = pairs.reset_index(drop=True)
+    s = ds.store
+    t0 = pairs["past_tile_id"].to_numpy(int)
+    t1 = pairs["future_tile_id"].to_numpy(int)
+    tiles = s.tiles.set_index("tile_id", drop=False).loc[t1]
+    return SplitData(
+        pairs=pairs,
+        past=np.asarray(s.images[t0]),
+        future=np.asarray(s.images[t1]),
+        past_mask=np.asarray(s.masks[t0])[:, None],
+        future_mask=np.asarray(s.masks[t1])[:, None],
+        valid=(np.asarray(s.valid[t0]) * np.asarray(s.valid[t1]))[:, None].astype(np.uint8),
+        has_mask=pairs["has_mask"].to_numpy(bool),
+        transform=tiles[[f"transform_{c}" for c in "abcdef"]].to_numpy(np.float64),
+        crs=[str(c) for c in tiles["crs"]],
+    )
+
+
+def gap_bucket(gap_months, edges: Iterable[int] = DEFAULT_GAP_EDGES) -> np.ndarray:
+    """Label each gap (months) with its bucket, e.g. '1', '2-3', '13+'."""
+    edges = list(edges)
+    labels = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        labels.append(str(lo) if hi - lo == 1 else (f"{lo}+" if hi >= 10_000 else f"{lo}-{hi - 1}"))
+    g = np.asarray(gap_months, dtype=float)
+    idx = np.clip(np.searchsorted(edges, g, side="right") - 1, 0, len(labels) - 1)
+    return np.array([labels[i] for i in idx])
+
+
+def gap_bucket_order(edges: Iterable[int] = DEFAULT_GAP_EDGES) -> list[str]:
+    edges = list(edges)
+    return list(gap_bucket([e for e in edges[:-1]], edges))
+
+
+@dataclass
+class EvalResult:
+    per_tile: pd.DataFrame
+    summary: pd.DataFrame
+    notes: list[str]
+    calibrated: dict[str, bool]
+    data: SplitData
+    predictions: dict[str, np.ndarray] = field(repr=False)  # name -> (N, C, H, W) uint8 aligned with data (NaN rows absent)
+    available: dict[str, np.ndarray] = field(repr=False)  # name -> (N,) bool, tile predicted by the model
+    seg_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    out_dir: Path | None = None
+
+
+def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.zeros_like(data.future)
+    have = np.zeros(len(data), bool)
+    for i, pid in enumerate(data.pair_ids):
+        img = preds.get(int(pid))
+        if img is None:
+            continue
+        if img.shape != data.future.shape[1:]:
+            raise ValueError(
+                f"prediction for pair {pid} has shape {img.shape}, the dataset's tiles are {data.future.shape[1:]}: "
+                "the predictions were made on another dataset or tile size."
+            )
+        arr[i] = img
+        have[i] = True
+    return arr, have
+
+
+def _same_persistence(folder: str | Path, data: SplitData) -> bool:
+    """True if ``folder`` already holds the persistence images of exactly these pairs (then it is not rewritten).
+
+    Checks the pair ids of ``index.csv`` and the pixels of the first and last image.
+    """
+    import rasterio
+
+    index = Path(folder) / "index.csv"
+    if not index.is_file():
+        return False
+    try:
+        idx = pd.read_csv(index)
+        ids = idx["pair_id"].to_numpy()
+        if len(ids) != len(data) or set(ids.tolist()) != set(int(p) for p in data.pair_ids):
+            return False
+        where = {int(p): i for i, p in enumerate(data.pair_ids)}
+        for _, row in idx.iloc[[0, -1]].iterrows():
+            with rasterio.open(Path(folder) / row["tif"]) as src:
+                if not np.array_equal(src.read(), data.past[where[int(row["pair_id"])]]):
+                    return False
+    except (ValueError, KeyError, OSError, pd.errors.EmptyDataError, rasterio.errors.RasterioIOError):
+        return False
+    return True
+
+
+def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{model: (images aligned with data, which pairs it predicted)}``; a missing or empty folder becomes a note."""
+    from stsynth_lib.predictions import load_predictions
+
+    out = {}
+    for name, folder in (runs or {}).items():
+        if folder is None or not (Path(folder) / "index.csv").is_file():
+            notes.append(f"{name}: no predictions at {folder} (index.csv missing) -- run its notebook first; left out of the tables.")
+            continue
+        arr, ok = _align_predictions(load_predictions(folder), data)
+        if not ok.any():
+            notes.append(f"{name}: {folder} holds no prediction for the {len(data)} {split} pairs scored here; left out.")
+            continue
+        out[name] = (arr, ok)
+    return out

@@ -1,0 +1,235 @@
+"""What evaluation writes and shows: results files, galleries, metric-vs-gap curves, FID/KID tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from stsynth_lib import metrics as M
+from stsynth_lib.evaluate.data import (
+    LPIPS_METRICS,
+    METRICS,
+    PERSISTENCE,
+    EvalResult,
+    _load_model_predictions,
+    gap_bucket,
+    gap_bucket_order,
+    load_split,
+)
+from stsynth_lib.evaluate.stats import (
+    paired_table,
+    paired_vs_persistence,
+    persistence_verdict,
+    results_table,
+    summarise,
+)
+
+
+def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write per_tile.csv, summary.csv, summary.json and results.md atomically under ``out_dir``."""
+    from stsynth_lib.runs import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "per_tile.csv", res.per_tile.to_csv(index=False))
+    atomic_write_text(out / "summary.csv", res.summary.to_csv(index=False))
+    table = results_table(res.summary)
+    verdict = persistence_verdict(res.summary)
+    paired = paired_vs_persistence(res.per_tile)
+    atomic_write_text(out / "paired_vs_persistence.csv", paired.to_csv(index=False))
+    payload = {
+        **dict(meta or {}),
+        "n_pairs": len(res.data),
+        "n_common_tiles": int(res.per_tile.loc[res.per_tile["model"] == PERSISTENCE, "common"].sum()),
+        "calibrated": res.calibrated,
+        "notes": res.notes,
+        "verdict": verdict,
+        "summary": json.loads(res.summary.to_json(orient="records")),
+        "paired_vs_persistence": json.loads(paired.to_json(orient="records")),
+    }
+    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
+    md = table.to_markdown() if _has_tabulate() else table.to_string()
+    text = md + "\n\n" + "\n".join(f"- {v}" for v in verdict + res.notes) + "\n"
+    if len(paired):
+        pt = paired_table(paired).set_index("model")
+        text += ("\nPaired with persistence on the same pairs, 95 % interval from resampling whole areas (AOIs):\n\n"
+                 + (pt.to_markdown() if _has_tabulate() else pt.to_string()) + "\n")
+    atomic_write_text(out / "results.md", text)
+    return out
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _rgb(img_uint8: np.ndarray) -> np.ndarray:
+    return np.asarray(img_uint8)[:3].transpose(1, 2, 0)
+
+
+def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | None = None):
+    """Best, median and worst tiles of ``model`` by ``metric``: past | future mask | generated | truth | error map."""
+    import matplotlib.pyplot as plt
+
+    df = res.per_tile[(res.per_tile["model"] == model) & res.per_tile["common"]].dropna(subset=[metric])
+    if df.empty:
+        raise ValueError(f"no scored tile for model {model!r} and metric {metric!r}")
+    hib = METRICS[metric][0]
+    df = df.sort_values(metric, ascending=not hib).reset_index(drop=True)
+    picks = [("best", df.iloc[0]), ("median", df.iloc[len(df) // 2]), ("worst", df.iloc[-1])]
+    index = {int(p): i for i, p in enumerate(res.data.pair_ids)}
+    cal = res.calibrated.get("lpips", True) if metric in LPIPS_METRICS else True
+    fig, axes = plt.subplots(3, 5, figsize=(12, 7.6))
+    for r, (tag, row) in enumerate(picks):
+        i = index[int(row["pair_id"])]
+        pred = res.predictions[model][i]
+        truth = res.data.future[i]
+        err = np.abs(pred.astype(float) - truth.astype(float)).mean(0) / 255.0
+        invalid = res.data.valid[i, 0] == 0
+        err = np.ma.masked_where(invalid, err)
+        panels = [(_rgb(res.data.past[i]), "past"),
+                  (res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels"),
+                  (_rgb(pred), model), (_rgb(truth), "truth"), (err, "|error| (invalid masked)")]
+        for c, (img, t) in enumerate(panels):
+            ax = axes[r, c]
+            if c == 4:
+                im = ax.imshow(img, cmap="magma", vmin=0, vmax=0.5)
+            else:
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(t, fontsize=9)
+        axes[r, 0].set_ylabel(f"{tag}\n{M.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
+    fig.colorbar(im, ax=axes[:, 4], fraction=0.05)
+    fig.suptitle(title or f"{model}: best / median / worst tiles by {M.label(METRICS[metric][1], cal)}", fontsize=11)
+    return fig
+
+
+def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None):
+    """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence."""
+    import matplotlib.pyplot as plt
+
+    per_tile = res_or_per_tile.per_tile if isinstance(res_or_per_tile, EvalResult) else res_or_per_tile
+    if calibrated is None:
+        calibrated = bool(per_tile["lpips_calibrated"].iloc[0]) if metric in LPIPS_METRICS and "lpips_calibrated" in per_tile else True
+    s = summarise(per_tile, n_boot=n_boot, seed=seed, by="gap_bucket", calibrated={"lpips": calibrated})
+    s = s[s["metric"] == metric]
+    order = [b for b in gap_bucket_order() if b in set(s["gap_bucket"])]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3.8))
+    for model, g in s.groupby("model", sort=False):
+        g = g.set_index("gap_bucket").reindex(order)
+        x = np.arange(len(order))
+        style = dict(ls="--", color="k") if model == PERSISTENCE else {}
+        ax.plot(x, g["mean"], marker="o", label=model, **style)
+        ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color=style.get("color"))
+    ax.set_xticks(np.arange(len(order)), order)
+    ax.set_xlabel("time gap t1 - t0 (months)")
+    ax.set_ylabel(M.label(METRICS[metric][1], calibrated))
+    ax.set_title(f"{M.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+# --------------------------------------------------------------------------- FID / KID
+
+
+def fid_report(
+    dataset_dir: str | Path,
+    split: str = "test",
+    runs: Mapping[str, str | Path | None] | None = None,
+    allow_uncalibrated: bool = False,
+    device: str = "cpu",
+    max_pairs: int | None = None,
+    by_gap: bool = True,
+    min_bucket_pairs: int = 10,
+    kid_subset_size: int = 1000,
+    kid_subsets: int = 100,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+) -> tuple[pd.DataFrame, list[str], bool]:
+    """FID and KID of each model's images (and of persistence = past images) against the real future tiles.
+
+    Both sets are per pair (a future tile shared by several pairs counts each time) so they have the
+    same size ``n``, reported with every number. Per gap bucket when ``by_gap`` (buckets with fewer
+    than ``min_bucket_pairs`` pairs are skipped). Returns (table, notes, calibrated); writes
+    ``fid.csv`` / ``fid.json`` under ``out_dir``.
+    """
+    data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
+    notes: list[str] = []
+    sets: dict[str, tuple[np.ndarray, np.ndarray]] = {PERSISTENCE: (data.past, np.ones(len(data), bool))}
+    sets.update(_load_model_predictions(runs, data, split, notes))
+    common = np.logical_and.reduce([ok for _, ok in sets.values()])
+    if not common.all():
+        notes.append(f"Only the {common.sum()} of {len(data)} pairs that every model predicted are used.")
+    feat = M.InceptionFeatures(allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+    if not feat.calibrated:
+        notes.append(f"FID/KID are {M.UNCALIBRATED}: no pt_inception weights in the torch cache, a seeded random Inception was used. "
+                     "They rank models within this run only and are not comparable with published FIDs.")
+    real = feat(data.future[common], batch_size=batch_size, progress=progress)
+    feats = {name: feat(arr[common], batch_size=batch_size, progress=progress) for name, (arr, _) in sets.items()}
+    gaps = gap_bucket(data.pairs["gap_months"].to_numpy(float)[common])
+    rows = []
+    groups = [("all", np.ones(len(real), bool))]
+    if by_gap:
+        groups += [(b, gaps == b) for b in gap_bucket_order() if (gaps == b).sum() >= min_bucket_pairs]
+        skipped = [b for b in gap_bucket_order() if 0 < (gaps == b).sum() < min_bucket_pairs]
+        if skipped:
+            notes.append(f"No FID for gap buckets with fewer than {min_bucket_pairs} pairs: {', '.join(skipped)} months.")
+    for bucket, sel in groups:
+        for name, f in feats.items():
+            n = int(sel.sum())
+            if n < 2:
+                continue
+            kid, kid_std = M.kid_from_features(f[sel], real[sel], kid_subset_size, kid_subsets, seed)
+            rows.append({"model": name, "gap_bucket": bucket, "n": n, "fid": M.fid_from_features(f[sel], real[sel]),
+                         "kid": kid, "kid_std": kid_std, "calibrated": feat.calibrated})
+    table = pd.DataFrame(rows)
+    if len(real) < 2048:
+        notes.append(f"n = {len(real)} < 2048 (the feature dimension): FID is biased upwards at this size and only comparable "
+                     "between rows with the same n; KID (unbiased) is the headline.")
+    if out_dir is not None:
+        from stsynth_lib.runs import atomic_write_text
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "fid.csv", table.to_csv(index=False))
+        atomic_write_text(out / "fid.json", json.dumps({"dataset_dir": str(dataset_dir), "split": split, "calibrated": feat.calibrated,
+                                                         "notes": notes, "rows": json.loads(table.to_json(orient="records"))}, indent=2))
+    return table, notes, feat.calibrated
+
+
+def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
+    """Wide FID/KID table (rows: model; columns per gap bucket), headers labelled 'uncalibrated' when so."""
+    t = table.copy()
+    t["KID x1000"] = (t["kid"] * 1000).map(lambda v: f"{v:.2f}") + " ± " + (t["kid_std"] * 1000).map(lambda v: f"{v:.2f}")
+    t["FID"] = t["fid"].map(lambda v: f"{v:.2f}")
+    wide = t.pivot_table(index="model", columns="gap_bucket", values=["KID x1000", "FID", "n"], aggfunc="first", sort=False)
+    wide.columns = [f"{M.label(a, calibrated)} [{b}]" if a != "n" else f"n [{b}]" for a, b in wide.columns]
+    return wide
+
+
+
+
+def prediction_dirs(runs_dir: str | Path, profile: str, models: Iterable[str], split: str = "test") -> dict[str, Path]:
+    """``{model: runs/<profile>/<model>/predictions/<split>}`` (folders may not exist: evaluate_models notes it).
+
+    ``models`` may also be one comma-separated string (``papermill -p models pix2pix,controlnet``).
+    """
+    if isinstance(models, str):
+        models = [m.strip(" '\"") for m in models.strip("[]").split(",") if m.strip(" '\"")]
+    return {m: Path(runs_dir) / profile / m / "predictions" / split for m in models}

@@ -1,0 +1,176 @@
+"""Per-tile scoring of saved predictions, persistence and the real future (:func:`evaluate_models`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from stsynth_lib import metrics as M
+from stsynth_lib.evaluate.data import (
+    PERSISTENCE,
+    UPPER_BOUND,
+    EvalResult,
+    SplitData,
+    _load_model_predictions,
+    _same_persistence,
+    gap_bucket,
+    load_split,
+)
+from stsynth_lib.evaluate.report import save_results
+from stsynth_lib.evaluate.stats import summarise
+
+
+def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:
+    """Image metrics of generated uint8 images ``pred`` (aligned with ``data``) against the future tiles."""
+    out: dict[str, list[np.ndarray]] = {}
+    n = len(data)
+    for i in range(0, n, batch):
+        sl = slice(i, i + batch)
+        p = pred[sl].astype(np.float64) / 255.0
+        t = data.future[sl].astype(np.float64) / 255.0
+        v = data.valid[sl]
+        changed, unchanged = M.change_masks(data.past_mask[sl], data.future_mask[sl], v)
+        hm = data.has_mask[sl]
+        nan = np.full(len(p), np.nan)
+        masks = [v, changed, unchanged] if hm.any() else [v]  # change-aware scores need labels
+        ssim = M.masked_ssim_many(p, t, masks, data_range=1.0)
+        res = {
+            "psnr": M.masked_psnr(p, t, v, data_range=1.0),
+            "ssim": ssim[0],
+            "l1": M.masked_l1(p, t, v),
+            "valid_fraction": v.reshape(len(v), -1).mean(1),
+            "changed_fraction": np.where(hm, changed.reshape(len(v), -1).mean(1).numpy(), nan),
+        }
+        res["psnr_changed"] = np.where(hm, M.masked_psnr(p, t, changed, 1.0), nan) if hm.any() else nan
+        res["psnr_unchanged"] = np.where(hm, M.masked_psnr(p, t, unchanged, 1.0), nan) if hm.any() else nan
+        res["ssim_changed"] = np.where(hm, ssim[1], nan) if hm.any() else nan
+        res["ssim_unchanged"] = np.where(hm, ssim[2], nan) if hm.any() else nan
+        if lpips_metric is not None:
+            lps = lpips_metric.masked_many(p * 2 - 1, t * 2 - 1, masks)
+            res["lpips"] = lps[0]
+            res["lpips_changed"] = np.where(hm, lps[1], nan) if hm.any() else nan
+            res["lpips_unchanged"] = np.where(hm, lps[2], nan) if hm.any() else nan
+        for k, val in res.items():
+            out.setdefault(k, []).append(np.asarray(val, dtype=np.float64))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _score_buildings(seg_masks: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
+    """Building scores of segmented masks vs the future mask (+ new-building scores); NaN where no labels."""
+    b = M.building_scores(seg_masks, data.future_mask, data.valid)
+    nb = M.new_building_scores(seg_masks, data.future_mask, data.past_mask, data.valid)
+    out = {k: b[k].astype(np.float64) for k in ("precision", "recall", "f1", "iou", "tp", "fp", "fn")}
+    out.update({f"{k}_new": nb[k].astype(np.float64) for k in ("precision", "recall", "f1", "tp", "fp", "fn")})
+    for k in out:
+        out[k][~data.has_mask] = np.nan
+    return out
+
+
+def evaluate_models(
+    dataset_dir: str | Path,
+    split: str = "test",
+    runs: Mapping[str, str | Path | None] | None = None,
+    out_dir: str | Path | None = None,
+    segmenter: Any = None,
+    lpips_net: str = "alex",
+    allow_uncalibrated: bool = False,
+    compute_lpips: bool = True,
+    device: str = "cpu",
+    max_pairs: int | None = None,
+    n_boot: int = 1000,
+    psnr_cap_db: float = 100.0,
+    seed: int = 0,
+    persistence_dir: str | Path | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Score persistence and every model in ``runs`` ({name: predictions folder}) on the same tiles.
+
+    A model whose folder is missing or empty becomes a note (not a crash). Tiles a model did not
+    predict are left out of *every* model's summary, so that all rows of the table share one tile
+    set (the count is in the notes). ``segmenter`` (a :class:`~stsynth_lib.segmentation.SegUNet`,
+    or None) scores buildings on labelled tiles; without it or without labels the building columns
+    are NaN with a note. ``persistence_dir`` (optional) receives the persistence baseline's
+    "predictions" as GeoTIFF + PNG, like a model's.
+    """
+    from tqdm import tqdm
+
+    from stsynth_lib.predictions import clear_predictions, save_predictions
+    from stsynth_lib.segmentation import predict_masks
+
+    data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
+    notes: list[str] = []
+    if max_pairs is not None and len(data) == max_pairs:
+        notes.append(f"Scored a seeded random subset of {len(data)} {split} pairs (max_pairs={max_pairs}), the same for every model.")
+
+    preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
+    have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
+    if persistence_dir is not None and not _same_persistence(persistence_dir, data):
+        clear_predictions(persistence_dir)
+        save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
+                         data.transform, data.crs)
+    for name, (arr, ok) in _load_model_predictions(runs, data, split, notes).items():
+        if not ok.all():
+            notes.append(f"{name}: predictions for {ok.sum()} of {len(data)} {split} pairs; the summary uses only the tiles every model predicted.")
+        preds[name], have[name] = arr, ok
+
+    common = np.logical_and.reduce(list(have.values()))
+    lp = None
+    if compute_lpips:
+        lp = M.LPIPSMetric(lpips_net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+        if not lp.calibrated:
+            notes.append(f"LPIPS is {M.UNCALIBRATED}: no ImageNet {lpips_net} weights in the torch cache, a seeded random backbone was used "
+                         "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
+    calibrated = {"lpips": bool(lp.calibrated) if lp is not None else False}
+
+    seg_on = segmenter is not None and data.has_mask.any()
+    if segmenter is None:
+        notes.append("Building F1 skipped: no building segmenter (the training split has no building labels, or none was trained).")
+    elif not data.has_mask.any():
+        notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False), e.g. the sn7_real_128 sample has no labels.")
+
+    frames = []
+    seg_masks: dict[str, np.ndarray] = {}
+    base = pd.DataFrame({
+        "pair_id": data.pair_ids, "aoi": data.pairs["aoi"].to_numpy(), "gap_months": data.pairs["gap_months"].to_numpy(float),
+        "has_mask": data.has_mask,
+    })
+    base["gap_bucket"] = gap_bucket(base["gap_months"])
+    for name in tqdm(list(preds), desc="scoring models", disable=not progress):
+        df = base.copy()
+        df.insert(0, "model", name)
+        df["predicted"] = have[name]
+        df["common"] = common
+        scores = _score_images(preds[name], data, lp)
+        for k, v in scores.items():
+            df[k] = v
+        if seg_on:
+            seg_masks[name] = predict_masks(segmenter, preds[name], device=device)
+            for k, v in _score_buildings(seg_masks[name], data).items():
+                df[k] = v
+        df.loc[~df["predicted"], [c for c in df.columns if c not in base.columns and c not in ("model", "predicted", "common")]] = np.nan
+        frames.append(df)
+    if seg_on:
+        seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device)
+        df = base.copy()
+        df.insert(0, "model", UPPER_BOUND)
+        df["predicted"] = True
+        df["common"] = common
+        for k, v in _score_buildings(seg_masks[UPPER_BOUND], data).items():
+            df[k] = v
+        frames.append(df)
+    per_tile = pd.concat(frames, ignore_index=True)
+    per_tile["lpips_calibrated"] = calibrated["lpips"]
+    summary = summarise(per_tile, n_boot=n_boot, psnr_cap_db=psnr_cap_db, seed=seed, calibrated=calibrated)
+    n_inf = int(np.isposinf(per_tile["psnr"]).sum())
+    if n_inf:
+        notes.append(f"{n_inf} tile(s) match the truth exactly (PSNR = inf); means use {psnr_cap_db:g} dB for them.")
+    res = EvalResult(per_tile, summary, notes, calibrated, data, preds, have, seg_masks)
+    if out_dir is not None:
+        res.out_dir = save_results(res, out_dir, meta={"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
+                                                        "runs": {k: str(v) for k, v in (runs or {}).items()}})
+    return res
+
+

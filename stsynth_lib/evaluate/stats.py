@@ -1,0 +1,178 @@
+"""Means, bootstrap intervals (over tiles or whole areas) and the verdict against persistence."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from stsynth_lib import metrics as M
+from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
+
+
+def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr_cap_db: float = 100.0, seed: int = 0,
+              calibrated: Mapping[str, bool] | None = None, by: str | None = None, common_only: bool = True) -> pd.DataFrame:
+    """Long table: one row per (model[, by], metric) with mean, bootstrap CI bounds and tile count.
+
+    ``f1_micro`` / ``f1_new_micro`` pool TP/FP/FN over tiles (bootstrap over tiles too).
+    ``common_only`` keeps the tiles every model predicted.
+    """
+    df = per_tile[per_tile["common"]] if common_only and "common" in per_tile else per_tile
+    calibrated = dict(calibrated or {})
+    rows = []
+    keys = ["model"] + ([by] if by else [])
+    for key, g in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for metric in METRICS:
+            if metric in ("f1_micro", "f1_new_micro"):
+                cols = ["tp", "fp", "fn"] if metric == "f1_micro" else ["tp_new", "fp_new", "fn_new"]
+                if not set(cols) <= set(g.columns):
+                    continue
+                vals = g[cols].to_numpy(float)
+                est, lo, hi, n = M.bootstrap_ci(vals, n_boot, ci, seed, statistic=M.micro_f1)
+            else:
+                if metric not in g.columns:
+                    continue
+                vals = g[metric].to_numpy(float)
+                if metric.startswith("psnr"):
+                    vals = M.finite_psnr(vals, psnr_cap_db)
+                est, lo, hi, n = M.bootstrap_ci(vals, n_boot, ci, seed)
+            if n == 0:
+                continue
+            cal = calibrated.get("lpips", True) if metric in LPIPS_METRICS else True
+            rows.append({**dict(zip(keys, key)), "metric": metric, "mean": est, "ci_lo": lo, "ci_hi": hi, "n": n, "calibrated": cal})
+    return pd.DataFrame(rows)
+
+
+def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro"),
+                  digits: int = 3) -> pd.DataFrame:
+    """Wide table, models x metrics, cells 'mean [lo, hi]'; LPIPS headers say 'uncalibrated' when they are."""
+    metrics = [m for m in metrics if m in set(summary["metric"])]
+    order = [m for m in [PERSISTENCE] + [x for x in summary["model"].unique() if x not in (PERSISTENCE, UPPER_BOUND)] + [UPPER_BOUND]
+             if m in set(summary["model"])]
+    table = pd.DataFrame(index=order)
+    for metric in metrics:
+        s = summary[summary["metric"] == metric].set_index("model")
+        cal = bool(s["calibrated"].all()) if len(s) else True
+        header = M.label(METRICS[metric][1], cal) + (" ↑" if METRICS[metric][0] else " ↓")
+        col = []
+        for m in order:
+            if m not in s.index:
+                col.append("")
+                continue
+            r = s.loc[m]
+            ci = "" if math.isnan(r["ci_lo"]) else f" [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]"
+            col.append(f"{r['mean']:.{digits}f}{ci}")
+        table[header] = col
+    ns = summary.groupby("model")["n"].max()
+    table["tiles"] = [int(ns.get(m, 0)) for m in order]
+    table.index.name = "model"
+    return table
+
+
+def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1", "psnr", "ssim"),
+                          cluster: str = "aoi", n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
+                          psnr_cap_db: float = 100.0) -> pd.DataFrame:
+    """Each model minus persistence on the SAME pairs, with an interval that respects the areas.
+
+    Tiles of one area (AOI) share its light, season and land cover, so they are not independent:
+    a bootstrap over tiles (as in :func:`summarise`) makes intervals too narrow when a model wins
+    in some areas and loses in others. Here the difference ``model - persistence`` is computed per
+    pair, then whole areas are resampled with replacement (cluster bootstrap); the statistic is the
+    mean difference over the pairs of the resampled areas. A model "beats persistence" on a
+    metric only when the whole interval is on the good side of zero.
+
+    Returns one row per (model, metric): ``mean_diff``, ``ci_lo``, ``ci_hi``, ``better`` (True /
+    False / None when the interval contains zero), ``areas_better`` (areas whose mean difference
+    is on the good side) out of ``n_areas``, and ``n_pairs``.
+    """
+    df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
+    base = df[df["model"] == PERSISTENCE].set_index("pair_id")
+    rows = []
+    rng = np.random.default_rng(seed)
+    alpha = (1 - ci) / 2
+    for model, g in df[~df["model"].isin([PERSISTENCE, UPPER_BOUND])].groupby("model", sort=False):
+        g = g.set_index("pair_id")
+        common = g.index.intersection(base.index)
+        areas = base.loc[common, cluster].to_numpy()
+        for metric in metrics:
+            if metric not in g.columns or metric not in base.columns:
+                continue
+            a, b = g.loc[common, metric].to_numpy(float), base.loc[common, metric].to_numpy(float)
+            if metric.startswith("psnr"):
+                a, b = M.finite_psnr(a, psnr_cap_db), M.finite_psnr(b, psnr_cap_db)
+            d = a - b
+            keep = ~np.isnan(d)
+            d, ar = d[keep], areas[keep]
+            if len(d) == 0:
+                continue
+            names, inv = np.unique(ar, return_inverse=True)
+            sums, counts = np.bincount(inv, weights=d), np.bincount(inv)
+            k = len(names)
+            pick = rng.integers(0, k, size=(n_boot, k))
+            boots = sums[pick].sum(1) / counts[pick].sum(1)
+            lo, hi = (np.quantile(boots, [alpha, 1 - alpha]) if k > 1 else (float("nan"), float("nan")))
+            higher_better = METRICS[metric][0]
+            good = (lambda x: x > 0) if higher_better else (lambda x: x < 0)
+            bad = (lambda x: x < 0) if higher_better else (lambda x: x > 0)
+            better = None  # the interval contains zero (or one area only: no interval)
+            if k > 1 and good(lo) and good(hi):
+                better = True
+            elif k > 1 and bad(lo) and bad(hi):
+                better = False
+            rows.append({"model": model, "metric": metric, "mean_diff": float(d.mean()), "ci_lo": float(lo),
+                         "ci_hi": float(hi), "better": better,
+                         "areas_better": int(good(sums / counts).sum()), "n_areas": k, "n_pairs": int(len(d))})
+    return pd.DataFrame(rows)
+
+
+def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Wide, readable form of :func:`paired_vs_persistence` for the book."""
+    out = []
+    for _, r in paired.iterrows():
+        verdict = {True: "better", False: "worse", None: "no clear difference"}[r["better"]]
+        name = METRICS[r["metric"]][1]
+        out.append({"model": r["model"], "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
+                    "model − persistence [95% CI over areas]":
+                        f"{r['mean_diff']:+.{digits}f} [{r['ci_lo']:+.{digits}f}, {r['ci_hi']:+.{digits}f}]",
+                    "areas where the model is better": f"{r['areas_better']} of {r['n_areas']}",
+                    "verdict": verdict})
+    return pd.DataFrame(out)
+
+
+VERDICT_METRICS = ("psnr", "ssim", "lpips", "l1", "psnr_changed", "ssim_changed", "lpips_changed", "f1_micro", "f1_new_micro")
+
+
+def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = VERDICT_METRICS) -> list[str]:
+    """One sentence per model: on which metrics it beats persistence (CIs not overlapping = 'clearly')."""
+    out = []
+    s = summary.set_index(["model", "metric"])
+    models = [m for m in summary["model"].unique() if m not in (PERSISTENCE, UPPER_BOUND)]
+    for m in models:
+        better, clearly, worse = [], [], []
+        for metric in metrics:
+            if (m, metric) not in s.index or (PERSISTENCE, metric) not in s.index:
+                continue
+            a, b = s.loc[(m, metric)], s.loc[(PERSISTENCE, metric)]
+            hib = METRICS[metric][0]
+            name = M.label(METRICS[metric][1], bool(a["calibrated"]))
+            if (a["mean"] > b["mean"]) == hib and a["mean"] != b["mean"]:
+                better.append(name)
+                if (hib and a["ci_lo"] > b["ci_hi"]) or (not hib and a["ci_hi"] < b["ci_lo"]):
+                    clearly.append(name)
+            else:
+                worse.append(name)
+        if not better:
+            out.append(f"{m} does NOT beat the persistence baseline on any metric ({', '.join(worse)}).")
+        else:
+            txt = f"{m} beats persistence on {', '.join(better)}"
+            txt += f" (95% intervals apart on {', '.join(clearly)})" if clearly else " (but every 95% interval overlaps persistence's)"
+            txt += f"; it does not on {', '.join(worse)}." if worse else "."
+            out.append(txt)
+    if not models:
+        out.append("No model predictions were found: the table shows the persistence baseline only.")
+    return out
+
+
