@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from stsynth_lib.controlnet.backbone import build_random_sd15, build_tiny_sd  # noqa: E402
 from stsynth_lib.controlnet.conditioning import apply_prompt_dropout  # noqa: E402
 from stsynth_lib.controlnet.generate import encode_prompts, make_scheduler, sample_images  # noqa: E402
-from stsynth_lib.controlnet.train import diffusion_loss  # noqa: E402
+from stsynth_lib.controlnet.losses import diffusion_loss  # noqa: E402
 
 
 def _sync(device):

@@ -41,7 +41,7 @@
 # hard to beat on unseen areas whose light and land cover the 34 training areas do not cover; the test section at
 # the end compares the two area by area and says how sure the comparison is.
 #
-# The trainer (`stsynth_lib.train_cgan`) is shared with chapter 4. Everything a run writes lives in
+# The trainer (`stsynth_lib.cgan.train`) is shared with chapter 4. Everything a run writes lives in
 # `runs/<profile>/pix2pix/`: `params.yaml`, `log.csv`, `val.csv`, resumable `checkpoints/`, the best generator
 # in `best/`, sample grids in `samples/`, and at the end the test predictions in `predictions/test/`.
 #
@@ -51,7 +51,7 @@
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/pix2pix/` with test-split predictions in `predictions/test/` (read by chapter 6) |
 # | Time | under a minute (smoke, CPU), about 15 minutes (sn7_real_128 on a shared 2-core CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
-# | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.train_cgan --params params/<profile>/common.yaml --params params/<profile>/03_train_cgan.yaml` |
+# | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.cgan.train --params params/<profile>/common.yaml --params params/<profile>/03_train_cgan.yaml` |
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -109,6 +109,8 @@ from IPython.display import display
 
 from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.predict import inputs_from_sample, load_predictor
+from stsynth_lib.predictions import load_predictions
 from stsynth_lib.evaluate import paired_table
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import split_dataset, train_cgan
@@ -215,6 +217,22 @@ by_gap = per_pair.groupby("gap_months")[["l1", "persistence_l1"]].mean()
 ax = by_gap.plot(marker="o", figsize=(6, 3), title="test L1 by time gap")
 ax.set_xlabel("gap (months)")
 plt.show()
+
+# %% [markdown]
+# ## Applying the model to your own images
+# `stsynth_lib.predict.load_predictor` loads any trained run folder (this one, chapter 4's, chapter 5's) and predicts
+# the future from plain arrays: the past image as uint8 `(bands, H, W)`, as `rasterio.open(tif).read()` gives it, the
+# two dates, and the future footprints when the model was trained with them. No tile store, no dataset. One test pair
+# goes through it here; the result is the saved test prediction, pixel for pixel.
+
+# %%
+predictor = load_predictor(run_dir)
+sample = test_ds[0]
+inputs = inputs_from_sample(sample, predictor)
+print({k: (f"{v.dtype} {v.shape}" if hasattr(v, "shape") else v) for k, v in inputs.items()})
+future = predictor.predict(**inputs)
+saved = load_predictions(run_dir / "predictions" / "test")[int(sample["pair_id"])]
+print(f"{predictor.family}: identical to the saved test prediction: {bool((future == saved).all())}")
 
 # %% [markdown]
 # ## Summary

@@ -33,7 +33,7 @@
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/attention_unet/` with test-split predictions in `predictions/test/` (read by chapter 6) |
 # | Time | under a minute (smoke, CPU), about 15 minutes (sn7_real_128 on a shared 2-core CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
-# | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.train_cgan --params params/<profile>/common.yaml --params params/<profile>/04_train_attention_cgan.yaml` |
+# | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.cgan.train --params params/<profile>/common.yaml --params params/<profile>/04_train_attention_cgan.yaml` |
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -91,7 +91,7 @@ from IPython.display import display
 
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.model_io import load_generator
+from stsynth_lib.predict import load_predictor
 from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate import paired_table
@@ -209,9 +209,9 @@ plt.show()
 # close to uniform, after a real run they should follow the places where the scene changes.
 
 # %%
-G, guidance = load_generator(run_dir, "best")
+predictor = load_predictor(run_dir)  # the generator of best/ and its guidance, as for any prediction
 batch = collate([test_ds[i] for i in spread_indices(len(test_ds), 3)])
-fig = plot_attention(G, build_condition(batch, guidance), batch, n=3)
+fig = plot_attention(predictor.G, build_condition(batch, predictor.guidance), batch, n=3)
 plt.show()
 
 # %% [markdown]

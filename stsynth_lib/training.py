@@ -8,6 +8,7 @@ build on it.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
 import sys
@@ -236,8 +237,11 @@ def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict
 
     Bookkeeping keys (:data:`RESUME_FREE_KEYS`) and keys that only one side has are left out.
     """
+    def norm(v: Any) -> Any:  # as YAML stores it: tuples are lists
+        return json.loads(json.dumps(v, default=str))
+
     return {k: (saved[k], current[k]) for k in current
-            if k in saved and k not in RESUME_FREE_KEYS and saved[k] != current[k]}
+            if k in saved and k not in RESUME_FREE_KEYS and norm(saved[k]) != norm(current[k])}
 
 
 def record_resume(run_dir: Path, step: int, changes: Mapping[str, tuple[Any, Any]], previous_params: Mapping[str, Any],

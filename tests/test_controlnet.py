@@ -205,7 +205,7 @@ def test_training_step_changes_only_controlnet(tiny, batch):
     from diffusers import ControlNetModel
 
     from stsynth_lib.controlnet.generate import encode_prompts
-    from stsynth_lib.controlnet.train import diffusion_loss, zero_conv_parameters
+    from stsynth_lib.controlnet.losses import diffusion_loss, zero_conv_parameters
 
     cond = batch_conditioning(batch)
     cn = ControlNetModel.from_unet(tiny.unet, conditioning_channels=cond.shape[1])
@@ -234,7 +234,7 @@ def test_training_step_changes_only_controlnet(tiny, batch):
 
 
 def _cfg(dataset_dir, runs_dir, **kw):
-    from stsynth_lib.controlnet.train import ControlNetTrainConfig
+    from stsynth_lib.controlnet.config import ControlNetTrainConfig
 
     base = dict(dataset_dir=str(dataset_dir), runs_dir=str(runs_dir), profile="test", max_train_steps=4,
                 train_batch_size=2, learning_rate=1e-3, validation_steps=2, num_validation_images=2,
@@ -411,7 +411,7 @@ def test_cond_embedding_init_keeps_the_input_signal(tiny):
     import torch.nn.functional as F
     from diffusers import ControlNetModel
 
-    from stsynth_lib.controlnet.train import reinit_cond_embedding, zero_conv_parameters
+    from stsynth_lib.controlnet.losses import reinit_cond_embedding, zero_conv_parameters
 
     def input_dependence(cn):
         emb = cn.controlnet_cond_embedding

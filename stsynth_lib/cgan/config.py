@@ -59,7 +59,7 @@ class CGANTrainConfig:
     sample_every_steps: int = 200
     n_sample_rows: int = 4
     checkpoint_every_steps: int = 0  # 0: at the end of each epoch only
-    checkpoints_total_limit: int = 2
+    checkpoints_total_limit: int | None = 2  # keep the newest n checkpoints; null keeps all
     val_every_epochs: int = 1
     val_every_steps: int = 0  # >0: also validate (and update best/) every this many optimiser steps
     best_metric: str = "val_l1"  # val_l1 | val_psnr | val_ssim
@@ -90,6 +90,11 @@ class CGANTrainConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for key in ("lr", "lambda_l1"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{key} must be a number > 0, got {v!r}" + (
+                    " (an L1 weight of 0 leaves only the adversarial loss: pix2pix uses 100)" if key == "lambda_l1" else ""))
         check_checkpoint_limit(self.checkpoints_total_limit)
 
     @property

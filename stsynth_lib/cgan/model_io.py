@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import yaml
 from torch import nn
 
-from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.conditioning import GuidanceConfig
 from stsynth_lib.models.registry import build_generator
 from stsynth_lib.runs import latest_checkpoint
 
+if TYPE_CHECKING:  # the config belongs to the trainer; this module only reads its fields
+    from stsynth_lib.cgan.config import CGANTrainConfig
 
-def model_spec(cfg: CGANTrainConfig, guidance: GuidanceConfig, n_bands: int, tile_size_px: int) -> dict[str, Any]:
+
+def model_spec(cfg: "CGANTrainConfig", guidance: GuidanceConfig, n_bands: int, tile_size_px: int) -> dict[str, Any]:
     """Everything needed to rebuild the generator (written to ``model.yaml``)."""
     channels = guidance.channel_names()
     return {

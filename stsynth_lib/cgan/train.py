@@ -153,7 +153,7 @@ class CGANRun:
         if ckpt is not None and (self.run_dir / "params.yaml").is_file():
             saved = yaml.safe_load((self.run_dir / "params.yaml").read_text()) or {}
             step = int(torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)["step"])
-            changes = resume_changes(saved, asdict(self.cfg))
+            changes = resume_changes(saved, {k: params[k] for k in asdict(self.cfg)})
             params["resumed"] = record_resume(self.run_dir, step, changes, saved, self.cfg.allow_resume_changes)
         if self.main:
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # The AOI name is left out of the default: splits are drawn by AOI, so test AOIs never appear in training prompts.
 DEFAULT_PROMPT_TEMPLATE = (
@@ -171,6 +172,19 @@ def apply_prompt_dropout(prompts: Sequence[str], p: float, generator: torch.Gene
     return ["" if d else s for s, d in zip(prompts, drop.tolist())]
 
 
+def resize_spatial(x: torch.Tensor, size_px: int | None, mode: str = "auto") -> torch.Tensor:
+    """Resize ``(B, C, H, W)`` to ``size_px`` (no-op when ``None`` or already that size).
+
+    ``nearest`` keeps masks binary; ``auto`` averages (``area``) when shrinking and is bilinear when enlarging.
+    """
+    if size_px is None or x.shape[-1] == int(size_px) and x.shape[-2] == int(size_px):
+        return x
+    if mode == "auto":
+        mode = "area" if x.shape[-1] > int(size_px) else "bilinear"
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    return F.interpolate(x.float(), size=(int(size_px), int(size_px)), mode=mode, **kw)
+
+
 _IMAGE_KEYS = ("past", "future")
 _MASK_KEYS = ("past_mask", "future_mask", "past_valid", "future_valid", "valid")
 
@@ -181,8 +195,6 @@ def resize_batch(batch: Mapping[str, Any], size_px: int | None) -> dict[str, Any
     Used when the backbone works at another size than the tiles (e.g. SD 1.5 at
     512 px on 256 px tiles). ``None`` or the tile size is a no-op.
     """
-    from stsynth_lib.controlnet.generate import resize_spatial
-
     out = dict(batch)
     if size_px is None:
         return out

@@ -23,28 +23,14 @@ import torch
 import yaml
 
 from stsynth_lib.controlnet.backbone import Backbone, load_backbone
-from stsynth_lib.controlnet.conditioning import (
+from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial: re-exported)
     batch_conditioning,
     batch_prompts,
     resize_batch,
+    resize_spatial,
 )
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
-
-
-def resize_spatial(x: torch.Tensor, size_px: int | None, mode: str = "auto") -> torch.Tensor:
-    """Resize ``(B, C, H, W)`` to ``size_px`` (no-op when ``None`` or already that size).
-
-    ``nearest`` keeps masks binary; ``auto`` averages (``area``) when shrinking and is bilinear when enlarging.
-    """
-    import torch.nn.functional as F
-
-    if size_px is None or x.shape[-1] == int(size_px) and x.shape[-2] == int(size_px):
-        return x
-    if mode == "auto":
-        mode = "area" if x.shape[-1] > int(size_px) else "bilinear"
-    kw = {"align_corners": False} if mode == "bilinear" else {}
-    return F.interpolate(x.float(), size=(int(size_px), int(size_px)), mode=mode, **kw)
 
 
 def make_scheduler(name: str, base_config: Any):

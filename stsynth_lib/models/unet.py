@@ -28,7 +28,7 @@ the output is ``clamp(past + k * tanh(.), -1, 1)`` with
 ``k = residual_scale * min(1, gap / residual_full_gap_months)``, the gap being read
 from the condition's gap plane (``gap_channel``). The trainer sets them after
 training by calibrating on the validation split (see
-``stsynth_lib.train_cgan.calibrate_residual_scale``): k < 1 pulls the predicted
+``stsynth_lib.cgan.calibrate.calibrate_residual_scale``): k < 1 pulls the predicted
 change towards "no change" where the model was over-confident, e.g. one month
 ahead, where little real change happens.
 """

@@ -1,0 +1,139 @@
+"""What the ControlNet trainer measures at each validation: losses with and without the control and with another
+pair's conditioning (``control_gain``, ``cond_gain``) on fixed noise and timesteps, and a figure of samples."""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch, resize_spatial
+from stsynth_lib.controlnet.generate import encode_prompts, make_scheduler, sample_images
+from stsynth_lib.controlnet.losses import diffusion_loss
+from stsynth_lib.training import collate
+
+
+def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: str):
+    """Rows of past | future mask | generated | truth (a matplotlib Figure, not shown)."""
+    from matplotlib.figure import Figure
+
+    from stsynth_lib.data.dataset import to_uint8
+
+    n = generated.shape[0]
+    fig = Figure(figsize=(8, 2.1 * n + 0.4))
+    axes = fig.subplots(n, 4, squeeze=False)
+    for i in range(n):
+        panels = [
+            (to_uint8(batch["past"][i][:3]).transpose(1, 2, 0), "past"),
+            (batch["future_mask"][i][0].cpu().numpy(), "future mask" if bool(batch["has_mask"][i]) else "no labels"),
+            (to_uint8(generated[i][:3]).transpose(1, 2, 0), "generated"),
+            (to_uint8(batch["future"][i][:3]).transpose(1, 2, 0), "truth"),
+        ]
+        for ax, (img, t) in zip(axes[i], panels):
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            ax.set_title(f"{t}" if i == 0 else "", fontsize=9)
+            ax.axis("off")
+        axes[i][0].set_ylabel(str(batch["aoi"][i])[:18], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+
+
+class ControlNetValidator:
+    """Fixed validation pairs, spread over the (seeded, shuffled) validation split (consecutive pairs often share
+    their past tile, and ``cond_gain`` compares each pair's conditioning with another pair's).
+
+    Calling it with a ControlNet returns ``val_loss``, ``val_loss_nocontrol``, ``val_loss_shuffled_cond``,
+    ``control_gain`` and ``cond_gain`` and writes ``samples/step-<step>.png``. It never perturbs the training RNG
+    streams (resume would otherwise diverge).
+    """
+
+    def __init__(self, cfg, backbone, val_ds, res: int, tile_px: int, use_mask: bool, weight_dtype, device,
+                 on_cuda: bool, run_dir: Path, is_main: bool):
+        self.cfg, self.backbone, self.res, self.tile_px = cfg, backbone, res, tile_px
+        self.use_mask, self.weight_dtype, self.device, self.on_cuda = use_mask, weight_dtype, device, on_cuda
+        self.run_dir, self.is_main = Path(run_dir), is_main
+        n_loss = max(1, min(max(cfg.num_validation_loss_pairs, cfg.num_validation_images), len(val_ds)))
+        idx = np.unique(np.linspace(0, len(val_ds) - 1, n_loss).round().astype(int)).tolist()
+        self.n_loss = len(idx)
+        self.n_val = min(cfg.num_validation_images, self.n_loss)
+        self.loss_batch = resize_batch(collate([val_ds[i] for i in idx]), res)
+        self.val_batch = collate([val_ds[i] for i in idx[: self.n_val]])
+        self.timesteps = torch.linspace(50, backbone.noise_scheduler.config.num_train_timesteps - 50, 5).long()
+        self.note = " -- tiny-random backbone: images are not meaningful" if backbone.kind == "tiny-random" else ""
+
+    def __call__(self, step: int, controlnet) -> dict[str, float]:
+        devices = [torch.cuda.current_device()] if self.on_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            controlnet.eval()
+            try:
+                with torch.no_grad():
+                    cond = batch_conditioning(self.loss_batch, self.cfg.use_gap_plane, self.cfg.gap_scale_months,
+                                              self.use_mask)
+                    prompts = batch_prompts(self.loss_batch, self.cfg.prompt_template, self.cfg.empty_prompt)
+                    out = self.losses(controlnet, cond, prompts)
+                    gen = self.images(controlnet, cond, prompts)
+                if self.is_main:
+                    self.save_figure(step, gen, out)
+            finally:
+                controlnet.train()
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return out
+
+    def losses(self, cn, cond: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """Mean losses with the control, without it, and with another pair's conditioning (rolled by one; zeros
+        for a single pair), on the same noise, timesteps and VAE posterior sample."""
+        cfg, bb, dev, wd = self.cfg, self.backbone, self.device, self.weight_dtype
+        cond_other = cond.roll(1, dims=0) if self.n_loss > 1 else torch.zeros_like(cond)
+        sums = {"val_loss": 0.0, "val_loss_nocontrol": 0.0, "val_loss_shuffled_cond": 0.0}
+        g = torch.Generator().manual_seed(cfg.seed + 999)
+        bs, f, n_terms = cfg.validation_batch_size, bb.vae_scale_factor, 0
+        for t in self.timesteps:
+            for i in range(0, self.n_loss, bs):
+                sl = slice(i, i + bs)
+                px = self.loss_batch["future"][sl].to(dev)
+                emb = encode_prompts(bb, prompts[sl], dev, wd)
+                noise = torch.randn((px.shape[0], bb.unet.config.in_channels, self.res // f, self.res // f),
+                                    generator=g).to(dev)
+                tt = t.repeat(px.shape[0]).to(dev)
+                valid = self.loss_batch["valid"][sl].to(dev)
+                for key, c, use_control in (("val_loss", cond, True), ("val_loss_nocontrol", cond, False),
+                                            ("val_loss_shuffled_cond", cond_other, True)):
+                    torch.manual_seed(cfg.seed + 7)  # same VAE posterior sample for every loss
+                    loss = diffusion_loss(bb, cn, px, c[sl].to(dev), emb, valid, wd, noise, tt, use_control=use_control)
+                    sums[key] += float(loss) * px.shape[0]
+                n_terms += px.shape[0]
+        out = {k: v / max(n_terms, 1) for k, v in sums.items()}
+        out["control_gain"] = 1.0 - out["val_loss"] / max(out["val_loss_nocontrol"], 1e-12)
+        out["cond_gain"] = 1.0 - out["val_loss"] / max(out["val_loss_shuffled_cond"], 1e-12)
+        return out
+
+    def images(self, cn, cond: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Samples for the first ``num_validation_images`` pairs (seeded), at the tile size."""
+        cfg, bs = self.cfg, self.cfg.validation_batch_size
+        sched = make_scheduler(cfg.validation_scheduler, self.backbone.noise_scheduler.config)
+        imgs = []
+        for i in range(0, self.n_val, bs):
+            sl = slice(i, i + bs)
+            imgs.append(sample_images(self.backbone, cn, cond[sl].to(self.device), prompts[sl], sched,
+                                      cfg.validation_inference_steps, cfg.validation_guidance_scale,
+                                      seeds=[cfg.seed + i + j for j in range(len(prompts[sl]))],
+                                      weight_dtype=self.weight_dtype))
+        return resize_spatial(torch.cat(imgs), self.tile_px)
+
+    def save_figure(self, step: int, gen: torch.Tensor, out: Mapping[str, Any]) -> Path:
+        fig = validation_figure(self.val_batch, gen, f"ControlNet step {step}, control_gain {out['control_gain']:+.3f}, "
+                                f"cond_gain {out['cond_gain']:+.3f}{self.note}")
+        path = self.run_dir / "samples" / f"step-{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=80)
+        tmp.replace(path)
+        return path

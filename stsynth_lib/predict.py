@@ -1,0 +1,202 @@
+"""Apply a trained model to images in memory: no tile store, no dataset, no batch dicts to assemble.
+
+    >>> from stsynth_lib.predict import load_predictor
+    >>> predictor = load_predictor("runs/smoke/pix2pix")          # or attention_unet, controlnet
+    >>> future = predictor.predict(past, past_date="2019-01", future_date="2019-07",
+    ...                            future_mask=mask)              # uint8 (C, H, W) in, uint8 (C, H, W) out
+
+``past`` is a uint8 array as rasterio reads it, ``(C, H, W)`` (or a batch ``(N, C, H, W)``), with the run's
+bands (RGB by default) and of the run's tile size. ``future_mask`` (the building footprints at the future
+date, {0, 1}, ``(H, W)`` or ``(N, H, W)``) is required by models trained with mask guidance and refused by
+models trained without it. Dates are ``"YYYY-MM"`` strings, ``(year, month)`` tuples or ``datetime.date``.
+The family is read from the run folder: ``model.yaml`` (cGANs) or ``controlnet/`` (ControlNet).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from stsynth_lib.data.dataset import to_uint8
+
+DateLike = str | tuple[int, int] | _dt.date
+
+
+def parse_month(value: DateLike) -> tuple[int, int]:
+    """``"2019-07"`` / ``"2019-07-01"`` / ``(2019, 7)`` / ``date(2019, 7, 1)`` -> ``(2019, 7)``."""
+    if isinstance(value, _dt.date):
+        return value.year, value.month
+    if isinstance(value, str):
+        parts = value.strip().split("-")
+        if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+            year, month = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError(f"date {value!r}: expected 'YYYY-MM' (e.g. '2019-07')")
+    else:
+        year, month = (int(v) for v in value)
+    if not 1 <= month <= 12:
+        raise ValueError(f"date {value!r}: month {month} is not in 1..12")
+    return year, month
+
+
+def _images(arr: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(arr)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be (C, H, W) or (N, C, H, W), got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 in [0, 255] as in the GeoTIFFs (got {a.dtype}); convert it first, "
+                         "e.g. with stsynth_lib.data.io.to_uint8_image for 16-bit imagery")
+    return a
+
+
+def _masks(arr: np.ndarray | None, n: int, hw: tuple[int, int], name: str) -> np.ndarray:
+    """``(H, W)``, ``(N, H, W)`` or ``(N, 1, H, W)`` 0/1 masks -> float32 ``(N, 1, H, W)`` (zeros for ``None``)."""
+    if arr is None:
+        return np.zeros((n, 1, *hw), np.float32)
+    m = np.asarray(arr)
+    m = m[None, None] if m.ndim == 2 else (m[:, None] if m.ndim == 3 else m)
+    if m.ndim == 4 and m.shape[0] == 1 and n > 1:
+        m = np.repeat(m, n, 0)
+    if m.shape != (n, 1, *hw):
+        raise ValueError(f"{name} must be (H, W) or (N, H, W) matching the images {hw}, got shape {np.shape(arr)}")
+    if not np.isin(m, (0, 1)).all():
+        raise ValueError(f"{name} must hold 0/1 values (building footprints), got values in [{m.min()}, {m.max()}]")
+    return m.astype(np.float32)
+
+
+def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, future_mask: np.ndarray | None = None,
+               past_mask: np.ndarray | None = None, valid: np.ndarray | None = None, aoi: str = "custom") -> dict[str, Any]:
+    """A collated batch with the keys of ``PairedTileDataset`` samples, built from arrays (for any model)."""
+    imgs = _images(past, "past")
+    n, _, h, w = imgs.shape
+    (y0, m0), (y1, m1) = parse_month(past_date), parse_month(future_date)
+    gap = (y1 - y0) * 12 + (m1 - m0)
+    if gap < 1:
+        raise ValueError(f"future_date {future_date!r} must be at least one month after past_date {past_date!r}")
+    x = torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1.0)
+    valid_t = torch.from_numpy(_masks(valid, n, (h, w), "valid")) if valid is not None else torch.ones(n, 1, h, w)
+    full = lambda v, dtype=torch.int64: torch.full((n,), v, dtype=dtype)  # noqa: E731
+    return {
+        "past": x, "future": torch.zeros_like(x),
+        "past_mask": torch.from_numpy(_masks(past_mask, n, (h, w), "past_mask")),
+        "future_mask": torch.from_numpy(_masks(future_mask, n, (h, w), "future_mask")),
+        "has_mask": torch.full((n,), future_mask is not None, dtype=torch.bool),
+        "past_valid": valid_t, "future_valid": valid_t, "valid": valid_t,
+        "gap_months": full(float(gap), torch.float32), "past_month": full(m0), "future_month": full(m1),
+        "past_year": full(y0), "future_year": full(y1), "transform": torch.zeros(n, 6, dtype=torch.float64),
+        "crs": [""] * n, "aoi": [aoi] * n, "pair_id": torch.arange(n),
+    }
+
+
+def inputs_from_sample(sample: dict[str, Any], predictor: "Predictor | None" = None) -> dict[str, Any]:
+    """The plain arrays a user would have for one ``PairedTileDataset`` sample: ``past`` uint8 ``(C, H, W)``,
+    ``"YYYY-MM"`` dates and, when ``predictor`` uses masks (or none is given), the 0/1 ``future_mask``."""
+    mask = sample["future_mask"][0].numpy().astype(np.uint8)
+    return {"past": to_uint8(sample["past"]),
+            "past_date": f"{int(sample['past_year'])}-{int(sample['past_month']):02d}",
+            "future_date": f"{int(sample['future_year'])}-{int(sample['future_month']):02d}",
+            "future_mask": mask if predictor is None or predictor.uses_mask else None}
+
+
+class Predictor:
+    """A trained model ready to predict futures from arrays. Use :func:`load_predictor`."""
+
+    family: str = ""
+    uses_mask: bool = False
+    tile_size_px: int | None = None
+
+    def predict(self, past: np.ndarray, past_date: DateLike, future_date: DateLike,
+                future_mask: np.ndarray | None = None, past_mask: np.ndarray | None = None,
+                seed: int = 0, aoi: str = "custom") -> np.ndarray:
+        """The predicted future, uint8 with the shape of ``past``."""
+        if self.uses_mask and future_mask is None:
+            raise ValueError(f"this {self.family} model was trained with the future building mask as guidance: pass "
+                             "future_mask (0/1 footprints of the future date)")
+        if not self.uses_mask and future_mask is not None:
+            raise ValueError(f"this {self.family} model was trained without building masks: it cannot use future_mask "
+                             "(pass None)")
+        batch = make_batch(past, past_date, future_date, future_mask, past_mask, aoi=aoi)
+        size = self.tile_size_px
+        if size and tuple(batch["past"].shape[-2:]) != (size, size):
+            raise ValueError(f"the model was trained on {size} x {size} px tiles; got {tuple(batch['past'].shape[-2:])}. "
+                             f"Cut the image into {size} px tiles first")
+        out = to_uint8(self.generate(batch, seed))
+        return out[0] if np.asarray(past).ndim == 3 else out
+
+    def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class CGANPredictor(Predictor):
+    """pix2pix or attention-U-Net generator of a run folder (``best/`` by default)."""
+
+    def __init__(self, run_dir: str | Path, which: str = "best", device: str = "cpu"):
+        from stsynth_lib.cgan.model_io import load_generator
+
+        self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
+        self.G.to(device)
+        self.device = device
+        self.family = type(self.G).__name__
+        self.uses_mask = bool(self.guidance.use_mask)
+        self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:
+        from stsynth_lib.conditioning import build_condition
+        from stsynth_lib.training import to_device
+
+        b = to_device(batch, self.device)
+        return self.G(build_condition(b, self.guidance)).float().cpu()
+
+
+class ControlNetPredictor(Predictor):
+    """A trained ControlNet with its backbone; sampling as in generation (run options, seeded noise)."""
+
+    family = "ControlNet"
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", scheduler: str = "unipc",
+                 num_inference_steps: int = 20, guidance_scale: float = 1.0):
+        from stsynth_lib.controlnet.generate import load_trained, make_scheduler
+
+        self.backbone, self.controlnet, self.params = load_trained(run_dir, device)
+        self.device = next(self.controlnet.parameters()).device
+        self.scheduler = make_scheduler(scheduler, self.backbone.noise_scheduler.config)
+        self.steps, self.guidance_scale = num_inference_steps, guidance_scale
+        self.uses_mask = bool(self.params["use_mask"])
+        self.tile_size_px = int(self.params["tile_size_px"])
+
+    def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:
+        from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch, resize_spatial
+        from stsynth_lib.controlnet.generate import sample_images
+
+        p = self.params
+        b = resize_batch(batch, p["resolution_px"])
+        cond = batch_conditioning(b, p["use_gap_plane"], p["gap_scale_months"], p["use_mask"]).to(self.device)
+        prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
+        seeds = [seed + i for i in range(len(prompts))]
+        imgs = sample_images(self.backbone, self.controlnet, cond, prompts, self.scheduler, self.steps,
+                             self.guidance_scale, seeds)
+        return resize_spatial(imgs, batch["past"].shape[-1])
+
+
+def load_predictor(run_dir: str | Path, which: str = "best", device: str = "cpu", **kwargs: Any) -> Predictor:
+    """The predictor of any trained run folder: a cGAN (``model.yaml``: pix2pix, attention_unet; ``which`` picks
+    ``best``, ``latest`` or a checkpoint) or a ControlNet (``controlnet/``; ``kwargs`` go to sampling:
+    ``scheduler``, ``num_inference_steps``, ``guidance_scale``)."""
+    run = Path(run_dir)
+    if (run / "model.yaml").is_file():
+        return CGANPredictor(run, which, device)
+    if (run / "controlnet" / "config.json").is_file():
+        return ControlNetPredictor(run, device, **kwargs)
+    raise FileNotFoundError(f"{run} is not a trained run folder: it has neither model.yaml (cGAN) nor "
+                            "controlnet/config.json (ControlNet). Train one first (notebooks 03-05).")
+
+
+__all__: Sequence[str] = ("load_predictor", "Predictor", "CGANPredictor", "ControlNetPredictor", "make_batch",
+                          "parse_month", "inputs_from_sample")
