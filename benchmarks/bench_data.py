@@ -6,7 +6,10 @@ Builds a synthetic SpaceNet 7 tree (1024 px mosaics, like the real ones) into a 
 
 * ``PairedTileDataset`` through a shuffled DataLoader (the training path), in tiles/s;
 * the naive path many research codes use: open both GeoTIFFs, read the window, rasterise the GeoJSON, per sample;
-* the one-off build (images/s).
+* the one-off build (images/s);
+* the loader against the model: tiles/s that ``PairedTileDataset`` + collate + the trainer's augmentation deliver
+  at each profile's tile size and batch, against the tiles/s the cGAN trainer consumes there (its own
+  ``train_step`` at the profile's widths, one thread) -- the loader must never be the bottleneck.
 
 Ratios are measured in one run on the same machine. Writes ``<out>/data.json``.
 """
@@ -19,8 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def naive_sample(meta, pair, tile):
@@ -39,6 +40,57 @@ def naive_sample(meta, pair, tile):
     row = meta.loc[pair.future_meta].to_dict()
     mask = footprint_mask(row, (1024, 1024), transform, crs)[win.row_off : win.row_off + tile, win.col_off : win.col_off + tile]
     return out, mask
+
+
+# profile -> (tile px, batch, ngf, norm), as in params/<profile>/03_train_cgan.yaml (gpu/sn7 train on a GPU)
+PROFILES = {"smoke": (64, 16, 32, "instance"), "sn7_real_128": (128, 8, 32, "batch"), "gpu / sn7": (256, 4, 64, "instance")}
+
+
+def loader_vs_model(root: Path, tmp: Path, batches: int = 8) -> list[dict]:
+    """Per profile: tiles/s delivered by the training data path and tiles/s consumed by a cGAN training step."""
+    import contextlib
+
+    import torch
+
+    from stsynth_lib.cgan.augment import augment_batch
+    from stsynth_lib.cgan.losses import train_step
+    from stsynth_lib.conditioning import GuidanceConfig
+    from stsynth_lib.data.build import build_dataset
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.data.sn7 import scan_sn7
+    from stsynth_lib.models import build_discriminator, build_generator, init_weights
+    from stsynth_lib.training import collate, epoch_batches, to_device
+
+    class Hooks:
+        autocast = staticmethod(contextlib.nullcontext)
+        backward = staticmethod(lambda loss: loss.backward())
+        unwrap_model = staticmethod(lambda m: m)
+
+    meta, rows = scan_sn7(root, progress=False), []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for profile, (tile, batch, ngf, norm) in PROFILES.items():
+        build_dataset(meta, tmp / f"ds{tile}", tile_size_px=tile, max_gap_months=3, progress=False)
+        ds = PairedTileDataset(tmp / f"ds{tile}", "all")
+        order = epoch_batches(len(ds), batch, 0, 0)[:batches]
+        t0 = time.perf_counter()
+        for i, idx in enumerate(order):
+            b = augment_batch(collate([ds[j] for j in idx]), torch.Generator().manual_seed(i), 0.2)
+        loader = 2 * sum(map(len, order)) / (time.perf_counter() - t0)
+        g = GuidanceConfig().resolve(True, 3)
+        G = init_weights(build_generator("pix2pix", g.n_channels, 3, tile, ngf=ngf, norm=norm))
+        D = init_weights(build_discriminator(g.n_channels, 3, ndf=ngf, norm=norm))
+        og, od = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (G, D))
+        b = to_device(b, "cpu")
+        train_step(G, D, og, od, b, g, 100.0, "vanilla", Hooks())
+        t0, n = time.perf_counter(), 3
+        for _ in range(n):
+            train_step(G, D, og, od, b, g, 100.0, "vanilla", Hooks())
+        model = 2 * len(idx) * n / (time.perf_counter() - t0)
+        rows.append({"profile": profile, "tile_size_px": tile, "batch": batch, "ngf": ngf,
+                     "loader_tiles_per_s": loader, "model_tiles_per_s": model, "loader_headroom": loader / model})
+    torch.set_num_threads(threads)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -79,15 +131,21 @@ def main(argv=None) -> int:
         for p in pairs.itertuples():
             naive_sample(meta, p, args.tile_size_px)
         results["naive_tiles_per_s"] = 2 * len(pairs) / (time.perf_counter() - t0)
+        headroom = loader_vs_model(tmp / "sn7", tmp)
     results["speedup_store_vs_naive"] = results["store_tiles_per_s_workers0"] / results["naive_tiles_per_s"]
+    results["loader_vs_model"] = headroom
     results["config"] = vars(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "data.json").write_text(json.dumps(results, indent=2))
     print(f"{'measure':40s} {'value':>12s}")
     for k, v in results.items():
-        if k != "config":
+        if k not in ("config", "loader_vs_model"):
             print(f"{k:40s} {v:12.1f}")
+    print(f"\n{'profile':14s} {'tile px':>7s} {'batch':>5s} {'loader tiles/s':>15s} {'cGAN step tiles/s':>18s} {'headroom':>9s}")
+    for r in headroom:
+        print(f"{r['profile']:14s} {r['tile_size_px']:7d} {r['batch']:5d} {r['loader_tiles_per_s']:15.1f} "
+              f"{r['model_tiles_per_s']:18.2f} {r['loader_headroom']:8.0f}x")
     return 0
 
 

@@ -7,14 +7,16 @@ build on it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +85,43 @@ def to_device(batch: Mapping[str, Any], device, channels_last: bool = False) -> 
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
     return out
+
+
+# --------------------------------------------------------------------------- configs and command lines
+
+
+class TrainConfig:
+    """Base of the trainers' config dataclasses: built from a parameter dict or from a command line."""
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], **overrides: Any):
+        """Build from a parameter dict (e.g. a notebook's globals), keeping only the keys that are fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in params.items() if k in names}
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def from_command_line(cls, argv: Sequence[str] | None, prog: str, description: str, str_keys: Sequence[str] = ()):
+        """``--<field> VALUE`` for every field (``_`` or ``-`` in the name); ``--params FILE.yaml`` (repeatable)
+        loads keys first, flags override. Values are parsed as YAML scalars, except ``str_keys`` (kept as text)."""
+        from stsynth_lib.runs import merge_params, parse_cli_value
+
+        p = argparse.ArgumentParser(prog=prog, description=description)
+        p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
+        for f in dataclasses.fields(cls):
+            flags = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
+            p.add_argument(*flags, dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
+        ns = vars(p.parse_args(argv))
+        files = ns.pop("params")
+        return cls.from_params(merge_params(files, ns, str_keys=tuple(str_keys)))
+
+
+def train_from_command_line(parse_args, train, argv: Sequence[str] | None = None) -> Path:
+    """The trainers' ``main``: parse the command line into a config, train, print and return the run folder."""
+    run_dir = train(parse_args(argv))
+    print(f"Run folder: {run_dir}")
+    return run_dir
 
 
 # --------------------------------------------------------------------------- device and precision
@@ -224,6 +263,22 @@ def fresh_run(run_dir: str | Path, enabled: bool = True) -> Iterator[Path]:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+def execute_run(run, checkpoint: Path | None) -> Path:
+    """The part of a run both trainers share: a fresh run inside :func:`fresh_run` (the previous one is kept until
+    this one completes), or a resume from ``checkpoint``; then the loop and the run's last steps.
+
+    ``run`` has ``run_dir``, ``main`` (the main process) and the methods ``open_run_dir(checkpoint)``,
+    ``restore(checkpoint)``, ``fit()`` and ``finish()``.
+    """
+    with fresh_run(run.run_dir, enabled=checkpoint is None and run.main):
+        run.open_run_dir(checkpoint)
+        if checkpoint is not None:
+            run.restore(checkpoint)
+        run.fit()
+        run.finish()
+    return run.run_dir
+
+
 # keys whose change on resume does not matter (bookkeeping) or is what resuming is for
 RESUME_FREE_KEYS = frozenset({"resume_from_checkpoint", "progress", "max_steps", "max_train_steps", "num_workers",
                               "log_every_steps", "sample_every_steps", "validation_steps", "checkpointing_steps",
@@ -244,13 +299,20 @@ def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict
             if k in saved and k not in RESUME_FREE_KEYS and norm(saved[k]) != norm(current[k])}
 
 
-def record_resume(run_dir: Path, step: int, changes: Mapping[str, tuple[Any, Any]], previous_params: Mapping[str, Any],
+def record_resume(run_dir: Path, step: int, params: Mapping[str, Any], option_names: Iterable[str],
                   allow_changes: bool) -> list[dict[str, Any]]:
-    """Refuse (``allow_changes=False``) or list a resume with changed options; returns the history to record.
+    """Refuse (``allow_changes=False``) or list a resume whose options differ from the run's saved ``params.yaml``;
+    returns the history to record.
 
-    The history (``resumed: [{step, changed: {key: [before, now]}}]``) goes into the new ``params.yaml``, so that
-    the file never claims a learning rate that was not used for the whole run.
+    ``params`` are the resuming run's effective parameters (options as resolved, like the saved file) and
+    ``option_names`` the config's fields. The history (``resumed: [{step, changed: {key: [before, now]}}]``) goes into
+    the new ``params.yaml``, so that the file never claims a learning rate that was not used for the whole run.
     """
+    import yaml
+
+    path = Path(run_dir) / "params.yaml"
+    previous_params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    changes = resume_changes(previous_params, {k: params[k] for k in option_names})
     history = list(previous_params.get("resumed", []) or [])
     if changes:
         listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from stsynth_lib.conditioning import GuidanceConfig
-from stsynth_lib.training import check_checkpoint_limit
+from stsynth_lib.training import TrainConfig, check_checkpoint_limit
 
 GAN_MODES = ("vanilla", "lsgan")
 BEST_METRICS = {"val_l1": "min", "val_psnr": "max", "val_ssim": "max"}
 
 
 @dataclass
-class CGANTrainConfig:
+class CGANTrainConfig(TrainConfig):
     """Every option of a cGAN run (recorded in the run's ``params.yaml``)."""
 
     dataset_dir: str = "data/smoke/dataset"
@@ -104,12 +103,4 @@ class CGANTrainConfig:
     def guidance(self) -> GuidanceConfig:
         return GuidanceConfig(use_mask=self.use_mask, time_encoding=self.time_encoding,
                               gap_scale_months=self.gap_scale_months, use_month=self.use_month)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "CGANTrainConfig":
-        """Build from a parameter dict (e.g. a notebook's), keeping only the keys that are fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in params.items() if k in names}
-        kw.update(overrides)
-        return cls(**kw)
 

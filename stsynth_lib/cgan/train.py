@@ -37,8 +37,6 @@ non-deterministic kernels).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import asdict
@@ -58,31 +56,10 @@ from stsynth_lib.conditioning import build_condition, dataset_has_mask
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import evaluate_generator, summarize
 from stsynth_lib.models.registry import build_discriminator, init_weights
-from stsynth_lib.runs import (
-    CSVLogger,
-    atomic_checkpoint_dir,
-    atomic_torch_save,
-    atomic_write_text,
-    merge_params,
-    parse_cli_value,
-    prepare_run_dir,
-    resolve_resume,
-    save_yaml,
-    seed_everything,
-)
-from stsynth_lib.training import (
-    collate,
-    epoch_batches,
-    fresh_run,
-    lr_factor,
-    make_accelerator,
-    record_resume,
-    resolve_device,
-    resume_changes,
-    spread_indices,
-    steps_per_epoch,
-    to_device,
-)
+from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, atomic_torch_save, atomic_write_text, prepare_run_dir
+from stsynth_lib.runs import resolve_resume, save_yaml, seed_everything
+from stsynth_lib.training import collate, epoch_batches, execute_run, lr_factor, make_accelerator, record_resume
+from stsynth_lib.training import resolve_device, train_from_command_line, spread_indices, steps_per_epoch, to_device
 
 
 def split_dataset(cfg: CGANTrainConfig, split: str) -> PairedTileDataset:
@@ -150,11 +127,9 @@ class CGANRun:
     def open_run_dir(self, ckpt: Path | None) -> None:
         """Write ``params.yaml`` / ``model.yaml`` (recording option changes on resume) and open the logs."""
         params = self.effective_params()
-        if ckpt is not None and (self.run_dir / "params.yaml").is_file():
-            saved = yaml.safe_load((self.run_dir / "params.yaml").read_text()) or {}
+        if ckpt is not None:
             step = int(torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)["step"])
-            changes = resume_changes(saved, {k: params[k] for k in asdict(self.cfg)})
-            params["resumed"] = record_resume(self.run_dir, step, changes, saved, self.cfg.allow_resume_changes)
+            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes)
         if self.main:
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)
             save_yaml(self.spec, self.run_dir / "model.yaml")
@@ -350,12 +325,7 @@ def train_cgan(config: CGANTrainConfig) -> Path:
     ckpt = resolve_resume(run.run_dir, config.resume_from_checkpoint) if run.run_dir.exists() else None
     if config.resume_from_checkpoint and ckpt is None and run.main:
         print(f"resume_from_checkpoint={config.resume_from_checkpoint!r}: no checkpoint in {run.run_dir}, starting fresh")
-    with fresh_run(run.run_dir, enabled=ckpt is None and run.main):
-        run.open_run_dir(ckpt)
-        if ckpt is not None:
-            run.restore(ckpt)
-        run.fit()
-        run.finish()
+    execute_run(run, ckpt)
     run.accelerator.wait_for_everyone()
     return run.run_dir
 
@@ -366,23 +336,13 @@ def train_cgan(config: CGANTrainConfig) -> Path:
 def parse_args(argv: Sequence[str] | None = None) -> CGANTrainConfig:
     """``--dataset-dir D --model pix2pix --epochs-constant 5 ...`` (every field of :class:`CGANTrainConfig`);
     ``--params FILE.yaml`` (repeatable) loads keys first, flags override."""
-    p = argparse.ArgumentParser(prog="python -m stsynth_lib.cgan.train",
-                                description="Train a pix2pix or attention-U-Net cGAN on a stsynth tile store.")
-    p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
-    for f in dataclasses.fields(CGANTrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS,
-                       help=f"default: {f.default!r}")
-    ns = vars(p.parse_args(argv))
-    params = ns.pop("params")
-    str_keys = ("dataset_dir", "runs_dir", "profile", "run_name", "model")
-    return CGANTrainConfig.from_params(merge_params(params, ns, str_keys=str_keys))
+    return CGANTrainConfig.from_command_line(
+        argv, "python -m stsynth_lib.cgan.train", "Train a pix2pix or attention-U-Net cGAN on a stsynth tile store.",
+        str_keys=("dataset_dir", "runs_dir", "profile", "run_name", "model"))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    cfg = parse_args(argv)
-    run_dir = train_cgan(cfg)
-    print(f"Run folder: {run_dir}")
-    return run_dir
+    return train_from_command_line(parse_args, train_cgan, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

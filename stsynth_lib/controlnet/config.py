@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from stsynth_lib.controlnet.backbone import TINY_BACKBONE
 from stsynth_lib.controlnet.conditioning import DEFAULT_PROMPT_TEMPLATE
-from stsynth_lib.training import check_checkpoint_limit
+from stsynth_lib.training import TrainConfig, check_checkpoint_limit
 
 LOG_FIELDS = [
     "step", "epoch", "loss", "lr", "images_per_s", "elapsed_s",
@@ -17,7 +16,7 @@ LOG_FIELDS = [
 
 
 @dataclass
-class ControlNetTrainConfig:
+class ControlNetTrainConfig(TrainConfig):
     """Every option of a ControlNet run (recorded in the run's ``params.yaml``)."""
 
     dataset_dir: str = "data/smoke/dataset"
@@ -92,11 +91,3 @@ class ControlNetTrainConfig:
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be a number > 0 (e.g. 1e-5), got {self.learning_rate!r}")
         check_checkpoint_limit(self.checkpoints_total_limit)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], **overrides: Any) -> "ControlNetTrainConfig":
-        """Build from a parameter dict (e.g. a notebook's), keeping only the keys that are fields."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kw = {k: v for k, v in params.items() if k in names}
-        kw.update(overrides)
-        return cls(**kw)

@@ -125,26 +125,29 @@ def sample_images(
     return img
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype | None = None):
-    """(backbone, controlnet, train params) of a finished run folder written by ``train_controlnet``."""
+    """(backbone, controlnet, train params) of a finished run folder written by ``train_controlnet``.
+
+    Device and precision come from :func:`stsynth_lib.training.resolve_device`: on a GPU the precision the run
+    trained in, on a CPU fp32 (unless ``dtype`` says otherwise).
+    """
     from diffusers import ControlNetModel
+
+    from stsynth_lib.training import resolve_device
 
     run_dir = Path(run_dir)
     params = yaml.safe_load((run_dir / "params.yaml").read_text())
     cn_dir = run_dir / "controlnet"
     if not (cn_dir / "config.json").is_file():
         raise FileNotFoundError(f"{cn_dir} has no trained ControlNet: train it first (notebook 05 / train_controlnet).")
-    dev = _resolve_device(device)
+    trained_mp = params.get("mixed_precision_resolved", "no")
+    setup = resolve_device(str(device or "auto").split(":")[0], trained_mp if trained_mp in ("no", "bf16", "fp16") else "auto",
+                           channels_last=False, cpu_auto_precision="no")
+    dev = torch.device("cuda" if setup.on_cuda else "cpu")
     backbone = load_backbone(params["backbone_path"]).freeze()
     controlnet = ControlNetModel.from_pretrained(cn_dir).eval()
-    if dtype is None:  # the precision the run trained in (fp32 on CPU)
-        mp = params.get("mixed_precision_resolved", "no") if dev.type == "cuda" else "no"
+    if dtype is None:  # the precision the run trained in on a GPU; fp32 on a CPU
+        mp = setup.mixed_precision if setup.on_cuda else "no"
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
     backbone.to(dev, dtype)
     controlnet.to(dev) if next(controlnet.parameters()).dtype == dtype else controlnet.to(dev, dtype)

@@ -30,8 +30,6 @@ convolutions), :mod:`.validation` (gains and sample figures); this module holds 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -41,41 +39,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
 
 from stsynth_lib.controlnet.backbone import TINY_BACKBONE, build_tiny_sd, load_backbone, save_backbone
-from stsynth_lib.controlnet.conditioning import (
-    apply_prompt_dropout,
-    batch_conditioning,
-    batch_prompts,
-    conditioning_channels,
-    resize_batch,
-)
+from stsynth_lib.controlnet.conditioning import apply_prompt_dropout, batch_conditioning, batch_prompts
+from stsynth_lib.controlnet.conditioning import conditioning_channels, resize_batch
 from stsynth_lib.controlnet.config import LOG_FIELDS, ControlNetTrainConfig
 from stsynth_lib.controlnet.generate import encode_prompts
 from stsynth_lib.controlnet.losses import diffusion_loss, reinit_cond_embedding, zero_conv_parameters
 from stsynth_lib.controlnet.validation import ControlNetValidator
-from stsynth_lib.runs import (
-    CSVLogger,
-    atomic_checkpoint_dir,
-    atomic_write_text,
-    merge_params,
-    parse_cli_value,
-    prepare_run_dir,
-    resolve_resume,
-    save_yaml,
-    seed_everything,
-)
-from stsynth_lib.training import (
-    collate,
-    epoch_batches,
-    fresh_run,
-    make_accelerator,
-    record_resume,
-    resolve_device,
-    resume_changes,
-    to_device,
-)
+from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, atomic_write_text, prepare_run_dir, resolve_resume
+from stsynth_lib.runs import save_yaml, seed_everything
+from stsynth_lib.training import train_from_command_line
+from stsynth_lib.training import collate, epoch_batches, execute_run, make_accelerator, record_resume, resolve_device
+from stsynth_lib.training import to_device
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -111,7 +87,7 @@ def _set_attention(model, sdpa: bool) -> None:
 class ControlNetRun:
     """One ControlNet training run, in the order it goes: :meth:`load_data` -> :meth:`build_models` ->
     :meth:`open_run_dir` (and :meth:`restore`) -> :meth:`fit` (:meth:`train_step`, :meth:`after_step`) ->
-    :meth:`save_final`."""
+    :meth:`finish`."""
 
     def __init__(self, cfg: ControlNetTrainConfig):
         self.cfg = cfg
@@ -196,12 +172,9 @@ class ControlNetRun:
     def open_run_dir(self, resume: Path | None) -> None:
         """``params.yaml`` (with option changes on resume), the tiny backbone's weights, the log."""
         params = self.effective_params()
-        if resume is not None and (self.run_dir / "params.yaml").is_file():
-            saved = yaml.safe_load((self.run_dir / "params.yaml").read_text()) or {}
+        if resume is not None:
             step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-            options = {k: params[k] for k in asdict(self.cfg)}  # as resolved, like the saved file
-            params["resumed"] = record_resume(self.run_dir, step, resume_changes(saved, options), saved,
-                                              self.cfg.allow_resume_changes)
+            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes)
         if self.main:
             if self.backbone.kind == TINY_BACKBONE and not (self.run_dir / "backbone" / "stsynth_backbone.json").is_file():
                 save_backbone(self.backbone, self.run_dir / "backbone")
@@ -324,7 +297,7 @@ class ControlNetRun:
         if (cfg.checkpointing_steps and step % cfg.checkpointing_steps == 0) or step == cfg.max_train_steps:
             self.save_checkpoint(step)
 
-    def save_final(self) -> None:
+    def finish(self) -> None:
         """The trained ControlNet (diffusers folder ``controlnet/``, written atomically) and ``summary.yaml``."""
         self.accelerator.wait_for_everyone()
         if self.main:
@@ -355,13 +328,7 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
     run.load_data()
     run.load_backbone()
     run.build_models()
-    with fresh_run(run.run_dir, enabled=resume is None and run.main):
-        run.open_run_dir(resume)
-        if resume is not None:
-            run.restore(resume)
-        run.fit()
-        run.save_final()
-    return run.run_dir
+    return execute_run(run, resume)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -370,23 +337,13 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
 def parse_args(argv: Sequence[str] | None = None) -> ControlNetTrainConfig:
     """``--dataset_dir D --pretrained_model /path/to/local/sd15 --max_train_steps 1000 ...`` (every field of
     :class:`ControlNetTrainConfig`, with ``_`` or ``-``); ``--params FILE.yaml`` (repeatable) loads keys first."""
-    p = argparse.ArgumentParser(prog="python -m stsynth_lib.controlnet.train",
-                                description="Train a ControlNet on a stsynth tile store (diffusers + Accelerate).")
-    p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
-    for f in dataclasses.fields(ControlNetTrainConfig):
-        flags = ["--" + f.name] + (["--" + f.name.replace("_", "-")] if "_" in f.name else [])
-        p.add_argument(*flags, dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
-    ns = vars(p.parse_args(argv))
-    params = ns.pop("params")
-    str_keys = ("dataset_dir", "runs_dir", "profile", "run_name", "pretrained_model", "prompt_template")
-    return ControlNetTrainConfig.from_params(merge_params(params, ns, str_keys=str_keys))
+    return ControlNetTrainConfig.from_command_line(
+        argv, "python -m stsynth_lib.controlnet.train", "Train a ControlNet on a stsynth tile store (diffusers + Accelerate).",
+        str_keys=("dataset_dir", "runs_dir", "profile", "run_name", "pretrained_model", "prompt_template"))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    cfg = parse_args(argv)
-    run_dir = train_controlnet(cfg)
-    print(f"Run folder: {run_dir}")
-    return run_dir
+    return train_from_command_line(parse_args, train_controlnet, argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
