@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stsynth_lib.data.sn7 import SN7DataError
+from stsynth_lib.data.errors import SN7DataError
 
 
 def split_aois(aois: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[str]]:

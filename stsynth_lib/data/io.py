@@ -8,17 +8,17 @@ from typing import Sequence
 
 import numpy as np
 
+from stsynth_lib.data.errors import SN7DataError
+
 
 def read_raster(path: str | Path, bands: Sequence[int] | None = None, with_profile: bool = False):
     """Read a GeoTIFF as a (C, H, W) array (all bands, or the 1-based ``bands``).
 
-    Raises :class:`stsynth_lib.data.sn7.SN7DataError` naming the file when it is
+    Raises :class:`stsynth_lib.data.errors.SN7DataError` naming the file when it is
     missing, corrupt or lacks a requested band. 16-bit and multi-band files are
     returned as stored (no silent scaling); see :func:`to_uint8_image`.
     """
     import rasterio
-
-    from stsynth_lib.data.sn7 import SN7DataError
 
     path = Path(path)
     if not path.is_file():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stsynth_lib.data.sn7 import SN7DataError
+from stsynth_lib.data.errors import SN7DataError
 
 GEOJSON_CRS_ALIASES = {
     "urn:ogc:def:crs:OGC:1.3:CRS84": "OGC:CRS84",

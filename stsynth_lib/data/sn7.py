@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.data.errors import SN7DataError
+from stsynth_lib.data.io import read_raster
+
+__all__ = ["SN7DataError", "ScanReport", "find_aoi_dirs", "scan_sn7", "save_metadata", "load_metadata"]
+
 IMAGE_RE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)\.tif$")
 LABEL_DIRS = {"labels": "labels_path", "labels_match": "labels_match_path", "labels_match_pix": "labels_match_pix_path"}
 OPTIONAL_DIRS = ("images_masked", "UDM_masks", *LABEL_DIRS)
-
-
-class SN7DataError(ValueError):
-    """A SpaceNet 7 file or folder that cannot be used; the message names the file and the fix."""
 
 
 @dataclass
@@ -99,8 +100,6 @@ def _raster_header(path: Path) -> dict:
 
 
 def _cloud_fraction(udm_path: Path) -> float:
-    from stsynth_lib.data.io import read_raster
-
     udm = read_raster(udm_path)
     return float((udm[0] != 0).mean())
 
