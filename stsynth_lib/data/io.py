@@ -21,8 +21,9 @@ def read_raster(path: str | Path, bands: Sequence[int] | None = None, with_profi
     import rasterio
 
     path = Path(path)
-    if not path.is_file():
-        raise SN7DataError(f"{path} does not exist. Rescan the SpaceNet 7 tree (notebook 01) or fix data_root.")
+    if not path.is_file():  # also refuses FIFOs and other non-regular files, which would block GDAL
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise SN7DataError(f"{path} {what}. Rescan the SpaceNet 7 tree (notebook 01) or fix data_root.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
