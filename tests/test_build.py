@@ -323,3 +323,12 @@ def test_failed_build_leaves_no_partial_folder(tiny_sn7_root, tmp_path):
     with pytest.raises(SN7DataError, match="gone.tif"):
         build_dataset(meta, tmp_path / "ds", tile_size_px=32, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unet_tile_size_error_points_at_tile_size_px_not_a_depth_parameter():
+    """The message used to advise depth=..., which no notebook or parameter file has."""
+    from stsynth_lib.models.unet import depth_for_size
+
+    with pytest.raises(ValueError) as err:
+        depth_for_size(48)
+    assert "tile_size_px" in str(err.value) and "common.yaml" in str(err.value) and "depth=" not in str(err.value)
