@@ -245,3 +245,13 @@ def test_zero_byte_label_file_counts_as_no_buildings(tiny_sn7_root, tmp_path):
     victim.write_text("")
     meta = scan_sn7(root, progress=False)
     assert meta.loc[meta["labels_match_pix_path"] == str(victim), "building_count"].item() == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a GeoTIFF\n", b"II*\x00\x08\x00\x00\x00truncated"],
+                         ids=["zero_byte", "text", "truncated"])
+def test_zero_byte_text_and_truncated_geotiffs_are_named(tmp_path, content):
+    """Already handled well before issue 10: kept as a regression test for the bad-input table."""
+    path = tmp_path / "global_monthly_2018_01_mosaic_X.tif"
+    path.write_bytes(content)
+    with pytest.raises(SN7DataError, match=f"Cannot read GeoTIFF .*{path.name}.*corrupt or truncated"):
+        read_raster(path)
