@@ -164,7 +164,6 @@ def _config_fields(notebook: Path) -> dict[str, Declared]:
     accepted too (typed by the field's default and annotation). The class is found through the notebook's
     ``from <module> import <Config>`` line and imported.
     """
-    import dataclasses
     import importlib
 
     tree = ast.parse(notebook.read_text())
@@ -178,17 +177,25 @@ def _config_fields(notebook: Path) -> dict[str, Declared]:
             cls_name = node.func.value.id
             if cls_name not in modules:
                 continue
-            cls = getattr(importlib.import_module(modules[cls_name]), cls_name)
-            for f in dataclasses.fields(cls):
-                if f.default is not dataclasses.MISSING:
-                    default = f.default
-                elif f.default_factory is not dataclasses.MISSING:
-                    default = f.default_factory()
-                else:
-                    default = None
-                ann = str(f.type)
-                out[f.name] = Declared(default, default is None or "None" in ann or "Any" in ann,
-                                       any_type="Any" in ann, via=cls_name)
+            out.update(config_parameters(getattr(importlib.import_module(modules[cls_name]), cls_name)))
+    return out
+
+
+def config_parameters(cls) -> dict[str, Declared]:
+    """The keys a config dataclass accepts (its fields), typed by their defaults and annotations."""
+    import dataclasses
+
+    out: dict[str, Declared] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        ann = str(f.type)
+        out[f.name] = Declared(default, default is None or "None" in ann or "Any" in ann,
+                               any_type="Any" in ann, via=cls.__name__)
     return out
 
 
@@ -276,7 +283,19 @@ def validate_params(notebook: str | Path, param_files: Iterable[str | Path],
     ``known_keys``: keys other notebooks declare (a shared file may set them). Returns the merged parameters
     restricted to the keys the notebook declares.
     """
-    declared = notebook_parameters(notebook)
+    return _validate(notebook_parameters(notebook), Path(notebook).name, list(param_files), known_keys)
+
+
+def validate_config_files(config_cls, param_files: Iterable[str | Path], known_keys: Iterable[str] = ()) -> Checked:
+    """The same checks for a command line that reads ``--params`` files into ``config_cls`` (a dataclass).
+
+    E.g. ``validate_config_files(CGANTrainConfig, ns.params, notebook_keys(notebooks))`` before
+    ``merge_params``: an unknown key of a non-shared file, a wrong type or value is a :class:`ParamError`.
+    """
+    return _validate(config_parameters(config_cls), config_cls.__name__, list(param_files), known_keys)
+
+
+def _validate(declared: dict[str, Declared], label: str, param_files: list, known_keys: Iterable[str]) -> Checked:
     known = set(known_keys) | set(declared)
     problems: list[str] = []
     checked = Checked(params={}, sources={})
@@ -288,7 +307,7 @@ def validate_params(notebook: str | Path, param_files: Iterable[str | Path],
                     checked.dropped[key] = str(path)
                     continue
                 pool = known if _is_shared(path) else declared
-                problems.append(f"{path}: unknown key {key!r} ({Path(notebook).name} declares no such parameter)."
+                problems.append(f"{path}: unknown key {key!r} ({label} declares no such parameter)."
                                 + _closest(key, pool))
                 continue
             value, err, note = _check_type(key, value, declared[key])
@@ -309,7 +328,7 @@ def validate_params(notebook: str | Path, param_files: Iterable[str | Path],
         problems.append(f"max_gap_months ({gaps[1]}) < min_gap_months ({gaps[0]}).")
     if problems:
         files = ", ".join(str(p) for p in param_files)
-        raise ParamError(f"Parameters for {notebook} ({files}) do not fit the notebook:\n  - " + "\n  - ".join(problems))
+        raise ParamError(f"Parameter files {files} do not fit {label}:\n  - " + "\n  - ".join(problems))
     return checked
 
 

@@ -129,3 +129,18 @@ def test_check_cli_exit_code_and_message(tmp_path, capsys):
     files = _profile(tmp_path, "lamda_l1: 50\n")
     assert main(["check", "--notebook", str(NB03), *map(str, files)]) == 2
     assert "lamda_l1" in capsys.readouterr().err
+
+
+def test_cli_config_files_are_checked_against_the_config_fields(tmp_path, known):
+    """python -m stsynth_lib.cgan.train --params ... can check its files the same way (unknown key, type, value)."""
+    from stsynth_lib.cgan.config import CGANTrainConfig
+    from stsynth_lib.params import validate_config_files
+
+    files = _profile(tmp_path, "lamda_l1: 50\nbatch_size: many\n")
+    with pytest.raises(ParamError) as err:
+        validate_config_files(CGANTrainConfig, files, known)
+    msg = str(err.value)
+    assert "unknown key 'lamda_l1' (CGANTrainConfig declares" in msg and "Did you mean 'lambda_l1'" in msg
+    assert "batch_size: 'many' -- expected an integer" in msg
+    ok = validate_config_files(CGANTrainConfig, _profile(tmp_path, "lambda_l1: 10\n"), known)
+    assert ok.params["lambda_l1"] == 10.0 and "synthetic_data" not in ok.params
