@@ -166,7 +166,7 @@ def test_read_raster_band_errors_and_16bit_stretch(tmp_path):
     with pytest.raises(SN7DataError, match="has 2 bands"):
         read_raster(path, bands=[1, 2, 3])
     u8 = to_uint8_image(read_raster(path))
-    assert u8.dtype == np.uint8 and u8.min() == 0 and u8.max() == 255
+    assert u8.dtype == np.uint8 and u8.min() == 1 and u8.max() == 255  # 0 is kept for nodata
 
 
 def test_validity_mask_combines_udm_alpha_and_nodata():
@@ -255,3 +255,14 @@ def test_zero_byte_text_and_truncated_geotiffs_are_named(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(SN7DataError, match=f"Cannot read GeoTIFF .*{path.name}.*corrupt or truncated"):
         read_raster(path)
+
+
+def test_16bit_stretch_keeps_dark_valid_pixels_off_zero():
+    """Dark 16-bit pixels used to become (0, 0, 0) -- the nodata convention -- after the 2-98 % stretch."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(2000, 4000, (3, 16, 16)).astype(np.uint16)
+    arr[:, :4] = 50  # dark but valid
+    arr[:, -2:] = 0  # nodata
+    u8 = to_uint8_image(arr)
+    assert (u8[:, :4] >= 1).all() and (u8[:, -2:] == 0).all() and u8.max() == 255
+    assert validity_mask(u8)[:-2].all() and not validity_mask(u8)[-2:].any()

@@ -57,9 +57,10 @@ def to_uint8_image(arr: np.ndarray, dtype_hint: str | None = None, nodata: float
     SpaceNet 7 mosaics are uint8; other sources (16-bit Planet or Sentinel
     products) are stretched per band, the percentiles taken over the pixels
     that are not nodata (``nodata``, else 0), so that the rest of the pipeline
-    sees the same range. The stretch maps dark valid pixels to 0: validity
-    must come from the source values (:func:`validity_mask`), never from this
-    output. Returns a new array.
+    sees the same range. Valid pixels map to 1..255 and nodata pixels to 0, so
+    that a uint8 copy (``downsample``) keeps SpaceNet 7's all-zero nodata
+    convention; validity still comes from the stored values
+    (:func:`validity_mask`), not from this output. Returns a new array.
     """
     if arr.dtype == np.uint8:
         return arr.copy()
@@ -69,7 +70,8 @@ def to_uint8_image(arr: np.ndarray, dtype_hint: str | None = None, nodata: float
         band = arr[b].astype(np.float64)
         finite = band[np.isfinite(band) & data]
         lo, hi = (np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0))
-        out[b] = np.clip(np.round(np.nan_to_num((band - lo) / max(hi - lo, 1e-9) * 255)), 0, 255).astype(np.uint8)
+        out[b] = np.clip(np.round(np.nan_to_num((band - lo) / max(hi - lo, 1e-9) * 255)), 1, 255).astype(np.uint8)
+    out[:, ~data] = 0  # nodata stays 0, valid pixels are 1..255: a uint8 copy keeps the all-zero nodata convention
     return out
 
 
