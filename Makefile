@@ -40,10 +40,12 @@ data-128: env ## downsample your SpaceNet 7 download (SN7_ROOT=...) into the 128
 nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/executed/
 	@test -f notebooks/$(NB).py || (echo "No notebooks/$(NB).py"; exit 2)
 	@mkdir -p build/notebooks $(EXECUTED)
+	@# check the parameter files against the notebook (keys, types, values) and pass only the keys it reads
+	$(PY) -m stsynth_lib.params merge --notebook notebooks/$(NB).py --out build/notebooks/$(NB).params.yaml \
+		params/$(PROFILE)/common.yaml $$(test -f params/$(PROFILE)/$(NB).yaml && echo params/$(PROFILE)/$(NB).yaml)
 	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o build/notebooks/$(NB).ipynb
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
-		-f params/$(PROFILE)/common.yaml \
-		$$(test -f params/$(PROFILE)/$(NB).yaml && echo -f params/$(PROFILE)/$(NB).yaml) \
+		-f build/notebooks/$(NB).params.yaml \
 		build/notebooks/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
 
 run-all: env ## run every notebook with PROFILE (smoke: synthetic data, CPU, minutes)

@@ -93,23 +93,92 @@ def save_predictions(
     return written
 
 
-def load_predictions(out_dir: str | os.PathLike) -> dict[int, np.ndarray]:
-    """Read ``{pair_id: (C, H, W) uint8}`` from a predictions folder (last entry wins on duplicates)."""
-    import rasterio
+class PredictionFileError(ValueError):
+    """A predictions folder whose index or images cannot be scored; the message names the file and what was expected."""
 
+
+INDEX_COLUMNS = ("pair_id", "aoi", "tif", "png")
+
+
+def read_prediction_index(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(pair_id, tif path)]`` from ``<out_dir>/index.csv``, checked: the header and every pair id."""
     out_dir = Path(out_dir)
     index = out_dir / "index.csv"
     if not index.is_file():
         raise FileNotFoundError(f"{index} not found: no predictions were saved in {out_dir}. Run the model's notebook first.")
-    result: dict[int, np.ndarray] = {}
+    expected = ",".join(INDEX_COLUMNS)
+    with open(index, newline="", errors="replace") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in ("pair_id", "tif") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PredictionFileError(
+                f"{index}: the header is {reader.fieldnames}, columns {missing} are missing. Expected the header "
+                f"'{expected}' that stsynth_lib.predictions.save_predictions writes; re-run the model's predictions."
+            )
+        rows = []
+        for n, row in enumerate(reader, start=2):
+            try:
+                pid = int(row["pair_id"])
+            except (TypeError, ValueError):
+                raise PredictionFileError(
+                    f"{index}, line {n}: pair_id {row['pair_id']!r} is not an integer (expected '{expected}' rows)."
+                ) from None
+            if not row["tif"]:
+                raise PredictionFileError(f"{index}, line {n}: no tif file name for pair {pid}.")
+            rows.append((pid, out_dir / row["tif"]))
+    return rows
+
+
+def read_prediction_tif(path: Path) -> np.ndarray:
+    """One prediction as (C, H, W) uint8; anything but a readable uint8 GeoTIFF is refused (no silent cast)."""
     import warnings
 
-    with open(index, newline="") as fh:
-        for row in csv.DictReader(fh):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-                with rasterio.open(out_dir / row["tif"]) as src:
-                    result[int(row["pair_id"])] = src.read()
+    import rasterio
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                arr = src.read()
+                dtype = src.dtypes[0]
+    except rasterio.errors.RasterioError as exc:
+        raise PredictionFileError(f"Cannot read prediction {path}: {exc}. Re-run the model's predictions.") from exc
+    if dtype != "uint8":
+        finite = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr
+        span = f"values {finite.min():.4g}..{finite.max():.4g}" if finite.size else "no finite value"
+        nan = f", {int(arr.size - finite.size)} NaN/inf" if finite.size != arr.size else ""
+        raise PredictionFileError(
+            f"Prediction {path} is {dtype} ({span}{nan}); expected uint8 in [0, 255], as "
+            "stsynth_lib.predictions.save_predictions writes from a [-1, 1] model output. It is not converted "
+            "(a [0, 1] or [-1, 1] float cast to uint8 scores as a black image): save it with save_predictions, "
+            "or convert it yourself, e.g. np.round(x * 255) for [0, 1] or np.round((x + 1) * 127.5) for [-1, 1]."
+        )
+    return arr
+
+
+def load_predictions(out_dir: str | os.PathLike, on_missing: str = "raise",
+                     missing: list[str] | None = None) -> dict[int, np.ndarray]:
+    """Read ``{pair_id: (C, H, W) uint8}`` from a predictions folder (last entry wins on duplicates).
+
+    A malformed ``index.csv`` or a prediction that is not a readable uint8
+    GeoTIFF raises :class:`PredictionFileError` naming the file. A listed file
+    that does not exist raises too (``on_missing="raise"``) or is left out
+    (``"skip"``) with its path appended to ``missing``.
+    """
+    if on_missing not in ("raise", "skip"):
+        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    result: dict[int, np.ndarray] = {}
+    for pid, tif in read_prediction_index(out_dir):
+        if not tif.is_file():
+            if on_missing == "raise":
+                raise PredictionFileError(
+                    f"{tif} is listed in {Path(out_dir) / 'index.csv'} (pair {pid}) but does not exist. "
+                    "Re-run the model's predictions, or remove the line."
+                )
+            if missing is not None:
+                missing.append(str(tif))
+            continue
+        result[pid] = read_prediction_tif(tif)
     return result
 
 

@@ -196,7 +196,8 @@ def test_build_is_atomic_on_failure(tiny_sn7_root, tmp_path):
 def test_build_without_labels_and_with_resampling(tiny_sn7_root, tmp_path):
     meta = scan_sn7(tiny_sn7_root, progress=False)
     meta["has_labels"] = False
-    summary = build_dataset(meta, tmp_path / "ds", tile_size_px=16, resize_to_px=32, progress=False)
+    summary = build_dataset(meta, tmp_path / "ds", tile_size_px=16, resize_to_px=32, progress=False,
+                            allow_any_tile_size=True)
     assert not summary["has_labels"]
     ds = PairedTileDataset(tmp_path / "ds", "all")
     s = ds[0]
@@ -244,9 +245,90 @@ def test_downsample_writes_the_128px_layout(tiny_sn7_root, tmp_path):
     report = meta.attrs["scan_report"]
     assert "labels_match_pix" in report.missing_folders and "labels" not in report.missing_folders
     # labels in map coordinates still land on the buildings at the new resolution
-    s = build_dataset(meta, tmp_path / "ds16", tile_size_px=16, progress=False)
+    s = build_dataset(meta, tmp_path / "ds16", tile_size_px=16, progress=False, allow_any_tile_size=True)
     assert s["has_labels"] and TileStore(tmp_path / "ds16").tiles["building_fraction"].max() > 0
     # resumable: a second run writes nothing new
     from stsynth_lib.data.downsample import downsample_sn7
 
     assert downsample_sn7(tiny_sn7_root, tmp_path / "small", 16, progress=False) == 0
+
+
+# --------------------------------------------------------------------------- bad inputs (issue 10)
+
+
+def _write_tree_16bit(root, nodata=None):
+    """One AOI, two months of 64 px 16-bit RGB: a dark (but valid) field, a bright field, a strip of nodata."""
+    from affine import Affine
+
+    aoi = "L15-0001E-0001N_0004_0004_13"
+    d = root / "train" / aoi / "images"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for month in (1, 2):
+        arr = rng.integers(2000, 4000, (3, 64, 64)).astype(np.uint16)
+        arr[:, :20] = rng.integers(40, 60, (3, 20, 64))  # dark, below the 2 % percentile
+        arr[:, :, :4] = 0 if nodata is None else nodata  # nodata strip
+        kw = {} if nodata is None else {"nodata": nodata}
+        with rasterio.open(d / f"global_monthly_2018_{month:02d}_mosaic_{aoi}.tif", "w", driver="GTiff", width=64,
+                           height=64, count=3, dtype="uint16", crs="EPSG:3857",
+                           transform=Affine(4.77, 0, 0, 0, -4.77, 0), **kw) as dst:
+            dst.write(arr)
+    return root
+
+
+@pytest.mark.parametrize("nodata", [None, 65535])
+def test_16bit_dark_pixels_stay_valid_nodata_comes_from_the_file(tmp_path, nodata):
+    """The 2-98 % stretch maps dark pixels to (0, 0, 0); they used to count as nodata."""
+    meta = scan_sn7(_write_tree_16bit(tmp_path / "sn7", nodata), progress=False)
+    build_dataset(meta, tmp_path / "ds", tile_size_px=32, min_valid_fraction=0, split_fractions=(1, 0, 0),
+                  progress=False)
+    store = TileStore(tmp_path / "ds")
+    valid = np.zeros((64, 64), np.uint8)
+    for tr in store.tiles[store.tiles["meta_index"] == 0].itertuples():
+        valid[tr.row_off:tr.row_off + 32, tr.col_off:tr.col_off + 32] = store.valid[tr.tile_id]
+    assert (valid[:, :4] == 0).all()  # the file's nodata (0 when it declares none)
+    assert (valid[:, 4:] == 1).all()  # dark field included
+    images = np.asarray(store.images)
+    assert images.max() == 255 and images.dtype == np.uint8
+
+
+def test_udm_of_another_size_names_the_files(tiny_sn7_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "udm"
+    shutil.copytree(tiny_sn7_root, root)
+    victim = sorted(root.rglob("UDM_masks/*.tif"))[2]
+    with rasterio.open(victim, "w", driver="GTiff", width=32, height=32, count=1, dtype="uint8") as dst:
+        dst.write(np.zeros((1, 32, 32), np.uint8))
+    meta = scan_sn7(root, progress=False)
+    with pytest.raises(SN7DataError, match=f"UDM mask of .*{victim.name}.* is 32x32 px, the image is 64x64"):
+        build_dataset(meta, tmp_path / "ds", tile_size_px=32, progress=False)
+    with pytest.warns(UserWarning, match=victim.name):
+        s = build_dataset(meta, tmp_path / "ds", tile_size_px=32, on_error="skip", progress=False)
+    assert s["n_images"] == len(meta) - 1
+
+
+@pytest.mark.parametrize("size", [16, 48])
+def test_tile_sizes_the_models_cannot_take_are_refused_at_build(tiny_sn7_root, tmp_path, size):
+    """16 px (instance-norm error in training) and 48 px (U-Net) used to be built and fail only at training."""
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    with pytest.raises(SN7DataError, match=f"tile_size_px={size}: the models need a power of two of at least 32"):
+        build_dataset(meta, tmp_path / "ds", tile_size_px=size, progress=False)
+    assert not (tmp_path / "ds").exists() and not (tmp_path / "ds.partial").exists()
+
+
+def test_failed_build_leaves_no_partial_folder(tiny_sn7_root, tmp_path):
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    meta.loc[7, "image_path"] = str(tmp_path / "gone.tif")
+    with pytest.raises(SN7DataError, match="gone.tif"):
+        build_dataset(meta, tmp_path / "ds", tile_size_px=32, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unet_tile_size_error_points_at_tile_size_px_not_a_depth_parameter():
+    """The message used to advise depth=..., which no notebook or parameter file has."""
+    from stsynth_lib.models.unet import depth_for_size
+
+    with pytest.raises(ValueError) as err:
+        depth_for_size(48)
+    assert "tile_size_px" in str(err.value) and "common.yaml" in str(err.value) and "depth=" not in str(err.value)

@@ -166,7 +166,7 @@ def test_read_raster_band_errors_and_16bit_stretch(tmp_path):
     with pytest.raises(SN7DataError, match="has 2 bands"):
         read_raster(path, bands=[1, 2, 3])
     u8 = to_uint8_image(read_raster(path))
-    assert u8.dtype == np.uint8 and u8.min() == 0 and u8.max() == 255
+    assert u8.dtype == np.uint8 and u8.min() == 1 and u8.max() == 255  # 0 is kept for nodata
 
 
 def test_validity_mask_combines_udm_alpha_and_nodata():
@@ -177,3 +177,92 @@ def test_validity_mask_combines_udm_alpha_and_nodata():
     udm[2, 2] = 255           # cloud
     v = validity_mask(img, udm, alpha_band=3)
     assert v.sum() == 13 and v[0, 0] == 0 and v[1, 1] == 0 and v[2, 2] == 0
+
+
+# --------------------------------------------------------------------------- bad inputs (issue 10)
+
+
+def test_geojson_whose_top_level_is_a_list_is_named_or_skipped(tiny_sn7_root, tmp_path):
+    """A top-level JSON list used to raise AttributeError, which on_error='skip' did not skip."""
+    root = tmp_path / "listjson"
+    shutil.copytree(tiny_sn7_root, root)
+    victim = sorted(root.rglob("labels_match_pix/*.geojson"))[0]
+    victim.write_text(json.dumps([{"type": "Feature", "geometry": None, "properties": {}}]))
+    with pytest.raises(SN7DataError, match=f"{victim.name}: its top level is a JSON list"):
+        scan_sn7(root, progress=False)
+    with pytest.warns(UserWarning, match="Skipping"):
+        meta = scan_sn7(root, on_error="skip", progress=False)
+    assert len(meta) == 29 and len(meta.attrs["scan_report"].skipped_files) == 1
+
+
+def test_aoi_with_an_empty_images_folder_is_in_the_scan_report(tiny_sn7_root, tmp_path):
+    root = tmp_path / "emptyaoi"
+    shutil.copytree(tiny_sn7_root, root)
+    aoi = find_aoi_dirs(root)[1]
+    for f in (aoi / "images").iterdir():
+        f.unlink()
+    with pytest.warns(UserWarning, match=f"AOI {aoi.name}: no usable image"):
+        meta = scan_sn7(root, progress=False)
+    report = meta.attrs["scan_report"]
+    assert report.empty_aois == [aoi.name]
+    assert "1 AOIs without any usable image" in report.summary() and aoi.name in report.summary()
+
+
+def test_fifo_named_tif_is_skipped_not_opened(tiny_sn7_root, tmp_path):
+    """A FIFO named .tif used to hang the scanner (GDAL blocks opening it)."""
+    import os
+    import threading
+
+    root = tmp_path / "fifo"
+    shutil.copytree(tiny_sn7_root, root)
+    aoi = find_aoi_dirs(root)[0]
+    fifo = aoi / "images" / f"global_monthly_2019_12_mosaic_{aoi.name}.tif"
+    os.mkfifo(fifo)
+    result = {}
+
+    def scan():
+        with pytest.warns(UserWarning, match="not a regular file"):
+            result["meta"] = scan_sn7(root, progress=False)
+
+    th = threading.Thread(target=scan, daemon=True)
+    th.start()
+    th.join(timeout=20)
+    if th.is_alive():  # unblock the hung open() so the test process can finish
+        fd = os.open(fifo, os.O_RDWR)
+        os.close(fd)
+        th.join(timeout=5)
+        pytest.fail("scan_sn7 blocked on a FIFO named .tif")
+    assert len(result["meta"]) == 30
+    assert result["meta"].attrs["scan_report"].skipped_files == [str(fifo)]
+    with pytest.raises(SN7DataError, match="not a regular file"):
+        read_raster(fifo)
+
+
+def test_zero_byte_label_file_counts_as_no_buildings(tiny_sn7_root, tmp_path):
+    root = tmp_path / "zerolabel"
+    shutil.copytree(tiny_sn7_root, root)
+    victim = sorted(root.rglob("labels_match_pix/*.geojson"))[-1]
+    victim.write_text("")
+    meta = scan_sn7(root, progress=False)
+    assert meta.loc[meta["labels_match_pix_path"] == str(victim), "building_count"].item() == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"this is a text file, not a GeoTIFF\n", b"II*\x00\x08\x00\x00\x00truncated"],
+                         ids=["zero_byte", "text", "truncated"])
+def test_zero_byte_text_and_truncated_geotiffs_are_named(tmp_path, content):
+    """Already handled well before issue 10: kept as a regression test for the bad-input table."""
+    path = tmp_path / "global_monthly_2018_01_mosaic_X.tif"
+    path.write_bytes(content)
+    with pytest.raises(SN7DataError, match=f"Cannot read GeoTIFF .*{path.name}.*corrupt or truncated"):
+        read_raster(path)
+
+
+def test_16bit_stretch_keeps_dark_valid_pixels_off_zero():
+    """Dark 16-bit pixels used to become (0, 0, 0) -- the nodata convention -- after the 2-98 % stretch."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(2000, 4000, (3, 16, 16)).astype(np.uint16)
+    arr[:, :4] = 50  # dark but valid
+    arr[:, -2:] = 0  # nodata
+    u8 = to_uint8_image(arr)
+    assert (u8[:, :4] >= 1).all() and (u8[:, -2:] == 0).all() and u8.max() == 255
+    assert validity_mask(u8)[:-2].all() and not validity_mask(u8)[-2:].any()

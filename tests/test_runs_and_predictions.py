@@ -111,3 +111,55 @@ def test_sample_grid_path_orders_steps_numerically(tmp_path):
     with pytest.raises(FileNotFoundError, match="step 41"):
         sample_grid_path(tmp_path, 41)
     assert parse_cli_value("1e-4") == 1e-4 and parse_cli_value("none") is None and parse_cli_value("[1, 2]") == [1, 2]
+
+
+# --------------------------------------------------------------------------- odd prediction files (issue 10)
+
+
+def _write_tif(path, arr):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
+                       dtype=arr.dtype.name) as dst:
+        dst.write(arr)
+
+
+@pytest.mark.parametrize("kind", ["float_0_1", "float_minus1_1", "float_with_nan", "uint16"])
+def test_prediction_that_is_not_uint8_is_refused_and_named(tmp_path, kind):
+    """Float predictions used to be cast to uint8 silently (PSNR 7 dB, SSIM 0.0002)."""
+    rng = np.random.default_rng(0)
+    arr = {
+        "float_0_1": rng.random((3, 16, 16)).astype(np.float32),
+        "float_minus1_1": (rng.random((3, 16, 16)) * 2 - 1).astype(np.float32),
+        "float_with_nan": np.where(rng.random((3, 16, 16)) < 0.1, np.nan, rng.random((3, 16, 16)) * 255).astype(np.float32),
+        "uint16": rng.integers(0, 4000, (3, 16, 16)).astype(np.uint16),
+    }[kind]
+    save_predictions(tmp_path, torch.zeros(1, 3, 16, 16), [4], ["A"], torch.zeros(1, 6, dtype=torch.float64), [""])
+    _write_tif(tmp_path / "000004.tif", arr)
+    with pytest.raises(ValueError, match=r"000004.tif is (float32|uint16) .*expected uint8 in \[0, 255\]"):
+        load_predictions(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["hello\nworld\n", "id,file\n1,000001.tif\n", "pair_id,aoi,tif,png\nseven,A,x.tif,\n"])
+def test_garbage_prediction_index_is_named(tmp_path, text):
+    """A garbage index.csv used to raise KeyError: 'tif'."""
+    (tmp_path / "index.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"index.csv.*(missing|not an integer).*pair_id"):
+        load_predictions(tmp_path)
+
+
+def test_missing_listed_prediction_is_named_or_left_out_with_a_note(tiny_dataset_dir, tmp_path):
+    """A listed prediction file that is missing used to stop the evaluation with a raw rasterio error."""
+    from stsynth_lib.evaluate.data import _load_model_predictions, load_split
+
+    data = load_split(tiny_dataset_dir, "test")
+    imgs = torch.from_numpy(data.future[:3].astype(np.float32) / 127.5 - 1)
+    save_predictions(tmp_path, imgs, data.pair_ids[:3], ["A"] * 3, data.transform[:3], data.crs[:3])
+    gone = tmp_path / f"{int(data.pair_ids[1]):06d}.tif"
+    gone.unlink()
+    with pytest.raises(ValueError, match=f"{gone.name} is listed in .*index.csv .*does not exist"):
+        load_predictions(tmp_path)
+    notes: list[str] = []
+    out = _load_model_predictions({"m": tmp_path}, data, "test", notes)
+    arr, ok = out["m"]
+    assert ok.tolist()[:3] == [True, False, True] and ok.sum() == 2
+    assert np.array_equal(arr[0], data.future[0])
+    assert len(notes) == 1 and "1 prediction files" in notes[0] and gone.name in notes[0]

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stsynth_lib.data.sn7 import SN7DataError
+from stsynth_lib.data.errors import SN7DataError
 
 
 def split_aois(aois: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0) -> dict[str, list[str]]:
@@ -107,95 +107,81 @@ def _resample(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(b).resize((size, size), res)) for b in arr])
 
 
-def build_dataset(
-    meta: pd.DataFrame,
-    out_dir: str | Path,
-    tile_size_px: int = 256,
-    bands: Sequence[int] = (1, 2, 3),
-    min_gap_months: int = 1,
-    max_gap_months: int = 12,
-    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
-    min_valid_fraction: float = 0.5,
-    resize_to_px: int | None = None,
-    mask_source: str = "auto",
-    use_masked_images: bool = False,
-    seed: int = 0,
-    on_error: str = "raise",
-    progress: bool = True,
-) -> dict:
-    """Build the tile store of :mod:`stsynth_lib.data.dataset` in ``out_dir`` and return its summary.
+MIN_MODEL_TILE_PX = 32  # the cGANs' U-Net needs a power of two, the 3-layer PatchGAN at least 32 px
 
-    Each image is read once: bands ``bands`` (1-based; SpaceNet 7's 4th band is
-    alpha and goes into validity), optional resampling to ``resize_to_px``,
-    UDM and alpha into the validity mask, footprints rasterised onto the same
-    grid, then cut into tiles. Pairs whose past or future tile has less than
-    ``min_valid_fraction`` usable pixels are dropped. ``on_error="skip"``
-    drops unreadable images with a warning instead of stopping.
-    """
-    import warnings
 
-    from affine import Affine
-    from tqdm.auto import tqdm
+def check_tile_size(tile_size_px: int) -> None:
+    """Refuse tile sizes the models cannot take, at build time rather than after a build and at training."""
+    t = int(tile_size_px)
+    if t < MIN_MODEL_TILE_PX or t & (t - 1):
+        ok = ", ".join(str(2**k) for k in range(5, 11))
+        raise SN7DataError(
+            f"tile_size_px={tile_size_px}: the models need a power of two of at least {MIN_MODEL_TILE_PX} px "
+            f"({ok}): the cGAN U-Net halves the tile down to 1 px and its 70x70 PatchGAN needs >= 32 px. "
+            "Set tile_size_px in params/<profile>/common.yaml (and resize_to_px, if used) and rebuild; "
+            "build_dataset(..., allow_any_tile_size=True) builds other sizes for other uses."
+        )
 
+
+def _read_image(row: dict, bands: Sequence[int], use_masked_images: bool, mask_source: str):
+    """One mosaic on its native grid: uint8 bands, validity (from the stored values), footprint mask, georeference."""
     from stsynth_lib.data.io import read_raster, to_uint8_image, validity_mask
     from stsynth_lib.data.rasterize import footprint_mask
 
-    out_dir = Path(out_dir)
-    meta = meta.reset_index(drop=True).copy()
-    if meta.empty:
-        raise SN7DataError("The metadata table is empty: nothing to build. Check data_root and the scan report.")
-    splits = split_aois(meta["aoi"].unique(), split_fractions, seed)
-    aoi_split = {a: s for s, aois in splits.items() for a in aois}
-
-    # Tile grid per AOI, from the smallest image of the AOI (SpaceNet 7 sizes vary by a pixel or two).
-    if resize_to_px:
-        grid_hw = {a: (resize_to_px, resize_to_px) for a in meta["aoi"].unique()}
+    path = row["image_masked_path"] if use_masked_images and row["image_masked_path"] else row["image_path"]
+    full, prof = read_raster(path, with_profile=True)
+    udm = read_raster(row["udm_path"]) if row["udm_path"] else None
+    if max(bands) > full.shape[0]:
+        raise SN7DataError(f"{row['image_path']} has {full.shape[0]} bands; bands={list(bands)} asked for more.")
+    alpha = 3 if full.shape[0] == 4 and row["dtype"] == "uint8" and 4 not in bands else None
+    raw = full[[b - 1 for b in bands]]
+    source = f"{path}" + (f" ({row['udm_path']})" if udm is not None else "")
+    val = validity_mask(np.concatenate([raw, full[3:4].astype(raw.dtype)]) if alpha is not None else raw, udm,
+                        alpha_band=len(bands) if alpha is not None else None, nodata=prof["nodata"], source=source)
+    img = to_uint8_image(raw, nodata=prof["nodata"])
+    transform = prof["transform"]
+    crs = prof["crs"].to_string() if prof["crs"] else ""
+    if row["has_labels"]:
+        mask = footprint_mask(row, full.shape[1:], transform, crs or None, source=mask_source)
     else:
-        grid_hw = {a: (int(g["height"].min()), int(g["width"].min())) for a, g in meta.groupby("aoi")}
-    grids = {a: tile_grid(h, w, tile_size_px) for a, (h, w) in grid_hw.items()}
-    n_tiles = int(sum(len(grids[a]) for a in meta["aoi"]))
-    c = len(bands)
-    t = tile_size_px
+        mask = np.zeros(full.shape[1:], np.uint8)
+    return img, val, mask, transform, crs
 
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+
+def _resize_all(img, val, mask, transform, size: int):
+    from affine import Affine
+
+    h0, w0 = img.shape[1:]
+    img = _resample(img, size, nearest=False)
+    val = (_resample(val[None] * 255, size, nearest=False)[0] >= 255).astype(np.uint8)
+    mask = (_resample(mask[None] * 255, size, nearest=False)[0] >= 128).astype(np.uint8)
+    return img, val, mask, compose(transform, Affine.scale(w0 / size, h0 / size))
+
+
+def _tile_images(meta, partial: Path, grids, aoi_split, bands, tile_size_px, resize_to_px, mask_source,
+                 use_masked_images, on_error, progress):
+    """Cut every image into tiles in ``partial``'s arrays; returns (tiles table, meta rows skipped)."""
+    import warnings
+
+    from tqdm.auto import tqdm
+
+    n_tiles = int(sum(len(grids[a]) for a in meta["aoi"]))
+    c, t = len(bands), tile_size_px
     images = np.lib.format.open_memmap(partial / "tiles_images.npy", "w+", np.uint8, (n_tiles, c, t, t))
     masks = np.lib.format.open_memmap(partial / "tiles_masks.npy", "w+", np.uint8, (n_tiles, t, t))
     valid = np.lib.format.open_memmap(partial / "tiles_valid.npy", "w+", np.uint8, (n_tiles, t, t))
-
-    tile_rows = []
-    next_id = 0
-    bad_images: list[int] = []
+    tile_rows, bad_images, next_id = [], [], 0
     for i, row in tqdm(meta.iterrows(), total=len(meta), desc="tile images", unit="image", disable=not progress):
-        rowd = row.to_dict()
         try:
-            full, prof = read_raster(row["image_masked_path"] if use_masked_images and row["image_masked_path"] else row["image_path"], with_profile=True)
-            udm = read_raster(row["udm_path"]) if row["udm_path"] else None
+            img, val, mask, transform, crs = _read_image(row.to_dict(), bands, use_masked_images, mask_source)
         except SN7DataError as exc:
             if on_error == "raise":
                 raise
-            warnings.warn(f"Skipping {row['image_path']}: {exc}", stacklevel=2)
+            warnings.warn(f"Skipping {row['image_path']}: {exc}", stacklevel=3)
             bad_images.append(i)
             continue
-        if max(bands) > full.shape[0]:
-            raise SN7DataError(f"{row['image_path']} has {full.shape[0]} bands; bands={list(bands)} asked for more.")
-        alpha = 3 if full.shape[0] == 4 and row["dtype"] == "uint8" and 4 not in bands else None
-        img = to_uint8_image(full[[b - 1 for b in bands]])
-        val = validity_mask(np.concatenate([img, full[3:4]]) if alpha is not None else img, udm,
-                            alpha_band=c if alpha is not None else None)
-        transform = prof["transform"]
-        crs = prof["crs"].to_string() if prof["crs"] else ""
-        h0, w0 = full.shape[1:]
-        if row["has_labels"]:
-            mask = footprint_mask(rowd, (h0, w0), transform, crs or None, source=mask_source)
-        else:
-            mask = np.zeros((h0, w0), np.uint8)
         if resize_to_px:
-            img = _resample(img, resize_to_px, nearest=False)
-            val = (_resample(val[None] * 255, resize_to_px, nearest=False)[0] >= 255).astype(np.uint8)
-            mask = (_resample(mask[None] * 255, resize_to_px, nearest=False)[0] >= 128).astype(np.uint8)
-            transform = compose(transform, Affine.scale(w0 / resize_to_px, h0 / resize_to_px))
+            img, val, mask, transform = _resize_all(img, val, mask, transform, resize_to_px)
         for r0, c0 in grids[row["aoi"]]:
             images[next_id] = img[:, r0 : r0 + t, c0 : c0 + t]
             masks[next_id] = mask[r0 : r0 + t, c0 : c0 + t]
@@ -213,20 +199,22 @@ def build_dataset(
             next_id += 1
     images.flush(); masks.flush(); valid.flush()
     del images, masks, valid
-    tiles = pd.DataFrame(tile_rows)
     if next_id != n_tiles:  # skipped images: compact the arrays
         for name in ("tiles_images.npy", "tiles_masks.npy", "tiles_valid.npy"):
             arr = np.load(partial / name, mmap_mode="r")[:next_id]
             np.save(partial / (name + ".tmp.npy"), arr)
             del arr
             os.replace(partial / (name + ".tmp.npy"), partial / name)
+    return pd.DataFrame(tile_rows), bad_images
 
-    # Pairs of tiles at the same position, months min_gap..max_gap apart, both usable enough.
+
+def _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_valid_fraction, bad_images) -> pd.DataFrame:
+    """Pairs of tiles at the same position, months min_gap..max_gap apart, both usable enough."""
     month_pairs = build_pairs(meta.drop(index=bad_images), min_gap_months, max_gap_months)
-    key = tiles.set_index(["meta_index", "row_off", "col_off"])["tile_id"]
-    tiles_by_meta = tiles.groupby("meta_index")
+    key = tiles.set_index(["meta_index", "row_off", "col_off"])["tile_id"] if len(tiles) else pd.Series(dtype=int)
+    tiles_by_meta = tiles.groupby("meta_index") if len(tiles) else None
     pair_rows = []
-    vf = tiles.set_index("tile_id")["valid_fraction"]
+    vf = tiles.set_index("tile_id")["valid_fraction"] if len(tiles) else pd.Series(dtype=float)
     for mp in month_pairs.itertuples(index=False):
         past_tiles = tiles_by_meta.get_group(mp.past_index)
         for tr in past_tiles.itertuples(index=False):
@@ -250,7 +238,76 @@ def build_dataset(
         bf = tiles.set_index("tile_id")["building_fraction"]
         pairs["past_building_fraction"] = bf[pairs["past_tile_id"]].to_numpy()
         pairs["future_building_fraction"] = bf[pairs["future_tile_id"]].to_numpy()
+    return pairs
 
+
+def build_dataset(
+    meta: pd.DataFrame,
+    out_dir: str | Path,
+    tile_size_px: int = 256,
+    bands: Sequence[int] = (1, 2, 3),
+    min_gap_months: int = 1,
+    max_gap_months: int = 12,
+    split_fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    min_valid_fraction: float = 0.5,
+    resize_to_px: int | None = None,
+    mask_source: str = "auto",
+    use_masked_images: bool = False,
+    seed: int = 0,
+    on_error: str = "raise",
+    progress: bool = True,
+    allow_any_tile_size: bool = False,
+) -> dict:
+    """Build the tile store of :mod:`stsynth_lib.data.dataset` in ``out_dir`` and return its summary.
+
+    Each image is read once: bands ``bands`` (1-based; SpaceNet 7's 4th band is
+    alpha and goes into validity), optional resampling to ``resize_to_px``,
+    UDM, alpha and the file's nodata value into the validity mask (from the
+    stored values, before any 16-bit stretch), footprints rasterised onto the
+    same grid, then cut into tiles. Pairs whose past or future tile has less
+    than ``min_valid_fraction`` usable pixels are dropped. ``on_error="skip"``
+    drops unreadable images, UDMs and label files with a warning instead of
+    stopping. ``tile_size_px`` must suit the models (:func:`check_tile_size`)
+    unless ``allow_any_tile_size``. The store is written to
+    ``<out_dir>.partial`` and renamed when complete; a failed build removes it.
+    """
+    out_dir = Path(out_dir)
+    meta = meta.reset_index(drop=True).copy()
+    if meta.empty:
+        raise SN7DataError("The metadata table is empty: nothing to build. Check data_root and the scan report.")
+    if not allow_any_tile_size:
+        check_tile_size(tile_size_px)
+    splits = split_aois(meta["aoi"].unique(), split_fractions, seed)
+    aoi_split = {a: s for s, aois in splits.items() for a in aois}
+
+    # Tile grid per AOI, from the smallest image of the AOI (SpaceNet 7 sizes vary by a pixel or two).
+    if resize_to_px:
+        grid_hw = {a: (resize_to_px, resize_to_px) for a in meta["aoi"].unique()}
+    else:
+        grid_hw = {a: (int(g["height"].min()), int(g["width"].min())) for a, g in meta.groupby("aoi")}
+    grids = {a: tile_grid(h, w, tile_size_px) for a, (h, w) in grid_hw.items()}
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        tiles, bad_images = _tile_images(meta, partial, grids, aoi_split, bands, tile_size_px, resize_to_px,
+                                         mask_source, use_masked_images, on_error, progress)
+        pairs = _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_valid_fraction, bad_images)
+        summary = _write_store(partial, meta, tiles, pairs, splits, bad_images, seed=seed, split_fractions=split_fractions,
+                               tile_size_px=tile_size_px, bands=list(bands), resize_to_px=resize_to_px,
+                               min_gap_months=min_gap_months, max_gap_months=max_gap_months,
+                               min_valid_fraction=min_valid_fraction)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # never leave <dataset>.partial behind
+        raise
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(partial, out_dir)
+    return summary
+
+
+def _write_store(partial: Path, meta, tiles, pairs, splits, bad_images, seed, split_fractions, **settings) -> dict:
     tiles.to_parquet(partial / "tiles.parquet", index=False)
     pairs.to_parquet(partial / "pairs.parquet", index=False)
     meta_out = meta.copy()
@@ -258,12 +315,7 @@ def build_dataset(
     meta_out.to_parquet(partial / "metadata.parquet", index=False)
     (partial / "splits.json").write_text(json.dumps({"seed": seed, "fractions": list(split_fractions), "splits": splits}, indent=2))
     summary = {
-        "tile_size_px": tile_size_px,
-        "bands": list(bands),
-        "resize_to_px": resize_to_px,
-        "min_gap_months": min_gap_months,
-        "max_gap_months": max_gap_months,
-        "min_valid_fraction": min_valid_fraction,
+        **settings,
         "seed": seed,
         "n_images": int(len(meta) - len(bad_images)),
         "n_tiles": int(len(tiles)),
@@ -273,7 +325,4 @@ def build_dataset(
         "georeferenced": bool(meta["georeferenced"].any()) if "georeferenced" in meta else False,
     }
     (partial / "dataset.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(partial, out_dir)
     return summary

@@ -16,13 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.data.errors import SN7DataError
+from stsynth_lib.data.io import read_raster
+
+__all__ = ["SN7DataError", "ScanReport", "find_aoi_dirs", "scan_sn7", "save_metadata", "load_metadata"]
+
 IMAGE_RE = re.compile(r"^global_monthly_(\d{4})_(\d{2})_mosaic_(.+)\.tif$")
 LABEL_DIRS = {"labels": "labels_path", "labels_match": "labels_match_path", "labels_match_pix": "labels_match_pix_path"}
 OPTIONAL_DIRS = ("images_masked", "UDM_masks", *LABEL_DIRS)
-
-
-class SN7DataError(ValueError):
-    """A SpaceNet 7 file or folder that cannot be used; the message names the file and the fix."""
 
 
 @dataclass
@@ -33,12 +34,16 @@ class ScanReport:
     n_aois: int = 0
     missing_folders: dict[str, list[str]] = field(default_factory=dict)  # folder -> AOIs lacking it
     skipped_files: list[str] = field(default_factory=list)
+    empty_aois: list[str] = field(default_factory=list)  # AOIs whose images/ holds no usable image
 
     def summary(self) -> str:
         lines = [f"SpaceNet 7 tree at {self.root}: {self.n_aois} AOIs"]
         for folder, aois in sorted(self.missing_folders.items()):
             share = "all" if len(aois) == self.n_aois else f"{len(aois)} of {self.n_aois}"
             lines.append(f"  missing {folder}/ in {share} AOIs")
+        if self.empty_aois:
+            lines.append(f"  {len(self.empty_aois)} AOIs without any usable image in images/ (left out): "
+                         + ", ".join(self.empty_aois[:5]) + (" ..." if len(self.empty_aois) > 5 else ""))
         if self.skipped_files:
             lines.append(f"  skipped {len(self.skipped_files)} unreadable files, e.g. {self.skipped_files[0]}")
         return "\n".join(lines)
@@ -69,11 +74,19 @@ def find_aoi_dirs(root: str | Path) -> list[Path]:
 
 def _count_features(path: Path) -> int:
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text()
+        if not text.strip():
+            return 0  # a zero-byte label file is a month without buildings (as in rasterize)
+        data = json.loads(text)
     except (OSError, json.JSONDecodeError) as exc:
         raise SN7DataError(f"Cannot read GeoJSON {path}: {exc}. Re-download or delete this file.") from exc
+    if not isinstance(data, dict):
+        raise SN7DataError(
+            f"{path}: its top level is a JSON {type(data).__name__}, not a GeoJSON FeatureCollection object "
+            '({"type": "FeatureCollection", "features": [...]}). Re-download this file.'
+        )
     feats = data.get("features")
-    if feats is None:
+    if not isinstance(feats, list):
         raise SN7DataError(f"{path} is not a GeoJSON FeatureCollection (no 'features'). Re-download this file.")
     return len(feats)
 
@@ -94,15 +107,39 @@ def _raster_header(path: Path) -> dict:
                     "crs": src.crs.to_string() if src.crs else "",
                     "georeferenced": src.crs is not None and not gt.is_identity,
                 }
-    except rasterio.errors.RasterioIOError as exc:
+    except rasterio.errors.RasterioError as exc:
         raise SN7DataError(f"Cannot open GeoTIFF {path}: {exc}. The file is corrupt or truncated; re-download it.") from exc
 
 
 def _cloud_fraction(udm_path: Path) -> float:
-    from stsynth_lib.data.io import read_raster
-
     udm = read_raster(udm_path)
     return float((udm[0] != 0).mean())
+
+
+def _scan_image(aoi_dir: Path, img: Path, year: int, month: int, cloud_stats: bool) -> dict:
+    """One row of the scan table: the image, its sibling files, its header, label count and cloud share."""
+    stem = img.stem
+    row = {
+        "aoi": aoi_dir.name,
+        "year": year,
+        "month": month,
+        "month_index": year * 12 + month - 1,
+        "date": pd.Timestamp(year=year, month=month, day=1),
+        "image_path": str(img),
+    }
+    masked = aoi_dir / "images_masked" / img.name
+    udm = aoi_dir / "UDM_masks" / f"{stem}_UDM.tif"
+    row["image_masked_path"] = str(masked) if masked.is_file() else ""
+    row["udm_path"] = str(udm) if udm.is_file() else ""
+    for folder, col in LABEL_DIRS.items():
+        p = aoi_dir / folder / f"{stem}_Buildings.geojson"
+        row[col] = str(p) if p.is_file() else ""
+    row.update(_raster_header(img))
+    label_file = row["labels_match_pix_path"] or row["labels_match_path"] or row["labels_path"]
+    row["has_labels"] = bool(label_file)
+    row["building_count"] = _count_features(Path(label_file)) if label_file else np.nan
+    row["cloud_fraction"] = _cloud_fraction(udm) if (cloud_stats and row["udm_path"]) else np.nan
+    return row
 
 
 def scan_sn7(root: str | Path, on_error: str = "raise", cloud_stats: bool = True, progress: bool = True) -> pd.DataFrame:
@@ -115,7 +152,9 @@ def scan_sn7(root: str | Path, on_error: str = "raise", cloud_stats: bool = True
     pixels flagged; NaN without UDM).
 
     Missing optional folders are recorded in ``df.attrs['scan_report']``, not
-    fatal. An unreadable image or label file raises :class:`SN7DataError`
+    fatal; so are AOIs whose ``images/`` holds no usable image (``empty_aois``)
+    and files that are not regular files (a FIFO named ``.tif``: skipped, never
+    opened). An unreadable image or label file raises :class:`SN7DataError`
     naming it (``on_error="raise"``) or is skipped with a warning
     (``on_error="skip"``).
     """
@@ -131,41 +170,26 @@ def scan_sn7(root: str | Path, on_error: str = "raise", cloud_stats: bool = True
         for folder in OPTIONAL_DIRS:
             if not (aoi_dir / folder).is_dir():
                 report.missing_folders.setdefault(folder, []).append(aoi)
+        n_rows = len(rows)
         for img in sorted((aoi_dir / "images").glob("*.tif")):
+            if not img.is_file():  # a FIFO, socket or dangling link would block or fail in GDAL
+                warnings.warn(f"Skipping {img}: not a regular file", stacklevel=2)
+                report.skipped_files.append(str(img))
+                continue
             m = IMAGE_RE.match(img.name)
             if not m:
                 warnings.warn(f"Ignoring {img}: not named global_monthly_YYYY_MM_mosaic_<AOI>.tif", stacklevel=2)
                 continue
-            year, month = int(m.group(1)), int(m.group(2))
-            stem = img.stem
-            row = {
-                "aoi": aoi,
-                "year": year,
-                "month": month,
-                "month_index": year * 12 + month - 1,
-                "date": pd.Timestamp(year=year, month=month, day=1),
-                "image_path": str(img),
-            }
-            masked = aoi_dir / "images_masked" / img.name
-            udm = aoi_dir / "UDM_masks" / f"{stem}_UDM.tif"
-            row["image_masked_path"] = str(masked) if masked.is_file() else ""
-            row["udm_path"] = str(udm) if udm.is_file() else ""
-            for folder, col in LABEL_DIRS.items():
-                p = aoi_dir / folder / f"{stem}_Buildings.geojson"
-                row[col] = str(p) if p.is_file() else ""
             try:
-                row.update(_raster_header(img))
-                label_file = row["labels_match_pix_path"] or row["labels_match_path"] or row["labels_path"]
-                row["has_labels"] = bool(label_file)
-                row["building_count"] = _count_features(Path(label_file)) if label_file else np.nan
-                row["cloud_fraction"] = _cloud_fraction(udm) if (cloud_stats and row["udm_path"]) else np.nan
+                rows.append(_scan_image(aoi_dir, img, int(m.group(1)), int(m.group(2)), cloud_stats))
             except SN7DataError as exc:
                 if on_error == "raise":
                     raise
                 warnings.warn(f"Skipping {img.name}: {exc}", stacklevel=2)
                 report.skipped_files.append(str(img))
-                continue
-            rows.append(row)
+        if len(rows) == n_rows:
+            report.empty_aois.append(aoi)
+            warnings.warn(f"AOI {aoi}: no usable image in {aoi_dir / 'images'}; left out (see the scan report)", stacklevel=2)
     columns = [
         "aoi", "year", "month", "month_index", "date", "image_path", "image_masked_path", "udm_path",
         "labels_path", "labels_match_path", "labels_match_pix_path", "width", "height", "bands", "dtype", "crs",

@@ -125,6 +125,9 @@ def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[n
         img = preds.get(int(pid))
         if img is None:
             continue
+        if img.dtype != np.uint8:
+            raise ValueError(f"prediction for pair {pid} is {img.dtype}; expected uint8 in [0, 255] (no silent cast: "
+                             "see stsynth_lib.predictions.read_prediction_tif).")
         if img.shape != data.future.shape[1:]:
             raise ValueError(
                 f"prediction for pair {pid} has shape {img.shape}, the dataset's tiles are {data.future.shape[1:]}: "
@@ -161,7 +164,11 @@ def _same_persistence(folder: str | Path, data: SplitData) -> bool:
 
 
 def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{model: (images aligned with data, which pairs it predicted)}``; a missing or empty folder becomes a note."""
+    """``{model: (images aligned with data, which pairs it predicted)}``; a missing or empty folder becomes a note.
+
+    Listed prediction files that do not exist leave their pairs out, with a note naming them; a malformed
+    index.csv or a prediction that is not uint8 raises :class:`stsynth_lib.predictions.PredictionFileError`.
+    """
     from stsynth_lib.predictions import load_predictions
 
     out = {}
@@ -169,7 +176,11 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
         if folder is None or not (Path(folder) / "index.csv").is_file():
             notes.append(f"{name}: no predictions at {folder} (index.csv missing) -- run its notebook first; left out of the tables.")
             continue
-        arr, ok = _align_predictions(load_predictions(folder), data)
+        missing: list[str] = []
+        arr, ok = _align_predictions(load_predictions(folder, on_missing="skip", missing=missing), data)
+        if missing:
+            notes.append(f"{name}: {len(missing)} prediction files listed in {Path(folder) / 'index.csv'} are missing "
+                         f"(e.g. {missing[0]}); those pairs are left out for {name}.")
         if not ok.any():
             notes.append(f"{name}: {folder} holds no prediction for the {len(data)} {split} pairs scored here; left out.")
             continue

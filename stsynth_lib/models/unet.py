@@ -61,8 +61,8 @@ def depth_for_size(tile_size_px: int) -> int:
     if tile_size_px < 8 or 2**d != tile_size_px:
         raise ValueError(
             f"tile_size_px={tile_size_px}: the U-Net depth follows the tile size and needs a power of two >= 8 "
-            "(64, 128, 256, 512, ...). Pass depth=... explicitly for other sizes (the input must then be "
-            "divisible by 2**depth)."
+            "(32, 64, 128, 256, 512, ...). Set tile_size_px in params/<profile>/common.yaml to one of these and "
+            "rebuild the dataset (notebook 02); resize_to_px can bring odd mosaics to such a size."
         )
     return d
 
