@@ -75,7 +75,7 @@ checkpoints_total_limit = 2
 best_metric = "val_l1"       # val_l1 | val_psnr | val_ssim
 calibrate_residual_scale = False  # residual models: after training, fit how much change to apply on the full val split
 val_every_steps = 0          # >0: also validate (and update best/) every this many steps, not only each epoch
-resume_from_checkpoint = None  # None: fresh run (clears the run folder) | "latest" | "checkpoint-<step>"
+resume_from_checkpoint = None  # None: fresh run (the previous one is kept until it succeeds) | "latest" | "checkpoint-<step>"
 max_test_pairs = None        # None: predict the whole test split
 
 # %%

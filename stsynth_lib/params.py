@@ -286,16 +286,19 @@ def validate_params(notebook: str | Path, param_files: Iterable[str | Path],
     return _validate(notebook_parameters(notebook), Path(notebook).name, list(param_files), known_keys)
 
 
-def validate_config_files(config_cls, param_files: Iterable[str | Path], known_keys: Iterable[str] = ()) -> Checked:
+def validate_config_files(config_cls, param_files: Iterable[str | Path], known_keys: Iterable[str] = (),
+                          set_elsewhere: Iterable[str] = ()) -> Checked:
     """The same checks for a command line that reads ``--params`` files into ``config_cls`` (a dataclass).
 
-    E.g. ``validate_config_files(CGANTrainConfig, ns.params, notebook_keys(notebooks))`` before
-    ``merge_params``: an unknown key of a non-shared file, a wrong type or value is a :class:`ParamError`.
+    E.g. ``validate_config_files(CGANTrainConfig, ns.params, notebook_keys(notebooks))`` (what
+    :meth:`stsynth_lib.training.TrainConfig.from_command_line` does): an unknown key of a non-shared file, a wrong type or value is a :class:`ParamError`.
+    ``set_elsewhere``: keys the command line sets as flags (not required from the files).
     """
-    return _validate(config_parameters(config_cls), config_cls.__name__, list(param_files), known_keys)
+    return _validate(config_parameters(config_cls), config_cls.__name__, list(param_files), known_keys, set_elsewhere)
 
 
-def _validate(declared: dict[str, Declared], label: str, param_files: list, known_keys: Iterable[str]) -> Checked:
+def _validate(declared: dict[str, Declared], label: str, param_files: list, known_keys: Iterable[str],
+              set_elsewhere: Iterable[str] = ()) -> Checked:
     known = set(known_keys) | set(declared)
     problems: list[str] = []
     checked = Checked(params={}, sources={})
@@ -320,7 +323,8 @@ def _validate(declared: dict[str, Declared], label: str, param_files: list, know
             checked.params[key] = value
             checked.sources[key] = str(path)
     for key, decl in declared.items():
-        if isinstance(decl.default, str) and "smoke" in decl.default and key not in checked.params:
+        if isinstance(decl.default, str) and "smoke" in decl.default and key not in checked.params \
+                and key not in set(set_elsewhere):
             problems.append(f"{key} is not set by any of the parameter files; the notebook's default {decl.default!r} "
                             "belongs to the smoke profile. Set it in the profile's common.yaml.")
     gaps = [checked.params.get(k, declared[k].default if k in declared else None) for k in ("min_gap_months", "max_gap_months")]

@@ -232,22 +232,6 @@ class CSVLogger:
             fh.flush()
 
 
-def merge_params(param_files, overrides: Mapping[str, Any], str_keys: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Merge YAML parameter files (later wins), then command-line ``overrides``; ``str_keys`` become strings.
-
-    Used by the trainers' command lines (``--params a.yaml --params b.yaml --lr 1e-4``) so that a CLI run and a
-    papermill run read the same ``params/<profile>/`` files the same way.
-    """
-    merged: dict[str, Any] = {}
-    for path in param_files or []:
-        merged.update(yaml.safe_load(Path(path).read_text()) or {})
-    merged.update(overrides)
-    for key in str_keys:
-        if merged.get(key) is not None:
-            merged[key] = str(merged[key])
-    return merged
-
-
 def parse_cli_value(text: str) -> Any:
     """Command-line value parsed as YAML (``1e-4``, ``true``, ``[1, 2]``); ``none``/``null`` give ``None``."""
     v = yaml.safe_load(text)

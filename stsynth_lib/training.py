@@ -105,7 +105,7 @@ class TrainConfig:
     def from_command_line(cls, argv: Sequence[str] | None, prog: str, description: str, str_keys: Sequence[str] = ()):
         """``--<field> VALUE`` for every field (``_`` or ``-`` in the name); ``--params FILE.yaml`` (repeatable)
         loads keys first, flags override. Values are parsed as YAML scalars, except ``str_keys`` (kept as text)."""
-        from stsynth_lib.runs import merge_params, parse_cli_value
+        from stsynth_lib.runs import parse_cli_value
 
         p = argparse.ArgumentParser(prog=prog, description=description)
         p.add_argument("--params", action="append", default=[], help="YAML file(s) of options (e.g. params/smoke/common.yaml)")
@@ -114,7 +114,27 @@ class TrainConfig:
             p.add_argument(*flags, dest=f.name, type=parse_cli_value, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
         ns = vars(p.parse_args(argv))
         files = ns.pop("params")
-        return cls.from_params(merge_params(files, ns, str_keys=tuple(str_keys)))
+        merged = {**check_param_files(cls, files, set_by_flags=ns), **ns}  # checked file values, then flags
+        for key in str_keys:
+            if merged.get(key) is not None:
+                merged[key] = str(merged[key])
+        return cls.from_params(merged)
+
+
+def check_param_files(config_cls, files: Sequence[str], set_by_flags: Iterable[str] = ()) -> dict[str, Any]:
+    """The options that ``--params`` files set (later files win), checked by :mod:`stsynth_lib.params`: an unknown
+    key (closest key suggested), a wrong type or value is refused, naming the file; ``"1e-4"`` becomes a number.
+    Keys of a shared ``common.yaml`` that a notebook of the project declares are allowed (and dropped here)."""
+    from stsynth_lib.params import notebook_keys, validate_config_files
+    from stsynth_lib.runs import find_project_root
+
+    if not files:
+        return {}
+    try:
+        notebooks = sorted((find_project_root() / "notebooks").glob("[0-9]*.py"))
+    except (FileNotFoundError, RuntimeError):
+        notebooks = []
+    return validate_config_files(config_cls, files, notebook_keys(notebooks), set_elsewhere=set_by_flags).params
 
 
 def train_from_command_line(parse_args, train, argv: Sequence[str] | None = None) -> Path:

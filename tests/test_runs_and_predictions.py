@@ -90,15 +90,6 @@ def test_predictions_roundtrip_with_crs_and_transform(tmp_path):
         load_predictions(tmp_path / "nothing")
 
 
-def test_merge_params_later_files_and_overrides_win(tmp_path):
-    from stsynth_lib.runs import merge_params
-
-    (tmp_path / "common.yaml").write_text("profile: smoke\nlr: 0.1\ndataset_dir: data/x\n")
-    (tmp_path / "nb.yaml").write_text("lr: 0.2\nsteps: 5\n")
-    merged = merge_params([tmp_path / "common.yaml", tmp_path / "nb.yaml"], {"steps": 7, "run_name": 3}, str_keys=("run_name",))
-    assert merged == {"profile": "smoke", "lr": 0.2, "dataset_dir": "data/x", "steps": 7, "run_name": "3"}
-
-
 def test_sample_grid_path_orders_steps_numerically(tmp_path):
     from stsynth_lib.runs import parse_cli_value, sample_grid_path
 

@@ -267,11 +267,15 @@ def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_di
 
 def test_cli_parses_every_option(tmp_path):
     p = tmp_path / "p.yaml"
-    p.write_text("profile: smoke\nlambda_l1: 10\nunrelated_key: 1\n")
+    p.write_text("profile: smoke\nlambda_l1: 10\nlr: 1e-4\n")
     cfg = parse_args(["--params", str(p), "--dataset-dir", "data/x", "--model", "attention_unet",
                          "--max-steps", "none", "--use-mask", "false", "--lambda-l1", "50", "--gan-mode", "lsgan"])
     assert cfg.dataset_dir == "data/x" and cfg.model == "attention_unet" and cfg.max_steps is None
     assert cfg.use_mask is False and cfg.lambda_l1 == 50 and cfg.gan_mode == "lsgan" and cfg.profile == "smoke"
+    assert cfg.lr == 1e-4  # YAML reads 1e-4 as text: the check converts it
+    p.write_text("profile: smoke\nunrelated_key: 1\n")
+    with pytest.raises(ValueError, match="unrelated_key"):  # unknown keys are refused, not ignored
+        parse_args(["--params", str(p), "--dataset-dir", "data/x"])
     with pytest.raises(ValueError, match="model must be one of"):
         parse_args(["--model", "vae"])
 

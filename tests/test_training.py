@@ -164,3 +164,17 @@ def test_controlnet_fresh_run_that_fails_restores_the_previous_run(tiny_dataset_
         cn_train.train_controlnet(ControlNetTrainConfig(dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path),
                                                         profile="test", max_train_pairs=4, progress=False, device="cpu"))
     assert _digest(old) == before
+
+
+def test_trainer_command_line_refuses_a_typo_in_a_params_file(tmp_path):
+    from stsynth_lib.cgan.train import parse_args
+    from stsynth_lib.params import ParamError
+
+    bad = tmp_path / "03_train_cgan.yaml"
+    bad.write_text("lamda_l1: 50\n")
+    with pytest.raises(ParamError, match=r"lamda_l1.*Did you mean 'lambda_l1'"):
+        parse_args(["--params", str(bad)])
+    good = tmp_path / "ok.yaml"
+    good.write_text("lambda_l1: 50\nlr: 1e-4\n")
+    cfg = parse_args(["--params", str(good), "--batch-size", "2", "--dataset-dir", "data/x", "--profile", "x"])
+    assert (cfg.lambda_l1, cfg.lr, cfg.batch_size) == (50, 1e-4, 2)
