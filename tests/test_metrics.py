@@ -254,22 +254,74 @@ def test_cached_weights_are_loaded_as_calibrated(empty_torch_home):
     assert torch.equal(lp.model.net.slice1[0].weight.cpu(), sd["features.0.weight"])
 
 
-def test_fid_matches_pytorch_fid_and_kid():
+def _fid_reference(f1, f2):
+    """The project's former hand-written FID: tr sqrt(S1 S2) as the nuclear norm of A B^T (exact for n < d)."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    a = (f1 - mu1) / np.sqrt(len(f1) - 1)
+    b = (f2 - mu2) / np.sqrt(len(f2) - 1)
+    nuc = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    return float(((mu1 - mu2) ** 2).sum() + (a * a).sum() + (b * b).sum() - 2 * nuc)
+
+
+def _kid_reference(x, y):
+    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018) on whole sets."""
+    d, m = x.shape[1], len(x)
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    return (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+
+
+def test_fid_by_torchmetrics_matches_pytorch_fid_and_the_former_formula():
     from pytorch_fid.fid_score import calculate_frechet_distance
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
     rng = np.random.default_rng(6)
     f1 = rng.standard_normal((300, 24))
     f2 = rng.standard_normal((250, 24)) * 1.3 + 0.4
     ref = calculate_frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
     assert M.fid_from_features(f1, f2) == pytest.approx(ref, rel=1e-6)
-    # fewer samples than dimensions (singular covariances): still ~0 for identical sets
-    g = rng.standard_normal((20, 2048))
+    assert M.fid_from_features(f1, f2) == pytest.approx(_fid_reference(f1, f2), rel=1e-6)
+    # torchmetrics on the raw features, no change of basis: the same number
+    raw = FrechetInceptionDistance(feature=M.PrecomputedFeatures(24))
+    raw.update(torch.from_numpy(f2), real=True)
+    raw.update(torch.from_numpy(f1), real=False)
+    assert M.fid_from_features(f1, f2) == pytest.approx(float(raw.compute()), rel=1e-6)
+    # fewer samples than dimensions (singular covariances), Inception-like non-negative features
+    g = rng.standard_normal((40, 2048)) ** 2
+    h = rng.standard_normal((30, 2048)) ** 2 * 1.2
+    assert M.fid_from_features(g, h) == pytest.approx(_fid_reference(g, h), rel=1e-6)
     assert M.fid_from_features(g, g) == pytest.approx(0.0, abs=1e-6)
-    kid_same, _ = M.kid_from_features(f1[:150], f1[150:], subset_size=100, n_subsets=20)
-    kid_diff, _ = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
-    assert abs(kid_same) < 0.05 < kid_diff
     with pytest.raises(ValueError, match="at least 2"):
         M.fid_from_features(g[:1], g)
+
+
+def test_kid_by_torchmetrics_matches_the_unbiased_mmd():
+    rng = np.random.default_rng(7)
+    f1 = rng.standard_normal((60, 32))
+    f2 = rng.standard_normal((60, 32)) * 1.2 + 0.3
+    # one subset holding every image: no sampling, exactly the unbiased MMD^2 of the sets
+    mean, std = M.kid_from_features(f1, f2, subset_size=60, n_subsets=1)
+    assert mean == pytest.approx(_kid_reference(f1, f2), rel=1e-9) and std == 0.0
+    kid_same, _ = M.kid_from_features(f1[:30], f1[30:], subset_size=100, n_subsets=20)
+    kid_diff, kid_std = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
+    assert abs(kid_same) < 0.05 < kid_diff and kid_std > 0
+    assert M.kid_from_features(f1, f2, subset_size=100, n_subsets=20) == (kid_diff, kid_std)  # seeded
+    assert M.kid_subset_size(60, 80, 1000, 20) == 30 and M.kid_subset_size(5000, 4000, 1000, 20) == 1000
+
+
+@pytest.mark.slow
+def test_torchmetrics_fid_with_the_inception_module_equals_the_evaluation_path(empty_torch_home):
+    """A reader's torchmetrics, given our Inception as ``feature``, gives the FID that fid_report computes."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    feat = M.InceptionFeatures(allow_uncalibrated=True, seed=0)
+    rng = np.random.default_rng(8)
+    real = rng.integers(0, 256, (6, 3, 40, 40), dtype=np.uint8)
+    fake = np.clip(real.astype(int) // 2 + 60 + rng.integers(0, 40, real.shape), 0, 255).astype(np.uint8)
+    tm = FrechetInceptionDistance(feature=feat.as_feature_module())
+    tm.update(torch.from_numpy(real), real=True)
+    tm.update(torch.from_numpy(fake), real=False)
+    ours = M.fid_from_features(feat(fake), feat(real))
+    assert ours == pytest.approx(float(tm.compute()), rel=1e-4)
 
 
 def test_uncalibrated_inception_fid_about_zero_for_identical_sets(empty_torch_home):
