@@ -280,7 +280,9 @@ def kid_from_features(fake: np.ndarray, real: np.ndarray, subset_size: int = 100
 
     f1, f2 = np.asarray(fake, np.float64), np.asarray(real, np.float64)
     m = kid_subset_size(len(f1), len(f2), subset_size, n_subsets)
-    metric = KernelInceptionDistance(feature=PrecomputedFeatures(f1.shape[1]), subsets=n_subsets, subset_size=m)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")  # features are in memory already
+        metric = KernelInceptionDistance(feature=PrecomputedFeatures(f1.shape[1]), subsets=n_subsets, subset_size=m)
     metric.update(torch.from_numpy(np.ascontiguousarray(f2)), real=True)
     metric.update(torch.from_numpy(np.ascontiguousarray(f1)), real=False)
     with _seeded(seed):

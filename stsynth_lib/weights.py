@@ -305,7 +305,11 @@ def _hub_download(kind: str, timeout_s: float = 10.0) -> Path:
 
 
 def _from_hub(kind: str, path: Path) -> dict[str, torch.Tensor]:
-    sd = canonical_state_dict(kind, torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsVerificationError(f"{path}: cannot be read ({type(err).__name__}: {err}); delete it to fetch it again") from err
+    sd = canonical_state_dict(kind, raw)
     load_strict(kind, sd, str(path))
     return sd
 

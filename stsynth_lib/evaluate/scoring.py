@@ -58,6 +58,18 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, notes: list[str]) -> M.LPIPSMetric:
+    """The LPIPS metric, and a note naming its weights (or saying it is uncalibrated)."""
+    lp = M.LPIPSMetric(net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+    if lp.calibrated:
+        notes.append(f"LPIPS weights: {lp.description}.")
+    else:
+        notes.append(f"LPIPS is {M.UNCALIBRATED} ({lp.description}): no ImageNet {net} weights in the torch hub cache, "
+                     "the project cache (make weights) or the package index, so a seeded random backbone was used "
+                     "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
+    return lp
+
+
 def _score_buildings(seg_masks: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
     """Building scores of segmented masks vs the future mask (+ new-building scores); NaN where no labels."""
     b = M.building_scores(seg_masks, data.future_mask, data.valid)
@@ -117,15 +129,7 @@ def evaluate_models(
         preds[name], have[name] = arr, ok
 
     common = np.logical_and.reduce(list(have.values()))
-    lp = None
-    if compute_lpips:
-        lp = M.LPIPSMetric(lpips_net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
-        if lp.calibrated:
-            notes.append(f"LPIPS weights: {lp.description}.")
-        else:
-            notes.append(f"LPIPS is {M.UNCALIBRATED} ({lp.description}): no ImageNet {lpips_net} weights in the torch hub cache, "
-                         "the project cache (make weights) or the package index, so a seeded random backbone was used "
-                         "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
+    lp = _lpips_metric(lpips_net, allow_uncalibrated, device, seed, notes) if compute_lpips else None
     calibrated = {"lpips": bool(lp.calibrated) if lp is not None else False}
 
     seg_on = segmenter is not None and data.has_mask.any()
