@@ -331,6 +331,8 @@ def resolve(kind: str, allow_uncalibrated: bool, metric: str | None = None, fetc
             _hub_download(kind)
         except Exception as err:  # offline: fails within the timeout
             attempts.append(f"download {spec.url}: {type(err).__name__}: {err}")
+            if isinstance(err, WeightsVerificationError):  # reached the server but got a bad file: say so now
+                log(f"Refused the download of {spec.hub_file}: {err}")
     if hub.is_file():
         return ResolvedWeights(kind, _from_hub(kind, hub), f"{spec.description} (torch hub cache)", hub, attempts)
     attempts.append(f"torch hub cache: no {hub}")
