@@ -6,7 +6,7 @@ Conventions
   pixel-wise metric takes the matching ``data_range`` (``1.0`` for [0, 1], ``2.0`` for [-1, 1],
   ``255`` for uint8). The evaluation uses [0, 1] floats made from the saved uint8 tiles
   (``data_range=1.0``). Passing [-1, 1] images with ``data_range=1`` -- the bug of the original
-  research code -- inflates PSNR by 20*log10(2) = 6.02 dB; :func:`check_range` catches it.
+  research code -- lowers PSNR by 20*log10(2) = 6.02 dB; :func:`check_range` refuses it in every metric.
 * ``valid`` masks are ``(B, 1, H, W)`` / ``(B, H, W)`` in {0, 1}: 1 = the pixel counts (not cloud,
   UDM or nodata). Metrics are computed **per image over its valid pixels**, then averaged over
   images by the caller (never a mean of running means). An image with no valid pixel gives NaN.
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _as_tensor(x, dtype=torch.float64) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
