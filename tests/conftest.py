@@ -14,6 +14,17 @@ SHARED_DATA = Path(os.environ.get("STSYNTH_SHARED_DATA", PROJECT_ROOT.parent / "
 REAL_128 = SHARED_DATA / "sn7_real_128"
 REAL_TILE = SHARED_DATA / "sn7_real_tile"
 
+# The metric weights a user has fetched (make weights), captured before the tests hide them.
+USER_WEIGHTS_DIR = Path(os.environ.get("STSYNTH_WEIGHTS_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stsynth" / "weights")
+
+
+@pytest.fixture(autouse=True)
+def hermetic_metric_weights(tmp_path_factory, monkeypatch):
+    """No test fetches metric weights or sees the user's converted copies unless it asks (tests/test_weights.py)."""
+    monkeypatch.setenv("STSYNTH_WEIGHTS_FETCH", "0")
+    monkeypatch.setenv("STSYNTH_WEIGHTS_DIR", str(tmp_path_factory.getbasetemp() / "no-metric-weights"))
+
+
 needs_real_128 = pytest.mark.skipif(not REAL_128.is_dir(), reason=f"real SpaceNet 7 128 px sample not at {REAL_128}")
 needs_real_tile = pytest.mark.skipif(not REAL_TILE.is_dir(), reason=f"real SpaceNet 7 tile not at {REAL_TILE}")
 

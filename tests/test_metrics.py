@@ -56,11 +56,59 @@ def test_minus_one_one_range_and_wrong_data_range():
     right = M.masked_psnr(b2, a2, data_range=2.0)[0]
     assert right == pytest.approx(M.masked_psnr(b, a, data_range=1.0)[0], abs=1e-9)
     assert M.masked_ssim(b2, a2, data_range=2.0)[0] == pytest.approx(_sk_ssim(a2, b2, 2.0), abs=1e-4)
-    wrong = M.masked_psnr(b2, a2, data_range=1.0)[0]
-    assert wrong - right == pytest.approx(-20 * np.log10(2), abs=1e-9)
     with pytest.raises(ValueError, match="data_range=1"):
         M.check_range(a2, 1.0)
     M.check_range(a2, 2.0)
+
+
+def test_psnr_refuses_minus_one_one_input_with_data_range_one():
+    """The research code's mistake ([-1, 1] images, data_range=1) quietly gave PSNR 6.02 dB too low; now it is refused."""
+    rng = np.random.default_rng(1)
+    a, b = _images("random", rng)
+    with pytest.raises(ValueError, match=r"declares \[0.0, 1.0\]"):
+        M.masked_psnr(b * 2 - 1, a * 2 - 1, data_range=1.0)
+
+
+def test_ssim_refuses_input_outside_data_range():
+    rng = np.random.default_rng(1)
+    a, b = _images("random", rng)
+    with pytest.raises(ValueError, match="SSIM pred"):
+        M.masked_ssim(b * 2 - 1, a, data_range=1.0)
+    with pytest.raises(ValueError, match="SSIM target"):
+        M.masked_ssim(b, a * 255, data_range=1.0)
+
+
+def test_masked_l1_refuses_mismatched_batch_sizes():
+    rng = np.random.default_rng(2)
+    one = rng.random((1, 3, 16, 16))
+    four = rng.random((4, 3, 16, 16))
+    with pytest.raises(ValueError, match="differ in shape"):
+        M.masked_l1(one, four)
+
+
+def test_nan_under_invalid_mask_does_not_poison_the_image_score():
+    rng = np.random.default_rng(3)
+    a, b = _images("blobs", rng, (3, 32, 32))
+    valid = np.ones((32, 32))
+    valid[:4, :4] = 0
+    clean_psnr = M.masked_psnr(b, a, valid, 1.0)[0]
+    clean_l1 = M.masked_l1(b, a, valid)[0]
+    dirty_pred, dirty_target = b.copy(), a.copy()
+    dirty_pred[:, 1, 1] = np.nan
+    dirty_target[0, 2, 3] = np.inf
+    assert M.masked_psnr(dirty_pred, dirty_target, valid, 1.0)[0] == pytest.approx(clean_psnr, abs=1e-12)
+    assert M.masked_l1(dirty_pred, dirty_target, valid)[0] == pytest.approx(clean_l1, abs=1e-12)
+    assert np.isfinite(M.masked_ssim(dirty_pred, dirty_target, valid, 1.0)[0])
+
+
+def test_nan_at_a_valid_pixel_is_refused_naming_the_image():
+    rng = np.random.default_rng(4)
+    a = rng.random((3, 3, 16, 16))
+    b = a.copy()
+    b[2, 0, 8, 8] = np.nan
+    for fn in (lambda: M.masked_psnr(b, a, None, 1.0), lambda: M.masked_l1(b, a), lambda: M.masked_ssim(b, a, None, 1.0)):
+        with pytest.raises(ValueError, match=r"NaN/inf value\(s\) at valid pixels \(images \[2\]\)"):
+            fn()
 
 
 def test_batch_is_per_image_mean_not_pooled():
@@ -114,8 +162,10 @@ def test_identical_images_edge_cases():
 
 @pytest.fixture()
 def empty_torch_home(tmp_path, monkeypatch):
-    """A torch cache without any weights: what an offline machine has."""
+    """A torch cache and a project cache without any weights, and no network fetch: what an offline machine has."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("STSYNTH_WEIGHTS_DIR", str(tmp_path / "stsynth-weights"))
+    monkeypatch.setenv("STSYNTH_WEIGHTS_FETCH", "0")
     return tmp_path / "torch"
 
 
@@ -124,12 +174,13 @@ def test_missing_weights_fail_with_clear_message(empty_torch_home):
         M.LPIPSMetric("alex", allow_uncalibrated=False)
     msg = str(e.value)
     assert "alexnet-owt-7be5be79.pth" in msg and str(empty_torch_home / "hub" / "checkpoints") in msg
-    assert "allow_uncalibrated_metrics" in msg
+    assert "allow_uncalibrated_metrics" in msg and "make weights" in msg
     with pytest.raises(M.MissingWeightsError, match="vgg16-397923af.pth"):
         M.LPIPSMetric("vgg", allow_uncalibrated=False)
     with pytest.raises(M.MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
         M.InceptionFeatures(allow_uncalibrated=False)
     assert not any(empty_torch_home.rglob("*.pth"))  # nothing was downloaded or created
+    assert not any((empty_torch_home.parent / "stsynth-weights").rglob("*"))
 
 
 def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
@@ -158,8 +209,36 @@ def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
     c[..., 24:] = -1
     assert lp(c, a, valid).mean() < lp(c, a).mean()
     assert M.label("LPIPS", False) == "LPIPS (uncalibrated)" and M.label("LPIPS", True) == "LPIPS"
+    assert lp.description == "LPIPS-alex, random torchvision AlexNet (uncalibrated)"
     with pytest.raises(ValueError, match="declares"):
         lp((a + 1) * 127.5, a)
+
+
+def test_lpips_refuses_zero_one_input_declared_as_minus_one_one(empty_torch_home):
+    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    rng = np.random.default_rng(5)
+    a01 = rng.random((2, 3, 32, 32))
+    b01 = np.clip(a01 + 0.1 * rng.standard_normal(a01.shape), 0, 1)
+    with pytest.raises(ValueError, match=r"looks like \[0, 1\] images"):
+        lp(b01, a01)
+    # declared explicitly, the same images give exactly the [-1, 1] result
+    np.testing.assert_allclose(lp(b01, a01, input_range=(0, 1)), lp(b01 * 2 - 1, a01 * 2 - 1), rtol=1e-6)
+    with pytest.raises(ValueError, match="declares"):
+        lp(b01 * 2 - 1, a01 * 2 - 1, input_range=(0, 1))
+
+
+def test_lpips_nan_under_invalid_mask_is_ignored_and_at_valid_pixels_refused(empty_torch_home):
+    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    rng = np.random.default_rng(6)
+    a = rng.random((2, 3, 32, 32)) * 2 - 1
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), -1, 1)
+    valid = np.ones((2, 1, 32, 32))
+    valid[..., :3, :3] = 0
+    b_nan = b.copy()
+    b_nan[1, :, 1, 1] = np.nan
+    assert np.isfinite(lp(b_nan, a, valid)).all()
+    with pytest.raises(ValueError, match="at valid pixels"):
+        lp(b_nan, a)
 
 
 def test_cached_weights_are_loaded_as_calibrated(empty_torch_home):
@@ -175,22 +254,74 @@ def test_cached_weights_are_loaded_as_calibrated(empty_torch_home):
     assert torch.equal(lp.model.net.slice1[0].weight.cpu(), sd["features.0.weight"])
 
 
-def test_fid_matches_pytorch_fid_and_kid():
+def _fid_reference(f1, f2):
+    """The project's former hand-written FID: tr sqrt(S1 S2) as the nuclear norm of A B^T (exact for n < d)."""
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    a = (f1 - mu1) / np.sqrt(len(f1) - 1)
+    b = (f2 - mu2) / np.sqrt(len(f2) - 1)
+    nuc = np.linalg.svd(a @ b.T, compute_uv=False).sum()
+    return float(((mu1 - mu2) ** 2).sum() + (a * a).sum() + (b * b).sum() - 2 * nuc)
+
+
+def _kid_reference(x, y):
+    """Unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018) on whole sets."""
+    d, m = x.shape[1], len(x)
+    kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+    return (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+
+
+def test_fid_by_torchmetrics_matches_pytorch_fid_and_the_former_formula():
     from pytorch_fid.fid_score import calculate_frechet_distance
+    from torchmetrics.image.fid import FrechetInceptionDistance
 
     rng = np.random.default_rng(6)
     f1 = rng.standard_normal((300, 24))
     f2 = rng.standard_normal((250, 24)) * 1.3 + 0.4
     ref = calculate_frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
     assert M.fid_from_features(f1, f2) == pytest.approx(ref, rel=1e-6)
-    # fewer samples than dimensions (singular covariances): still ~0 for identical sets
-    g = rng.standard_normal((20, 2048))
+    assert M.fid_from_features(f1, f2) == pytest.approx(_fid_reference(f1, f2), rel=1e-6)
+    # torchmetrics on the raw features, no change of basis: the same number
+    raw = FrechetInceptionDistance(feature=M.PrecomputedFeatures(24))
+    raw.update(torch.from_numpy(f2), real=True)
+    raw.update(torch.from_numpy(f1), real=False)
+    assert M.fid_from_features(f1, f2) == pytest.approx(float(raw.compute()), rel=1e-6)
+    # fewer samples than dimensions (singular covariances), Inception-like non-negative features
+    g = rng.standard_normal((40, 2048)) ** 2
+    h = rng.standard_normal((30, 2048)) ** 2 * 1.2
+    assert M.fid_from_features(g, h) == pytest.approx(_fid_reference(g, h), rel=1e-6)
     assert M.fid_from_features(g, g) == pytest.approx(0.0, abs=1e-6)
-    kid_same, _ = M.kid_from_features(f1[:150], f1[150:], subset_size=100, n_subsets=20)
-    kid_diff, _ = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
-    assert abs(kid_same) < 0.05 < kid_diff
     with pytest.raises(ValueError, match="at least 2"):
         M.fid_from_features(g[:1], g)
+
+
+def test_kid_by_torchmetrics_matches_the_unbiased_mmd():
+    rng = np.random.default_rng(7)
+    f1 = rng.standard_normal((60, 32))
+    f2 = rng.standard_normal((60, 32)) * 1.2 + 0.3
+    # one subset holding every image: no sampling, exactly the unbiased MMD^2 of the sets
+    mean, std = M.kid_from_features(f1, f2, subset_size=60, n_subsets=1)
+    assert mean == pytest.approx(_kid_reference(f1, f2), rel=1e-9) and std == 0.0
+    kid_same, _ = M.kid_from_features(f1[:30], f1[30:], subset_size=100, n_subsets=20)
+    kid_diff, kid_std = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
+    assert abs(kid_same) < 0.05 < kid_diff and kid_std > 0
+    assert M.kid_from_features(f1, f2, subset_size=100, n_subsets=20) == (kid_diff, kid_std)  # seeded
+    assert M.kid_subset_size(60, 80, 1000, 20) == 30 and M.kid_subset_size(5000, 4000, 1000, 20) == 1000
+
+
+@pytest.mark.slow
+def test_torchmetrics_fid_with_the_inception_module_equals_the_evaluation_path(empty_torch_home):
+    """A reader's torchmetrics, given our Inception as ``feature``, gives the FID that fid_report computes."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    feat = M.InceptionFeatures(allow_uncalibrated=True, seed=0)
+    rng = np.random.default_rng(8)
+    real = rng.integers(0, 256, (6, 3, 40, 40), dtype=np.uint8)
+    fake = np.clip(real.astype(int) // 2 + 60 + rng.integers(0, 40, real.shape), 0, 255).astype(np.uint8)
+    tm = FrechetInceptionDistance(feature=feat.as_feature_module())
+    tm.update(torch.from_numpy(real), real=True)
+    tm.update(torch.from_numpy(fake), real=False)
+    ours = M.fid_from_features(feat(fake), feat(real))
+    assert ours == pytest.approx(float(tm.compute()), rel=1e-4)
 
 
 def test_uncalibrated_inception_fid_about_zero_for_identical_sets(empty_torch_home):

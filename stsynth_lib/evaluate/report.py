@@ -177,8 +177,11 @@ def fid_report(
     if not common.all():
         notes.append(f"Only the {common.sum()} of {len(data)} pairs that every model predicted are used.")
     feat = M.InceptionFeatures(allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
-    if not feat.calibrated:
-        notes.append(f"FID/KID are {M.UNCALIBRATED}: no pt_inception weights in the torch cache, a seeded random Inception was used. "
+    if feat.calibrated:
+        notes.append(f"FID/KID weights: {feat.source}; computed by torchmetrics (FrechetInceptionDistance, KernelInceptionDistance).")
+    else:
+        notes.append(f"FID/KID are {M.UNCALIBRATED}: no FID Inception weights in the torch hub cache, the project cache (make weights) "
+                     "or the package index, so a seeded random Inception was used. "
                      "They rank models within this run only and are not comparable with published FIDs.")
     real = feat(data.future[common], batch_size=batch_size, progress=progress)
     feats = {name: feat(arr[common], batch_size=batch_size, progress=progress) for name, (arr, _) in sets.items()}
@@ -197,7 +200,7 @@ def fid_report(
                 continue
             kid, kid_std = M.kid_from_features(f[sel], real[sel], kid_subset_size, kid_subsets, seed)
             rows.append({"model": name, "gap_bucket": bucket, "n": n, "fid": M.fid_from_features(f[sel], real[sel]),
-                         "kid": kid, "kid_std": kid_std, "calibrated": feat.calibrated})
+                         "kid": kid, "kid_std": kid_std, "calibrated": feat.calibrated, "weights": feat.source})
     table = pd.DataFrame(rows)
     if len(real) < 2048:
         notes.append(f"n = {len(real)} < 2048 (the feature dimension): FID is biased upwards at this size and only comparable "
@@ -209,7 +212,7 @@ def fid_report(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "fid.csv", table.to_csv(index=False))
         atomic_write_text(out / "fid.json", json.dumps({"dataset_dir": str(dataset_dir), "split": split, "calibrated": feat.calibrated,
-                                                         "notes": notes, "rows": json.loads(table.to_json(orient="records"))}, indent=2))
+                                                         "weights": feat.source, "notes": notes, "rows": json.loads(table.to_json(orient="records"))}, indent=2))
     return table, notes, feat.calibrated
 
 
@@ -220,6 +223,8 @@ def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
     t["FID"] = t["fid"].map(lambda v: f"{v:.2f}")
     wide = t.pivot_table(index="model", columns="gap_bucket", values=["KID x1000", "FID", "n"], aggfunc="first", sort=False)
     wide.columns = [f"{M.label(a, calibrated)} [{b}]" if a != "n" else f"n [{b}]" for a, b in wide.columns]
+    if "weights" in table and len(table):
+        wide.index.name = f"model (Inception: {table['weights'].iloc[0]})"
     return wide
 
 

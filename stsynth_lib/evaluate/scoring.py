@@ -49,13 +49,25 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric
         res["ssim_changed"] = np.where(hm, ssim[1], nan) if hm.any() else nan
         res["ssim_unchanged"] = np.where(hm, ssim[2], nan) if hm.any() else nan
         if lpips_metric is not None:
-            lps = lpips_metric.masked_many(p * 2 - 1, t * 2 - 1, masks)
+            lps = lpips_metric.masked_many(p, t, masks, input_range=(0, 1))
             res["lpips"] = lps[0]
             res["lpips_changed"] = np.where(hm, lps[1], nan) if hm.any() else nan
             res["lpips_unchanged"] = np.where(hm, lps[2], nan) if hm.any() else nan
         for k, val in res.items():
             out.setdefault(k, []).append(np.asarray(val, dtype=np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, notes: list[str]) -> M.LPIPSMetric:
+    """The LPIPS metric, and a note naming its weights (or saying it is uncalibrated)."""
+    lp = M.LPIPSMetric(net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+    if lp.calibrated:
+        notes.append(f"LPIPS weights: {lp.description}.")
+    else:
+        notes.append(f"LPIPS is {M.UNCALIBRATED} ({lp.description}): no ImageNet {net} weights in the torch hub cache, "
+                     "the project cache (make weights) or the package index, so a seeded random backbone was used "
+                     "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
+    return lp
 
 
 def _score_buildings(seg_masks: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
@@ -117,12 +129,7 @@ def evaluate_models(
         preds[name], have[name] = arr, ok
 
     common = np.logical_and.reduce(list(have.values()))
-    lp = None
-    if compute_lpips:
-        lp = M.LPIPSMetric(lpips_net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
-        if not lp.calibrated:
-            notes.append(f"LPIPS is {M.UNCALIBRATED}: no ImageNet {lpips_net} weights in the torch cache, a seeded random backbone was used "
-                         "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
+    lp = _lpips_metric(lpips_net, allow_uncalibrated, device, seed, notes) if compute_lpips else None
     calibrated = {"lpips": bool(lp.calibrated) if lp is not None else False}
 
     seg_on = segmenter is not None and data.has_mask.any()
@@ -170,6 +177,7 @@ def evaluate_models(
     res = EvalResult(per_tile, summary, notes, calibrated, data, preds, have, seg_masks)
     if out_dir is not None:
         res.out_dir = save_results(res, out_dir, meta={"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
+                                                        "lpips_weights": lp.description if lp is not None else None,
                                                         "runs": {k: str(v) for k, v in (runs or {}).items()}})
     return res
 
