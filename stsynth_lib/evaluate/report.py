@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from stsynth_lib import metrics as M
+from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import (
     LPIPS_METRICS,
     METRICS,
@@ -111,9 +111,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(f"{tag}\n{M.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
+        axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
     fig.colorbar(im, ax=axes[:, 4], fraction=0.05)
-    fig.suptitle(title or f"{model}: best / median / worst tiles by {M.label(METRICS[metric][1], cal)}", fontsize=11)
+    fig.suptitle(title or f"{model}: best / median / worst tiles by {P.label(METRICS[metric][1], cal)}", fontsize=11)
     return fig
 
 
@@ -137,8 +137,8 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
         ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color=style.get("color"))
     ax.set_xticks(np.arange(len(order)), order)
     ax.set_xlabel("time gap t1 - t0 (months)")
-    ax.set_ylabel(M.label(METRICS[metric][1], calibrated))
-    ax.set_title(f"{M.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
+    ax.set_ylabel(P.label(METRICS[metric][1], calibrated))
+    ax.set_title(f"{P.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
     ax.legend(fontsize=8)
     return ax
 
@@ -176,11 +176,11 @@ def fid_report(
     common = np.logical_and.reduce([ok for _, ok in sets.values()])
     if not common.all():
         notes.append(f"Only the {common.sum()} of {len(data)} pairs that every model predicted are used.")
-    feat = M.InceptionFeatures(allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+    feat = P.InceptionFeatures(allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
     if feat.calibrated:
         notes.append(f"FID/KID weights: {feat.source}; computed by torchmetrics (FrechetInceptionDistance, KernelInceptionDistance).")
     else:
-        notes.append(f"FID/KID are {M.UNCALIBRATED}: no FID Inception weights in the torch hub cache, the project cache (make weights) "
+        notes.append(f"FID/KID are {P.UNCALIBRATED}: no FID Inception weights in the torch hub cache, the project cache (make weights) "
                      "or the package index, so a seeded random Inception was used. "
                      "They rank models within this run only and are not comparable with published FIDs.")
     real = feat(data.future[common], batch_size=batch_size, progress=progress)
@@ -198,8 +198,8 @@ def fid_report(
             n = int(sel.sum())
             if n < 2:
                 continue
-            kid, kid_std = M.kid_from_features(f[sel], real[sel], kid_subset_size, kid_subsets, seed)
-            rows.append({"model": name, "gap_bucket": bucket, "n": n, "fid": M.fid_from_features(f[sel], real[sel]),
+            kid, kid_std = P.kid_from_features(f[sel], real[sel], kid_subset_size, kid_subsets, seed)
+            rows.append({"model": name, "gap_bucket": bucket, "n": n, "fid": P.fid_from_features(f[sel], real[sel]),
                          "kid": kid, "kid_std": kid_std, "calibrated": feat.calibrated, "weights": feat.source})
     table = pd.DataFrame(rows)
     if len(real) < 2048:
@@ -222,7 +222,7 @@ def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
     t["KID x1000"] = (t["kid"] * 1000).map(lambda v: f"{v:.2f}") + " ± " + (t["kid_std"] * 1000).map(lambda v: f"{v:.2f}")
     t["FID"] = t["fid"].map(lambda v: f"{v:.2f}")
     wide = t.pivot_table(index="model", columns="gap_bucket", values=["KID x1000", "FID", "n"], aggfunc="first", sort=False)
-    wide.columns = [f"{M.label(a, calibrated)} [{b}]" if a != "n" else f"n [{b}]" for a, b in wide.columns]
+    wide.columns = [f"{P.label(a, calibrated)} [{b}]" if a != "n" else f"n [{b}]" for a, b in wide.columns]
     if "weights" in table and len(table):
         wide.index.name = f"model (Inception: {table['weights'].iloc[0]})"
     return wide

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib import metrics as M
+from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import (
     PERSISTENCE,
     UPPER_BOUND,
@@ -23,7 +24,7 @@ from stsynth_lib.evaluate.report import save_results
 from stsynth_lib.evaluate.stats import summarise
 
 
-def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:
+def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:
     """Image metrics of generated uint8 images ``pred`` (aligned with ``data``) against the future tiles."""
     out: dict[str, list[np.ndarray]] = {}
     n = len(data)
@@ -58,13 +59,13 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: M.LPIPSMetric
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, notes: list[str]) -> M.LPIPSMetric:
+def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, notes: list[str]) -> P.LPIPSMetric:
     """The LPIPS metric, and a note naming its weights (or saying it is uncalibrated)."""
-    lp = M.LPIPSMetric(net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
+    lp = P.LPIPSMetric(net, allow_uncalibrated=allow_uncalibrated, device=device, seed=seed)
     if lp.calibrated:
         notes.append(f"LPIPS weights: {lp.description}.")
     else:
-        notes.append(f"LPIPS is {M.UNCALIBRATED} ({lp.description}): no ImageNet {net} weights in the torch hub cache, "
+        notes.append(f"LPIPS is {P.UNCALIBRATED} ({lp.description}): no ImageNet {net} weights in the torch hub cache, "
                      "the project cache (make weights) or the package index, so a seeded random backbone was used "
                      "(allow_uncalibrated_metrics: true). Compare LPIPS only between rows of this table, never with papers.")
     return lp
@@ -109,65 +110,26 @@ def evaluate_models(
     """
     from tqdm import tqdm
 
-    from stsynth_lib.predictions import clear_predictions, save_predictions
-    from stsynth_lib.segmentation import predict_masks
-
     data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
     notes: list[str] = []
     if max_pairs is not None and len(data) == max_pairs:
         notes.append(f"Scored a seeded random subset of {len(data)} {split} pairs (max_pairs={max_pairs}), the same for every model.")
-
-    preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
-    have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
-    if persistence_dir is not None and not _same_persistence(persistence_dir, data):
-        clear_predictions(persistence_dir)
-        save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
-                         data.transform, data.crs)
-    for name, (arr, ok) in _load_model_predictions(runs, data, split, notes).items():
-        if not ok.all():
-            notes.append(f"{name}: predictions for {ok.sum()} of {len(data)} {split} pairs; the summary uses only the tiles every model predicted.")
-        preds[name], have[name] = arr, ok
-
+    preds, have = _gather_predictions(data, runs, split, persistence_dir, notes)
     common = np.logical_and.reduce(list(have.values()))
     lp = _lpips_metric(lpips_net, allow_uncalibrated, device, seed, notes) if compute_lpips else None
     calibrated = {"lpips": bool(lp.calibrated) if lp is not None else False}
-
-    seg_on = segmenter is not None and data.has_mask.any()
-    if segmenter is None:
-        notes.append("Building F1 skipped: no building segmenter (the training split has no building labels, or none was trained).")
-    elif not data.has_mask.any():
-        notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False), e.g. the sn7_real_128 sample has no labels.")
-
-    frames = []
-    seg_masks: dict[str, np.ndarray] = {}
+    seg_on = _segmenter_usable(segmenter, data, split, notes)
     base = pd.DataFrame({
         "pair_id": data.pair_ids, "aoi": data.pairs["aoi"].to_numpy(), "gap_months": data.pairs["gap_months"].to_numpy(float),
         "has_mask": data.has_mask,
     })
     base["gap_bucket"] = gap_bucket(base["gap_months"])
+    frames, seg_masks = [], {}
     for name in tqdm(list(preds), desc="scoring models", disable=not progress):
-        df = base.copy()
-        df.insert(0, "model", name)
-        df["predicted"] = have[name]
-        df["common"] = common
-        scores = _score_images(preds[name], data, lp)
-        for k, v in scores.items():
-            df[k] = v
-        if seg_on:
-            seg_masks[name] = predict_masks(segmenter, preds[name], device=device)
-            for k, v in _score_buildings(seg_masks[name], data).items():
-                df[k] = v
-        df.loc[~df["predicted"], [c for c in df.columns if c not in base.columns and c not in ("model", "predicted", "common")]] = np.nan
-        frames.append(df)
+        frames.append(_score_model(name, preds[name], have[name], common, base, data, lp,
+                                   segmenter if seg_on else None, device, seg_masks))
     if seg_on:
-        seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device)
-        df = base.copy()
-        df.insert(0, "model", UPPER_BOUND)
-        df["predicted"] = True
-        df["common"] = common
-        for k, v in _score_buildings(seg_masks[UPPER_BOUND], data).items():
-            df[k] = v
-        frames.append(df)
+        frames.append(_score_upper_bound(segmenter, data, base, common, device, seg_masks))
     per_tile = pd.concat(frames, ignore_index=True)
     per_tile["lpips_calibrated"] = calibrated["lpips"]
     summary = summarise(per_tile, n_boot=n_boot, psnr_cap_db=psnr_cap_db, seed=seed, calibrated=calibrated)
@@ -182,3 +144,59 @@ def evaluate_models(
     return res
 
 
+def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, notes: list[str]):
+    """``({name: uint8 images}, {name: which pairs it predicted})`` for persistence and every model of ``runs``;
+    the persistence "predictions" are written to ``persistence_dir`` (GeoTIFF + PNG) when given."""
+    from stsynth_lib.predictions import clear_predictions, save_predictions
+
+    preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
+    have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
+    if persistence_dir is not None and not _same_persistence(persistence_dir, data):
+        clear_predictions(persistence_dir)
+        save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],
+                         data.transform, data.crs)
+    for name, (arr, ok) in _load_model_predictions(runs, data, split, notes).items():
+        if not ok.all():
+            notes.append(f"{name}: predictions for {ok.sum()} of {len(data)} {split} pairs; the summary uses only the tiles every model predicted.")
+        preds[name], have[name] = arr, ok
+    return preds, have
+
+
+def _segmenter_usable(segmenter, data: SplitData, split: str, notes: list[str]) -> bool:
+    if segmenter is None:
+        notes.append("Building F1 skipped: no building segmenter (the training split has no building labels, or none was trained).")
+    elif not data.has_mask.any():
+        notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False), e.g. the sn7_real_128 sample has no labels.")
+    return segmenter is not None and bool(data.has_mask.any())
+
+
+def _score_model(name, pred, have, common, base, data, lp, segmenter, device, seg_masks) -> pd.DataFrame:
+    """One model's per-tile rows: image scores, building scores (when ``segmenter``), NaN where it did not predict."""
+    from stsynth_lib.segmentation import predict_masks
+
+    df = base.copy()
+    df.insert(0, "model", name)
+    df["predicted"] = have
+    df["common"] = common
+    for k, v in _score_images(pred, data, lp).items():
+        df[k] = v
+    if segmenter is not None:
+        seg_masks[name] = predict_masks(segmenter, pred, device=device)
+        for k, v in _score_buildings(seg_masks[name], data).items():
+            df[k] = v
+    df.loc[~df["predicted"], [c for c in df.columns if c not in base.columns and c not in ("model", "predicted", "common")]] = np.nan
+    return df
+
+
+def _score_upper_bound(segmenter, data, base, common, device, seg_masks) -> pd.DataFrame:
+    """The segmenter on the real future images: the building-score upper bound."""
+    from stsynth_lib.segmentation import predict_masks
+
+    seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device)
+    df = base.copy()
+    df.insert(0, "model", UPPER_BOUND)
+    df["predicted"] = True
+    df["common"] = common
+    for k, v in _score_buildings(seg_masks[UPPER_BOUND], data).items():
+        df[k] = v
+    return df

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib import metrics as M
+from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
 
 
@@ -56,7 +57,7 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
     for metric in metrics:
         s = summary[summary["metric"] == metric].set_index("model")
         cal = bool(s["calibrated"].all()) if len(s) else True
-        header = M.label(METRICS[metric][1], cal) + (" ↑" if METRICS[metric][0] else " ↓")
+        header = P.label(METRICS[metric][1], cal) + (" ↑" if METRICS[metric][0] else " ↓")
         col = []
         for m in order:
             if m not in s.index:
@@ -157,7 +158,7 @@ def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = VERDICT_
                 continue
             a, b = s.loc[(m, metric)], s.loc[(PERSISTENCE, metric)]
             hib = METRICS[metric][0]
-            name = M.label(METRICS[metric][1], bool(a["calibrated"]))
+            name = P.label(METRICS[metric][1], bool(a["calibrated"]))
             if (a["mean"] > b["mean"]) == hib and a["mean"] != b["mean"]:
                 better.append(name)
                 if (hib and a["ci_lo"] > b["ci_hi"]) or (not hib and a["ci_hi"] < b["ci_lo"]):
