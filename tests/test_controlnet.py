@@ -311,8 +311,11 @@ def test_cli_accepts_diffusers_style_flags(tmp_path):
 
     p = tmp_path / "p.yaml"
     p.write_text("max_train_steps: 7\nprofile: smoke\n")
-    cfg = parse_args(["--params", str(p), "--pretrained_model", "/path/to/local/sd15", "--train-batch-size", "3"])
+    cfg = parse_args(["--params", str(p), "--pretrained_model", "/path/to/local/sd15", "--train-batch-size", "3",
+                      "--dataset_dir", "data/x"])
     assert (cfg.max_train_steps, cfg.pretrained_model, cfg.train_batch_size) == (7, "/path/to/local/sd15", 3)
+    with pytest.raises(ValueError, match="dataset_dir is not set"):  # never the smoke dataset by default
+        parse_args(["--params", str(p)])
 
 
 # --------------------------------------------------------------------------- generation
