@@ -4,7 +4,8 @@ Steps, each a function with its own tests:
 
 * :func:`split_aois`  -- AOIs into train/val/test, deterministic from a seed (no AOI in two splits);
 * :func:`build_pairs` -- (past month t0, future month t1) pairs within an AOI, ``min_gap <= t1 - t0 <= max_gap``;
-* :func:`tile_grid` / :func:`tile_transform` -- cut mosaics into ``tile_size_px`` tiles with their geotransforms;
+* :func:`tile_grid` / :func:`tile_transform` -- cut mosaics into ``tile_size_px`` tiles (every pixel covered: the
+  last row/column of tiles shifts inward) with their geotransforms;
 * :func:`build_dataset` -- read each image once, rasterise its footprints, cut tiles, write the store
   (see :mod:`stsynth_lib.data.dataset` for the format) into a temporary folder renamed when complete.
 """
@@ -77,14 +78,28 @@ def build_pairs(meta: pd.DataFrame, min_gap_months: int = 1, max_gap_months: int
     return pd.concat(out, ignore_index=True)
 
 
+def _offsets(length: int, tile_size_px: int) -> list[int]:
+    """Tile starts along one axis: every ``tile_size_px``, plus one last tile shifted inward to end at the edge."""
+    starts = list(range(0, length - tile_size_px + 1, tile_size_px))
+    if starts[-1] + tile_size_px < length:
+        starts.append(length - tile_size_px)  # overlaps its neighbour; all its pixels are real
+    return starts
+
+
 def tile_grid(height: int, width: int, tile_size_px: int) -> list[tuple[int, int]]:
-    """Top-left (row, col) offsets of the non-overlapping tiles that fit in the image (remainder dropped)."""
+    """Top-left (row, col) offsets of tiles that cover every pixel of the image.
+
+    Tiles sit every ``tile_size_px``; where the size is not a multiple of the tile size (SpaceNet 7 has
+    1023-row images), the last row/column of tiles is shifted inward to end at the image edge, so it overlaps
+    its neighbour instead of being dropped or padded. Images that are a multiple of the tile size get the plain
+    non-overlapping grid.
+    """
     if tile_size_px > min(height, width):
         raise SN7DataError(
             f"tile_size_px={tile_size_px} is larger than the image ({height}x{width} px). "
             f"Choose tile_size_px <= {min(height, width)}."
         )
-    return [(r, c) for r in range(0, height - tile_size_px + 1, tile_size_px) for c in range(0, width - tile_size_px + 1, tile_size_px)]
+    return [(r, c) for r in _offsets(height, tile_size_px) for c in _offsets(width, tile_size_px)]
 
 
 def compose(a, b):
