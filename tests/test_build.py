@@ -82,7 +82,8 @@ def test_tile_grid_and_transform_map_back_to_the_right_coordinates():
     assert _apply(tt, 5, 7) == pytest.approx(_apply(t, 64 + 5, 32 + 7))
 
 
-@pytest.mark.parametrize("h, w, t", [(1023, 1024, 128), (1023, 1024, 256), (1030, 999, 64), (100, 70, 32), (32, 33, 32)])
+@pytest.mark.parametrize("h, w, t", [(1023, 1024, 128), (1023, 1024, 256), (1030, 999, 64), (100, 70, 32),
+                                     (32, 33, 32)])
 def test_tile_grid_covers_every_pixel_with_whole_tiles(h, w, t):
     """A 1023-row SpaceNet 7 image used to lose its last row of tiles (127 rows at 128 px)."""
     grid = tile_grid(h, w, t)
