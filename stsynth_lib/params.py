@@ -104,6 +104,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mask_source": _choices("auto", "pix", "match", "geo"),
     "scan_on_error": _choices("raise", "skip"),
     "build_on_error": _choices("raise", "skip"),
+    "split_by": _choices("aoi", "block"),
+    "block_size_px": (_positive, "an integer >= 1 (at least tile_size_px)"),
     "split": _choices("train", "val", "test"),
     "lpips_net": _choices("alex", "vgg"),
     "scheduler": _choices("unipc", "ddim", "dpmsolver++", "euler", "ddpm"),
