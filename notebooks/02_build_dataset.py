@@ -37,6 +37,7 @@ max_gap_months = 6
 split_fractions = [0.6, 0.2, 0.2]  # train, val, test (of the AOIs, or of each AOI's blocks)
 split_by = "aoi"               # aoi | block: whole AOIs per split, or square blocks inside each AOI
 block_size_px = 256            # split_by = "block": block side in pixels (a multiple of tile_size_px drops no tile)
+block_stratify = "none"        # none | new_buildings: spread the blocks with most construction over the splits
 min_valid_fraction = 0.5       # drop pairs whose past or future tile has fewer usable pixels
 mask_source = "auto"           # auto | pix | match | geo: which label file to rasterise
 build_on_error = "raise"       # raise | skip
@@ -68,7 +69,7 @@ summary = build_dataset(
     meta, dataset_dir, tile_size_px=tile_size_px, bands=bands, min_gap_months=min_gap_months,
     max_gap_months=max_gap_months, split_fractions=split_fractions, min_valid_fraction=min_valid_fraction,
     resize_to_px=resize_to_px, mask_source=mask_source, seed=seed, on_error=build_on_error, split_by=split_by,
-    block_size_px=block_size_px,
+    block_size_px=block_size_px, block_stratify=block_stratify,
 )
 summary
 
@@ -106,7 +107,10 @@ else:
 # %% [markdown]
 # ## The split over the image
 # With `split_by = "block"`: each AOI's blocks filled with the colour of their split over its last month, the kept
-# tiles dashed. Black areas are tiles dropped at a block border.
+# tiles dashed, buildings that appear between the first and the last month outlined in red. Black areas are tiles
+# dropped at a block border. Construction is clustered: a plain seeded draw can give the test split almost none of
+# it, which is what `block_stratify = "new_buildings"` prevents (blocks ranked by new-building pixels, drawn in
+# strata so every split gets its share; the draw uses labels, never a model).
 
 # %%
 if split_by == "block":

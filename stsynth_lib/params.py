@@ -105,6 +105,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scan_on_error": _choices("raise", "skip"),
     "build_on_error": _choices("raise", "skip"),
     "split_by": _choices("aoi", "block"),
+    "block_stratify": _choices("none", "new_buildings"),
     "block_size_px": (_positive, "an integer >= 1 (at least tile_size_px)"),
     "split": _choices("train", "val", "test"),
     "lpips_net": _choices("alex", "vgg"),

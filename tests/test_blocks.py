@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from stsynth_lib.data.blocks import assign_blocks, block_of, change_summary
+from stsynth_lib.data.blocks import assign_blocks, block_of, change_summary, stratified_allocate
 from stsynth_lib.data.build import build_dataset, tile_grid
 from stsynth_lib.data.dataset import PairedTileDataset, TileStore
 from stsynth_lib.data.errors import SN7DataError
@@ -90,6 +90,39 @@ def test_block_assignment_is_deterministic_from_the_seed():
              for s in (1, 2, 3)]
     assert any(o != splits for o in other)
     assert [b["split"] for b in assign_blocks("B", 1023, 1024, grid, 128, 256, (0.6, 0.2, 0.2), 0)[0]] != splits
+
+
+def test_stratified_draw_gives_every_split_some_of_the_heavy_blocks():
+    """Construction is clustered: a plain draw of 16 blocks can leave the test split without new buildings."""
+    names = [(r, c) for r in range(4) for c in range(4)]
+    weights = [0] * 16
+    for i, w in zip((3, 6, 7, 11, 12), (347, 721, 1283, 512, 550)):  # sn7_labelled's five building blocks
+        weights[i] = w
+    heavy = {names[i] for i in (3, 6, 7, 11, 12)}
+    for seed in range(20):
+        a = stratified_allocate(names, weights, (0.6, 0.2, 0.2), np.random.default_rng(seed))
+        assert [len(a[k]) for k in ("train", "val", "test")] == [10, 3, 3]
+        assert sorted(a["train"] + a["val"] + a["test"]) == names
+        assert all(set(a[k]) & heavy for k in ("train", "val", "test"))
+        assert a == stratified_allocate(names, weights, (0.6, 0.2, 0.2), np.random.default_rng(seed))
+
+
+def test_stratified_block_build_records_new_building_weights(tiny_sn7_root, tmp_path):
+    meta = scan_sn7(tiny_sn7_root, progress=False)
+    s = build_dataset(meta, tmp_path / "ds", tile_size_px=32, max_gap_months=2, split_fractions=(0.5, 0.25, 0.25),
+                      split_by="block", block_size_px=32, block_stratify="new_buildings", progress=False)
+    assert s["block_stratify"] == "new_buildings"
+    store = TileStore(tmp_path / "ds")
+    rec = json.loads((tmp_path / "ds" / "splits.json").read_text())
+    t = store.tiles
+    for b in rec["blocks"]:  # one 32 px tile per 32 px block: the weight is its tile's new-building pixels
+        g = t[(t["aoi"] == b["aoi"]) & (t["block_row"] == b["block_row"]) & (t["block_col"] == b["block_col"])]
+        first, last = g.loc[g["month_index"].idxmin(), "tile_id"], g.loc[g["month_index"].idxmax(), "tile_id"]
+        assert b["weight"] == int(((store.masks[last] == 1) & (store.masks[first] == 0)).sum())
+    assert any(b["weight"] > 0 for b in rec["blocks"])
+    with pytest.raises(ValueError, match="block_stratify must be one of none, new_buildings"):
+        build_dataset(meta, tmp_path / "ds", tile_size_px=32, split_by="block", block_size_px=32,
+                      block_stratify="buildings", progress=False)
 
 
 def test_too_few_blocks_is_a_clear_error(odd_meta, tmp_path):

@@ -22,6 +22,7 @@ import pandas as pd
 from stsynth_lib.data.errors import SN7DataError
 
 SPLIT_BY = ("aoi", "block")
+STRATIFY = ("none", "new_buildings")
 
 
 def allocate(order: Sequence[str], fractions: Sequence[float]) -> dict[str, list[str]]:
@@ -64,12 +65,30 @@ def check_block_size(block_size_px: int, tile_size_px: int) -> None:
         )
 
 
+def stratified_allocate(names: list, weights: Sequence[float], fractions: Sequence[float], rng) -> dict:
+    """Rank ``names`` by ``weights`` (highest first, random ties), cut the ranking into strata of about
+    ``1 / smallest fraction`` names and allocate each stratum by ``fractions`` in a random order: every split
+    gets its share of the heavy names (e.g. of the blocks with most new buildings)."""
+    need = sum(1 for f in fractions if f > 0)
+    m = max(need, int(round(sum(fractions) / min(f for f in fractions if f > 0))))
+    tie = rng.permutation(len(names))
+    ranked = [names[i] for i in sorted(range(len(names)), key=lambda i: (-float(weights[i]), tie[i]))]
+    out: dict[str, list] = {"train": [], "val": [], "test": []}
+    for k in range(0, len(ranked), m):
+        chunk = ranked[k : k + m]
+        for split, picked in allocate([chunk[i] for i in rng.permutation(len(chunk))], fractions).items():
+            out[split] += picked
+    return {s: sorted(v) for s, v in out.items()}
+
+
 def assign_blocks(aoi: str, height: int, width: int, grid: list[tuple[int, int]], tile_size_px: int,
-                  block_size_px: int, fractions: Sequence[float], seed: int):
+                  block_size_px: int, fractions: Sequence[float], seed: int, weights: dict | None = None):
     """Blocks of one AOI and their splits; returns (blocks, kept {(row_off, col_off): block record}, dropped offsets).
 
     Only blocks holding at least one whole tile of ``grid`` are drawn (an empty block would make an empty
-    split). Deterministic from ``seed`` and ``aoi``; AOIs of the same size get different draws.
+    split). Deterministic from ``seed`` and ``aoi``; AOIs of the same size get different draws. ``weights``
+    ({(block row, block col): weight}, e.g. new-building pixels) stratifies the draw
+    (:func:`stratified_allocate`).
     """
     check_block_size(block_size_px, tile_size_px)
     kept_pos, dropped = {}, []
@@ -86,27 +105,42 @@ def assign_blocks(aoi: str, height: int, width: int, grid: list[tuple[int, int]]
             f"fraction in {list(fractions)}. Reduce block_size_px, or use split_by='aoi' with several AOIs."
         )
     rng = np.random.default_rng([int(seed), zlib.crc32(aoi.encode())])
-    order = [names[i] for i in rng.permutation(len(names))]
-    split_of = {b: s for s, bs in allocate(order, fractions).items() for b in bs}
+    if weights is None:
+        alloc = allocate([names[i] for i in rng.permutation(len(names))], fractions)
+    else:
+        alloc = stratified_allocate(names, [weights.get(b, 0) for b in names], fractions, rng)
+    split_of = {b: s for s, bs in alloc.items() for b in bs}
     blocks, kept = [], {}
     for br, bc in names:
         rec = {"aoi": aoi, "block_row": int(br), "block_col": int(bc), "row0": int(br * block_size_px),
                "col0": int(bc * block_size_px), "row1": int(min(height, (br + 1) * block_size_px)),
                "col1": int(min(width, (bc + 1) * block_size_px)), "split": split_of[(br, bc)],
                "n_tile_positions": len(kept_pos[(br, bc)])}
+        if weights is not None:
+            rec["weight"] = float(weights.get((br, bc), 0))
         blocks.append(rec)
         for pos in kept_pos[(br, bc)]:
             kept[pos] = rec
     return blocks, kept, dropped
 
 
-def block_split(grid_hw: dict, grids: dict, tile_size_px: int, block_size_px: int, fractions, seed: int):
+def new_building_weights(new_mask: np.ndarray, block_size_px: int) -> dict:
+    """{(block row, block col): pixels of ``new_mask`` (built between an AOI's first and last month) in it}."""
+    h, w = new_mask.shape
+    return {(br, bc): int(np.count_nonzero(new_mask[br * block_size_px : (br + 1) * block_size_px,
+                                                    bc * block_size_px : (bc + 1) * block_size_px]))
+            for br in range(-(-h // block_size_px)) for bc in range(-(-w // block_size_px))}
+
+
+def block_split(grid_hw: dict, grids: dict, tile_size_px: int, block_size_px: int, fractions, seed: int,
+                weights: dict | None = None):
     """:func:`assign_blocks` for every AOI: (splits {split: AOIs with a block in it}, tile_info per AOI and
     position, blocks, grids restricted to the kept tiles, dropped tile positions per AOI)."""
     tile_info, blocks, kept_grids, dropped = {}, [], {}, {}
     for aoi in sorted(grids):
         h, w = grid_hw[aoi]
-        b, kept, drop = assign_blocks(aoi, h, w, grids[aoi], tile_size_px, block_size_px, fractions, seed)
+        b, kept, drop = assign_blocks(aoi, h, w, grids[aoi], tile_size_px, block_size_px, fractions, seed,
+                                      None if weights is None else weights[aoi])
         blocks += b
         kept_grids[aoi] = [p for p in grids[aoi] if p in kept]
         tile_info[aoi] = {p: {"split": r["split"], "block_row": r["block_row"], "block_col": r["block_col"]}

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from stsynth_lib.data.blocks import SPLIT_BY, allocate, block_split
+from stsynth_lib.data.blocks import SPLIT_BY, STRATIFY, allocate, block_split, new_building_weights
 from stsynth_lib.data.errors import SN7DataError
 
 
@@ -261,6 +261,7 @@ def build_dataset(
     allow_any_tile_size: bool = False,
     split_by: str = "aoi",
     block_size_px: int = 256,
+    block_stratify: str = "none",
 ) -> dict:
     """Build the tile store of :mod:`stsynth_lib.data.dataset` in ``out_dir`` and return its summary.
 
@@ -275,7 +276,9 @@ def build_dataset(
     unless ``allow_any_tile_size``. ``split_by="aoi"`` puts whole AOIs in
     train/val/test; ``"block"`` cuts each AOI into ``block_size_px`` blocks
     drawn into the splits and drops tiles that cross a block border
-    (:mod:`stsynth_lib.data.blocks`; ``splits.json`` records the blocks). The store is written to
+    (:mod:`stsynth_lib.data.blocks`; ``splits.json`` records the blocks);
+    ``block_stratify="new_buildings"`` spreads the blocks with most
+    construction (first to last labelled month) over the splits. The store is written to
     ``<out_dir>.partial`` and renamed when complete; a failed build removes it.
     """
     out_dir = Path(out_dir)
@@ -291,7 +294,8 @@ def build_dataset(
         grid_hw = {a: (int(g["height"].min()), int(g["width"].min())) for a, g in meta.groupby("aoi")}
     grids = {a: tile_grid(h, w, tile_size_px) for a, (h, w) in grid_hw.items()}
     splits, tile_info, grids, split_record = _plan_splits(meta, grid_hw, grids, split_by, split_fractions, seed,
-                                                          tile_size_px, block_size_px)
+                                                          tile_size_px, block_size_px, block_stratify, mask_source,
+                                                          resize_to_px)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -313,18 +317,45 @@ def build_dataset(
     return summary
 
 
-def _plan_splits(meta, grid_hw, grids, split_by, fractions, seed, tile_size_px, block_size_px):
+def _new_building_masks(meta, grid_hw, mask_source, resize_to_px) -> dict:
+    """Per AOI: pixels inside a footprint in its last labelled month and not in its first (on the tile grid)."""
+    out = {}
+    for aoi, g in meta.groupby("aoi"):
+        h, w = grid_hw[aoi]
+        lab = g[g["has_labels"].astype(bool)].sort_values("month_index")
+        if len(lab) < 2:
+            out[aoi] = np.zeros((h, w), bool)
+            continue
+        masks = []
+        for _, row in lab.iloc[[0, -1]].iterrows():
+            img, val, mask, transform, _ = _read_image(row.to_dict(), (1,), False, mask_source)
+            if resize_to_px:
+                mask = _resize_all(img, val, mask, transform, resize_to_px)[2]
+            masks.append(mask[:h, :w] > 0)
+        out[aoi] = masks[1] & ~masks[0]
+    return out
+
+
+def _plan_splits(meta, grid_hw, grids, split_by, fractions, seed, tile_size_px, block_size_px, stratify="none",
+                 mask_source="auto", resize_to_px=None):
     """(splits, split of every tile position, grids of the kept tiles, what splits.json adds in block mode)."""
     if split_by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    if stratify not in STRATIFY:
+        raise ValueError(f"block_stratify must be one of {', '.join(STRATIFY)}, got {stratify!r}")
     if split_by == "aoi":
         splits = split_aois(meta["aoi"].unique(), fractions, seed)
         aoi_split = {a: s for s, aois in splits.items() for a in aois}
         return splits, {a: {p: {"split": aoi_split[a]} for p in g} for a, g in grids.items()}, grids, None
-    splits, tile_info, blocks, kept, dropped = block_split(grid_hw, grids, tile_size_px, block_size_px, fractions, seed)
+    weights = None
+    if stratify == "new_buildings":
+        weights = {a: new_building_weights(m, block_size_px)
+                   for a, m in _new_building_masks(meta, grid_hw, mask_source, resize_to_px).items()}
+    splits, tile_info, blocks, kept, dropped = block_split(grid_hw, grids, tile_size_px, block_size_px, fractions, seed,
+                                                           weights)
     n_images = meta.groupby("aoi").size()
     record = {
-        "split_by": "block", "block_size_px": int(block_size_px), "blocks": blocks,
+        "split_by": "block", "block_size_px": int(block_size_px), "block_stratify": stratify, "blocks": blocks,
         "dropped_tile_positions": {a: [list(p) for p in d] for a, d in dropped.items() if d},
         "n_tiles_dropped_at_block_borders": int(sum(len(d) * int(n_images[a]) for a, d in dropped.items())),
     }
@@ -353,6 +384,7 @@ def _write_store(partial: Path, meta, tiles, pairs, splits, bad_images, split_re
     if split_record:  # split_by="block" (aoi mode keeps the summary it always had)
         summary["split_by"] = "block"
         summary["block_size_px"] = split_record["block_size_px"]
+        summary["block_stratify"] = split_record["block_stratify"]
         summary["n_blocks"] = {s: sum(b["split"] == s for b in split_record["blocks"])
                                for s in ("train", "val", "test")}
         summary["n_tiles_dropped_at_block_borders"] = split_record["n_tiles_dropped_at_block_borders"]
