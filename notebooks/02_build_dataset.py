@@ -109,8 +109,8 @@ else:
 # With `split_by = "block"`: each AOI's blocks filled with the colour of their split over its last month, the kept
 # tiles dashed, buildings that appear between the first and the last month outlined in red. Black areas are tiles
 # dropped at a block border. Construction is clustered: a plain seeded draw can give the test split almost none of
-# it, which is what `block_stratify = "new_buildings"` prevents (blocks ranked by new-building pixels, drawn in
-# strata so every split gets its share; the draw uses labels, never a model).
+# it, which is what `block_stratify = "new_buildings"` prevents (the splits keep their block counts but share the
+# new-building pixels in proportion to the split fractions; the draw uses labels, never a model).
 
 # %%
 if split_by == "block":

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from stsynth_lib.data.blocks import assign_blocks, block_of, change_summary, stratified_allocate
+from stsynth_lib.data.blocks import allocate, assign_blocks, block_of, change_summary, stratified_allocate
 from stsynth_lib.data.build import build_dataset, tile_grid
 from stsynth_lib.data.dataset import PairedTileDataset, TileStore
 from stsynth_lib.data.errors import SN7DataError
@@ -93,17 +93,22 @@ def test_block_assignment_is_deterministic_from_the_seed():
 
 
 def test_stratified_draw_gives_every_split_some_of_the_heavy_blocks():
-    """Construction is clustered: a plain draw of 16 blocks can leave the test split without new buildings."""
+    """Construction is clustered: a plain draw of 16 blocks can leave the test split without new buildings
+    (sn7_labelled, seed 0: all five building blocks in train)."""
     names = [(r, c) for r in range(4) for c in range(4)]
     weights = [0] * 16
     for i, w in zip((3, 6, 7, 11, 12), (347, 721, 1283, 512, 550)):  # sn7_labelled's five building blocks
         weights[i] = w
     heavy = {names[i] for i in (3, 6, 7, 11, 12)}
+    plain = allocate([names[i] for i in np.random.default_rng(0).permutation(16)], (0.6, 0.2, 0.2))
+    assert [len(plain[k]) for k in ("train", "val", "test")] == [10, 3, 3]
     for seed in range(20):
         a = stratified_allocate(names, weights, (0.6, 0.2, 0.2), np.random.default_rng(seed))
         assert [len(a[k]) for k in ("train", "val", "test")] == [10, 3, 3]
         assert sorted(a["train"] + a["val"] + a["test"]) == names
         assert all(set(a[k]) & heavy for k in ("train", "val", "test"))
+        share = {k: sum(weights[names.index(n)] for n in a[k]) / sum(weights) for k in a}
+        assert share["train"] > 0.5 and share["val"] > 0.1 and share["test"] > 0.1  # ~ 0.6 / 0.2 / 0.2
         assert a == stratified_allocate(names, weights, (0.6, 0.2, 0.2), np.random.default_rng(seed))
 
 

@@ -66,19 +66,32 @@ def check_block_size(block_size_px: int, tile_size_px: int) -> None:
 
 
 def stratified_allocate(names: list, weights: Sequence[float], fractions: Sequence[float], rng) -> dict:
-    """Rank ``names`` by ``weights`` (highest first, random ties), cut the ranking into strata of about
-    ``1 / smallest fraction`` names and allocate each stratum by ``fractions`` in a random order: every split
-    gets its share of the heavy names (e.g. of the blocks with most new buildings)."""
-    need = sum(1 for f in fractions if f > 0)
-    m = max(need, int(round(sum(fractions) / min(f for f in fractions if f > 0))))
+    """Draw ``names`` into train/val/test with the counts of :func:`allocate`, sharing the total ``weight`` (e.g.
+    new-building pixels) among the splits in proportion to ``fractions``.
+
+    Names are taken heaviest first (random ties); each weighted name goes to the split, among those with places
+    left, that is furthest below its share of the total weight (random ties); names of weight 0 go to a random
+    split with places left, in proportion to its places. Clustered construction then reaches every split, train
+    getting the largest share, instead of landing wherever a plain draw puts its few blocks.
+    """
+    sizes = {k: len(v) for k, v in allocate(list(names), fractions).items()}
+    frac = dict(zip(("train", "val", "test"), np.asarray(fractions, float) / sum(fractions)))
+    total = float(sum(weights))
     tie = rng.permutation(len(names))
-    ranked = [names[i] for i in sorted(range(len(names)), key=lambda i: (-float(weights[i]), tie[i]))]
     out: dict[str, list] = {"train": [], "val": [], "test": []}
-    for k in range(0, len(ranked), m):
-        chunk = ranked[k : k + m]
-        for split, picked in allocate([chunk[i] for i in rng.permutation(len(chunk))], fractions).items():
-            out[split] += picked
-    return {s: sorted(v) for s, v in out.items()}
+    got = dict.fromkeys(out, 0.0)
+    for i in sorted(range(len(names)), key=lambda i: (-float(weights[i]), tie[i])):
+        free = [k for k in out if len(out[k]) < sizes[k]]
+        if weights[i] > 0:
+            deficit = {k: frac[k] * total - got[k] for k in free}
+            best = [k for k in free if deficit[k] == max(deficit.values())]
+            split = best[int(rng.integers(len(best)))]
+        else:
+            places = np.array([sizes[k] - len(out[k]) for k in free], float)
+            split = free[int(rng.choice(len(free), p=places / places.sum()))]
+        out[split].append(names[i])
+        got[split] += float(weights[i])
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def assign_blocks(aoi: str, height: int, width: int, grid: list[tuple[int, int]], tile_size_px: int,
