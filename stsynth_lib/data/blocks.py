@@ -9,6 +9,11 @@ or val tile of the same AOI, even where the last tile of a row shifts inward to 
 
 With ``block_size_px`` a multiple of ``tile_size_px`` no tile is dropped unless the last, clipped row/column of
 blocks is thinner than a tile.
+
+Construction is clustered, so a plain draw of a few blocks can leave val or test without new buildings;
+``block_stratify="new_buildings"`` (:func:`stratified_allocate`) keeps the block counts but shares the pixels built
+between an AOI's first and last labelled month among the splits in proportion to their fractions. ``splits.json``
+then records each block's ``weight`` (those pixels).
 """
 
 from __future__ import annotations
