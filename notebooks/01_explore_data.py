@@ -10,7 +10,8 @@
 # With the `smoke` profile the tree is the project's **synthetic SpaceNet 7**: a seeded generator that writes SpaceNet
 # 7's exact folder layout and file formats (4-band GeoTIFFs in EPSG:3857, UDM masks, the three label GeoJSONs), so the
 # code that reads a real download is the code that runs here. With `sn7_real_128` it is the real 128 px sample
-# (images only), with `sn7` your own download.
+# (images only), with `sn7_labelled` one real AOI at full resolution with its footprints every month (1023 rows:
+# real SpaceNet 7 images are not all powers of two), with `sn7` your own download.
 #
 # ## Prerequisites
 # | | |

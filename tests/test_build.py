@@ -71,7 +71,8 @@ def _apply(t, col, row):
 def test_tile_grid_and_transform_map_back_to_the_right_coordinates():
     from affine import Affine
 
-    assert tile_grid(100, 70, 32) == [(0, 0), (0, 32), (32, 0), (32, 32), (64, 0), (64, 32)]
+    # 100 x 70 px: the last row and column of tiles shift inward (68 = 100 - 32, 38 = 70 - 32)
+    assert tile_grid(100, 70, 32) == [(r, c) for r in (0, 32, 64, 68) for c in (0, 32, 38)]
     with pytest.raises(SN7DataError, match="tile_size_px"):
         tile_grid(64, 64, 128)
     t = Affine(4.77, 0, 1000.0, 0, -4.77, 5000.0)
@@ -79,6 +80,52 @@ def test_tile_grid_and_transform_map_back_to_the_right_coordinates():
     # The tile's (0, 0) corner is the mosaic's pixel (row 32, col 64).
     assert _apply(tt, 0, 0) == pytest.approx(_apply(t, 64, 32))
     assert _apply(tt, 5, 7) == pytest.approx(_apply(t, 64 + 5, 32 + 7))
+
+
+@pytest.mark.parametrize("h, w, t", [(1023, 1024, 128), (1023, 1024, 256), (1030, 999, 64), (100, 70, 32),
+                                     (32, 33, 32)])
+def test_tile_grid_covers_every_pixel_with_whole_tiles(h, w, t):
+    """A 1023-row SpaceNet 7 image used to lose its last row of tiles (127 rows at 128 px)."""
+    grid = tile_grid(h, w, t)
+    cover = np.zeros((h, w), np.int32)
+    for r, c in grid:
+        assert 0 <= r <= h - t and 0 <= c <= w - t  # whole tiles, all pixels real: no padding
+        cover[r : r + t, c : c + t] += 1
+    assert (cover >= 1).all()
+    assert len(grid) == len(set(grid)) == -(-h // t) * -(-w // t)  # one extra tile per partial row/column, no more
+
+
+@pytest.mark.parametrize("h, w, t", [(128, 128, 64), (64, 64, 32), (1024, 1024, 256), (128, 128, 128), (512, 256, 32)])
+def test_tile_grid_is_unchanged_for_multiples_of_the_tile_size(h, w, t):
+    """The smoke, sn7_real_128 and 1024 px grids are the plain non-overlapping ones they always were."""
+    old = [(r, c) for r in range(0, h - t + 1, t) for c in range(0, w - t + 1, t)]
+    assert tile_grid(h, w, t) == old
+
+
+def test_1023_row_images_are_tiled_to_their_last_row(tmp_path):
+    """A real-sized case end to end: the bottom row of pixels reaches the store, with its own georeference."""
+    from affine import Affine
+
+    aoi = "L15-0001E-0001N_0004_0004_13"
+    d = tmp_path / "sn7" / "train" / aoi / "images"
+    d.mkdir(parents=True)
+    arr = np.random.default_rng(0).integers(1, 255, (4, 95, 64)).astype(np.uint8)
+    arr[3] = 255
+    for month in (1, 2):
+        with rasterio.open(d / f"global_monthly_2018_{month:02d}_mosaic_{aoi}.tif", "w", driver="GTiff", width=64,
+                           height=95, count=4, dtype="uint8", crs="EPSG:3857",
+                           transform=Affine(4.77, 0, 0, 0, -4.77, 0)) as dst:
+            dst.write(arr)
+    meta = scan_sn7(tmp_path / "sn7", progress=False)
+    build_dataset(meta, tmp_path / "ds", tile_size_px=32, split_fractions=(1, 0, 0), progress=False)
+    store = TileStore(tmp_path / "ds")
+    t0 = store.tiles[store.tiles["meta_index"] == 0]
+    assert sorted(set(t0["row_off"])) == [0, 32, 63] and len(t0) == 6
+    seen = np.zeros((3, 95, 64), np.uint8)
+    for tr in t0.itertuples():
+        seen[:, tr.row_off : tr.row_off + 32, tr.col_off : tr.col_off + 32] = store.images[tr.tile_id]
+    assert np.array_equal(seen, arr[:3])
+    assert len(store.pairs) == 6
 
 
 def test_store_tiles_match_the_source_pixels_and_georeference(tiny_sn7_root, tiny_dataset_dir):

@@ -4,7 +4,8 @@ Steps, each a function with its own tests:
 
 * :func:`split_aois`  -- AOIs into train/val/test, deterministic from a seed (no AOI in two splits);
 * :func:`build_pairs` -- (past month t0, future month t1) pairs within an AOI, ``min_gap <= t1 - t0 <= max_gap``;
-* :func:`tile_grid` / :func:`tile_transform` -- cut mosaics into ``tile_size_px`` tiles with their geotransforms;
+* :func:`tile_grid` / :func:`tile_transform` -- cut mosaics into ``tile_size_px`` tiles (every pixel covered: the
+  last row/column of tiles shifts inward) with their geotransforms;
 * :func:`build_dataset` -- read each image once, rasterise its footprints, cut tiles, write the store
   (see :mod:`stsynth_lib.data.dataset` for the format) into a temporary folder renamed when complete.
 """
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from stsynth_lib.data.blocks import SPLIT_BY, STRATIFY, allocate, block_split, new_building_weights
 from stsynth_lib.data.errors import SN7DataError
 
 
@@ -30,29 +32,9 @@ def split_aois(aois: Sequence[str], fractions: Sequence[float] = (0.7, 0.15, 0.1
     Deterministic from ``seed`` and independent of the input order. With three
     or more AOIs every split gets at least one.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
-        raise ValueError(f"split fractions must be three non-negative numbers (train, val, test), got {fractions}")
     uniq = sorted(set(aois))
     rng = np.random.default_rng(seed)
-    order = [uniq[i] for i in rng.permutation(len(uniq))]
-    n = len(order)
-    frac = np.asarray(fractions, float) / sum(fractions)
-    n_val = int(round(frac[1] * n))
-    n_test = int(round(frac[2] * n))
-    if n >= 3:
-        n_val = max(n_val, 1 if frac[1] > 0 else 0)
-        n_test = max(n_test, 1 if frac[2] > 0 else 0)
-        while n - n_val - n_test < 1:
-            if n_val >= n_test and n_val > 1:
-                n_val -= 1
-            else:
-                n_test -= 1
-    n_train = n - n_val - n_test
-    return {
-        "train": sorted(order[:n_train]),
-        "val": sorted(order[n_train : n_train + n_val]),
-        "test": sorted(order[n_train + n_val :]),
-    }
+    return allocate([uniq[i] for i in rng.permutation(len(uniq))], fractions)
 
 
 def build_pairs(meta: pd.DataFrame, min_gap_months: int = 1, max_gap_months: int = 12) -> pd.DataFrame:
@@ -77,14 +59,28 @@ def build_pairs(meta: pd.DataFrame, min_gap_months: int = 1, max_gap_months: int
     return pd.concat(out, ignore_index=True)
 
 
+def _offsets(length: int, tile_size_px: int) -> list[int]:
+    """Tile starts along one axis: every ``tile_size_px``, plus one last tile shifted inward to end at the edge."""
+    starts = list(range(0, length - tile_size_px + 1, tile_size_px))
+    if starts[-1] + tile_size_px < length:
+        starts.append(length - tile_size_px)  # overlaps its neighbour; all its pixels are real
+    return starts
+
+
 def tile_grid(height: int, width: int, tile_size_px: int) -> list[tuple[int, int]]:
-    """Top-left (row, col) offsets of the non-overlapping tiles that fit in the image (remainder dropped)."""
+    """Top-left (row, col) offsets of tiles that cover every pixel of the image.
+
+    Tiles sit every ``tile_size_px``; where the size is not a multiple of the tile size (SpaceNet 7 has
+    1023-row images), the last row/column of tiles is shifted inward to end at the image edge, so it overlaps
+    its neighbour instead of being dropped or padded. Images that are a multiple of the tile size get the plain
+    non-overlapping grid.
+    """
     if tile_size_px > min(height, width):
         raise SN7DataError(
             f"tile_size_px={tile_size_px} is larger than the image ({height}x{width} px). "
             f"Choose tile_size_px <= {min(height, width)}."
         )
-    return [(r, c) for r in range(0, height - tile_size_px + 1, tile_size_px) for c in range(0, width - tile_size_px + 1, tile_size_px)]
+    return [(r, c) for r in _offsets(height, tile_size_px) for c in _offsets(width, tile_size_px)]
 
 
 def compose(a, b):
@@ -158,7 +154,7 @@ def _resize_all(img, val, mask, transform, size: int):
     return img, val, mask, compose(transform, Affine.scale(w0 / size, h0 / size))
 
 
-def _tile_images(meta, partial: Path, grids, aoi_split, bands, tile_size_px, resize_to_px, mask_source,
+def _tile_images(meta, partial: Path, grids, tile_info, bands, tile_size_px, resize_to_px, mask_source,
                  use_masked_images, on_error, progress):
     """Cut every image into tiles in ``partial``'s arrays; returns (tiles table, meta rows skipped)."""
     import warnings
@@ -187,14 +183,16 @@ def _tile_images(meta, partial: Path, grids, aoi_split, bands, tile_size_px, res
             masks[next_id] = mask[r0 : r0 + t, c0 : c0 + t]
             valid[next_id] = val[r0 : r0 + t, c0 : c0 + t]
             tt = tile_transform(transform, r0, c0)
+            info = tile_info[row["aoi"]][(r0, c0)]
             tile_rows.append({
-                "tile_id": next_id, "meta_index": i, "aoi": row["aoi"], "split": aoi_split[row["aoi"]],
+                "tile_id": next_id, "meta_index": i, "aoi": row["aoi"], "split": info["split"],
                 "year": int(row["year"]), "month": int(row["month"]), "month_index": int(row["month_index"]),
                 "row_off": r0, "col_off": c0, "crs": crs,
                 **{f"transform_{k}": float(v) for k, v in zip("abcdef", tuple(tt)[:6])},
                 "has_labels": bool(row["has_labels"]),
                 "building_fraction": float(masks[next_id].mean()),
                 "valid_fraction": float(valid[next_id].mean()),
+                **{k: v for k, v in info.items() if k != "split"},  # block_row, block_col (split_by="block")
             })
             next_id += 1
     images.flush(); masks.flush(); valid.flush()
@@ -208,7 +206,7 @@ def _tile_images(meta, partial: Path, grids, aoi_split, bands, tile_size_px, res
     return pd.DataFrame(tile_rows), bad_images
 
 
-def _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_valid_fraction, bad_images) -> pd.DataFrame:
+def _pair_tiles(meta, tiles, min_gap_months, max_gap_months, min_valid_fraction, bad_images) -> pd.DataFrame:
     """Pairs of tiles at the same position, months min_gap..max_gap apart, both usable enough."""
     month_pairs = build_pairs(meta.drop(index=bad_images), min_gap_months, max_gap_months)
     key = tiles.set_index(["meta_index", "row_off", "col_off"])["tile_id"] if len(tiles) else pd.Series(dtype=int)
@@ -224,7 +222,7 @@ def _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_vali
             frow = meta.loc[mp.future_index]
             prow = meta.loc[mp.past_index]
             pair_rows.append({
-                "aoi": mp.aoi, "split": aoi_split[mp.aoi], "row_off": tr.row_off, "col_off": tr.col_off,
+                "aoi": mp.aoi, "split": tr.split, "row_off": tr.row_off, "col_off": tr.col_off,
                 "past_tile_id": int(tr.tile_id), "future_tile_id": int(fut), "gap_months": int(mp.gap_months),
                 "past_year": int(prow["year"]), "past_month": int(prow["month"]),
                 "future_year": int(frow["year"]), "future_month": int(frow["month"]),
@@ -238,6 +236,10 @@ def _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_vali
         bf = tiles.set_index("tile_id")["building_fraction"]
         pairs["past_building_fraction"] = bf[pairs["past_tile_id"]].to_numpy()
         pairs["future_building_fraction"] = bf[pairs["future_tile_id"]].to_numpy()
+    if "block_row" in tiles:  # split_by="block": the block of both tiles (the same position)
+        by_id = tiles.set_index("tile_id")
+        for k in ("block_row", "block_col"):
+            pairs[k] = by_id.loc[pairs["past_tile_id"], k].to_numpy() if len(pairs) else np.zeros(0, np.int64)
     return pairs
 
 
@@ -257,6 +259,9 @@ def build_dataset(
     on_error: str = "raise",
     progress: bool = True,
     allow_any_tile_size: bool = False,
+    split_by: str = "aoi",
+    block_size_px: int = 256,
+    block_stratify: str = "none",
 ) -> dict:
     """Build the tile store of :mod:`stsynth_lib.data.dataset` in ``out_dir`` and return its summary.
 
@@ -268,7 +273,12 @@ def build_dataset(
     than ``min_valid_fraction`` usable pixels are dropped. ``on_error="skip"``
     drops unreadable images, UDMs and label files with a warning instead of
     stopping. ``tile_size_px`` must suit the models (:func:`check_tile_size`)
-    unless ``allow_any_tile_size``. The store is written to
+    unless ``allow_any_tile_size``. ``split_by="aoi"`` puts whole AOIs in
+    train/val/test; ``"block"`` cuts each AOI into ``block_size_px`` blocks
+    drawn into the splits and drops tiles that cross a block border
+    (:mod:`stsynth_lib.data.blocks`; ``splits.json`` records the blocks);
+    ``block_stratify="new_buildings"`` spreads the blocks with most
+    construction (first to last labelled month) over the splits. The store is written to
     ``<out_dir>.partial`` and renamed when complete; a failed build removes it.
     """
     out_dir = Path(out_dir)
@@ -277,27 +287,27 @@ def build_dataset(
         raise SN7DataError("The metadata table is empty: nothing to build. Check data_root and the scan report.")
     if not allow_any_tile_size:
         check_tile_size(tile_size_px)
-    splits = split_aois(meta["aoi"].unique(), split_fractions, seed)
-    aoi_split = {a: s for s, aois in splits.items() for a in aois}
-
     # Tile grid per AOI, from the smallest image of the AOI (SpaceNet 7 sizes vary by a pixel or two).
     if resize_to_px:
         grid_hw = {a: (resize_to_px, resize_to_px) for a in meta["aoi"].unique()}
     else:
         grid_hw = {a: (int(g["height"].min()), int(g["width"].min())) for a, g in meta.groupby("aoi")}
     grids = {a: tile_grid(h, w, tile_size_px) for a, (h, w) in grid_hw.items()}
+    splits, tile_info, grids, split_record = _plan_splits(meta, grid_hw, grids, split_by, split_fractions, seed,
+                                                          tile_size_px, block_size_px, block_stratify, mask_source,
+                                                          resize_to_px)
 
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        tiles, bad_images = _tile_images(meta, partial, grids, aoi_split, bands, tile_size_px, resize_to_px,
+        tiles, bad_images = _tile_images(meta, partial, grids, tile_info, bands, tile_size_px, resize_to_px,
                                          mask_source, use_masked_images, on_error, progress)
-        pairs = _pair_tiles(meta, tiles, aoi_split, min_gap_months, max_gap_months, min_valid_fraction, bad_images)
-        summary = _write_store(partial, meta, tiles, pairs, splits, bad_images, seed=seed, split_fractions=split_fractions,
-                               tile_size_px=tile_size_px, bands=list(bands), resize_to_px=resize_to_px,
-                               min_gap_months=min_gap_months, max_gap_months=max_gap_months,
-                               min_valid_fraction=min_valid_fraction)
+        pairs = _pair_tiles(meta, tiles, min_gap_months, max_gap_months, min_valid_fraction, bad_images)
+        summary = _write_store(partial, meta, tiles, pairs, splits, bad_images, split_record, seed=seed,
+                               split_fractions=split_fractions, tile_size_px=tile_size_px, bands=list(bands),
+                               resize_to_px=resize_to_px, min_gap_months=min_gap_months,
+                               max_gap_months=max_gap_months, min_valid_fraction=min_valid_fraction)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)  # never leave <dataset>.partial behind
         raise
@@ -307,13 +317,60 @@ def build_dataset(
     return summary
 
 
-def _write_store(partial: Path, meta, tiles, pairs, splits, bad_images, seed, split_fractions, **settings) -> dict:
+def _new_building_masks(meta, grid_hw, mask_source, resize_to_px) -> dict:
+    """Per AOI: pixels inside a footprint in its last labelled month and not in its first (on the tile grid)."""
+    out = {}
+    for aoi, g in meta.groupby("aoi"):
+        h, w = grid_hw[aoi]
+        lab = g[g["has_labels"].astype(bool)].sort_values("month_index")
+        if len(lab) < 2:
+            out[aoi] = np.zeros((h, w), bool)
+            continue
+        masks = []
+        for _, row in lab.iloc[[0, -1]].iterrows():
+            img, val, mask, transform, _ = _read_image(row.to_dict(), (1,), False, mask_source)
+            if resize_to_px:
+                mask = _resize_all(img, val, mask, transform, resize_to_px)[2]
+            masks.append(mask[:h, :w] > 0)
+        out[aoi] = masks[1] & ~masks[0]
+    return out
+
+
+def _plan_splits(meta, grid_hw, grids, split_by, fractions, seed, tile_size_px, block_size_px, stratify="none",
+                 mask_source="auto", resize_to_px=None):
+    """(splits, split of every tile position, grids of the kept tiles, what splits.json adds in block mode)."""
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}, got {split_by!r}")
+    if stratify not in STRATIFY:
+        raise ValueError(f"block_stratify must be one of {', '.join(STRATIFY)}, got {stratify!r}")
+    if split_by == "aoi":
+        splits = split_aois(meta["aoi"].unique(), fractions, seed)
+        aoi_split = {a: s for s, aois in splits.items() for a in aois}
+        return splits, {a: {p: {"split": aoi_split[a]} for p in g} for a, g in grids.items()}, grids, None
+    weights = None
+    if stratify == "new_buildings":
+        weights = {a: new_building_weights(m, block_size_px)
+                   for a, m in _new_building_masks(meta, grid_hw, mask_source, resize_to_px).items()}
+    splits, tile_info, blocks, kept, dropped = block_split(grid_hw, grids, tile_size_px, block_size_px, fractions, seed,
+                                                           weights)
+    n_images = meta.groupby("aoi").size()
+    record = {
+        "split_by": "block", "block_size_px": int(block_size_px), "block_stratify": stratify, "blocks": blocks,
+        "dropped_tile_positions": {a: [list(p) for p in d] for a, d in dropped.items() if d},
+        "n_tiles_dropped_at_block_borders": int(sum(len(d) * int(n_images[a]) for a, d in dropped.items())),
+    }
+    return splits, tile_info, kept, record
+
+
+def _write_store(partial: Path, meta, tiles, pairs, splits, bad_images, split_record, seed, split_fractions,
+                 **settings) -> dict:
     tiles.to_parquet(partial / "tiles.parquet", index=False)
     pairs.to_parquet(partial / "pairs.parquet", index=False)
     meta_out = meta.copy()
     meta_out.attrs = {}
     meta_out.to_parquet(partial / "metadata.parquet", index=False)
-    (partial / "splits.json").write_text(json.dumps({"seed": seed, "fractions": list(split_fractions), "splits": splits}, indent=2))
+    record = {"seed": seed, "fractions": list(split_fractions), "splits": splits, **(split_record or {})}
+    (partial / "splits.json").write_text(json.dumps(record, indent=2))
     summary = {
         **settings,
         "seed": seed,
@@ -324,5 +381,12 @@ def _write_store(partial: Path, meta, tiles, pairs, splits, bad_images, seed, sp
         "has_labels": bool(meta["has_labels"].any()),
         "georeferenced": bool(meta["georeferenced"].any()) if "georeferenced" in meta else False,
     }
+    if split_record:  # split_by="block" (aoi mode keeps the summary it always had)
+        summary["split_by"] = "block"
+        summary["block_size_px"] = split_record["block_size_px"]
+        summary["block_stratify"] = split_record["block_stratify"]
+        summary["n_blocks"] = {s: sum(b["split"] == s for b in split_record["blocks"])
+                               for s in ("train", "val", "test")}
+        summary["n_tiles_dropped_at_block_borders"] = split_record["n_tiles_dropped_at_block_borders"]
     (partial / "dataset.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
     return summary

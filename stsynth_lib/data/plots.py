@@ -129,3 +129,69 @@ def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
             ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
+
+
+def _mosaic_from_tiles(store, aoi: str, month_index: int) -> np.ndarray:
+    """The AOI's image at ``month_index`` put back together from its stored tiles (black where no tile is kept)."""
+    g = store.tiles[(store.tiles["aoi"] == aoi) & (store.tiles["month_index"] == month_index)]
+    t = store.tile_size_px
+    h, w = int(g["row_off"].max()) + t, int(g["col_off"].max()) + t
+    img = np.zeros((h, w, 3), np.uint8)
+    for tr in g.itertuples():
+        img[tr.row_off : tr.row_off + t, tr.col_off : tr.col_off + t] = store.images[tr.tile_id][:3].transpose(1, 2, 0)
+    return img
+
+
+def _mosaic_masks(store, aoi: str, month_index: int) -> np.ndarray:
+    g = store.tiles[(store.tiles["aoi"] == aoi) & (store.tiles["month_index"] == month_index)]
+    t = store.tile_size_px
+    out = np.zeros((int(g["row_off"].max()) + t, int(g["col_off"].max()) + t), np.uint8)
+    for tr in g.itertuples():
+        out[tr.row_off : tr.row_off + t, tr.col_off : tr.col_off + t] = store.masks[tr.tile_id]
+    return out
+
+
+def plot_block_split(store, aoi: str | None = None, month_index: int | None = None):
+    """A ``split_by="block"`` split over the AOI's image: blocks filled by split, kept tiles outlined.
+
+    The image is rebuilt from the store's tiles of ``month_index`` (default: the AOI's last month), so areas of
+    dropped tiles (crossing a block border) stay black.
+    """
+    import json
+
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = _plt()
+    blocks = json.loads((store.root / "splits.json").read_text()).get("blocks")
+    if not blocks:
+        raise ValueError(f"{store.root} was built with split_by='aoi': there are no blocks to draw.")
+    aoi = aoi or blocks[0]["aoi"]
+    g = store.tiles[store.tiles["aoi"] == aoi]
+    month_index = int(g["month_index"].max()) if month_index is None else int(month_index)
+    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    ax.imshow(_mosaic_from_tiles(store, aoi, month_index))
+    counts = {s: 0 for s in SPLIT_COLOURS}
+    for b in (b for b in blocks if b["aoi"] == aoi):
+        counts[b["split"]] += 1
+        ax.add_patch(Rectangle((b["col0"] - 0.5, b["row0"] - 0.5), b["col1"] - b["col0"], b["row1"] - b["row0"],
+                               facecolor=SPLIT_COLOURS[b["split"]], alpha=0.35, edgecolor="white", lw=2))
+    first = _mosaic_masks(store, aoi, int(g["month_index"].min()))
+    new = _mosaic_masks(store, aoi, month_index) > first
+    if new.any():
+        ax.contour(new, levels=[0.5], colors="red", linewidths=0.6)
+    t = store.tile_size_px
+    for tr in g[["row_off", "col_off"]].drop_duplicates().itertuples():
+        ax.add_patch(Rectangle((tr.col_off - 0.5, tr.row_off - 0.5), t, t, fill=False, edgecolor="black", lw=0.6,
+                               ls="--"))
+    ax.legend(handles=[Patch(color=c, alpha=0.6, label=f"{s}: {counts[s]} blocks") for s, c in SPLIT_COLOURS.items()],
+              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    row = g[g["month_index"] == month_index].iloc[0]
+    ax.set_title(f"{aoi}, {int(row['year'])}-{int(row['month']):02d}: blocks by split, tiles dashed,\n"
+                 "new buildings since the first month in red", fontsize=9)
+    ax.set_xlabel("column (px)")
+    ax.set_ylabel("row (px)")
+    fig.tight_layout()
+    return fig
