@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from stsynth_lib.data.dataset import to_uint8
 
@@ -142,7 +143,7 @@ class CGANPredictor(Predictor):
         self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
         self.G.to(device)
         self.device = device
-        self.family = type(self.G).__name__
+        self.family = str(yaml.safe_load((Path(run_dir) / "model.yaml").read_text())["name"])  # pix2pix | attention_unet
         self.uses_mask = bool(self.guidance.use_mask)
         self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
 
