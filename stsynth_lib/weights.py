@@ -272,11 +272,16 @@ def fetch_and_convert(kind: str, timeout_s: float = 600.0, log=print) -> Path:
     return out
 
 
-def _load_converted(kind: str, path: Path) -> dict[str, torch.Tensor]:
+def _read_state(path: Path, advice: str):
+    """``torch.load`` (tensors only) of a weights file, or a :class:`WeightsVerificationError` naming it."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsVerificationError(f"{path}: cannot be read ({type(err).__name__}: {err}); delete it and run make weights") from err
+        raise WeightsVerificationError(f"{path}: cannot be read ({type(err).__name__}: {err}); {advice}") from err
+
+
+def _load_converted(kind: str, path: Path) -> dict[str, torch.Tensor]:
+    sd = _read_state(path, "delete it and run make weights")
     if not isinstance(sd, dict) or fingerprint(sd) != SPECS[kind].fingerprint:
         raise WeightsVerificationError(f"{path}: fingerprint differs from the recorded one; delete it and run make weights")
     return sd
@@ -305,11 +310,7 @@ def _hub_download(kind: str, timeout_s: float = 10.0) -> Path:
 
 
 def _from_hub(kind: str, path: Path) -> dict[str, torch.Tensor]:
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsVerificationError(f"{path}: cannot be read ({type(err).__name__}: {err}); delete it to fetch it again") from err
-    sd = canonical_state_dict(kind, raw)
+    sd = canonical_state_dict(kind, _read_state(path, "delete it to fetch it again"))
     load_strict(kind, sd, str(path))
     return sd
 
