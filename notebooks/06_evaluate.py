@@ -210,25 +210,9 @@ for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
 #   *uncalibrated*: it ranks the rows of one table and means nothing outside it. PSNR, SSIM and L1 need no weights.
 # * Building F1 relies on a segmenter trained on real training images; its score on the real future images is the
 #   ceiling. On the 128 px real sample there are no labels, so F1 is skipped there (see the note above).
-#
-# **Results on real SpaceNet 7 (sn7_real_128, test split: 7 unseen AOIs, 1451 pairs, gaps 1-12 months)**, produced
-# by `make nb NB=06_evaluate PROFILE=sn7_real_128` after chapters 3-5 ran with the same profile (CPU-sized
-# trainings; ControlNet without pretrained Stable Diffusion weights offline). Mean [95 % bootstrap interval] over tiles.
-# (The LPIPS column comes from the run before calibrated weights were available and is replaced by the next run of
-# this notebook, which prints its weight source.)
-#
-# | model          | PSNR (dB) ↑             | SSIM ↑               | LPIPS (uncalibrated) ↓ | L1 ↓                 |
-# |:---------------|:------------------------|:---------------------|:-----------------------|:---------------------|
-# | persistence    | 22.132 [21.881, 22.376] | 0.778 [0.772, 0.784] | 0.030 [0.029, 0.032]   | 0.066 [0.064, 0.068] |
-# | pix2pix        | 20.896 [20.701, 21.093] | 0.729 [0.723, 0.734] | 0.031 [0.030, 0.032]   | 0.073 [0.072, 0.075] |
-# | attention_unet | 20.914 [20.715, 21.115] | 0.721 [0.715, 0.727] | 0.030 [0.029, 0.031]   | 0.073 [0.071, 0.074] |
-# | controlnet     | 10.089 [10.030, 10.146] | 0.043 [0.042, 0.044] | 0.225 [0.223, 0.226]   | 0.262 [0.260, 0.264] |
-#
-# **No model beats persistence on real data at this training budget**: both cGANs are about 1.2 dB PSNR and 0.05 SSIM
-# below it, with intervals that do not overlap; the only "win" (attention U-Net, uncalibrated LPIPS) is inside
-# persistence's interval. The ControlNet row comes from a run without the pretrained Stable Diffusion weights (not
-# available offline) and shows an untrained diffusion model, not the method. Building F1 cannot be measured here (no labels in the 128 px sample); on the labelled
-# smoke data the segmenter reaches F1 0.86 on real future tiles, the ceiling for generated ones.
+# * The tables above are this run's own, for the profile it ran with (`profile` in the parameters). The real-data
+#   results (`make run-all PROFILE=sn7_real_128`) are summarised in the README from that run's `results.md`; no
+#   table on this page is typed by hand.
 #
 # ## What's next
 # Chapter [7](07_fid) compares the *distributions* of generated and real tiles (FID, KID), per model and per
