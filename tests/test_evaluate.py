@@ -83,6 +83,8 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     assert any("LPIPS (uncalibrated)" in c for c in table.columns)
     assert not any("PSNR" in c and "uncalibrated" in c for c in table.columns)
     assert "uncalibrated" in (out / "results.md").read_text()
+    # the paired comparison with persistence covers LPIPS too when it was computed
+    assert {"l1", "psnr", "ssim", "lpips"} <= {r["metric"] for r in payload["paired_vs_persistence"]}
     # persistence saved as a model's predictions (GeoTIFF + PNG)
     pers = load_predictions(tmp_path / "persistence")
     assert len(pers) == len(data) and np.array_equal(pers[int(data.pair_ids[0])], data.past[0])

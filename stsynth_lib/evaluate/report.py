@@ -39,7 +39,8 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     atomic_write_text(out / "summary.csv", res.summary.to_csv(index=False))
     table = results_table(res.summary)
     verdict = persistence_verdict(res.summary)
-    paired = paired_vs_persistence(res.per_tile)
+    has_lpips = "lpips" in res.per_tile and bool(res.per_tile["lpips"].notna().any())
+    paired = paired_vs_persistence(res.per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if has_lpips else ()))
     atomic_write_text(out / "paired_vs_persistence.csv", paired.to_csv(index=False))
     payload = {
         **dict(meta or {}),
