@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -230,3 +231,23 @@ def test_paired_vs_persistence_uses_areas_not_tiles():
     table = E.paired_table(p.reset_index())
     assert set(table["verdict"]) == {"better", "no clear difference"}
     assert "3 of 6" in set(table["areas where the model is better"])
+
+
+def test_block_split_datasets_resample_whole_blocks():
+    """One area split by blocks (sn7_labelled): resampling areas gives no interval; resampling blocks does."""
+    from stsynth_lib.evaluate.scoring import resampling_clusters
+
+    pairs = pd.DataFrame({"aoi": ["A"] * 8, "block_row": [0, 0, 0, 0, 1, 1, 1, 1], "block_col": [0, 0, 1, 1, 0, 0, 1, 1]})
+    clusters = resampling_clusters(pairs)
+    assert len(set(clusters)) == 4 and clusters[0] == "A/block-0-0"
+    assert list(resampling_clusters(pairs.drop(columns=["block_row", "block_col"]))) == ["A"] * 8
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, shift in ((E.PERSISTENCE, 0.0), ("m", -0.01)):
+        for i, c in enumerate(clusters):
+            rows.append({"model": model, "pair_id": i, "aoi": "A", "cluster": c, "l1": 0.1 + shift + rng.normal(0, 1e-3)})
+    per_tile = pd.DataFrame(rows)
+    by_area = E.paired_vs_persistence(per_tile, metrics=("l1",), cluster="aoi").iloc[0]
+    by_block = E.paired_vs_persistence(per_tile, metrics=("l1",), cluster="cluster").iloc[0]
+    assert by_area["n_areas"] == 1 and np.isnan(by_area["ci_lo"]) and by_area["better"] is None
+    assert by_block["n_areas"] == 4 and by_block["ci_hi"] < 0 and bool(by_block["better"])

@@ -40,7 +40,10 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     table = results_table(res.summary)
     verdict = persistence_verdict(res.summary)
     has_lpips = "lpips" in res.per_tile and bool(res.per_tile["lpips"].notna().any())
-    paired = paired_vs_persistence(res.per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if has_lpips else ()))
+    by_block = "cluster" in res.per_tile and bool(res.per_tile["cluster"].astype(str).str.contains("/block-").any())
+    unit = "whole blocks (the dataset is split by blocks)" if by_block else "whole areas (AOIs)"
+    paired = paired_vs_persistence(res.per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if has_lpips else ()),
+                                   cluster="cluster" if "cluster" in res.per_tile else "aoi")
     atomic_write_text(out / "paired_vs_persistence.csv", paired.to_csv(index=False))
     payload = {
         **dict(meta or {}),
@@ -51,13 +54,14 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
         "verdict": verdict,
         "summary": json.loads(res.summary.to_json(orient="records")),
         "paired_vs_persistence": json.loads(paired.to_json(orient="records")),
+        "paired_resamples": unit,
     }
     atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
     md = table.to_markdown() if _has_tabulate() else table.to_string()
     text = md + "\n\n" + "\n".join(f"- {v}" for v in verdict + res.notes) + "\n"
     if len(paired):
         pt = paired_table(paired).set_index("model")
-        text += ("\nPaired with persistence on the same pairs, 95 % interval from resampling whole areas (AOIs):\n\n"
+        text += (f"\nPaired with persistence on the same pairs, 95 % interval from resampling {unit}:\n\n"
                  + (pt.to_markdown() if _has_tabulate() else pt.to_string()) + "\n")
     atomic_write_text(out / "results.md", text)
     return out

@@ -124,6 +124,7 @@ def evaluate_models(
         "has_mask": data.has_mask,
     })
     base["gap_bucket"] = gap_bucket(base["gap_months"])
+    base["cluster"] = resampling_clusters(data.pairs)
     frames, seg_masks = [], {}
     for name in tqdm(list(preds), desc="scoring models", disable=not progress):
         frames.append(_score_model(name, preds[name], have[name], common, base, data, lp,
@@ -142,6 +143,17 @@ def evaluate_models(
                                                         "lpips_weights": lp.description if lp is not None else None,
                                                         "runs": {k: str(v) for k, v in (runs or {}).items()}})
     return res
+
+
+def resampling_clusters(pairs: pd.DataFrame) -> np.ndarray:
+    """What the paired bootstrap resamples: whole areas (AOIs), or, for a dataset split by blocks
+    (``split_by: block``, pairs with ``block_row`` / ``block_col``), whole blocks: ``"<aoi>/block-<row>-<col>"``.
+    Pairs of one block share their place, so a block is the unit of independent evidence there."""
+    aoi = pairs["aoi"].astype(str).to_numpy()
+    if "block_row" not in pairs or pairs["block_row"].isna().all():
+        return aoi
+    rows, cols = pairs["block_row"].to_numpy(), pairs["block_col"].to_numpy()
+    return np.array([f"{a}/block-{int(r)}-{int(c)}" for a, r, c in zip(aoi, rows, cols)])
 
 
 def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, notes: list[str]):
