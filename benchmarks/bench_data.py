@@ -48,8 +48,6 @@ PROFILES = {"smoke": (64, 16, 32, "instance"), "sn7_real_128": (128, 8, 32, "bat
 
 def loader_vs_model(root: Path, tmp: Path, batches: int = 8) -> list[dict]:
     """Per profile: tiles/s delivered by the training data path and tiles/s consumed by a cGAN training step."""
-    import contextlib
-
     import torch
 
     from stsynth_lib.cgan.augment import augment_batch
@@ -60,11 +58,6 @@ def loader_vs_model(root: Path, tmp: Path, batches: int = 8) -> list[dict]:
     from stsynth_lib.data.sn7 import scan_sn7
     from stsynth_lib.models import build_discriminator, build_generator, init_weights
     from stsynth_lib.training import collate, epoch_batches, to_device
-
-    class Hooks:
-        autocast = staticmethod(contextlib.nullcontext)
-        backward = staticmethod(lambda loss: loss.backward())
-        unwrap_model = staticmethod(lambda m: m)
 
     meta, rows = scan_sn7(root, progress=False), []
     threads = torch.get_num_threads()
@@ -82,10 +75,10 @@ def loader_vs_model(root: Path, tmp: Path, batches: int = 8) -> list[dict]:
         D = init_weights(build_discriminator(g.n_channels, 3, ndf=ngf, norm=norm))
         og, od = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.5, 0.999)) for m in (G, D))
         b = to_device(b, "cpu")
-        train_step(G, D, og, od, b, g, 100.0, "vanilla", Hooks())
+        train_step(G, D, og, od, b, g, 100.0, "vanilla")
         t0, n = time.perf_counter(), 3
         for _ in range(n):
-            train_step(G, D, og, od, b, g, 100.0, "vanilla", Hooks())
+            train_step(G, D, og, od, b, g, 100.0, "vanilla")
         model = 2 * len(idx) * n / (time.perf_counter() - t0)
         rows.append({"profile": profile, "tile_size_px": tile, "batch": batch, "ngf": ngf,
                      "loader_tiles_per_s": loader, "model_tiles_per_s": model, "loader_headroom": loader / model})

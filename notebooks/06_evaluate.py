@@ -78,7 +78,7 @@ for name, folder in runs.items():
 # %% [markdown]
 # ## The data range, and why it matters
 # PSNR is `10 log10(MAX^2 / MSE)`, where `MAX` is the range the images live in. The original research code scored
-# images in [-1, 1] with `MAX = 1`: every PSNR was 6.02 dB (= 20 log10 2) too low, and SSIM's constants were
+# images in [-1, 1] with `MAX = 1`: every PSNR was 20 log10 2 dB too low, and SSIM's constants were
 # off by the same factor. Here every image is compared in [0, 1] with `data_range = 1` (the tests check PSNR and SSIM
 # against scikit-image to 1e-4); every metric refuses images outside the declared range, as the cell below shows
 # with the research code's mistake.

@@ -9,18 +9,17 @@ import torch
 
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import train_cgan
-from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
+from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import predict_split
-from stsynth_lib.predict import load_predictor, make_batch, parse_month
+from stsynth_lib.predict import inputs_from_sample, load_predictor, make_batch, parse_month
 from stsynth_lib.predictions import load_predictions
 
 
 def _sample_arrays(ds: PairedTileDataset, i: int):
+    """(sample, past uint8 (C, H, W), future mask 0/1, (past date, future date)) as a user would have them."""
     s = ds[i]
-    past = to_uint8(s["past"])  # (C, H, W) uint8, as rasterio reads a GeoTIFF
-    mask = s["future_mask"][0].numpy().astype(np.uint8)
-    dates = (f"{int(s['past_year'])}-{int(s['past_month']):02d}", f"{int(s['future_year'])}-{int(s['future_month']):02d}")
-    return s, past, mask, dates
+    x = inputs_from_sample(s)
+    return s, x["past"], x["future_mask"], (x["past_date"], x["future_date"])
 
 
 @pytest.mark.parametrize("model", ["pix2pix", "attention_unet"])

@@ -128,7 +128,7 @@ class CGANRun:
         """Write ``params.yaml`` / ``model.yaml`` (recording option changes on resume) and open the logs."""
         params = self.effective_params()
         if ckpt is not None:
-            step = int(torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)["step"])
+            step = int(self.checkpoint_state(ckpt)["step"])
             params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes)
         if self.main:
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)
@@ -139,9 +139,16 @@ class CGANRun:
         grid_ds = self.val_ds if len(self.val_ds) else self.train_ds
         self.grid_batch = collate([grid_ds[i] for i in spread_indices(len(grid_ds), self.cfg.n_sample_rows)])
 
+    def checkpoint_state(self, ckpt: Path) -> dict:
+        """The checkpoint's ``state.pt``, read once (both the resume record and :meth:`restore` need it)."""
+        if getattr(self, "_state_of", None) != ckpt:
+            self._state = torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+            self._state_of = ckpt
+        return self._state
+
     def restore(self, ckpt: Path) -> None:
         """Load models, optimisers, schedules, RNG state and the step from a checkpoint."""
-        state = torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
+        state = self.checkpoint_state(ckpt)
         saved_spec = state.get("model_spec")
         if saved_spec is not None and saved_spec != self.spec:
             diff = {k: (saved_spec.get(k), self.spec.get(k)) for k in self.spec if saved_spec.get(k) != self.spec.get(k)}

@@ -140,14 +140,12 @@ def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype |
     cn_dir = run_dir / "controlnet"
     if not (cn_dir / "config.json").is_file():
         raise FileNotFoundError(f"{cn_dir} has no trained ControlNet: train it first (notebook 05 / train_controlnet).")
-    trained_mp = params.get("mixed_precision_resolved", "no")
-    setup = resolve_device(str(device or "auto").split(":")[0], trained_mp if trained_mp in ("no", "bf16", "fp16") else "auto",
-                           channels_last=False, cpu_auto_precision="no")
+    setup = resolve_device(str(device or "auto").split(":")[0], "auto", channels_last=False, cpu_auto_precision="no")
     dev = torch.device("cuda" if setup.on_cuda else "cpu")
     backbone = load_backbone(params["backbone_path"]).freeze()
     controlnet = ControlNetModel.from_pretrained(cn_dir).eval()
     if dtype is None:  # the precision the run trained in on a GPU; fp32 on a CPU
-        mp = setup.mixed_precision if setup.on_cuda else "no"
+        mp = params.get("mixed_precision_resolved", "no") if setup.on_cuda else "no"
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mp, torch.float32)
     backbone.to(dev, dtype)
     controlnet.to(dev) if next(controlnet.parameters()).dtype == dtype else controlnet.to(dev, dtype)
