@@ -44,6 +44,7 @@ device = "auto"              # auto | cpu | cuda
 model = "attention_unet"     # pix2pix | attention_unet
 # guidance
 use_mask = "auto"            # auto: use the future mask only if the dataset has labels
+use_past_mask = False        # also the past mask (which future buildings are new); labelled data only
 time_encoding = "planes"     # planes (gap and month as constant channels) | none
 gap_scale_months = 24.0      # the gap plane is gap_months / gap_scale_months
 use_month = True             # add sin/cos of the future month of year

@@ -5,6 +5,8 @@ Channels, in this order (see :meth:`GuidanceConfig.channel_names`):
 1. the past image, all its bands (RGB, or RGBN when the dataset keeps 4 bands), in [-1, 1];
 2. the future building mask in {0, 1}, if ``use_mask`` (``"auto"``: only when the
    dataset has labels; the unlabelled ``sn7_real_128`` profile trains on image + time);
+   then, if ``use_past_mask`` (needs ``use_mask``), the past building mask, so that the generator
+   sees which buildings are new (future mask 1, past mask 0);
 3. time as constant planes (``time_encoding="planes"``): ``gap_months / gap_scale_months``,
    and, if ``use_month``, ``sin`` and ``cos`` of the future month of year
    (``2 pi (month - 1) / 12``), so December and January are neighbours.
@@ -29,6 +31,7 @@ class GuidanceConfig:
 
     n_bands: int = 3
     use_mask: bool | str = "auto"
+    use_past_mask: bool = False
     time_encoding: str = "planes"
     gap_scale_months: float = 24.0
     use_month: bool = True
@@ -36,6 +39,11 @@ class GuidanceConfig:
     def __post_init__(self):
         if self.use_mask not in (True, False, "auto"):
             raise ValueError(f"use_mask must be true, false or 'auto', got {self.use_mask!r}")
+        if self.use_past_mask not in (True, False):
+            raise ValueError(f"use_past_mask must be true or false, got {self.use_past_mask!r}")
+        if self.use_past_mask and self.use_mask is False:
+            raise ValueError("use_past_mask: true needs the future mask too (use_mask: true or auto): the past mask "
+                             "only tells the generator which of the future buildings are new")
         if self.time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {self.time_encoding!r}")
         if self.gap_scale_months <= 0:
@@ -44,6 +52,9 @@ class GuidanceConfig:
     def resolve(self, dataset_has_mask: bool, n_bands: int | None = None) -> "GuidanceConfig":
         """Replace ``use_mask="auto"`` by whether the dataset has labels (and set ``n_bands``)."""
         use_mask = bool(dataset_has_mask) if self.use_mask == "auto" else self.use_mask
+        if self.use_past_mask and not use_mask:
+            raise ValueError("use_past_mask: true, but the dataset has no building labels (use_mask resolved to "
+                             "false): set use_past_mask: false for unlabelled data")
         return replace(self, use_mask=use_mask, n_bands=n_bands if n_bands is not None else self.n_bands)
 
     @property
@@ -58,6 +69,8 @@ class GuidanceConfig:
         names = [f"past_b{i + 1}" for i in range(self.n_bands)]
         if self.use_mask:
             names.append("future_mask")
+        if self.use_past_mask:
+            names.append("past_mask")
         if self.time_encoding == "planes":
             names.append("gap_months_scaled")
             if self.use_month:
@@ -73,7 +86,7 @@ class GuidanceConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GuidanceConfig":
-        return cls(**{k: d[k] for k in ("n_bands", "use_mask", "time_encoding", "gap_scale_months", "use_month") if k in d})
+        return cls(**{k: d[k] for k in ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month") if k in d})
 
 
 def dataset_has_mask(dataset) -> bool:
@@ -109,6 +122,8 @@ def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tens
     parts = [past]
     if cfg.use_mask:
         parts.append(batch["future_mask"].to(past.dtype))
+    if cfg.use_past_mask:
+        parts.append(batch["past_mask"].to(past.dtype))
     if cfg.time_encoding == "planes":
         parts.append(time_planes(batch, cfg, past.shape[-2], past.shape[-1]))
     return torch.cat(parts, 1)

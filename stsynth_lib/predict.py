@@ -102,7 +102,9 @@ def inputs_from_sample(sample: dict[str, Any], predictor: "Predictor | None" = N
     return {"past": to_uint8(sample["past"]),
             "past_date": f"{int(sample['past_year'])}-{int(sample['past_month']):02d}",
             "future_date": f"{int(sample['future_year'])}-{int(sample['future_month']):02d}",
-            "future_mask": mask if predictor is None or predictor.uses_mask else None}
+            "future_mask": mask if predictor is None or predictor.uses_mask else None,
+            **({"past_mask": sample["past_mask"][0].numpy().astype(np.uint8)}
+               if predictor is not None and predictor.uses_past_mask else {})}
 
 
 class Predictor:
@@ -110,6 +112,7 @@ class Predictor:
 
     family: str = ""
     uses_mask: bool = False
+    uses_past_mask: bool = False
     tile_size_px: int | None = None
 
     def predict(self, past: np.ndarray, past_date: DateLike, future_date: DateLike,
@@ -119,6 +122,9 @@ class Predictor:
         if self.uses_mask and future_mask is None:
             raise ValueError(f"this {self.family} model was trained with the future building mask as guidance: pass "
                              "future_mask (0/1 footprints of the future date)")
+        if self.uses_past_mask and past_mask is None:
+            raise ValueError(f"this {self.family} model also takes the past building mask as guidance: pass past_mask "
+                             "(0/1 footprints of the past date)")
         if not self.uses_mask and future_mask is not None:
             raise ValueError(f"this {self.family} model was trained without building masks: it cannot use future_mask "
                              "(pass None)")
@@ -145,6 +151,7 @@ class CGANPredictor(Predictor):
         self.device = device
         self.family = str(yaml.safe_load((Path(run_dir) / "model.yaml").read_text())["name"])  # pix2pix | attention_unet
         self.uses_mask = bool(self.guidance.use_mask)
+        self.uses_past_mask = bool(self.guidance.use_past_mask)
         self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
 
     @torch.no_grad()

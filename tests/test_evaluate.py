@@ -251,3 +251,28 @@ def test_block_split_datasets_resample_whole_blocks():
     by_block = E.paired_vs_persistence(per_tile, metrics=("l1",), cluster="cluster").iloc[0]
     assert by_area["n_areas"] == 1 and np.isnan(by_area["ci_lo"]) and by_area["better"] is None
     assert by_block["n_areas"] == 4 and by_block["ci_hi"] < 0 and bool(by_block["better"])
+    default = E.paired_vs_persistence(per_tile, metrics=("l1",)).iloc[0]  # the cluster column when present
+    assert default["n_areas"] == 4 and default["ci_hi"] == by_block["ci_hi"]
+
+
+def test_paired_pooled_f1_resamples_clusters_and_pools_counts():
+    """New-building F1 is pooled (TP/FP/FN summed) per resample, for the model and for persistence."""
+    rows = []
+    for c in range(5):
+        for i in range(4):
+            pid = 4 * c + i
+            # persistence draws no new building (tp 0, fn 10); the model finds 6 of 10 with 2 false positives,
+            # except in cluster 4, where it finds nothing either
+            tp = 0 if c == 4 else 6
+            rows.append({"model": E.PERSISTENCE, "pair_id": pid, "aoi": "A", "cluster": f"b{c}",
+                         "tp_new": 0.0, "fp_new": 0.0, "fn_new": 10.0})
+            rows.append({"model": "m", "pair_id": pid, "aoi": "A", "cluster": f"b{c}",
+                         "tp_new": float(tp), "fp_new": 2.0 if tp else 0.0, "fn_new": 10.0 - tp})
+    p = E.paired_vs_persistence(pd.DataFrame(rows), metrics=("f1_new_micro",), n_boot=500).iloc[0]
+    tp, fp, fn = 4 * 4 * 6, 4 * 4 * 2, 20 * 10 - 4 * 4 * 6
+    assert p["mean_diff"] == pytest.approx(2 * tp / (2 * tp + fp + fn))  # persistence's pooled F1 is 0
+    assert p["n_areas"] == 5 and p["areas_better"] == 4 and p["n_pairs"] == 20
+    assert 0 < p["ci_lo"] < p["mean_diff"] < p["ci_hi"] and bool(p["better"])
+    same = pd.DataFrame([{**r, "model": "copy"} for r in rows if r["model"] == E.PERSISTENCE] + rows[::2])
+    q = E.paired_vs_persistence(same, metrics=("f1_new_micro",), n_boot=200).iloc[0]
+    assert np.isnan(q["mean_diff"]) or q["mean_diff"] == 0  # persistence vs itself: F1 0 - 0 ... undefined or 0

@@ -122,6 +122,20 @@ def test_condition_channels_in_documented_order():
     assert torch.allclose(c[1, 5:7, 0, 0], torch.tensor([0.0, -1.0]), atol=1e-6)  # July
 
 
+def test_past_mask_channel_follows_the_future_mask():
+    cfg = GuidanceConfig(use_past_mask=True).resolve(dataset_has_mask=True, n_bands=3)
+    assert cfg.channel_names()[3:5] == ["future_mask", "past_mask"]
+    batch = {**_batch(), "past_mask": (torch.rand(2, 1, 32, 32) > 0.7).float()}
+    c = build_condition(batch, cfg)
+    assert c.shape[1] == cfg.n_channels == 8
+    assert torch.equal(c[:, 3:4], batch["future_mask"]) and torch.equal(c[:, 4:5], batch["past_mask"])
+    assert GuidanceConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="no building labels"):
+        GuidanceConfig(use_past_mask=True).resolve(dataset_has_mask=False, n_bands=3)
+    with pytest.raises(ValueError, match="needs the future mask"):
+        GuidanceConfig(use_mask=False, use_past_mask=True)
+
+
 def test_condition_without_mask_or_time():
     no_labels = GuidanceConfig(use_mask="auto").resolve(dataset_has_mask=False, n_bands=4)
     assert "future_mask" not in no_labels.channel_names()

@@ -23,6 +23,7 @@ class CGANTrainConfig(TrainConfig):
     run_name: str | None = None  # folder under runs/<profile>/; default: the model name
     # guidance (see stsynth_lib.conditioning)
     use_mask: Any = "auto"  # auto | true | false
+    use_past_mask: bool = False  # also the past building mask (which future buildings are new); needs labels
     time_encoding: str = "planes"  # planes | none
     gap_scale_months: float = 24.0
     use_month: bool = True
@@ -101,6 +102,6 @@ class CGANTrainConfig(TrainConfig):
         return self.epochs_constant + self.epochs_decay
 
     def guidance(self) -> GuidanceConfig:
-        return GuidanceConfig(use_mask=self.use_mask, time_encoding=self.time_encoding,
+        return GuidanceConfig(use_mask=self.use_mask, use_past_mask=self.use_past_mask, time_encoding=self.time_encoding,
                               gap_scale_months=self.gap_scale_months, use_month=self.use_month)
 

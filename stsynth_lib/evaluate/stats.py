@@ -73,8 +73,11 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
     return table
 
 
+POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new")}
+
+
 def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1", "psnr", "ssim"),
-                          cluster: str = "aoi", n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
+                          cluster: str | None = None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
                           psnr_cap_db: float = 100.0) -> pd.DataFrame:
     """Each model minus persistence on the SAME pairs, with an interval that respects the areas.
 
@@ -83,50 +86,92 @@ def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1"
     in some areas and loses in others. Here the difference ``model - persistence`` is computed per
     pair, then whole areas are resampled with replacement (cluster bootstrap); the statistic is the
     mean difference over the pairs of the resampled areas. A model "beats persistence" on a
-    metric only when the whole interval is on the good side of zero.
+    metric only when the whole interval is on the good side of zero. ``cluster`` names the column of
+    the resampled unit: default ``"cluster"`` when present (whole blocks on block-split data, see
+    :func:`~stsynth_lib.evaluate.scoring.resampling_clusters`), else ``"aoi"``. Pooled building F1
+    (``f1_micro``, ``f1_new_micro``) sums TP/FP/FN over the pairs of the resampled clusters, for the model
+    and for persistence, and takes the difference of the two F1s.
 
     Returns one row per (model, metric): ``mean_diff``, ``ci_lo``, ``ci_hi``, ``better`` (True /
     False / None when the interval contains zero), ``areas_better`` (areas whose mean difference
     is on the good side) out of ``n_areas``, and ``n_pairs``.
     """
     df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
+    cluster = cluster or ("cluster" if "cluster" in df else "aoi")
     base = df[df["model"] == PERSISTENCE].set_index("pair_id")
     rows = []
     rng = np.random.default_rng(seed)
-    alpha = (1 - ci) / 2
     for model, g in df[~df["model"].isin([PERSISTENCE, UPPER_BOUND])].groupby("model", sort=False):
         g = g.set_index("pair_id")
         common = g.index.intersection(base.index)
         areas = base.loc[common, cluster].to_numpy()
         for metric in metrics:
-            if metric not in g.columns or metric not in base.columns:
+            if metric in POOLED_F1:
+                res = _pooled_f1_diff(g.loc[common], base.loc[common], areas, POOLED_F1[metric], rng, n_boot)
+            elif metric in g.columns and metric in base.columns:
+                res = _mean_diff(g.loc[common, metric], base.loc[common, metric], areas, metric, psnr_cap_db, rng, n_boot)
+            else:
                 continue
-            a, b = g.loc[common, metric].to_numpy(float), base.loc[common, metric].to_numpy(float)
-            if metric.startswith("psnr"):
-                a, b = M.finite_psnr(a, psnr_cap_db), M.finite_psnr(b, psnr_cap_db)
-            d = a - b
-            keep = ~np.isnan(d)
-            d, ar = d[keep], areas[keep]
-            if len(d) == 0:
-                continue
-            names, inv = np.unique(ar, return_inverse=True)
-            sums, counts = np.bincount(inv, weights=d), np.bincount(inv)
-            k = len(names)
-            pick = rng.integers(0, k, size=(n_boot, k))
-            boots = sums[pick].sum(1) / counts[pick].sum(1)
-            lo, hi = (np.quantile(boots, [alpha, 1 - alpha]) if k > 1 else (float("nan"), float("nan")))
-            higher_better = METRICS[metric][0]
-            good = (lambda x: x > 0) if higher_better else (lambda x: x < 0)
-            bad = (lambda x: x < 0) if higher_better else (lambda x: x > 0)
-            better = None  # the interval contains zero (or one area only: no interval)
-            if k > 1 and good(lo) and good(hi):
-                better = True
-            elif k > 1 and bad(lo) and bad(hi):
-                better = False
-            rows.append({"model": model, "metric": metric, "mean_diff": float(d.mean()), "ci_lo": float(lo),
-                         "ci_hi": float(hi), "better": better,
-                         "areas_better": int(good(sums / counts).sum()), "n_areas": k, "n_pairs": int(len(d))})
+            if res is not None:
+                rows.append({"model": model, "metric": metric, **_verdict(metric, *res, ci)})
     return pd.DataFrame(rows)
+
+
+def _mean_diff(a: pd.Series, b: pd.Series, areas: np.ndarray, metric: str, psnr_cap_db: float, rng, n_boot: int):
+    """(full-sample mean difference, bootstrap means, per-cluster mean differences, n pairs) or None."""
+    a, b = a.to_numpy(float), b.to_numpy(float)
+    if metric.startswith("psnr"):
+        a, b = M.finite_psnr(a, psnr_cap_db), M.finite_psnr(b, psnr_cap_db)
+    d = a - b
+    keep = ~np.isnan(d)
+    d, ar = d[keep], areas[keep]
+    if len(d) == 0:
+        return None
+    names, inv = np.unique(ar, return_inverse=True)
+    sums, counts = np.bincount(inv, weights=d), np.bincount(inv)
+    pick = rng.integers(0, len(names), size=(n_boot, len(names)))
+    return float(d.mean()), sums[pick].sum(1) / counts[pick].sum(1), sums / counts, int(len(d))
+
+
+def _pooled_f1_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols, rng, n_boot: int):
+    """Pooled F1 (model) - pooled F1 (persistence), clusters resampled whole; None without building scores."""
+    if not set(cols) <= set(g.columns) or not set(cols) <= set(base.columns):
+        return None
+    a, b = g[list(cols)].to_numpy(float), base[list(cols)].to_numpy(float)
+    keep = ~(np.isnan(a).any(1) | np.isnan(b).any(1))
+    a, b, ar = a[keep], b[keep], areas[keep]
+    if len(a) == 0:
+        return None
+    names, inv = np.unique(ar, return_inverse=True)
+    per_a = np.stack([np.bincount(inv, weights=a[:, j], minlength=len(names)) for j in range(3)], 1)
+    per_b = np.stack([np.bincount(inv, weights=b[:, j], minlength=len(names)) for j in range(3)], 1)
+
+    def f1(c):  # c: (..., 3) tp, fp, fn
+        denom = 2 * c[..., 0] + c[..., 1] + c[..., 2]
+        return np.where(denom > 0, 2 * c[..., 0] / np.maximum(denom, 1e-12), np.nan)
+
+    pick = rng.integers(0, len(names), size=(n_boot, len(names)))
+    boots = f1(per_a[pick].sum(1)) - f1(per_b[pick].sum(1))
+    boots = boots[~np.isnan(boots)]
+    full = float(f1(per_a.sum(0)) - f1(per_b.sum(0)))
+    return full, boots, f1(per_a) - f1(per_b), int(len(a))
+
+
+def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.ndarray, n_pairs: int, ci: float) -> dict:
+    """Interval, verdict and per-cluster count of one paired comparison (no interval with one cluster)."""
+    alpha = (1 - ci) / 2
+    k = len(per_cluster)
+    lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if k > 1 and len(boots) else (float("nan"), float("nan"))
+    higher_better = METRICS[metric][0]
+    good = (lambda x: x > 0) if higher_better else (lambda x: x < 0)
+    bad = (lambda x: x < 0) if higher_better else (lambda x: x > 0)
+    better = None  # the interval contains zero (or one area only: no interval)
+    if k > 1 and good(lo) and good(hi):
+        better = True
+    elif k > 1 and bad(lo) and bad(hi):
+        better = False
+    return {"mean_diff": float(mean_diff), "ci_lo": float(lo), "ci_hi": float(hi), "better": better,
+            "areas_better": int(np.nansum(good(per_cluster))), "n_areas": k, "n_pairs": n_pairs}
 
 
 def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:

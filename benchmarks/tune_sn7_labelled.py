@@ -1,0 +1,87 @@
+"""Choose the cGAN guidance and loss of the ``sn7_labelled`` profile on the VALIDATION blocks (never test).
+
+Each candidate trains a generator with the profile's parameters plus its overrides, predicts every validation pair
+and is scored with chapter 6's code (segmenter trained on the train blocks; new-building F1 and the image metrics on
+new-building / changed pixels; paired against persistence, whole blocks resampled). One row per candidate goes to
+``bench_results/tune_sn7_labelled.csv``; the chosen keys are written into ``params/sn7_labelled/0[34]_*.yaml`` by
+hand *with the row they came from*.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_sn7_labelled.py --name l1w100_pastmask \
+        --set lambda_l1=100 --set use_past_mask=true
+
+Needs ``../shared/data/sn7_real_labelled`` built into ``data/sn7_labelled`` (``make data PROFILE=sn7_labelled``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.train import train_cgan
+from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
+from stsynth_lib.evaluate.generator import predict_split
+from stsynth_lib.runs import parse_cli_value
+from stsynth_lib.segmentation import load_or_train_segmenter
+
+KEYS = ("psnr", "l1", "ssim", "psnr_changed", "l1_new", "psnr_new", "f1_new_micro", "recall_new", "f1_micro")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--notebook", default="03_train_cgan", help="params/sn7_labelled/<notebook>.yaml to start from")
+    p.add_argument("--set", action="append", default=[], help="key=value override (YAML value)")
+    p.add_argument("--out", default="bench_results")
+    args = p.parse_args(argv)
+    params = {}
+    for f in ("common", args.notebook):
+        params.update(yaml.safe_load((ROOT / "params" / "sn7_labelled" / f"{f}.yaml").read_text()) or {})
+    overrides = dict(kv.split("=", 1) for kv in args.set)
+    overrides = {k: parse_cli_value(v) for k, v in overrides.items()}
+    params.update(overrides)
+    params["run_name"] = f"tune_{args.name}"
+    cfg = CGANTrainConfig.from_params(params, progress=False)
+    t0 = time.time()
+    run_dir = train_cgan(cfg)
+    train_s = time.time() - t0
+    val_ds = PairedTileDataset(cfg.dataset_dir, "val")
+    predict_split(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
+    seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
+    print(msg)
+    res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,
+                          compute_lpips=False, progress=False, n_boot=1000)
+    row = {"name": args.name, "overrides": json.dumps(overrides), "train_s": round(train_s), "n_val_pairs": len(val_ds)}
+    summ = res.summary.set_index("model")
+    paired = paired_vs_persistence(res.per_tile, metrics=[k for k in KEYS if k in res.per_tile], cluster="cluster",
+                                   n_boot=1000)
+    for k in KEYS:
+        if k in summ.columns:
+            row[k] = summ.loc[args.name, k]
+            row[f"persistence_{k}"] = summ.loc["persistence", k]
+    row["paired"] = paired.to_json(orient="records") if hasattr(paired, "to_json") else str(paired)
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    csv = out / "tune_sn7_labelled.csv"
+    df = pd.DataFrame([row])
+    df.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(df.drop(columns=["paired"]).T)
+        print(paired)
+    return 0
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Figures of footprint-guided synthesis: where new buildings were asked for, and what each model drew there."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
+
+
+def _rgb(img_chw_uint8: np.ndarray) -> np.ndarray:
+    return np.moveaxis(img_chw_uint8[:3], 0, -1)
+
+
+def new_building_pixels(res: EvalResult) -> np.ndarray:
+    """Per pair: valid pixels built at t1 and not at t0 (0 for pairs without labels)."""
+    d = res.data
+    new = (d.future_mask[:, 0] > 0) & (d.past_mask[:, 0] == 0) & (d.valid[:, 0] > 0)
+    return np.where(d.has_mask, new.reshape(len(d), -1).sum(1), 0)
+
+
+def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6) -> list[int]:
+    """Indices of ``n`` pairs with the most new-building pixels, at most one per tile position and past month
+    (so the rows show different places), preferring gaps of at least ``min_gap_months``."""
+    count = new_building_pixels(res)
+    pairs = res.data.pairs
+    order = np.lexsort((-count, -(pairs["gap_months"].to_numpy() >= min_gap_months)))
+    place = pairs["tile_row"].astype(str) + "-" + pairs["tile_col"].astype(str) if "tile_row" in pairs else pairs["pair_id"]
+    seen, picks = set(), []
+    for i in order:
+        if count[i] == 0 or place.iloc[i] in seen:
+            continue
+        seen.add(place.iloc[i])
+        picks.append(int(i))
+        if len(picks) == n:
+            break
+    return picks
+
+
+def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None):
+    """Rows of test pairs with the most new buildings: past | future mask | truth | each model.
+
+    The new buildings (footprints at t1 that were not built at t0) are outlined in every image panel, and drawn
+    orange in the mask panel (buildings that already stood are white). Returns the figure, or ``None`` when no
+    pair of the split has labelled new buildings.
+    """
+    import matplotlib.pyplot as plt
+
+    idx = list(indices) if indices is not None else pick_new_building_pairs(res, n)
+    if not idx:
+        return None
+    names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
+    d = res.data
+    cols = ["past (= persistence)", "future footprints", "truth (future)"] + names
+    fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.4 * len(idx) + 0.5), squeeze=False)
+    for r, i in enumerate(idx):
+        new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
+        mask_rgb = np.zeros((*new.shape, 3))
+        mask_rgb[d.future_mask[i, 0] > 0] = 1.0
+        mask_rgb[new] = (1.0, 0.55, 0.0)
+        panels = [_rgb(d.past[i]), mask_rgb, _rgb(d.future[i])]
+        panels += [_rgb(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
+        for c, img in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(img)
+            if c != 1 and new.any():
+                ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=9)
+        p = d.pairs.iloc[i]
+        axes[r, 0].set_ylabel(f"{p.get('past_date', '')} -> {p.get('future_date', '')}\n"
+                              f"gap {p['gap_months']:.0f} mo, {int(new.sum())} new px", fontsize=8)
+    fig.suptitle("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
+                 "absent from the past image", fontsize=10)
+    fig.tight_layout()
+    return fig
