@@ -10,13 +10,21 @@ bands (RGB by default) and of the run's tile size. ``future_mask`` (the building
 date, {0, 1}, ``(H, W)`` or ``(N, H, W)``) is required by models trained with mask guidance and refused by
 models trained without it. Dates are ``"YYYY-MM"`` strings, ``(year, month)`` tuples or ``datetime.date``.
 The family is read from the run folder: ``model.yaml`` (cGANs) or ``controlnet/`` (ControlNet).
+
+Whole SpaceNet 7 trees, any image size (tiles stitched with blended overlaps, :mod:`stsynth_lib.scene`; pairs,
+masks and outputs, :mod:`stsynth_lib.predict_tree`)::
+
+    python -m stsynth_lib.predict --run runs/sn7/pix2pix --data /data/SN7_buildings_train --out predictions/sn7
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +90,7 @@ def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, fut
         raise ValueError(f"future_date {future_date!r} must be at least one month after past_date {past_date!r}")
     x = torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1.0)
     valid_t = torch.from_numpy(_masks(valid, n, (h, w), "valid")) if valid is not None else torch.ones(n, 1, h, w)
-    full = lambda v, dtype=torch.int64: torch.full((n,), v, dtype=dtype)  # noqa: E731
+    full = lambda v, dtype=torch.int64: torch.full((n,), v, dtype=dtype)
     return {
         "past": x, "future": torch.zeros_like(x),
         "past_mask": torch.from_numpy(_masks(past_mask, n, (h, w), "past_mask")),
@@ -95,7 +103,7 @@ def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, fut
     }
 
 
-def inputs_from_sample(sample: dict[str, Any], predictor: "Predictor | None" = None) -> dict[str, Any]:
+def inputs_from_sample(sample: dict[str, Any], predictor: Predictor | None = None) -> dict[str, Any]:
     """The plain arrays a user would have for one ``PairedTileDataset`` sample: ``past`` uint8 ``(C, H, W)``,
     ``"YYYY-MM"`` dates and, when ``predictor`` uses masks (or none is given), the 0/1 ``future_mask``."""
     mask = sample["future_mask"][0].numpy().astype(np.uint8)
@@ -113,7 +121,9 @@ class Predictor:
     family: str = ""
     uses_mask: bool = False
     uses_past_mask: bool = False
-    tile_size_px: int | None = None
+    tile_size_px: int | None = None  # the input size the model requires (None: any multiple of its downsampling)
+    trained_tile_size_px: int = 0  # the tile size it was trained on (whole images are cut into such tiles)
+    n_bands: int = 3
 
     def predict(self, past: np.ndarray, past_date: DateLike, future_date: DateLike,
                 future_mask: np.ndarray | None = None, past_mask: np.ndarray | None = None,
@@ -149,10 +159,12 @@ class CGANPredictor(Predictor):
         self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
         self.G.to(device)
         self.device = device
-        self.family = str(yaml.safe_load((Path(run_dir) / "model.yaml").read_text())["name"])  # pix2pix | attention_unet
+        spec = yaml.safe_load((Path(run_dir) / "model.yaml").read_text())
+        self.family = str(spec["name"])  # pix2pix | attention_unet
         self.uses_mask = bool(self.guidance.use_mask)
         self.uses_past_mask = bool(self.guidance.use_past_mask)
         self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
+        self.trained_tile_size_px, self.n_bands = int(spec["tile_size_px"]), int(spec["out_channels"])
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:
@@ -177,7 +189,7 @@ class ControlNetPredictor(Predictor):
         self.scheduler = make_scheduler(scheduler, self.backbone.noise_scheduler.config)
         self.steps, self.guidance_scale = num_inference_steps, guidance_scale
         self.uses_mask = bool(self.params["use_mask"])
-        self.tile_size_px = int(self.params["tile_size_px"])
+        self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
 
     def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:
         from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch, resize_spatial
@@ -206,5 +218,67 @@ def load_predictor(run_dir: str | Path, which: str = "best", device: str = "cpu"
                             "controlnet/config.json (ControlNet). Train one first (notebooks 03-05).")
 
 
-__all__: Sequence[str] = ("load_predictor", "Predictor", "CGANPredictor", "ControlNetPredictor", "make_batch",
-                          "parse_month", "inputs_from_sample")
+def _overlap(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of pixels >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options of ``python -m stsynth_lib.predict`` (``--help`` lists them)."""
+    p = argparse.ArgumentParser(prog="python -m stsynth_lib.predict",
+                                description="Predict the future image of every (past, future) month pair of a "
+                                            "SpaceNet 7 tree with a trained run; whole images, any size.")
+    p.add_argument("--run", required=True, help="trained run folder, e.g. runs/sn7/pix2pix")
+    p.add_argument("--data", required=True, help="SpaceNet 7 tree: the folder that holds train/<AOI>/images/")
+    p.add_argument("--out", required=True, help="output folder (<aoi>/pred_*.tif, index.csv, predict.yaml)")
+    p.add_argument("--min-gap-months", type=_positive, default=1)
+    p.add_argument("--max-gap-months", type=_positive, default=12)
+    p.add_argument("--aoi", nargs="+", metavar="AOI", help="only these areas (folder names under train/)")
+    p.add_argument("--max-pairs", type=_positive, help="a random subset of this many pairs (drawn with --seed)")
+    p.add_argument("--which", default="best", help="cGAN weights: best, latest or checkpoint-<step>")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=_positive, default=16, help="tiles per forward pass")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
+                   help="overlap of neighbouring tiles, blended; auto = a quarter tile")
+    p.add_argument("--num-inference-steps", type=_positive, help="ControlNet sampling steps (default: 20)")
+    p.add_argument("--overwrite", action="store_true", help="predict again pairs whose GeoTIFF exists")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; a bad tree, run or option prints its message (no traceback) and returns 2."""
+    from stsynth_lib.predict_tree import TreeOptions, predict_tree, run_bands
+
+    args = parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    sampling = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}
+    options = TreeOptions(min_gap_months=args.min_gap_months, max_gap_months=args.max_gap_months, aois=args.aoi,
+                          max_pairs=args.max_pairs, seed=args.seed, batch_size=args.batch_size,
+                          overlap_px=args.overlap_px, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        predictor = load_predictor(args.run, args.which, device, **sampling)  # sampling: ControlNet only
+        predict_tree(predictor, args.run, args.data, args.out, predictor.trained_tile_size_px,
+                     run_bands(args.run, predictor.n_bands), options,
+                     {"which": args.which, "device": device, "num_inference_steps": args.num_inference_steps})
+    except (ValueError, FileNotFoundError) as exc:  # SN7DataError is a ValueError
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__: Sequence[str] = ("CGANPredictor", "ControlNetPredictor", "Predictor", "inputs_from_sample", "load_predictor",
+                          "main", "make_batch", "parse_args", "parse_month")
+
+if __name__ == "__main__":
+    sys.exit(main())

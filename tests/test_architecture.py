@@ -22,7 +22,7 @@ LAYER_OF = {
     "training": "training", "predictions": "training", "params": "training",
     "evaluate": "evaluation",
     "cgan": "trainers", "controlnet": "trainers", "train_cgan": "trainers",
-    "predict": "predict",
+    "predict": "predict", "predict_tree": "predict", "scene": "predict",
 }
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 450
