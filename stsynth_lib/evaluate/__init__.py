@@ -6,7 +6,10 @@ Entry points
   footprint pixels; building precision/recall/F1/IoU and new-building scores through a segmenter)
   for ``persistence`` (future = past, computed from the dataset), every model's saved predictions
   and the real future images (segmentation upper bound). Writes ``per_tile.csv``, ``summary.csv``,
-  ``summary.json`` and ``results.md`` under ``out_dir``.
+  ``summary.json`` and ``results.md`` under ``out_dir``. It loads a tile store's split and the prediction folders,
+  then calls :func:`score_split`, which scores any arrays (:class:`SplitData` + ``{name: uint8 images}``).
+* ``python -m stsynth_lib.evaluate --pred <folder> --data <SN7 tree>`` (:mod:`stsynth_lib.evaluate.folder`) --
+  the same scores for whole-image predictions (``stsynth_lib.predict --out``), cut into tiles.
 * :func:`summarise` / :func:`results_table` / :func:`persistence_verdict` -- mean and 95 % bootstrap
   interval over tiles, the wide table of the book, and the plain sentence saying which model beats
   persistence on what.
@@ -19,6 +22,7 @@ All images are compared in [0, 1] (``uint8 / 255``, ``data_range = 1``) over val
 
 
 from stsynth_lib.evaluate.data import (  # noqa: F401
+    CHANGE_METRICS,
     DEFAULT_GAP_EDGES,
     LPIPS_METRICS,
     METRICS,
@@ -37,7 +41,7 @@ from stsynth_lib.evaluate.report import (  # noqa: F401
     prediction_dirs,
     save_results,
 )
-from stsynth_lib.evaluate.scoring import EvalResult, evaluate_models  # noqa: F401
+from stsynth_lib.evaluate.scoring import EvalResult, evaluate_models, resampling_clusters, score_split  # noqa: F401
 from stsynth_lib.evaluate.stats import (  # noqa: F401
     VERDICT_METRICS,
     paired_table,

@@ -31,8 +31,18 @@ METRICS: dict[str, tuple[bool, str]] = {
     "recall": (True, "building recall"),
     "f1_new_micro": (True, "new-building F1 (pooled)"),
     "recall_new": (True, "new-building recall"),
+    # pixel scores on L1 over changed / unchanged pixels and over NEW-building pixels (future footprint, not past)
+    "l1_changed": (False, "L1 changed px"),
+    "l1_unchanged": (False, "L1 unchanged px"),
+    "psnr_new": (True, "PSNR new-building px (dB)"),
+    "ssim_new": (True, "SSIM new-building px"),
+    "l1_new": (False, "L1 new-building px"),
+    "lpips_new": (False, "LPIPS new-building px"),
 }
-LPIPS_METRICS = ("lpips", "lpips_changed", "lpips_unchanged")
+LPIPS_METRICS = ("lpips", "lpips_changed", "lpips_unchanged", "lpips_new")
+# the change-aware pixel scores (NaN on pairs without building labels), in the order of the book's table
+CHANGE_METRICS = ("psnr_new", "ssim_new", "l1_new", "lpips_new", "psnr_changed", "ssim_changed", "l1_changed",
+                  "lpips_changed", "psnr_unchanged", "ssim_unchanged", "l1_unchanged", "lpips_unchanged")
 DEFAULT_GAP_EDGES = (1, 2, 4, 7, 13, 10_000)  # buckets [1], [2-3], [4-6], [7-12], [13+]
 
 
@@ -116,6 +126,7 @@ class EvalResult:
     available: dict[str, np.ndarray] = field(repr=False)  # name -> (N,) bool, tile predicted by the model
     seg_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     out_dir: Path | None = None
+    lpips_weights: str | None = None  # the LPIPS weights' description (None: LPIPS not computed)
 
 
 def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[np.ndarray, np.ndarray]:

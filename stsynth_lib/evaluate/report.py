@@ -11,6 +11,7 @@ import pandas as pd
 
 from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import (
+    CHANGE_METRICS,
     LPIPS_METRICS,
     METRICS,
     PERSISTENCE,
@@ -29,8 +30,11 @@ from stsynth_lib.evaluate.stats import (
 )
 
 
-def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
-    """Write per_tile.csv, summary.csv, summary.json and results.md atomically under ``out_dir``."""
+def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None,
+                 header: str | None = None, resample_unit: str | None = None) -> Path:
+    """Write per_tile.csv, summary.csv, summary.json, paired_vs_persistence.csv and results.md atomically under
+    ``out_dir``. ``header`` (markdown, optional) opens results.md: what was scored; ``resample_unit`` says what the
+    paired interval resampled (default: whole blocks or whole areas, read from the clusters)."""
     from stsynth_lib.runs import atomic_write_text
 
     out = Path(out_dir)
@@ -39,11 +43,9 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     atomic_write_text(out / "summary.csv", res.summary.to_csv(index=False))
     table = results_table(res.summary)
     verdict = persistence_verdict(res.summary)
-    has_lpips = "lpips" in res.per_tile and bool(res.per_tile["lpips"].notna().any())
     by_block = "cluster" in res.per_tile and bool(res.per_tile["cluster"].astype(str).str.contains("/block-").any())
-    unit = "whole blocks (the dataset is split by blocks)" if by_block else "whole areas (AOIs)"
-    paired = paired_vs_persistence(res.per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if has_lpips else ()),
-                                   cluster="cluster" if "cluster" in res.per_tile else "aoi")
+    unit = resample_unit or ("whole blocks (the dataset is split by blocks)" if by_block else "whole areas (AOIs)")
+    paired = _paired(res.per_tile)
     atomic_write_text(out / "paired_vs_persistence.csv", paired.to_csv(index=False))
     payload = {
         **dict(meta or {}),
@@ -57,14 +59,37 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
         "paired_resamples": unit,
     }
     atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
-    md = table.to_markdown() if _has_tabulate() else table.to_string()
-    text = md + "\n\n" + "\n".join(f"- {v}" for v in verdict + res.notes) + "\n"
+    text = (header.rstrip() + "\n\n" if header else "") + _md(table) + "\n\n"
+    text += "\n".join(f"- {v}" for v in verdict + res.notes) + "\n"
+    change = [m for m in CHANGE_METRICS if m in set(res.summary["metric"])] if len(res.summary) else []
+    if change:
+        text += ("\nChange-aware pixel scores (labelled pairs only): new-building pixels (built at t1, not at t0), "
+                 "changed pixels (footprint differs) and unchanged pixels:\n\n"
+                 + _md(results_table(res.summary, change)) + "\n")
     if len(paired):
         pt = paired_table(paired).set_index("model")
         text += (f"\nPaired with persistence on the same pairs, 95 % interval from resampling {unit}:\n\n"
-                 + (pt.to_markdown() if _has_tabulate() else pt.to_string()) + "\n")
+                 + _md(pt) + "\n")
     atomic_write_text(out / "results.md", text)
     return out
+
+
+def _paired(per_tile: pd.DataFrame) -> pd.DataFrame:
+    """Model minus persistence: the headline metrics, then (a second draw, so the first rows do not move) the
+    change-aware ones that were scored."""
+    has = [m for m in ("lpips",) + CHANGE_METRICS if m in per_tile and bool(per_tile[m].notna().any())]
+    cluster = "cluster" if "cluster" in per_tile else "aoi"
+    paired = paired_vs_persistence(per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if "lpips" in has else ()),
+                                   cluster=cluster)
+    change = [m for m in CHANGE_METRICS if m in has]
+    if not change:
+        return paired
+    extra = paired_vs_persistence(per_tile, metrics=change, cluster=cluster)
+    return pd.concat([paired, extra], ignore_index=True) if len(extra) else paired
+
+
+def _md(table: pd.DataFrame) -> str:
+    return table.to_markdown() if _has_tabulate() else table.to_string()
 
 
 def _has_tabulate() -> bool:

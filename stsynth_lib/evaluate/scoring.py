@@ -25,7 +25,13 @@ from stsynth_lib.evaluate.stats import summarise
 
 
 def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:
-    """Image metrics of generated uint8 images ``pred`` (aligned with ``data``) against the future tiles."""
+    """Image metrics of generated uint8 images ``pred`` (aligned with ``data``) against the future tiles.
+
+    Over all valid pixels, and on labelled pairs (NaN elsewhere) over ``changed`` pixels (footprint differs between
+    t0 and t1), ``unchanged`` pixels and ``new``-building pixels (footprint at t1, not at t0). SSIM and LPIPS over a
+    region are the means of one full-tile SSIM / LPIPS map over the region's pixels (each pixel's score still sees
+    its window), so the extra regions cost no extra pass.
+    """
     out: dict[str, list[np.ndarray]] = {}
     n = len(data)
     for i in range(0, n, batch):
@@ -34,9 +40,10 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric
         t = data.future[sl].astype(np.float64) / 255.0
         v = data.valid[sl]
         changed, unchanged = M.change_masks(data.past_mask[sl], data.future_mask[sl], v)
+        new = changed.numpy() * (data.future_mask[sl] > 0)  # built at t1 and not at t0, valid
         hm = data.has_mask[sl]
         nan = np.full(len(p), np.nan)
-        masks = [v, changed, unchanged] if hm.any() else [v]  # change-aware scores need labels
+        masks = [v, changed, unchanged, new] if hm.any() else [v]  # change-aware scores need labels
         ssim = M.masked_ssim_many(p, t, masks, data_range=1.0)
         res = {
             "psnr": M.masked_psnr(p, t, v, data_range=1.0),
@@ -54,9 +61,27 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric
             res["lpips"] = lps[0]
             res["lpips_changed"] = np.where(hm, lps[1], nan) if hm.any() else nan
             res["lpips_unchanged"] = np.where(hm, lps[2], nan) if hm.any() else nan
+            res["lpips_new"] = np.where(hm, lps[3], nan) if hm.any() else nan
+        res.update(_region_scores(p, t, hm, changed, unchanged, new, ssim))
         for k, val in res.items():
             out.setdefault(k, []).append(np.asarray(val, dtype=np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _region_scores(p, t, hm, changed, unchanged, new, ssim) -> dict[str, np.ndarray]:
+    """L1 over changed / unchanged pixels and PSNR / SSIM / L1 / share of new-building pixels; NaN without labels
+    (and where a tile has no such pixel)."""
+    nan = np.full(len(p), np.nan)
+    if not hm.any():
+        return {k: nan for k in ("new_fraction", "l1_changed", "l1_unchanged", "psnr_new", "ssim_new", "l1_new")}
+    return {
+        "new_fraction": np.where(hm, new.reshape(len(p), -1).mean(1), nan),
+        "l1_changed": np.where(hm, M.masked_l1(p, t, changed), nan),
+        "l1_unchanged": np.where(hm, M.masked_l1(p, t, unchanged), nan),
+        "psnr_new": np.where(hm, M.masked_psnr(p, t, new, 1.0), nan),
+        "ssim_new": np.where(hm, ssim[3], nan),
+        "l1_new": np.where(hm, M.masked_l1(p, t, new), nan),
+    }
 
 
 def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, notes: list[str]) -> P.LPIPSMetric:
@@ -108,26 +133,66 @@ def evaluate_models(
     are NaN with a note. ``persistence_dir`` (optional) receives the persistence baseline's
     "predictions" as GeoTIFF + PNG, like a model's.
     """
-    from tqdm import tqdm
-
     data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
     notes: list[str] = []
     if max_pairs is not None and len(data) == max_pairs:
         notes.append(f"Scored a seeded random subset of {len(data)} {split} pairs (max_pairs={max_pairs}), the same for every model.")
     preds, have = _gather_predictions(data, runs, split, persistence_dir, notes)
-    common = np.logical_and.reduce(list(have.values()))
+    res = score_split(data, preds, have, notes=notes, segmenter=segmenter, lpips_net=lpips_net,
+                      allow_uncalibrated=allow_uncalibrated, compute_lpips=compute_lpips, device=device, n_boot=n_boot,
+                      psnr_cap_db=psnr_cap_db, seed=seed, split=split, progress=progress)
+    if out_dir is not None:
+        meta = {"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
+                "lpips_weights": res.lpips_weights, "runs": {k: str(v) for k, v in (runs or {}).items()}}
+        res.out_dir = save_results(res, out_dir, meta=meta)
+    return res
+
+
+def score_split(
+    data: SplitData,
+    preds: Mapping[str, np.ndarray],
+    have: Mapping[str, np.ndarray],
+    *,
+    notes: list[str] | None = None,
+    clusters: np.ndarray | None = None,
+    segmenter: Any = None,
+    lpips_net: str = "alex",
+    allow_uncalibrated: bool = False,
+    compute_lpips: bool = True,
+    device: str = "cpu",
+    n_boot: int = 1000,
+    psnr_cap_db: float = 100.0,
+    seed: int = 0,
+    split: str = "test",
+    progress: bool = True,
+    no_segmenter_note: str | None = None,
+) -> EvalResult:
+    """Score uint8 images ``preds`` ({name: (N, C, H, W)} aligned with ``data``, persistence included) on the tiles
+    of ``data``; ``have[name]`` ((N,) bool) says which tiles a model predicted.
+
+    The arrays may come from a tile store (:func:`evaluate_models`) or be cut from whole images
+    (:mod:`stsynth_lib.evaluate.folder`): the metrics, summaries and intervals are the same. Tiles some model did
+    not predict are left out of every summary. ``clusters`` ((N,) labels) is what the paired bootstrap resamples;
+    default :func:`resampling_clusters` of ``data.pairs``. ``segmenter`` (or None) scores buildings on labelled
+    tiles, plus the real future as the upper bound (``no_segmenter_note``: the note said without one). ``notes``
+    (appended to) become the result's notes; ``split`` only names the tiles in them. Nothing is written: see :func:`~stsynth_lib.evaluate.report.save_results`.
+    """
+    from tqdm import tqdm
+
+    notes = [] if notes is None else notes
+    common = np.logical_and.reduce([np.asarray(h, bool) for h in have.values()])
     lp = _lpips_metric(lpips_net, allow_uncalibrated, device, seed, notes) if compute_lpips else None
     calibrated = {"lpips": bool(lp.calibrated) if lp is not None else False}
-    seg_on = _segmenter_usable(segmenter, data, split, notes)
+    seg_on = _segmenter_usable(segmenter, data, split, notes, no_segmenter_note)
     base = pd.DataFrame({
         "pair_id": data.pair_ids, "aoi": data.pairs["aoi"].to_numpy(), "gap_months": data.pairs["gap_months"].to_numpy(float),
         "has_mask": data.has_mask,
     })
     base["gap_bucket"] = gap_bucket(base["gap_months"])
-    base["cluster"] = resampling_clusters(data.pairs)
+    base["cluster"] = resampling_clusters(data.pairs) if clusters is None else np.asarray(clusters).astype(str)
     frames, seg_masks = [], {}
     for name in tqdm(list(preds), desc="scoring models", disable=not progress):
-        frames.append(_score_model(name, preds[name], have[name], common, base, data, lp,
+        frames.append(_score_model(name, preds[name], np.asarray(have[name], bool), common, base, data, lp,
                                    segmenter if seg_on else None, device, seg_masks))
     if seg_on:
         frames.append(_score_upper_bound(segmenter, data, base, common, device, seg_masks))
@@ -137,12 +202,8 @@ def evaluate_models(
     n_inf = int(np.isposinf(per_tile["psnr"]).sum())
     if n_inf:
         notes.append(f"{n_inf} tile(s) match the truth exactly (PSNR = inf); means use {psnr_cap_db:g} dB for them.")
-    res = EvalResult(per_tile, summary, notes, calibrated, data, preds, have, seg_masks)
-    if out_dir is not None:
-        res.out_dir = save_results(res, out_dir, meta={"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
-                                                        "lpips_weights": lp.description if lp is not None else None,
-                                                        "runs": {k: str(v) for k, v in (runs or {}).items()}})
-    return res
+    return EvalResult(per_tile, summary, notes, calibrated, data, dict(preds), dict(have), seg_masks,
+                      lpips_weights=lp.description if lp is not None else None)
 
 
 def resampling_clusters(pairs: pd.DataFrame) -> np.ndarray:
@@ -174,9 +235,11 @@ def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, note
     return preds, have
 
 
-def _segmenter_usable(segmenter, data: SplitData, split: str, notes: list[str]) -> bool:
+def _segmenter_usable(segmenter, data: SplitData, split: str, notes: list[str],
+                      no_segmenter_note: str | None = None) -> bool:
     if segmenter is None:
-        notes.append("Building F1 skipped: no building segmenter (the training split has no building labels, or none was trained).")
+        notes.append(no_segmenter_note or "Building F1 skipped: no building segmenter (the training split has no "
+                                          "building labels, or none was trained).")
     elif not data.has_mask.any():
         notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False), e.g. the sn7_real_128 sample has no labels.")
     return segmenter is not None and bool(data.has_mask.any())
