@@ -35,7 +35,7 @@ from stsynth_lib.evaluate.generator import predict_split
 from stsynth_lib.runs import parse_cli_value
 from stsynth_lib.segmentation import load_or_train_segmenter
 
-KEYS = ("psnr", "l1", "ssim", "psnr_changed", "l1_new", "psnr_new", "f1_new_micro", "recall_new", "f1_micro")
+KEYS = ("psnr", "l1", "ssim", "l1_new", "psnr_new", "ssim_new", "l1_unchanged", "f1_new_micro", "recall_new", "f1_micro")
 
 
 def main(argv=None) -> int:
@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     p.add_argument("--notebook", default="03_train_cgan", help="params/sn7_labelled/<notebook>.yaml to start from")
     p.add_argument("--set", action="append", default=[], help="key=value override (YAML value)")
     p.add_argument("--out", default="bench_results")
+    p.add_argument("--score-only", action="store_true", help="re-score the run's saved validation predictions")
     args = p.parse_args(argv)
     params = {}
     for f in ("common", args.notebook):
@@ -54,10 +55,13 @@ def main(argv=None) -> int:
     params["run_name"] = f"tune_{args.name}"
     cfg = CGANTrainConfig.from_params(params, progress=False)
     t0 = time.time()
-    run_dir = train_cgan(cfg)
+    run_dir = Path(cfg.runs_dir) / cfg.profile / cfg.run_name
+    if not args.score_only:
+        run_dir = train_cgan(cfg)
     train_s = time.time() - t0
     val_ds = PairedTileDataset(cfg.dataset_dir, "val")
-    predict_split(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
+    if not args.score_only:
+        predict_split(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
     seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
     print(msg)
     res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,

@@ -61,10 +61,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
+from stsynth_lib.evaluate.figures import plot_new_buildings
 from stsynth_lib.runs import seed_everything
 from stsynth_lib.segmentation import load_or_train_segmenter
 
@@ -148,7 +150,10 @@ for line in E.persistence_verdict(res.summary):
 # column of areas says whether a win is broad or carried by a few areas.
 
 # %%
-display(E.paired_table(E.paired_vs_persistence(res.per_tile, n_boot=n_bootstrap)))
+summary_json = json.loads((eval_dir / "summary.json").read_text())
+paired = pd.DataFrame(summary_json["paired_vs_persistence"])
+print(f"The intervals resample {summary_json['paired_resamples']}.")
+display(E.paired_table(paired[paired["metric"].isin(["l1", "psnr", "ssim", "lpips"])]) if len(paired) else paired)
 
 # %% [markdown]
 # ### Change-aware scores
@@ -157,8 +162,8 @@ display(E.paired_table(E.paired_vs_persistence(res.per_tile, n_boot=n_bootstrap)
 # the changed ones. Needs building labels.
 
 # %%
-change_cols = ("psnr_changed", "psnr_unchanged", "ssim_changed", "ssim_unchanged", "lpips_changed", "lpips_unchanged")
-if set(change_cols) & set(res.summary["metric"]):
+change_cols = [m for m in E.CHANGE_METRICS if m in set(res.summary["metric"])]
+if change_cols:
     display(E.results_table(res.summary, change_cols))
 else:
     display(Markdown("> **Note:** no building labels in this split: change-aware scores need the footprints of t0 and t1."))
@@ -173,6 +178,32 @@ if segmenter is not None and data.has_mask.any():
     display(E.results_table(res.summary, ("f1_micro", "f1", "iou", "precision", "recall", "f1_new_micro", "recall_new")))
 else:
     display(Markdown("> **Note: building F1 skipped** -- no labelled test tiles or no segmenter for this dataset."))
+
+# %% [markdown]
+# ### New buildings: does the model draw what the footprints ask for?
+# The question footprint guidance exists for. Each model minus persistence on the same pairs, over the pixels of
+# **new buildings** (built at t1, not at t0) and for the segmenter's **new-building F1** (TP/FP/FN pooled over the
+# pairs of each resample), with whole blocks or areas resampled as above. Persistence shows the ground before
+# construction, so it scores (almost) no new building; a model that uses its guidance must beat it here.
+
+# %%
+new_metrics = ["f1_new_micro", "l1_new", "psnr_new", "ssim_new", "lpips_new", "f1_micro", "l1_unchanged"]
+new_rows = paired[paired["metric"].isin(new_metrics)] if len(paired) else paired
+if len(new_rows):
+    display(E.paired_table(new_rows))
+else:
+    display(Markdown("> **Note:** no new-building scores: this split has no building labels (or no segmenter)."))
+
+# %% [markdown]
+# A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints
+# the models were given (new ones in orange), the true future and each model, new buildings outlined in cyan.
+
+# %%
+fig = plot_new_buildings(res, n=4)
+if fig is None:
+    display(Markdown("> **Note:** no test pair with labelled new buildings in this split."))
+else:
+    plt.show()
 
 # %% [markdown]
 # ## Metric versus time gap

@@ -276,3 +276,31 @@ def test_paired_pooled_f1_resamples_clusters_and_pools_counts():
     same = pd.DataFrame([{**r, "model": "copy"} for r in rows if r["model"] == E.PERSISTENCE] + rows[::2])
     q = E.paired_vs_persistence(same, metrics=("f1_new_micro",), n_boot=200).iloc[0]
     assert np.isnan(q["mean_diff"]) or q["mean_diff"] == 0  # persistence vs itself: F1 0 - 0 ... undefined or 0
+
+
+def test_new_building_figure_picks_the_pairs_with_most_new_buildings(tiny_dataset_dir, tmp_path):
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.figures import new_building_pixels, pick_new_building_pairs, plot_new_buildings
+
+    data = E.load_split(tiny_dataset_dir, "test")
+    _write(tmp_path / "oracle", data, data.future)
+    res = E.evaluate_models(tiny_dataset_dir, "test", {"oracle": tmp_path / "oracle"}, compute_lpips=False, n_boot=20,
+                            progress=False)
+    count = new_building_pixels(res)
+    new = (data.future_mask[:, 0] > 0) & (data.past_mask[:, 0] == 0) & (data.valid[:, 0] > 0)
+    assert np.array_equal(count, np.where(data.has_mask, new.reshape(len(data), -1).sum(1), 0))
+    assert count.max() > 0, "the synthetic test split should hold construction"
+    picks = pick_new_building_pairs(res, n=3, min_gap_months=0)
+    assert 1 <= len(picks) <= 3 and all(count[i] > 0 for i in picks)
+    assert count[picks[0]] == count.max()  # the pair with most new-building pixels comes first
+    places = {(data.pairs.loc[i, "row_off"], data.pairs.loc[i, "col_off"], data.pairs.loc[i, "aoi"]) for i in picks}
+    assert len(places) == len(picks)  # one row per place
+    fig = plot_new_buildings(res, indices=picks)
+    assert fig.axes[0].get_title() == "past (= persistence)" and fig.axes[3].get_title() == "oracle"
+    assert len(fig.axes) == len(picks) * 4
+    plt.close(fig)
+    unlabelled = dataclasses.replace(res, data=dataclasses.replace(data, has_mask=np.zeros(len(data), bool)))
+    assert plot_new_buildings(unlabelled) is None

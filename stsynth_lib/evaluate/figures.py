@@ -25,8 +25,9 @@ def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6
     (so the rows show different places), preferring gaps of at least ``min_gap_months``."""
     count = new_building_pixels(res)
     pairs = res.data.pairs
-    order = np.lexsort((-count, -(pairs["gap_months"].to_numpy() >= min_gap_months)))
-    place = pairs["tile_row"].astype(str) + "-" + pairs["tile_col"].astype(str) if "tile_row" in pairs else pairs["pair_id"]
+    order = np.lexsort((-count, -(pairs["gap_months"].to_numpy() >= min_gap_months).astype(int)))
+    place = (pairs["aoi"].astype(str) + "/" + pairs["row_off"].astype(str) + "-" + pairs["col_off"].astype(str)
+             if "row_off" in pairs else pairs["pair_id"].astype(str))
     seen, picks = set(), []
     for i in order:
         if count[i] == 0 or place.iloc[i] in seen:
@@ -71,8 +72,9 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
             if r == 0:
                 ax.set_title(cols[c], fontsize=9)
         p = d.pairs.iloc[i]
-        axes[r, 0].set_ylabel(f"{p.get('past_date', '')} -> {p.get('future_date', '')}\n"
-                              f"gap {p['gap_months']:.0f} mo, {int(new.sum())} new px", fontsize=8)
+        dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
+                 if "past_year" in p else f"pair {p['pair_id']}")
+        axes[r, 0].set_ylabel(f"{dates}\ngap {p['gap_months']:.0f} months, {int(new.sum())} new px", fontsize=8)
     fig.suptitle("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
                  "absent from the past image", fontsize=10)
     fig.tight_layout()
