@@ -311,3 +311,25 @@ def test_controlnet_predicts_a_whole_image(tiny_dataset_dir, new_tree, tmp_path,
     index = _index(out)
     assert len(index) == 1 and index["model"][0] == "ControlNet" and index["used_mask"][0] == "true"
     _check_outputs(out, index)
+
+
+def test_a_past_mask_model_gets_both_footprints(new_tree, tiny_dataset_dir, tmp_path, capsys):
+    """use_past_mask: the run takes the past footprints as a second mask channel; the tree's labels supply both."""
+    from stsynth_lib.predict import load_predictor
+
+    cfg = CGANTrainConfig(dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path / "runs"), profile="t", ngf=8, ndf=8,
+                          batch_size=4, max_steps=2, max_train_pairs=8, max_val_pairs=4, progress=False, device="cpu",
+                          use_mask=True, use_past_mask=True)
+    run = train_cgan(cfg)
+    predictor = load_predictor(run)
+    assert predictor.uses_mask and predictor.uses_past_mask
+    past, mask = np.zeros((3, 32, 32), np.uint8), np.zeros((32, 32), np.uint8)
+    with pytest.raises(ValueError, match="past_mask"):
+        predictor.predict(past, "2019-01", "2019-03", future_mask=mask)
+    assert predictor.predict(past, "2019-01", "2019-03", future_mask=mask, past_mask=mask).shape == past.shape
+    out = tmp_path / "out"
+    rc, log = _predict(capsys, "--run", run, "--data", new_tree, "--out", out, "--max-pairs", "2")
+    assert rc == 0, log
+    index = _index(out)
+    assert len(index) == 2 and set(index["used_mask"]) == {"true"}
+    _check_outputs(out, index)
