@@ -99,9 +99,9 @@ def context_fields(past: np.ndarray, gap: int, offsets: Sequence[int | str],
         img = _images(img, f"context[{o!r}]")
         if img.shape != past.shape:
             raise ValueError(f"context[{o!r}] has shape {img.shape}; it must match past {past.shape}")
-        if o == SAME_MONTH_LAST_YEAR and gap < 12:
-            raise ValueError(f"context[{o!r}]: the same month last year is after past_date when the gap is {gap} "
-                             "months (< 12); leave it out")
+        if o == SAME_MONTH_LAST_YEAR and gap > 12:
+            raise ValueError(f"context[{o!r}]: the same month last year (future_date - 12 months) is after past_date "
+                             f"when the gap is {gap} months (> 12); leave it out")
         age = 12 if o == SAME_MONTH_LAST_YEAR else gap - o
         frames[:, k], present[:, k], ages[:, k] = img.astype(np.float32) / 127.5 - 1.0, True, age
     valid = np.broadcast_to(present[:, :, None, None, None], (n, len(offsets), 1, *past.shape[2:]))

@@ -319,3 +319,8 @@ def test_context_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
         pred.predict(past, "2019-01", "2019-03", future_mask=np.zeros((32, 32), np.uint8))
     out = pred.predict(past, "2019-01", "2019-03", future_mask=np.zeros((32, 32), np.uint8), context={-1: past})
     assert out.shape == past.shape and out.dtype == np.uint8
+    out2 = pred.predict(past, "2019-01", "2019-03", future_mask=np.zeros((32, 32), np.uint8),
+                        context={-1: past, SMLY: past})
+    assert out2.shape == past.shape
+    with pytest.raises(ValueError, match="after past_date"):
+        pred.predict(past, "2019-01", "2020-03", future_mask=np.zeros((32, 32), np.uint8), context={SMLY: past})
