@@ -12,15 +12,23 @@ Channels, in this order (see :meth:`GuidanceConfig.channel_names`):
    (``2 pi (month - 1) / 12``), so December and January are neighbours.
 
 ``time_encoding="none"`` drops 3.
+
+4. with ``context_offsets_months`` (the offsets of the dataset's ``context`` frames, see
+   :mod:`stsynth_lib.data.dataset`), for each context frame other than offset 0 (the past image, already
+   channel 1): its bands, its validity plane (``context_valid * context_present``) and its age plane
+   (``context_age_months / gap_scale_months``; 0 where absent). ``None`` or ``[0]`` add nothing: today's channels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping
+from typing import Any
 
 import torch
+
+from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
 
 TIME_ENCODINGS = ("planes", "none")
 
@@ -35,8 +43,10 @@ class GuidanceConfig:
     time_encoding: str = "planes"
     gap_scale_months: float = 24.0
     use_month: bool = True
+    context_offsets_months: tuple | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "context_offsets_months", check_context_offsets(self.context_offsets_months))
         if self.use_mask not in (True, False, "auto"):
             raise ValueError(f"use_mask must be true, false or 'auto', got {self.use_mask!r}")
         if self.use_past_mask not in (True, False):
@@ -49,7 +59,7 @@ class GuidanceConfig:
         if self.gap_scale_months <= 0:
             raise ValueError(f"gap_scale_months must be > 0, got {self.gap_scale_months}")
 
-    def resolve(self, dataset_has_mask: bool, n_bands: int | None = None) -> "GuidanceConfig":
+    def resolve(self, dataset_has_mask: bool, n_bands: int | None = None) -> GuidanceConfig:
         """Replace ``use_mask="auto"`` by whether the dataset has labels (and set ``n_bands``)."""
         use_mask = bool(dataset_has_mask) if self.use_mask == "auto" else self.use_mask
         if self.use_past_mask and not use_mask:
@@ -63,6 +73,11 @@ class GuidanceConfig:
             return 0
         return 1 + (2 if self.use_month else 0)
 
+    @property
+    def extra_context(self) -> list[tuple[int, int | str]]:
+        """``(position in the dataset's context, offset)`` of each context frame the channels hold (offset 0 aside)."""
+        return [(k, o) for k, o in enumerate(self.context_offsets_months or ()) if o != 0]
+
     def channel_names(self) -> list[str]:
         if self.use_mask == "auto":
             raise ValueError("GuidanceConfig.use_mask is still 'auto': call .resolve(dataset_has_mask) first")
@@ -75,6 +90,9 @@ class GuidanceConfig:
             names.append("gap_months_scaled")
             if self.use_month:
                 names += ["future_month_sin", "future_month_cos"]
+        for _, o in self.extra_context:
+            tag = "ctx_last_year" if o == SAME_MONTH_LAST_YEAR else f"ctx_t0{o}"
+            names += [f"{tag}_b{i + 1}" for i in range(self.n_bands)] + [f"{tag}_valid", f"{tag}_age_scaled"]
         return names
 
     @property
@@ -82,11 +100,19 @@ class GuidanceConfig:
         return len(self.channel_names())
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields (``context_offsets_months`` only when set: runs without context keep today's ``model.yaml``)."""
+        d = asdict(self)
+        if d["context_offsets_months"] is None:
+            del d["context_offsets_months"]
+        else:
+            d["context_offsets_months"] = list(d["context_offsets_months"])
+        return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GuidanceConfig":
-        return cls(**{k: d[k] for k in ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month") if k in d})
+    def from_dict(cls, d: Mapping[str, Any]) -> GuidanceConfig:
+        keys = ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month",
+                "context_offsets_months")
+        return cls(**{k: d[k] for k in keys if k in d})
 
 
 def dataset_has_mask(dataset) -> bool:
@@ -126,4 +152,30 @@ def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tens
         parts.append(batch["past_mask"].to(past.dtype))
     if cfg.time_encoding == "planes":
         parts.append(time_planes(batch, cfg, past.shape[-2], past.shape[-1]))
+    if cfg.extra_context:
+        parts += context_planes(batch, cfg)
     return torch.cat(parts, 1)
+
+
+def context_planes(batch: Mapping[str, Any], cfg: GuidanceConfig) -> list[torch.Tensor]:
+    """Per extra context frame: its bands, validity (valid * present) and age / ``gap_scale_months`` planes."""
+    past = batch["past"]
+    k_needed = len(cfg.context_offsets_months)
+    missing = [k for k in ("context", "context_valid", "context_present", "context_age_months") if k not in batch]
+    if missing:
+        raise ValueError(f"this guidance uses context frames at offsets {list(cfg.context_offsets_months)} but the "
+                         f"batch has no {missing}: build the dataset with PairedTileDataset(..., "
+                         f"context_offsets_months={list(cfg.context_offsets_months)})")
+    ctx = batch["context"]
+    if ctx.ndim != 5 or ctx.shape[1] != k_needed or ctx.shape[2] != cfg.n_bands:
+        raise ValueError(f"batch['context'] must be (B, {k_needed}, {cfg.n_bands}, H, W) for the offsets "
+                         f"{list(cfg.context_offsets_months)}, got {tuple(ctx.shape)}")
+    present = torch.as_tensor(batch["context_present"], device=past.device).to(past.dtype)
+    age = torch.as_tensor(batch["context_age_months"], device=past.device).to(past.dtype) / cfg.gap_scale_months
+    h, w = past.shape[-2:]
+    out = []
+    for k, _ in cfg.extra_context:
+        out.append(ctx[:, k].to(past.dtype))
+        out.append(batch["context_valid"][:, k].to(past.dtype) * present[:, k, None, None, None])
+        out.append((age[:, k] * present[:, k])[:, None, None, None].expand(-1, 1, h, w))
+    return out

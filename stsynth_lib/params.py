@@ -34,9 +34,10 @@ import difflib
 import math
 import re
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import yaml
 
@@ -47,6 +48,7 @@ SHARED_FILE_NAMES = ("common.yaml", "common.yml")
 NONE_DEFAULT_TYPES: dict[str, type] = {
     "resize_to_px": int, "max_steps": int, "max_test_pairs": int, "max_train_pairs": int, "max_eval_pairs": int,
     "resolution_px": int, "resume_from_checkpoint": str, "fid_max_pairs": int, "max_val_pairs": int,
+    "context_offsets_months": list,
 }
 
 

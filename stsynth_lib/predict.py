@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +79,45 @@ def _masks(arr: np.ndarray | None, n: int, hw: tuple[int, int], name: str) -> np
     return m.astype(np.float32)
 
 
+def context_fields(past: np.ndarray, gap: int, offsets: Sequence[int | str],
+                   context: Mapping[int | str, np.ndarray | None] | None) -> dict[str, torch.Tensor]:
+    """The ``context*`` keys of a batch: offset 0 is ``past`` (uint8 (N, C, H, W)), every other offset the uint8
+    image ``context[offset]`` (shaped like ``past``; missing or ``None``: absent). Present frames count as valid."""
+    from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
+
+    offsets, context = check_context_offsets(offsets), dict(context or {})
+    unknown = [o for o in context if o not in offsets]
+    if unknown:
+        raise ValueError(f"context offsets {unknown} are not among the model's {list(offsets)}")
+    n = past.shape[0]
+    frames = np.zeros((n, len(offsets), *past.shape[1:]), np.float32)
+    present, ages = np.zeros((n, len(offsets)), bool), np.zeros((n, len(offsets)), np.float32)
+    for k, o in enumerate(offsets):
+        img = past if o == 0 else context.get(o)
+        if img is None:
+            continue
+        img = _images(img, f"context[{o!r}]")
+        if img.shape != past.shape:
+            raise ValueError(f"context[{o!r}] has shape {img.shape}; it must match past {past.shape}")
+        if o == SAME_MONTH_LAST_YEAR and gap > 12:
+            raise ValueError(f"context[{o!r}]: the same month last year (future_date - 12 months) is after past_date "
+                             f"when the gap is {gap} months (> 12); leave it out")
+        age = 12 if o == SAME_MONTH_LAST_YEAR else gap - o
+        frames[:, k], present[:, k], ages[:, k] = img.astype(np.float32) / 127.5 - 1.0, True, age
+    valid = np.broadcast_to(present[:, :, None, None, None], (n, len(offsets), 1, *past.shape[2:]))
+    return {"context": torch.from_numpy(frames), "context_valid": torch.from_numpy(valid.astype(np.float32)),
+            "context_present": torch.from_numpy(present), "context_age_months": torch.from_numpy(ages)}
+
+
 def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, future_mask: np.ndarray | None = None,
-               past_mask: np.ndarray | None = None, valid: np.ndarray | None = None, aoi: str = "custom") -> dict[str, Any]:
-    """A collated batch with the keys of ``PairedTileDataset`` samples, built from arrays (for any model)."""
+               past_mask: np.ndarray | None = None, valid: np.ndarray | None = None, aoi: str = "custom",
+               context: Mapping[int | str, np.ndarray | None] | None = None,
+               context_offsets: Sequence[int | str] | None = None) -> dict[str, Any]:
+    """A collated batch with the keys of ``PairedTileDataset`` samples, built from arrays (for any model).
+
+    ``context_offsets`` (a model's ``context_offsets_months``) adds the ``context*`` keys, from ``past`` (offset 0)
+    and ``context`` ({offset: uint8 image like ``past``}; an offset left out is absent): see :func:`context_fields`.
+    """
     imgs = _images(past, "past")
     n, _, h, w = imgs.shape
     (y0, m0), (y1, m1) = parse_month(past_date), parse_month(future_date)
@@ -91,7 +127,10 @@ def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, fut
     x = torch.from_numpy(imgs.astype(np.float32) / 127.5 - 1.0)
     valid_t = torch.from_numpy(_masks(valid, n, (h, w), "valid")) if valid is not None else torch.ones(n, 1, h, w)
     full = lambda v, dtype=torch.int64: torch.full((n,), v, dtype=dtype)
-    return {
+    extra = context_fields(imgs, gap, context_offsets, context) if context_offsets is not None else {}
+    if 0 in (context_offsets or ()):  # the past frame's validity, as the dataset gives it
+        extra["context_valid"][:, list(context_offsets).index(0)] = valid_t
+    return {**extra,
         "past": x, "future": torch.zeros_like(x),
         "past_mask": torch.from_numpy(_masks(past_mask, n, (h, w), "past_mask")),
         "future_mask": torch.from_numpy(_masks(future_mask, n, (h, w), "future_mask")),
@@ -124,11 +163,26 @@ class Predictor:
     tile_size_px: int | None = None  # the input size the model requires (None: any multiple of its downsampling)
     trained_tile_size_px: int = 0  # the tile size it was trained on (whole images are cut into such tiles)
     n_bands: int = 3
+    context_offsets: tuple | None = None  # the run's context_offsets_months (None: the past image only)
+
+    @property
+    def needs_context(self) -> bool:
+        """True when the model reads context frames besides the past image (``context=`` of :meth:`predict`)."""
+        return any(o != 0 for o in (self.context_offsets or ()))
 
     def predict(self, past: np.ndarray, past_date: DateLike, future_date: DateLike,
                 future_mask: np.ndarray | None = None, past_mask: np.ndarray | None = None,
-                seed: int = 0, aoi: str = "custom") -> np.ndarray:
-        """The predicted future, uint8 with the shape of ``past``."""
+                seed: int = 0, aoi: str = "custom", context: Mapping[int | str, np.ndarray | None] | None = None,
+                ) -> np.ndarray:
+        """The predicted future, uint8 with the shape of ``past``. ``context``: for a model trained with
+        ``context_offsets_months``, ``{offset: uint8 image like past}`` (e.g. ``{-1: the month before past_date,
+        "same_month_last_year": ...}``; an offset left out counts as a missing month)."""
+        if self.needs_context and context is None:
+            raise ValueError(f"this {self.family} model was trained with context frames at offsets "
+                             f"{list(self.context_offsets)} (months relative to past_date): pass context={{offset: "
+                             "uint8 image}} (leave out the months you do not have)")
+        if not self.needs_context and context:
+            raise ValueError(f"this {self.family} model was trained without context frames: pass context=None")
         if self.uses_mask and future_mask is None:
             raise ValueError(f"this {self.family} model was trained with the future building mask as guidance: pass "
                              "future_mask (0/1 footprints of the future date)")
@@ -138,7 +192,8 @@ class Predictor:
         if not self.uses_mask and future_mask is not None:
             raise ValueError(f"this {self.family} model was trained without building masks: it cannot use future_mask "
                              "(pass None)")
-        batch = make_batch(past, past_date, future_date, future_mask, past_mask, aoi=aoi)
+        batch = make_batch(past, past_date, future_date, future_mask, past_mask, aoi=aoi, context=context,
+                           context_offsets=self.context_offsets if self.needs_context else None)
         size = self.tile_size_px
         if size and tuple(batch["past"].shape[-2:]) != (size, size):
             raise ValueError(f"the model was trained on {size} x {size} px tiles; got {tuple(batch['past'].shape[-2:])}. "
@@ -163,6 +218,7 @@ class CGANPredictor(Predictor):
         self.family = str(spec["name"])  # pix2pix | attention_unet
         self.uses_mask = bool(self.guidance.use_mask)
         self.uses_past_mask = bool(self.guidance.use_past_mask)
+        self.context_offsets = self.guidance.context_offsets_months
         self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
         self.trained_tile_size_px, self.n_bands = int(spec["tile_size_px"]), int(spec["out_channels"])
 
@@ -277,8 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__: Sequence[str] = ("CGANPredictor", "ControlNetPredictor", "Predictor", "inputs_from_sample", "load_predictor",
-                          "main", "make_batch", "parse_args", "parse_month")
+__all__: Sequence[str] = ("CGANPredictor", "ControlNetPredictor", "Predictor", "context_fields", "inputs_from_sample",
+                          "load_predictor", "main", "make_batch", "parse_args", "parse_month")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -193,6 +193,10 @@ def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Pa
 
     from stsynth_lib.predictions import write_geotiff
 
+    if getattr(predictor, "needs_context", False):
+        raise ValueError(f"{run_dir} was trained with context frames (context_offsets_months="
+                         f"{list(predictor.context_offsets)}): whole-tree prediction passes only the past image; "
+                         "predict its tiles with Predictor.predict(..., context={offset: image})")
     started = dt.datetime.now().astimezone()
     run_dir, out = Path(run_dir).resolve(), Path(out)
     meta = scan_tree(data)

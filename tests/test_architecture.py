@@ -14,7 +14,7 @@ LAYERS = ["base", "data", "models", "metrics", "training", "evaluation", "traine
 LAYER_OF = {
     "__init__": "base", "runs": "base", "book_check": "base",
     "data": "data",
-    "models": "models", "conditioning": "models", "controlnet.backbone": "models", "controlnet.tokenizer": "models",
+    "models": "models", "conditioning": "models", "baselines": "models", "controlnet.backbone": "models", "controlnet.tokenizer": "models",
     "controlnet.conditioning": "models", "cgan.model_io": "models", "controlnet.__init__": "models",
     "cgan.__init__": "models",
     "metrics": "metrics", "perceptual": "metrics", "weights": "metrics", "backbones": "metrics",

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-SPATIAL_KEYS = ("past", "future", "past_mask", "future_mask", "past_valid", "future_valid", "valid")
+SPATIAL_KEYS = ("past", "future", "past_mask", "future_mask", "past_valid", "future_valid", "valid", "context",
+                "context_valid")
 
 
 def augment_batch(batch: dict[str, Any], generator: torch.Generator, radiometric_jitter: float = 0.0) -> dict[str, Any]:
@@ -17,7 +18,8 @@ def augment_batch(batch: dict[str, Any], generator: torch.Generator, radiometric
     offset in [-j, j], in [-1, 1] units, clipped to [-1, 1]). The change from
     past to future is kept (rescaled by the gain), but a generator can no longer
     tie its output to the absolute colours of the few training areas (34 AOIs
-    on sn7_real_128), which new areas do not share.
+    on sn7_real_128), which new areas do not share. Context frames (``context``, when the batch has them) go
+    through the same rotation, flip and line (absent frames stay 0).
     """
     b = batch["past"].shape[0]
     ks = torch.randint(0, 4, (b,), generator=generator).tolist()
@@ -41,5 +43,9 @@ def augment_batch(batch: dict[str, Any], generator: torch.Generator, radiometric
         for key in ("past", "future"):
             x = out[key]
             out[key] = (x * gain.to(x.dtype) + offset.to(x.dtype)).clamp(-1, 1)
+        if "context" in out:
+            x = out["context"]
+            present = torch.as_tensor(batch["context_present"]).to(x.dtype)[:, :, None, None, None]
+            out["context"] = (x * gain[:, None].to(x.dtype) + offset[:, None].to(x.dtype)).clamp(-1, 1) * present
     return out
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -11,6 +11,7 @@ from torch import nn
 
 from stsynth_lib.conditioning import GuidanceConfig, build_condition
 from stsynth_lib.data.dataset import to_uint8
+from stsynth_lib.evaluate.generator import dataset_for_guidance
 from stsynth_lib.training import collate, to_device
 
 RESIDUAL_SCALES = tuple(round(0.05 * i, 2) for i in range(21))  # 0, 0.05, ..., 1
@@ -46,6 +47,7 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
         raise ValueError("calibrate_residual_scale needs a generator built with residual=True")
     if len(dataset) == 0:
         raise ValueError("calibrate_residual_scale: the calibration split has no pairs")
+    dataset = dataset_for_guidance(dataset, guidance)
     if getattr(G, "gap_channel", None) is None:
         full_gaps_months = (1,)
     was_training = G.training

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stsynth_lib.conditioning import GuidanceConfig
+from stsynth_lib.data.dataset import check_context_offsets
 from stsynth_lib.training import TrainConfig, check_checkpoint_limit
 
 GAN_MODES = ("vanilla", "lsgan")
@@ -27,6 +28,8 @@ class CGANTrainConfig(TrainConfig):
     time_encoding: str = "planes"  # planes | none
     gap_scale_months: float = 24.0
     use_month: bool = True
+    # past sequence: offsets (months, <= 0, relative to t0) and/or same_month_last_year; null = the past image only
+    context_offsets_months: list | None = None
     # architecture
     ngf: int = 64
     ndf: int = 64
@@ -96,6 +99,8 @@ class CGANTrainConfig(TrainConfig):
                 raise ValueError(f"{key} must be a number > 0, got {v!r}" + (
                     " (an L1 weight of 0 leaves only the adversarial loss: pix2pix uses 100)" if key == "lambda_l1" else ""))
         check_checkpoint_limit(self.checkpoints_total_limit)
+        offsets = check_context_offsets(self.context_offsets_months)
+        self.context_offsets_months = None if offsets is None else list(offsets)
 
     @property
     def epochs(self) -> int:
@@ -103,5 +108,6 @@ class CGANTrainConfig(TrainConfig):
 
     def guidance(self) -> GuidanceConfig:
         return GuidanceConfig(use_mask=self.use_mask, use_past_mask=self.use_past_mask, time_encoding=self.time_encoding,
-                              gap_scale_months=self.gap_scale_months, use_month=self.use_month)
+                              gap_scale_months=self.gap_scale_months, use_month=self.use_month,
+                              context_offsets_months=self.context_offsets_months)
 

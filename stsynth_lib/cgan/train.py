@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -56,16 +57,36 @@ from stsynth_lib.conditioning import build_condition, dataset_has_mask
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import evaluate_generator, summarize
 from stsynth_lib.models.registry import build_discriminator, init_weights
-from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, atomic_torch_save, atomic_write_text, prepare_run_dir
-from stsynth_lib.runs import resolve_resume, save_yaml, seed_everything
-from stsynth_lib.training import collate, epoch_batches, execute_run, lr_factor, make_accelerator, record_resume
-from stsynth_lib.training import resolve_device, train_from_command_line, spread_indices, steps_per_epoch, to_device
+from stsynth_lib.runs import (
+    CSVLogger,
+    atomic_checkpoint_dir,
+    atomic_torch_save,
+    atomic_write_text,
+    prepare_run_dir,
+    resolve_resume,
+    save_yaml,
+    seed_everything,
+)
+from stsynth_lib.training import (
+    collate,
+    epoch_batches,
+    execute_run,
+    lr_factor,
+    make_accelerator,
+    record_resume,
+    resolve_device,
+    spread_indices,
+    steps_per_epoch,
+    to_device,
+    train_from_command_line,
+)
 
 
 def split_dataset(cfg: CGANTrainConfig, split: str) -> PairedTileDataset:
     """The pairs of ``split`` a run uses (``max_train_pairs`` / ``max_val_pairs``: a seeded subset)."""
     limit = {"train": cfg.max_train_pairs, "val": cfg.max_val_pairs}.get(split)
-    return PairedTileDataset(cfg.dataset_dir, split, max_pairs=limit, subsample_seed=cfg.seed if limit is not None else None)
+    return PairedTileDataset(cfg.dataset_dir, split, max_pairs=limit, subsample_seed=cfg.seed if limit is not None else None,
+                             context_offsets_months=cfg.context_offsets_months)
 
 
 class CGANRun:
@@ -109,7 +130,7 @@ class CGANRun:
         self.total_steps = self.spe * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        sched = lambda s: lr_factor(s, self.spe, cfg.epochs_constant, cfg.epochs_decay)  # noqa: E731
+        sched = lambda s: lr_factor(s, self.spe, cfg.epochs_constant, cfg.epochs_decay)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, sched)
         self.G, self.D, self.opt_g, self.opt_d = acc.prepare(G, D, opt_g, opt_d)
@@ -307,7 +328,7 @@ class CGANRun:
         G_best = generator_from_spec(self.spec)
         G_best.load_state_dict(torch.load(best_dir / "generator.pt", map_location="cpu", weights_only=True))
         G_best.to(self.device)
-        cal_ds = PairedTileDataset(cfg.dataset_dir, "val")
+        cal_ds = PairedTileDataset(cfg.dataset_dir, "val", context_offsets_months=cfg.context_offsets_months)
         chosen, table = calibrate_residual_scale(G_best, cal_ds, self.guidance, batch_size=max(cfg.batch_size, 16),
                                                  device=self.device, progress=cfg.progress)
         G_best.residual_scale.fill_(chosen["residual_scale"])

@@ -38,6 +38,20 @@ key                 shape           meaning and range
 ``pair_id``         () int64        row of ``pairs.parquet``
 ==================  ==============  ===========================================================
 
+With ``context_offsets_months`` (K offsets, see :func:`check_context_offsets`), four more keys:
+
+========================  ===============  =====================================================
+``context``               (K, C, T, T)     frame k of the sequence in [-1, 1]; zeros where absent
+``context_valid``         (K, 1, T, T)     1 where frame k is present and its pixel usable
+``context_present``       (K,) bool        frame k exists in the tile store
+``context_age_months``    (K,)             t1 minus the frame's month; 0 where absent
+========================  ===============  =====================================================
+
+Offsets are relative to t0: ``0`` is the past frame itself, ``-1`` the month before t0, ...;
+``"same_month_last_year"`` is t1 - 12, present only when it is not after t0. A frame is the store's tile of the
+same AOI and position in that month; months the series lacks (gaps, the first months) are absent and the pair is
+kept. Without ``context_offsets_months`` (``None``) the sample has exactly the keys above.
+
 Images map uint8 ``v`` to ``v / 127.5 - 1``; :func:`to_uint8` inverts it.
 """
 
@@ -54,6 +68,7 @@ import yaml
 from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")
+SAME_MONTH_LAST_YEAR = "same_month_last_year"
 
 
 def to_unit(x_uint8: np.ndarray) -> np.ndarray:
@@ -66,6 +81,79 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def check_context_offsets(offsets: Any) -> tuple[int | str, ...] | None:
+    """``None`` or a non-empty list of distinct offsets (integers <= 0 and ``"same_month_last_year"``) as a tuple."""
+    if offsets is None:
+        return None
+    if isinstance(offsets, (str, int, float)) or not hasattr(offsets, "__iter__"):
+        raise ValueError(f"context_offsets_months must be a list (e.g. [0, -1, {SAME_MONTH_LAST_YEAR}]), got {offsets!r}")
+    out: list[int | str] = []
+    for o in offsets:
+        if o == SAME_MONTH_LAST_YEAR:
+            out.append(SAME_MONTH_LAST_YEAR)
+        elif isinstance(o, (int, np.integer)) and not isinstance(o, (bool, np.bool_)) and o <= 0:
+            out.append(int(o))
+        else:
+            raise ValueError(f"context_offsets_months: {o!r} is neither an integer <= 0 (months relative to t0; 0 = "
+                             f"the past frame) nor {SAME_MONTH_LAST_YEAR!r}")
+    if not out:
+        raise ValueError("context_offsets_months is empty: use null (the past frame only) or e.g. [0, -1]")
+    if len(set(out)) != len(out):
+        raise ValueError(f"context_offsets_months lists an offset twice: {list(offsets)!r}")
+    return tuple(out)
+
+
+def tile_month_index(tiles: pd.DataFrame) -> dict[tuple[str, int, int, int], int]:
+    """``(aoi, row_off, col_off, year * 12 + month) -> tile_id`` of a tile store's ``tiles`` table."""
+    keys = zip(tiles["aoi"].astype(str), tiles["row_off"].astype(int), tiles["col_off"].astype(int),
+               tiles["year"].astype(int) * 12 + tiles["month"].astype(int))
+    return dict(zip(keys, tiles["tile_id"].astype(int)))
+
+
+def context_lookup(pairs: pd.DataFrame, index: dict, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, K)`` tile ids of each pair's context frames (-1 where absent) and ``(N, K)`` float32 ages in months
+    (t1 minus the frame's month; 0 where absent). ``index``: :func:`tile_month_index` of the store."""
+    offsets = check_context_offsets(offsets)
+    n = len(pairs)
+    ids = np.full((n, len(offsets)), -1, np.int64)
+    ages = np.zeros((n, len(offsets)), np.float32)
+    if n == 0:
+        return ids, ages
+    t0 = pairs["past_year"].to_numpy(int) * 12 + pairs["past_month"].to_numpy(int)
+    t1 = pairs["future_year"].to_numpy(int) * 12 + pairs["future_month"].to_numpy(int)
+    aoi, r, c = pairs["aoi"].astype(str).to_numpy(), pairs["row_off"].to_numpy(int), pairs["col_off"].to_numpy(int)
+    past_ids = pairs["past_tile_id"].to_numpy(int)
+    for k, o in enumerate(offsets):
+        month = t1 - 12 if o == SAME_MONTH_LAST_YEAR else t0 + o
+        for i in range(n):
+            if o == 0:
+                tid = past_ids[i]
+            elif month[i] > t0[i]:
+                continue
+            else:
+                tid = index.get((aoi[i], r[i], c[i], month[i]), -1)
+            if tid >= 0:
+                ids[i, k], ages[i, k] = tid, t1[i] - month[i]
+    return ids, ages
+
+
+def context_arrays(store: TileStore, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 frames ``(..., K, C, T, T)`` (zeros where absent) and validity ``(..., K, 1, T, T)`` (0 where absent) of
+    the tile ids ``ids`` (``(..., K)``, -1 = absent) of :func:`context_lookup`."""
+    ids = np.asarray(ids)
+    flat = ids.reshape(-1)
+    present = flat >= 0
+    c, t = store.n_bands, store.tile_size_px
+    frames = np.zeros((flat.size, c, t, t), np.uint8)
+    valid = np.zeros((flat.size, 1, t, t), np.uint8)
+    if present.any():
+        take = np.sort(np.unique(flat[present]))
+        pos = np.searchsorted(take, flat[present])
+        frames[present] = np.asarray(store.images[take])[pos]
+        valid[present] = np.asarray(store.valid[take])[pos][:, None]
+    return frames.reshape(*ids.shape, c, t, t), valid.reshape(*ids.shape, 1, t, t)
 
 
 class TileStore:
@@ -118,6 +206,10 @@ class PairedTileDataset(Dataset):
         Random flips and 90-degree rotations, applied identically to every
         spatial tensor (training only; the ``transform`` then no longer matches
         the pixels, so never augment data you georeference).
+    context_offsets_months:
+        ``None`` (default: one past image, the keys of the table above) or a list of offsets (integers <= 0,
+        ``"same_month_last_year"``): each sample then also holds the ``context`` keys (see the module docstring),
+        looked up once per dataset.
     """
 
     def __init__(
@@ -127,6 +219,7 @@ class PairedTileDataset(Dataset):
         max_pairs: int | None = None,
         augment: bool = False,
         subsample_seed: int | None = None,
+        context_offsets_months: list | tuple | None = None,
     ):
         self.store = TileStore(dataset_dir)
         if split != "all" and split not in SPLITS:
@@ -140,6 +233,21 @@ class PairedTileDataset(Dataset):
         self.split = split
         self.augment = augment
         self._tile_rows = self.store.tiles.set_index("tile_id", drop=False)
+        self.context_offsets_months = check_context_offsets(context_offsets_months)
+        if self.context_offsets_months is not None:
+            self._context_ids, self._context_ages = context_lookup(
+                self.pairs, tile_month_index(self.store.tiles), self.context_offsets_months)
+
+    def with_context_offsets(self, context_offsets_months: list | tuple | None) -> PairedTileDataset:
+        """The same pairs (and augmentation) with other context offsets (the store is shared, not reopened)."""
+        import copy
+
+        other = copy.copy(self)
+        other.context_offsets_months = check_context_offsets(context_offsets_months)
+        if other.context_offsets_months is not None:
+            other._context_ids, other._context_ages = context_lookup(
+                self.pairs, tile_month_index(self.store.tiles), other.context_offsets_months)
+        return other
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -163,6 +271,10 @@ class PairedTileDataset(Dataset):
         past_valid = np.asarray(s.valid[t0], dtype=np.float32)[None]
         future_valid = np.asarray(s.valid[t1], dtype=np.float32)[None]
         spatial = [past, future, past_mask, future_mask, past_valid, future_valid]
+        if self.context_offsets_months is not None:
+            frames, frames_valid = context_arrays(s, self._context_ids[idx])
+            present = (self._context_ids[idx] >= 0)[:, None, None, None]
+            spatial += [np.where(present, to_unit(frames), np.float32(0)), frames_valid.astype(np.float32)]
         if self.augment:
             k = np.random.randint(4)
             flip = np.random.rand() < 0.5
@@ -170,9 +282,9 @@ class PairedTileDataset(Dataset):
             if flip:
                 spatial = [a[..., ::-1] for a in spatial]
         spatial = [torch.from_numpy(np.ascontiguousarray(a)) for a in spatial]
-        past, future, past_mask, future_mask, past_valid, future_valid = spatial
+        past, future, past_mask, future_mask, past_valid, future_valid = spatial[:6]
         row = self._tile_rows.loc[t1]
-        return {
+        sample = {
             "past": past,
             "future": future,
             "past_mask": past_mask,
@@ -191,6 +303,12 @@ class PairedTileDataset(Dataset):
             "aoi": str(p["aoi"]),
             "pair_id": torch.tensor(int(p["pair_id"])),
         }
+        if self.context_offsets_months is not None:
+            ids = self._context_ids[idx]
+            sample.update({"context": spatial[6], "context_valid": spatial[7],
+                           "context_present": torch.from_numpy(ids >= 0),
+                           "context_age_months": torch.from_numpy(self._context_ages[idx].copy())})
+        return sample
 
     def plot(self, sample: dict[str, Any], suptitle: str | None = None, prediction: torch.Tensor | None = None):
         """Figure of one sample: past | future mask | future (| prediction), invalid pixels hatched."""

@@ -10,6 +10,9 @@ Entry points
   then calls :func:`score_split`, which scores any arrays (:class:`SplitData` + ``{name: uint8 images}``).
 * ``python -m stsynth_lib.evaluate --pred <folder> --data <SN7 tree>`` (:mod:`stsynth_lib.evaluate.folder`) --
   the same scores for whole-image predictions (``stsynth_lib.predict --out``), cut into tiles.
+* ``evaluate_models(..., baselines=("mean_last_3", "seasonal"))`` -- simple baselines (:mod:`stsynth_lib.baselines`)
+  from the store's past frames, scored like models; :func:`strongest_baseline` names the best one on a metric and
+  :func:`paired_vs_baseline` compares every model with it (:func:`paired_vs_persistence`: with persistence).
 * :func:`summarise` / :func:`results_table` / :func:`persistence_verdict` -- mean and 95 % bootstrap
   interval over tiles, the wide table of the book, and the plain sentence saying which model beats
   persistence on what.
@@ -41,12 +44,20 @@ from stsynth_lib.evaluate.report import (  # noqa: F401
     prediction_dirs,
     save_results,
 )
-from stsynth_lib.evaluate.scoring import EvalResult, evaluate_models, resampling_clusters, score_split  # noqa: F401
+from stsynth_lib.evaluate.scoring import (  # noqa: F401
+    EvalResult,
+    baseline_images,
+    evaluate_models,
+    resampling_clusters,
+    score_split,
+)
 from stsynth_lib.evaluate.stats import (  # noqa: F401
     VERDICT_METRICS,
     paired_table,
+    paired_vs_baseline,
     paired_vs_persistence,
     persistence_verdict,
     results_table,
+    strongest_baseline,
     summarise,
 )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -62,18 +64,41 @@ class SplitData:
     has_mask: np.ndarray  # (N,) bool
     transform: np.ndarray  # (N, 6)
     crs: list[str]
+    # the past sequence (load_split(context_offsets_months=...)): tile ids (N, K), -1 = absent; read on demand
+    context_offsets: tuple | None = None
+    context_tile_ids: np.ndarray | None = None
+    context_age_months: np.ndarray | None = None  # (N, K), 0 where absent
+    store: Any = field(default=None, repr=False)  # the TileStore the frames are read from
 
     @property
     def pair_ids(self) -> np.ndarray:
         return self.pairs["pair_id"].to_numpy()
 
+    def context_fields(self, rows: slice | np.ndarray = slice(None)) -> dict[str, np.ndarray]:
+        """The context of pairs ``rows`` as in a collated batch, uint8: ``context`` (n, K, C, H, W), ``context_valid``
+        (n, K, 1, H, W), ``context_present`` (n, K) and ``context_age_months`` (n, K)."""
+        from stsynth_lib.data.dataset import context_arrays
+
+        if self.context_tile_ids is None or self.store is None:
+            raise ValueError("this SplitData has no context frames: load it with load_split(..., "
+                             "context_offsets_months=[0, -1, ...])")
+        ids = self.context_tile_ids[rows]
+        frames, valid = context_arrays(self.store, ids)
+        return {"context": frames, "context_valid": valid, "context_present": ids >= 0,
+                "context_age_months": self.context_age_months[rows]}
+
     def __len__(self) -> int:
         return len(self.pairs)
 
 
-def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | None = None, seed: int = 0) -> SplitData:
-    """Read one split's pairs from the tile store; ``max_pairs`` keeps a seeded random subset (same for every model)."""
-    from stsynth_lib.data.dataset import PairedTileDataset
+def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | None = None, seed: int = 0,
+               context_offsets_months: Iterable | None = None) -> SplitData:
+    """Read one split's pairs from the tile store; ``max_pairs`` keeps a seeded random subset (same for every model).
+
+    ``context_offsets_months`` (see :class:`~stsynth_lib.data.dataset.PairedTileDataset`) also looks up each pair's
+    past sequence (:meth:`SplitData.context_fields` reads the frames on demand), e.g. for the simple baselines.
+    """
+    from stsynth_lib.data.dataset import PairedTileDataset, check_context_offsets, context_lookup, tile_month_index
 
     ds = PairedTileDataset(dataset_dir, split)
     pairs = ds.pairs
@@ -86,6 +111,8 @@ def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | No
     t0 = pairs["past_tile_id"].to_numpy(int)
     t1 = pairs["future_tile_id"].to_numpy(int)
     tiles = s.tiles.set_index("tile_id", drop=False).loc[t1]
+    offsets = check_context_offsets(context_offsets_months)
+    ids, ages = context_lookup(pairs, tile_month_index(s.tiles), offsets) if offsets is not None else (None, None)
     return SplitData(
         pairs=pairs,
         past=np.asarray(s.images[t0]),
@@ -96,6 +123,8 @@ def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | No
         has_mask=pairs["has_mask"].to_numpy(bool),
         transform=tiles[[f"transform_{c}" for c in "abcdef"]].to_numpy(np.float64),
         crs=[str(c) for c in tiles["crs"]],
+        context_offsets=offsets, context_tile_ids=ids, context_age_months=ages,
+        store=s if offsets is not None else None,
     )
 
 
@@ -103,7 +132,7 @@ def gap_bucket(gap_months, edges: Iterable[int] = DEFAULT_GAP_EDGES) -> np.ndarr
     """Label each gap (months) with its bucket, e.g. '1', '2-3', '13+'."""
     edges = list(edges)
     labels = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         labels.append(str(lo) if hi - lo == 1 else (f"{lo}+" if hi >= 10_000 else f"{lo}-{hi - 1}"))
     g = np.asarray(gap_months, dtype=float)
     idx = np.clip(np.searchsorted(edges, g, side="right") - 1, 0, len(labels) - 1)
@@ -162,7 +191,7 @@ def _same_persistence(folder: str | Path, data: SplitData) -> bool:
     try:
         idx = pd.read_csv(index)
         ids = idx["pair_id"].to_numpy()
-        if len(ids) != len(data) or set(ids.tolist()) != set(int(p) for p in data.pair_ids):
+        if len(ids) != len(data) or set(ids.tolist()) != {int(p) for p in data.pair_ids}:
             return False
         where = {int(p): i for i, p in enumerate(data.pair_ids)}
         for _, row in idx.iloc[[0, -1]].iterrows():

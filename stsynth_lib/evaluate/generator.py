@@ -30,6 +30,19 @@ def _unit01(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2).to(torch.float64)
 
 
+def dataset_for_guidance(dataset, guidance: GuidanceConfig | None):
+    """``dataset``, or the same pairs with the context frames ``guidance`` needs (a model trained with
+    ``context_offsets_months`` scored on a dataset opened without them, e.g. the chapters' test split)."""
+    if guidance is None or not guidance.extra_context:
+        return dataset
+    if getattr(dataset, "context_offsets_months", None) == guidance.context_offsets_months:
+        return dataset
+    if not hasattr(dataset, "with_context_offsets"):
+        raise ValueError(f"the model needs context frames at offsets {list(guidance.context_offsets_months)}: pass a "
+                         "PairedTileDataset opened with context_offsets_months set to them")
+    return dataset.with_context_offsets(guidance.context_offsets_months)
+
+
 @torch.no_grad()
 def evaluate_generator(G: nn.Module | None, dataset: PairedTileDataset, guidance: GuidanceConfig | None,
                        batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = False,
@@ -38,10 +51,12 @@ def evaluate_generator(G: nn.Module | None, dataset: PairedTileDataset, guidance
 
     L1 is in [-1, 1] units (the training loss' scale); PSNR (dB) and SSIM on [0, 1]
     images. Generated images are quantised to uint8 first, like the saved predictions.
-    ``on_batch(batch, generated)`` is called for each batch (used to save predictions).
+    ``on_batch(batch, generated)`` is called for each batch (used to save predictions). A model with context
+    guidance gets its context frames looked up for the pairs of ``dataset`` (:func:`dataset_for_guidance`).
     """
     from tqdm.auto import tqdm
 
+    dataset = dataset_for_guidance(dataset, guidance if G is not None else None)
     if G is not None:
         was_training = G.training
         G.eval()

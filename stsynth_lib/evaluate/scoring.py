@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
+from stsynth_lib.baselines import baseline_offsets, baseline_prediction
 from stsynth_lib.evaluate.data import (
     PERSISTENCE,
     UPPER_BOUND,
@@ -102,8 +104,8 @@ def _score_buildings(seg_masks: np.ndarray, data: SplitData) -> dict[str, np.nda
     nb = M.new_building_scores(seg_masks, data.future_mask, data.past_mask, data.valid)
     out = {k: b[k].astype(np.float64) for k in ("precision", "recall", "f1", "iou", "tp", "fp", "fn")}
     out.update({f"{k}_new": nb[k].astype(np.float64) for k in ("precision", "recall", "f1", "tp", "fp", "fn")})
-    for k in out:
-        out[k][~data.has_mask] = np.nan
+    for v in out.values():
+        v[~data.has_mask] = np.nan
     return out
 
 
@@ -123,6 +125,7 @@ def evaluate_models(
     seed: int = 0,
     persistence_dir: str | Path | None = None,
     progress: bool = True,
+    baselines: Sequence[str] = (),
 ) -> EvalResult:
     """Score persistence and every model in ``runs`` ({name: predictions folder}) on the same tiles.
 
@@ -131,19 +134,24 @@ def evaluate_models(
     set (the count is in the notes). ``segmenter`` (a :class:`~stsynth_lib.segmentation.SegUNet`,
     or None) scores buildings on labelled tiles; without it or without labels the building columns
     are NaN with a note. ``persistence_dir`` (optional) receives the persistence baseline's
-    "predictions" as GeoTIFF + PNG, like a model's.
+    "predictions" as GeoTIFF + PNG, like a model's. ``baselines`` (e.g. ``("mean_last_3", "seasonal")``, see
+    :mod:`stsynth_lib.baselines`) adds simple baselines computed from the tile store's past frames of the same pairs,
+    scored like models (rows after persistence); default none: today's tables.
     """
-    data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed)
+    extra = [b for b in dict.fromkeys(baselines) if b != PERSISTENCE]
+    offsets = baseline_offsets(extra) if extra else None
+    data = load_split(dataset_dir, split, max_pairs=max_pairs, seed=seed, context_offsets_months=offsets)
     notes: list[str] = []
     if max_pairs is not None and len(data) == max_pairs:
         notes.append(f"Scored a seeded random subset of {len(data)} {split} pairs (max_pairs={max_pairs}), the same for every model.")
-    preds, have = _gather_predictions(data, runs, split, persistence_dir, notes)
+    preds, have = _gather_predictions(data, runs, split, persistence_dir, notes, extra)
     res = score_split(data, preds, have, notes=notes, segmenter=segmenter, lpips_net=lpips_net,
                       allow_uncalibrated=allow_uncalibrated, compute_lpips=compute_lpips, device=device, n_boot=n_boot,
                       psnr_cap_db=psnr_cap_db, seed=seed, split=split, progress=progress)
     if out_dir is not None:
         meta = {"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
-                "lpips_weights": res.lpips_weights, "runs": {k: str(v) for k, v in (runs or {}).items()}}
+                "lpips_weights": res.lpips_weights, "runs": {k: str(v) for k, v in (runs or {}).items()},
+                **({"baselines": extra} if extra else {})}
         res.out_dir = save_results(res, out_dir, meta=meta)
     return res
 
@@ -217,13 +225,26 @@ def resampling_clusters(pairs: pd.DataFrame) -> np.ndarray:
     return np.array([f"{a}/block-{int(r)}-{int(c)}" for a, r, c in zip(aoi, rows, cols)])
 
 
-def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, notes: list[str]):
-    """``({name: uint8 images}, {name: which pairs it predicted})`` for persistence and every model of ``runs``;
-    the persistence "predictions" are written to ``persistence_dir`` (GeoTIFF + PNG) when given."""
+def baseline_images(data: SplitData, names: Sequence[str], chunk: int = 256) -> dict[str, np.ndarray]:
+    """``{name: uint8 (N, C, H, W)}`` of the simple baselines ``names`` on the pairs of ``data`` (loaded with the
+    context offsets they need, :func:`~stsynth_lib.baselines.baseline_offsets`), chunk by chunk."""
+    out = {name: np.zeros_like(data.past) for name in names}
+    for start in range(0, len(data) if names else 0, chunk):
+        fields = data.context_fields(slice(start, start + chunk))
+        for name in names:
+            out[name][start : start + chunk] = baseline_prediction(name, fields, data.context_offsets)
+    return out
+
+
+def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, notes: list[str],
+                        baselines: Sequence[str] = ()):
+    """``({name: uint8 images}, {name: which pairs it predicted})`` for persistence, the simple ``baselines`` and
+    every model of ``runs``; the persistence "predictions" are written to ``persistence_dir`` (GeoTIFF + PNG) when
+    given."""
     from stsynth_lib.predictions import clear_predictions, save_predictions
 
-    preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy()}
-    have: dict[str, np.ndarray] = {PERSISTENCE: np.ones(len(data), bool)}
+    preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy(), **baseline_images(data, baselines)}
+    have: dict[str, np.ndarray] = {name: np.ones(len(data), bool) for name in preds}
     if persistence_dir is not None and not _same_persistence(persistence_dir, data):
         clear_predictions(persistence_dir)
         save_predictions(persistence_dir, data.past.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -79,29 +79,44 @@ POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new"
 def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1", "psnr", "ssim"),
                           cluster: str | None = None, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
                           psnr_cap_db: float = 100.0) -> pd.DataFrame:
-    """Each model minus persistence on the SAME pairs, with an interval that respects the areas.
+    """Each model minus persistence on the SAME pairs, with an interval that respects the areas:
+    :func:`paired_vs_baseline` with ``baseline="persistence"`` (without its ``baseline`` column)."""
+    out = paired_vs_baseline(per_tile, PERSISTENCE, metrics, cluster=cluster, n_boot=n_boot, ci=ci, seed=seed,
+                             psnr_cap_db=psnr_cap_db)
+    return out.drop(columns="baseline", errors="ignore")
+
+
+def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
+                       metrics: Iterable[str] = ("l1", "psnr", "ssim"), cluster: str | None = None,
+                       n_boot: int = 2000, ci: float = 0.95, seed: int = 0, psnr_cap_db: float = 100.0) -> pd.DataFrame:
+    """Each other row of ``per_tile`` (models and the other simple baselines) minus ``baseline`` on the SAME pairs,
+    with an interval that respects the areas.
 
     Tiles of one area (AOI) share its light, season and land cover, so they are not independent:
     a bootstrap over tiles (as in :func:`summarise`) makes intervals too narrow when a model wins
-    in some areas and loses in others. Here the difference ``model - persistence`` is computed per
+    in some areas and loses in others. Here the difference ``model - baseline`` is computed per
     pair, then whole areas are resampled with replacement (cluster bootstrap); the statistic is the
-    mean difference over the pairs of the resampled areas. A model "beats persistence" on a
-    metric only when the whole interval is on the good side of zero. ``cluster`` names the column of
-    the resampled unit: default ``"cluster"`` when present (whole blocks on block-split data, see
+    mean difference over the pairs of the resampled areas. A model "beats the baseline" on a
+    metric only when the whole interval is on the good side of zero (``better``: True; the sign of ``mean_diff``
+    is model minus baseline whatever the metric, ``better`` reads it by the metric's direction). ``cluster`` names
+    the column of the resampled unit: default ``"cluster"`` when present (whole blocks on block-split data, see
     :func:`~stsynth_lib.evaluate.scoring.resampling_clusters`), else ``"aoi"``. Pooled building F1
     (``f1_micro``, ``f1_new_micro``) sums TP/FP/FN over the pairs of the resampled clusters, for the model
-    and for persistence, and takes the difference of the two F1s.
+    and for the baseline, and takes the difference of the two F1s.
 
-    Returns one row per (model, metric): ``mean_diff``, ``ci_lo``, ``ci_hi``, ``better`` (True /
+    Returns one row per (model, metric): ``baseline``, ``mean_diff``, ``ci_lo``, ``ci_hi``, ``better`` (True /
     False / None when the interval contains zero), ``areas_better`` (areas whose mean difference
     is on the good side) out of ``n_areas``, and ``n_pairs``.
     """
     df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
+    if baseline not in set(df["model"]):
+        raise ValueError(f"baseline {baseline!r} has no rows in per_tile (models: {sorted(set(df['model']))}); "
+                         "score it first, e.g. evaluate_models(..., baselines=(...))")
     cluster = cluster or ("cluster" if "cluster" in df else "aoi")
-    base = df[df["model"] == PERSISTENCE].set_index("pair_id")
+    base = df[df["model"] == baseline].set_index("pair_id")
     rows = []
     rng = np.random.default_rng(seed)
-    for model, g in df[~df["model"].isin([PERSISTENCE, UPPER_BOUND])].groupby("model", sort=False):
+    for model, g in df[~df["model"].isin([baseline, UPPER_BOUND])].groupby("model", sort=False):
         g = g.set_index("pair_id")
         common = g.index.intersection(base.index)
         areas = base.loc[common, cluster].to_numpy()
@@ -113,8 +128,33 @@ def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1"
             else:
                 continue
             if res is not None:
-                rows.append({"model": model, "metric": metric, **_verdict(metric, *res, ci)})
+                rows.append({"model": model, "baseline": baseline, "metric": metric, **_verdict(metric, *res, ci)})
     return pd.DataFrame(rows)
+
+
+def strongest_baseline(table: pd.DataFrame, metric: str = "psnr", candidates: Iterable[str] | None = None,
+                       psnr_cap_db: float = 100.0) -> str:
+    """The name of the best simple baseline (persistence included) on ``metric``, by its mean over the tiles every
+    row shares. ``table``: a ``per_tile`` table (rows with ``pair_id``) or a :func:`summarise` table (``metric``,
+    ``mean``). ``candidates``: default every simple baseline in the table (``persistence``, ``mean_last_<k>``,
+    ``seasonal``)."""
+    from stsynth_lib.baselines import is_baseline
+
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; one of {sorted(METRICS)}")
+    names = [m for m in dict.fromkeys(table["model"]) if (m in set(candidates) if candidates is not None
+                                                           else is_baseline(m))]
+    if "mean" in table and "metric" in table:  # a summary
+        s = table[(table["metric"] == metric) & table["model"].isin(names)].set_index("model")["mean"]
+    else:
+        df = table[table["common"]] if "common" in table else table
+        df = df[df["model"].isin(names)]
+        vals = M.finite_psnr(df[metric].to_numpy(float), psnr_cap_db) if metric.startswith("psnr") else df[metric]
+        s = pd.Series(np.asarray(vals, float), index=df["model"].to_numpy()).groupby(level=0).mean()
+    s = s.dropna()
+    if s.empty:
+        raise ValueError(f"no simple baseline with {metric!r} scores in the table (rows: {sorted(set(table['model']))})")
+    return str(s.idxmax() if METRICS[metric][0] else s.idxmin())
 
 
 def _mean_diff(a: pd.Series, b: pd.Series, areas: np.ndarray, metric: str, psnr_cap_db: float, rng, n_boot: int):
@@ -130,7 +170,7 @@ def _mean_diff(a: pd.Series, b: pd.Series, areas: np.ndarray, metric: str, psnr_
     names, inv = np.unique(ar, return_inverse=True)
     sums, counts = np.bincount(inv, weights=d), np.bincount(inv)
     pick = rng.integers(0, len(names), size=(n_boot, len(names)))
-    return float(d.mean()), sums[pick].sum(1) / counts[pick].sum(1), sums / counts, int(len(d))
+    return float(d.mean()), sums[pick].sum(1) / counts[pick].sum(1), sums / counts, len(d)
 
 
 def _pooled_f1_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols, rng, n_boot: int):
@@ -154,7 +194,7 @@ def _pooled_f1_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols
     boots = f1(per_a[pick].sum(1)) - f1(per_b[pick].sum(1))
     boots = boots[~np.isnan(boots)]
     full = float(f1(per_a.sum(0)) - f1(per_b.sum(0)))
-    return full, boots, f1(per_a) - f1(per_b), int(len(a))
+    return full, boots, f1(per_a) - f1(per_b), len(a)
 
 
 def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.ndarray, n_pairs: int, ci: float) -> dict:
@@ -175,13 +215,14 @@ def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.n
 
 
 def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """Wide, readable form of :func:`paired_vs_persistence` for the book."""
+    """Wide, readable form of :func:`paired_vs_persistence` / :func:`paired_vs_baseline` for the book."""
     out = []
     for _, r in paired.iterrows():
         verdict = {True: "better", False: "worse", None: "no clear difference"}[r["better"]]
         name = METRICS[r["metric"]][1]
+        base = r.get("baseline", PERSISTENCE)
         out.append({"model": r["model"], "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
-                    "model − persistence [95% CI over areas]":
+                    f"model − {base} [95% CI over areas]":
                         f"{r['mean_diff']:+.{digits}f} [{r['ci_lo']:+.{digits}f}, {r['ci_hi']:+.{digits}f}]",
                     "areas where the model is better": f"{r['areas_better']} of {r['n_areas']}",
                     "verdict": verdict})
