@@ -48,6 +48,7 @@ use_past_mask = False        # also the past mask (which future buildings are ne
 time_encoding = "planes"     # planes (gap and month as constant channels) | none
 gap_scale_months = 24.0      # the gap plane is gap_months / gap_scale_months
 use_month = True             # add sin/cos of the future month of year
+context_offsets_months = None  # e.g. [0, -1, -2, "same_month_last_year"]: earlier frames as extra channels
 # architecture
 ngf = 32                     # generator filters at the first level (pix2pix: 64)
 ndf = 32                     # discriminator filters (pix2pix: 64)

@@ -230,7 +230,9 @@ def test_paired_vs_persistence_uses_areas_not_tiles():
     assert (mixed["ci_hi"] - mixed["ci_lo"]) > 3 * (hi - lo)
     table = E.paired_table(p.reset_index())
     assert set(table["verdict"]) == {"better", "no clear difference"}
-    assert "3 of 6" in set(table["areas where the model is better"])
+    assert "3 of 6" in set(table["resampled units where the model is better"])
+    one = p.reset_index().iloc[:1].assign(ci_lo=None, ci_hi=None, better=None, n_areas=1)  # as read from summary.json
+    assert E.paired_table(one).iloc[0, 2].endswith("[n/a: 1 area/block]")
 
 
 def test_block_split_datasets_resample_whole_blocks():

@@ -215,16 +215,24 @@ def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.n
 
 
 def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
-    """Wide, readable form of :func:`paired_vs_persistence` / :func:`paired_vs_baseline` for the book."""
+    """Wide, readable form of :func:`paired_vs_persistence` / :func:`paired_vs_baseline` for the book.
+
+    Accepts the rows as computed or as read back from ``summary.json`` (NaN as null). With one resampled unit there
+    is no interval: the cell says "n/a: 1 area/block" instead of printing ``nan``."""
     out = []
     for _, r in paired.iterrows():
-        verdict = {True: "better", False: "worse", None: "no clear difference"}[r["better"]]
+        better = None if r["better"] is None or (isinstance(r["better"], float) and math.isnan(r["better"])) else bool(r["better"])
+        verdict = {True: "better", False: "worse", None: "no clear difference"}[better]
         name = METRICS[r["metric"]][1]
         base = r.get("baseline", PERSISTENCE)
+        base = PERSISTENCE if not isinstance(base, str) else base
+        lo, hi = (np.nan if v is None else float(v) for v in (r["ci_lo"], r["ci_hi"]))
+        n = int(r["n_areas"])
+        interval = (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if not (math.isnan(lo) or math.isnan(hi))
+                    else f"[n/a: {n} area/block]")
         out.append({"model": r["model"], "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
-                    f"model − {base} [95% CI over areas]":
-                        f"{r['mean_diff']:+.{digits}f} [{r['ci_lo']:+.{digits}f}, {r['ci_hi']:+.{digits}f}]",
-                    "areas where the model is better": f"{r['areas_better']} of {r['n_areas']}",
+                    f"model − {base} [95% CI]": f"{float(r['mean_diff']):+.{digits}f} {interval}",
+                    "resampled units where the model is better": f"{r['areas_better']} of {n}",
                     "verdict": verdict})
     return pd.DataFrame(out)
 
