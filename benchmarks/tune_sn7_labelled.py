@@ -60,16 +60,18 @@ def main(argv=None) -> int:
         run_dir = train_cgan(cfg)
     train_s = time.time() - t0
     val_ds = PairedTileDataset(cfg.dataset_dir, "val")
-    if not args.score_only:
+    index = run_dir / "predictions" / "val" / "index.csv"
+    complete = index.is_file() and len(pd.read_csv(index)) == len(val_ds)
+    if not (args.score_only and complete):
         predict_split(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
     seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
     print(msg)
     res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,
                           compute_lpips=False, progress=False, n_boot=1000)
     row = {"name": args.name, "overrides": json.dumps(overrides), "train_s": round(train_s), "n_val_pairs": len(val_ds)}
-    summ = res.summary.set_index("model")
-    paired = paired_vs_persistence(res.per_tile, metrics=[k for k in KEYS if k in res.per_tile], cluster="cluster",
-                                   n_boot=1000)
+    paired = paired_vs_persistence(res.per_tile, metrics=[k for k in KEYS if k in res.per_tile or k.endswith("_micro")],
+                                   cluster="cluster", n_boot=1000)
+    summ = res.summary.pivot_table(index="model", columns="metric", values="mean")
     for k in KEYS:
         if k in summ.columns:
             row[k] = summ.loc[args.name, k]

@@ -77,6 +77,7 @@ residual = False             # not pix2pix: output past image + a tanh change, s
 # loss and optimisation
 gan_mode = "vanilla"         # vanilla (BCE) | lsgan
 lambda_l1 = 100.0
+new_building_l1_weight = 0.0  # >0: L1 weight 1 + this on new-building pixels (labelled data)
 lr = 0.0002
 batch_size = 16
 epochs_constant = 2          # epochs at the full learning rate

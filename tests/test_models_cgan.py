@@ -171,3 +171,21 @@ def test_residual_generator_starts_at_persistence(name):
     assert head.weight.grad.abs().sum() > 0  # the head learns from the first step
     with pytest.raises(ValueError, match="residual"):
         build_generator(name, 2, 3, 64, ngf=8, residual=True)
+
+
+def test_new_building_pixels_weigh_more_in_the_l1_loss():
+    from stsynth_lib.cgan.losses import l1_weights, masked_l1_loss
+
+    valid = torch.ones(1, 1, 4, 4)
+    past_mask, future_mask = torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)
+    future_mask[..., 0, :2] = 1  # two new-building pixels
+    future_mask[..., 3, 3] = past_mask[..., 3, 3] = 1  # a building that already stood: not new
+    valid[..., 0, 0] = 0  # an invalid new-building pixel stays out
+    batch = {"valid": valid, "past_mask": past_mask, "future_mask": future_mask}
+    assert l1_weights(batch, 0.0) is valid  # off: the plain masked L1, bit for bit
+    w = l1_weights(batch, 9.0)
+    assert w[0, 0, 0, 1] == 10 and w[0, 0, 0, 0] == 0 and w[0, 0, 3, 3] == 1 and w.sum() == 14 + 10
+    pred, target = torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    target[..., 0, 1] = 1.0  # the only error sits on the valid new-building pixel
+    assert masked_l1_loss(pred, target, valid) == pytest.approx(1 / 15)
+    assert masked_l1_loss(pred, target, w) == pytest.approx(10 / 24)

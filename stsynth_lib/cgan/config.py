@@ -40,6 +40,7 @@ class CGANTrainConfig(TrainConfig):
     # loss
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
     lambda_l1: float = 100.0
+    new_building_l1_weight: float = 0.0  # >0: L1 weight 1 + this on new-building pixels (future mask, not past mask)
     # optimisation
     lr: float = 2e-4
     beta1: float = 0.5
@@ -98,6 +99,8 @@ class CGANTrainConfig(TrainConfig):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{key} must be a number > 0, got {v!r}" + (
                     " (an L1 weight of 0 leaves only the adversarial loss: pix2pix uses 100)" if key == "lambda_l1" else ""))
+        if isinstance(self.new_building_l1_weight, bool) or not self.new_building_l1_weight >= 0:
+            raise ValueError(f"new_building_l1_weight must be a number >= 0, got {self.new_building_l1_weight!r}")
         check_checkpoint_limit(self.checkpoints_total_limit)
         offsets = check_context_offsets(self.context_offsets_months)
         self.context_offsets_months = None if offsets is None else list(offsets)

@@ -272,7 +272,7 @@ class CGANRun:
                 batch = augment_batch(batch, torch.Generator().manual_seed(seed), cfg.radiometric_jitter)
             batch = to_device(batch, self.device, self.setup.channels_last)
             losses = train_step(self.G, self.D, self.opt_g, self.opt_d, batch, self.guidance, cfg.lambda_l1,
-                                cfg.gan_mode, self.accelerator)
+                                cfg.gan_mode, self.accelerator, cfg.new_building_l1_weight)
             self.sched_g.step()
             self.sched_d.step()
             self.step += 1
