@@ -35,7 +35,8 @@ from stsynth_lib.evaluate.generator import predict_split
 from stsynth_lib.runs import parse_cli_value
 from stsynth_lib.segmentation import load_or_train_segmenter
 
-KEYS = ("psnr", "l1", "ssim", "l1_new", "psnr_new", "ssim_new", "l1_unchanged", "f1_new_micro", "recall_new", "f1_micro")
+KEYS = ("psnr", "l1", "ssim", "l1_new", "psnr_new", "ssim_new", "l1_unchanged", "f1_drawn_micro", "recall_drawn", "f1_new_micro",
+        "recall_new", "f1_micro")
 
 
 def main(argv=None) -> int:
@@ -81,7 +82,12 @@ def main(argv=None) -> int:
     out.mkdir(exist_ok=True)
     csv = out / "tune_sn7_labelled.csv"
     df = pd.DataFrame([row])
-    df.to_csv(csv, mode="a", header=not csv.exists(), index=False)
+    if csv.exists():  # rows of earlier candidates may hold other columns: keep their union
+        df = pd.concat([pd.read_csv(csv), df], ignore_index=True)
+    tmp = csv.with_suffix(".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(csv)
+    df = df.tail(1)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(df.drop(columns=["paired"]).T)
         print(paired)

@@ -298,6 +298,19 @@ def new_building_scores(pred_mask, future_mask, past_mask, valid=None) -> dict[s
     return building_scores(pred_mask, future_mask, new_building_region(past_mask, valid))
 
 
+def drawn_new_building_scores(pred_mask, past_pred_mask, future_mask, past_mask, valid=None) -> dict[str, np.ndarray]:
+    """Scores of the buildings a generated image ADDS, judged by the same segmenter on both dates.
+
+    Predicted new = segmented on the generated image and not on the past image; true new = footprint at t1 and
+    not at t0. Unlike :func:`new_building_scores`, the segmenter's ordinary false positives on the background cancel
+    out (they appear on both images), so persistence scores exactly zero recall and zero F1 wherever buildings
+    were added, and the real future image gives the ceiling.
+    """
+    pred, past_pred = _bchw(_as_tensor(pred_mask)) > 0.5, _bchw(_as_tensor(past_pred_mask)) > 0.5
+    fut, past = _bchw(_as_tensor(future_mask)) > 0.5, _bchw(_as_tensor(past_mask)) > 0.5
+    return building_scores((pred & ~past_pred).double(), (fut & ~past).double(), valid)
+
+
 def change_masks(past_mask, future_mask, valid=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(changed, unchanged) pixel masks (B, 1, H, W): footprint differs between t0 and t1, or not; valid only."""
     pm, fm = _bchw(_as_tensor(past_mask)), _bchw(_as_tensor(future_mask))
@@ -349,6 +362,6 @@ def default_device(device: str = "auto") -> str:
 __all__ = [
     "check_range", "clean_invalid", "masked_psnr", "masked_l1", "finite_psnr", "ssim_map", "masked_ssim",
     "masked_ssim_many", "confusion_counts", "scores_from_counts", "building_scores",
-    "new_building_region", "new_building_scores", "change_masks", "bootstrap_ci", "micro_f1", "default_device",
+    "new_building_region", "new_building_scores", "drawn_new_building_scores", "change_masks", "bootstrap_ci", "micro_f1", "default_device",
 ]
 

@@ -73,6 +73,12 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     # the oracle's segmentation equals the upper bound
     if data.has_mask.any():
         assert s[("oracle", "f1_micro")] == pytest.approx(s[(E.UPPER_BOUND, "f1_micro")])
+        # buildings drawn anew: the segmenter on the image minus the segmenter on the past image
+        pers = pt[pt["model"] == E.PERSISTENCE]
+        assert (pers["tp_drawn"] == 0).all() and (pers["fp_drawn"] == 0).all()
+        assert s[("oracle", "f1_drawn_micro")] == pytest.approx(s[(E.UPPER_BOUND, "f1_drawn_micro")])
+        assert "f1_drawn_micro" in {r["metric"] for r in json.loads((tmp_path / "eval" / "summary.json").read_text())
+                                    ["paired_vs_persistence"]}
     # files for the book, with the uncalibrated label
     out = tmp_path / "eval"
     for f in ("per_tile.csv", "summary.csv", "summary.json", "results.md"):

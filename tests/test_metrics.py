@@ -388,3 +388,21 @@ def test_bootstrap_ci():
     assert hi - lo == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
     assert M.bootstrap_ci(np.r_[x, np.nan], n_boot=500, seed=0) == (est, lo, hi, n)
     assert M.bootstrap_ci([np.nan])[3] == 0
+
+
+def test_drawn_new_buildings_cancel_the_segmenters_background_false_alarms():
+    from stsynth_lib import metrics as M
+
+    past_mask, future_mask = np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 8))
+    future_mask[..., 0:2, 0:2] = 1  # one new building of 4 px
+    seg_past = np.zeros((1, 1, 8, 8))
+    seg_past[..., 6:8, :] = 1  # the segmenter's false alarm on the background, on every date
+    seg_copy = seg_past.copy()  # persistence: the past image segments the same
+    seg_drawn = seg_past.copy()
+    seg_drawn[..., 0:2, 0:1] = 1  # a model that drew half of the new building
+    assert M.drawn_new_building_scores(seg_copy, seg_past, future_mask, past_mask)["f1"][0] == 0
+    d = M.drawn_new_building_scores(seg_drawn, seg_past, future_mask, past_mask)
+    assert d["tp"][0] == 2 and d["fp"][0] == 0 and d["fn"][0] == 2 and d["f1"][0] == pytest.approx(2 / 3)
+    # the region-only score counts the 16 background false alarms against the model and persistence alike
+    n = M.new_building_scores(seg_drawn, future_mask, past_mask)
+    assert n["fp"][0] == 16 and n["f1"][0] == pytest.approx(4 / (4 + 16 + 2))

@@ -293,6 +293,7 @@ def test_module_runs_as_a_command(tmp_path):
     assert done.returncode == 2 and "not a trained run folder" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # ~10 s of diffusion sampling; make test-all runs it
 def test_controlnet_predicts_a_whole_image(tiny_dataset_dir, new_tree, tmp_path, capsys, monkeypatch):
     pytest.importorskip("diffusers")
     pytest.importorskip("open_clip")

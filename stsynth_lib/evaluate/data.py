@@ -33,6 +33,8 @@ METRICS: dict[str, tuple[bool, str]] = {
     "recall": (True, "building recall"),
     "f1_new_micro": (True, "new-building F1 (pooled)"),
     "recall_new": (True, "new-building recall"),
+    "f1_drawn_micro": (True, "F1 of buildings drawn anew (pooled)"),
+    "recall_drawn": (True, "recall of buildings drawn anew"),
     # pixel scores on L1 over changed / unchanged pixels and over NEW-building pixels (future footprint, not past)
     "l1_changed": (False, "L1 changed px"),
     "l1_unchanged": (False, "L1 unchanged px"),

@@ -82,7 +82,7 @@ def _paired(per_tile: pd.DataFrame) -> pd.DataFrame:
     paired = paired_vs_persistence(per_tile, metrics=("l1", "psnr", "ssim") + (("lpips",) if "lpips" in has else ()),
                                    cluster=cluster)
     change = [m for m in CHANGE_METRICS if m in has]
-    change += [m for m, cols in (("f1_micro", "tp"), ("f1_new_micro", "tp_new"))
+    change += [m for m, cols in (("f1_micro", "tp"), ("f1_new_micro", "tp_new"), ("f1_drawn_micro", "tp_drawn"))
                if cols in per_tile and bool(per_tile[cols].notna().any())]  # pooled building F1 (segmenter)
     if not change:
         return paired

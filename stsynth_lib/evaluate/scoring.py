@@ -98,12 +98,16 @@ def _lpips_metric(net: str, allow_uncalibrated: bool, device: str, seed: int, no
     return lp
 
 
-def _score_buildings(seg_masks: np.ndarray, data: SplitData) -> dict[str, np.ndarray]:
-    """Building scores of segmented masks vs the future mask (+ new-building scores); NaN where no labels."""
+def _score_buildings(seg_masks: np.ndarray, data: SplitData, seg_past: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Building scores of segmented masks vs the future mask (+ new-building scores, and, given the segmenter's
+    masks of the past images ``seg_past``, the scores of the buildings drawn anew); NaN where no labels."""
     b = M.building_scores(seg_masks, data.future_mask, data.valid)
     nb = M.new_building_scores(seg_masks, data.future_mask, data.past_mask, data.valid)
     out = {k: b[k].astype(np.float64) for k in ("precision", "recall", "f1", "iou", "tp", "fp", "fn")}
     out.update({f"{k}_new": nb[k].astype(np.float64) for k in ("precision", "recall", "f1", "tp", "fp", "fn")})
+    if seg_past is not None:
+        dn = M.drawn_new_building_scores(seg_masks, seg_past, data.future_mask, data.past_mask, data.valid)
+        out.update({f"{k}_drawn": dn[k].astype(np.float64) for k in ("recall", "tp", "fp", "fn")})
     for v in out.values():
         v[~data.has_mask] = np.nan
     return out
@@ -278,7 +282,8 @@ def _score_model(name, pred, have, common, base, data, lp, segmenter, device, se
         df[k] = v
     if segmenter is not None:
         seg_masks[name] = predict_masks(segmenter, pred, device=device)
-        for k, v in _score_buildings(seg_masks[name], data).items():
+        seg_past = seg_masks[name] if name == PERSISTENCE else seg_masks.get(PERSISTENCE)  # persistence comes first
+        for k, v in _score_buildings(seg_masks[name], data, seg_past).items():
             df[k] = v
     df.loc[~df["predicted"], [c for c in df.columns if c not in base.columns and c not in ("model", "predicted", "common")]] = np.nan
     return df
@@ -293,6 +298,6 @@ def _score_upper_bound(segmenter, data, base, common, device, seg_masks) -> pd.D
     df.insert(0, "model", UPPER_BOUND)
     df["predicted"] = True
     df["common"] = common
-    for k, v in _score_buildings(seg_masks[UPPER_BOUND], data).items():
+    for k, v in _score_buildings(seg_masks[UPPER_BOUND], data, seg_masks.get(PERSISTENCE)).items():
         df[k] = v
     return df

@@ -13,6 +13,10 @@ from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
 
 
+POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
+             "f1_drawn_micro": ("tp_drawn", "fp_drawn", "fn_drawn")}
+
+
 def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr_cap_db: float = 100.0, seed: int = 0,
               calibrated: Mapping[str, bool] | None = None, by: str | None = None, common_only: bool = True) -> pd.DataFrame:
     """Long table: one row per (model[, by], metric) with mean, bootstrap CI bounds and tile count.
@@ -27,8 +31,8 @@ def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr
     for key, g in df.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         for metric in METRICS:
-            if metric in ("f1_micro", "f1_new_micro"):
-                cols = ["tp", "fp", "fn"] if metric == "f1_micro" else ["tp_new", "fp_new", "fn_new"]
+            if metric in POOLED_F1:
+                cols = list(POOLED_F1[metric])
                 if not set(cols) <= set(g.columns):
                     continue
                 vals = g[cols].to_numpy(float)
@@ -71,9 +75,6 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
     table["tiles"] = [int(ns.get(m, 0)) for m in order]
     table.index.name = "model"
     return table
-
-
-POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new")}
 
 
 def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1", "psnr", "ssim"),
