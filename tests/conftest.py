@@ -55,3 +55,14 @@ def tiny_dataset_dir(tiny_sn7_root, tmp_path_factory) -> Path:
     meta = scan_sn7(tiny_sn7_root, progress=False)
     build_dataset(meta, out, tile_size_px=32, max_gap_months=4, split_fractions=(0.6, 0.2, 0.2), seed=0, progress=False)
     return out
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny models are far faster on one thread than on oversubscribed shared cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -51,13 +51,7 @@ def _tokenizer_cache_in_tmp(tmp_path_factory):
         os.environ["STSYNTH_CACHE"] = old
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models are far faster on one thread than on oversubscribed shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -97,24 +97,10 @@ def _write_folder(root: Path, folder: Path, which: str = "future", model: str = 
     return folder
 
 
-def _run(pred: Path, data: Path, *extra: str) -> int:
-    return main(
-        [
-            "--pred",
-            str(pred),
-            "--data",
-            str(data),
-            "--tile-size-px",
-            str(TILE),
-            "--block-size-px",
-            str(TILE),
-            "--no-lpips",
-            "--n-bootstrap",
-            "50",
-            "--no-progress",
-            *extra,
-        ]
-    )
+def _run(pred: Path, data: Path, *extra: str, lpips: bool = False) -> int:
+    args = ["--pred", str(pred), "--data", str(data), "--tile-size-px", str(TILE), "--block-size-px", str(TILE),
+            "--n-bootstrap", "50", "--no-progress"]
+    return main(args + ([] if lpips else ["--no-lpips"]) + list(extra))
 
 
 def _summary(pred: Path, model: str) -> dict:
@@ -184,25 +170,7 @@ def test_new_building_metrics_are_nan_without_labels(tree, tmp_path):
 def test_lpips_new_with_uncalibrated_weights(tree, tmp_path):
     data = _copy(tree, tmp_path / "one", aois=1)
     pred = _write_folder(data, tmp_path / "pred", "future")
-    assert (
-        main(
-            [
-                "--pred",
-                str(pred),
-                "--data",
-                str(data),
-                "--tile-size-px",
-                str(TILE),
-                "--n-bootstrap",
-                "20",
-                "--no-progress",
-                "--allow-uncalibrated-metrics",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _run(pred, data, "--allow-uncalibrated-metrics", "--device", "cpu", lpips=True) == 0
     _, s = _summary(pred, "pix2pix")
     assert s["lpips_new"]["calibrated"] is False and s["lpips_new"]["mean"] == pytest.approx(0.0, abs=1e-6)
 

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-import torch
 import yaml
 
 from stsynth_lib.cgan.config import CGANTrainConfig
@@ -24,13 +23,7 @@ from stsynth_lib.scene import predict_scene, tile_starts
 LABEL_FOLDERS = ("labels", "labels_match", "labels_match_pix")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models are far faster on one thread than on oversubscribed shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _train(dataset_dir, runs_dir, model: str, use_mask: bool):
