@@ -119,7 +119,7 @@ def check_tile_size(tile_size_px: int) -> None:
         )
 
 
-def _read_image(row: dict, bands: Sequence[int], use_masked_images: bool, mask_source: str):
+def read_image(row: dict, bands: Sequence[int], use_masked_images: bool, mask_source: str):
     """One mosaic on its native grid: uint8 bands, validity (from the stored values), footprint mask, georeference."""
     from stsynth_lib.data.io import read_raster, to_uint8_image, validity_mask
     from stsynth_lib.data.rasterize import footprint_mask
@@ -169,7 +169,7 @@ def _tile_images(meta, partial: Path, grids, tile_info, bands, tile_size_px, res
     tile_rows, bad_images, next_id = [], [], 0
     for i, row in tqdm(meta.iterrows(), total=len(meta), desc="tile images", unit="image", disable=not progress):
         try:
-            img, val, mask, transform, crs = _read_image(row.to_dict(), bands, use_masked_images, mask_source)
+            img, val, mask, transform, crs = read_image(row.to_dict(), bands, use_masked_images, mask_source)
         except SN7DataError as exc:
             if on_error == "raise":
                 raise
@@ -328,7 +328,7 @@ def _new_building_masks(meta, grid_hw, mask_source, resize_to_px) -> dict:
             continue
         masks = []
         for _, row in lab.iloc[[0, -1]].iterrows():
-            img, val, mask, transform, _ = _read_image(row.to_dict(), (1,), False, mask_source)
+            img, val, mask, transform, _ = read_image(row.to_dict(), (1,), False, mask_source)
             if resize_to_px:
                 mask = _resize_all(img, val, mask, transform, resize_to_px)[2]
             masks.append(mask[:h, :w] > 0)

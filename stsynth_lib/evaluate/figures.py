@@ -7,10 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
-
-
-def _rgb(img_chw_uint8: np.ndarray) -> np.ndarray:
-    return np.moveaxis(img_chw_uint8[:3], 0, -1)
+from stsynth_lib.evaluate.report import rgb_image
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -60,8 +57,8 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         mask_rgb = np.zeros((*new.shape, 3))
         mask_rgb[d.future_mask[i, 0] > 0] = 1.0
         mask_rgb[new] = (1.0, 0.55, 0.0)
-        panels = [_rgb(d.past[i]), mask_rgb, _rgb(d.future[i])]
-        panels += [_rgb(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
+        panels = [rgb_image(d.past[i]), mask_rgb, rgb_image(d.future[i])]
+        panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img)

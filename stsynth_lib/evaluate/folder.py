@@ -6,7 +6,7 @@ input image's size, CRS and transform, and ``<folder>/index.csv`` with the colum
 
 * the past and the true future image are found in the data tree by AOI and month (:func:`scan_sn7`; the absolute
   paths of the index are only a fallback, since the tree may have moved) and read as the dataset builder reads them
-  (:func:`stsynth_lib.data.build._read_image`: validity from alpha / UDM / nodata, footprints rasterised from the
+  (:func:`stsynth_lib.data.build.read_image`: validity from alpha / UDM / nodata, footprints rasterised from the
   labels when the tree has them, ``has_mask`` False otherwise);
 * truth, past, masks, validity and prediction are cut into ``tile_size_px`` tiles over the whole image
   (:func:`stsynth_lib.data.build.tile_grid`: the last row/column of tiles shifts inward, so every pixel is scored);
@@ -269,12 +269,12 @@ def load_folder(
 
 def _cached_read(cache: dict, row: dict, bands: Sequence[int]):
     """The builder's reading of one scanned image (image, validity, footprints, transform, CRS); one AOI kept."""
-    from stsynth_lib.data.build import _read_image
+    from stsynth_lib.data.build import read_image
 
     if cache and next(iter(cache.values()))[0] != row["aoi"]:
         cache.clear()  # index rows are grouped by AOI: keep one AOI's images in memory at a time
     if row["image_path"] not in cache:
-        cache[row["image_path"]] = (row["aoi"], _read_image(row, tuple(bands), False, "auto"))
+        cache[row["image_path"]] = (row["aoi"], read_image(row, tuple(bands), False, "auto"))
     return cache[row["image_path"]][1]
 
 

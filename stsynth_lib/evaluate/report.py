@@ -106,7 +106,8 @@ def _has_tabulate() -> bool:
 # --------------------------------------------------------------------------- figures
 
 
-def _rgb(img_uint8: np.ndarray) -> np.ndarray:
+def rgb_image(img_uint8: np.ndarray) -> np.ndarray:
+    """(C, H, W) uint8 -> (H, W, 3) for imshow (the first three bands)."""
     return np.asarray(img_uint8)[:3].transpose(1, 2, 0)
 
 
@@ -130,9 +131,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
         err = np.abs(pred.astype(float) - truth.astype(float)).mean(0) / 255.0
         invalid = res.data.valid[i, 0] == 0
         err = np.ma.masked_where(invalid, err)
-        panels = [(_rgb(res.data.past[i]), "past"),
+        panels = [(rgb_image(res.data.past[i]), "past"),
                   (res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels"),
-                  (_rgb(pred), model), (_rgb(truth), "truth"), (err, "|error| (invalid masked)")]
+                  (rgb_image(pred), model), (rgb_image(truth), "truth"), (err, "|error| (invalid masked)")]
         for c, (img, t) in enumerate(panels):
             ax = axes[r, c]
             if c == 4:

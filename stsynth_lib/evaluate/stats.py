@@ -12,7 +12,6 @@ from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
 
-
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
              "f1_drawn_micro": ("tp_drawn", "fp_drawn", "fn_drawn")}
 
