@@ -161,8 +161,13 @@ def stamp_notebook(path: str | Path, profile: str, *, params_dir: str | Path = "
     cells = [c for c in nb.get("cells", []) if STAMP_TAG not in c.get("metadata", {}).get("tags", [])]
     for c in cells:
         tags = _tags(c)
-        if any(t in tags for t in HIDE_TAGS) and "hide-cell" not in tags:
-            tags.append("hide-cell")
+        if any(t in tags for t in HIDE_TAGS):
+            if "hide-cell" not in tags:
+                tags.append("hide-cell")
+            which = (f"this run's values ({profile})" if "injected-parameters" in tags
+                     else "the notebook's defaults")
+            c["metadata"]["mystnb"] = {**c["metadata"].get("mystnb", {}),
+                                       "code_prompt_show": f"Parameters: {which}", "code_prompt_hide": "Hide parameters"}
     banner = {"cell_type": "markdown", "id": "stsynth-stamp", "metadata": {"tags": [STAMP_TAG]},
               "source": banner_text(stamp)}
     nb["cells"] = [banner] + cells
