@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -219,7 +220,16 @@ def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_P
     if isinstance(pm, dict):
         for k in _VOLATILE_NB_PAPERMILL:
             pm.pop(k, None)
+    seen: set[str] = set()
     for cell in nb.get("cells", []):
+        # jupytext draws random cell ids at each conversion: ids from the cell's source keep diffs to what changed
+        if "id" in cell:
+            base = hashlib.sha1(_src(cell).encode()).hexdigest()[:8]
+            cid, k = base, 1
+            while cid in seen:
+                cid, k = f"{base}-{k}", k + 1
+            seen.add(cid)
+            cell["id"] = cid
         cm = cell.setdefault("metadata", {})
         for k in ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled"):
             cm.pop(k, None)

@@ -139,6 +139,8 @@ def test_publish_strips_volatile_metadata_and_shrinks_png(tmp_path):
     assert nb["metadata"]["stsynth"]["stamp"]["profile"] == "p"
     assert nb["metadata"]["papermill"]["parameters"] == {"profile": "p"}
     assert "kept" in text and "hide-cell" in text
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(set(ids)) == len(ids) and "p" not in ids  # ids from the sources, not jupytext's random ones
     from PIL import Image
 
     png = base64.b64decode(nb["cells"][-1]["outputs"][-1]["data"]["image/png"])
