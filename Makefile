@@ -4,14 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The notebooks, in the order the book and run-all use.
 NOTEBOOKS ?= 01_explore_data 02_build_dataset 03_train_cgan 04_train_attention_cgan 05_controlnet 06_evaluate 07_fid
-EXECUTED := book/executed
+# Executed notebooks of one run, per profile (ignored); book/reference/<profile>/ holds the published ones (committed).
+EXECUTED_ROOT := book/executed
+EXECUTED := $(EXECUTED_ROOT)/$(PROFILE)
+# `make book` needs only jupyter-book and PyYAML: the full .venv when it exists, else this light one (no torch).
+BOOK_VENV ?= .venv-book
+BOOK_BIN := $(if $(wildcard $(VENV)/bin/jupyter-book),$(VENV)/bin,$(BOOK_VENV)/bin)
+# `make book` builds the committed reference runs; `make book PROFILE=<p>` (or BOOK_SOURCE=executed) a local run.
+BOOK_SOURCE ?= $(if $(filter file,$(origin PROFILE)),reference,executed)
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
-.PHONY: help env test test-all data data-128 nb run-all book bench weights clean clean-all
+.PHONY: help env test test-all data data-128 nb run-all book book-env publish readme-results ci bench weights clean clean-all
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-15s %s\n", $$1, $$2}'
 	@echo "  PROFILE=<name> picks params/<name>/ (now: $(PROFILE)); profiles: $$(ls params | tr '\n' ' ')"
 
 $(VENV)/.installed: pyproject.toml
@@ -37,7 +44,7 @@ data-128: env ## downsample your SpaceNet 7 download (SN7_ROOT=...) into the 128
 	@test -n "$(SN7_ROOT)" || (echo "Set SN7_ROOT to your SpaceNet 7 'train' parent, e.g. make data-128 SN7_ROOT=~/SN7_buildings_train OUT=data/sn7_real_128"; exit 2)
 	$(PY) -m stsynth_lib.data.downsample "$(SN7_ROOT)" "$(or $(OUT),data/sn7_real_128)" --size-px 128
 
-nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/executed/
+nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/executed/PROFILE/, stamped
 	@test -f notebooks/$(NB).py || (echo "No notebooks/$(NB).py"; exit 2)
 	@mkdir -p build/notebooks $(EXECUTED)
 	@# check the parameter files against the notebook (keys, types, values) and pass only the keys it reads
@@ -47,16 +54,36 @@ nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/ex
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
 		-f build/notebooks/$(NB).params.yaml \
 		build/notebooks/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
+	@# run stamp (profile, real/synthetic, commit, date, machine, papermill's wall time), parameter cells collapsed
+	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE)
 
 run-all: env ## run every notebook with PROFILE (smoke: synthetic data, CPU, minutes)
 	@for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory nb NB=$$nb PROFILE=$(PROFILE) || exit 1; done
-	@echo "All notebooks ran with PROFILE=$(PROFILE); executed copies are in $(EXECUTED)/. Next: make book"
+	@echo "All notebooks ran with PROFILE=$(PROFILE); executed copies are in $(EXECUTED)/. Next: make book PROFILE=$(PROFILE) (or make publish PROFILE=$(PROFILE))"
 
-book: env ## build the Jupyter Book (HTML, offline) from the executed notebooks
-	@ls $(EXECUTED)/*.ipynb >/dev/null 2>&1 || (echo "No executed notebooks in $(EXECUTED)/: run make run-all first"; exit 2)
-	$(VENV)/bin/jupyter-book build book --quiet
-	$(PY) -m stsynth_lib.book_check book/_build/html
+$(BOOK_VENV)/.installed:
+	python3 -m venv $(BOOK_VENV)
+	$(BOOK_VENV)/bin/python -m pip install -q 'jupyter-book>=1.0,<2' pyyaml
+	@touch $@
+
+book-env: $(if $(wildcard $(VENV)/bin/jupyter-book),,$(BOOK_VENV)/.installed) ## the tools make book needs (the full .venv, else a light .venv-book)
+
+book: book-env ## build the book (HTML, offline) from book/reference/ (no run); PROFILE=<p>: from your run in book/executed/<p>/
+	$(BOOK_BIN)/python -m stsynth_lib.publish stage --source $(BOOK_SOURCE) \
+		$(if $(filter executed,$(BOOK_SOURCE)),--profile $(PROFILE)) --out build/book
+	$(BOOK_BIN)/jupyter-book build build/book --path-output book --quiet
+	$(BOOK_BIN)/python -m stsynth_lib.book_check book/_build/html
 	@echo "Open book/_build/html/index.html"
+
+publish: env ## copy the executed notebooks and results of PROFILE into book/reference/PROFILE/ (committed), then make readme-results
+	$(PY) -m stsynth_lib.publish publish --profile $(PROFILE)
+	$(PY) -m stsynth_lib.publish readme
+
+readme-results: book-env ## rewrite the README's results table from book/reference/*/results/summary.json
+	$(BOOK_BIN)/python -m stsynth_lib.publish readme
+
+ci: ## what CI runs: bash .ci/run (fresh install into .venv, then make test)
+	bash .ci/run
 
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results
@@ -75,7 +102,7 @@ notebooks-check: ## fail, naming the notebook, when a .py/.ipynb pair or a Colab
 	$(PY) -m stsynth_lib.notebook_sync check
 
 clean: ## remove executed notebooks, the built book and build files (keeps data, runs and .venv)
-	rm -rf build $(EXECUTED) book/_build
+	rm -rf build $(EXECUTED_ROOT) book/_build
 
 clean-all: clean ## also remove data/, runs/ and bench_results/ (keeps .venv)
 	rm -rf data runs bench_results

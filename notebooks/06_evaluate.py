@@ -306,8 +306,9 @@ for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
 # * Building F1 relies on a segmenter trained on real training images; its score on the real future images is the
 #   ceiling. On the 128 px real sample there are no labels, so F1 is skipped there (see the note above).
 # * The tables above are this run's own, for the profile it ran with (`profile` in the parameters). The real-data
-#   results (`make run-all PROFILE=sn7_real_128`) are summarised in the README from that run's `results.md`; no
-#   table on this page is typed by hand.
+#   results of the published reference runs head the book's landing page and the README; both are generated from
+#   the committed `book/reference/<profile>/results/summary.json` (`make publish`, `make readme-results`), so no
+#   table on this page or there is typed by hand.
 #
 # ## What's next
 # Chapter [7](07_fid) compares the *distributions* of generated and real tiles (FID, KID), per model and per

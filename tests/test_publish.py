@@ -1,0 +1,260 @@
+"""Reference runs and generated results pages (stsynth_lib.publish): stamps, publishing, landing page, README block."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from stsynth_lib import publish as pub
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _params(tmp_path: Path, profile: str, synthetic: bool) -> Path:
+    d = tmp_path / "params" / profile
+    d.mkdir(parents=True)
+    (d / "common.yaml").write_text(f"profile: {profile}\nsynthetic_data: {str(synthetic).lower()}\n")
+    return tmp_path / "params"
+
+
+def _png(w: int, h: int, noisy: bool = False) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (h, w, 3), dtype=np.uint8) if noisy else np.full((h, w, 3), 120, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _notebook(path: Path, profile: str, png: bytes | None = None) -> Path:
+    """A tiny executed notebook as papermill leaves it."""
+    pm_cell = {"papermill": {"duration": 0.1, "start_time": "2026-01-01T00:00:00", "status": "completed"},
+               "execution": {"iopub.status.busy": "2026-01-01T00:00:00Z"}}
+    outputs = [{"output_type": "stream", "name": "stderr", "text": ["progress 10%\n"]},
+               {"output_type": "stream", "name": "stdout", "text": ["kept\n"]},
+               {"output_type": "display_data", "metadata": {},
+                "data": {"application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": ["bar"]}}]
+    if png is not None:
+        outputs.append({"output_type": "display_data", "metadata": {},
+                        "data": {"image/png": base64.b64encode(png).decode(), "text/plain": ["<Figure>"]}})
+    nb = {"nbformat": 4, "nbformat_minor": 5,
+          "metadata": {"papermill": {"duration": 12.5, "start_time": "2026-01-01T00:00:00+00:00",
+                                     "end_time": "2026-01-01T00:00:12+00:00", "parameters": {"profile": profile},
+                                     "input_path": "a", "output_path": "b", "environment_variables": {}},
+                       "widgets": {"state": {}}},
+          "cells": [
+              {"cell_type": "markdown", "id": "t", "metadata": {**pm_cell, "tags": []}, "source": ["# 1. Title\n"]},
+              {"cell_type": "code", "id": "p", "metadata": {**pm_cell, "tags": ["parameters"]}, "execution_count": 1,
+               "outputs": [], "source": ["profile = 'smoke'\n"]},
+              {"cell_type": "code", "id": "i", "metadata": {**pm_cell, "tags": ["injected-parameters"]},
+               "execution_count": 2, "outputs": [], "source": [f"profile = '{profile}'\n"]},
+              {"cell_type": "code", "id": "o", "metadata": {**pm_cell, "tags": []}, "execution_count": 3,
+               "outputs": outputs, "source": ["print('kept')\n"]}]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pub.write_nb(nb, path)
+    return path
+
+
+def _summary(n_areas: int = 3) -> dict:
+    rows, paired = [], []
+    for i, m in enumerate(["persistence", "mean_last_3", "pix2pix", "real_future"]):
+        for k, base in (("psnr", 22.0), ("ssim", 0.7), ("lpips", 0.2), ("l1", 0.06)):
+            v = base + 0.01234 * i
+            rows.append({"model": m, "metric": k, "mean": v, "ci_lo": v - 0.1, "ci_hi": v + 0.1, "n": 100 + i,
+                         "calibrated": True})
+            if m not in ("persistence", "real_future"):
+                lo, hi = (None, None) if n_areas == 1 else (-0.05 * i, 0.07 * i)
+                paired.append({"model": m, "metric": k, "mean_diff": 0.01234 * i, "ci_lo": lo, "ci_hi": hi,
+                               "better": None, "areas_better": 1, "n_areas": n_areas, "n_pairs": 100})
+    rows = [r for r in rows if not (r["model"] == "real_future" and r["metric"] != "l1")]
+    return {"split": "test", "runs": {"pix2pix": "runs/x/pix2pix"}, "baselines": ["mean_last_3"], "n_pairs": 100,
+            "calibrated": {"lpips": False}, "summary": rows, "paired_vs_persistence": paired,
+            "paired_resamples": "whole areas (AOIs)", "verdict": ["pix2pix does NOT beat persistence."]}
+
+
+def _stamp(path: Path, profile: str, params: Path) -> dict:
+    return pub.stamp_notebook(path, profile, params_dir=params, commit="abc123", machine="CPU test, 2 cores")
+
+
+def test_stamp_is_idempotent_and_states_profile_and_data(tmp_path):
+    params = _params(tmp_path, "sn7_real_128", synthetic=False)
+    nb_path = _notebook(tmp_path / "ex" / "01_a.ipynb", "sn7_real_128")
+    first = _stamp(nb_path, "sn7_real_128", params)
+    once = pub.read_nb(nb_path)
+    _stamp(nb_path, "sn7_real_128", params)
+    twice = pub.read_nb(nb_path)
+    assert once == twice
+    assert first == {"profile": "sn7_real_128", "data": "real", "commit": "abc123", "date": "2026-01-01 00:00 UTC",
+                     "machine": "CPU test, 2 cores", "wall_s": 12.5}
+    assert twice["metadata"]["stsynth"]["stamp"] == first
+    banner = twice["cells"][0]
+    assert banner["metadata"]["tags"] == [pub.STAMP_TAG]
+    assert sum(pub.STAMP_TAG in c["metadata"].get("tags", []) for c in twice["cells"]) == 1
+    first_line = pub._src(banner).splitlines()[0]
+    assert "sn7_real_128" in first_line and "REAL data" in first_line
+    assert "12 s" in pub._src(banner) and "abc123" in pub._src(banner)
+    for c in twice["cells"][1:]:
+        tags = c["metadata"].get("tags", [])
+        if "parameters" in tags or "injected-parameters" in tags:
+            assert tags.count("hide-cell") == 1
+            assert c["metadata"]["mystnb"]["code_prompt_show"].startswith("Parameters")
+        else:
+            assert "hide-cell" not in tags
+
+
+def test_stamp_says_synthetic_and_refuses_another_profile(tmp_path):
+    params = _params(tmp_path, "smoke", synthetic=True)
+    _params(tmp_path / "x", "other", synthetic=False)
+    nb_path = _notebook(tmp_path / "ex" / "01_a.ipynb", "smoke")
+    _stamp(nb_path, "smoke", params)
+    assert "SYNTHETIC data" in pub._src(pub.read_nb(nb_path)["cells"][0]).splitlines()[0]
+    with pytest.raises(pub.PublishError, match="ran with profile 'smoke'.*make nb NB=01_a PROFILE=other"):
+        pub.stamp_notebook(nb_path, "other", params_dir=tmp_path / "x" / "params")
+
+
+def test_publish_strips_volatile_metadata_and_shrinks_png(tmp_path):
+    params = _params(tmp_path, "p", synthetic=False)
+    big = _png(2400, 300, noisy=True)
+    nb_path = _notebook(tmp_path / "executed" / "p" / "06_eval.ipynb", "p", png=big)
+    _stamp(nb_path, "p", params)
+    eval_dir = tmp_path / "runs" / "p" / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "summary.json").write_text(json.dumps(_summary()))
+    (eval_dir / "results.md").write_text("# results\n")
+    with pytest.warns(UserWarning, match="examples.png not found"):
+        dest = pub.publish("p", executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs",
+                           reference_root=tmp_path / "reference", log=lambda *a: None)
+    nb = pub.read_nb(dest / "06_eval.ipynb")
+    text = json.dumps(nb)
+    for volatile in ("start_time", "end_time", "\"duration\"", "iopub", "environment_variables", "widget-view",
+                     "progress 10%", "\"widgets\""):
+        assert volatile not in text, volatile
+    assert nb["metadata"]["stsynth"]["stamp"]["profile"] == "p"
+    assert nb["metadata"]["papermill"]["parameters"] == {"profile": "p"}
+    assert "kept" in text and "hide-cell" in text
+    ids = [c["id"] for c in nb["cells"]]
+    assert len(set(ids)) == len(ids) and "p" not in ids  # ids from the sources, not jupytext's random ones
+    from PIL import Image
+
+    png = base64.b64decode(nb["cells"][-1]["outputs"][-1]["data"]["image/png"])
+    with Image.open(io.BytesIO(png)) as im:
+        assert max(im.size) <= pub.MAX_PNG_PX
+    assert len(png) < len(big)
+    assert (dest / "results" / "summary.json").is_file() and (dest / "results" / "results.md").is_file()
+    # Publishing twice gives the same bytes (reviewable diffs).
+    before = (dest / "06_eval.ipynb").read_bytes()
+    with pytest.warns(UserWarning):
+        pub.publish("p", executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs",
+                    reference_root=tmp_path / "reference", log=lambda *a: None)
+    assert (dest / "06_eval.ipynb").read_bytes() == before
+
+
+def test_publish_names_missing_files_and_the_fix(tmp_path):
+    kw = dict(executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs", reference_root=tmp_path / "ref",
+              log=lambda *a: None)
+    with pytest.raises(pub.PublishError, match=r"executed[/\\]p/.*make run-all PROFILE=p"):
+        pub.publish("p", **kw)
+    params = _params(tmp_path, "p", synthetic=False)
+    _stamp(_notebook(tmp_path / "executed" / "p" / "01_a.ipynb", "p"), "p", params)
+    with pytest.raises(pub.PublishError, match=r"runs[/\\]p[/\\]eval[/\\]summary.json not found.*make nb NB=06_evaluate PROFILE=p"):
+        pub.publish("p", **kw)
+    (tmp_path / "runs" / "p" / "eval").mkdir(parents=True)
+    (tmp_path / "runs" / "p" / "eval" / "summary.json").write_text(json.dumps(_summary()))
+    _notebook(tmp_path / "executed" / "p" / "02_b.ipynb", "p")  # not stamped
+    with pytest.raises(pub.PublishError, match="02_b.ipynb.*no run stamp.*make nb"):
+        pub.publish("p", **kw)
+    with pytest.raises(pub.PublishError, match="No reference notebooks.*make publish PROFILE=sn7_real_128"):
+        pub.stage_book("reference", reference_root=tmp_path / "nothing", out=tmp_path / "stage")
+
+
+_NUM = re.compile(r"[+-]?\d+\.\d+")
+
+
+@pytest.mark.parametrize("n_areas", [3, 1])
+def test_landing_table_numbers_equal_summary_json(tmp_path, n_areas):
+    summary = _summary(n_areas)
+    table = pub.results_table(summary).splitlines()
+    header = [h.strip() for h in table[0].strip("|").split("|")]
+    assert "LPIPS (uncalibrated)" in header  # summary says calibrated.lpips = false
+    body = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
+    assert list(body) == ["persistence", "mean_last_3", "pix2pix"]  # real_future has no image metrics
+    rows = {(r["model"], r["metric"]): r for r in summary["summary"]}
+    paired = {(r["model"], r["metric"]): r for r in summary["paired_vs_persistence"]}
+    for m, cells in body.items():
+        assert cells[1] == str(rows[(m, "psnr")]["n"])
+        for j, (k, _, d, dd) in enumerate(pub.HEADLINE_METRICS):
+            got = [float(x) for x in _NUM.findall(cells[2 + j])]
+            r = rows[(m, k)]
+            assert got == [round(r["mean"], d), round(r["ci_lo"], d), round(r["ci_hi"], d)]
+            delta = cells[2 + len(pub.HEADLINE_METRICS) + j]
+            if m == "persistence":
+                assert delta == "(reference)"
+                continue
+            p = paired[(m, k)]
+            want = [round(p["mean_diff"], dd)] + ([] if n_areas == 1 else [round(p["ci_lo"], dd), round(p["ci_hi"], dd)])
+            assert [float(x) for x in _NUM.findall(delta)] == want
+            if n_areas == 1:
+                assert "n/a: 1 unit" in delta
+    assert "whole areas (AOIs)" in pub.table_caption(summary)
+
+
+def test_stage_builds_landing_page_toc_and_figure(tmp_path):
+    params = _params(tmp_path, "p", synthetic=False)
+    ref = tmp_path / "reference" / "p"
+    _stamp(_notebook(ref / "01_a.ipynb", "p"), "p", params)
+    (ref / "results").mkdir()
+    (ref / "results" / "summary.json").write_text(json.dumps(_summary()))
+    (ref / "results" / "examples.png").write_bytes(_png(30, 10))
+    book = tmp_path / "book"
+    (book / "_static").mkdir(parents=True)
+    (book / "_config.yml").write_text("title: t\n")
+    (book / "intro.md").write_text("# The title\n\nIntro text.\n")
+    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
+                         params_dir=params)
+    intro = (out / "intro.md").read_text()
+    assert intro.startswith("# The title\n")
+    assert intro.index("## Results: `p` · REAL data") < intro.index("Intro text.")
+    assert pub.results_table(_summary()) in intro
+    assert "p/results/examples.png" in intro and (out / "p" / "results" / "examples.png").is_file()
+    assert "file: p/01_a" in (out / "_toc.yml").read_text() and (out / "p" / "01_a.ipynb").is_file()
+
+
+def test_readme_block_round_trip(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{pub.README_START}\nold hand-typed table\n{pub.README_END}\n\nafter\n")
+    assert pub.update_readme(readme, tmp_path / "reference") is False
+    assert "No reference run is published yet" in readme.read_text()
+    assert pub.update_readme(readme, tmp_path / "reference", check=True) is True
+    params = _params(tmp_path, "p", synthetic=False)
+    ref = tmp_path / "reference" / "p"
+    _stamp(_notebook(ref / "01_a.ipynb", "p"), "p", params)
+    (ref / "results").mkdir()
+    (ref / "results" / "summary.json").write_text(json.dumps(_summary()))
+    assert pub.update_readme(readme, tmp_path / "reference", check=True) is False
+    pub.update_readme(readme, tmp_path / "reference")
+    text = readme.read_text()
+    assert pub.results_table(_summary()) in text and text.endswith("after\n") and "hand-typed" not in text
+
+
+def test_repository_readme_matches_committed_results():
+    """The README's results block is what `make readme-results` writes from book/reference/*/results/summary.json."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    a, b = text.index(pub.README_START), text.index(pub.README_END) + len(pub.README_END)
+    assert text[a:b] == pub.readme_block(ROOT / "book" / "reference"), "README results differ: run make readme-results"
+
+
+def test_repository_reference_stays_small_and_stamped():
+    ref = ROOT / "book" / "reference"
+    if not ref.is_dir():
+        return
+    assert pub._dir_mb(ref) <= pub.MAX_TOTAL_MB
+    for nb in ref.glob("*/*.ipynb"):
+        stamp = pub.read_stamp(nb)
+        assert stamp and stamp["profile"] == nb.parent.name, nb
