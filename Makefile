@@ -8,7 +8,7 @@ EXECUTED := book/executed
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
-.PHONY: help env test test-all data data-128 nb run-all book bench weights clean clean-all
+.PHONY: help env test test-all data data-128 nb run-all book book-check bench weights clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ book: env ## build the Jupyter Book (HTML, offline) from the executed notebooks
 	$(VENV)/bin/jupyter-book build book --quiet
 	$(PY) -m stsynth_lib.book_check book/_build/html
 	@echo "Open book/_build/html/index.html"
+
+# Stdlib only: runs with the venv's Python or, without one, the system's. Chromium (system package) adds screenshots.
+book-check: ## check the built book as a reader sees it (nan intervals, dict dumps, tracebacks, cut-off content); screenshots in build/book-check/
+	@test -f book/_build/html/index.html || $(MAKE) book
+	@PYTHONPATH=. $$(test -x $(PY) && echo $(PY) || echo python3) -m stsynth_lib.book_screens book/_build/html --out build/book-check
 
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results
