@@ -180,7 +180,8 @@ def _table_findings(table: _Node) -> list[tuple[str, str]]:
     header = []
     head_rows = [r for r in rows if any(a.tag == "thead" for a in r.ancestors())] or rows[:1]
     for r in head_rows[:1]:
-        header = [re.sub(r"\s+", " ", c.text()).strip() for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
+        cells = [c for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
+        header = [re.sub(r"\s+", " ", c.text()).strip() for c in cells]
     out = []
     for r in rows:
         if r in head_rows:
@@ -208,7 +209,8 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
         out.append(("traceback", _snip(text, m)))
     if text_output:
         out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
-        out += [("long float", _snip(text, m)) for m in LONG_FLOAT.finditer(text)][:3]
+        if longs := list(LONG_FLOAT.finditer(text)):
+            out.append(("long float", f"{len(longs)} number(s) with more than 6 decimals: {_snip(text, longs[0])}"))
     return out
 
 
@@ -243,7 +245,8 @@ def content_pages(html_dir: str | Path) -> list[Path]:
     pages = []
     for p in sorted(html_dir.rglob("*.html")):
         rel = p.relative_to(html_dir)
-        if any(part.startswith("_") for part in rel.parts) or rel.name in ("genindex.html", "search.html", "py-modindex.html"):
+        if any(part.startswith("_") for part in rel.parts) or rel.name in ("genindex.html", "search.html",
+                                                                             "py-modindex.html"):
             continue
         if re.search(r"<meta[^>]+http-equiv=[\"']refresh", p.read_text(errors="ignore")[:4000], re.I):
             continue
@@ -273,7 +276,7 @@ _CHROMIUM_FLAGS = [
     "--disable-extensions",
     "--mute-audio",
 ]
-_MAX_SHOT_HEIGHT = 16000  # Chromium's texture limit is 16384 px
+_MAX_SHOT_HEIGHT = 16000  # px; Chromium paints at most 16384
 
 # Runs after load in a copy of the page; writes its measurements as JSON into <pre id="__bookcheck">.
 _MEASURE_JS = r"""
@@ -383,7 +386,8 @@ def measure_page(chromium: str, page: Path, width: int = 1280, height: int = 900
     """Load a copy of ``page`` with the measuring script and return its measurements."""
     with tempfile.TemporaryDirectory(prefix="bookcheck-page-") as tmp:
         copy = _copy_with(page, Path(tmp), _MEASURE_JS)
-        dom = _chromium(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()])
+        dom = _chromium(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom",
+                                   copy.as_uri()])
     m = re.search(r'<pre id="__bookcheck"[^>]*>(.*?)</pre>', dom, re.S)
     if not m:
         raise RuntimeError(f"{page}: the measuring script left no result")
@@ -391,21 +395,15 @@ def measure_page(chromium: str, page: Path, width: int = 1280, height: int = 900
 
 
 def screenshot(chromium: str, page: Path, png: Path, width: int = 1280, height: int = 900) -> list[Path]:
-    """Full-page screenshot ``png``; a page taller than Chromium can paint at once goes on in ``<name>.part2.png``..."""
+    """Full-page screenshot ``png``; a page taller than Chromium paints at once is scaled down to fit."""
     png.parent.mkdir(parents=True, exist_ok=True)
     height = max(300, int(height))
-    tile = min(height, _MAX_SHOT_HEIGHT)
-    shots = []
-    for k in range(-(-height // tile)):
-        out = png if k == 0 else png.with_name(f"{png.stem}.part{k + 1}.png")
-        with tempfile.TemporaryDirectory(prefix="bookcheck-page-") as tmp:
-            url = page.resolve().as_uri() if k == 0 else _copy_with(
-                page, Path(tmp), f"window.addEventListener('load', function () {{ window.scrollTo(0, {k * tile}); }});").as_uri()
-            _chromium(chromium, [f"--window-size={width},{tile}", "--virtual-time-budget=5000", f"--screenshot={out.resolve()}", url])
-        if not out.is_file():
-            raise RuntimeError(f"chromium wrote no screenshot {out}")
-        shots.append(out)
-    return shots
+    scale = [] if height <= _MAX_SHOT_HEIGHT else [f"--force-device-scale-factor={_MAX_SHOT_HEIGHT / height:.4f}"]
+    _chromium(chromium, [f"--window-size={width},{height}", *scale, "--virtual-time-budget=5000",
+                         f"--screenshot={png.resolve()}", page.resolve().as_uri()])
+    if not png.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot {png}")
+    return [png]
 
 
 def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, width: int = 1280,
@@ -422,8 +420,8 @@ def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, w
             findings.append(Finding(str(rel), "cut off", f"{c['element']}: content {c['content']} px {what} than its "
                                                         f"{c['box']} px box, which has no scrollbar"))
         for o in m["out"]:
-            findings.append(Finding(str(rel), "sticks out", f"{o['element']}: spans x {o['left']}–{o['right']} px, the "
-                                                           f"column {col['selector']} spans {col['left']}–{col['right']} px"))
+            findings.append(Finding(str(rel), "sticks out", f"{o['element']}: spans x {o['left']}–{o['right']} px, "
+                                    f"the column {col['selector']} spans {col['left']}–{col['right']} px"))
         png = out_dir / rel.with_suffix(".png")
         shots += screenshot(chromium, p, png, width, m["height"])
     return findings, shots
@@ -477,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "findings.json").write_text(json.dumps([asdict(f) for f in findings], indent=1, ensure_ascii=False))
     for line in _report(findings, 10**9 if a.all else 5):
         print(line)
-    print(f"book-check: {len(pages)} pages, {len(findings)} findings, {time.time() - t0:.0f} s; list in {out_dir}/findings.json")
+    print(f"book-check: {len(pages)} pages, {len(findings)} findings, {time.time() - t0:.0f} s; "
+          f"list in {out_dir}/findings.json")
     if chromium:
         print(f"screenshots: {len(shots)} PNG in {out_dir}/")
     elif a.no_browser:

@@ -24,7 +24,8 @@ from stsynth_lib.book_screens import main as screens_main  # noqa: E402
 
 def _out(inner: str, kind: str = "text_plain highlight-myst-ansi notranslate") -> str:
     """One notebook output the way MyST-NB renders it."""
-    return (f'<div class="cell docutils container"><div class="cell_input docutils container"><pre>x = {{"a": 1}}</pre></div>'
+    return ('<div class="cell docutils container">'
+            f'<div class="cell_input docutils container"><pre>x = {{"a": 1}}</pre></div>'
             f'<div class="cell_output docutils container"><div class="output {kind}"><div class="highlight"><pre>'
             f"{inner}</pre></div></div></div></div>")
 
@@ -55,7 +56,7 @@ def test_static_checks_flag_dict_dumps_long_floats_and_tracebacks():
     assert _kinds(_out("OrderedDict([('a', 1)])")) == {"raw dict dump"}
     assert _kinds(_out("final_loss: 0.9774104237556458\nimages_per_s: 9.787471681015557")) == {"long float"}
     tb = ('<div class="cell_output docutils container"><div class="output traceback highlight-ipythontb notranslate">'
-          "<pre>---------\nValueError                Traceback (most recent call last)\nValueError: no tiles</pre></div></div>")
+          "<pre>---------\nValueError       Traceback (most recent call last)\nValueError: no tiles</pre></div></div>")
     found = check_page_html(tb, "p.html")
     assert [f.kind for f in found] == ["traceback"] and "ValueError: no tiles" in found[0].snippet
     assert _kinds(_out("Traceback (most recent call last):\n  File x\nKeyError: 'psnr'", "stream")) == {"traceback"}
