@@ -15,7 +15,7 @@ BOOK_SOURCE ?= $(if $(filter file,$(origin PROFILE)),reference,executed)
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
-.PHONY: help env test test-all data data-128 nb run-all book book-env publish readme-results ci bench weights clean clean-all
+.PHONY: help env test test-all data data-128 nb run-all book book-env book-check publish readme-results ci bench weights clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -84,6 +84,11 @@ readme-results: book-env ## rewrite the README's results table from book/referen
 
 ci: ## what CI runs: bash .ci/run (fresh install into .venv, then make test)
 	bash .ci/run
+
+# Stdlib only: runs with the venv's Python or, without one, the system's. Chromium (system package) adds screenshots.
+book-check: ## check the built book as a reader sees it (nan intervals, dict dumps, tracebacks, cut-off content); screenshots in build/book-check/
+	@test -f book/_build/html/index.html || $(MAKE) book
+	@PYTHONPATH=. $$(test -x $(PY) && echo $(PY) || echo python3) -m stsynth_lib.book_screens book/_build/html --out build/book-check
 
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results

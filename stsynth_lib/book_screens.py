@@ -1,0 +1,490 @@
+"""Check what a reader sees in the built book: no ``nan`` interval, raw dict dump, traceback or cut-off content.
+
+    python -m stsynth_lib.book_screens book/_build/html --out build/book-check     (make book-check)
+
+Two passes over every content page of a Jupyter Book 1 HTML build:
+
+* static (stdlib only, runs anywhere): the notebook output areas (MyST-NB's ``div.cell_output``) and every table
+  are searched for a ``nan`` interval (``[nan, nan]``, ``+0.1 [+nan, +nan]``, ``nan – 0.3``, ``± nan``, a cell that
+  is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
+  ``dict(``...), a number printed with more than 6 decimals in a text output or a table cell, and a traceback
+  (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
+* browser (when Chromium is installed; its own command line, no driver): each page gets a full-page screenshot
+  ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
+  scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
+  box in between) and elements that stick out of the column.
+
+The network/TeX checks of :mod:`stsynth_lib.book_check` run too. Every finding names the page and a snippet; the
+command exits 1 on any finding (2 when the book is not built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from stsynth_lib.book_check import remote_loads
+
+# ------------------------------------------------------------------------------------------------------ findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    page: str  # path relative to the HTML folder, e.g. executed/06_evaluate.html
+    kind: str  # one of KINDS
+    snippet: str
+
+    def __str__(self) -> str:
+        return f"{self.page}: [{self.kind}] {self.snippet}"
+
+
+KINDS = ("nan interval", "raw dict dump", "long float", "traceback", "cut off", "sticks out", "network")
+
+# --------------------------------------------------------------------------------------------- a small HTML tree
+
+_VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+_NO_TEXT = {"style", "script", "template"}
+
+
+class _Node:
+    __slots__ = ("tag", "attrs", "children", "parent")
+
+    def __init__(self, tag: str, attrs: dict, parent: _Node | None):
+        self.tag, self.attrs, self.children, self.parent = tag, attrs, [], parent
+
+    @property
+    def classes(self) -> list[str]:
+        return (self.attrs.get("class") or "").split()
+
+    def text(self, skip=None) -> str:
+        parts: list[str] = []
+
+        def walk(n: _Node) -> None:
+            for c in n.children:
+                if isinstance(c, str):
+                    parts.append(c)
+                elif c.tag not in _NO_TEXT and not (skip and skip(c)):
+                    walk(c)
+
+        walk(self)
+        return "".join(parts)
+
+    def iter(self):
+        for c in self.children:
+            if isinstance(c, _Node):
+                yield c
+                yield from c.iter()
+
+    def ancestors(self):
+        a = self.parent
+        while a is not None:
+            yield a
+            a = a.parent
+
+
+class _TreeBuilder(HTMLParser):
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = _Node("#root", {}, None)
+        self.cur = self.root
+
+    def handle_starttag(self, tag, attrs):
+        node = _Node(tag, {k: (v or "") for k, v in attrs}, self.cur)
+        self.cur.children.append(node)
+        if tag not in _VOID:
+            self.cur = node
+
+    def handle_startendtag(self, tag, attrs):
+        self.cur.children.append(_Node(tag, {k: (v or "") for k, v in attrs}, self.cur))
+
+    def handle_endtag(self, tag):
+        n = self.cur
+        while n is not None and n.tag != tag:  # close whatever was left open inside
+            n = n.parent
+        if n is not None and n.parent is not None:
+            self.cur = n.parent
+
+    def handle_data(self, data):
+        self.cur.children.append(data)
+
+
+def _parse(text: str) -> _Node:
+    b = _TreeBuilder()
+    b.feed(text)
+    b.close()
+    return b.root
+
+
+# ------------------------------------------------------------------------------------------------ static rules
+
+_NAN = r"(?<![\w.])[+-]?nan(?!\w)"
+_NUM_OR_NAN = r"[+-]?(?:nan(?!\w)|\d)"
+NAN_INTERVAL = re.compile(
+    "|".join(
+        [
+            rf"[\[(]\s*{_NAN}\s*[,;]",  # [nan, ...
+            rf"[,;]\s*{_NAN}\s*[\])]",  # ..., nan]
+            rf"{_NAN}\s*(?:–|—|-|to)\s*{_NUM_OR_NAN}",  # nan – 0.3, nan - nan
+            rf"\d\s*(?:–|—|to)\s*{_NAN}",  # 0.3 – nan
+            rf"±\s*{_NAN}",
+            rf"{_NAN}\s*±",
+        ]
+    ),
+    re.I,
+)
+_NAN_CELL = re.compile(r"^\s*[+-]?(nan|<NA>)\s*$", re.I)
+# a column that holds an interval or one of its ends
+_INTERVAL_HEADER = re.compile(
+    r"(?:^|[\W_])(?:ci|interval|confidence|lo|hi|low|high|lower|upper)(?:$|[\W_])|±|\[", re.I
+)
+DICT_DUMP = re.compile(r"^\s*(?:\[?\{['\"]|OrderedDict\(|defaultdict\(|dict\(|mappingproxy\(|Counter\(\{)", re.M)
+LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.\d{7,}(?:[eE][-+]?\d+)?(?!\d)")
+TRACEBACK = re.compile(
+    r"Traceback \(most recent call last\)|^\s*[A-Za-z_][\w.]*(?:Error|Exception): ", re.M
+)
+
+
+def _snip(text: str, m: re.Match | None = None, width: int = 50) -> str:
+    if m is None:
+        s = text.strip()
+    else:
+        s = text[max(0, m.start() - width) : m.end() + width]
+        s = ("…" if m.start() > width else "") + s + ("…" if m.end() + width < len(text) else "")
+    s = re.sub(r"\s+", " ", s).strip()
+    return s if len(s) <= 160 else s[:157] + "…"
+
+
+def _is_text_output(n: _Node) -> bool:
+    c = n.classes
+    return "output" in c and any(k in c for k in ("stream", "text_plain", "traceback", "stderr", "error"))
+
+
+def _in_cell_input(n: _Node) -> bool:
+    return any("cell_input" in a.classes for a in n.ancestors())
+
+
+def _table_findings(table: _Node) -> list[tuple[str, str]]:
+    """Cell by cell: a nan interval or a bare nan in an interval column, a dict dump, a long float."""
+    rows = [r for r in table.iter() if r.tag == "tr"]
+    header = []
+    head_rows = [r for r in rows if any(a.tag == "thead" for a in r.ancestors())] or rows[:1]
+    for r in head_rows[:1]:
+        cells = [c for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
+        header = [re.sub(r"\s+", " ", c.text()).strip() for c in cells]
+    out = []
+    for r in rows:
+        if r in head_rows:
+            continue
+        cells = [c for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
+        row_name = re.sub(r"\s+", " ", cells[0].text()).strip() if cells and cells[0].tag == "th" else ""
+        for i, c in enumerate(cells):
+            if c.tag != "td":
+                continue
+            t = re.sub(r"\s+", " ", c.text()).strip()
+            col = header[i] if i < len(header) else ""
+            where = f"table row {row_name!r}, column {col!r}: " if row_name else f"table column {col!r}: "
+            if (m := NAN_INTERVAL.search(t)) or (_NAN_CELL.match(t) and _INTERVAL_HEADER.search(col)):
+                out.append(("nan interval", where + repr(t)))
+            if DICT_DUMP.search(t):
+                out.append(("raw dict dump", where + _snip(t)))
+            if m := LONG_FLOAT.search(t):
+                out.append(("long float", where + _snip(t, m)))
+    return out
+
+
+def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
+    out = [("nan interval", _snip(text, m)) for m in NAN_INTERVAL.finditer(text)]
+    if m := TRACEBACK.search(text):
+        out.append(("traceback", _snip(text, m)))
+    if text_output:
+        out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
+        if longs := list(LONG_FLOAT.finditer(text)):
+            out.append(("long float", f"{len(longs)} number(s) with more than 6 decimals: {_snip(text, longs[0])}"))
+    return out
+
+
+def check_page_html(text: str, page: str = "page.html") -> list[Finding]:
+    """The static findings of one page's HTML."""
+    root = _parse(text)
+    found: list[tuple[str, str]] = []
+    for n in root.iter():
+        if n.tag == "table" and not _in_cell_input(n):
+            found += _table_findings(n)
+        if "cell_output" in n.classes:
+            if any("traceback" in d.classes for d in n.iter()):
+                tb = next(d for d in n.iter() if "traceback" in d.classes).text().strip().splitlines()
+                found.append(("traceback", _snip(tb[-1] if tb else "")))
+                continue
+            texts = [d for d in n.iter() if _is_text_output(d)]
+            # the outputs' text with tables left out (the tables are checked cell by cell)
+            found += _text_findings(n.text(skip=lambda d: d.tag == "table" or _is_text_output(d)), False)
+            for d in texts:
+                found += _text_findings(d.text(), True)
+    seen, result = set(), []
+    for kind, snippet in found:
+        if (kind, snippet) not in seen:
+            seen.add((kind, snippet))
+            result.append(Finding(page, kind, snippet))
+    return result
+
+
+def content_pages(html_dir: str | Path) -> list[Path]:
+    """The book's pages: every .html but Sphinx's index/search pages, ``_static``/``_sources`` and redirects."""
+    html_dir = Path(html_dir)
+    pages = []
+    for p in sorted(html_dir.rglob("*.html")):
+        rel = p.relative_to(html_dir)
+        if any(part.startswith("_") for part in rel.parts) or rel.name in ("genindex.html", "search.html",
+                                                                             "py-modindex.html"):
+            continue
+        if re.search(r"<meta[^>]+http-equiv=[\"']refresh", p.read_text(errors="ignore")[:4000], re.I):
+            continue
+        pages.append(p)
+    return pages
+
+
+def static_findings(html_dir: str | Path) -> list[Finding]:
+    html_dir = Path(html_dir)
+    out = []
+    for p in content_pages(html_dir):
+        out += check_page_html(p.read_text(errors="ignore"), str(p.relative_to(html_dir)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ browser pass
+
+_CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--mute-audio",
+]
+_MAX_SHOT_HEIGHT = 16000  # px; Chromium paints at most 16384
+
+# Runs after load in a copy of the page; writes its measurements as JSON into <pre id="__bookcheck">.
+_MEASURE_JS = r"""
+(function () {
+  function describe(el) {
+    var s = el.tagName.toLowerCase();
+    if (el.id) s += '#' + el.id;
+    if (el.classList.length) s += '.' + Array.prototype.slice.call(el.classList, 0, 3).join('.');
+    var a = el.parentElement, path = [];
+    while (a && path.length < 3 && !a.matches('.bd-article, main, body')) {
+      if (a.classList.length) path.unshift(a.tagName.toLowerCase() + '.' + Array.prototype.slice.call(a.classList, 0, 2).join('.'));
+      a = a.parentElement;
+    }
+    var t = (el.innerText || el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 60);
+    return (path.length ? path.join(' > ') + ' > ' : '') + s + (t ? ' "' + t + '"' : '');
+  }
+  function run() {
+    var col = document.querySelector('.bd-article') || document.querySelector('main') || document.body;
+    var cr = col.getBoundingClientRect();
+    function scrolls(el) {  // a scrolling box between el and the column
+      for (var a = el.parentElement; a && a !== col && a !== document.body; a = a.parentElement) {
+        var ox = getComputedStyle(a).overflowX;
+        if (ox === 'auto' || ox === 'scroll') return true;
+      }
+      return false;
+    }
+    var SKIP = '.margin, .sidebar, aside, .full-width, .visually-hidden, .sr-only, svg, .copybtn, .headerlink, .toggle-details, .tag_hide-input, button';
+    var cut = [], out = [];
+    var els = col.querySelectorAll('*');
+    for (var i = 0; i < els.length; i++) {
+      var el = els[i];
+      if (el.closest(SKIP)) continue;
+      var cs = getComputedStyle(el);
+      if (cs.display === 'inline' || cs.display === 'none' || cs.display === 'contents' || cs.position === 'fixed') continue;
+      var ox = cs.overflowX, oy = cs.overflowY;
+      var r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      var inScroll = scrolls(el);
+      if (el.clientWidth > 2 && el.scrollWidth > el.clientWidth + 2 && ox !== 'auto' && ox !== 'scroll' && !inScroll)
+        cut.push([el, 'x', el.scrollWidth, el.clientWidth]);
+      else if (el.clientHeight > 2 && el.scrollHeight > el.clientHeight + 4 && (oy === 'hidden' || oy === 'clip') && !inScroll)
+        cut.push([el, 'y', el.scrollHeight, el.clientHeight]);
+      if ((r.right > cr.right + 2 || r.left < cr.left - 2) && !inScroll) out.push([el, r]);
+    }
+    var cutEls = cut.map(function (c) { return c[0]; });
+    function contains(list, e, inner) {  // another element of list inside (inner) or around e
+      return list.some(function (o) { return o !== e && (inner ? e.contains(o) : o.contains(e)); });
+    }
+    var res = {
+      height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
+      column: {selector: col.className ? '.' + col.className.split(' ')[0] : col.tagName.toLowerCase(),
+               left: Math.round(cr.left), right: Math.round(cr.right)},
+      cut: cut.filter(function (c) { return !contains(cutEls, c[0], true); }).map(function (c) {
+        return {element: describe(c[0]), axis: c[1], content: c[2], box: c[3]};
+      }),
+      out: out.filter(function (o) {
+        return !contains(out.map(function (x) { return x[0]; }), o[0], false) &&
+               !contains(cutEls, o[0], true) && !contains(cutEls, o[0], false);
+      }).map(function (o) {
+        return {element: describe(o[0]), left: Math.round(o[1].left), right: Math.round(o[1].right)};
+      })
+    };
+    var pre = document.createElement('pre');
+    pre.id = '__bookcheck';
+    pre.textContent = JSON.stringify(res);
+    document.body.appendChild(pre);
+  }
+  if (document.readyState === 'complete') run(); else window.addEventListener('load', run);
+})();
+"""
+
+
+def find_chromium() -> str | None:
+    """Chromium from $CHROMIUM or the system packages (Debian: apt-get install chromium chromium-driver)."""
+    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
+
+
+def _chromium(chromium: str, args: list[str], timeout: float = 90) -> str:
+    with tempfile.TemporaryDirectory(prefix="bookcheck-chromium-") as profile:
+        proc = subprocess.run(
+            [chromium, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-500:]}")
+    return proc.stdout
+
+
+def _copy_with(page: Path, tmp: Path, script: str) -> Path:
+    """A copy of ``page`` in ``tmp`` that loads its links from the original folder and runs ``script`` at the end."""
+    text = page.read_text(errors="ignore")
+    base = f'<base href="{page.parent.resolve().as_uri()}/">'
+    head = re.search(r"<head(\s[^>]*)?>", text, re.I)
+    text = text[: head.end()] + base + text[head.end() :] if head else base + text
+    end = text.lower().rfind("</body>")
+    script = f"<script>{script}</script>"
+    text = text[:end] + script + text[end:] if end >= 0 else text + script
+    copy = tmp / "page.html"
+    copy.write_text(text)
+    return copy
+
+
+def measure_page(chromium: str, page: Path, width: int = 1280, height: int = 900) -> dict:
+    """Load a copy of ``page`` with the measuring script and return its measurements."""
+    with tempfile.TemporaryDirectory(prefix="bookcheck-page-") as tmp:
+        copy = _copy_with(page, Path(tmp), _MEASURE_JS)
+        dom = _chromium(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom",
+                                   copy.as_uri()])
+    m = re.search(r'<pre id="__bookcheck"[^>]*>(.*?)</pre>', dom, re.S)
+    if not m:
+        raise RuntimeError(f"{page}: the measuring script left no result")
+    return json.loads(html.unescape(m.group(1)))
+
+
+def screenshot(chromium: str, page: Path, png: Path, width: int = 1280, height: int = 900) -> list[Path]:
+    """Full-page screenshot ``png``; a page taller than Chromium paints at once is scaled down to fit."""
+    png.parent.mkdir(parents=True, exist_ok=True)
+    height = max(300, int(height))
+    scale = [] if height <= _MAX_SHOT_HEIGHT else [f"--force-device-scale-factor={_MAX_SHOT_HEIGHT / height:.4f}"]
+    _chromium(chromium, [f"--window-size={width},{height}", *scale, "--virtual-time-budget=5000",
+                         f"--screenshot={png.resolve()}", page.resolve().as_uri()])
+    if not png.is_file():
+        raise RuntimeError(f"chromium wrote no screenshot {png}")
+    return [png]
+
+
+def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, width: int = 1280,
+                     pages: list[Path] | None = None) -> tuple[list[Finding], list[Path]]:
+    """Screenshot every page into ``out_dir`` and report cut-off and sticking-out content."""
+    html_dir, out_dir = Path(html_dir), Path(out_dir)
+    findings, shots = [], []
+    for p in pages if pages is not None else content_pages(html_dir):
+        rel = p.relative_to(html_dir)
+        m = measure_page(chromium, p, width)
+        col = m["column"]
+        for c in m["cut"]:
+            what = "wider" if c["axis"] == "x" else "taller"
+            findings.append(Finding(str(rel), "cut off", f"{c['element']}: content {c['content']} px {what} than its "
+                                                        f"{c['box']} px box, which has no scrollbar"))
+        for o in m["out"]:
+            findings.append(Finding(str(rel), "sticks out", f"{o['element']}: spans x {o['left']}–{o['right']} px, "
+                                    f"the column {col['selector']} spans {col['left']}–{col['right']} px"))
+        png = out_dir / rel.with_suffix(".png")
+        shots += screenshot(chromium, p, png, width, m["height"])
+    return findings, shots
+
+
+# ---------------------------------------------------------------------------------------------------------- CLI
+
+
+def _report(findings: list[Finding], per_group: int = 5) -> list[str]:
+    lines = []
+    for kind in KINDS:
+        of_kind = [f for f in findings if f.kind == kind]
+        if not of_kind:
+            continue
+        lines.append(f"{kind} ({len(of_kind)}):")
+        for page in dict.fromkeys(f.page for f in of_kind):
+            here = [f for f in of_kind if f.page == page]
+            lines.append(f"  {page} ({len(here)})")
+            lines += [f"    {f.snippet}" for f in here[:per_group]]
+            if len(here) > per_group:
+                lines.append(f"    … and {len(here) - per_group} more")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stsynth_lib.book_screens", description=__doc__.split("\n")[0])
+    ap.add_argument("html_dir", nargs="?", default="book/_build/html")
+    ap.add_argument("--out", default="build/book-check", help="screenshots and findings.json go here")
+    ap.add_argument("--width", type=int, default=1280, help="browser window width in px")
+    ap.add_argument("--no-browser", action="store_true", help="static checks only")
+    ap.add_argument("--all", action="store_true", help="list every finding, not the first 5 per page and kind")
+    a = ap.parse_args(argv)
+    html_dir, out_dir = Path(a.html_dir), Path(a.out)
+    if not (html_dir / "index.html").is_file():
+        print(f"{html_dir}/index.html not found: build the book first (make book)")
+        return 2
+    t0 = time.time()
+    pages = content_pages(html_dir)
+    findings = [Finding(str(Path(s.split(": ", 1)[0]).relative_to(html_dir)) if s.startswith(str(html_dir)) else "?",
+                        "network", s.split(": ", 1)[-1]) for s in remote_loads(html_dir)]
+    findings += static_findings(html_dir)
+    shots: list[Path] = []
+    chromium = None if a.no_browser else find_chromium()
+    if chromium:
+        if out_dir.exists():  # screenshots of pages that no longer exist would mislead
+            for old in out_dir.rglob("*.png"):
+                old.unlink()
+        more, shots = browser_findings(html_dir, out_dir, chromium, a.width, pages)
+        findings += more
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "findings.json").write_text(json.dumps([asdict(f) for f in findings], indent=1, ensure_ascii=False))
+    for line in _report(findings, 10**9 if a.all else 5):
+        print(line)
+    print(f"book-check: {len(pages)} pages, {len(findings)} findings, {time.time() - t0:.0f} s; "
+          f"list in {out_dir}/findings.json")
+    if chromium:
+        print(f"screenshots: {len(shots)} PNG in {out_dir}/")
+    elif a.no_browser:
+        print("browser pass skipped (--no-browser)")
+    else:
+        print("Chromium not found: screenshots skipped (apt-get install chromium chromium-driver)")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
