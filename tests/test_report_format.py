@@ -82,3 +82,19 @@ def test_format_interval_one_unit_is_not_nan():
     assert format_interval(-0.01234, 0.056789, 5, "area") == "[-0.0123, +0.0568]"
     assert format_interval(1.5, 2.25, digits=2, signed=False) == "[1.50, 2.25]"
     assert "nan" not in format_interval(math.nan, 1.0, 2, "area")
+
+
+def test_save_figure_png_stays_under_size(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.figures import save_figure_png
+
+    fig, axes = plt.subplots(4, 6, figsize=(14, 10))
+    rng = np.random.default_rng(0)
+    for ax in axes.flat:
+        ax.imshow(rng.random((64, 64, 3)))
+    p = save_figure_png(fig, tmp_path / "eval" / "examples.png", max_kb=400)
+    assert p.is_file() and p.stat().st_size <= 400 * 1024 and p.read_bytes()[:4] == b"\x89PNG"

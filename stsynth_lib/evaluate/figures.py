@@ -8,6 +8,7 @@ import numpy as np
 
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
+from stsynth_lib.report_format import plural
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -36,7 +37,8 @@ def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6
     return picks
 
 
-def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None):
+def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None,
+                       title: str | None = None):
     """Rows of test pairs with the most new buildings: past | future mask | truth | each model.
 
     The new buildings (footprints at t1 that were not built at t0) are outlined in every image panel, and drawn
@@ -71,8 +73,33 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         p = d.pairs.iloc[i]
         dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
                  if "past_year" in p else f"pair {p['pair_id']}")
-        axes[r, 0].set_ylabel(f"{dates}\ngap {p['gap_months']:.0f} months, {int(new.sum())} new px", fontsize=8)
-    fig.suptitle("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
-                 "absent from the past image", fontsize=10)
+        axes[r, 0].set_ylabel(f"{dates}\ngap {plural(round(float(p['gap_months'])), 'month')}, {int(new.sum())} new px",
+                              fontsize=8)
+    fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
+                           "absent from the past image"), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 4):
+    """The same layout as :func:`plot_new_buildings` (past | footprints | truth | each model and baseline) on ``n``
+    evenly spread pairs of the split: for data without building labels, or to show ordinary pairs."""
+    from stsynth_lib.training import spread_indices
+
+    idx = [int(i) for i in spread_indices(len(res.data), min(n, len(res.data)))]
+    return plot_new_buildings(res, models, indices=idx,
+                              title="Test pairs: past | future footprints | truth | each model") if idx else None
+
+
+def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (110, 90, 72, 60, 48)):
+    """Save ``fig`` as a PNG at ``path`` with the highest of ``dpis`` that keeps the file under ``max_kb`` KB (the
+    book's landing page embeds it); returns the path. Raises when even the lowest dpi is too large."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for dpi in dpis:
+        fig.savefig(path, dpi=dpi, format="png")
+        if path.stat().st_size <= max_kb * 1024:
+            return path
+    raise ValueError(f"{path} is {path.stat().st_size // 1024} KB at {dpis[-1]} dpi, over {max_kb} KB")
