@@ -26,7 +26,7 @@
 # |---|---|
 # | Inputs | a SpaceNet 7 tree at `data_root` (generated here when `synthetic_data` is true) |
 # | Outputs | the metadata table at `metadata_path` (Parquet) |
-# | Time | seconds (smoke), about a minute (real 128 px), minutes (full SpaceNet 7) |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not needed |
 
 # %% tags=["colab-setup", "hide-cell"]
@@ -83,6 +83,7 @@ import pandas as pd
 from stsynth_lib.data.plots import ATTRIBUTION, plot_aoi_timeline, plot_collection_overview
 from stsynth_lib.data.sn7 import save_metadata, scan_sn7
 from stsynth_lib.data.synthetic import generate_synthetic_sn7
+from stsynth_lib.report_format import round_floats
 
 # %% [markdown]
 # ## The SpaceNet 7 tree
@@ -109,8 +110,9 @@ print(f"saved {len(meta)} rows to {metadata_path}")
 
 # %%
 pd.set_option("display.max_colwidth", 40)
-meta.drop(columns=["image_path", "image_masked_path", "udm_path", "labels_path", "labels_match_path",
-                   "labels_match_pix_path"]).head(8)
+# the paths (and the header fields every image shares) stay in the Parquet file: the page shows what varies
+shown = ["aoi", "date", "width", "height", "has_labels", "building_count", "cloud_fraction"]
+round_floats(meta[[c for c in shown if c in meta.columns]].head(8), 3)
 
 # %%
 per_aoi = meta.groupby("aoi").agg(
@@ -118,7 +120,7 @@ per_aoi = meta.groupby("aoi").agg(
     buildings_first=("building_count", "first"), buildings_last=("building_count", "last"),
     mean_cloud=("cloud_fraction", "mean"),
 )
-per_aoi.head(12)
+round_floats(per_aoi.head(12), 3)
 
 # %% [markdown]
 # ## Months, growth and clouds

@@ -30,7 +30,7 @@
 # |---|---|
 # | Inputs | the metadata table of chapter 1 (`metadata_path`) |
 # | Outputs | the tile store in `dataset_dir` (`dataset.yaml`, `tiles.parquet`, `pairs.parquet`, `splits.json`, three `.npy` arrays) |
-# | Time | seconds (smoke), about a minute (real 128 px; `sn7_labelled`: 1,600 tiles, ~70 s), tens of minutes (full SpaceNet 7 at 256 px) |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not needed |
 
 # %% tags=["colab-setup", "hide-cell"]
@@ -96,6 +96,7 @@ from stsynth_lib.data.build import build_dataset
 from stsynth_lib.data.dataset import PairedTileDataset, TileStore, measure_loader_throughput
 from stsynth_lib.data.plots import plot_block_split, plot_dataset_summary, plot_pair_examples
 from stsynth_lib.data.sn7 import load_metadata
+from stsynth_lib.report_format import plural, settings_table
 
 # %% [markdown]
 # ## Build the tile store
@@ -108,7 +109,7 @@ summary = build_dataset(
     resize_to_px=resize_to_px, mask_source=mask_source, seed=seed, on_error=build_on_error, split_by=split_by,
     block_size_px=block_size_px, block_stratify=block_stratify,
 )
-summary
+settings_table(summary)
 
 # %% [markdown]
 # ## Pairs, splits and tiles
@@ -117,11 +118,11 @@ summary
 store = TileStore(dataset_dir)
 for split, aois in store.splits.items():
     n_tiles = int((store.tiles["split"] == split).sum())
-    blocks = f", {summary['n_blocks'][split]:3d} blocks" if split_by == "block" else ""
-    print(f"{split:5s}: {len(aois):3d} AOIs{blocks}, {n_tiles:6d} tiles, "
-          f"{int((store.pairs['split'] == split).sum()):6d} pairs")
+    blocks = f", {plural(summary['n_blocks'][split], 'block')}" if split_by == "block" else ""
+    print(f"{split:5s}: {plural(len(aois), 'AOI')}{blocks}, {plural(n_tiles, 'tile')}, "
+          f"{plural(int((store.pairs['split'] == split).sum()), 'pair')}")
 if split_by == "block":
-    print(f"{summary['n_tiles_dropped_at_block_borders']} tiles dropped because they cross a block border")
+    print(f"{plural(summary['n_tiles_dropped_at_block_borders'], 'tile')} dropped because they cross a block border")
 if not summary["has_labels"]:
     print("No building labels in this tree: future masks are empty and the guidance is the dates alone.")
 fig = plot_dataset_summary(store)

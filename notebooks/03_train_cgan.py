@@ -16,7 +16,7 @@
 #
 # **L_G = GAN(D(c, G(c)), real) + λ_L1 · ‖y − G(c)‖₁**,
 #
-# with λ_L1 = 100 in pix2pix: the L1 term gets the colours and layout right, the adversarial term keeps the
+# where λ_L1 is the **L1 weight**, 100 in pix2pix: the L1 term gets the colours and layout right, the adversarial term keeps the
 # result sharp. Both terms count **valid pixels only**: clouds, UDM and nodata of either date are zeroed in every
 # discriminator input and left out of the L1, so the model is never asked to paint a cloud.
 #
@@ -30,7 +30,7 @@
 # persistence and training only learns the change. Persistence is a hard baseline on real mosaics: month-to-month
 # change is mostly unpredictable radiometry (haze, sun angle, mosaicking), and an adversarial term that invents
 # texture costs L1. The `sn7_real_128` parameters were therefore all chosen on the **validation** split (their
-# YAML file lists the candidates and their scores): λ_L1 = 10,000 (100 and 1,000 validated worse), which leaves the
+# YAML file lists the candidates and their scores): an L1 weight of 10,000 (100 and 1,000 validated worse), which leaves the
 # adversarial term under 1% of the generator loss -- in effect an L1 regression with a PatchGAN attached -- batch
 # norm with a radiometric jitter of the training pairs, every training pair, the best generator by validation L1,
 # and a **calibration** of how much of its predicted change the generator applies (section below). Persistence is
@@ -46,7 +46,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/pix2pix/` with test-split predictions in `predictions/test/` (read by chapter 6) |
-# | Time | under a minute (smoke, CPU), about 15 minutes (sn7_real_128 on a shared 2-core CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.cgan.train --params params/<profile>/common.yaml --params params/<profile>/03_train_cgan.yaml` |
 
 # %% tags=["colab-setup", "hide-cell"]
@@ -140,6 +140,7 @@ from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.predict import inputs_from_sample, load_predictor
 from stsynth_lib.predictions import load_predictions
 from stsynth_lib.evaluate import paired_table
+from stsynth_lib.report_format import fmt_value, round_floats, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.evaluate.generator import (
@@ -150,9 +151,12 @@ from stsynth_lib.evaluate.generator import (
     summarize,
 )
 
-# every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook)
+# every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook), as a table
+SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
+                  "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
+METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 config = CGANTrainConfig.from_params(globals())
-config
+settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
 
 # %% [markdown]
 # ## Train
@@ -162,7 +166,7 @@ config
 # %%
 run_dir = train_cgan(config)
 print(f"run folder: {run_dir}")
-print(open(run_dir / "model.yaml").read())
+display(settings_table(run_dir / "model.yaml"))
 
 # %% [markdown]
 # ## Loss curves
@@ -183,10 +187,11 @@ plt.show()
 
 # %%
 persistence_val = summarize(evaluate_persistence(split_dataset(config, "val")))
-print("persistence on the same validation pairs:", {k: round(v, 4) for k, v in persistence_val.items()})
+print("persistence on the same validation pairs: "
+      + ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in persistence_val.items()))
 fig = plot_validation(run_dir, persistence_val)
 plt.show()
-pd.read_csv(run_dir / "val.csv")
+round_floats(pd.read_csv(run_dir / "val.csv"), 4)
 
 # %% [markdown]
 # ## Calibration: how much change to apply
@@ -203,7 +208,7 @@ if fig is None:
     print("not calibrated (calibrate_residual_scale is off): predictions apply the full predicted change")
 else:
     plt.show()
-    print(open(run_dir / "best" / "best.yaml").read())
+    display(settings_table(run_dir / "best" / "best.yaml"))
 
 # %% [markdown]
 # ## Samples
@@ -257,16 +262,16 @@ plt.show()
 predictor = load_predictor(run_dir)
 sample = test_ds[0]
 inputs = inputs_from_sample(sample, predictor)
-print({k: (f"{v.dtype} {v.shape}" if hasattr(v, "shape") else v) for k, v in inputs.items()})
+display(settings_table({k: (f"{v.dtype} {tuple(v.shape)}" if hasattr(v, "shape") else v) for k, v in inputs.items()}))
 future = predictor.predict(**inputs)
 saved = load_predictions(run_dir / "predictions" / "test")[int(sample["pair_id"])]
 print(f"{predictor.family}: identical to the saved test prediction: {bool((future == saved).all())}")
 
 # %% [markdown]
 # ## Summary
-# * pix2pix trains on the condition (past image, future mask when labelled, time planes) with an adversarial +
-#   λ_L1 x L1 loss restricted to valid pixels (100 in pix2pix, 10,000 for `sn7_real_128`, chosen on
-#   validation); the run folder holds the parameters, logs, checkpoints and samples.
+# * pix2pix trains on the condition (past image, future mask when labelled, time planes) with an adversarial loss
+#   plus an L1 loss, both restricted to valid pixels; the L1 weight is 100 in pix2pix and 10,000 for `sn7_real_128`
+#   (chosen on validation); the run folder holds the parameters, logs, checkpoints and samples.
 # * A residual generator can be calibrated on the validation split: how much of its predicted change to apply,
 #   less for short gaps. It is the generator's own output, scaled; the test split plays no part in it.
 # * The table above is the honest check: the generator against "nothing changes" on unseen AOIs. On the smoke

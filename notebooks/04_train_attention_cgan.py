@@ -28,7 +28,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`) |
 # | Outputs | the run folder `runs/<profile>/attention_unet/` with test-split predictions in `predictions/test/` (read by chapter 6) |
-# | Time | under a minute (smoke, CPU), about 15 minutes (sn7_real_128 on a shared 2-core CPU with `OMP_NUM_THREADS=1`), hours (sn7 / gpu profiles on a GPU) |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | optional; used with bf16 autocast when present. Several GPUs: `accelerate launch -m stsynth_lib.cgan.train --params params/<profile>/common.yaml --params params/<profile>/04_train_attention_cgan.yaml` |
 
 # %% tags=["colab-setup", "hide-cell"]
@@ -123,6 +123,7 @@ from stsynth_lib.predict import load_predictor
 from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate import paired_table
+from stsynth_lib.report_format import fmt_value, round_floats, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.evaluate.generator import (
@@ -133,9 +134,12 @@ from stsynth_lib.evaluate.generator import (
     summarize,
 )
 
-# every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook)
+# every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook), as a table
+SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
+                  "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
+METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 config = CGANTrainConfig.from_params(globals())
-config
+settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
 
 # %% [markdown]
 # ## Train
@@ -145,7 +149,7 @@ config
 # %%
 run_dir = train_cgan(config)
 print(f"run folder: {run_dir}")
-print(open(run_dir / "model.yaml").read())
+display(settings_table(run_dir / "model.yaml"))
 
 # %% [markdown]
 # ## Loss curves
@@ -166,10 +170,11 @@ plt.show()
 
 # %%
 persistence_val = summarize(evaluate_persistence(split_dataset(config, "val")))
-print("persistence on the same validation pairs:", {k: round(v, 4) for k, v in persistence_val.items()})
+print("persistence on the same validation pairs: "
+      + ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in persistence_val.items()))
 fig = plot_validation(run_dir, persistence_val)
 plt.show()
-pd.read_csv(run_dir / "val.csv")
+round_floats(pd.read_csv(run_dir / "val.csv"), 4)
 
 # %% [markdown]
 # ## Calibration: how much change to apply
@@ -186,7 +191,7 @@ if fig is None:
     print("not calibrated (calibrate_residual_scale is off): predictions apply the full predicted change")
 else:
     plt.show()
-    print(open(run_dir / "best" / "best.yaml").read())
+    display(settings_table(run_dir / "best" / "best.yaml"))
 
 # %% [markdown]
 # ## Samples

@@ -49,7 +49,7 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); for a real backbone, Stable Diffusion 1.5 weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
 # | Outputs | `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
-# | Time | about 2 minutes (smoke, idle 2-core CPU, tiny backbone); about 10 minutes (sn7_real_128, 2 CPU cores, most of it generating the 1,451 test pairs); hours (sn7 / gpu profiles, SD 1.5 at 512 px). On a busy machine set `OMP_NUM_THREADS=1`: two oversubscribed threads are many times slower than one |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not for the tiny backbone. SD 1.5 at 512 px: one GPU with >= 16 GB (bf16, gradient checkpointing; 8-bit Adam when bitsandbytes is installed). Several GPUs: `accelerate launch -m stsynth_lib.controlnet.train --params params/<profile>/common.yaml --params params/<profile>/05_controlnet.yaml` |
 # | Offline | a missing backbone stops with the id and the fix: `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir /path/to/local/sd15` on a connected machine, then `pretrained_model: /path/to/local/sd15` |
 
@@ -145,10 +145,12 @@ from stsynth_lib.controlnet.generate import generate_split
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_validation
 from stsynth_lib.controlnet.train import ControlNetTrainConfig, train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.report_format import plural, round_floats, settings_table
+from IPython.display import display
 
 # every parameter above whose name is a ControlNetTrainConfig field (the rest are for generation)
 config = ControlNetTrainConfig.from_params(globals())
-config
+settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"])
 
 # %% [markdown]
 # ## What the ControlNet sees
@@ -163,8 +165,8 @@ sample = train_ds[0]
 cond = make_conditioning(sample["past"], sample["future_mask"], sample["gap_months"], use_gap_plane, gap_scale_months,
                          use_mask=mask_on)
 prompt = build_prompt(sample, prompt_template, empty_prompt)
-print(f"{len(train_ds)} training pairs, {train_ds.tile_size_px} px tiles, "
-      f"{conditioning_channels(train_ds.n_bands, use_gap_plane, mask_on)} conditioning channels")
+print(f"{plural(len(train_ds), 'training pair')}, {train_ds.tile_size_px} px tiles, "
+      f"{plural(conditioning_channels(train_ds.n_bands, use_gap_plane, mask_on), 'conditioning channel')}")
 fig = plot_conditioning(cond, prompt, use_mask=mask_on, use_gap_plane=use_gap_plane, n_bands=train_ds.n_bands)
 plt.show()
 
@@ -181,7 +183,7 @@ params = yaml.safe_load((run_dir / "params.yaml").read_text())
 print(f"run folder: {run_dir}\nbackbone: {params['backbone']} ({params['backbone_name']}), "
       f"conditioning channels: {params['conditioning_channels']}, optimizer: {params['optimizer']}, "
       f"precision: {params['mixed_precision_resolved']}")
-print(open(run_dir / "summary.yaml").read())
+display(settings_table(run_dir / "summary.yaml"))
 
 # %% [markdown]
 # ## Loss curve, control gain and condition gain
@@ -203,7 +205,9 @@ print(open(run_dir / "summary.yaml").read())
 # %%
 fig = plot_training(run_dir)
 plt.show()
-pd.read_csv(run_dir / "log.csv").dropna(subset=["control_gain"])
+log_cols = ["step", "loss", "val_loss", "val_loss_nocontrol", "control_gain", "cond_gain", "images_per_s"]
+val_log = pd.read_csv(run_dir / "log.csv").dropna(subset=["control_gain"])
+round_floats(val_log[[c for c in log_cols if c in val_log.columns]].reset_index(drop=True), 4)
 
 # %% [markdown]
 # ## Validation images
@@ -228,7 +232,7 @@ pred_dir = generate_split(run_dir, dataset_dir, "test", scheduler=scheduler, num
                           controlnet_conditioning_scale=controlnet_conditioning_scale, max_pairs=max_test_pairs,
                           device=device)
 index = pd.read_csv(pred_dir / "index.csv")
-print(f"{len(index)} test images in {pred_dir}")
+print(f"{plural(len(index), 'test image')} in {pred_dir}")
 tag = "tiny-random backbone: images not meaningful" if params["backbone"] == "tiny-random" else params["backbone_name"]
 fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"ControlNet test predictions [{tag}]")
 plt.show()

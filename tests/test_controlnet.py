@@ -123,7 +123,7 @@ def _sample(has_mask=True):
 
 def test_prompts_from_metadata():
     tpl = "satellite image of {aoi}, {month_name} {year}, {gap_months} months later, {n_new_buildings} new buildings"
-    assert build_prompt(_sample(), tpl) == "satellite image of L15-0001E-0001N, July 2019, 4 months later, 1 new buildings"
+    assert build_prompt(_sample(), tpl) == "satellite image of L15-0001E-0001N, July 2019, 4 months later, 1 new building"
     # unlabelled AOI: the building count is unknown, its segment is dropped rather than printing None
     assert build_prompt(_sample(False), tpl) == "satellite image of L15-0001E-0001N, July 2019, 4 months later"
     assert build_prompt(_sample(), tpl, empty_prompt=True) == ""

@@ -236,9 +236,13 @@ def test_paired_vs_persistence_uses_areas_not_tiles():
     assert (mixed["ci_hi"] - mixed["ci_lo"]) > 3 * (hi - lo)
     table = E.paired_table(p.reset_index())
     assert set(table["verdict"]) == {"better", "no clear difference"}
-    assert "3 of 6" in set(table["resampled units where the model is better"])
+    assert "3 of 6 areas" in set(table["model better in"])
     one = p.reset_index().iloc[:1].assign(ci_lo=None, ci_hi=None, better=None, n_areas=1)  # as read from summary.json
-    assert E.paired_table(one).iloc[0, 2].endswith("[n/a: 1 area/block]")
+    assert E.paired_table(one)["95% interval"].iloc[0] == "n/a (1 area)"
+    assert "nan" not in E.paired_table(one).to_string()
+    legacy = one.drop(columns="unit", errors="ignore")  # rows written before the unit column: areas
+    assert E.paired_table(legacy)["95% interval"].iloc[0] == "n/a (1 area)"
+    assert E.paired_table(one.assign(unit="block"))["95% interval"].iloc[0] == "n/a (1 block)"
 
 
 def test_block_split_datasets_resample_whole_blocks():
@@ -259,6 +263,9 @@ def test_block_split_datasets_resample_whole_blocks():
     by_block = E.paired_vs_persistence(per_tile, metrics=("l1",), cluster="cluster").iloc[0]
     assert by_area["n_areas"] == 1 and np.isnan(by_area["ci_lo"]) and by_area["better"] is None
     assert by_block["n_areas"] == 4 and by_block["ci_hi"] < 0 and bool(by_block["better"])
+    assert by_area["unit"] == "area" and by_block["unit"] == "block"
+    table = E.paired_table(pd.DataFrame([by_area, by_block]))
+    assert list(table["95% interval"])[0] == "n/a (1 area)" and list(table["model better in"])[1] == "4 of 4 blocks"
     default = E.paired_vs_persistence(per_tile, metrics=("l1",)).iloc[0]  # the cluster column when present
     assert default["n_areas"] == 4 and default["ci_hi"] == by_block["ci_hi"]
 

@@ -132,7 +132,10 @@ def prompt_fields(sample: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
-    """Fill ``template``; comma-separated segments with an unknown (``None``) field are dropped."""
+    """Fill ``template``; comma-separated segments with an unknown (``None``) field are dropped, and a count of 1
+    takes the singular ("1 month later", not "1 months later")."""
+    from stsynth_lib.report_format import fix_plurals
+
     names = {n for _, n, _, _ in string.Formatter().parse(template) if n}
     unknown = names - set(fields)
     if unknown:
@@ -145,7 +148,7 @@ def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
         if any(fields[n] is None for n in seg_names):
             continue
         out.append(seg.strip().format(**fields))
-    return ", ".join(s for s in out if s)
+    return fix_plurals(", ".join(s for s in out if s))  # "1 month later", "1 new building"
 
 
 def build_prompt(sample: Mapping[str, Any], template: str = DEFAULT_PROMPT_TEMPLATE, empty_prompt: bool = False) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
+from stsynth_lib.report_format import plural
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -36,7 +37,8 @@ def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6
     return picks
 
 
-def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None):
+def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None,
+                       title: str | None = None):
     """Rows of test pairs with the most new buildings: past | future mask | truth | each model.
 
     The new buildings (footprints at t1 that were not built at t0) are outlined in every image panel, and drawn
@@ -71,8 +73,46 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         p = d.pairs.iloc[i]
         dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
                  if "past_year" in p else f"pair {p['pair_id']}")
-        axes[r, 0].set_ylabel(f"{dates}\ngap {p['gap_months']:.0f} months, {int(new.sum())} new px", fontsize=8)
-    fig.suptitle("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
-                 "absent from the past image", fontsize=10)
+        axes[r, 0].set_ylabel(f"{dates}\ngap {plural(round(float(p['gap_months'])), 'month')}, {int(new.sum())} new px",
+                              fontsize=8)
+    fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
+                           "absent from the past image"), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 4):
+    """The same layout as :func:`plot_new_buildings` (past | footprints | truth | each model and baseline) on ``n``
+    evenly spread pairs of the split: for data without building labels, or to show ordinary pairs."""
+    from stsynth_lib.training import spread_indices
+
+    idx = [int(i) for i in spread_indices(len(res.data), min(n, len(res.data)))]
+    return plot_new_buildings(res, models, indices=idx,
+                              title="Test pairs: past | future footprints | truth | each model") if idx else None
+
+
+def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80, 64, 50, 40)):
+    """Save ``fig`` as a PNG at ``path``, under ``max_kb`` KB (the book's landing page embeds it): the highest of
+    ``dpis`` whose file fits, first as full colour, then as a 256-colour palette PNG (satellite tiles are noisy and
+    compress poorly). Returns the path; raises when even the lowest dpi does not fit."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    limit = max_kb * 1024
+    for dpi in dpis:
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=dpi, format="png", facecolor="white")
+        if buf.tell() <= limit:
+            path.write_bytes(buf.getvalue())
+            return path
+        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=256)
+        out = io.BytesIO()
+        img.save(out, format="PNG", optimize=True)
+        if out.tell() <= limit:
+            path.write_bytes(out.getvalue())
+            return path
+    raise ValueError(f"{path}: over {max_kb} KB even at {dpis[-1]} dpi as a palette PNG")

@@ -250,17 +250,25 @@ def fid_report(
 
 
 def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
-    """Wide FID/KID table (rows: model; columns per gap bucket), headers labelled 'uncalibrated' when so."""
+    """FID/KID table for the book: one row per (model, time-gap bucket), three narrow columns (KID x1000 as
+    mean ± std, FID, n), headers labelled 'uncalibrated' when so. Long rather than wide, so the page never cuts it
+    off; the Inception weights are printed next to it (``table["weights"]``)."""
+    order = [b for b in ["all"] + gap_bucket_order() if b in set(table["gap_bucket"])]
+    order += [b for b in table["gap_bucket"].unique() if b not in order]
     t = table.copy()
-    t["KID x1000"] = (t["kid"] * 1000).map(lambda v: f"{v:.2f}") + " ± " + (t["kid_std"] * 1000).map(lambda v: f"{v:.2f}")
-    t["FID"] = t["fid"].map(lambda v: f"{v:.2f}")
-    wide = t.pivot_table(index="model", columns="gap_bucket", values=["KID x1000", "FID", "n"], aggfunc="first", sort=False)
-    wide.columns = [f"{P.label(a, calibrated)} [{b}]" if a != "n" else f"n [{b}]" for a, b in wide.columns]
-    if "weights" in table and len(table):
-        wide.index.name = f"model (Inception: {table['weights'].iloc[0]})"
-    return wide
-
-
+    t["_b"] = t["gap_bucket"].map({b: i for i, b in enumerate(order)})
+    t["_m"] = t["model"].map({m: i for i, m in enumerate(t["model"].unique())})
+    t = t.sort_values(["_m", "_b"])
+    kid = P.label("KID x1000", calibrated) + " ↓"
+    fid = P.label("FID", calibrated) + " ↓"
+    out = pd.DataFrame({
+        "model": t["model"].to_numpy(),
+        "time gap (months)": t["gap_bucket"].astype(str).to_numpy(),
+        kid: [f"{k * 1000:.2f} ± {s * 1000:.2f}" for k, s in zip(t["kid"], t["kid_std"])],
+        fid: [f"{v:.2f}" for v in t["fid"]],
+        "n": t["n"].astype(int).to_numpy(),
+    })
+    return out.set_index(["model", "time gap (months)"])
 
 
 def prediction_dirs(runs_dir: str | Path, profile: str, models: Iterable[str], split: str = "test") -> dict[str, Path]:

@@ -114,6 +114,7 @@ def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
                          "score it first, e.g. evaluate_models(..., baselines=(...))")
     cluster = cluster or ("cluster" if "cluster" in df else "aoi")
     base = df[df["model"] == baseline].set_index("pair_id")
+    unit = "block" if base[cluster].astype(str).str.contains("/block-").any() else "area"
     rows = []
     rng = np.random.default_rng(seed)
     for model, g in df[~df["model"].isin([baseline, UPPER_BOUND])].groupby("model", sort=False):
@@ -128,7 +129,8 @@ def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
             else:
                 continue
             if res is not None:
-                rows.append({"model": model, "baseline": baseline, "metric": metric, **_verdict(metric, *res, ci)})
+                rows.append({"model": model, "baseline": baseline, "metric": metric, **_verdict(metric, *res, ci),
+                             "unit": unit})
     return pd.DataFrame(rows)
 
 
@@ -214,11 +216,15 @@ def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.n
             "areas_better": int(np.nansum(good(per_cluster))), "n_areas": k, "n_pairs": n_pairs}
 
 
-def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None) -> pd.DataFrame:
     """Wide, readable form of :func:`paired_vs_persistence` / :func:`paired_vs_baseline` for the book.
 
     Accepts the rows as computed or as read back from ``summary.json`` (NaN as null). With one resampled unit there
-    is no interval: the cell says "n/a: 1 area/block" instead of printing ``nan``."""
+    is no interval: the cell says "n/a (1 area)" or "n/a (1 block)" instead of printing ``nan``
+    (:func:`stsynth_lib.report_format.format_interval`). ``unit`` ("area" / "block") overrides the rows' own
+    ``unit`` column (rows written before it existed count areas)."""
+    from stsynth_lib.report_format import format_interval, plural
+
     out = []
     for _, r in paired.iterrows():
         better = None if r["better"] is None or (isinstance(r["better"], float) and math.isnan(r["better"])) else bool(r["better"])
@@ -228,11 +234,12 @@ def paired_table(paired: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
         base = PERSISTENCE if not isinstance(base, str) else base
         lo, hi = (np.nan if v is None else float(v) for v in (r["ci_lo"], r["ci_hi"]))
         n = int(r["n_areas"])
-        interval = (f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if not (math.isnan(lo) or math.isnan(hi))
-                    else f"[n/a: {n} area/block]")
+        row_unit = unit or (r["unit"] if isinstance(r.get("unit"), str) else "area")
+        interval = format_interval(lo, hi, n, row_unit, digits)
         out.append({"model": r["model"], "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
-                    f"model − {base} [95% CI]": f"{float(r['mean_diff']):+.{digits}f} {interval}",
-                    "resampled units where the model is better": f"{r['areas_better']} of {n}",
+                    f"model − {base}": f"{float(r['mean_diff']):+.{digits}f}",
+                    "95% interval": interval,
+                    "model better in": f"{int(r['areas_better'])} of {plural(n, row_unit)}",
                     "verdict": verdict})
     return pd.DataFrame(out)
 

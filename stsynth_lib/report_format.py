@@ -1,0 +1,135 @@
+"""Small formatting helpers for what the book prints: settings tables, rounded numbers, intervals, plurals.
+
+The executed notebooks are read as web pages, so nothing here prints a raw ``dict`` or a 16-digit float:
+
+* :func:`settings_table` -- a dict / dataclass / YAML file as a two-column "setting | value" table, floats rounded;
+* :func:`fmt_value` -- one value as short text (4 significant digits by default);
+* :func:`round_floats` -- a DataFrame with its float columns rounded for display;
+* :func:`format_interval` -- ``"[lo, hi]"``, or ``"n/a (1 area)"`` when one resampled unit gives no interval;
+* :func:`plural` / :func:`fix_plurals` -- "1 month", "2 months"; "1 months later" -> "1 month later".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+_IRREGULAR = {"AOI": "AOIs", "px": "px"}
+
+
+def plural(n: float | int, singular: str, plural_form: str | None = None) -> str:
+    """``"1 month"``, ``"2 months"``, ``"0 months"`` (the count followed by the right form of the noun)."""
+    many = plural_form or _IRREGULAR.get(singular) or (singular + "s")
+    count = int(n) if float(n).is_integer() else n
+    return f"{count} {singular if count == 1 else many}"
+
+
+# "1 months later", "1 new buildings", "1 areas", ...: a lone 1 (not 0.1, 11 or -1) before a regular English plural
+_ONE_PLURAL = re.compile(r"(?<![\d.,\-])\b1 ((?:new |real |test |training )?)([a-z]+?)s\b")
+
+
+def fix_plurals(text: str) -> str:
+    """Singular after a count of exactly 1 in generated text: ``"1 months later, 1 new buildings"`` ->
+    ``"1 month later, 1 new building"``; other counts are left alone."""
+    def one(m: re.Match) -> str:
+        stem = m.group(2)
+        if stem.endswith(("s", "u", "i")):  # "1 class", "1 bus", "1 axis": not a regular plural
+            return m.group(0)
+        return f"1 {m.group(1)}{stem}"
+
+    return _ONE_PLURAL.sub(one, text)
+
+
+def fmt_value(v: Any, sig: int = 4) -> str:
+    """One value as short text: floats to ``sig`` significant digits (no exponent for ordinary sizes), ``None`` as
+    "none", lists comma-separated, NaN as "n/a"."""
+    if v is None:
+        return "none"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}" if abs(v) >= 10_000 else str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        if v == 0 or (1e-4 <= abs(v) < 1e7):
+            if float(v).is_integer():
+                return f"{int(v):,}" if abs(v) >= 10_000 else str(int(v))
+            digits = max(sig - 1 - int(math.floor(math.log10(abs(v)))), 0)
+            return f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
+        return f"{v:.{sig - 1}e}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_value(x, sig) for x in v) if v else "none"
+    if isinstance(v, Path):
+        return str(v)
+    try:  # numpy scalars
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            return fmt_value(v.item(), sig)
+    except ImportError:  # pragma: no cover
+        pass
+    return str(v)
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(_flatten(v, key + " / "))
+        else:
+            out[key] = v
+    return out
+
+
+def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] | tuple[str, ...] = (),
+                   sig: int = 4, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """A dict, a dataclass instance or a YAML/JSON file as a two-column table ("setting", "value").
+
+    Nested mappings are flattened (``"guidance / n_bands"``), floats rounded to ``sig`` significant digits,
+    ``keys`` picks and orders rows, ``exclude`` drops some, ``labels`` renames settings (e.g. ``lambda_l1`` ->
+    "L1 weight"). The table's index is hidden-friendly (0..n-1)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        d = dataclasses.asdict(obj)
+    elif isinstance(obj, (str, Path)) and Path(obj).is_file():
+        import yaml
+
+        d = yaml.safe_load(Path(obj).read_text()) or {}
+    elif isinstance(obj, Mapping):
+        d = dict(obj)
+    else:
+        raise TypeError(f"settings_table needs a mapping, a dataclass or a YAML/JSON file, got {type(obj).__name__}")
+    flat = _flatten(d)
+    names = [k for k in (keys if keys is not None else flat) if k in flat and k not in set(exclude)]
+    labels = dict(labels or {})
+    return pd.DataFrame({"setting": [labels.get(k, k) for k in names], "value": [fmt_value(flat[k], sig) for k in names]})
+
+
+def round_floats(df: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
+    """``df`` with every float column rounded to ``decimals`` (ints, text and the index untouched)."""
+    out = df.copy()
+    for c in out.columns:
+        if pd.api.types.is_float_dtype(out[c]):
+            out[c] = out[c].round(decimals)
+    return out
+
+
+def format_interval(lo: float | None, hi: float | None, n_units: int | None = None, unit: str = "area",
+                    digits: int = 4, signed: bool = True) -> str:
+    """``"[+0.0123, +0.0456]"``; when the interval is missing (NaN / None: a single resampled unit), ``"n/a (1 area)"``
+    / ``"n/a (1 block)"`` instead of ``nan``."""
+    lo = float("nan") if lo is None else float(lo)
+    hi = float("nan") if hi is None else float(hi)
+    if math.isnan(lo) or math.isnan(hi):
+        return f"n/a ({plural(n_units, unit)})" if n_units is not None else "n/a"
+    sign = "+" if signed else ""
+    return f"[{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
