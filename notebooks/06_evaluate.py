@@ -210,6 +210,7 @@ print(f"strongest simple baseline by validation PSNR: {strongest}")
 learned = [m for m in res.per_tile["model"].unique() if m in runs]
 vs_best = E.paired_vs_baseline(res.per_tile[res.per_tile["model"].isin(learned + [strongest])], strongest,
                                metrics=("l1", "psnr", "ssim"), n_boot=n_bootstrap) if learned else []
+E.record_strongest_baseline(eval_dir, strongest, vs_best, chosen_on="val", chosen_by="psnr")  # into summary.json
 if len(vs_best):
     display(E.paired_table(vs_best))
 else:

@@ -368,6 +368,46 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+STRONGEST_METRICS = (("psnr", "PSNR dB", 2, "higher"), ("ssim", "SSIM", 4, "higher"), ("l1", "L1", 4, "lower"))
+
+
+def strongest_baseline_section(summary: dict) -> str:
+    """Markdown: each learned model minus the strongest simple baseline (chosen on validation by chapter 6 and
+    recorded in summary.json), paired on the same test pairs; "" when summary.json has no such comparison."""
+    info = summary.get("strongest_baseline")
+    rows = summary.get("paired_vs_strongest_baseline") or []
+    if not info:
+        return ""
+    name = info["name"]
+    head = (f"**The bar: the strongest simple baseline, `{name}`** (no learning; chosen by "
+            f"{info.get('chosen_by', 'psnr').upper()} on the `{info.get('chosen_on', 'val')}` split, never on test). "
+            f"Model − `{name}` on the same test pairs [95 % interval, resampling "
+            f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; a model beats the bar on a metric only when "
+            f"the interval is on the good side of zero:")
+    models = list(dict.fromkeys(r["model"] for r in rows if r["model"] != name))
+    if not models:
+        return head + "\n\nNo learned model was scored against it.\n"
+    by = {(r["model"], r["metric"]): r for r in rows}
+    cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + ["areas better (PSNR)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m in models:
+        cells = [m]
+        for k, _, d, _ in STRONGEST_METRICS:
+            r = by.get((m, k))
+            if r is None:
+                cells.append("n/a")
+            elif r.get("ci_lo") is None or r.get("ci_hi") is None:
+                cells.append(f"{_fmt(r['mean_diff'], d, True)} [n/a: {r.get('n_areas', 1)} {r.get('unit', 'unit')}]")
+            else:
+                mark = {True: " ✔", False: " ✘"}.get(r.get("better"), "")
+                cells.append(f"{_fmt(r['mean_diff'], d, True)} [{_fmt(r['ci_lo'], d, True)}, "
+                             f"{_fmt(r['ci_hi'], d, True)}]{mark}")
+        p = by.get((m, "psnr"))
+        cells.append(f"{p.get('areas_better', 'n/a')} of {p.get('n_areas', 'n/a')}" if p else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n\n" + "\n".join(lines) + "\n\n✔ beats the bar, ✘ worse than the bar, no mark: no clear difference.\n"
+
+
 def table_caption(summary: dict) -> str:
     unit = summary.get("paired_resamples", "whole areas (AOIs)")
     n_units = sorted({r.get("n_areas") for r in summary.get("paired_vs_persistence", []) if r.get("n_areas")})
@@ -416,6 +456,8 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
         lines += ["These are synthetic data: the numbers show that the pipeline works, not how well the models work "
                   "on real imagery.", ""]
     lines += [results_table(summary), "", table_caption(summary), ""]
+    if strongest_baseline_section(summary):
+        lines += [strongest_baseline_section(summary), ""]
     for v in summary.get("verdict", []):
         lines.append(f"* {v}")
     if summary.get("verdict"):
@@ -538,6 +580,8 @@ def readme_block(reference_root: str | Path = REFERENCE_ROOT) -> str:
         when = (f" (commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, {stamp['machine']}, "
                 f"all chapters {format_duration(stamp.get('total_wall_s'))})" if stamp else "")
         parts += [f"**`{prof}`** · {kind} data{when}:", "", results_table(summary), "", table_caption(summary), ""]
+        if strongest_baseline_section(summary):
+            parts += [strongest_baseline_section(summary), ""]
     parts.append(README_END)
     return "\n".join(parts)
 

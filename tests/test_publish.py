@@ -258,3 +258,48 @@ def test_repository_reference_stays_small_and_stamped():
     for nb in ref.glob("*/*.ipynb"):
         stamp = pub.read_stamp(nb)
         assert stamp and stamp["profile"] == nb.parent.name, nb
+
+
+def test_strongest_baseline_section_numbers_and_marks_equal_summary_json():
+    summary = _summary(3)
+    assert pub.strongest_baseline_section(summary) == ""  # chapter 6 recorded no comparison: nothing to show
+    rows = [
+        {"model": "pix2pix", "metric": "psnr", "mean_diff": 0.61234, "ci_lo": 0.5012, "ci_hi": 0.7433, "better": True,
+         "areas_better": 6, "n_areas": 7, "unit": "area"},
+        {"model": "pix2pix", "metric": "ssim", "mean_diff": -0.01234, "ci_lo": -0.02, "ci_hi": -0.004, "better": False,
+         "areas_better": 1, "n_areas": 7, "unit": "area"},
+        {"model": "pix2pix", "metric": "l1", "mean_diff": -0.0012, "ci_lo": -0.003, "ci_hi": 0.001, "better": None,
+         "areas_better": 4, "n_areas": 7, "unit": "area"},
+    ]
+    summary["strongest_baseline"] = {"name": "seasonal", "chosen_on": "val", "chosen_by": "psnr"}
+    summary["paired_vs_strongest_baseline"] = rows
+    text = pub.strongest_baseline_section(summary)
+    assert "`seasonal`" in text and "`val` split" in text
+    line = next(l for l in text.splitlines() if l.startswith("| pix2pix"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert [float(x) for x in _NUM.findall(cells[1])] == [0.61, 0.50, 0.74] and cells[1].endswith("✔")
+    assert [float(x) for x in _NUM.findall(cells[2])] == [-0.0123, -0.02, -0.004] and cells[2].endswith("✘")
+    assert not cells[3].endswith(("✔", "✘"))  # interval contains zero: no verdict
+    assert cells[4] == "6 of 7"
+    # the landing section and the README block carry it too
+    assert text in pub.headline_section("p", summary, stamp=None, figure=None, reference=True, data_kind="real")
+
+
+def test_record_strongest_baseline_writes_into_summary_json(tmp_path):
+    import pandas as pd
+
+    from stsynth_lib.evaluate import record_strongest_baseline
+
+    (tmp_path / "summary.json").write_text(json.dumps(_summary(3)))
+    rows = pd.DataFrame([{"model": "pix2pix", "metric": "psnr", "mean_diff": 0.5, "ci_lo": float("nan"),
+                          "ci_hi": 0.7, "better": None, "areas_better": 1, "n_areas": 1}])
+    record_strongest_baseline(tmp_path, "seasonal", rows)
+    back = json.loads((tmp_path / "summary.json").read_text())
+    assert back["strongest_baseline"] == {"name": "seasonal", "chosen_on": "val", "chosen_by": "psnr"}
+    assert back["paired_vs_strongest_baseline"][0]["mean_diff"] == 0.5
+    assert back["paired_vs_strongest_baseline"][0]["ci_lo"] is None  # NaN -> null, readable JSON
+    assert back["summary"] == _summary(3)["summary"]  # the rest is untouched
+    with pytest.raises(ValueError, match="validation"):
+        record_strongest_baseline(tmp_path, "seasonal", rows, chosen_on="test")  # never chosen on the scored split
+    with pytest.raises(FileNotFoundError, match="evaluate_models"):
+        record_strongest_baseline(tmp_path / "nowhere", "seasonal", rows)

@@ -42,6 +42,7 @@ from stsynth_lib.evaluate.report import (  # noqa: F401
     gallery,
     plot_metric_vs_gap,
     prediction_dirs,
+    record_strongest_baseline,
     save_results,
 )
 from stsynth_lib.evaluate.scoring import (  # noqa: F401

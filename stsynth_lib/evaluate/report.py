@@ -74,6 +74,29 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     return out
 
 
+def record_strongest_baseline(out_dir: str | Path, baseline: str, paired: pd.DataFrame | None, *,
+                              chosen_on: str = "val", chosen_by: str = "psnr") -> dict:
+    """Add the comparison with the strongest simple baseline to ``out_dir/summary.json`` (atomically), so the
+    results file that the book and the README read holds it: ``strongest_baseline`` = {name, chosen_on,
+    chosen_by} and ``paired_vs_strongest_baseline`` = the rows of :func:`~stsynth_lib.evaluate.stats.paired_vs_baseline`
+    (model minus that baseline on the same test pairs). ``baseline`` must have been chosen on ``chosen_on``, never on
+    the split that summary.json scores. Returns the updated payload."""
+    from stsynth_lib.runs import atomic_write_text
+
+    path = Path(out_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: write it first with evaluate_models(..., out_dir={out_dir!s})")
+    payload = json.loads(path.read_text())
+    if chosen_on == payload.get("split"):
+        raise ValueError(f"the strongest baseline must be chosen on another split than the scored one "
+                         f"({payload.get('split')!r}): choose it on validation")
+    rows = [] if paired is None or not len(paired) else json.loads(pd.DataFrame(paired).to_json(orient="records"))
+    payload["strongest_baseline"] = {"name": baseline, "chosen_on": chosen_on, "chosen_by": chosen_by}
+    payload["paired_vs_strongest_baseline"] = rows
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=True))
+    return payload
+
+
 def _paired(per_tile: pd.DataFrame) -> pd.DataFrame:
     """Model minus persistence: the headline metrics, then (a second draw, so the first rows do not move) the
     change-aware ones that were scored."""
