@@ -41,6 +41,31 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int, rank: int = 0,
     return batches
 
 
+def oversampled_epoch_batches(n: int, favoured: np.ndarray | list[int], fraction: float, batch_size: int, epoch: int,
+                              seed: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Like :func:`epoch_batches` (same number of batches, same determinism in (seed, epoch), so a resumed run
+    replays them), but ``round(fraction * batch_size)`` places of every batch (at least 1 when ``fraction`` > 0) go
+    to indices from ``favoured`` (e.g. the training pairs with new buildings), drawn without replacement in a
+    shuffled cycle, so each favoured pair is seen about equally often; the other places take the plain shuffle.
+    A favoured index can then appear twice in a batch only when ``favoured`` is shorter than a batch."""
+    favoured = np.asarray(favoured, dtype=np.int64)
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    if len(favoured) == 0:
+        raise ValueError("no favoured index to oversample")
+    plain = epoch_batches(n, batch_size, epoch, seed, rank, world)
+    k = max(1, round(fraction * batch_size))
+    g = np.random.default_rng([seed, epoch, rank, 7])
+    need = sum(min(k, len(b)) for b in plain)
+    cycle = np.concatenate([g.permutation(favoured) for _ in range(need // len(favoured) + 1)])[:need]
+    out, at = [], 0
+    for b in plain:
+        kk = min(k, len(b))
+        out.append(cycle[at: at + kk].tolist() + b[: len(b) - kk])
+        at += kk
+    return out
+
+
 def steps_per_epoch(n: int, batch_size: int, world: int = 1, drop_last: bool = False) -> int:
     """Optimiser steps in one epoch of :func:`epoch_batches` (at least 1)."""
     local = math.ceil(n / world)

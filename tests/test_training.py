@@ -178,3 +178,51 @@ def test_trainer_command_line_refuses_a_typo_in_a_params_file(tmp_path):
     good.write_text("lambda_l1: 50\nlr: 1e-4\n")
     cfg = parse_args(["--params", str(good), "--batch-size", "2", "--dataset-dir", "data/x", "--profile", "x"])
     assert (cfg.lambda_l1, cfg.lr, cfg.batch_size) == (50, 1e-4, 2)
+
+
+def test_oversampled_batches_give_each_batch_its_share_of_favoured_pairs():
+    from stsynth_lib.training import epoch_batches, oversampled_epoch_batches
+
+    favoured = [3, 17, 40]
+    batches = oversampled_epoch_batches(50, favoured, 0.25, 8, epoch=2, seed=1)
+    plain = epoch_batches(50, 8, epoch=2, seed=1)
+    assert [len(b) for b in batches] == [len(b) for b in plain]  # same epoch length: the LR schedule is unchanged
+    for b in batches:
+        assert sum(i in favoured for i in b[:2]) == 2  # round(0.25 * 8) = 2 places per batch
+    drawn = [i for b in batches for i in b[:2]]
+    counts = {f: drawn.count(f) for f in favoured}
+    assert max(counts.values()) - min(counts.values()) <= 1  # a shuffled cycle: every favoured pair about as often
+    share = sum(i in favoured for b in batches for i in b) / 50
+    assert share > 0.25 > len(favoured) / 50  # far above the plain share (6 %)
+    assert batches == oversampled_epoch_batches(50, favoured, 0.25, 8, epoch=2, seed=1)  # resume replays it
+    assert batches != oversampled_epoch_batches(50, favoured, 0.25, 8, epoch=3, seed=1)
+    assert sum(i in favoured for i in oversampled_epoch_batches(50, favoured, 0.01, 8, 0, 0)[0]) >= 1  # at least 1
+    with pytest.raises(ValueError, match="fraction"):
+        oversampled_epoch_batches(50, favoured, 1.0, 8, 0, 0)
+    with pytest.raises(ValueError, match="favoured"):
+        oversampled_epoch_batches(50, [], 0.5, 8, 0, 0)
+
+
+def test_new_building_pixels_count_future_but_not_past_footprints(tiny_dataset_dir):
+    import numpy as np
+
+    from stsynth_lib.data.dataset import PairedTileDataset
+
+    ds = PairedTileDataset(tiny_dataset_dir, "all")
+    got = ds.new_building_pixels()
+    assert got.shape == (len(ds),)
+    for i in range(0, len(ds), max(1, len(ds) // 7)):
+        s = ds[i]
+        want = int(((s["future_mask"] > 0) & ~(s["past_mask"] > 0)).sum())
+        assert got[i] == want
+    assert got.max() > 0  # the synthetic areas grow: some pairs have new buildings
+
+
+def test_change_pair_fraction_trains_and_records_the_change_pairs(tiny_dataset_dir, tmp_path):
+    run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, change_pair_fraction=0.5, min_new_building_px=1))
+    params = yaml.safe_load((run / "params.yaml").read_text())
+    assert params["change_pair_fraction"] == 0.5 and params["n_train_change_pairs"] >= 1
+    with pytest.raises(ValueError, match="new-building pixels"):
+        train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", change_pair_fraction=0.5, min_new_building_px=10**6))
+    with pytest.raises(ValueError, match="change_pair_fraction"):
+        _cfg(tiny_dataset_dir, tmp_path, change_pair_fraction=1.0)

@@ -41,6 +41,10 @@ class CGANTrainConfig(TrainConfig):
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
     lambda_l1: float = 100.0
     new_building_l1_weight: float = 0.0  # >0: L1 weight 1 + this on new-building pixels (future mask, not past mask)
+    # sampling: this share of every training batch comes from pairs with >= min_new_building_px new-building pixels
+    # (labelled data; construction is rare, ~10 % of sn7_labelled's train pairs); 0 = plain shuffle (pix2pix)
+    change_pair_fraction: float = 0.0
+    min_new_building_px: int = 20
     # optimisation
     lr: float = 2e-4
     beta1: float = 0.5
@@ -101,6 +105,10 @@ class CGANTrainConfig(TrainConfig):
                     " (an L1 weight of 0 leaves only the adversarial loss: pix2pix uses 100)" if key == "lambda_l1" else ""))
         if isinstance(self.new_building_l1_weight, bool) or not self.new_building_l1_weight >= 0:
             raise ValueError(f"new_building_l1_weight must be a number >= 0, got {self.new_building_l1_weight!r}")
+        if isinstance(self.change_pair_fraction, bool) or not 0 <= self.change_pair_fraction < 1:
+            raise ValueError(f"change_pair_fraction must be in [0, 1), got {self.change_pair_fraction!r}")
+        if isinstance(self.min_new_building_px, bool) or not int(self.min_new_building_px) >= 1:
+            raise ValueError(f"min_new_building_px must be an integer >= 1, got {self.min_new_building_px!r}")
         check_checkpoint_limit(self.checkpoints_total_limit)
         offsets = check_context_offsets(self.context_offsets_months)
         self.context_offsets_months = None if offsets is None else list(offsets)

@@ -44,6 +44,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -70,6 +71,7 @@ from stsynth_lib.runs import (
 from stsynth_lib.training import (
     collate,
     epoch_batches,
+    oversampled_epoch_batches,
     execute_run,
     lr_factor,
     make_accelerator,
@@ -127,6 +129,15 @@ class CGANRun:
         opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.spe = steps_per_epoch(len(self.train_ds), cfg.batch_size, self.world)
+        self.change_pairs = None
+        if cfg.change_pair_fraction > 0:
+            new_px = self.train_ds.new_building_pixels()
+            self.change_pairs = np.flatnonzero(new_px >= cfg.min_new_building_px)
+            if len(self.change_pairs) == 0:
+                raise ValueError(
+                    f"change_pair_fraction={cfg.change_pair_fraction}: none of the {len(self.train_ds)} training pairs "
+                    f"of {cfg.dataset_dir} has >= {cfg.min_new_building_px} new-building pixels (no labels, or no "
+                    "construction): set change_pair_fraction: 0 or lower min_new_building_px")
         self.total_steps = self.spe * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -141,6 +152,7 @@ class CGANRun:
         s = self.setup
         return {**asdict(self.cfg), "resolved_guidance": self.guidance.to_dict(), "steps_per_epoch": self.spe,
                 "total_steps": self.total_steps, "n_train_pairs": len(self.train_ds), "n_val_pairs": len(self.val_ds),
+                "n_train_change_pairs": None if self.change_pairs is None else int(len(self.change_pairs)),
                 "world_size": self.world, "mixed_precision_effective": s.mixed_precision,
                 "channels_last_effective": s.channels_last, "device_effective": str(self.device),
                 "compute": s.describe(), "torch": str(torch.__version__)}
@@ -261,7 +273,11 @@ class CGANRun:
 
     def train_epoch(self, epoch: int) -> None:
         cfg = self.cfg
-        batches = epoch_batches(len(self.train_ds), cfg.batch_size, epoch, cfg.seed, self.rank, self.world)
+        if self.change_pairs is not None:
+            batches = oversampled_epoch_batches(len(self.train_ds), self.change_pairs, cfg.change_pair_fraction,
+                                                cfg.batch_size, epoch, cfg.seed, self.rank, self.world)
+        else:
+            batches = epoch_batches(len(self.train_ds), cfg.batch_size, epoch, cfg.seed, self.rank, self.world)
         skip = self.step - epoch * self.spe
         loader = torch.utils.data.DataLoader(self.train_ds, batch_sampler=batches[skip:], num_workers=cfg.num_workers,
                                              collate_fn=collate, generator=self.loader_gen,

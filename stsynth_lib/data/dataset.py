@@ -260,6 +260,20 @@ class PairedTileDataset(Dataset):
     def tile_size_px(self) -> int:
         return self.store.tile_size_px
 
+    def new_building_pixels(self) -> np.ndarray:
+        """Per pair (in ``self.pairs`` order): the number of pixels built at t1 and not at t0 (future mask and not
+        past mask); 0 for pairs of AOIs without labels. Read once from the stored masks, in chunks."""
+        t0 = self.pairs["past_tile_id"].to_numpy(int)
+        t1 = self.pairs["future_tile_id"].to_numpy(int)
+        out = np.zeros(len(self.pairs), np.int64)
+        for a in range(0, len(out), 512):
+            m0 = np.asarray(self.store.masks[t0[a:a + 512]]) > 0
+            m1 = np.asarray(self.store.masks[t1[a:a + 512]]) > 0
+            out[a:a + 512] = (m1 & ~m0).reshape(len(m0), -1).sum(1)
+        if "has_mask" in self.pairs:
+            out[~self.pairs["has_mask"].to_numpy(bool)] = 0
+        return out
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
         p = self.pairs.iloc[idx]
         t0, t1 = int(p["past_tile_id"]), int(p["future_tile_id"])
