@@ -7,7 +7,7 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
 * static (stdlib only, runs anywhere): the notebook output areas (MyST-NB's ``div.cell_output``) and every table
   are searched for a ``nan`` interval (``[nan, nan]``, ``+0.1 [+nan, +nan]``, ``nan – 0.3``, ``± nan``, a cell that
   is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
-  ``dict(``...), a number printed with more than 6 decimals in a text output or a table cell, and a traceback
+  ``dict(``...), a number printed with 7 or more significant decimals in a text output or a table cell, and a traceback
   (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
 * browser (when Chromium is installed; its own command line, no driver): each page gets a full-page screenshot
   ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
@@ -149,7 +149,8 @@ _INTERVAL_HEADER = re.compile(
     r"(?:^|[\W_])(?:ci|interval|confidence|lo|hi|low|high|lower|upper)(?:$|[\W_])|±|\[", re.I
 )
 DICT_DUMP = re.compile(r"^\s*(?:\[?\{['\"]|OrderedDict\(|defaultdict\(|dict\(|mappingproxy\(|Counter\(\{)", re.M)
-LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.\d{7,}(?:[eE][-+]?\d+)?(?!\d)")
+# Over-long: 7+ significant digits after the point (0.9842638492 is flagged; 0.0001801, 4 significant, is not).
+LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.0*[1-9]\d{6,}(?:[eE][-+]?\d+)?(?!\d)")
 TRACEBACK = re.compile(
     r"Traceback \(most recent call last\)|^\s*[A-Za-z_][\w.]*(?:Error|Exception): ", re.M
 )
@@ -210,7 +211,7 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
     if text_output:
         out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
         if longs := list(LONG_FLOAT.finditer(text)):
-            out.append(("long float", f"{len(longs)} number(s) with more than 6 decimals: {_snip(text, longs[0])}"))
+            out.append(("long float", f"{len(longs)} number(s) with 7+ significant decimals: {_snip(text, longs[0])}"))
     return out
 
 

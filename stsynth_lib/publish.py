@@ -321,6 +321,12 @@ def _fmt(v, digits: int, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
+def _no_interval(row: dict) -> str:
+    """What a paired cell shows instead of an interval when one unit (area or block) was resampled."""
+    n, unit = row.get("n_areas") or 1, row.get("unit") or "area"
+    return f"n/a ({n} {unit}{'s' if n != 1 else ''})"
+
+
 def _model_order(summary: dict) -> list[str]:
     present = []
     for r in summary.get("summary", []):
@@ -360,7 +366,7 @@ def results_table(summary: dict) -> str:
             if p is None:
                 cells.append("n/a")
             elif p.get("ci_lo") is None or p.get("ci_hi") is None:
-                cells.append(f"{_fmt(p['mean_diff'], dd, True)} [n/a: {p.get('n_areas', 1)} unit]")
+                cells.append(f"{_fmt(p['mean_diff'], dd, True)} {_no_interval(p)}")
             else:
                 cells.append(f"{_fmt(p['mean_diff'], dd, True)} [{_fmt(p['ci_lo'], dd, True)}, "
                              f"{_fmt(p['ci_hi'], dd, True)}]")
@@ -397,7 +403,7 @@ def strongest_baseline_section(summary: dict) -> str:
             if r is None:
                 cells.append("n/a")
             elif r.get("ci_lo") is None or r.get("ci_hi") is None:
-                cells.append(f"{_fmt(r['mean_diff'], d, True)} [n/a: {r.get('n_areas', 1)} {r.get('unit', 'unit')}]")
+                cells.append(f"{_fmt(r['mean_diff'], d, True)} {_no_interval(r)}")
             else:
                 mark = {True: " ✔", False: " ✘"}.get(r.get("better"), "")
                 cells.append(f"{_fmt(r['mean_diff'], d, True)} [{_fmt(r['ci_lo'], d, True)}, "
@@ -417,7 +423,7 @@ def table_caption(summary: dict) -> str:
     weights = f" LPIPS weights: {summary['lpips_weights']}." if summary.get("lpips_weights") else ""
     return (f"Split `{summary.get('split', 'test')}`, {summary.get('n_pairs', 'n/a')} test pairs. Scores: mean "
             f"[95 % bootstrap interval over tiles]; n pairs = tiles scored. Δ = model − persistence on the same "
-            f"pairs [95 % interval, resampling {unit}{units}; \"n/a: 1 unit\" = one unit, no interval]. "
+            f"pairs [95 % interval, resampling {unit}{units}; \"n/a (1 area)\" = one unit resampled, no interval]. "
             f"Higher is better for PSNR and SSIM, lower for LPIPS.{weights}{cal}")
 
 
