@@ -71,6 +71,8 @@ book-env: $(if $(wildcard $(VENV)/bin/jupyter-book),,$(BOOK_VENV)/.installed) ##
 book: book-env ## build the book (HTML, offline) from book/reference/ (no run); PROFILE=<p>: from your run in book/executed/<p>/
 	$(BOOK_BIN)/python -m stsynth_lib.publish stage --source $(BOOK_SOURCE) \
 		$(if $(filter executed,$(BOOK_SOURCE)),--profile $(PROFILE)) --out build/book
+	@# a clean build: pages of another source (reference / a local run) must not linger beside these
+	rm -rf book/_build
 	$(BOOK_BIN)/jupyter-book build build/book --path-output book --quiet
 	$(BOOK_BIN)/python -m stsynth_lib.book_check book/_build/html
 	@echo "Open book/_build/html/index.html"

@@ -191,16 +191,15 @@ display(settings_table(run_dir / "summary.yaml"))
 # noise and timesteps every time. Left: training loss, and validation loss with the ControlNet and with the UNet
 # alone. Right: `control_gain` and `cond_gain`.
 #
-# What to expect (measured on the smoke profile, tiny random backbone, 300 steps of 8 pairs): the UNet alone
-# predicts the noise poorly and the ControlNet learns a *generic* correction, `control_gain` 0.11
-# (`zero_conv_lr_mult: 10`: 0.26), while `cond_gain` stays at 0 (|cond_gain| < 2e-4, also with 10x zero-conv
-# learning rate and with `cond_embedding_init: kaiming`): in this budget the ControlNet does **not** use its
-# condition yet. This is the "ControlNet ignores its condition for thousands of steps" behaviour users report
-# with diffusers' example (the ControlNet paper calls its end "sudden convergence"); here it is measured, not
-# guessed. One cause is visible without training: with PyTorch's default init the conditioning encoder's output
-# hardly depends on its input (0.5 % spread between two random conditions, against 85 % with He init, see the
-# tests); `cond_embedding_init: kaiming` fixes that part. Watch `cond_gain` on real runs: it must leave 0 before
-# the generated images can follow the mask.
+# What to expect with the tiny random backbone on a CPU budget: the UNet alone predicts the noise poorly and the
+# ControlNet learns a *generic* correction (`control_gain` above 0), while `cond_gain` stays near 0: in this budget
+# the ControlNet does **not** use its condition yet. This is the "ControlNet ignores its condition for thousands of
+# steps" behaviour users report with diffusers' example (the ControlNet paper calls its end "sudden convergence");
+# here it is measured, not guessed: the table under the figure holds this run's values. One cause is visible
+# without training: with PyTorch's default init the conditioning encoder's output hardly depends on its input
+# (`tests/test_controlnet.py` measures the spread between two random conditions with both inits);
+# `cond_embedding_init: kaiming` fixes that part. Watch `cond_gain` on real runs: it must leave 0 before the
+# generated images can follow the mask.
 
 # %%
 fig = plot_training(run_dir)

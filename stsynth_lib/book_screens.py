@@ -7,10 +7,10 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
 * static (stdlib only, runs anywhere): the notebook output areas (MyST-NB's ``div.cell_output``) and every table
   are searched for a ``nan`` interval (``[nan, nan]``, ``+0.1 [+nan, +nan]``, ``nan – 0.3``, ``± nan``, a cell that
   is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
-  ``dict(``...), a number printed with more than 6 decimals in a text output or a table cell, and a traceback
+  ``dict(``...), a number printed with 7 or more significant decimals in a text output or a table cell, and a traceback
   (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
-* browser (when Chromium is installed; its own command line, no driver): each page gets a full-page screenshot
-  ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
+* browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book_browser`): each
+  page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
   box in between) and elements that stick out of the column.
 
@@ -21,19 +21,15 @@ command exits 1 on any finding (2 when the book is not built).
 from __future__ import annotations
 
 import argparse
-import html
 import json
-import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+from stsynth_lib.book_browser import find_chromium, measure_page, screenshot
 from stsynth_lib.book_check import remote_loads
 
 # ------------------------------------------------------------------------------------------------------ findings
@@ -149,7 +145,8 @@ _INTERVAL_HEADER = re.compile(
     r"(?:^|[\W_])(?:ci|interval|confidence|lo|hi|low|high|lower|upper)(?:$|[\W_])|±|\[", re.I
 )
 DICT_DUMP = re.compile(r"^\s*(?:\[?\{['\"]|OrderedDict\(|defaultdict\(|dict\(|mappingproxy\(|Counter\(\{)", re.M)
-LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.\d{7,}(?:[eE][-+]?\d+)?(?!\d)")
+# Over-long: 7+ significant digits after the point (0.9842638492 is flagged; 0.0001801, 4 significant, is not).
+LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.0*[1-9]\d{6,}(?:[eE][-+]?\d+)?(?!\d)")
 TRACEBACK = re.compile(
     r"Traceback \(most recent call last\)|^\s*[A-Za-z_][\w.]*(?:Error|Exception): ", re.M
 )
@@ -210,7 +207,7 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
     if text_output:
         out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
         if longs := list(LONG_FLOAT.finditer(text)):
-            out.append(("long float", f"{len(longs)} number(s) with more than 6 decimals: {_snip(text, longs[0])}"))
+            out.append(("long float", f"{len(longs)} number(s) with 7+ significant decimals: {_snip(text, longs[0])}"))
     return out
 
 
@@ -263,147 +260,7 @@ def static_findings(html_dir: str | Path) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------------------ browser pass
-
-_CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-extensions",
-    "--mute-audio",
-]
-_MAX_SHOT_HEIGHT = 16000  # px; Chromium paints at most 16384
-
-# Runs after load in a copy of the page; writes its measurements as JSON into <pre id="__bookcheck">.
-_MEASURE_JS = r"""
-(function () {
-  function describe(el) {
-    var s = el.tagName.toLowerCase();
-    if (el.id) s += '#' + el.id;
-    if (el.classList.length) s += '.' + Array.prototype.slice.call(el.classList, 0, 3).join('.');
-    var a = el.parentElement, path = [];
-    while (a && path.length < 3 && !a.matches('.bd-article, main, body')) {
-      if (a.classList.length) path.unshift(a.tagName.toLowerCase() + '.' + Array.prototype.slice.call(a.classList, 0, 2).join('.'));
-      a = a.parentElement;
-    }
-    var t = (el.innerText || el.textContent || '').replace(/\s+/g, ' ').trim().slice(0, 60);
-    return (path.length ? path.join(' > ') + ' > ' : '') + s + (t ? ' "' + t + '"' : '');
-  }
-  function run() {
-    var col = document.querySelector('.bd-article') || document.querySelector('main') || document.body;
-    var cr = col.getBoundingClientRect();
-    function scrolls(el) {  // a scrolling box between el and the column
-      for (var a = el.parentElement; a && a !== col && a !== document.body; a = a.parentElement) {
-        var ox = getComputedStyle(a).overflowX;
-        if (ox === 'auto' || ox === 'scroll') return true;
-      }
-      return false;
-    }
-    var SKIP = '.margin, .sidebar, aside, .full-width, .visually-hidden, .sr-only, svg, .copybtn, .headerlink, .toggle-details, .tag_hide-input, button';
-    var cut = [], out = [];
-    var els = col.querySelectorAll('*');
-    for (var i = 0; i < els.length; i++) {
-      var el = els[i];
-      if (el.closest(SKIP)) continue;
-      var cs = getComputedStyle(el);
-      if (cs.display === 'inline' || cs.display === 'none' || cs.display === 'contents' || cs.position === 'fixed') continue;
-      var ox = cs.overflowX, oy = cs.overflowY;
-      var r = el.getBoundingClientRect();
-      if (r.width === 0 || r.height === 0) continue;
-      var inScroll = scrolls(el);
-      if (el.clientWidth > 2 && el.scrollWidth > el.clientWidth + 2 && ox !== 'auto' && ox !== 'scroll' && !inScroll)
-        cut.push([el, 'x', el.scrollWidth, el.clientWidth]);
-      else if (el.clientHeight > 2 && el.scrollHeight > el.clientHeight + 4 && (oy === 'hidden' || oy === 'clip') && !inScroll)
-        cut.push([el, 'y', el.scrollHeight, el.clientHeight]);
-      if ((r.right > cr.right + 2 || r.left < cr.left - 2) && !inScroll) out.push([el, r]);
-    }
-    var cutEls = cut.map(function (c) { return c[0]; });
-    function contains(list, e, inner) {  // another element of list inside (inner) or around e
-      return list.some(function (o) { return o !== e && (inner ? e.contains(o) : o.contains(e)); });
-    }
-    var res = {
-      height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
-      column: {selector: col.className ? '.' + col.className.split(' ')[0] : col.tagName.toLowerCase(),
-               left: Math.round(cr.left), right: Math.round(cr.right)},
-      cut: cut.filter(function (c) { return !contains(cutEls, c[0], true); }).map(function (c) {
-        return {element: describe(c[0]), axis: c[1], content: c[2], box: c[3]};
-      }),
-      out: out.filter(function (o) {
-        return !contains(out.map(function (x) { return x[0]; }), o[0], false) &&
-               !contains(cutEls, o[0], true) && !contains(cutEls, o[0], false);
-      }).map(function (o) {
-        return {element: describe(o[0]), left: Math.round(o[1].left), right: Math.round(o[1].right)};
-      })
-    };
-    var pre = document.createElement('pre');
-    pre.id = '__bookcheck';
-    pre.textContent = JSON.stringify(res);
-    document.body.appendChild(pre);
-  }
-  if (document.readyState === 'complete') run(); else window.addEventListener('load', run);
-})();
-"""
-
-
-def find_chromium() -> str | None:
-    """Chromium from $CHROMIUM or the system packages (Debian: apt-get install chromium chromium-driver)."""
-    for name in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
-        if name and (path := shutil.which(name)):
-            return path
-    return None
-
-
-def _chromium(chromium: str, args: list[str], timeout: float = 90) -> str:
-    with tempfile.TemporaryDirectory(prefix="bookcheck-chromium-") as profile:
-        proc = subprocess.run(
-            [chromium, *_CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=timeout,
-        )
-    if proc.returncode != 0:
-        raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-500:]}")
-    return proc.stdout
-
-
-def _copy_with(page: Path, tmp: Path, script: str) -> Path:
-    """A copy of ``page`` in ``tmp`` that loads its links from the original folder and runs ``script`` at the end."""
-    text = page.read_text(errors="ignore")
-    base = f'<base href="{page.parent.resolve().as_uri()}/">'
-    head = re.search(r"<head(\s[^>]*)?>", text, re.I)
-    text = text[: head.end()] + base + text[head.end() :] if head else base + text
-    end = text.lower().rfind("</body>")
-    script = f"<script>{script}</script>"
-    text = text[:end] + script + text[end:] if end >= 0 else text + script
-    copy = tmp / "page.html"
-    copy.write_text(text)
-    return copy
-
-
-def measure_page(chromium: str, page: Path, width: int = 1280, height: int = 900) -> dict:
-    """Load a copy of ``page`` with the measuring script and return its measurements."""
-    with tempfile.TemporaryDirectory(prefix="bookcheck-page-") as tmp:
-        copy = _copy_with(page, Path(tmp), _MEASURE_JS)
-        dom = _chromium(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom",
-                                   copy.as_uri()])
-    m = re.search(r'<pre id="__bookcheck"[^>]*>(.*?)</pre>', dom, re.S)
-    if not m:
-        raise RuntimeError(f"{page}: the measuring script left no result")
-    return json.loads(html.unescape(m.group(1)))
-
-
-def screenshot(chromium: str, page: Path, png: Path, width: int = 1280, height: int = 900) -> list[Path]:
-    """Full-page screenshot ``png``; a page taller than Chromium paints at once is scaled down to fit."""
-    png.parent.mkdir(parents=True, exist_ok=True)
-    height = max(300, int(height))
-    scale = [] if height <= _MAX_SHOT_HEIGHT else [f"--force-device-scale-factor={_MAX_SHOT_HEIGHT / height:.4f}"]
-    _chromium(chromium, [f"--window-size={width},{height}", *scale, "--virtual-time-budget=5000",
-                         f"--screenshot={png.resolve()}", page.resolve().as_uri()])
-    if not png.is_file():
-        raise RuntimeError(f"chromium wrote no screenshot {png}")
-    return [png]
+# (Chromium itself, the measuring script and the screenshots: stsynth_lib.book_browser)
 
 
 def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, width: int = 1280,

@@ -12,7 +12,8 @@ LIB = Path(__file__).resolve().parents[1] / "stsynth_lib"
 LAYERS = ["base", "data", "models", "metrics", "training", "evaluation", "trainers", "predict"]
 # module (dotted, without the "stsynth_lib." prefix) or package prefix -> layer; the longest match wins
 LAYER_OF = {
-    "__init__": "base", "runs": "base", "book_check": "base",
+    "__init__": "base", "runs": "base", "book_check": "base", "book_screens": "base", "book_browser": "base",
+    "publish": "base", "notebook_sync": "base", "report_format": "base",
     "data": "data",
     "models": "models", "conditioning": "models", "baselines": "models", "controlnet.backbone": "models", "controlnet.tokenizer": "models",
     "controlnet.conditioning": "models", "cgan.model_io": "models", "controlnet.__init__": "models",

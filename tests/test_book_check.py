@@ -70,6 +70,7 @@ def test_static_checks_pass_clean_pages():
         _table("model − persistence [95% CI over areas]", "n/a (1 area)"),
         _table("PSNR (dB) ↑", "27.427 [27.093, 27.761]"),
         _table("notes", "nan"),  # a missing value outside an interval column
+        _table("value", "0.0001801"),  # a small learning rate with 4 significant digits is not a long float
         '<div class="cell_input"><pre>print({"a": 1}); raise ValueError("x")  # code, not output</pre></div>',
     ])
     assert _kinds(clean) == set()

@@ -201,7 +201,7 @@ def test_landing_table_numbers_equal_summary_json(tmp_path, n_areas):
             want = [round(p["mean_diff"], dd)] + ([] if n_areas == 1 else [round(p["ci_lo"], dd), round(p["ci_hi"], dd)])
             assert [float(x) for x in _NUM.findall(delta)] == want
             if n_areas == 1:
-                assert "n/a: 1 unit" in delta
+                assert "n/a (1 area)" in delta
     assert "whole areas (AOIs)" in pub.table_caption(summary)
 
 

@@ -1,0 +1,86 @@
+"""Stamp executed notebooks, publish a reference run into the book, and generate the results pages.
+
+    python -m stsynth_lib.publish stamp book/executed/smoke/06_evaluate.ipynb --profile smoke
+    python -m stsynth_lib.publish publish --profile sn7_real_128          # book/executed/<p>/ -> book/reference/<p>/
+    python -m stsynth_lib.publish stage --source reference --out build/book   # what `make book` builds
+    python -m stsynth_lib.publish readme [--check]                         # README results block
+
+Every number on the landing page and in the README's results block is formatted here from a ``summary.json``
+written by chapter 6 (never typed). The package imports only the standard library and PyYAML at the top, so
+`make book` runs it in a light environment (jupyter-book alone, no torch); Pillow is imported only to shrink
+figures when publishing. It imports no other stsynth_lib module.
+
+* :mod:`~stsynth_lib.publish.stamp`: notebook read/write, the run stamp (commit, machine, wall time) and its banner;
+* :mod:`~stsynth_lib.publish.reference`: clean an executed notebook, shrink its figures, publish a reference run;
+* :mod:`~stsynth_lib.publish.pages`: results tables, the strongest-baseline section, the staged book and its
+  landing page, the README's results block;
+* :mod:`~stsynth_lib.publish.cli` (``__main__``): the command line.
+"""
+
+from __future__ import annotations
+
+# Every name of the modules below stays reachable as stsynth_lib.publish.<name>, as before the package split
+# (private helpers included: the tests use some).
+from stsynth_lib.publish.cli import main
+from stsynth_lib.publish.pages import (
+    HEADLINE_METRICS,
+    NOT_A_PREDICTOR,
+    PERSISTENCE,
+    README_END,
+    README_START,
+    STRONGEST_METRICS,
+    _chapter_title,  # noqa: F401
+    _first,  # noqa: F401
+    _fmt,  # noqa: F401
+    _model_order,  # noqa: F401
+    _no_interval,  # noqa: F401
+    _profile_sources,  # noqa: F401
+    headline_section,
+    landing_page,
+    lpips_calibrated,
+    profile_stamp,
+    readme_block,
+    results_table,
+    stage_book,
+    strongest_baseline_section,
+    table_caption,
+    update_readme,
+)
+from stsynth_lib.publish.reference import (
+    _VOLATILE_NB_PAPERMILL,  # noqa: F401
+    _WIDGET,  # noqa: F401
+    MAX_PNG_BYTES,
+    MAX_PNG_PX,
+    MAX_TOTAL_MB,
+    _dir_mb,  # noqa: F401
+    clean_notebook,
+    publish,
+    shrink_png,
+)
+from stsynth_lib.publish.stamp import (
+    EXECUTED_ROOT,
+    HIDE_TAGS,
+    REFERENCE_ROOT,
+    STAMP_TAG,
+    PublishError,
+    _src,  # noqa: F401
+    _tags,  # noqa: F401
+    banner_text,
+    format_duration,
+    git_commit,
+    machine_description,
+    profile_data_kind,
+    read_nb,
+    read_stamp,
+    stamp_notebook,
+    write_nb,
+)
+
+__all__ = [
+    "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "NOT_A_PREDICTOR",
+    "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
+    "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "landing_page",
+    "lpips_calibrated", "machine_description", "main", "profile_data_kind", "profile_stamp", "publish", "read_nb",
+    "read_stamp", "readme_block", "results_table", "shrink_png", "stage_book", "stamp_notebook",
+    "strongest_baseline_section", "table_caption", "update_readme", "write_nb",
+]

@@ -1,0 +1,324 @@
+"""The generated results pages: the results tables and the strongest-baseline section formatted from a
+``summary.json`` written by chapter 6 (never typed), the book staged for `make book` with a landing page that opens
+with them (``python -m stsynth_lib.publish stage``), and the README's results block (``... readme``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+from stsynth_lib.publish.stamp import (
+    EXECUTED_ROOT,
+    REFERENCE_ROOT,
+    PublishError,
+    _src,
+    format_duration,
+    profile_data_kind,
+    read_nb,
+    read_stamp,
+)
+
+README_START = "<!-- results-table:start -->"
+README_END = "<!-- results-table:end -->"
+# (summary.json metric key, column label, digits of the mean, digits of the paired difference)
+HEADLINE_METRICS = (("psnr", "PSNR dB", 2, 2), ("ssim", "SSIM", 3, 4), ("lpips", "LPIPS", 3, 4))
+PERSISTENCE = "persistence"
+NOT_A_PREDICTOR = ("real_future",)  # the segmenter's ceiling: no image metrics
+
+
+# ------------------------------------------------------------------------------------------------- results tables
+def _fmt(v, digits: int, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def _no_interval(row: dict) -> str:
+    """What a paired cell shows instead of an interval when one unit (area or block) was resampled."""
+    n, unit = row.get("n_areas") or 1, row.get("unit") or "area"
+    return f"n/a ({n} {unit}{'s' if n != 1 else ''})"
+
+
+def _model_order(summary: dict) -> list[str]:
+    present = []
+    for r in summary.get("summary", []):
+        if r["model"] not in present and r["model"] not in NOT_A_PREDICTOR and r["metric"] in ("psnr", "ssim", "lpips"):
+            present.append(r["model"])
+    order = [PERSISTENCE] + list(summary.get("baselines", [])) + list(summary.get("runs", {}))
+    return [m for m in order if m in present] + [m for m in present if m not in order]
+
+
+def lpips_calibrated(summary: dict) -> bool:
+    rows = [r for r in summary.get("summary", []) if r["metric"] == "lpips"]
+    return bool(summary.get("calibrated", {}).get("lpips", True)) and all(r.get("calibrated", True) for r in rows)
+
+
+def results_table(summary: dict) -> str:
+    """Markdown: every model, persistence and baseline; n pairs; PSNR, SSIM, LPIPS [95 % CI over tiles]; and the
+    paired difference to persistence [95 % CI, resampling summary["paired_resamples"]]."""
+    rows = {(r["model"], r["metric"]): r for r in summary.get("summary", [])}
+    paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
+              if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
+    cal = lpips_calibrated(summary)
+    labels = [(k, lab + (" (uncalibrated)" if k == "lpips" and not cal else ""), d, dd)
+              for k, lab, d, dd in HEADLINE_METRICS]
+    head = ["model", "n pairs"] + [lab for _, lab, _, _ in labels] + [f"Δ {lab} vs persistence" for _, lab, _, _ in labels]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in _model_order(summary):
+        ns = {rows[(m, k)]["n"] for k, *_ in labels if (m, k) in rows}
+        cells = [m, "/".join(str(n) for n in sorted(ns)) or "n/a"]
+        for k, _, d, _ in labels:
+            r = rows.get((m, k))
+            cells.append("n/a" if r is None else f"{_fmt(r['mean'], d)} [{_fmt(r['ci_lo'], d)}, {_fmt(r['ci_hi'], d)}]")
+        for k, _, _, dd in labels:
+            if m == PERSISTENCE:
+                cells.append("(reference)")
+                continue
+            p = paired.get((m, k))
+            if p is None:
+                cells.append("n/a")
+            elif p.get("ci_lo") is None or p.get("ci_hi") is None:
+                cells.append(f"{_fmt(p['mean_diff'], dd, True)} {_no_interval(p)}")
+            else:
+                cells.append(f"{_fmt(p['mean_diff'], dd, True)} [{_fmt(p['ci_lo'], dd, True)}, "
+                             f"{_fmt(p['ci_hi'], dd, True)}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+STRONGEST_METRICS = (("psnr", "PSNR dB", 2, "higher"), ("ssim", "SSIM", 4, "higher"), ("l1", "L1", 4, "lower"))
+
+
+def strongest_baseline_section(summary: dict) -> str:
+    """Markdown: each learned model minus the strongest simple baseline (chosen on validation by chapter 6 and
+    recorded in summary.json), paired on the same test pairs; "" when summary.json has no such comparison."""
+    info = summary.get("strongest_baseline")
+    rows = summary.get("paired_vs_strongest_baseline") or []
+    if not info:
+        return ""
+    name = info["name"]
+    head = (f"**The bar: the strongest simple baseline, `{name}`** (no learning; chosen by "
+            f"{info.get('chosen_by', 'psnr').upper()} on the `{info.get('chosen_on', 'val')}` split, never on test). "
+            f"Model − `{name}` on the same test pairs [95 % interval, resampling "
+            f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; a model beats the bar on a metric only when "
+            f"the interval is on the good side of zero:")
+    models = list(dict.fromkeys(r["model"] for r in rows if r["model"] != name))
+    if not models:
+        return head + "\n\nNo learned model was scored against it.\n"
+    by = {(r["model"], r["metric"]): r for r in rows}
+    cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + ["areas better (PSNR)"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for m in models:
+        cells = [m]
+        for k, _, d, _ in STRONGEST_METRICS:
+            r = by.get((m, k))
+            if r is None:
+                cells.append("n/a")
+            elif r.get("ci_lo") is None or r.get("ci_hi") is None:
+                cells.append(f"{_fmt(r['mean_diff'], d, True)} {_no_interval(r)}")
+            else:
+                mark = {True: " ✔", False: " ✘"}.get(r.get("better"), "")
+                cells.append(f"{_fmt(r['mean_diff'], d, True)} [{_fmt(r['ci_lo'], d, True)}, "
+                             f"{_fmt(r['ci_hi'], d, True)}]{mark}")
+        p = by.get((m, "psnr"))
+        cells.append(f"{p.get('areas_better', 'n/a')} of {p.get('n_areas', 'n/a')}" if p else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n\n" + "\n".join(lines) + "\n\n✔ beats the bar, ✘ worse than the bar, no mark: no clear difference.\n"
+
+
+def table_caption(summary: dict) -> str:
+    unit = summary.get("paired_resamples", "whole areas (AOIs)")
+    n_units = sorted({r.get("n_areas") for r in summary.get("paired_vs_persistence", []) if r.get("n_areas")})
+    units = (f" ({'/'.join(str(n) for n in n_units)} unit{'s' if n_units != [1] else ''})" if n_units else "")
+    cal = "" if lpips_calibrated(summary) else (" LPIPS is **uncalibrated** (random backbone): it ranks these rows "
+                                                "and means nothing outside this table.")
+    weights = f" LPIPS weights: {summary['lpips_weights']}." if summary.get("lpips_weights") else ""
+    return (f"Split `{summary.get('split', 'test')}`, {summary.get('n_pairs', 'n/a')} test pairs. Scores: mean "
+            f"[95 % bootstrap interval over tiles]; n pairs = tiles scored. Δ = model − persistence on the same "
+            f"pairs [95 % interval, resampling {unit}{units}; \"n/a (1 area)\" = one unit resampled, no interval]. "
+            f"Higher is better for PSNR and SSIM, lower for LPIPS.{weights}{cal}")
+
+
+def _first(d: Path, pattern: str):
+    return next(iter(sorted(d.glob(pattern))), None)
+
+
+def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
+    """The stamp of the notebooks in ``nb_dir`` that ran with ``profile`` (default: the folder's name): the first one's,
+    with the summed wall time of all of them and, under "other_profiles", the notebooks that ran with another."""
+    profile = profile or nb_dir.name
+    stamps = [(p.stem, s) for p, s in ((p, read_stamp(p)) for p in sorted(nb_dir.glob("*.ipynb"))) if s]
+    mine = [s for _, s in stamps if s["profile"] == profile]
+    if not mine:
+        return None
+    out = dict(mine[0])
+    walls = [s.get("wall_s") for _, s in stamps]
+    out["total_wall_s"] = sum(walls) if all(w is not None for w in walls) else None
+    out["commits"] = sorted({s["commit"] for _, s in stamps})
+    out["other_profiles"] = [f"{stem} ({s['profile']})" for stem, s in stamps if s["profile"] != profile]
+    return out
+
+
+def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure: str | None, reference: bool,
+                     data_kind: str | None = None) -> str:
+    kind = (stamp or {}).get("data") or data_kind or "unknown"
+    kind_txt = {"real": "REAL data", "synthetic": "SYNTHETIC data"}.get(kind, "data of unknown kind")
+    origin = "reference run committed in `book/reference/`" if reference else "local run (`book/executed/`), not a reference"
+    lines = [f"## Results: `{profile}` · {kind_txt}", "",
+             f"*{origin}*" + (f"; commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, "
+                             f"{stamp['machine']}, all chapters ran in {format_duration(stamp.get('total_wall_s'))}."
+                             if stamp else "; no run stamp."), ""]
+    if stamp and stamp.get("other_profiles"):
+        lines += [f"**Mixed run:** these chapters ran with another profile: {', '.join(stamp['other_profiles'])}.", ""]
+    if kind == "synthetic":
+        lines += ["These are synthetic data: the numbers show that the pipeline works, not how well the models work "
+                  "on real imagery.", ""]
+    lines += [results_table(summary), "", table_caption(summary), ""]
+    if strongest_baseline_section(summary):
+        lines += [strongest_baseline_section(summary), ""]
+    for v in summary.get("verdict", []):
+        lines.append(f"* {v}")
+    if summary.get("verdict"):
+        lines.append("")
+    if figure:
+        lines += [f"```{{figure}} {figure}", f":name: examples-{profile}", "",
+                  f"Test examples of `{profile}`: past | truth | each model (chapter 6, `runs/{profile}/eval/examples.png`).",
+                  "```", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- book stage
+def _profile_sources(source: str, profile: str | None, reference_root: Path, executed_root: Path, runs_dir: Path):
+    """[(profile, notebook dir, summary.json or None, examples.png or None)]."""
+    if source == "reference":
+        dirs = sorted(d for d in reference_root.glob("*") if d.is_dir() and any(d.glob("*.ipynb")))
+        if profile:
+            dirs = [d for d in dirs if d.name == profile]
+        if not dirs:
+            raise PublishError(f"No reference notebooks in {reference_root}/"
+                               f"{profile + '/' if profile else ''}: publish a run "
+                               f"(make run-all PROFILE=sn7_real_128 && make publish PROFILE=sn7_real_128), "
+                               f"or build a local run: make book PROFILE=smoke")
+        return [(d.name, d, d / "results" / "summary.json", d / "results" / "examples.png") for d in dirs]
+    if not profile:
+        raise PublishError("--source executed needs --profile")
+    d = executed_root / profile
+    if not any(d.glob("*.ipynb")):
+        raise PublishError(f"No executed notebooks in {d}/: run `make run-all PROFILE={profile}` first")
+    ev = runs_dir / profile / "eval"
+    return [(profile, d, ev / "summary.json", ev / "examples.png")]
+
+
+def _chapter_title(nb_path: Path) -> str:
+    for c in read_nb(nb_path).get("cells", []):
+        if c.get("cell_type") == "markdown":
+            m = re.search(r"^#\s+(.+)$", _src(c), re.M)
+            if m:
+                return m.group(1).strip()
+    return nb_path.stem
+
+
+def stage_book(source: str = "reference", profile: str | None = None, *, out: str | Path = "build/book",
+               book_dir: str | Path = "book", reference_root: str | Path = REFERENCE_ROOT,
+               executed_root: str | Path = EXECUTED_ROOT, runs_dir: str | Path = "runs",
+               params_dir: str | Path = "params") -> Path:
+    """Lay out a buildable Jupyter Book in ``out``: config, static files, the notebooks of each profile, a generated
+    table of contents and a generated landing page that opens with the results. Nothing is executed."""
+    out, book_dir = Path(out), Path(book_dir)
+    profiles = _profile_sources(source, profile, Path(reference_root), Path(executed_root), Path(runs_dir))
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    shutil.copy2(book_dir / "_config.yml", out / "_config.yml")
+    if (book_dir / "_static").is_dir():
+        shutil.copytree(book_dir / "_static", out / "_static")
+    sections, parts = [], []
+    for name, nb_dir, summary_path, fig in profiles:
+        (out / name).mkdir()
+        chapters = []
+        for p in sorted(nb_dir.glob("*.ipynb")):
+            shutil.copy2(p, out / name / p.name)
+            chapters.append(f"{name}/{p.stem}")
+        stamp = profile_stamp(nb_dir)
+        try:
+            kind = stamp["data"] if stamp else profile_data_kind(name, params_dir)
+        except PublishError:
+            kind = None
+        figure = None
+        if fig is not None and fig.is_file():
+            (out / name / "results").mkdir()
+            shutil.copy2(fig, out / name / "results" / fig.name)
+            figure = f"{name}/results/{fig.name}"
+        if summary_path is not None and summary_path.is_file():
+            summary = json.loads(summary_path.read_text())
+            sections.append(headline_section(name, summary, stamp=stamp, figure=figure,
+                                             reference=source == "reference", data_kind=kind))
+        else:
+            sections.append(f"## Results: `{name}`\n\nNo `summary.json` for this profile "
+                            f"(`{summary_path}`): run chapter 6 (`make nb NB=06_evaluate PROFILE={name}`).\n")
+        kind_txt = {"real": "real data", "synthetic": "synthetic data"}.get(kind, "")
+        parts.append((f"{name}" + (f" ({kind_txt})" if kind_txt else ""), chapters))
+    toc = ["format: jb-book", "root: intro", "parts:"]
+    for caption, chapters in parts:
+        toc.append(f"  - caption: \"{caption}\"")
+        toc.append("    chapters:")
+        toc += [f"      - file: {c}" for c in chapters]
+    (out / "_toc.yml").write_text("\n".join(toc) + "\n")
+    (out / "intro.md").write_text(landing_page((book_dir / "intro.md").read_text(), sections))
+    return out
+
+
+def landing_page(intro: str, sections: list[str]) -> str:
+    """The intro's title, then the results sections, then the rest of the intro."""
+    lines = intro.splitlines()
+    title_at = next((i for i, l in enumerate(lines) if l.startswith("# ")), None)
+    title = lines[title_at] if title_at is not None else "# stsynth"
+    rest = "\n".join(lines[title_at + 1:] if title_at is not None else lines).strip("\n")
+    note = ("<!-- Generated by `python -m stsynth_lib.publish stage` from book/intro.md and the results files; "
+            "edit those, not this page. -->")
+    return "\n".join([title, "", note, ""] + sections + ["## About this book", "", rest, ""])
+
+
+# --------------------------------------------------------------------------------------------------------- README
+def readme_block(reference_root: str | Path = REFERENCE_ROOT) -> str:
+    root = Path(reference_root)
+    parts = [README_START,
+             "<!-- Generated by `make readme-results` (python -m stsynth_lib.publish readme) from "
+             "book/reference/*/results/summary.json; do not edit by hand. -->", ""]
+    found = sorted(p for p in root.glob("*/results/summary.json"))
+    if not found:
+        parts += ["No reference run is published yet (`book/reference/` holds no `results/summary.json`). To publish "
+                  "one: `make run-all PROFILE=sn7_real_128`, `make publish PROFILE=sn7_real_128`, then "
+                  "`make readme-results`.", ""]
+    for p in found:
+        prof = p.parent.parent.name
+        summary = json.loads(p.read_text())
+        stamp = profile_stamp(p.parent.parent)
+        kind = (stamp or {}).get("data", "unknown")
+        when = (f" (commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, {stamp['machine']}, "
+                f"all chapters {format_duration(stamp.get('total_wall_s'))})" if stamp else "")
+        parts += [f"**`{prof}`** · {kind} data{when}:", "", results_table(summary), "", table_caption(summary), ""]
+        if strongest_baseline_section(summary):
+            parts += [strongest_baseline_section(summary), ""]
+    parts.append(README_END)
+    return "\n".join(parts)
+
+
+def update_readme(readme: str | Path = "README.md", reference_root: str | Path = REFERENCE_ROOT,
+                  check: bool = False) -> bool:
+    """Rewrite the block between the markers; with ``check`` only compare. Returns True when the file is current."""
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise PublishError(f"{path} has no {README_START} ... {README_END} block to fill")
+    a = text.index(README_START)
+    b = text.index(README_END) + len(README_END)
+    new = text[:a] + readme_block(reference_root) + text[b:]
+    if new == text:
+        return True
+    if not check:
+        path.write_text(new, encoding="utf-8")
+    return False

@@ -1,0 +1,150 @@
+"""Publish a reference run: copy ``book/executed/<profile>/`` into ``book/reference/<profile>/`` with volatile metadata,
+widgets and stderr dropped and heavy figures shrunk (``python -m stsynth_lib.publish publish``). Pillow is imported
+only when a figure is shrunk."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import shutil
+import warnings
+from pathlib import Path
+
+from stsynth_lib.publish.stamp import EXECUTED_ROOT, REFERENCE_ROOT, PublishError, _src, read_nb, read_stamp, write_nb
+
+MAX_TOTAL_MB = 25.0
+MAX_PNG_PX = 1600
+MAX_PNG_BYTES = 400_000
+
+# ------------------------------------------------------------------------------------------------------- publish
+_VOLATILE_NB_PAPERMILL = ("duration", "start_time", "end_time", "environment_variables", "input_path",
+                          "output_path", "exception", "version")
+_WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES) -> bytes:
+    """Downscale a PNG wider/taller than ``max_px`` and re-encode it optimized when it is heavy; never larger."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        big = max(im.size) > max_px
+        if not big and len(data) <= max_bytes:
+            return data
+        if big:
+            scale = max_px / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+        out = buf.getvalue()
+        if len(out) > max_bytes and im.mode in ("RGB", "RGBA"):
+            # Figures of satellite tiles compress badly losslessly: a 256-colour adaptive palette keeps them readable.
+            q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+            buf = io.BytesIO()
+            q.save(buf, format="PNG", optimize=True)
+            if len(buf.getvalue()) < len(out):
+                out = buf.getvalue()
+    return out if len(out) < len(data) else data
+
+
+def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES) -> dict:
+    """Drop volatile metadata, widgets and stderr, and shrink heavy PNGs. Keeps tags, outputs and the stamp."""
+    meta = nb.setdefault("metadata", {})
+    meta.pop("widgets", None)
+    pm = meta.get("papermill")
+    if isinstance(pm, dict):
+        for k in _VOLATILE_NB_PAPERMILL:
+            pm.pop(k, None)
+    seen: set[str] = set()
+    for cell in nb.get("cells", []):
+        # jupytext draws random cell ids at each conversion: ids from the cell's source keep diffs to what changed
+        if "id" in cell:
+            base = hashlib.sha1(_src(cell).encode()).hexdigest()[:8]
+            cid, k = base, 1
+            while cid in seen:
+                cid, k = f"{base}-{k}", k + 1
+            seen.add(cid)
+            cell["id"] = cid
+        cm = cell.setdefault("metadata", {})
+        for k in ("papermill", "execution", "ExecuteTime", "collapsed", "scrolled"):
+            cm.pop(k, None)
+        if cell.get("cell_type") != "code":
+            continue
+        outputs = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                continue
+            data = out.get("data")
+            if isinstance(data, dict):
+                if _WIDGET in data:
+                    continue  # progress bars: nothing to show in a static page
+                if "image/png" in data:
+                    raw = base64.b64decode("".join(data["image/png"]) if isinstance(data["image/png"], list)
+                                           else data["image/png"])
+                    small = shrink_png(raw, max_px, max_bytes)
+                    if small is not raw:
+                        data["image/png"] = base64.b64encode(small).decode("ascii")
+                        md = out.get("metadata", {}).get("image/png")
+                        if isinstance(md, dict) and ("width" in md or "height" in md):
+                            from PIL import Image
+
+                            with Image.open(io.BytesIO(small)) as im:
+                                w, h = im.size
+                            md.update({k: v for k, v in (("width", w), ("height", h)) if k in md})
+            outputs.append(out)
+        cell["outputs"] = outputs
+    return nb
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def publish(profile: str, *, executed_root: str | Path = EXECUTED_ROOT, runs_dir: str | Path = "runs",
+            reference_root: str | Path = REFERENCE_ROOT, max_total_mb: float = MAX_TOTAL_MB,
+            max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES, log=print) -> Path:
+    """Copy ``<executed_root>/<profile>/*.ipynb`` (cleaned) and the results files into ``<reference_root>/<profile>/``."""
+    src = Path(executed_root) / profile
+    notebooks = sorted(src.glob("*.ipynb"))
+    if not notebooks:
+        raise PublishError(f"No executed notebooks in {src}/: run `make run-all PROFILE={profile}` first "
+                           f"(make nb writes {src}/<notebook>.ipynb).")
+    eval_dir = Path(runs_dir) / profile / "eval"
+    summary = eval_dir / "summary.json"
+    if not summary.is_file():
+        raise PublishError(f"{summary} not found: run `make nb NB=06_evaluate PROFILE={profile}` "
+                           f"(or `make run-all PROFILE={profile}`) first.")
+    unstamped = [p.name for p in notebooks if read_stamp(p) is None]
+    if unstamped:
+        raise PublishError(f"{', '.join(unstamped)} in {src}/ carry no run stamp: rerun them with "
+                           f"`make nb NB=<stem> PROFILE={profile}` (or stamp them: python -m stsynth_lib.publish "
+                           f"stamp {src}/<stem>.ipynb --profile {profile}).")
+    other = [f"{p.name} ({read_stamp(p)['profile']})" for p in notebooks if read_stamp(p)["profile"] != profile]
+    if other:
+        raise PublishError(f"{', '.join(other)} in {src}/ ran with another profile: rerun them with "
+                           f"`make nb NB=<stem> PROFILE={profile}`.")
+    dest = Path(reference_root) / profile
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "results").mkdir(parents=True)
+    for p in notebooks:
+        before = p.stat().st_size
+        write_nb(clean_notebook(read_nb(p), max_px=max_px, max_bytes=max_bytes), dest / p.name)
+        log(f"  {p.name}: {before / 1e6:.2f} MB -> {(dest / p.name).stat().st_size / 1e6:.2f} MB")
+    for name in ("summary.json", "results.md", "fid.json", "examples.png"):
+        f = eval_dir / name
+        if f.is_file():
+            data = f.read_bytes()
+            if name.endswith(".png"):
+                data = shrink_png(data, max_px, max_bytes)
+            (dest / "results" / name).write_bytes(data)
+        elif name in ("results.md", "examples.png"):
+            warnings.warn(f"{f} not found: the published results omit it (chapter 6 writes it: "
+                          f"make nb NB=06_evaluate PROFILE={profile})", stacklevel=2)
+    total = _dir_mb(Path(reference_root))
+    log(f"published {len(notebooks)} notebooks of {profile} into {dest}/; {Path(reference_root)}/ holds {total:.1f} MB")
+    if total > max_total_mb:
+        raise PublishError(f"{reference_root}/ holds {total:.1f} MB, over the {max_total_mb:g} MB budget: shrink the "
+                           f"figures (smaller max_px / dpi in the notebooks) or publish fewer profiles.")
+    return dest
