@@ -11,7 +11,7 @@ EXECUTED := $(EXECUTED_ROOT)/$(PROFILE)
 BOOK_VENV ?= .venv-book
 BOOK_BIN := $(if $(wildcard $(VENV)/bin/jupyter-book),$(VENV)/bin,$(BOOK_VENV)/bin)
 # `make book` builds the committed reference runs; `make book PROFILE=<p>` (or BOOK_SOURCE=executed) a local run.
-BOOK_SOURCE ?= $(if $(filter file,$(origin PROFILE)),reference,executed)
+BOOK_SOURCE ?= $(if $(filter command line,$(origin PROFILE)),executed,reference)
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
@@ -70,7 +70,7 @@ book-env: $(if $(wildcard $(VENV)/bin/jupyter-book),,$(BOOK_VENV)/.installed) ##
 
 book: book-env ## build the book (HTML, offline) from book/reference/ (no run); PROFILE=<p>: from your run in book/executed/<p>/
 	$(BOOK_BIN)/python -m stsynth_lib.publish stage --source $(BOOK_SOURCE) \
-		$(if $(filter executed,$(BOOK_SOURCE)),--profile $(PROFILE)) --out build/book
+		$(if $(or $(filter executed,$(BOOK_SOURCE)),$(filter command line,$(origin PROFILE))),--profile $(PROFILE)) --out build/book
 	@# a clean build: pages of another source (reference / a local run) must not linger beside these
 	rm -rf book/_build
 	$(BOOK_BIN)/jupyter-book build build/book --path-output book --quiet
@@ -100,12 +100,12 @@ weights: env ## fetch the LPIPS AlexNet and FID Inception weights from the packa
 	$(PY) -m stsynth_lib.weights
 
 .PHONY: notebooks-sync notebooks-check
-notebooks-sync: ## after editing notebooks/*.py: regenerate the Colab cells and every paired .ipynb (the .py wins)
+notebooks-sync: env ## after editing notebooks/*.py: regenerate the Colab cells and every paired .ipynb (the .py wins)
 	$(PY) -m stsynth_lib.notebook_sync write
 	$(VENV)/bin/jupytext --quiet --sync notebooks/[0-9]*.py
 	$(PY) -m stsynth_lib.notebook_sync check
 
-notebooks-check: ## fail, naming the notebook, when a .py/.ipynb pair or a Colab cell is out of sync
+notebooks-check: env ## fail, naming the notebook, when a .py/.ipynb pair or a Colab cell is out of sync
 	$(PY) -m stsynth_lib.notebook_sync check
 
 clean: ## remove executed notebooks, the built book and build files (keeps data, runs and .venv)

@@ -303,3 +303,22 @@ def test_record_strongest_baseline_writes_into_summary_json(tmp_path):
         record_strongest_baseline(tmp_path, "seasonal", rows, chosen_on="test")  # never chosen on the scored split
     with pytest.raises(FileNotFoundError, match="evaluate_models"):
         record_strongest_baseline(tmp_path / "nowhere", "seasonal", rows)
+
+
+def test_tables_read_blocks_nan_and_old_files():
+    summary = _summary(1)
+    for r in summary["paired_vs_persistence"]:
+        r["unit"] = "block"
+    summary["paired_vs_persistence"][0]["ci_lo"] = float("nan")  # json.dumps writes NaN for rows not via pandas
+    table = pub.results_table(summary)
+    assert "nan" not in table.lower().replace("n/a", "") and "n/a (1 block)" in table
+    assert "n/a (1 block)" in pub.table_caption(summary) and "test pairs" in pub.table_caption(summary)
+    summary["split"] = "val"
+    assert "100 val pairs" in pub.table_caption(summary)
+    summary["calibrated"] = True  # an older summary.json: one flag, not a dict
+    assert "uncalibrated" not in pub.results_table(summary)
+    summary["strongest_baseline"] = {"name": "seasonal", "chosen_on": "val", "chosen_by": "psnr"}
+    summary["paired_vs_strongest_baseline"] = [{"model": "pix2pix", "metric": "psnr", "mean_diff": 0.1, "ci_lo": 0.0,
+                                                "ci_hi": 0.2, "better": None, "areas_better": 2, "n_areas": 3,
+                                                "unit": "block"}]
+    assert "blocks better (PSNR)" in pub.strongest_baseline_section(summary)

@@ -226,3 +226,6 @@ def test_change_pair_fraction_trains_and_records_the_change_pairs(tiny_dataset_d
         train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", change_pair_fraction=0.5, min_new_building_px=10**6))
     with pytest.raises(ValueError, match="change_pair_fraction"):
         _cfg(tiny_dataset_dir, tmp_path, change_pair_fraction=1.0)
+    assert params["change_pairs_per_batch"] == 2  # half of a batch of 4
+    with pytest.raises(ValueError, match="multiple of 1/4"):  # 0.1 x 4 would silently be 1 of 4 = 25 %
+        _cfg(tiny_dataset_dir, tmp_path, change_pair_fraction=0.1)

@@ -107,11 +107,24 @@ class CGANTrainConfig(TrainConfig):
             raise ValueError(f"new_building_l1_weight must be a number >= 0, got {self.new_building_l1_weight!r}")
         if isinstance(self.change_pair_fraction, bool) or not 0 <= self.change_pair_fraction < 1:
             raise ValueError(f"change_pair_fraction must be in [0, 1), got {self.change_pair_fraction!r}")
+        if self.change_pair_fraction > 0:
+            k = self.change_pairs_per_batch
+            if abs(k / self.batch_size - self.change_pair_fraction) > 0.05:
+                raise ValueError(
+                    f"change_pair_fraction={self.change_pair_fraction} with batch_size={self.batch_size} would give "
+                    f"{k} of {self.batch_size} places per batch ({k / self.batch_size:.3f}): choose a multiple of "
+                    f"1/{self.batch_size} (e.g. {max(1, round(self.change_pair_fraction * self.batch_size))}/"
+                    f"{self.batch_size}) or a larger batch")
         if isinstance(self.min_new_building_px, bool) or not int(self.min_new_building_px) >= 1:
             raise ValueError(f"min_new_building_px must be an integer >= 1, got {self.min_new_building_px!r}")
         check_checkpoint_limit(self.checkpoints_total_limit)
         offsets = check_context_offsets(self.context_offsets_months)
         self.context_offsets_months = None if offsets is None else list(offsets)
+
+    @property
+    def change_pairs_per_batch(self) -> int:
+        """Places of every training batch filled with pairs that have new buildings (0: plain shuffle)."""
+        return max(1, round(self.change_pair_fraction * self.batch_size)) if self.change_pair_fraction > 0 else 0
 
     @property
     def epochs(self) -> int:

@@ -153,6 +153,7 @@ class CGANRun:
         return {**asdict(self.cfg), "resolved_guidance": self.guidance.to_dict(), "steps_per_epoch": self.spe,
                 "total_steps": self.total_steps, "n_train_pairs": len(self.train_ds), "n_val_pairs": len(self.val_ds),
                 "n_train_change_pairs": None if self.change_pairs is None else int(len(self.change_pairs)),
+                "change_pairs_per_batch": self.cfg.change_pairs_per_batch,
                 "world_size": self.world, "mixed_precision_effective": s.mixed_precision,
                 "channels_last_effective": s.channels_last, "device_effective": str(self.device),
                 "compute": s.describe(), "torch": str(torch.__version__)}

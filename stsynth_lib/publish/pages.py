@@ -36,6 +36,16 @@ def _fmt(v, digits: int, sign: bool = False) -> str:
     return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
 
 
+def _missing(v) -> bool:
+    """A value summary.json leaves out: null, or NaN (json.dumps writes NaN for rows that did not pass pandas)."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _units(rows: list[dict]) -> str:
+    """The resampled unit of these paired rows: "area" or "block" (rows carry it; older files: areas)."""
+    return next((r["unit"] for r in rows if r.get("unit")), "area")
+
+
 def _no_interval(row: dict) -> str:
     """What a paired cell shows instead of an interval when one unit (area or block) was resampled."""
     n, unit = row.get("n_areas") or 1, row.get("unit") or "area"
@@ -53,7 +63,9 @@ def _model_order(summary: dict) -> list[str]:
 
 def lpips_calibrated(summary: dict) -> bool:
     rows = [r for r in summary.get("summary", []) if r["metric"] == "lpips"]
-    return bool(summary.get("calibrated", {}).get("lpips", True)) and all(r.get("calibrated", True) for r in rows)
+    cal = summary.get("calibrated", {})
+    cal = cal.get("lpips", True) if isinstance(cal, dict) else cal  # older files: one flag for every metric
+    return bool(cal) and all(r.get("calibrated", True) for r in rows)
 
 
 def results_table(summary: dict) -> str:
@@ -72,7 +84,12 @@ def results_table(summary: dict) -> str:
         cells = [m, "/".join(str(n) for n in sorted(ns)) or "n/a"]
         for k, _, d, _ in labels:
             r = rows.get((m, k))
-            cells.append("n/a" if r is None else f"{_fmt(r['mean'], d)} [{_fmt(r['ci_lo'], d)}, {_fmt(r['ci_hi'], d)}]")
+            if r is None or _missing(r.get("mean")):
+                cells.append("n/a")
+            elif _missing(r.get("ci_lo")) or _missing(r.get("ci_hi")):
+                cells.append(f"{_fmt(r['mean'], d)} (no interval)")
+            else:
+                cells.append(f"{_fmt(r['mean'], d)} [{_fmt(r['ci_lo'], d)}, {_fmt(r['ci_hi'], d)}]")
         for k, _, _, dd in labels:
             if m == PERSISTENCE:
                 cells.append("(reference)")
@@ -80,7 +97,7 @@ def results_table(summary: dict) -> str:
             p = paired.get((m, k))
             if p is None:
                 cells.append("n/a")
-            elif p.get("ci_lo") is None or p.get("ci_hi") is None:
+            elif _missing(p.get("ci_lo")) or _missing(p.get("ci_hi")):
                 cells.append(f"{_fmt(p['mean_diff'], dd, True)} {_no_interval(p)}")
             else:
                 cells.append(f"{_fmt(p['mean_diff'], dd, True)} [{_fmt(p['ci_lo'], dd, True)}, "
@@ -109,7 +126,7 @@ def strongest_baseline_section(summary: dict) -> str:
     if not models:
         return head + "\n\nNo learned model was scored against it.\n"
     by = {(r["model"], r["metric"]): r for r in rows}
-    cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + ["areas better (PSNR)"]
+    cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + [f"{_units(rows)}s better (PSNR)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in models:
         cells = [m]
@@ -117,7 +134,7 @@ def strongest_baseline_section(summary: dict) -> str:
             r = by.get((m, k))
             if r is None:
                 cells.append("n/a")
-            elif r.get("ci_lo") is None or r.get("ci_hi") is None:
+            elif _missing(r.get("ci_lo")) or _missing(r.get("ci_hi")):
                 cells.append(f"{_fmt(r['mean_diff'], d, True)} {_no_interval(r)}")
             else:
                 mark = {True: " ✔", False: " ✘"}.get(r.get("better"), "")
@@ -136,9 +153,11 @@ def table_caption(summary: dict) -> str:
     cal = "" if lpips_calibrated(summary) else (" LPIPS is **uncalibrated** (random backbone): it ranks these rows "
                                                 "and means nothing outside this table.")
     weights = f" LPIPS weights: {summary['lpips_weights']}." if summary.get("lpips_weights") else ""
-    return (f"Split `{summary.get('split', 'test')}`, {summary.get('n_pairs', 'n/a')} test pairs. Scores: mean "
+    split = summary.get("split", "test")
+    one = _units(summary.get("paired_vs_persistence", []))
+    return (f"Split `{split}`, {summary.get('n_pairs', 'n/a')} {split} pairs. Scores: mean "
             f"[95 % bootstrap interval over tiles]; n pairs = tiles scored. Δ = model − persistence on the same "
-            f"pairs [95 % interval, resampling {unit}{units}; \"n/a (1 area)\" = one unit resampled, no interval]. "
+            f"pairs [95 % interval, resampling {unit}{units}; \"n/a (1 {one})\" = one {one} resampled, no interval]. "
             f"Higher is better for PSNR and SSIM, lower for LPIPS.{weights}{cal}")
 
 
@@ -155,9 +174,9 @@ def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
     if not mine:
         return None
     out = dict(mine[0])
-    walls = [s.get("wall_s") for _, s in stamps]
+    walls = [s.get("wall_s") for s in mine]  # this profile's chapters only
     out["total_wall_s"] = sum(walls) if all(w is not None for w in walls) else None
-    out["commits"] = sorted({s["commit"] for _, s in stamps})
+    out["commits"] = sorted({s["commit"] for s in mine})
     out["other_profiles"] = [f"{stem} ({s['profile']})" for stem, s in stamps if s["profile"] != profile]
     return out
 
