@@ -51,11 +51,13 @@ nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/ex
 	$(PY) -m stsynth_lib.params merge --notebook notebooks/$(NB).py --out build/notebooks/$(NB).params.yaml \
 		params/$(PROFILE)/common.yaml $$(test -f params/$(PROFILE)/$(NB).yaml && echo params/$(PROFILE)/$(NB).yaml)
 	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o build/notebooks/$(NB).ipynb
+	@# the commit the notebook runs at (stamped after the run; commits made meanwhile must not be credited)
+	@$(PY) -m stsynth_lib.publish commit > build/notebooks/$(NB).commit
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
 		-f build/notebooks/$(NB).params.yaml \
 		build/notebooks/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
 	@# run stamp (profile, real/synthetic, commit, date, machine, papermill's wall time), parameter cells collapsed
-	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE)
+	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE) --commit "$$(cat build/notebooks/$(NB).commit)"
 
 run-all: env ## run every notebook with PROFILE (smoke: synthetic data, CPU, minutes)
 	@for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory nb NB=$$nb PROFILE=$(PROFILE) || exit 1; done

@@ -322,3 +322,12 @@ def test_tables_read_blocks_nan_and_old_files():
                                                 "ci_hi": 0.2, "better": None, "areas_better": 2, "n_areas": 3,
                                                 "unit": "block"}]
     assert "blocks better (PSNR)" in pub.strongest_baseline_section(summary)
+
+
+def test_stamp_cli_records_the_commit_the_run_started_at(tmp_path, monkeypatch, capsys):
+    nb = _notebook(tmp_path / "executed" / "p" / "03_a.ipynb", "p")
+    monkeypatch.chdir(tmp_path)
+    _params(tmp_path, "p", synthetic=False)
+    assert pub.main(["stamp", str(nb), "--profile", "p", "--commit", "0123abcd"]) == 0
+    assert pub.read_stamp(nb)["commit"] == "0123abcd"  # not the checkout's commit at stamp time
+    assert pub.main(["commit"]) == 0 and capsys.readouterr().out.strip()

@@ -13,7 +13,7 @@ import sys
 
 from stsynth_lib.publish.pages import stage_book, update_readme
 from stsynth_lib.publish.reference import MAX_TOTAL_MB, publish
-from stsynth_lib.publish.stamp import PublishError, format_duration, stamp_notebook
+from stsynth_lib.publish.stamp import PublishError, format_duration, git_commit, stamp_notebook
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("notebooks", nargs="+")
     s.add_argument("--profile", required=True)
     s.add_argument("--wall-s", type=float, default=None, help="default: papermill's measured duration")
+    s.add_argument("--commit", default=None, help="the commit the notebook ran at (make nb records it before the run); "
+                                                  "default: the checkout's commit now")
+    sub.add_parser("commit", help="print the checkout's commit as stamps record it (with -dirty for local changes)")
     p = sub.add_parser("publish", help="copy book/executed/<profile>/ into book/reference/<profile>/ (cleaned)")
     p.add_argument("--profile", required=True)
     p.add_argument("--max-mb", type=float, default=MAX_TOTAL_MB)
@@ -37,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.cmd == "stamp":
             for nb in a.notebooks:
-                st = stamp_notebook(nb, a.profile, wall_s=a.wall_s)
+                st = stamp_notebook(nb, a.profile, wall_s=a.wall_s, commit=a.commit or None)
                 print(f"stamped {nb}: {st['profile']} ({st['data']}), {st['commit']}, {format_duration(st['wall_s'])}")
+        elif a.cmd == "commit":
+            print(git_commit())
         elif a.cmd == "publish":
             publish(a.profile, max_total_mb=a.max_mb)
         elif a.cmd == "stage":
