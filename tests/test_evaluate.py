@@ -319,3 +319,9 @@ def test_new_building_figure_picks_the_pairs_with_most_new_buildings(tiny_datase
     plt.close(fig)
     unlabelled = dataclasses.replace(res, data=dataclasses.replace(data, has_mask=np.zeros(len(data), bool)))
     assert plot_new_buildings(unlabelled) is None
+    from stsynth_lib.evaluate.figures import plot_examples
+
+    fig = plot_examples(unlabelled, n=2)  # no labels: no all-black footprint column
+    assert [a.get_title() for a in fig.axes[:3]] == ["past (= persistence)", "truth (future)", "oracle"]
+    assert len(fig.axes) == 2 * 3
+    plt.close(fig)

@@ -52,19 +52,20 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         return None
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     d = res.data
-    cols = ["past (= persistence)", "future footprints", "truth (future)"] + names
+    labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
+    cols = ["past (= persistence)"] + (["future footprints"] if labelled else []) + ["truth (future)"] + names
     fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.4 * len(idx) + 0.5), squeeze=False)
     for r, i in enumerate(idx):
         new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
         mask_rgb = np.zeros((*new.shape, 3))
         mask_rgb[d.future_mask[i, 0] > 0] = 1.0
         mask_rgb[new] = (1.0, 0.55, 0.0)
-        panels = [rgb_image(d.past[i]), mask_rgb, rgb_image(d.future[i])]
+        panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i])]
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img)
-            if c != 1 and new.any():
+            if not (labelled and c == 1) and new.any():
                 ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -73,8 +74,8 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         p = d.pairs.iloc[i]
         dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
                  if "past_year" in p else f"pair {p['pair_id']}")
-        axes[r, 0].set_ylabel(f"{dates}\ngap {plural(round(float(p['gap_months'])), 'month')}, {int(new.sum())} new px",
-                              fontsize=8)
+        gap = plural(round(float(p['gap_months'])), 'month')
+        axes[r, 0].set_ylabel(f"{dates}\ngap {gap}" + (f", {int(new.sum())} new px" if labelled else ""), fontsize=8)
     fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
                            "absent from the past image"), fontsize=10)
     fig.tight_layout()
@@ -88,7 +89,7 @@ def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int =
 
     idx = [int(i) for i in spread_indices(len(res.data), min(n, len(res.data)))]
     return plot_new_buildings(res, models, indices=idx,
-                              title="Test pairs: past | future footprints | truth | each model") if idx else None
+                              title="Test pairs: past | future footprints (where labelled) | truth | each model") if idx else None
 
 
 def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80, 64, 50, 40)):
