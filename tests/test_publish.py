@@ -331,3 +331,25 @@ def test_stamp_cli_records_the_commit_the_run_started_at(tmp_path, monkeypatch, 
     assert pub.main(["stamp", str(nb), "--profile", "p", "--commit", "0123abcd"]) == 0
     assert pub.read_stamp(nb)["commit"] == "0123abcd"  # not the checkout's commit at stamp time
     assert pub.main(["commit"]) == 0 and capsys.readouterr().out.strip()
+
+
+def test_commit_is_dirty_for_run_inputs_only(tmp_path):
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "a.yaml").write_text("x: 1\n")
+    (tmp_path / "README.md").write_text("r\n")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    clean = pub.git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("-dirty")
+    (tmp_path / "README.md").write_text("published results block\n")  # an output of publishing: still clean
+    assert pub.git_commit(tmp_path) == clean
+    (tmp_path / "params" / "a.yaml").write_text("x: 2\n")  # a run input: dirty
+    assert pub.git_commit(tmp_path) == clean + "-dirty"

@@ -54,12 +54,18 @@ def profile_data_kind(profile: str, params_dir: str | Path = "params") -> str:
     return "synthetic" if common.get("synthetic_data", False) else "real"
 
 
+# What a run executes: a change here makes a stamp "-dirty". Published results (book/reference/, the README block)
+# are outputs of runs, not inputs: publishing one profile must not mark the next run of another as dirty.
+RUN_INPUTS = ("stsynth_lib", "notebooks", "params", "benchmarks", "Makefile", "pyproject.toml", "environment.yml")
+
+
 def git_commit(repo: str | Path = ".") -> str:
-    """Short commit of ``repo``, with ``-dirty`` when tracked files differ from it; "unknown" outside git."""
+    """Short commit of ``repo``, with ``-dirty`` when a tracked file a run executes (``RUN_INPUTS``) differs from it;
+    "unknown" outside git."""
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
