@@ -52,6 +52,18 @@ def _no_interval(row: dict) -> str:
     return f"n/a ({n} {unit}{'s' if n != 1 else ''})"
 
 
+def _delta_cell(row: dict | None, digits: int, verdict: bool = False) -> str:
+    """A paired row as "+0.31 [+0.12, +0.49]" ("n/a (1 area)" in place of a missing interval); ``verdict`` adds ✔
+    (interval on the good side of zero) or ✘ (on the bad side)."""
+    if row is None:
+        return "n/a"
+    diff = _fmt(row["mean_diff"], digits, True)
+    if _missing(row.get("ci_lo")) or _missing(row.get("ci_hi")):
+        return f"{diff} {_no_interval(row)}"
+    mark = {True: " ✔", False: " ✘"}.get(row.get("better"), "") if verdict else ""
+    return f"{diff} [{_fmt(row['ci_lo'], digits, True)}, {_fmt(row['ci_hi'], digits, True)}]{mark}"
+
+
 def _model_order(summary: dict) -> list[str]:
     present = []
     for r in summary.get("summary", []):
@@ -94,14 +106,7 @@ def results_table(summary: dict) -> str:
             if m == PERSISTENCE:
                 cells.append("(reference)")
                 continue
-            p = paired.get((m, k))
-            if p is None:
-                cells.append("n/a")
-            elif _missing(p.get("ci_lo")) or _missing(p.get("ci_hi")):
-                cells.append(f"{_fmt(p['mean_diff'], dd, True)} {_no_interval(p)}")
-            else:
-                cells.append(f"{_fmt(p['mean_diff'], dd, True)} [{_fmt(p['ci_lo'], dd, True)}, "
-                             f"{_fmt(p['ci_hi'], dd, True)}]")
+            cells.append(_delta_cell(paired.get((m, k)), dd))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -131,15 +136,7 @@ def strongest_baseline_section(summary: dict) -> str:
     for m in models:
         cells = [m]
         for k, _, d, _ in STRONGEST_METRICS:
-            r = by.get((m, k))
-            if r is None:
-                cells.append("n/a")
-            elif _missing(r.get("ci_lo")) or _missing(r.get("ci_hi")):
-                cells.append(f"{_fmt(r['mean_diff'], d, True)} {_no_interval(r)}")
-            else:
-                mark = {True: " ✔", False: " ✘"}.get(r.get("better"), "")
-                cells.append(f"{_fmt(r['mean_diff'], d, True)} [{_fmt(r['ci_lo'], d, True)}, "
-                             f"{_fmt(r['ci_hi'], d, True)}]{mark}")
+            cells.append(_delta_cell(by.get((m, k)), d, verdict=True))
         p = by.get((m, "psnr"))
         cells.append(f"{p.get('areas_better', 'n/a')} of {p.get('n_areas', 'n/a')}" if p else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
