@@ -353,3 +353,38 @@ def test_commit_is_dirty_for_run_inputs_only(tmp_path):
     assert pub.git_commit(tmp_path) == clean
     (tmp_path / "params" / "a.yaml").write_text("x: 2\n")  # a run input: dirty
     assert pub.git_commit(tmp_path) == clean + "-dirty"
+
+
+def test_shrink_png_fits_a_heavy_figure_under_the_byte_cap():
+    from PIL import Image
+
+    heavy = _png(1500, 1500, noisy=True)  # noise: a palette alone cannot bring it under the cap
+    out = pub.shrink_png(heavy, max_px=1600, max_bytes=600_000)  # 2.3 MB as a 1500 px palette PNG
+    assert len(out) <= 600_000
+    with Image.open(io.BytesIO(out)) as im:
+        assert max(im.size) >= pub.MIN_PNG_PX  # smaller, but never below the readable floor
+    flat = _png(800, 600)
+    assert pub.shrink_png(flat) == flat  # light and small: untouched
+
+
+def test_publish_shrinks_figures_further_until_a_notebook_fits(tmp_path, monkeypatch):
+    from stsynth_lib.publish import reference
+
+    params = _params(tmp_path, "p", synthetic=False)
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:1200, 0:1200]  # a smooth figure with grain: smaller figures compress much better
+    img = np.stack([(x / 5) % 256, (y / 5) % 256, ((x + y) / 9) % 256], -1)
+    img = img + np.random.default_rng(0).integers(-6, 7, (1200, 1200, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(buf, format="PNG")
+    nb_path = _notebook(tmp_path / "executed" / "p" / "06_eval.ipynb", "p", png=buf.getvalue())
+    _stamp(nb_path, "p", params)
+    (tmp_path / "runs" / "p" / "eval").mkdir(parents=True)
+    (tmp_path / "runs" / "p" / "eval" / "summary.json").write_text(json.dumps(_summary()))
+    monkeypatch.setattr(reference, "MAX_NOTEBOOK_BYTES", 300_000)  # over it with the first figure cap (a 390 KB PNG)
+    with pytest.warns(UserWarning):
+        dest = pub.publish("p", executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs",
+                           reference_root=tmp_path / "reference", log=lambda *a: None)
+    assert (dest / "06_eval.ipynb").stat().st_size <= 300_000

@@ -51,6 +51,7 @@ from stsynth_lib.publish.reference import (
     _WIDGET,  # noqa: F401
     MAX_PNG_BYTES,
     MAX_PNG_PX,
+    MIN_PNG_PX,
     MAX_TOTAL_MB,
     _dir_mb,  # noqa: F401
     clean_notebook,
@@ -77,7 +78,7 @@ from stsynth_lib.publish.stamp import (
 )
 
 __all__ = [
-    "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "NOT_A_PREDICTOR",
+    "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
     "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "landing_page",
     "lpips_calibrated", "machine_description", "main", "profile_data_kind", "profile_stamp", "publish", "read_nb",

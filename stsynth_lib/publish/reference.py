@@ -14,6 +14,7 @@ from pathlib import Path
 from stsynth_lib.publish.stamp import EXECUTED_ROOT, REFERENCE_ROOT, PublishError, _src, read_nb, read_stamp, write_nb
 
 MAX_TOTAL_MB = 25.0
+MAX_NOTEBOOK_BYTES = 1_500_000  # one committed notebook: figures shrink further until it fits (git stays light)
 MAX_PNG_PX = 1600
 MAX_PNG_BYTES = 400_000
 
@@ -23,28 +24,40 @@ _VOLATILE_NB_PAPERMILL = ("duration", "start_time", "end_time", "environment_var
 _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
+MIN_PNG_PX = 640  # shrinking for bytes stops here: a figure must stay readable
+
+
+def _encode_png(im, palette: bool) -> bytes:
+    from PIL import Image
+
+    if palette and im.mode in ("RGB", "RGBA"):
+        # Figures of satellite tiles compress badly losslessly: a 256-colour adaptive palette keeps them readable.
+        im = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES) -> bytes:
-    """Downscale a PNG wider/taller than ``max_px`` and re-encode it optimized when it is heavy; never larger."""
+    """Downscale a PNG wider/taller than ``max_px`` and re-encode it when it is heavy (optimized, then a 256-colour
+    palette, then smaller by steps of 0.8 down to ``MIN_PNG_PX``) until it fits ``max_bytes``; never larger."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        big = max(im.size) > max_px
-        if not big and len(data) <= max_bytes:
+        if max(im.size) <= max_px and len(data) <= max_bytes:
             return data
-        if big:
-            scale = max_px / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
-        buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
-        out = buf.getvalue()
-        if len(out) > max_bytes and im.mode in ("RGB", "RGBA"):
-            # Figures of satellite tiles compress badly losslessly: a 256-colour adaptive palette keeps them readable.
-            q = im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-            buf = io.BytesIO()
-            q.save(buf, format="PNG", optimize=True)
-            if len(buf.getvalue()) < len(out):
-                out = buf.getvalue()
+        side = min(max(im.size), max_px)
+        while True:
+            scale = side / max(im.size)
+            small = im if scale >= 1 else im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                                                    Image.LANCZOS)
+            out = _encode_png(small, palette=False)
+            if len(out) > max_bytes:
+                out = min(out, _encode_png(small, palette=True), key=len)
+            if len(out) <= max_bytes or side * 0.8 < MIN_PNG_PX:
+                break
+            side = int(side * 0.8)
     return out if len(out) < len(data) else data
 
 
@@ -130,7 +143,10 @@ def publish(profile: str, *, executed_root: str | Path = EXECUTED_ROOT, runs_dir
     (dest / "results").mkdir(parents=True)
     for p in notebooks:
         before = p.stat().st_size
-        write_nb(clean_notebook(read_nb(p), max_px=max_px, max_bytes=max_bytes), dest / p.name)
+        for cap in (max_bytes, max_bytes // 2, max_bytes // 4):  # a notebook of many figures: smaller figures
+            write_nb(clean_notebook(read_nb(p), max_px=max_px, max_bytes=cap), dest / p.name)
+            if (dest / p.name).stat().st_size <= MAX_NOTEBOOK_BYTES:
+                break
         log(f"  {p.name}: {before / 1e6:.2f} MB -> {(dest / p.name).stat().st_size / 1e6:.2f} MB")
     for name in ("summary.json", "results.md", "fid.json", "examples.png"):
         f = eval_dir / name
