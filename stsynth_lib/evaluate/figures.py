@@ -101,6 +101,8 @@ def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80
 
     from PIL import Image
 
+    from stsynth_lib.publish.reference import encode_png
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     limit = max_kb * 1024
@@ -110,10 +112,9 @@ def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80
         if buf.tell() <= limit:
             path.write_bytes(buf.getvalue())
             return path
-        img = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=256)
-        out = io.BytesIO()
-        img.save(out, format="PNG", optimize=True)
-        if out.tell() <= limit:
-            path.write_bytes(out.getvalue())
+        with Image.open(io.BytesIO(buf.getvalue())) as img:
+            out = encode_png(img, palette=True)
+        if len(out) <= limit:
+            path.write_bytes(out)
             return path
     raise ValueError(f"{path}: over {max_kb} KB even at {dpis[-1]} dpi as a palette PNG")

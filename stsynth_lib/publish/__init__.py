@@ -55,6 +55,7 @@ from stsynth_lib.publish.reference import (
     MAX_TOTAL_MB,
     _dir_mb,  # noqa: F401
     clean_notebook,
+    encode_png,
     publish,
     shrink_png,
 )
@@ -82,6 +83,6 @@ __all__ = [
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
     "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "landing_page",
     "lpips_calibrated", "machine_description", "main", "profile_data_kind", "profile_stamp", "publish", "read_nb",
-    "read_stamp", "readme_block", "results_table", "shrink_png", "stage_book", "stamp_notebook",
+    "read_stamp", "readme_block", "results_table", "encode_png", "shrink_png", "stage_book", "stamp_notebook",
     "strongest_baseline_section", "table_caption", "update_readme", "write_nb",
 ]

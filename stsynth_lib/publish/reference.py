@@ -27,7 +27,8 @@ _WIDGET = "application/vnd.jupyter.widget-view+json"
 MIN_PNG_PX = 640  # shrinking for bytes stops here: a figure must stay readable
 
 
-def _encode_png(im, palette: bool) -> bytes:
+def encode_png(im, palette: bool) -> bytes:
+    """``im`` (a PIL image) as optimized PNG bytes; ``palette``: as a 256-colour adaptive palette (RGB/RGBA)."""
     from PIL import Image
 
     if palette and im.mode in ("RGB", "RGBA"):
@@ -52,9 +53,9 @@ def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_B
             scale = side / max(im.size)
             small = im if scale >= 1 else im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
                                                     Image.LANCZOS)
-            out = _encode_png(small, palette=False)
+            out = encode_png(small, palette=False)
             if len(out) > max_bytes:
-                out = min(out, _encode_png(small, palette=True), key=len)
+                out = min(out, encode_png(small, palette=True), key=len)
             if len(out) <= max_bytes or side * 0.8 < MIN_PNG_PX:
                 break
             side = int(side * 0.8)
