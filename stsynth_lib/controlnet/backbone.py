@@ -50,7 +50,12 @@ class Backbone:
     unet: Any
     noise_scheduler: Any
     name: str                 # hub id, local path, or "tiny-random"
-    kind: str                 # "pretrained" or "tiny-random"
+    kind: str                 # "pretrained", "tiny-random", or a stage-1 kind ("tiny-trained", "pretrained-adapted")
+    description: str = ""     # what tables print: e.g. "tiny, trained from scratch on the sn7_real_128 train split"
+
+    def __post_init__(self):
+        if not self.description:
+            self.description = describe_backbone(self.kind, self.name)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -70,6 +75,15 @@ class Backbone:
             else:
                 m.to(device, dtype=dt)
         return self
+
+
+def describe_backbone(kind: str, name: str) -> str:
+    """The label tables print for a backbone that records no description of its own."""
+    if kind == TINY_BACKBONE:
+        return "tiny, random weights (untrained: images not meaningful)"
+    if kind == "sd15-architecture-random":
+        return "SD 1.5 architecture, random weights (benchmarks only)"
+    return str(name)
 
 
 def load_backbone(
@@ -123,10 +137,11 @@ def load_backbone(
             f"Could not load the Stable Diffusion backbone from {where} ({type(e).__name__}: {str(e)[:300]}). "
             "The folder must hold tokenizer/, text_encoder/, vae/, unet/ and scheduler/ in diffusers format. " + hint
         ) from e
-    kind = "pretrained"
+    kind, description = "pretrained", ""
     if is_local and (p / _MARKER).is_file():
-        kind = json.loads((p / _MARKER).read_text()).get("backbone", kind)
-    return Backbone(tokenizer, text_encoder, vae, unet, noise_scheduler, name=name, kind=kind)
+        marker = json.loads((p / _MARKER).read_text())
+        kind, description = marker.get("backbone", kind), marker.get("description", "")
+    return Backbone(tokenizer, text_encoder, vae, unet, noise_scheduler, name=name, kind=kind, description=description)
 
 
 def _fetch_snapshot(repo_id: str, revision, variant, local_files_only, hint: str) -> Path:
@@ -207,8 +222,9 @@ def build_tiny_sd(seed: int = 0, tokenizer_cache_dir: str | os.PathLike | None =
     return Backbone(tokenizer, text_encoder, vae, unet, noise_scheduler, name=TINY_BACKBONE, kind=TINY_BACKBONE)
 
 
-def save_backbone(backbone: Backbone, out_dir: str | os.PathLike) -> Path:
-    """Write the backbone as a diffusers folder (loadable with :func:`load_backbone`), with its kind recorded."""
+def save_backbone(backbone: Backbone, out_dir: str | os.PathLike, description: str | None = None) -> Path:
+    """Write the backbone as a diffusers folder (loadable with :func:`load_backbone`), with its kind and
+    description recorded (``stsynth_backbone.json``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone.tokenizer.save_pretrained(out / "tokenizer")
@@ -218,7 +234,8 @@ def save_backbone(backbone: Backbone, out_dir: str | os.PathLike) -> Path:
     backbone.noise_scheduler.save_pretrained(out / "scheduler")
     from stsynth_lib.runs import atomic_write_text
 
-    atomic_write_text(out / _MARKER, json.dumps({"backbone": backbone.kind, "source": backbone.name}))
+    atomic_write_text(out / _MARKER, json.dumps({"backbone": backbone.kind, "source": backbone.name,
+                                                  "description": description or backbone.description}))
     return out
 
 

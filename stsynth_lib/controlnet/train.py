@@ -38,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from stsynth_lib.controlnet.backbone import TINY_BACKBONE, build_tiny_sd, load_backbone, save_backbone
@@ -76,6 +77,18 @@ def _make_optimizer(cfg: ControlNetTrainConfig, controlnet, on_cuda: bool):
                               "or set use_8bit_adam: auto/false") from e
         return bnb.optim.AdamW8bit(groups, **kw), "AdamW8bit (bitsandbytes)"
     return torch.optim.AdamW(groups, **kw), "AdamW (torch)"
+
+
+def cond_embedding_channels(backbone) -> tuple[int, ...]:
+    """Channels of the ControlNet's conditioning encoder: diffusers' (16, 32, 96, 256) downsamples by 8 (SD's VAE
+    factor); a backbone whose VAE downsamples by 4 (the tiny trained one) takes (16, 32, 96), so the encoder's
+    output lands on the latent grid."""
+    f = backbone.vae_scale_factor
+    n = int(round(np.log2(f)))
+    if 2 ** n != f or n < 1:
+        raise ValueError(f"VAE downsampling factor {f} is not a power of 2")
+    base = (16, 32, 96, 256, 256)
+    return base[: n + 1] if n < len(base) else base + (256,) * (n + 1 - len(base))
 
 
 def _set_attention(model, sdpa: bool) -> None:
@@ -144,7 +157,8 @@ class ControlNetRun:
         from diffusers.optimization import get_scheduler
 
         cfg, bb, acc = self.cfg, self.backbone, self.accelerator
-        controlnet = ControlNetModel.from_unet(bb.unet, conditioning_channels=self.n_cond)
+        controlnet = ControlNetModel.from_unet(bb.unet, conditioning_channels=self.n_cond,
+                                               conditioning_embedding_out_channels=cond_embedding_channels(bb))
         if cfg.cond_embedding_init == "kaiming":
             reinit_cond_embedding(controlnet, cfg.seed)
         elif cfg.cond_embedding_init != "default":
@@ -163,7 +177,8 @@ class ControlNetRun:
 
     def effective_params(self) -> dict[str, Any]:
         return {**asdict(self.cfg), "model": "controlnet", "backbone": self.backbone.kind,
-                "backbone_name": self.backbone.name, "backbone_path": self.backbone_path, "use_mask": self.use_mask,
+                "backbone_name": self.backbone.name, "backbone_description": self.backbone.description,
+                "backbone_path": self.backbone_path, "use_mask": self.use_mask,
                 "conditioning_channels": self.n_cond, "tile_size_px": self.tile_px, "resolution_px": self.res,
                 "mixed_precision_resolved": self.mp, "weight_dtype": str(self.weight_dtype).replace("torch.", ""),
                 "optimizer": self.optimizer_name, "n_train_pairs": len(self.train_ds), "n_val_pairs": len(self.val_ds),

@@ -1,0 +1,398 @@
+"""Stage 1 of chapter 5: adapt the diffusion backbone to satellite imagery, before the ControlNet.
+
+A ControlNet can only steer a backbone that already draws the images it is asked for. DiffusionSat (Khanna et al.
+2024) first fine-tunes Stable Diffusion on satellite images with metadata prompts, then adds the conditioning; this
+module is that first stage, with the loop of diffusers' ``examples/text_to_image/train_text_to_image.py``
+(epsilon MSE, optional ``noise_offset`` and min-SNR weighting, EMA of the UNet, prompt dropout for
+classifier-free guidance).
+
+* ``pretrained_model: tiny-from-scratch`` (CPU profiles): there is no backbone to adapt offline, so it is **trained
+  from scratch** on the training split's tile images: phase ``vae`` (a small VAE, L1 + a small KL term, on random
+  crops; its reconstruction PSNR on validation is logged: it bounds every later number), then phase ``unet`` (the
+  UNet and, if ``train_text_encoder``, the 2-layer CLIP text encoder, with the real CLIP tokenizer).
+* ``pretrained_model: <SD 1.x hub id or folder>`` (GPU profiles): phase ``unet`` only, fine-tuning SD's UNet with
+  the VAE and text encoder frozen.
+
+The result is ``<run_dir>/backbone/``, a diffusers folder that :func:`~stsynth_lib.controlnet.backbone.load_backbone`
+accepts as ``pretrained_model`` (stage 2 does not change). Its ``stsynth_backbone.json`` records the kind
+(``tiny-trained`` or ``pretrained-adapted``) and a description that every table prints (never "Stable Diffusion"
+for the tiny model).
+
+Each phase writes ``<run_dir>/<phase>/log.csv`` and ``checkpoints/checkpoint-<step>/`` (atomic, newest
+``checkpoints_total_limit`` kept); ``resume_from_checkpoint: latest`` resumes a phase exactly: batches, crops,
+noise and timesteps are drawn from generators seeded by the step, so a resumed run replays an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from stsynth_lib.controlnet.adapt_parts import (
+    EMA,
+    STAGE1_PROMPT_TEMPLATE,
+    TileImageDataset,
+    backbone_description,
+    collate_tiles,
+    latent_scaling_factor,
+    min_snr_weights,
+    tiny_trainable_configs,
+    vae_reconstruction_scores,
+)
+from stsynth_lib.controlnet.backbone import SD15_SCHEDULER, Backbone, load_backbone, save_backbone
+from stsynth_lib.controlnet.losses import latent_valid_weight, masked_mse
+from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, prepare_run_dir, resolve_resume, save_yaml, seed_everything
+from stsynth_lib.training import TrainConfig, check_checkpoint_limit, epoch_batches, resolve_device, train_from_command_line
+
+TINY_FROM_SCRATCH = "tiny-from-scratch"
+TINY_TRAINED = "tiny-trained"
+ADAPTED = "pretrained-adapted"
+
+
+@dataclass
+class BackboneAdaptConfig(TrainConfig):
+    """Every option of a stage-1 run (recorded in ``params.yaml``)."""
+
+    dataset_dir: str = "data/smoke/dataset"
+    runs_dir: str = "runs"
+    profile: str = "smoke"
+    run_name: str = "backbone"
+    pretrained_model: str = TINY_FROM_SCRATCH  # tiny-from-scratch | SD 1.x hub id | local diffusers folder
+    # architecture of the tiny backbone
+    vae_channels: list = field(default_factory=lambda: [16, 32, 64])  # factor 2 ** (levels - 1) = 4
+    unet_channels: list = field(default_factory=lambda: [32, 64, 64])
+    text_hidden_size: int = 64
+    train_text_encoder: bool = True  # tiny: train the text encoder with the UNet (false: keep it random, frozen)
+    # phase vae
+    vae_steps: int = 600
+    vae_batch_size: int = 16
+    vae_crop_px: int | None = 64  # random crops (the VAE is fully convolutional); None: whole tiles
+    vae_learning_rate: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # phase unet
+    unet_steps: int = 800
+    unet_batch_size: int = 16
+    unet_learning_rate: float = 5e-4
+    lr_warmup_steps: int = 50
+    noise_offset: float = 0.0
+    snr_gamma: float | None = 5.0  # min-SNR weighting; None: plain MSE
+    ema_decay: float = 0.999
+    prompt_template: str = STAGE1_PROMPT_TEMPLATE
+    prompt_dropout: float = 0.1  # share of empty prompts (classifier-free guidance)
+    max_grad_norm: float = 1.0
+    # data, bookkeeping
+    max_train_tiles: int | None = None
+    max_val_tiles: int | None = 64
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    log_every_steps: int = 10
+    validation_steps: int = 200
+    checkpointing_steps: int = 200
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None  # None: fresh | latest (per phase; a finished phase is kept)
+    progress: bool = True
+
+    def __post_init__(self):
+        for k in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if not 0.0 <= float(self.prompt_dropout) <= 1.0:
+            raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
+        if not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        check_checkpoint_limit(self.checkpoints_total_limit)
+
+    @property
+    def from_scratch(self) -> bool:
+        return str(self.pretrained_model) == TINY_FROM_SCRATCH
+
+
+def _step_batch(ds, step: int, batch_size: int, seed: int) -> dict[str, Any]:
+    """The batch of optimiser step ``step`` (1-based): deterministic in (seed, step), so resume replays it."""
+    spe = max(1, len(ds) // batch_size)
+    epoch, pos = divmod(step - 1, spe)
+    idx = epoch_batches(len(ds), batch_size, epoch, seed, drop_last=True)[pos]
+    np.random.seed((seed * 1_000_003 + step) % 2**32)  # crops and flips of this batch
+    return collate_tiles([ds[i] for i in idx])
+
+
+class _Phase:
+    """One training phase: a module (and optimiser) trained for ``steps`` with log, checkpoints and resume."""
+
+    def __init__(self, name: str, run_dir: Path, cfg: BackboneAdaptConfig, modules: dict[str, torch.nn.Module],
+                 optimizer, lr_lambda, steps: int, ema: EMA | None = None):
+        self.name, self.dir, self.cfg, self.modules = name, Path(run_dir) / name, cfg, modules
+        self.optimizer, self.steps, self.ema = optimizer, int(steps), ema
+        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        self.step = 0
+
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ckpt = resolve_resume(self.dir, "latest") if self.cfg.resume_from_checkpoint else None
+        if ckpt is not None:
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+            for k, m in self.modules.items():
+                m.load_state_dict(state["modules"][k])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["sched"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+            self.step = int(state["step"])
+            print(f"{self.name}: resumed from {ckpt} at step {self.step}")
+        self.logger = CSVLogger(self.dir / "log.csv")
+        self.logger.truncate_after(self.step)
+
+    def checkpoint(self) -> None:
+        with atomic_checkpoint_dir(self.dir, self.step, keep=self.cfg.checkpoints_total_limit) as tmp:
+            torch.save({"modules": {k: m.state_dict() for k, m in self.modules.items()},
+                        "optimizer": self.optimizer.state_dict(), "sched": self.sched.state_dict(),
+                        "ema": self.ema.state_dict() if self.ema is not None else None, "step": self.step},
+                       tmp / "state.pt")
+
+    def run(self, loss_fn, validate) -> dict[str, float]:
+        """``loss_fn(step) -> loss``; ``validate(step) -> dict`` every ``validation_steps`` and at the end."""
+        from tqdm.auto import tqdm
+
+        cfg, last = self.cfg, {}
+        params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
+        pbar = tqdm(total=self.steps, initial=self.step, desc=f"stage 1: {self.name}", disable=not cfg.progress)
+        t0, acc, n = time.perf_counter(), 0.0, 0
+        while self.step < self.steps:
+            self.step += 1
+            loss = loss_fn(self.step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"stage 1 ({self.name}): loss is {float(loss)} at step {self.step}; "
+                                         f"lower the learning rate (last checkpoint: {resolve_resume(self.dir, 'latest')})")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            self.optimizer.step()
+            self.sched.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.modules["unet"])
+            acc, n = acc + float(loss.detach()), n + 1
+            pbar.update(1)
+            row: dict[str, Any] = {}
+            if self.step % cfg.log_every_steps == 0 or self.step == self.steps:
+                row = {"step": self.step, "loss": acc / n, "lr": self.sched.get_last_lr()[0],
+                       "elapsed_s": time.perf_counter() - t0}
+                pbar.set_postfix(loss=f"{acc / n:.4f}")
+                acc, n = 0.0, 0
+            if (cfg.validation_steps and self.step % cfg.validation_steps == 0) or self.step == self.steps:
+                last = validate(self.step)
+                row = {"step": self.step, **row, **last}
+            if row:
+                self.logger.log(row)
+            if (cfg.checkpointing_steps and self.step % cfg.checkpointing_steps == 0) or self.step == self.steps:
+                self.checkpoint()
+        pbar.close()
+        return last
+
+
+def _warmup(steps: int):
+    return lambda s: min(1.0, (s + 1) / max(1, steps))
+
+
+def train_vae(cfg: BackboneAdaptConfig, run_dir: Path, device: torch.device):
+    """Phase ``vae``: L1 + ``vae_kl_weight`` x KL on random crops; validation PSNR on whole val tiles."""
+    from diffusers import AutoencoderKL
+
+    final = run_dir / "vae" / "final"
+    if (final / "config.json").is_file() and cfg.resume_from_checkpoint:
+        return AutoencoderKL.from_pretrained(final).to(device)
+    torch.manual_seed(cfg.seed)
+    vae = AutoencoderKL(**tiny_trainable_configs(cfg.vae_channels, cfg.unet_channels, cfg.text_hidden_size)["vae"]).to(device)
+    ds = TileImageDataset(cfg.dataset_dir, "train", augment=cfg.augment, crop_px=cfg.vae_crop_px,
+                          max_tiles=cfg.max_train_tiles, seed=cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_learning_rate, weight_decay=0.0)
+    phase = _Phase("vae", run_dir, cfg, {"vae": vae}, opt, _warmup(cfg.lr_warmup_steps), cfg.vae_steps)
+    phase.open()
+
+    def loss_fn(step: int) -> torch.Tensor:
+        b = _step_batch(ds, step, cfg.vae_batch_size, cfg.seed)
+        x, valid = b["image"].to(device), b["valid"].to(device)
+        g = torch.Generator(device="cpu").manual_seed(cfg.seed * 31 + step)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+        rec = vae.decode(z).sample
+        l1 = ((rec - x).abs() * valid).sum() / (valid.sum() * x.shape[1]).clamp_min(1)
+        return l1 + cfg.vae_kl_weight * post.kl().mean()
+
+    def validate(step: int) -> dict[str, float]:
+        vae.eval()
+        s = vae_reconstruction_scores(vae, cfg.dataset_dir, "val", max_tiles=cfg.max_val_tiles, device=device)
+        vae.train()
+        return {"val_psnr_db": s["psnr_db"], "val_ssim": s["ssim"]}
+
+    vae.train()
+    phase.run(loss_fn, validate)
+    vae.eval()
+    vae.register_to_config(scaling_factor=latent_scaling_factor(vae, cfg.dataset_dir, "train", seed=cfg.seed, device=device))
+    tmp = final.with_name("final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.replace(final)
+    return vae
+
+
+def build_stage1_backbone(cfg: BackboneAdaptConfig, vae) -> Backbone:
+    """The backbone whose UNet phase ``unet`` trains: tiny (new UNet and text encoder around ``vae``) or SD."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from stsynth_lib.controlnet.tokenizer import build_clip_tokenizer
+
+    if not cfg.from_scratch:
+        bb = load_backbone(cfg.pretrained_model)
+        bb.kind, bb.name = ADAPTED, str(cfg.pretrained_model)
+        return bb
+    cf = tiny_trainable_configs(cfg.vae_channels, cfg.unet_channels, cfg.text_hidden_size)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed + 1)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**cf["text_encoder"]))
+        unet = UNet2DConditionModel(**cf["unet"])
+    finally:
+        torch.random.set_rng_state(state)
+    return Backbone(build_clip_tokenizer(), text_encoder, vae, unet, DDPMScheduler(**SD15_SCHEDULER),
+                    name=TINY_TRAINED, kind=TINY_TRAINED)
+
+
+def _encode(bb: Backbone, prompts: Sequence[str], device) -> torch.Tensor:
+    tok = bb.tokenizer(list(prompts), padding="max_length", max_length=bb.tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    return bb.text_encoder(tok.input_ids.to(device))[0]
+
+
+def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], step: int, device) -> torch.Tensor:
+    """Text-to-image denoising loss of one batch (epsilon / v target, min-SNR weights, valid latents only)."""
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + step)
+    x, valid = batch["image"].to(device), batch["valid"].to(device)
+    with torch.no_grad():
+        lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist
+        lat = (lat.mean + lat.std * torch.randn(lat.mean.shape, generator=g).to(device)) * bb.vae.config.scaling_factor
+    lat = lat.float()
+    noise = torch.randn(lat.shape, generator=g).to(device)
+    if cfg.noise_offset:
+        noise = noise + cfg.noise_offset * torch.randn((lat.shape[0], lat.shape[1], 1, 1), generator=g).to(device)
+    t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (lat.shape[0],), generator=g).to(device)
+    drop = torch.rand(len(batch["prompt"]), generator=g) < cfg.prompt_dropout
+    prompts = ["" if d else p for d, p in zip(drop.tolist(), batch["prompt"])]
+    with torch.set_grad_enabled(bool(cfg.train_text_encoder and cfg.from_scratch)):
+        emb = _encode(bb, prompts, device)
+    pred = bb.unet(bb.noise_scheduler.add_noise(lat, noise, t), t, encoder_hidden_states=emb).sample.float()
+    target = noise if bb.noise_scheduler.config.prediction_type == "epsilon" else bb.noise_scheduler.get_velocity(lat, noise, t)
+    w = latent_valid_weight(valid, bb.vae_scale_factor).expand_as(pred)
+    per = ((pred - target) ** 2 * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3)).clamp_min(1)
+    if cfg.snr_gamma:
+        per = per * min_snr_weights(bb.noise_scheduler, t, cfg.snr_gamma)
+    return per.mean()
+
+
+@torch.no_grad()
+def unet_val_loss(bb: Backbone, cfg: BackboneAdaptConfig, val_ds, device, n: int = 16) -> float:
+    """Unweighted denoising MSE on fixed val tiles, noise and timesteps (5 levels), full prompts."""
+    idx = np.linspace(0, len(val_ds) - 1, min(n, len(val_ds))).round().astype(int)
+    b = collate_tiles([val_ds[int(i)] for i in idx])
+    x, valid = b["image"].to(device), b["valid"].to(device)
+    lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist.mean.float() * bb.vae.config.scaling_factor
+    emb, g, total = _encode(bb, b["prompt"], device), torch.Generator().manual_seed(cfg.seed + 999), 0.0
+    levels = torch.linspace(50, bb.noise_scheduler.config.num_train_timesteps - 50, 5).long()
+    for t in levels:
+        noise = torch.randn(lat.shape, generator=g).to(device)
+        tt = t.repeat(len(lat)).to(device)
+        pred = bb.unet(bb.noise_scheduler.add_noise(lat, noise, tt), tt, encoder_hidden_states=emb).sample.float()
+        total += float(masked_mse(pred, noise, latent_valid_weight(valid, bb.vae_scale_factor)))
+    return total / len(levels)
+
+
+def train_unet(cfg: BackboneAdaptConfig, run_dir: Path, bb: Backbone, device) -> Backbone:
+    """Phase ``unet``: the UNet (and the tiny text encoder when ``train_text_encoder``), EMA weights kept."""
+    bb.vae.requires_grad_(False).eval()
+    train_te = bool(cfg.train_text_encoder and cfg.from_scratch)
+    bb.text_encoder.requires_grad_(train_te).train(train_te)
+    bb.unet.train()
+    for m in (bb.text_encoder, bb.unet, bb.vae):
+        m.to(device)
+    ds = TileImageDataset(cfg.dataset_dir, "train", cfg.prompt_template, augment=cfg.augment,
+                          max_tiles=cfg.max_train_tiles, seed=cfg.seed)
+    val = TileImageDataset(cfg.dataset_dir, "val", cfg.prompt_template, max_tiles=cfg.max_val_tiles, seed=cfg.seed)
+    val = val if len(val) else ds
+    modules = {"unet": bb.unet, **({"text_encoder": bb.text_encoder} if train_te else {})}
+    params = [p for m in modules.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_learning_rate, weight_decay=1e-2)
+    ema = EMA(bb.unet, cfg.ema_decay)
+    phase = _Phase("unet", run_dir, cfg, modules, opt, _warmup(cfg.lr_warmup_steps), cfg.unet_steps, ema)
+    phase.open()
+
+    def validate(step: int) -> dict[str, float]:
+        live = [p.detach().clone() for p in bb.unet.parameters()]
+        bb.unet.eval()
+        ema.copy_to(bb.unet)
+        out = {"val_loss_ema": unet_val_loss(bb, cfg, val, device)}
+        with torch.no_grad():
+            for p, v in zip(bb.unet.parameters(), live):
+                p.copy_(v)
+        bb.unet.train()
+        return out
+
+    phase.run(lambda step: unet_loss(bb, cfg, _step_batch(ds, step, cfg.unet_batch_size, cfg.seed), step, device), validate)
+    ema.copy_to(bb.unet)
+    bb.unet.eval()
+    bb.text_encoder.eval()
+    return bb
+
+
+def adapt_backbone(cfg: BackboneAdaptConfig) -> Path:
+    """Run stage 1; return ``<runs_dir>/<profile>/<run_name>`` whose ``backbone/`` is the adapted backbone."""
+    run_dir = Path(cfg.runs_dir) / cfg.profile / cfg.run_name
+    if not cfg.resume_from_checkpoint and run_dir.exists():
+        shutil.rmtree(run_dir)
+    seed_everything(cfg.seed)
+    setup = resolve_device(cfg.device, "no", channels_last=False, cpu_auto_precision="no")
+    device = torch.device("cuda" if setup.on_cuda else "cpu")
+    desc = backbone_description(TINY_TRAINED if cfg.from_scratch else ADAPTED, cfg.dataset_dir, cfg.profile,
+                                None if cfg.from_scratch else str(cfg.pretrained_model))
+    prepare_run_dir(cfg.runs_dir, cfg.profile, cfg.run_name, {**asdict(cfg), "backbone_description": desc,
+                                                               "device_resolved": str(device)})
+    t0 = time.perf_counter()
+    vae = train_vae(cfg, run_dir, device) if cfg.from_scratch else None
+    bb = train_unet(cfg, run_dir, build_stage1_backbone(cfg, vae), device)
+    bb.to("cpu")
+    out, tmp = run_dir / "backbone", run_dir / "backbone.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_backbone(bb, tmp, description=desc)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    summary = {"backbone": bb.kind, "backbone_description": desc, "wall_s": time.perf_counter() - t0,
+               "vae_factor": bb.vae_scale_factor, "vae_scaling_factor": float(bb.vae.config.scaling_factor),
+               "unet_params_M": sum(p.numel() for p in bb.unet.parameters()) / 1e6,
+               "vae_params_M": sum(p.numel() for p in bb.vae.parameters()) / 1e6}
+    if cfg.from_scratch:
+        summary["vae_val"] = vae_reconstruction_scores(bb.vae, cfg.dataset_dir, "val", max_tiles=cfg.max_val_tiles)
+    save_yaml(summary, run_dir / "summary.yaml")
+    return run_dir
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BackboneAdaptConfig:
+    return BackboneAdaptConfig.from_command_line(
+        argv, "python -m stsynth_lib.controlnet.adapt", "Stage 1: adapt (or, tiny, train from scratch) the diffusion "
+        "backbone on a stsynth tile store's training images.", str_keys=("dataset_dir", "runs_dir", "profile",
+                                                                           "run_name", "pretrained_model", "prompt_template"))
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    return train_from_command_line(parse_args, adapt_backbone, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
