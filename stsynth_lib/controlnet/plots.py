@@ -12,8 +12,10 @@ import pandas as pd
 def _title_suffix(run_dir: Path) -> str:
     import yaml
 
+    from stsynth_lib.report_format import backbone_label
+
     p = yaml.safe_load((run_dir / "params.yaml").read_text())
-    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{p.get('backbone_name')}]"
+    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{backbone_label(p)}]"
 
 
 def plot_training(run_dir: str | os.PathLike):
