@@ -177,7 +177,7 @@ print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_d
 # Building F1 pools the pixels of all tiles; `real_future` is the segmenter on the real future images (upper bound).
 
 # %%
-display(E.results_table(res.summary))
+display(E.results_table(res.summary, labels=res.labels))  # the ControlNet's row names its backbone
 for line in E.persistence_verdict(res.summary):
     display(Markdown(f"* {line}"))
 
@@ -192,7 +192,8 @@ for line in E.persistence_verdict(res.summary):
 summary_json = json.loads((eval_dir / "summary.json").read_text())
 paired = pd.DataFrame(summary_json["paired_vs_persistence"])
 print(f"The intervals resample {summary_json['paired_resamples']}.")
-display(E.paired_table(paired[paired["metric"].isin(["l1", "psnr", "ssim", "lpips"])]) if len(paired) else paired)
+display(E.paired_table(paired[paired["metric"].isin(["l1", "psnr", "ssim", "lpips"])], labels=res.labels)
+        if len(paired) else paired)
 
 # %% [markdown]
 # ### Paired with the strongest simple baseline
@@ -216,7 +217,7 @@ else:
     display(Markdown("> **Note:** this run scores the validation split, where the bar is chosen: the comparison is "
                      "shown but not recorded as a result."))
 if len(vs_best):
-    display(E.paired_table(vs_best))
+    display(E.paired_table(vs_best, labels=res.labels))
 else:
     display(Markdown(f"> **Note:** no model predictions to compare with {strongest}."))
 
@@ -229,7 +230,7 @@ else:
 # %%
 change_cols = [m for m in E.CHANGE_METRICS if m in set(res.summary["metric"])]
 if change_cols:
-    display(E.results_table(res.summary, change_cols))
+    display(E.results_table(res.summary, change_cols, labels=res.labels))
 else:
     display(Markdown("> **Note:** no building labels in this split: change-aware scores need the footprints of t0 and t1."))
 
@@ -241,7 +242,7 @@ else:
 # %%
 if segmenter is not None and data.has_mask.any():
     display(E.results_table(res.summary, ("f1_micro", "f1", "iou", "precision", "recall", "f1_new_micro", "recall_new",
-                                          "f1_drawn_micro", "recall_drawn")))
+                                          "f1_drawn_micro", "recall_drawn"), labels=res.labels))
 else:
     display(Markdown("> **Note: building F1 skipped** -- no labelled test tiles or no segmenter for this dataset."))
 
@@ -259,7 +260,7 @@ else:
 new_metrics = ["f1_drawn_micro", "f1_new_micro", "l1_new", "psnr_new", "ssim_new", "lpips_new", "f1_micro", "l1_unchanged"]
 new_rows = paired[paired["metric"].isin(new_metrics)] if len(paired) else paired
 if len(new_rows):
-    display(E.paired_table(new_rows))
+    display(E.paired_table(new_rows, labels=res.labels))
 else:
     display(Markdown("> **Note:** no new-building scores: this split has no building labels (or no segmenter)."))
 

@@ -133,3 +133,45 @@ def format_interval(lo: float | None, hi: float | None, n_units: int | None = No
         return f"n/a ({plural(n_units, unit)})" if n_units is not None else "n/a"
     sign = "+" if signed else ""
     return f"[{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
+# ------------------------------------------------------------------------------------- which backbone a row used
+CONTROLNET = "ControlNet"
+CONTROLNET_NOT_RECORDED = f"{CONTROLNET} [backbone not recorded]"
+_BACKBONE_KINDS = {"tiny-random": "tiny random backbone"}
+
+
+def backbone_label(params: Mapping[str, Any]) -> str:
+    """What produced a ControlNet run's images, from its ``params.yaml``: ``backbone_description`` when present (a
+    sentence such as "tiny, trained from scratch on sn7_real_128 train split"), else from ``backbone`` (the kind)
+    and ``backbone_name``: "tiny random backbone", the pretrained model's name, or "<kind> backbone: <name>"."""
+    desc = str(params.get("backbone_description") or "").strip()
+    if desc:
+        return desc
+    kind, name = str(params.get("backbone") or "").strip(), str(params.get("backbone_name") or "").strip()
+    if kind in _BACKBONE_KINDS:
+        return _BACKBONE_KINDS[kind]
+    if kind == "pretrained":
+        return name or "pretrained backbone"
+    if kind:
+        return f"{kind} backbone" + (f": {name}" if name and name != kind else "")
+    return name or "backbone not recorded"
+
+
+def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False) -> str:
+    """``"ControlNet [tiny random backbone]"``; ``prompt_only``: the backbone's images from the prompt alone."""
+    return f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} [{backbone_label(params)}]"
+
+
+def is_controlnet(model: str) -> bool:
+    """A results row of a ControlNet, by its name (``controlnet``, ``controlnet_sd15``, ...)."""
+    return "controlnet" in str(model).lower()
+
+
+def model_display_name(model: str, labels: Mapping[str, str] | None = None) -> str:
+    """The name a table or figure shows for ``model``: its recorded label, ``"ControlNet [backbone not recorded]"``
+    for a ControlNet without one (results written before labels were recorded), else the model's own name."""
+    label = (labels or {}).get(model)
+    if label:
+        return str(label)
+    return CONTROLNET_NOT_RECORDED if is_controlnet(model) else str(model)

@@ -10,7 +10,11 @@ safety checker: generated satellite tiles never go through one.
 
 :func:`generate_split` writes the images of a split with
 ``stsynth_lib.predictions.save_predictions`` (GeoTIFF with the input tile's CRS
-and geotransform + PNG + index.csv).
+and geotransform + PNG + index.csv): sample 0 of each pair in the predictions
+folder itself (what chapter 6 scores), further samples of the same pairs
+(``num_samples_per_pair > 1``) in ``<folder>/samples/sample-<k>/``, seeded by
+:func:`sample_seed`. ``prompt_only=True`` samples the bare backbone from the
+prompt alone (no ControlNet) on the same pairs and seeds.
 """
 
 from __future__ import annotations
@@ -31,6 +35,19 @@ from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial
 )
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
+SAMPLE_SEED_STRIDE = 1_000_003  # a prime larger than any pair id: sample k of one pair never reuses another's seed
+
+
+def sample_seed(seed: int, pair_id: int, k: int = 0) -> int:
+    """The noise seed of sample ``k`` of pair ``pair_id``: ``seed + pair_id + k * 1_000_003`` (sample 0:
+    ``seed + pair_id``, the seed generation always used)."""
+    return int(seed) + int(pair_id) + int(k) * SAMPLE_SEED_STRIDE
+
+
+def sample_dir(out_dir: str | os.PathLike, k: int) -> Path:
+    """Where sample ``k`` of every pair is written: the predictions folder itself for sample 0,
+    ``<out_dir>/samples/sample-<k>/`` for the others."""
+    return Path(out_dir) if k == 0 else Path(out_dir) / "samples" / f"sample-{k}"
 
 
 def make_scheduler(name: str, base_config: Any):
@@ -83,7 +100,9 @@ def sample_images(
     """Denoise from seeded noise to images ``(B, 3, H, W)`` in [-1, 1] (float32, on CPU).
 
     ``cond`` is the ``(B, C, H, W)`` conditioning in [0, 1]; ``guidance_scale``
-    > 1 enables classifier-free guidance against the empty prompt.
+    > 1 enables classifier-free guidance against the empty prompt. ``controlnet=None``
+    denoises with the bare backbone UNet from the prompt alone (no control residuals;
+    ``cond`` then only gives the batch size, image size and device).
     """
     device = cond.device
     dtype = weight_dtype or next(backbone.unet.parameters()).dtype
@@ -106,10 +125,13 @@ def sample_images(
     for t in scheduler.timesteps:
         x = torch.cat([latents] * 2) if do_cfg else latents
         x = scheduler.scale_model_input(x, t).to(dtype)
-        down, mid = controlnet(x, t, encoder_hidden_states=emb, controlnet_cond=cond,
-                               conditioning_scale=controlnet_conditioning_scale, return_dict=False)
-        eps = backbone.unet(x, t, encoder_hidden_states=emb, down_block_additional_residuals=[d.to(dtype) for d in down],
-                            mid_block_additional_residual=mid.to(dtype), return_dict=False)[0].float()
+        extra = {}
+        if controlnet is not None:
+            down, mid = controlnet(x, t, encoder_hidden_states=emb, controlnet_cond=cond,
+                                   conditioning_scale=controlnet_conditioning_scale, return_dict=False)
+            extra = dict(down_block_additional_residuals=[d.to(dtype) for d in down],
+                         mid_block_additional_residual=mid.to(dtype))
+        eps = backbone.unet(x, t, encoder_hidden_states=emb, return_dict=False, **extra)[0].float()
         if do_cfg:
             e_u, e_c = eps.chunk(2)
             eps = e_u + guidance_scale * (e_c - e_u)
@@ -167,20 +189,30 @@ def generate_split(
     device: str = "auto",
     write_png: bool = True,
     progress: bool = True,
+    num_samples_per_pair: int = 1,
+    prompt_only: bool = False,
 ) -> Path:
     """Generate the future image of every pair of ``split`` and save them as predictions.
 
     Prompts and conditioning use the run's own training options (template,
-    gap plane), so generation sees exactly what training saw. Sample ``i``
-    uses the seed ``seed + pair_id``. Returns the predictions folder
-    (default ``<run_dir>/predictions/<split>``), which is cleared first.
+    gap plane), so generation sees exactly what training saw. Sample ``k`` of
+    pair ``i`` uses the seed :func:`sample_seed` ``= seed + i + k * 1_000_003``;
+    sample 0 (seed ``seed + pair_id``) is written in the predictions folder itself,
+    samples ``k >= 1`` in ``<folder>/samples/sample-<k>/`` (same format), see
+    :func:`sample_dir`. ``prompt_only`` samples the bare backbone from the prompt
+    alone (no ControlNet; same pairs, prompts, seeds and scheduler), by default into
+    ``<run_dir>/predictions_prompt_only/<split>`` so the ControlNet's images stay.
+    Returns the predictions folder (default ``<run_dir>/predictions/<split>``),
+    which is cleared first, its ``samples/`` included.
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.predictions import clear_predictions, save_predictions
+    from stsynth_lib.predictions import save_predictions
 
+    if int(num_samples_per_pair) < 1:
+        raise ValueError(f"num_samples_per_pair must be >= 1, got {num_samples_per_pair}")
     run_dir = Path(run_dir)
     backbone, controlnet, params = load_trained(run_dir, device)
     dev = next(controlnet.parameters()).device
@@ -188,25 +220,53 @@ def generate_split(
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
     _check_size(ds.tile_size_px, params)
+    _warn_other_dataset(dataset_dir, params)
+    default = run_dir / ("predictions_prompt_only" if prompt_only else "predictions") / split
+    out = Path(out_dir) if out_dir else default
+    _clear_with_samples(out)
+    sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
+    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    what = "prompt only" if prompt_only else scheduler
+    for batch in tqdm(dl, desc=f"generate {split} ({what}, {num_inference_steps} steps)", disable=not progress):
+        b = resize_batch(batch, params["resolution_px"])
+        cond = batch_conditioning(b, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"]).to(dev)
+        prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
+        for k in range(int(num_samples_per_pair)):
+            seeds = [sample_seed(seed, p, k) for p in batch["pair_id"]]
+            imgs = sample_images(backbone, None if prompt_only else controlnet, cond, prompts, sched,
+                                 num_inference_steps, guidance_scale, seeds, controlnet_conditioning_scale)
+            imgs = resize_spatial(imgs, ds.tile_size_px)  # back onto the tile's pixel grid
+            save_predictions(sample_dir(out, k), imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"],
+                             batch["crs"], write_png)
+    return out
+
+
+def sample_dirs(pred_dir: str | os.PathLike) -> list[Path]:
+    """The folders of every sample of a predictions folder, sample 0 first: ``[pred_dir, samples/sample-1, ...]``
+    (those with an index.csv, in the order of k)."""
+    pred_dir = Path(pred_dir)
+    extra = [d for d in (pred_dir / "samples").glob("sample-*") if (d / "index.csv").is_file()
+             and d.name.split("-", 1)[1].isdigit()]
+    return [pred_dir] + sorted(extra, key=lambda d: int(d.name.split("-", 1)[1]))
+
+
+def _clear_with_samples(out: Path) -> None:
+    """Clear a predictions folder and the folders of its extra samples (so no old sample outlives a new run)."""
+    from stsynth_lib.predictions import clear_predictions
+
+    clear_predictions(out)
+    for d in sorted((out / "samples").glob("sample-*")) if (out / "samples").is_dir() else []:
+        clear_predictions(d)
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def _warn_other_dataset(dataset_dir, params: dict) -> None:
     if Path(dataset_dir).resolve() != Path(params["dataset_dir"]).resolve():
         import warnings
 
         warnings.warn(f"generating on {dataset_dir} with a ControlNet trained on {params['dataset_dir']}: "
-                      "the evaluation compares like with like only when both are the same dataset", stacklevel=2)
-    out = Path(out_dir) if out_dir else run_dir / "predictions" / split
-    clear_predictions(out)
-    sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    for batch in tqdm(dl, desc=f"generate {split} ({scheduler}, {num_inference_steps} steps)", disable=not progress):
-        b = resize_batch(batch, params["resolution_px"])
-        cond = batch_conditioning(b, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"]).to(dev)
-        prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
-        seeds = [seed + int(p) for p in batch["pair_id"]]
-        imgs = sample_images(backbone, controlnet, cond, prompts, sched, num_inference_steps, guidance_scale,
-                             seeds, controlnet_conditioning_scale)
-        imgs = resize_spatial(imgs, ds.tile_size_px)  # back onto the tile's pixel grid
-        save_predictions(out, imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"], batch["crs"], write_png)
-    return out
+                      "the evaluation compares like with like only when both are the same dataset", stacklevel=3)
 
 
 def _check_size(tile_px: int, params: dict) -> None:

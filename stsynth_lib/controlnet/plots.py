@@ -12,8 +12,10 @@ import pandas as pd
 def _title_suffix(run_dir: Path) -> str:
     import yaml
 
+    from stsynth_lib.report_format import backbone_label
+
     p = yaml.safe_load((run_dir / "params.yaml").read_text())
-    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{p.get('backbone_name')}]"
+    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{backbone_label(p)}]"
 
 
 def plot_training(run_dir: str | os.PathLike):
@@ -112,4 +114,47 @@ def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         axes[r][0].text(-2, 0, f"{s['aoi'][:14]}\n+{int(s['gap_months'])} mo", fontsize=7, ha="right", va="top")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def show_sample_spread(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike, split: str = "test",
+                       n_pairs: int = 3, title: str = ""):
+    """Several samples of the same pairs (``generate_split(..., num_samples_per_pair=K)``), one row per pair:
+    past | truth | sample 0 .. K-1 | per-pixel standard deviation over the K samples (mean over the bands, in
+    grey levels 0-255; where the samples agree, the model is sure). Pairs every sample holds, evenly spread."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.controlnet.generate import sample_dirs
+    from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
+    from stsynth_lib.predictions import load_predictions
+
+    samples = [load_predictions(d) for d in sample_dirs(pred_dir)]
+    common = sorted(set.intersection(*(set(s) for s in samples)))
+    if not common:
+        raise ValueError(f"{pred_dir}: no pair is in every sample folder")
+    ids = common[:: max(1, len(common) // n_pairs)][:n_pairs]
+    ds = PairedTileDataset(dataset_dir, split)
+    rows = ds.pairs.reset_index().set_index("pair_id")["index"]
+    k = len(samples)
+    fig, axes = plt.subplots(len(ids), k + 3, figsize=(2.1 * (k + 3) + 0.6, 2.2 * len(ids) + 0.6), squeeze=False)
+    stds = [np.stack([s[pid].astype(np.float64) for s in samples]).std(0).mean(0) for pid in ids]
+    vmax = max(1.0, max(float(sd.max()) for sd in stds))
+    for r, pid in enumerate(ids):
+        s = ds[int(rows[pid])]
+        panels = [(to_uint8(s["past"][:3]).transpose(1, 2, 0), "past"),
+                  (to_uint8(s["future"][:3]).transpose(1, 2, 0), "truth")]
+        panels += [(smp[pid][:3].transpose(1, 2, 0), f"sample {j}") for j, smp in enumerate(samples)]
+        for ax, (img, t) in zip(axes[r], panels):
+            ax.imshow(img)
+            ax.set_title(t if r == 0 else "", fontsize=9)
+            ax.axis("off")
+        im = axes[r][-1].imshow(stds[r], cmap="viridis", vmin=0, vmax=vmax)
+        axes[r][-1].set_title(f"std over {k} samples" if r == 0 else "", fontsize=9)
+        axes[r][-1].axis("off")
+        axes[r][0].text(-2, 0, f"pair {pid}\n{s['aoi'][:14]}\n+{int(s['gap_months'])} mo", fontsize=7, ha="right",
+                        va="top")
+    fig.tight_layout(rect=(0, 0, 0.93, 0.95))
+    cax = fig.add_axes([0.94, 0.15, 0.015, 0.7])
+    fig.colorbar(im, cax=cax, label="per-pixel std (grey levels)")
+    fig.suptitle(title or f"{k} samples per pair ({Path(pred_dir).name}): past | truth | samples | spread", fontsize=10)
     return fig

@@ -18,6 +18,9 @@ Entry points
   persistence on what.
 * :func:`gallery` / :func:`plot_metric_vs_gap` -- best / median / worst tiles, metric vs time gap.
 * :func:`fid_report` -- FID and KID per model, per gap bucket, and of persistence (notebook 07).
+* :func:`model_labels` -- the name tables show for each model: a ControlNet's row names its backbone
+  ("ControlNet [tiny random backbone]"), read from the run's params.yaml and recorded in summary.json
+  (``model_labels``); pass ``labels=res.labels`` to :func:`results_table` / :func:`paired_table`.
 
 All images are compared in [0, 1] (``uint8 / 255``, ``data_range = 1``) over valid pixels
 (``past_valid * future_valid``); LPIPS gets the same images in [-1, 1].
@@ -35,6 +38,7 @@ from stsynth_lib.evaluate.data import (  # noqa: F401
     gap_bucket,
     gap_bucket_order,
     load_split,
+    model_labels,
 )
 from stsynth_lib.evaluate.report import (  # noqa: F401
     fid_report,

@@ -158,6 +158,7 @@ class EvalResult:
     seg_masks: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
     out_dir: Path | None = None
     lpips_weights: str | None = None  # the LPIPS weights' description (None: LPIPS not computed)
+    labels: dict[str, str] = field(default_factory=dict)  # model -> the name tables show (ControlNet: its backbone)
 
 
 def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[np.ndarray, np.ndarray]:
@@ -227,4 +228,29 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
             notes.append(f"{name}: {folder} holds no prediction for the {len(data)} {split} pairs scored here; left out.")
             continue
         out[name] = (arr, ok)
+    return out
+
+
+def model_labels(runs) -> dict[str, str]:
+    """``{model: label}`` for every ControlNet of ``runs`` ({name: predictions folder}): which backbone produced its
+    images, read from the run folder's ``params.yaml`` (``<run>/predictions/<split>`` -> ``<run>/params.yaml``;
+    :func:`stsynth_lib.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
+    ``predictions_prompt_only``) are labelled as the backbone alone; a ControlNet-named model without a readable
+    params.yaml gets "ControlNet [backbone not recorded]". Other models get no label (tables show their name)."""
+    import yaml
+
+    from stsynth_lib.report_format import CONTROLNET_NOT_RECORDED, controlnet_label, is_controlnet
+
+    out: dict[str, str] = {}
+    for name, folder in (runs or {}).items():
+        params = None
+        if folder is not None and (Path(folder).parent.parent / "params.yaml").is_file():
+            try:
+                params = yaml.safe_load((Path(folder).parent.parent / "params.yaml").read_text())
+            except yaml.YAMLError:
+                params = None
+        if isinstance(params, dict) and (params.get("model") == "controlnet" or "backbone_name" in params):
+            out[name] = controlnet_label(params, prompt_only=Path(folder).parent.name == "predictions_prompt_only")
+        elif is_controlnet(name):
+            out[name] = CONTROLNET_NOT_RECORDED
     return out

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import numpy as np
 
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
-from stsynth_lib.report_format import plural
+from stsynth_lib.report_format import model_display_name, plural
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -53,7 +54,8 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
-    cols = ["past (= persistence)"] + (["future footprints"] if labelled else []) + ["truth (future)"] + names
+    shown = [textwrap.fill(model_display_name(m, res.labels), 24) if res.labels else m for m in names]
+    cols = ["past (= persistence)"] + (["future footprints"] if labelled else []) + ["truth (future)"] + shown
     fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.4 * len(idx) + 0.5), squeeze=False)
     for r, i in enumerate(idx):
         new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)

@@ -20,6 +20,7 @@ from stsynth_lib.evaluate.data import (
     gap_bucket,
     gap_bucket_order,
     load_split,
+    model_labels,
 )
 from stsynth_lib.evaluate.stats import (
     paired_table,
@@ -28,6 +29,7 @@ from stsynth_lib.evaluate.stats import (
     results_table,
     summarise,
 )
+from stsynth_lib.report_format import model_display_name
 
 
 def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None,
@@ -41,7 +43,8 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "per_tile.csv", res.per_tile.to_csv(index=False))
     atomic_write_text(out / "summary.csv", res.summary.to_csv(index=False))
-    table = results_table(res.summary)
+    labels = dict(res.labels or {})
+    table = results_table(res.summary, labels=labels)
     verdict = persistence_verdict(res.summary)
     by_block = "cluster" in res.per_tile and bool(res.per_tile["cluster"].astype(str).str.contains("/block-").any())
     unit = resample_unit or ("whole blocks (the dataset is split by blocks)" if by_block else "whole areas (AOIs)")
@@ -57,6 +60,7 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
         "summary": json.loads(res.summary.to_json(orient="records")),
         "paired_vs_persistence": json.loads(paired.to_json(orient="records")),
         "paired_resamples": unit,
+        "model_labels": labels,  # the name tables show for a model (a ControlNet: which backbone produced it)
     }
     atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
     text = (header.rstrip() + "\n\n" if header else "") + _md(table) + "\n\n"
@@ -65,9 +69,9 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     if change:
         text += ("\nChange-aware pixel scores (labelled pairs only): new-building pixels (built at t1, not at t0), "
                  "changed pixels (footprint differs) and unchanged pixels:\n\n"
-                 + _md(results_table(res.summary, change)) + "\n")
+                 + _md(results_table(res.summary, change, labels=labels)) + "\n")
     if len(paired):
-        pt = paired_table(paired).set_index("model")
+        pt = paired_table(paired, labels=labels).set_index("model")
         text += (f"\nPaired with persistence on the same pairs, 95 % interval from resampling {unit}:\n\n"
                  + _md(pt) + "\n")
     atomic_write_text(out / "results.md", text)
@@ -146,6 +150,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
     picks = [("best", df.iloc[0]), ("median", df.iloc[len(df) // 2]), ("worst", df.iloc[-1])]
     index = {int(p): i for i, p in enumerate(res.data.pair_ids)}
     cal = res.calibrated.get("lpips", True) if metric in LPIPS_METRICS else True
+    shown = model_display_name(model, res.labels) if res.labels else model
     fig, axes = plt.subplots(3, 5, figsize=(12, 7.6))
     for r, (tag, row) in enumerate(picks):
         i = index[int(row["pair_id"])]
@@ -156,7 +161,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
         err = np.ma.masked_where(invalid, err)
         panels = [(rgb_image(res.data.past[i]), "past"),
                   (res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels"),
-                  (rgb_image(pred), model), (rgb_image(truth), "truth"), (err, "|error| (invalid masked)")]
+                  (rgb_image(pred), shown), (rgb_image(truth), "truth"), (err, "|error| (invalid masked)")]
         for c, (img, t) in enumerate(panels):
             ax = axes[r, c]
             if c == 4:
@@ -169,15 +174,19 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
                 ax.set_title(t, fontsize=9)
         axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
     fig.colorbar(im, ax=axes[:, 4], fraction=0.05)
-    fig.suptitle(title or f"{model}: best / median / worst tiles by {P.label(METRICS[metric][1], cal)}", fontsize=11)
+    fig.suptitle(title or f"{shown}: best / median / worst tiles by {P.label(METRICS[metric][1], cal)}", fontsize=11)
     return fig
 
 
-def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None):
-    """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence."""
+def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None,
+                       labels: Mapping[str, str] | None = None):
+    """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence (named by
+    ``labels``, default an EvalResult's own)."""
     import matplotlib.pyplot as plt
 
     per_tile = res_or_per_tile.per_tile if isinstance(res_or_per_tile, EvalResult) else res_or_per_tile
+    if labels is None and isinstance(res_or_per_tile, EvalResult) and res_or_per_tile.labels:
+        labels = res_or_per_tile.labels
     if calibrated is None:
         calibrated = bool(per_tile["lpips_calibrated"].iloc[0]) if metric in LPIPS_METRICS and "lpips_calibrated" in per_tile else True
     s = summarise(per_tile, n_boot=n_boot, seed=seed, by="gap_bucket", calibrated={"lpips": calibrated})
@@ -189,7 +198,7 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
         g = g.set_index("gap_bucket").reindex(order)
         x = np.arange(len(order))
         style = dict(ls="--", color="k") if model == PERSISTENCE else {}
-        ax.plot(x, g["mean"], marker="o", label=model, **style)
+        ax.plot(x, g["mean"], marker="o", label=model if labels is None else model_display_name(model, labels), **style)
         ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color=style.get("color"))
     ax.set_xticks(np.arange(len(order)), order)
     ax.set_xlabel("time gap t1 - t0 (months)")
@@ -258,6 +267,9 @@ def fid_report(
             rows.append({"model": name, "gap_bucket": bucket, "n": n, "fid": P.fid_from_features(f[sel], real[sel]),
                          "kid": kid, "kid_std": kid_std, "calibrated": feat.calibrated, "weights": feat.source})
     table = pd.DataFrame(rows)
+    labels = model_labels(runs)
+    if len(table) and labels:  # the name the FID table shows (a ControlNet: which backbone produced it)
+        table["label"] = [model_display_name(m, labels) for m in table["model"]]
     if len(real) < 2048:
         notes.append(f"n = {len(real)} < 2048 (the feature dimension): FID is biased upwards at this size and only comparable "
                      "between rows with the same n; KID (unbiased) is the headline.")
@@ -268,14 +280,16 @@ def fid_report(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "fid.csv", table.to_csv(index=False))
         atomic_write_text(out / "fid.json", json.dumps({"dataset_dir": str(dataset_dir), "split": split, "calibrated": feat.calibrated,
-                                                         "weights": feat.source, "notes": notes, "rows": json.loads(table.to_json(orient="records"))}, indent=2))
+                                                         "weights": feat.source, "notes": notes, "model_labels": labels,
+                                                         "rows": json.loads(table.to_json(orient="records"))}, indent=2))
     return table, notes, feat.calibrated
 
 
 def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
     """FID/KID table for the book: one row per (model, time-gap bucket), three narrow columns (KID x1000 as
     mean ± std, FID, n), headers labelled 'uncalibrated' when so. Long rather than wide, so the page never cuts it
-    off; the Inception weights are printed next to it (``table["weights"]``)."""
+    off; the Inception weights are printed next to it (``table["weights"]``). Models are named by the table's
+    ``label`` column where :func:`fid_report` wrote one (a ControlNet: "ControlNet [<backbone>]")."""
     order = [b for b in ["all"] + gap_bucket_order() if b in set(table["gap_bucket"])]
     order += [b for b in table["gap_bucket"].unique() if b not in order]
     t = table.copy()
@@ -285,7 +299,7 @@ def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
     kid = P.label("KID x1000", calibrated) + " ↓"
     fid = P.label("FID", calibrated) + " ↓"
     out = pd.DataFrame({
-        "model": t["model"].to_numpy(),
+        "model": (t["label"].fillna(t["model"]) if "label" in t else t["model"]).to_numpy(),
         "time gap (months)": t["gap_bucket"].astype(str).to_numpy(),
         kid: [f"{k * 1000:.2f} ± {s * 1000:.2f}" for k, s in zip(t["kid"], t["kid_std"])],
         fid: [f"{v:.2f}" for v in t["fid"]],

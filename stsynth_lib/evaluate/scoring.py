@@ -21,6 +21,7 @@ from stsynth_lib.evaluate.data import (
     _same_persistence,
     gap_bucket,
     load_split,
+    model_labels,
 )
 from stsynth_lib.evaluate.report import save_results
 from stsynth_lib.evaluate.stats import summarise
@@ -152,6 +153,7 @@ def evaluate_models(
     res = score_split(data, preds, have, notes=notes, segmenter=segmenter, lpips_net=lpips_net,
                       allow_uncalibrated=allow_uncalibrated, compute_lpips=compute_lpips, device=device, n_boot=n_boot,
                       psnr_cap_db=psnr_cap_db, seed=seed, split=split, progress=progress)
+    res.labels = model_labels(runs)
     if out_dir is not None:
         meta = {"dataset_dir": str(dataset_dir), "split": split, "lpips_net": lpips_net,
                 "lpips_weights": res.lpips_weights, "runs": {k: str(v) for k, v in (runs or {}).items()},

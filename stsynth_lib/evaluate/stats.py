@@ -11,6 +11,7 @@ import pandas as pd
 from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
+from stsynth_lib.report_format import model_display_name
 
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
              "f1_drawn_micro": ("tp_drawn", "fp_drawn", "fn_drawn")}
@@ -51,8 +52,10 @@ def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr
 
 
 def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro"),
-                  digits: int = 3) -> pd.DataFrame:
-    """Wide table, models x metrics, cells 'mean [lo, hi]'; LPIPS headers say 'uncalibrated' when they are."""
+                  digits: int = 3, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Wide table, models x metrics, cells 'mean [lo, hi]'; LPIPS headers say 'uncalibrated' when they are.
+    ``labels`` (``EvalResult.labels`` / summary.json ``model_labels``) renames the rows, e.g. the ControlNet's row
+    to "ControlNet [tiny random backbone]" (:func:`stsynth_lib.report_format.model_display_name`)."""
     metrics = [m for m in metrics if m in set(summary["metric"])]
     order = [m for m in [PERSISTENCE] + [x for x in summary["model"].unique() if x not in (PERSISTENCE, UPPER_BOUND)] + [UPPER_BOUND]
              if m in set(summary["model"])]
@@ -72,6 +75,8 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
         table[header] = col
     ns = summary.groupby("model")["n"].max()
     table["tiles"] = [int(ns.get(m, 0)) for m in order]
+    if labels is not None:
+        table.index = [model_display_name(m, labels) for m in order]
     table.index.name = "model"
     return table
 
@@ -216,13 +221,15 @@ def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.n
             "areas_better": int(np.nansum(good(per_cluster))), "n_areas": k, "n_pairs": n_pairs}
 
 
-def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None) -> pd.DataFrame:
+def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None,
+                 labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Wide, readable form of :func:`paired_vs_persistence` / :func:`paired_vs_baseline` for the book.
 
     Accepts the rows as computed or as read back from ``summary.json`` (NaN as null). With one resampled unit there
     is no interval: the cell says "n/a (1 area)" or "n/a (1 block)" instead of printing ``nan``
     (:func:`stsynth_lib.report_format.format_interval`). ``unit`` ("area" / "block") overrides the rows' own
-    ``unit`` column (rows written before it existed count areas)."""
+    ``unit`` column (rows written before it existed count areas). ``labels`` renames the models as
+    :func:`results_table` does."""
     from stsynth_lib.report_format import format_interval, plural
 
     out = []
@@ -236,7 +243,7 @@ def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None)
         n = int(r["n_areas"])
         row_unit = unit or (r["unit"] if isinstance(r.get("unit"), str) else "area")
         interval = format_interval(lo, hi, n, row_unit, digits)
-        out.append({"model": r["model"], "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
+        out.append({"model": r["model"] if labels is None else model_display_name(r["model"], labels), "metric": name + (" ↑" if METRICS[r["metric"]][0] else " ↓"),
                     f"model − {base}": f"{float(r['mean_diff']):+.{digits}f}",
                     "95% interval": interval,
                     "model better in": f"{int(r['areas_better'])} of {plural(n, row_unit)}",

@@ -20,6 +20,7 @@ from stsynth_lib.publish.stamp import (
     read_nb,
     read_stamp,
 )
+from stsynth_lib.report_format import model_display_name
 
 README_START = "<!-- results-table:start -->"
 README_END = "<!-- results-table:end -->"
@@ -73,6 +74,12 @@ def _model_order(summary: dict) -> list[str]:
     return [m for m in order if m in present] + [m for m in present if m not in order]
 
 
+def model_name(summary: dict, model: str) -> str:
+    """The name a results row shows: summary.json's ``model_labels`` entry (chapter 6 records which backbone a
+    ControlNet used), "ControlNet [backbone not recorded]" for a ControlNet of an older summary, else the name."""
+    return model_display_name(model, summary.get("model_labels"))
+
+
 def lpips_calibrated(summary: dict) -> bool:
     rows = [r for r in summary.get("summary", []) if r["metric"] == "lpips"]
     cal = summary.get("calibrated", {})
@@ -93,7 +100,7 @@ def results_table(summary: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in _model_order(summary):
         ns = {rows[(m, k)]["n"] for k, *_ in labels if (m, k) in rows}
-        cells = [m, "/".join(str(n) for n in sorted(ns)) or "n/a"]
+        cells = [model_name(summary, m), "/".join(str(n) for n in sorted(ns)) or "n/a"]
         for k, _, d, _ in labels:
             r = rows.get((m, k))
             if r is None or _missing(r.get("mean")):
@@ -134,7 +141,7 @@ def strongest_baseline_section(summary: dict) -> str:
     cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + [f"{_units(rows)}s better (PSNR)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for m in models:
-        cells = [m]
+        cells = [model_name(summary, m)]
         for k, _, d, _ in STRONGEST_METRICS:
             cells.append(_delta_cell(by.get((m, k)), d, verdict=True))
         p = by.get((m, "psnr"))
