@@ -37,18 +37,27 @@
 # Both are exactly 0 at step 0 (zero convolutions). A ControlNet that learns a generic correction but ignores its
 # condition shows a positive `control_gain` and a `cond_gain` near 0.
 #
-# **Backbone.** `pretrained_model` names a Stable Diffusion 1.x (a Hugging Face id, by default
-# `stable-diffusion-v1-5/stable-diffusion-v1-5`, or a local folder). The `smoke` and `sn7_real_128` profiles use
-# `tiny-random`: a tiny Stable Diffusion (UNet, VAE, CLIP text encoder) with **random weights** and the **real CLIP
-# tokenizer**, so the chapter runs on a CPU in minutes. Its images are noise-like by construction: they test the
-# plumbing (shapes, conditioning, checkpoints, georeferenced outputs) and the speed, not the method. Every figure
-# and `params.yaml` says `tiny-random` when that is the case.
+# **Two stages.** A ControlNet can only steer a backbone that already draws the kind of image it is asked for.
+# DiffusionSat (Khanna et al. 2024) therefore first fine-tunes Stable Diffusion on satellite images with metadata
+# prompts, and only then adds the conditioning; this chapter does the same:
+#
+# 1. **Stage 1, the backbone** (`stsynth_lib.controlnet.adapt`, loop of diffusers' `train_text_to_image` example:
+#    min-SNR weighting, EMA, prompt dropout). With `pretrained_model` = a Stable Diffusion 1.x (hub id or folder)
+#    and `adapt_pretrained = True`, it fine-tunes SD's UNet on the training split's images. Offline there is no SD
+#    to adapt, so `pretrained_model = "tiny-from-scratch"` **trains a tiny backbone from scratch** on the training
+#    split: first a small VAE (factor 4; its reconstruction PSNR bounds every later number), then the UNet with a
+#    2-layer CLIP text encoder and the real CLIP tokenizer. The result is a normal diffusers folder.
+# 2. **Stage 2, the ControlNet**, beside that backbone, frozen.
+#
+# Every table and figure names the backbone that produced it ("tiny, trained from scratch on ... train split", or
+# the hub id); the tiny model is never presented as Stable Diffusion. `pretrained_model = "tiny-random"` skips stage
+# 1 and keeps an untrained tiny backbone: it tests the plumbing only, and its images are noise by construction.
 #
 # ## Prerequisites
 # | | |
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); for a real backbone, Stable Diffusion 1.5 weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
-# | Outputs | `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
+# | Outputs | stage 1: `runs/<profile>/backbone/` (`vae/` and `unet/` logs and checkpoints, `backbone/` the diffusers folder, `summary.yaml`); stage 2: `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
 # | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not for the tiny backbone. SD 1.5 at 512 px: one GPU with >= 16 GB (bf16, gradient checkpointing; 8-bit Adam when bitsandbytes is installed). Several GPUs: `accelerate launch -m stsynth_lib.controlnet.train --params params/<profile>/common.yaml --params params/<profile>/05_controlnet.yaml` |
 # | Offline | a missing backbone stops with the id and the fix: `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir /path/to/local/sd15` on a connected machine, then `pretrained_model: /path/to/local/sd15` |
@@ -89,7 +98,9 @@ runs_dir = "runs"
 seed = 0
 device = "auto"                    # auto | cpu | cuda
 # backbone
-pretrained_model = "tiny-random"   # tiny-random | stable-diffusion-v1-5/stable-diffusion-v1-5 | /path/to/local/sd15
+pretrained_model = "tiny-from-scratch"  # tiny-from-scratch (stage 1 trains it) | tiny-random (no stage 1) | stable-diffusion-v1-5/stable-diffusion-v1-5 | /path/to/local/sd15
+adapt_pretrained = False           # with a pretrained SD: stage 1 fine-tunes its UNet on the training images first
+stage1 = {}                        # stage-1 options (BackboneAdaptConfig fields: vae_steps, unet_steps, ...)
 resolution_px = None               # None: the tile size; 512 for SD 1.5 on smaller tiles (resized, outputs resized back)
 # conditioning and prompts
 use_mask = "auto"                  # auto: the future mask only when the dataset has labels
@@ -128,6 +139,9 @@ guidance_scale = 1.0               # > 1: classifier-free guidance against the e
 controlnet_conditioning_scale = 1.0
 generation_batch_size = 16
 max_test_pairs = None              # None: the whole test split
+compare_prompt_only = True         # also draw the test pairs from the prompt alone (backbone without ControlNet)
+num_samples_per_pair = 4           # samples drawn for the spread figure (on n_spread_pairs test pairs)
+n_spread_pairs = 4
 
 # %%
 import os
@@ -138,22 +152,87 @@ os.chdir(find_project_root())
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import torch
 import yaml
 
 from stsynth_lib.controlnet.conditioning import build_prompt, conditioning_channels, make_conditioning
 from stsynth_lib.controlnet.generate import generate_split
-from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_validation
+from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
+from stsynth_lib.controlnet.plots import show_validation
+from stsynth_lib import evaluate as E
+from stsynth_lib.report_format import controlnet_label
+from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig, adapt_backbone
+from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconstruction_scores
+from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
+from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.train import ControlNetTrainConfig, train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.report_format import plural, round_floats, settings_table
 from IPython.display import display
 
-# every parameter above whose name is a ControlNetTrainConfig field (the rest are for generation)
-config = ControlNetTrainConfig.from_params(globals())
+run_stage1 = pretrained_model == TINY_FROM_SCRATCH or bool(adapt_pretrained)
+stage1_config = BackboneAdaptConfig(dataset_dir=dataset_dir, runs_dir=runs_dir, profile=profile, seed=seed,
+                                    device=device, pretrained_model=pretrained_model, **stage1) if run_stage1 else None
+if stage1_config is not None:
+    display(settings_table(stage1_config, exclude=["dataset_dir", "runs_dir", "profile"]))
+
+# %% [markdown]
+# ## Stage 1: the backbone
+# Skipped when `pretrained_model` is `tiny-random`, or a pretrained SD without `adapt_pretrained`. The run folder
+# keeps each phase's log and checkpoints: re-running with `stage1 = {"resume_from_checkpoint": "latest"}` resumes
+# where it stopped (a finished VAE is kept).
+
+# %%
+if run_stage1:
+    stage1_dir = adapt_backbone(stage1_config)
+    backbone_for_controlnet = str(stage1_dir / "backbone")
+    display(settings_table(stage1_dir / "summary.yaml"))
+    fig = plot_stage1_training(stage1_dir)
+    display(fig)
+else:
+    stage1_dir, backbone_for_controlnet = None, pretrained_model
+    print(f"no stage 1: the ControlNet trains beside {pretrained_model}")
+
+# %% [markdown]
+# ### The VAE: reconstructions and their ceiling
+# Every image the backbone draws goes through the VAE's decoder, so the VAE's reconstruction PSNR / SSIM of the real
+# images is a ceiling for everything below. Scored on validation (where stage 1 was checked) and on the test tiles
+# (reported, never used to choose anything).
+
+# %%
+if run_stage1:
+    bb = load_backbone(backbone_for_controlnet)
+    vae_scores = pd.DataFrame([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")])
+    display(round_floats(vae_scores, 3))
+    fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3, title=f"VAE reconstructions, validation tiles [{bb.description}]")
+    display(fig)
+
+# %% [markdown]
+# ### What the backbone draws from a prompt alone
+# One column per month in the prompt, one row per seed (the same starting noise along a row): what stage 1 learned
+# of these areas and their seasons, before any conditioning image.
+
+# %%
+if run_stage1:
+    tiles = PairedTileDataset(dataset_dir, "train").store
+    year = int(tiles.tiles["year"].median())
+    months = ["January", "April", "July", "October"]
+    fig = plot_prompt_samples(bb, [f"satellite image, {m} {year}" for m in months], seeds=(0, 1, 2),
+                              size_px=int(resolution_px or tiles.tile_size_px),
+                              num_inference_steps=num_inference_steps, scheduler=scheduler,
+                              title=f"Stage-1 samples from the prompt alone [{bb.description}]")
+    display(fig)
+
+# %% [markdown]
+# ## Stage 2: the ControlNet
+# Every parameter above whose name is a ControlNet option, with the backbone of stage 1.
+
+# %%
+config = ControlNetTrainConfig.from_params(globals(), pretrained_model=backbone_for_controlnet)
 settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"])
 
 # %% [markdown]
-# ## What the ControlNet sees
+# ### What the ControlNet sees
 # One training pair: the conditioning channels and the prompt built from its metadata. For an unlabelled AOI the
 # prompt's building count is unknown and that part of the template is left out.
 
@@ -171,7 +250,7 @@ fig = plot_conditioning(cond, prompt, use_mask=mask_on, use_gap_plane=use_gap_pl
 plt.show()
 
 # %% [markdown]
-# ## Train
+# ### Train
 # The progress bar shows the loss and the throughput (images/s). Validation images (past | mask | generated |
 # truth) are written to `samples/` every `validation_steps`; checkpoints every `checkpointing_steps`, keeping the
 # newest `checkpoints_total_limit`. Re-running with `resume_from_checkpoint="latest"` continues an interrupted run
@@ -180,26 +259,22 @@ plt.show()
 # %%
 run_dir = train_controlnet(config)
 params = yaml.safe_load((run_dir / "params.yaml").read_text())
-print(f"run folder: {run_dir}\nbackbone: {params['backbone']} ({params['backbone_name']}), "
+print(f"run folder: {run_dir}\nbackbone: {params['backbone_description']}, "
       f"conditioning channels: {params['conditioning_channels']}, optimizer: {params['optimizer']}, "
       f"precision: {params['mixed_precision_resolved']}")
 display(settings_table(run_dir / "summary.yaml"))
 
 # %% [markdown]
-# ## Loss curve, control gain and condition gain
+# ### Loss curve, control gain and condition gain
 # Diffusion losses are noisy (each step draws new timesteps and noise), so the validation losses use the same
 # noise and timesteps every time. Left: training loss, and validation loss with the ControlNet and with the UNet
-# alone. Right: `control_gain` and `cond_gain`.
+# alone. Right: `control_gain` and `cond_gain`, the evidence that the condition is used.
 #
-# What to expect with the tiny random backbone on a CPU budget: the UNet alone predicts the noise poorly and the
-# ControlNet learns a *generic* correction (`control_gain` above 0), while `cond_gain` stays near 0: in this budget
-# the ControlNet does **not** use its condition yet. This is the "ControlNet ignores its condition for thousands of
-# steps" behaviour users report with diffusers' example (the ControlNet paper calls its end "sudden convergence");
-# here it is measured, not guessed: the table under the figure holds this run's values. One cause is visible
-# without training: with PyTorch's default init the conditioning encoder's output hardly depends on its input
-# (`tests/test_controlnet.py` measures the spread between two random conditions with both inits);
-# `cond_embedding_init: kaiming` fixes that part. Watch `cond_gain` on real runs: it must leave 0 before the
-# generated images can follow the mask.
+# A ControlNet that learns a generic correction but ignores its condition shows `control_gain` above 0 and
+# `cond_gain` near 0 (the "ControlNet ignores its condition for thousands of steps" complaint about diffusers'
+# example; the ControlNet paper calls its end "sudden convergence"). With the untrained `tiny-random` backbone this
+# is what happens; `cond_embedding_init: kaiming` keeps the conditioning encoder's output dependent on its input
+# (`tests/test_controlnet.py` measures it). The table under the figure holds this run's values.
 
 # %%
 fig = plot_training(run_dir)
@@ -209,7 +284,7 @@ val_log = pd.read_csv(run_dir / "log.csv").dropna(subset=["control_gain"])
 round_floats(val_log[[c for c in log_cols if c in val_log.columns]].reset_index(drop=True), 4)
 
 # %% [markdown]
-# ## Validation images
+# ### Validation images
 # The same validation pairs at the first and the last validation step.
 
 # %%
@@ -220,33 +295,65 @@ plt.show()
 
 # %% [markdown]
 # ## Generate the test split
-# Every test pair (AOIs never seen in training) is generated with the `scheduler` (UniPC by default) in
+# Every test pair (areas never seen in training) is generated with the `scheduler` (UniPC by default) in
 # `num_inference_steps` steps; pair `i` uses the seed `seed + pair_id`, so results do not depend on the batch size.
 # The images are saved with `stsynth_lib.predictions.save_predictions`: a GeoTIFF with the input tile's CRS and
 # geotransform (drop it onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` -- what chapter 6 scores.
 
 # %%
-pred_dir = generate_split(run_dir, dataset_dir, "test", scheduler=scheduler, num_inference_steps=num_inference_steps,
-                          guidance_scale=guidance_scale, seed=seed, batch_size=generation_batch_size,
-                          controlnet_conditioning_scale=controlnet_conditioning_scale, max_pairs=max_test_pairs,
-                          device=device)
+gen_kw = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
+              batch_size=generation_batch_size, controlnet_conditioning_scale=controlnet_conditioning_scale,
+              max_pairs=max_test_pairs, device=device)
+pred_dir = generate_split(run_dir, dataset_dir, "test", **gen_kw)
 index = pd.read_csv(pred_dir / "index.csv")
 print(f"{plural(len(index), 'test image')} in {pred_dir}")
-tag = "tiny-random backbone: images not meaningful" if params["backbone"] == "tiny-random" else params["backbone_name"]
-fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"ControlNet test predictions [{tag}]")
+label = controlnet_label(params)
+fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"{label}: test predictions")
 plt.show()
 
 # %% [markdown]
+# ### Does the past image matter? ControlNet against the backbone alone
+# The same test pairs, prompts, seeds and scheduler, drawn by the backbone **without** the ControlNet (the prompt
+# alone). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
+# ControlNet minus prompt-only per metric, paired by pair, with a 95 % interval that resamples whole areas. Nothing
+# is chosen from this table (the test split is only reported).
+
+# %%
+if compare_prompt_only:
+    prompt_dir = generate_split(run_dir, dataset_dir, "test", prompt_only=True, **gen_kw)
+    cmp = E.evaluate_models(dataset_dir, "test", {"controlnet": pred_dir, "prompt_only": prompt_dir},
+                            device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
+                            max_pairs=max_test_pairs, seed=seed, progress=False)
+    display(E.results_table(cmp.summary, ("psnr", "ssim", "lpips"), labels=cmp.labels))
+    vs_prompt = E.paired_vs_baseline(cmp.per_tile[cmp.per_tile["model"] != "persistence"], "prompt_only",
+                                     metrics=("psnr", "ssim", "lpips"))
+    display(E.paired_table(vs_prompt, labels=cmp.labels))
+
+# %% [markdown]
+# ### The spread of futures
+# A diffusion model proposes a distribution of futures, not one. For a few test pairs, `num_samples_per_pair`
+# samples (different seeds) and their per-pixel standard deviation: where the samples agree, the condition pins the
+# image down; where they differ, the model is unsure.
+
+# %%
+if num_samples_per_pair > 1:
+    spread_dir = generate_split(run_dir, dataset_dir, "test", out_dir=run_dir / "predictions" / "test_spread",
+                                num_samples_per_pair=num_samples_per_pair,
+                                **{**gen_kw, "max_pairs": n_spread_pairs})
+    fig = show_sample_spread(spread_dir, dataset_dir, "test", n_pairs=n_spread_pairs, title=f"{label}: samples per pair")
+    plt.show()
+
+# %% [markdown]
 # ## Summary
-# * A ControlNet conditioned on the past image, the future building mask and the time gap, with metadata prompts,
-#   was trained beside a frozen Stable Diffusion on the same tiles as the cGANs; the run folder holds parameters,
+# * Stage 1 adapted the backbone to these images (or, offline, trained a tiny one from scratch: VAE, then UNet and
+#   text encoder), saved as a diffusers folder; its VAE ceiling, curves and prompt-only samples are above.
+# * A ControlNet conditioned on the past image, the future building mask (where there are labels) and the time gap,
+#   with metadata prompts, was trained beside it on the same tiles as the cGANs; the run folder holds parameters,
 #   logs, validation grids, resumable checkpoints and the trained ControlNet.
 # * `control_gain` and `cond_gain` show whether the ControlNet does anything, and whether it uses *its* condition
-#   (both 0 at step 0 by construction).
+#   (both 0 at step 0 by construction); the prompt-only comparison shows whether that reaches the images.
 # * The test split was generated and saved as georeferenced GeoTIFFs + PNGs for chapter 6.
-# * With the `tiny-random` backbone (smoke, sn7_real_128 on CPU) the pictures are not meaningful; run the `sn7` or
-#   `gpu` profile (SD 1.5 at 512 px on a GPU) for real results.
 #
 # ## What's next
-# Chapter 6 scores the three models and the persistence baseline on the same test tiles (PSNR, SSIM, LPIPS, building
+# Chapter 6 scores the three models and the simple baselines on the same test tiles (PSNR, SSIM, LPIPS, building
 # F1), chapter 7 adds FID/KID.

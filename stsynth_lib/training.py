@@ -271,7 +271,7 @@ def check_checkpoint_limit(limit: int | None) -> None:
 
 
 def _has_results(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any((run_dir / n).exists() for n in ("checkpoints", "best", "controlnet", "predictions"))
+    return run_dir.is_dir() and any((run_dir / n).exists() for n in ("checkpoints", "best", "controlnet", "predictions", "backbone"))
 
 
 @contextlib.contextmanager
