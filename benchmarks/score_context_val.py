@@ -1,0 +1,31 @@
+"""Issue 13 status on VALIDATION (the test split is not touched): the context pix2pix (K = 4 frames) and the
+single-image pix2pix of sn7_real_128 against persistence and the simple baselines, paired, whole areas resampled.
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py > bench_results/context_val_sn7_real_128.txt
+
+Needs the runs runs/sn7_real_128/ctx4_pix2pix and runs/sn7_real_128/pix2pix (about 8 minutes on one core).
+"""
+
+from stsynth_lib import evaluate as E
+from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.evaluate.generator import predict_split
+
+DATASET = "data/sn7_real_128/dataset"
+
+
+def main() -> None:
+    ds = PairedTileDataset(DATASET, "val")
+    runs = {}
+    for name in ("ctx4_pix2pix", "pix2pix"):
+        out = f"runs/sn7_real_128/{name}/predictions/val"
+        predict_split(f"runs/sn7_real_128/{name}", ds, out, progress=False)
+        runs[name] = out
+    res = E.evaluate_models(DATASET, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
+                            baselines=("mean_last_3", "seasonal"))
+    print(E.results_table(res.summary, ("psnr", "ssim", "l1")).to_string())
+    for baseline in ("persistence", "seasonal"):
+        print(E.paired_table(E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)).to_string())
+
+
+if __name__ == "__main__":
+    main()
