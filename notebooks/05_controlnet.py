@@ -188,7 +188,7 @@ if run_stage1:
     backbone_for_controlnet = str(stage1_dir / "backbone")
     display(settings_table(stage1_dir / "summary.yaml"))
     fig = plot_stage1_training(stage1_dir)
-    display(fig)
+    plt.show()
 else:
     stage1_dir, backbone_for_controlnet = None, pretrained_model
     print(f"no stage 1: the ControlNet trains beside {pretrained_model}")
@@ -205,7 +205,7 @@ if run_stage1:
     vae_scores = pd.DataFrame([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")])
     display(round_floats(vae_scores, 3))
     fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3, title=f"VAE reconstructions, validation tiles [{bb.description}]")
-    display(fig)
+    plt.show()
 
 # %% [markdown]
 # ### What the backbone draws from a prompt alone
@@ -221,7 +221,7 @@ if run_stage1:
                               size_px=int(resolution_px or tiles.tile_size_px),
                               num_inference_steps=num_inference_steps, scheduler=scheduler,
                               title=f"Stage-1 samples from the prompt alone [{bb.description}]")
-    display(fig)
+    plt.show()
 
 # %% [markdown]
 # ## Stage 2: the ControlNet

@@ -163,3 +163,21 @@ def test_bad_stage1_options_are_refused_by_name():
                     ({"unet_steps": 0}, "unet_steps must be >= 1")):
         with pytest.raises(ValueError, match=msg):
             BackboneAdaptConfig(**kw)
+
+
+def test_stage1_figures(stage1, tiny_dataset_dir):
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.controlnet.adapt_parts import plot_reconstructions
+    from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
+    from stsynth_lib.controlnet.backbone import load_backbone
+
+    bb = load_backbone(str(stage1 / "backbone"))
+    fig = plot_stage1_training(stage1)
+    assert fig in [plt.figure(n) for n in plt.get_fignums()]  # a pyplot figure: plt.show() displays it
+    fig = plot_reconstructions(bb.vae, tiny_dataset_dir, "val", n=2)
+    assert len(fig.axes) == 6
+    fig = plot_prompt_samples(bb, ["satellite image, January 2019", "satellite image, July 2019"], seeds=(0,),
+                              size_px=32, num_inference_steps=2)
+    assert [ax.get_title() for ax in fig.axes] == ["January 2019", "July 2019"]
+    plt.close("all")

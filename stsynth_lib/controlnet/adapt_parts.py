@@ -184,7 +184,7 @@ def latent_scaling_factor(vae, dataset_dir: str | os.PathLike, split: str = "tra
 
 def plot_reconstructions(vae, dataset_dir: str | os.PathLike, split: str = "val", n: int = 4, title: str = ""):
     """Rows of image | VAE reconstruction | |difference| for ``n`` tiles spread over the split (a Figure)."""
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
     from stsynth_lib.data.dataset import to_uint8
     from stsynth_lib.training import spread_indices
@@ -193,8 +193,7 @@ def plot_reconstructions(vae, dataset_dir: str | os.PathLike, split: str = "val"
     idx = spread_indices(len(ds), n)
     x = torch.stack([ds[i]["image"] for i in idx])
     rec = reconstruct(vae.eval(), x).cpu()
-    fig = Figure(figsize=(7, 2.3 * len(idx) + 0.4))
-    axes = fig.subplots(len(idx), 3, squeeze=False)
+    fig, axes = plt.subplots(len(idx), 3, figsize=(7, 2.3 * len(idx) + 0.4), squeeze=False)
     for r, i in enumerate(idx):
         diff = (rec[r] - x[r]).abs().mean(0).numpy() / 2
         for ax, (img, t) in zip(axes[r], [(to_uint8(x[r]).transpose(1, 2, 0), f"{ds[i]['aoi'][:16]} {ds[i]['year']}-{ds[i]['month']:02d}"),

@@ -1,5 +1,5 @@
 """Figures of stage 1 (:mod:`stsynth_lib.controlnet.adapt`): its training curves and what the adapted backbone
-draws from a prompt alone."""
+draws from a prompt alone. They are pyplot figures: ``plt.show()`` displays them in a notebook."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ import torch
 
 def plot_stage1_training(run_dir: str | os.PathLike):
     """Left: the VAE's loss and validation reconstruction PSNR; right: the UNet's loss and EMA validation loss."""
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    fig = Figure(figsize=(11, 3.4))
-    a1, a2 = fig.subplots(1, 2)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
     vae_log = run_dir / "vae" / "log.csv"
     if vae_log.is_file():
         v = pd.read_csv(vae_log)
@@ -51,15 +50,15 @@ def plot_prompt_samples(backbone, prompts: Sequence[str], seeds: Sequence[int] =
                         num_inference_steps: int = 20, scheduler: str = "unipc", guidance_scale: float = 1.0,
                         title: str = ""):
     """A grid of images drawn by the backbone alone: one column per prompt, one row per seed (same noise per row)."""
-    from matplotlib.figure import Figure
+    import matplotlib.pyplot as plt
 
     from stsynth_lib.controlnet.generate import make_scheduler, sample_images
     from stsynth_lib.data.dataset import to_uint8
 
     dev = next(backbone.unet.parameters()).device
     sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
-    fig = Figure(figsize=(2.2 * len(prompts), 2.2 * len(seeds) + 0.6))
-    axes = fig.subplots(len(seeds), len(prompts), squeeze=False)
+    fig, axes = plt.subplots(len(seeds), len(prompts), figsize=(2.2 * len(prompts), 2.2 * len(seeds) + 0.6),
+                             squeeze=False)
     for r, s in enumerate(seeds):
         shape = torch.zeros(len(prompts), 1, size_px, size_px, device=dev)  # only sizes the batch (no control)
         imgs = sample_images(backbone, None, shape, list(prompts), sched, num_inference_steps, guidance_scale,
