@@ -181,3 +181,16 @@ def test_stage1_figures(stage1, tiny_dataset_dir):
                               size_px=32, num_inference_steps=2)
     assert [ax.get_title() for ax in fig.axes] == ["January 2019", "July 2019"]
     plt.close("all")
+
+
+def test_resume_with_other_options_is_refused(tiny_dataset_dir, tmp_path, cache):
+    from stsynth_lib.controlnet.adapt import adapt_backbone
+
+    adapt_backbone(_cfg(tiny_dataset_dir, tmp_path, vae_steps=1, unet_steps=1))
+    changed = _cfg(tiny_dataset_dir, tmp_path, vae_steps=1, unet_steps=2, unet_learning_rate=1e-2,
+                   resume_from_checkpoint="latest")
+    with pytest.raises(ValueError, match="unet_learning_rate: 0.0005 -> 0.01"):
+        adapt_backbone(changed)
+    # more steps alone is what resuming is for
+    longer = _cfg(tiny_dataset_dir, tmp_path, vae_steps=1, unet_steps=2, resume_from_checkpoint="latest")
+    assert (adapt_backbone(longer) / "backbone" / "stsynth_backbone.json").is_file()

@@ -317,7 +317,28 @@ def adapt_backbone(cfg: BackboneAdaptConfig) -> Path:
         return _adapt(cfg, run_dir)
 
 
+STAGE1_FREE_KEYS = frozenset({"vae_steps", "unet_steps", "device", "max_val_tiles"})  # may change on resume
+
+
+def _check_resume(cfg: BackboneAdaptConfig, run_dir: Path) -> None:
+    """A resumed stage 1 must continue the same run: options that change what is trained are refused by name."""
+    import yaml
+
+    from stsynth_lib.training import resume_changes
+
+    saved_path = run_dir / "params.yaml"
+    if not cfg.resume_from_checkpoint or not saved_path.is_file():
+        return
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    changed = {k: v for k, v in resume_changes(saved, asdict(cfg)).items() if k not in STAGE1_FREE_KEYS}
+    if changed:
+        raise ValueError(f"stage 1: resume_from_checkpoint={cfg.resume_from_checkpoint!r} but these options differ "
+                         f"from {saved_path}: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                         + ". Resume with the same options, or start a fresh run (resume_from_checkpoint: null).")
+
+
 def _adapt(cfg: BackboneAdaptConfig, run_dir: Path) -> Path:
+    _check_resume(cfg, run_dir)
     seed_everything(cfg.seed)
     setup = resolve_device(cfg.device, "no", channels_last=False, cpu_auto_precision="no")
     device = torch.device("cuda" if setup.on_cuda else "cpu")
