@@ -388,3 +388,28 @@ def test_publish_shrinks_figures_further_until_a_notebook_fits(tmp_path, monkeyp
         dest = pub.publish("p", executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs",
                            reference_root=tmp_path / "reference", log=lambda *a: None)
     assert (dest / "06_eval.ipynb").stat().st_size <= 300_000
+
+
+def test_publish_takes_noise_like_figures_below_the_usual_floor_when_it_must(tmp_path, monkeypatch):
+    """Diffusion samples of an untrained backbone are noise: at the 640 px floor one figure alone overfills the
+    notebook cap, so publishing goes down to LAST_RESORT_PNG_PX rather than committing a heavy notebook."""
+    import base64
+
+    from PIL import Image
+
+    from stsynth_lib.publish import reference
+
+    params = _params(tmp_path, "p", synthetic=False)
+    nb_path = _notebook(tmp_path / "executed" / "p" / "05_cn.ipynb", "p", png=_png(1500, 1500, noisy=True))
+    _stamp(nb_path, "p", params)
+    (tmp_path / "runs" / "p" / "eval").mkdir(parents=True)
+    (tmp_path / "runs" / "p" / "eval" / "summary.json").write_text(json.dumps(_summary()))
+    monkeypatch.setattr(reference, "MAX_NOTEBOOK_BYTES", 400_000)
+    with pytest.warns(UserWarning):  # the run has no results.md/examples.png (as in the test above)
+        dest = pub.publish("p", executed_root=tmp_path / "executed", runs_dir=tmp_path / "runs",
+                           reference_root=tmp_path / "reference", log=lambda *a: None)
+    assert (dest / "05_cn.ipynb").stat().st_size <= 400_000
+    nb = json.loads((dest / "05_cn.ipynb").read_text())
+    pngs = [o["data"]["image/png"] for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    with Image.open(io.BytesIO(base64.b64decode(pngs[0]))) as im:
+        assert reference.LAST_RESORT_PNG_PX <= max(im.size) < reference.MIN_PNG_PX

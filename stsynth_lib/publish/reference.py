@@ -25,6 +25,7 @@ _WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 MIN_PNG_PX = 640  # shrinking for bytes stops here: a figure must stay readable
+LAST_RESORT_PNG_PX = 400  # ... unless a notebook of many noise-like figures still exceeds MAX_NOTEBOOK_BYTES
 
 
 def encode_png(im, palette: bool) -> bytes:
@@ -39,9 +40,9 @@ def encode_png(im, palette: bool) -> bytes:
     return buf.getvalue()
 
 
-def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES) -> bytes:
+def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES, min_px: int = MIN_PNG_PX) -> bytes:
     """Downscale a PNG wider/taller than ``max_px`` and re-encode it when it is heavy (optimized, then a 256-colour
-    palette, then smaller by steps of 0.8 down to ``MIN_PNG_PX``) until it fits ``max_bytes``; never larger."""
+    palette, then smaller by steps of 0.8 down to ``min_px``) until it fits ``max_bytes``; never larger."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -56,13 +57,13 @@ def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_B
             out = encode_png(small, palette=False)
             if len(out) > max_bytes:
                 out = min(out, encode_png(small, palette=True), key=len)
-            if len(out) <= max_bytes or side * 0.8 < MIN_PNG_PX:
+            if len(out) <= max_bytes or side * 0.8 < min_px:
                 break
             side = int(side * 0.8)
     return out if len(out) < len(data) else data
 
 
-def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES) -> dict:
+def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES, min_px: int = MIN_PNG_PX) -> dict:
     """Drop volatile metadata, widgets and stderr, and shrink heavy PNGs. Keeps tags, outputs and the stamp."""
     meta = nb.setdefault("metadata", {})
     meta.pop("widgets", None)
@@ -96,7 +97,7 @@ def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_P
                 if "image/png" in data:
                     raw = base64.b64decode("".join(data["image/png"]) if isinstance(data["image/png"], list)
                                            else data["image/png"])
-                    small = shrink_png(raw, max_px, max_bytes)
+                    small = shrink_png(raw, max_px, max_bytes, min_px)
                     if small is not raw:
                         data["image/png"] = base64.b64encode(small).decode("ascii")
                         md = out.get("metadata", {}).get("image/png")
@@ -144,10 +145,16 @@ def publish(profile: str, *, executed_root: str | Path = EXECUTED_ROOT, runs_dir
     (dest / "results").mkdir(parents=True)
     for p in notebooks:
         before = p.stat().st_size
-        for cap in (max_bytes, max_bytes // 2, max_bytes // 4):  # a notebook of many figures: smaller figures
-            write_nb(clean_notebook(read_nb(p), max_px=max_px, max_bytes=cap), dest / p.name)
+        # a notebook of many figures: smaller figures; noise-like ones (diffusion samples) below the usual floor last
+        steps = [(max_bytes, MIN_PNG_PX), (max_bytes // 2, MIN_PNG_PX), (max_bytes // 4, MIN_PNG_PX),
+                 (max_bytes // 4, LAST_RESORT_PNG_PX), (max_bytes // 8, LAST_RESORT_PNG_PX)]
+        for cap, floor in steps:
+            write_nb(clean_notebook(read_nb(p), max_px=max_px, max_bytes=cap, min_px=floor), dest / p.name)
             if (dest / p.name).stat().st_size <= MAX_NOTEBOOK_BYTES:
                 break
+        else:
+            warnings.warn(f"{dest / p.name} is {(dest / p.name).stat().st_size / 1e6:.2f} MB after shrinking every "
+                          f"figure to {LAST_RESORT_PNG_PX} px: more than {MAX_NOTEBOOK_BYTES / 1e6:.1f} MB", stacklevel=2)
         log(f"  {p.name}: {before / 1e6:.2f} MB -> {(dest / p.name).stat().st_size / 1e6:.2f} MB")
     for name in ("summary.json", "results.md", "fid.json", "examples.png"):
         f = eval_dir / name
