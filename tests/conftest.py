@@ -66,3 +66,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stsynth_cache_in_tmp(tmp_path_factory):
+    """Trainers build the CLIP tokenizer files in $STSYNTH_CACHE: keep them out of the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("STSYNTH_CACHE")
+    os.environ["STSYNTH_CACHE"] = str(tmp_path_factory.mktemp("stsynth_cache"))
+    yield
+    if old is None:
+        os.environ.pop("STSYNTH_CACHE", None)
+    else:
+        os.environ["STSYNTH_CACHE"] = old

@@ -20,19 +20,6 @@ TINY = dict(vae_channels=[8, 16, 16], unet_channels=[16, 32], text_hidden_size=1
             validation_steps=0, log_every_steps=1, progress=False)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    import os
-
-    old = os.environ.get("STSYNTH_CACHE")
-    os.environ["STSYNTH_CACHE"] = str(tmp_path_factory.mktemp("stsynth_cache"))
-    yield
-    if old is None:
-        os.environ.pop("STSYNTH_CACHE", None)
-    else:
-        os.environ["STSYNTH_CACHE"] = old
-
-
 def _cfg(dataset_dir, runs_dir, **kw):
     from stsynth_lib.controlnet.adapt import BackboneAdaptConfig
 
@@ -41,7 +28,7 @@ def _cfg(dataset_dir, runs_dir, **kw):
 
 
 @pytest.fixture(scope="module")
-def stage1(tiny_dataset_dir, tmp_path_factory, cache):
+def stage1(tiny_dataset_dir, tmp_path_factory, stsynth_cache_in_tmp):
     from stsynth_lib.controlnet.adapt import adapt_backbone
 
     torch.set_num_threads(1)
@@ -85,7 +72,7 @@ def test_vae_and_unet_learn(stage1):
     assert "val_psnr_db" in vae_log and "val_loss_ema" in unet_log  # validated at the end of each phase
 
 
-def test_resume_replays_the_uninterrupted_run(tiny_dataset_dir, tmp_path, cache):
+def test_resume_replays_the_uninterrupted_run(tiny_dataset_dir, tmp_path, stsynth_cache_in_tmp):
     from stsynth_lib.controlnet.adapt import adapt_backbone
     from stsynth_lib.controlnet.backbone import load_backbone
 
@@ -146,7 +133,7 @@ def test_conditioning_encoder_follows_the_vae_factor():
         cond_embedding_channels(SimpleNamespace(vae_scale_factor=6))
 
 
-def test_missing_pretrained_backbone_names_the_fix(tiny_dataset_dir, tmp_path, cache):
+def test_missing_pretrained_backbone_names_the_fix(tiny_dataset_dir, tmp_path, stsynth_cache_in_tmp):
     from stsynth_lib.controlnet.adapt import adapt_backbone
     from stsynth_lib.controlnet.backbone import BackboneNotFoundError
 
@@ -183,7 +170,7 @@ def test_stage1_figures(stage1, tiny_dataset_dir):
     plt.close("all")
 
 
-def test_resume_with_other_options_is_refused(tiny_dataset_dir, tmp_path, cache):
+def test_resume_with_other_options_is_refused(tiny_dataset_dir, tmp_path, stsynth_cache_in_tmp):
     from stsynth_lib.controlnet.adapt import adapt_backbone
 
     adapt_backbone(_cfg(tiny_dataset_dir, tmp_path, vae_steps=1, unet_steps=1))

@@ -38,17 +38,8 @@ from stsynth_lib.controlnet.tokenizer import (  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _tokenizer_cache_in_tmp(tmp_path_factory):
-    """Trainers build the CLIP tokenizer files in $STSYNTH_CACHE: keep them out of the user's ~/.cache."""
-    import os
-
-    old = os.environ.get("STSYNTH_CACHE")
-    os.environ["STSYNTH_CACHE"] = str(tmp_path_factory.mktemp("stsynth_cache"))
-    yield
-    if old is None:
-        os.environ.pop("STSYNTH_CACHE", None)
-    else:
-        os.environ["STSYNTH_CACHE"] = old
+def _tokenizer_cache_in_tmp(stsynth_cache_in_tmp):
+    """Every test of this module keeps the CLIP tokenizer files out of the user's ~/.cache (conftest.py)."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py

@@ -140,13 +140,24 @@ def test_landing_and_readme_tables_name_the_backbone():
 
 
 def test_committed_reference_label_is_the_one_its_params_give():
-    """book/reference/sn7_real_128's summary.json records the label its run's params.yaml gives (tiny-random)."""
+    """book/reference/sn7_real_128's summary.json names the ControlNet's backbone; where the run folder is here too,
+    the label is exactly the one its params.yaml gives."""
     from pathlib import Path
+
+    import yaml
+
+    from stsynth_lib.report_format import CONTROLNET_NOT_RECORDED
 
     root = Path(__file__).resolve().parents[1]
     summary = root / "book" / "reference" / "sn7_real_128" / "results" / "summary.json"
     if not summary.is_file():
         pytest.skip("no reference run committed")
-    labels = json.loads(summary.read_text()).get("model_labels", {})
-    if "controlnet" in json.loads(summary.read_text()).get("runs", {}):
-        assert labels.get("controlnet") == controlnet_label({"backbone": "tiny-random", "backbone_name": "tiny-random"})
+    data = json.loads(summary.read_text())
+    if "controlnet" not in data.get("runs", {}):
+        pytest.skip("the reference run has no ControlNet")
+    label = data.get("model_labels", {}).get("controlnet", "")
+    assert label.startswith("ControlNet [") and label != CONTROLNET_NOT_RECORDED
+    assert "stable diffusion" not in label.lower()  # the CPU reference never uses SD
+    params = root / data["runs"]["controlnet"] / ".." / ".." / "params.yaml"
+    if params.is_file():
+        assert label == controlnet_label(yaml.safe_load(params.read_text()))
