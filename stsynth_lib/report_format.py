@@ -138,7 +138,8 @@ def format_interval(lo: float | None, hi: float | None, n_units: int | None = No
 # ------------------------------------------------------------------------------------- which backbone a row used
 CONTROLNET = "ControlNet"
 CONTROLNET_NOT_RECORDED = f"{CONTROLNET} [backbone not recorded]"
-_BACKBONE_KINDS = {"tiny-random": "tiny random backbone"}
+_BACKBONE_KINDS = {"tiny-random": "tiny random backbone",
+                   "sd15-architecture-random": "SD 1.5 architecture, random weights (benchmarks only)"}
 
 
 def backbone_label(params: Mapping[str, Any]) -> str:

@@ -48,6 +48,7 @@ from stsynth_lib.controlnet.adapt_parts import (
     vae_reconstruction_scores,
 )
 from stsynth_lib.controlnet.backbone import SD15_SCHEDULER, Backbone, load_backbone, save_backbone
+from stsynth_lib.controlnet.generate import text_embeddings
 from stsynth_lib.controlnet.losses import latent_valid_weight, masked_mse
 from stsynth_lib.runs import prepare_run_dir, save_yaml, seed_everything
 from stsynth_lib.training import TrainConfig, check_checkpoint_limit, resolve_device, train_from_command_line
@@ -204,12 +205,6 @@ def build_stage1_backbone(cfg: BackboneAdaptConfig, vae) -> Backbone:
                     name=TINY_TRAINED, kind=TINY_TRAINED)
 
 
-def _encode(bb: Backbone, prompts: Sequence[str], device) -> torch.Tensor:
-    tok = bb.tokenizer(list(prompts), padding="max_length", max_length=bb.tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
-    return bb.text_encoder(tok.input_ids.to(device))[0]
-
-
 def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], step: int, device) -> torch.Tensor:
     """Text-to-image denoising loss of one batch (epsilon / v target, min-SNR weights, valid latents only)."""
     g = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + step)
@@ -230,7 +225,7 @@ def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], ste
     drop = torch.rand(len(batch["prompt"]), generator=g) < cfg.prompt_dropout
     prompts = ["" if d else p for d, p in zip(drop.tolist(), batch["prompt"])]
     with torch.set_grad_enabled(bool(cfg.train_text_encoder and cfg.from_scratch)):
-        emb = _encode(bb, prompts, device)
+        emb = text_embeddings(bb, prompts, device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=_use_bf16(cfg, device)):
         pred = bb.unet(bb.noise_scheduler.add_noise(lat, noise, t), t, encoder_hidden_states=emb).sample.float()
     target = noise if bb.noise_scheduler.config.prediction_type == "epsilon" else bb.noise_scheduler.get_velocity(lat, noise, t)
@@ -254,7 +249,7 @@ def unet_val_loss(bb: Backbone, cfg: BackboneAdaptConfig, val_ds, device, n: int
     b = collate_tiles([val_ds[int(i)] for i in idx])
     x, valid = b["image"].to(device), b["valid"].to(device)
     lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist.mean.float() * bb.vae.config.scaling_factor
-    emb, g, total = _encode(bb, b["prompt"], device), torch.Generator().manual_seed(cfg.seed + 999), 0.0
+    emb, g, total = text_embeddings(bb, b["prompt"], device), torch.Generator().manual_seed(cfg.seed + 999), 0.0
     levels = torch.linspace(50, bb.noise_scheduler.config.num_train_timesteps - 50, 5).long()
     for t in levels:
         noise = torch.randn(lat.shape, generator=g).to(device)

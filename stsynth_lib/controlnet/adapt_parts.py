@@ -57,7 +57,7 @@ class TileImageDataset(torch.utils.data.Dataset):
         return len(self.tiles)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        from stsynth_lib.data.dataset import to_unit
+        from stsynth_lib.data.dataset import random_rot_flip, to_unit
 
         row = self.tiles.iloc[idx]
         tid = int(row["tile_id"])
@@ -68,10 +68,7 @@ class TileImageDataset(torch.utils.data.Dataset):
             y, x = np.random.randint(0, t - c + 1, size=2)
             img, valid = img[:, y:y + c, x:x + c], valid[:, y:y + c, x:x + c]
         if self.augment:
-            k, flip = np.random.randint(4), np.random.rand() < 0.5
-            img, valid = np.rot90(img, k, axes=(-2, -1)), np.rot90(valid, k, axes=(-2, -1))
-            if flip:
-                img, valid = img[..., ::-1], valid[..., ::-1]
+            img, valid = random_rot_flip([img, valid])
         return {"image": torch.from_numpy(np.ascontiguousarray(img)), "valid": torch.from_numpy(np.ascontiguousarray(valid)),
                 "month": int(row["month"]), "year": int(row["year"]), "aoi": str(row["aoi"]), "tile_id": tid,
                 "prompt": tile_prompt(self.prompt_template, int(row["month"]), int(row["year"]))}

@@ -78,12 +78,11 @@ class Backbone:
 
 
 def describe_backbone(kind: str, name: str) -> str:
-    """The label tables print for a backbone that records no description of its own."""
-    if kind == TINY_BACKBONE:
-        return "tiny, random weights (untrained: images not meaningful)"
-    if kind == "sd15-architecture-random":
-        return "SD 1.5 architecture, random weights (benchmarks only)"
-    return str(name)
+    """The label tables print for a backbone that records no description of its own (one mapping:
+    :func:`stsynth_lib.report_format.backbone_label`)."""
+    from stsynth_lib.report_format import backbone_label
+
+    return backbone_label({"backbone": kind, "backbone_name": name})
 
 
 def load_backbone(

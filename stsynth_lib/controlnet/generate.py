@@ -73,14 +73,20 @@ def make_scheduler(name: str, base_config: Any):
     return classes[key].from_config(base_config)
 
 
-@torch.no_grad()
-def encode_prompts(backbone: Backbone, prompts: Sequence[str], device, dtype=None) -> torch.Tensor:
+def text_embeddings(backbone: Backbone, prompts: Sequence[str], device, dtype=None) -> torch.Tensor:
+    """Tokenize (padded to the tokenizer's length) and encode ``prompts``; gradients flow (stage 1 trains the
+    tiny text encoder). :func:`encode_prompts` is the same under ``no_grad``."""
     tok = backbone.tokenizer(
         list(prompts), padding="max_length", max_length=backbone.tokenizer.model_max_length,
         truncation=True, return_tensors="pt",
     )
     emb = backbone.text_encoder(tok.input_ids.to(device))[0]
     return emb.to(dtype) if dtype is not None else emb
+
+
+@torch.no_grad()
+def encode_prompts(backbone: Backbone, prompts: Sequence[str], device, dtype=None) -> torch.Tensor:
+    return text_embeddings(backbone, prompts, device, dtype)
 
 
 @torch.no_grad()

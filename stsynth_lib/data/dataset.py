@@ -83,6 +83,15 @@ def to_uint8(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(x) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def random_rot_flip(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The same random 90-degree rotation and horizontal flip of every array (on the last two axes), drawn from the
+    numpy global RNG (rotation, then flip)."""
+    k = np.random.randint(4)
+    flip = np.random.rand() < 0.5
+    arrays = [np.rot90(a, k, axes=(-2, -1)) for a in arrays]
+    return [a[..., ::-1] for a in arrays] if flip else arrays
+
+
 def check_context_offsets(offsets: Any) -> tuple[int | str, ...] | None:
     """``None`` or a non-empty list of distinct offsets (integers <= 0 and ``"same_month_last_year"``) as a tuple."""
     if offsets is None:
@@ -290,11 +299,7 @@ class PairedTileDataset(Dataset):
             present = (self._context_ids[idx] >= 0)[:, None, None, None]
             spatial += [np.where(present, to_unit(frames), np.float32(0)), frames_valid.astype(np.float32)]
         if self.augment:
-            k = np.random.randint(4)
-            flip = np.random.rand() < 0.5
-            spatial = [np.rot90(a, k, axes=(-2, -1)) for a in spatial]
-            if flip:
-                spatial = [a[..., ::-1] for a in spatial]
+            spatial = random_rot_flip(spatial)
         spatial = [torch.from_numpy(np.ascontiguousarray(a)) for a in spatial]
         past, future, past_mask, future_mask, past_valid, future_valid = spatial[:6]
         row = self._tile_rows.loc[t1]
