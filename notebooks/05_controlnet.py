@@ -57,7 +57,7 @@
 # | | |
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); for a real backbone, Stable Diffusion 1.5 weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
-# | Outputs | stage 1: `runs/<profile>/backbone/` (`vae/` and `unet/` logs and checkpoints, `backbone/` the diffusers folder, `summary.yaml`); stage 2: `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
+# | Outputs | stage 1: `runs/<profile>/backbone/` (`vae/` and `unet/` logs and checkpoints, `backbone/` the diffusers folder, `summary.yaml`); stage 2: `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), `generation.yaml` (the img2img strength chosen on validation), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
 # | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not for the tiny backbone. SD 1.5 at 512 px: one GPU with >= 16 GB (bf16, gradient checkpointing; 8-bit Adam when bitsandbytes is installed). Several GPUs: `accelerate launch -m stsynth_lib.controlnet.train --params params/<profile>/common.yaml --params params/<profile>/05_controlnet.yaml` |
 # | Offline | a missing backbone stops with the id and the fix: `hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir /path/to/local/sd15` on a connected machine, then `pretrained_model: /path/to/local/sd15` |
@@ -138,7 +138,12 @@ num_inference_steps = 20
 guidance_scale = 1.0               # > 1: classifier-free guidance against the empty prompt
 controlnet_conditioning_scale = 1.0
 generation_batch_size = 16
+img2img_strengths = None           # None: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: choose the
+#                                    img2img strength (start from the noised past image) on validation pairs
+strength_sweep_pairs = 256         # validation pairs of that sweep (a seeded random subset over all val areas)
+strength_criterion = "psnr"        # psnr | ssim | lpips: the ControlNet's validation score that picks the strength
 max_test_pairs = None              # None: the whole test split
+allow_uncalibrated_metrics = False # the strength sweep's LPIPS without the standard weights: labelled uncalibrated
 compare_prompt_only = True         # also draw the test pairs from the prompt alone (backbone without ControlNet)
 num_samples_per_pair = 4           # samples drawn for the spread figure (on n_spread_pairs test pairs)
 n_spread_pairs = 4
@@ -157,6 +162,7 @@ import yaml
 
 from stsynth_lib.controlnet.conditioning import build_prompt, conditioning_channels, make_conditioning
 from stsynth_lib.controlnet.generate import generate_split
+from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength_sweep, sweep_strength, sweep_table
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
 from stsynth_lib.controlnet.plots import show_validation
 from stsynth_lib import evaluate as E
@@ -294,16 +300,44 @@ fig = show_validation(run_dir, "last")
 plt.show()
 
 # %% [markdown]
-# ## Generate the test split
-# Every test pair (areas never seen in training) is generated with the `scheduler` (UniPC by default) in
-# `num_inference_steps` steps; pair `i` uses the seed `seed + pair_id`, so results do not depend on the batch size.
-# The images are saved with `stsynth_lib.predictions.save_predictions`: a GeoTIFF with the input tile's CRS and
-# geotransform (drop it onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` -- what chapter 6 scores.
+# ## Where denoising starts: the img2img strength, chosen on validation
+# Denoising can start from pure noise (strength 1: the ControlNet must draw the whole future from its condition) or
+# from the past image's latent noised part of the way (SDEdit, as diffusers' `StableDiffusionControlNetImg2ImgPipeline`
+# does): only the last `strength` share of the `num_inference_steps` steps then runs. Low strengths keep more of the
+# past image (at the limit, persistence through the VAE); high ones leave more to the model. With `img2img_strengths`
+# set, a seeded subset of **validation** pairs is drawn at each strength, by the ControlNet and, from the same
+# noised past, by the backbone alone (prompt only); the strength with the best ControlNet `strength_criterion` is
+# recorded in the run folder (`generation.yaml`) and used for the test split below and by
+# `python -m stsynth_lib.predict`. Persistence on the same tiles is the dashed line: what copying the past gives.
 
 # %%
 gen_kw = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
               batch_size=generation_batch_size, controlnet_conditioning_scale=controlnet_conditioning_scale,
-              max_pairs=max_test_pairs, device=device)
+              device=device)
+if img2img_strengths:
+    sweep = sweep_strength(run_dir, dataset_dir, img2img_strengths, split="val", max_pairs=strength_sweep_pairs,
+                           criterion=strength_criterion, allow_uncalibrated=allow_uncalibrated_metrics,
+                           eval_device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
+                           progress=False, **gen_kw)
+    strength = sweep.chosen
+    fig = plot_strength_sweep(sweep)
+    plt.show()
+    display(round_floats(sweep_table(sweep), 4))
+else:
+    strength = clear_chosen_strength(run_dir)  # pure noise; a strength recorded earlier no longer applies
+print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if strength == 1 else
+                                                            f" (chosen on validation by {strength_criterion})"))
+
+# %% [markdown]
+# ## Generate the test split
+# Every test pair (areas never seen in training) is generated with the `scheduler` (UniPC by default) in
+# `num_inference_steps` steps (at the strength above); pair `i` uses the seed `seed + pair_id`, so results do not
+# depend on the batch size. The images are saved with `stsynth_lib.predictions.save_predictions`: a GeoTIFF with the
+# input tile's CRS and geotransform (drop it onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` --
+# what chapter 6 scores.
+
+# %%
+gen_kw.update(max_pairs=max_test_pairs, strength=strength)
 pred_dir = generate_split(run_dir, dataset_dir, "test", **gen_kw)
 index = pd.read_csv(pred_dir / "index.csv")
 print(f"{plural(len(index), 'test image')} in {pred_dir}")
@@ -313,8 +347,8 @@ plt.show()
 
 # %% [markdown]
 # ### Does the past image matter? ControlNet against the backbone alone
-# The same test pairs, prompts, seeds and scheduler, drawn by the backbone **without** the ControlNet (the prompt
-# alone). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
+# The same test pairs, prompts, seeds, scheduler and starting latents (at strength < 1: the same noised past image),
+# drawn by the backbone **without** the ControlNet (the prompt alone). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
 # ControlNet minus prompt-only per metric, paired by pair, with a 95 % interval that resamples whole areas. Nothing
 # is chosen from this table (the test split is only reported).
 
@@ -352,6 +386,8 @@ if num_samples_per_pair > 1:
 #   logs, validation grids, resumable checkpoints and the trained ControlNet.
 # * `control_gain` and `cond_gain` show whether the ControlNet does anything, and whether it uses *its* condition
 #   (both 0 at step 0 by construction); the prompt-only comparison shows whether that reaches the images.
+# * Where denoising starts (the img2img strength) was chosen on validation pairs and recorded in the run folder; the
+#   sweep figure shows what each strength gives against the backbone alone and persistence.
 # * The test split was generated and saved as georeferenced GeoTIFFs + PNGs for chapter 6.
 #
 # ## What's next

@@ -237,13 +237,15 @@ class ControlNetPredictor(Predictor):
     family = "ControlNet"
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", scheduler: str = "unipc",
-                 num_inference_steps: int = 20, guidance_scale: float = 1.0):
-        from stsynth_lib.controlnet.generate import load_trained, make_scheduler
+                 num_inference_steps: int = 20, guidance_scale: float = 1.0, strength: float | None = None):
+        from stsynth_lib.controlnet.generate import chosen_strength, load_trained, make_scheduler
 
         self.backbone, self.controlnet, self.params = load_trained(run_dir, device)
         self.device = next(self.controlnet.parameters()).device
         self.scheduler = make_scheduler(scheduler, self.backbone.noise_scheduler.config)
         self.steps, self.guidance_scale = num_inference_steps, guidance_scale
+        # img2img strength: the run's value chosen on validation (generation.yaml), 1.0 (pure noise) when none
+        self.strength = chosen_strength(run_dir) if strength is None else float(strength)
         self.uses_mask = bool(self.params["use_mask"])
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
 
@@ -257,14 +259,14 @@ class ControlNetPredictor(Predictor):
         prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
         seeds = [seed + i for i in range(len(prompts))]
         imgs = sample_images(self.backbone, self.controlnet, cond, prompts, self.scheduler, self.steps,
-                             self.guidance_scale, seeds)
+                             self.guidance_scale, seeds, init_image=b["past"].to(self.device), strength=self.strength)
         return resize_spatial(imgs, batch["past"].shape[-1])
 
 
 def load_predictor(run_dir: str | Path, which: str = "best", device: str = "cpu", **kwargs: Any) -> Predictor:
     """The predictor of any trained run folder: a cGAN (``model.yaml``: pix2pix, attention_unet; ``which`` picks
     ``best``, ``latest`` or a checkpoint) or a ControlNet (``controlnet/``; ``kwargs`` go to sampling:
-    ``scheduler``, ``num_inference_steps``, ``guidance_scale``)."""
+    ``scheduler``, ``num_inference_steps``, ``guidance_scale``, ``strength``)."""
     run = Path(run_dir)
     if (run / "model.yaml").is_file():
         return CGANPredictor(run, which, device)
@@ -280,6 +282,16 @@ def _overlap(text: str) -> int | None:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number of pixels >= 0, got {text!r}")
     return int(text)
+
+
+def _strength(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return v
 
 
 def _positive(text: str) -> int:
@@ -307,6 +319,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
                    help="overlap of neighbouring tiles, blended; auto = a quarter tile")
     p.add_argument("--num-inference-steps", type=_positive, help="ControlNet sampling steps (default: 20)")
+    p.add_argument("--strength", type=_strength, help="ControlNet img2img strength in (0, 1], 1 = pure noise "
+                                                      "(default: the run's value chosen on validation, else 1)")
     p.add_argument("--overwrite", action="store_true", help="predict again pairs whose GeoTIFF exists")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -319,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     sampling = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}
+    if args.strength is not None:
+        sampling["strength"] = args.strength
     options = TreeOptions(min_gap_months=args.min_gap_months, max_gap_months=args.max_gap_months, aois=args.aoi,
                           max_pairs=args.max_pairs, seed=args.seed, batch_size=args.batch_size,
                           overlap_px=args.overlap_px, overwrite=args.overwrite, progress=not args.no_progress)
@@ -326,7 +342,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = load_predictor(args.run, args.which, device, **sampling)  # sampling: ControlNet only
         predict_tree(predictor, args.run, args.data, args.out, predictor.trained_tile_size_px,
                      run_bands(args.run, predictor.n_bands), options,
-                     {"which": args.which, "device": device, "num_inference_steps": args.num_inference_steps})
+                     {"which": args.which, "device": device, "num_inference_steps": args.num_inference_steps,
+                      "strength": getattr(predictor, "strength", None)})
     except (ValueError, FileNotFoundError) as exc:  # SN7DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2

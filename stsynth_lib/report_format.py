@@ -159,9 +159,11 @@ def backbone_label(params: Mapping[str, Any]) -> str:
     return name or "backbone not recorded"
 
 
-def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False) -> str:
-    """``"ControlNet [tiny random backbone]"``; ``prompt_only``: the backbone's images from the prompt alone."""
-    return f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} [{backbone_label(params)}]"
+def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False, strength: float | None = None) -> str:
+    """``"ControlNet [tiny random backbone]"``; ``prompt_only``: the backbone's images from the prompt alone;
+    ``strength`` < 1: denoising started from the noised past image (img2img), which the label says."""
+    start = f"; img2img from the past image, strength {float(strength):g}" if strength is not None and strength < 1 else ""
+    return f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} [{backbone_label(params)}{start}]"
 
 
 def is_controlnet(model: str) -> bool:

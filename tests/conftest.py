@@ -80,3 +80,24 @@ def stsynth_cache_in_tmp(tmp_path_factory):
         os.environ.pop("STSYNTH_CACHE", None)
     else:
         os.environ["STSYNTH_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_step_controlnet_run(tiny_dataset_dir, tmp_path_factory, stsynth_cache_in_tmp):
+    """A one-step ControlNet run on the tiny random backbone (32 px tiles): its zero convolutions are no longer
+    zero. Trained on one thread."""
+    import torch
+
+    from stsynth_lib.controlnet.config import ControlNetTrainConfig
+    from stsynth_lib.controlnet.train import train_controlnet
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = ControlNetTrainConfig(
+            dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path_factory.mktemp("runs")), profile="test",
+            max_train_steps=1, train_batch_size=2, learning_rate=1e-3, validate_at_start=False, validation_steps=0,
+            checkpointing_steps=0, max_train_pairs=8, progress=False)
+        yield train_controlnet(cfg)
+    finally:
+        torch.set_num_threads(old_threads)

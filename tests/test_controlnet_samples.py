@@ -18,28 +18,8 @@ GEN = dict(num_inference_steps=2, batch_size=4, max_pairs=3, progress=False)
 
 
 @pytest.fixture(scope="module")
-def run(tiny_dataset_dir, tmp_path_factory):
-    """A one-step ControlNet run on the tiny backbone: its zero convolutions are no longer zero."""
-    import os
-
-    from stsynth_lib.controlnet.config import ControlNetTrainConfig
-    from stsynth_lib.controlnet.train import train_controlnet
-
-    old_cache, old_threads = os.environ.get("STSYNTH_CACHE"), torch.get_num_threads()
-    os.environ["STSYNTH_CACHE"] = str(tmp_path_factory.mktemp("stsynth_cache"))
-    torch.set_num_threads(1)
-    try:
-        cfg = ControlNetTrainConfig(
-            dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path_factory.mktemp("runs")), profile="test",
-            max_train_steps=1, train_batch_size=2, learning_rate=1e-3, validate_at_start=False, validation_steps=0,
-            checkpointing_steps=0, max_train_pairs=8, progress=False)
-        yield train_controlnet(cfg)
-    finally:
-        torch.set_num_threads(old_threads)
-        if old_cache is None:
-            os.environ.pop("STSYNTH_CACHE", None)
-        else:
-            os.environ["STSYNTH_CACHE"] = old_cache
+def run(one_step_controlnet_run):
+    return one_step_controlnet_run
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,12 @@ folder itself (what chapter 6 scores), further samples of the same pairs
 (``num_samples_per_pair > 1``) in ``<folder>/samples/sample-<k>/``, seeded by
 :func:`sample_seed`. ``prompt_only=True`` samples the bare backbone from the
 prompt alone (no ControlNet) on the same pairs and seeds.
+
+``strength < 1`` starts the denoising from the past image instead of pure noise (SDEdit; diffusers'
+``StableDiffusionControlNetImg2ImgPipeline``): the past image's VAE latent is noised to the timestep where the last
+``strength`` share of the schedule begins and only those steps run. ``strength = 1`` is pure noise, exactly the
+loop without it. :mod:`stsynth_lib.controlnet.strength` chooses it on validation and records it in the run folder
+(``generation.yaml``), which generation and the predictor then use by default.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import torch
 import yaml
 
 from stsynth_lib.controlnet.backbone import Backbone, load_backbone
+from stsynth_lib.runs import save_yaml
 from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial: re-exported)
     batch_conditioning,
     batch_prompts,
@@ -35,6 +42,7 @@ from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial
 )
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
+GENERATION_FILE = "generation.yaml"  # settings chosen on validation for generation (img2img_strength)
 SAMPLE_SEED_STRIDE = 1_000_003  # a prime larger than any pair id: sample k of one pair never reuses another's seed
 
 
@@ -102,8 +110,14 @@ def sample_images(
     controlnet_conditioning_scale: float = 1.0,
     weight_dtype: torch.dtype | None = None,
     latents: torch.Tensor | None = None,
+    init_image: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Denoise from seeded noise to images ``(B, 3, H, W)`` in [-1, 1] (float32, on CPU).
+
+    ``strength < 1`` (img2img / SDEdit) needs ``init_image`` ``(B, C, H, W)`` in [-1, 1] (the past image): its VAE
+    latent (posterior mean) is noised with the seeded noise to the first of the last ``int(steps * strength)``
+    timesteps, and only those run. ``strength = 1`` ignores ``init_image``.
 
     ``cond`` is the ``(B, C, H, W)`` conditioning in [0, 1]; ``guidance_scale``
     > 1 enables classifier-free guidance against the empty prompt. ``controlnet=None``
@@ -121,14 +135,26 @@ def sample_images(
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
         latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
     scheduler.set_timesteps(num_inference_steps, device=device)
-    latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
+    timesteps = scheduler.timesteps
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    if float(strength) < 1.0:
+        if init_image is None:
+            raise ValueError("strength < 1 starts from an image: pass init_image (the past image, in [-1, 1])")
+        timesteps, begin = img2img_timesteps(scheduler, num_inference_steps, strength)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        init = image_latents(backbone, init_image.to(device), (h, w))
+        latents = scheduler.add_noise(init, latents.to(device, torch.float32), timesteps[:1].repeat(b))
+    else:
+        latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
     do_cfg = guidance_scale > 1.0
     emb = encode_prompts(backbone, prompts, device, dtype)
     if do_cfg:
         emb = torch.cat([encode_prompts(backbone, [""] * b, device, dtype), emb])
         cond = torch.cat([cond, cond])
     cond = cond.to(device, dtype)
-    for t in scheduler.timesteps:
+    for t in timesteps:
         x = torch.cat([latents] * 2) if do_cfg else latents
         x = scheduler.scale_model_input(x, t).to(dtype)
         extra = {}
@@ -151,6 +177,39 @@ def sample_images(
             "generated images contain NaN/Inf (black images): keep the VAE in fp32 and prefer bf16 over fp16."
         )
     return img
+
+
+def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
+    """(the timesteps that run, their start index) for ``strength``: the last ``int(steps * strength)`` of the
+    scheduler's (already set) schedule, as diffusers' img2img pipelines take them."""
+    n_run = min(int(num_inference_steps * float(strength) + 1e-6), num_inference_steps)
+    if n_run < 1:
+        raise ValueError(f"strength {strength} x {num_inference_steps} inference steps runs no step: raise the "
+                         f"strength to at least {1 / num_inference_steps:.3g} or the number of steps")
+    begin = (num_inference_steps - n_run) * scheduler.order
+    return scheduler.timesteps[begin:], begin
+
+
+@torch.no_grad()
+def image_latents(backbone: Backbone, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Scaled VAE latents (posterior mean, fp32) of images ``(B, C, H, W)`` in [-1, 1]: the first channels the VAE
+    takes, resized to ``size`` (the generation resolution) when given."""
+    vae = backbone.vae
+    x = images[:, : vae.config.in_channels].float()
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        lat = vae.encode(x.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    return lat.float()
+
+
+def chosen_strength(run_dir: str | os.PathLike) -> float:
+    """The img2img strength chosen on validation for a ControlNet run (``<run>/generation.yaml``), or 1.0 (pure
+    noise) when none was chosen."""
+    path = Path(run_dir) / GENERATION_FILE
+    if not path.is_file():
+        return 1.0
+    return float(yaml.safe_load(path.read_text())["img2img_strength"])
 
 
 def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype | None = None):
@@ -197,6 +256,8 @@ def generate_split(
     progress: bool = True,
     num_samples_per_pair: int = 1,
     prompt_only: bool = False,
+    strength: float | None = None,
+    subsample_seed: int | None = None,
 ) -> Path:
     """Generate the future image of every pair of ``split`` and save them as predictions.
 
@@ -208,6 +269,11 @@ def generate_split(
     :func:`sample_dir`. ``prompt_only`` samples the bare backbone from the prompt
     alone (no ControlNet; same pairs, prompts, seeds and scheduler), by default into
     ``<run_dir>/predictions_prompt_only/<split>`` so the ControlNet's images stay.
+    ``strength`` (img2img from the past image, see :func:`sample_images`; prompt-only
+    too, so both start from the same noised past): None takes the run's validated
+    value (:func:`chosen_strength`, 1.0 when none). ``subsample_seed`` with
+    ``max_pairs`` takes a seeded random subset of the split (spread over its areas)
+    instead of its first pairs.
     Returns the predictions folder (default ``<run_dir>/predictions/<split>``),
     which is cleared first, its ``samples/`` included.
     """
@@ -222,7 +288,8 @@ def generate_split(
     run_dir = Path(run_dir)
     backbone, controlnet, params = load_trained(run_dir, device)
     dev = next(controlnet.parameters()).device
-    ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs)
+    strength = chosen_strength(run_dir) if strength is None else float(strength)
+    ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs, subsample_seed=subsample_seed)
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
     _check_size(ds.tile_size_px, params)
@@ -232,7 +299,7 @@ def generate_split(
     _clear_with_samples(out)
     sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    what = "prompt only" if prompt_only else scheduler
+    what = ("prompt only" if prompt_only else scheduler) + (f", img2img strength {strength:g}" if strength < 1 else "")
     for batch in tqdm(dl, desc=f"generate {split} ({what}, {num_inference_steps} steps)", disable=not progress):
         b = resize_batch(batch, params["resolution_px"])
         cond = batch_conditioning(b, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"]).to(dev)
@@ -240,10 +307,14 @@ def generate_split(
         for k in range(int(num_samples_per_pair)):
             seeds = [sample_seed(seed, p, k) for p in batch["pair_id"]]
             imgs = sample_images(backbone, None if prompt_only else controlnet, cond, prompts, sched,
-                                 num_inference_steps, guidance_scale, seeds, controlnet_conditioning_scale)
+                                 num_inference_steps, guidance_scale, seeds, controlnet_conditioning_scale,
+                                 init_image=b["past"], strength=strength)
             imgs = resize_spatial(imgs, ds.tile_size_px)  # back onto the tile's pixel grid
             save_predictions(sample_dir(out, k), imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"],
                              batch["crs"], write_png)
+    save_yaml({"strength": strength, "scheduler": scheduler, "num_inference_steps": int(num_inference_steps),
+               "guidance_scale": float(guidance_scale), "seed": int(seed), "prompt_only": bool(prompt_only),
+               "num_samples_per_pair": int(num_samples_per_pair)}, out / GENERATION_FILE)  # how these were drawn
     return out
 
 

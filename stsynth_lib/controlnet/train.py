@@ -45,7 +45,7 @@ from stsynth_lib.controlnet.backbone import TINY_BACKBONE, build_tiny_sd, load_b
 from stsynth_lib.controlnet.conditioning import apply_prompt_dropout, batch_conditioning, batch_prompts
 from stsynth_lib.controlnet.conditioning import conditioning_channels, resize_batch
 from stsynth_lib.controlnet.config import LOG_FIELDS, ControlNetTrainConfig
-from stsynth_lib.controlnet.generate import encode_prompts
+from stsynth_lib.controlnet.generate import GENERATION_FILE, encode_prompts
 from stsynth_lib.controlnet.losses import diffusion_loss, reinit_cond_embedding, zero_conv_parameters
 from stsynth_lib.controlnet.validation import ControlNetValidator
 from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, atomic_write_text, prepare_run_dir, resolve_resume
@@ -187,9 +187,12 @@ class ControlNetRun:
     def open_run_dir(self, resume: Path | None) -> None:
         """``params.yaml`` (with option changes on resume), the tiny backbone's weights, the log."""
         params = self.effective_params()
+        step = 0
         if resume is not None:
             step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
             params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes)
+        if self.main and step < self.cfg.max_train_steps:  # new weights: a strength chosen for the old ones is void
+            (self.run_dir / GENERATION_FILE).unlink(missing_ok=True)
         if self.main:
             if self.backbone.kind == TINY_BACKBONE and not (self.run_dir / "backbone" / "stsynth_backbone.json").is_file():
                 save_backbone(self.backbone, self.run_dir / "backbone")

@@ -231,11 +231,23 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
     return out
 
 
+def _generation_strength(folder: Path) -> float | None:
+    """The img2img strength a ControlNet predictions folder was generated at (its ``generation.yaml``), or None."""
+    import yaml
+
+    path = folder / "generation.yaml"
+    try:
+        return float(yaml.safe_load(path.read_text())["strength"]) if path.is_file() else None
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
+
+
 def model_labels(runs) -> dict[str, str]:
     """``{model: label}`` for every ControlNet of ``runs`` ({name: predictions folder}): which backbone produced its
     images, read from the run folder's ``params.yaml`` (``<run>/predictions/<split>`` -> ``<run>/params.yaml``;
     :func:`stsynth_lib.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
-    ``predictions_prompt_only``) are labelled as the backbone alone; a ControlNet-named model without a readable
+    ``predictions_prompt_only``) are labelled as the backbone alone; images started from the noised past image (the
+    folder's ``generation.yaml`` has ``strength`` < 1) say so; a ControlNet-named model without a readable
     params.yaml gets "ControlNet [backbone not recorded]". Other models get no label (tables show their name)."""
     import yaml
 
@@ -250,7 +262,8 @@ def model_labels(runs) -> dict[str, str]:
             except yaml.YAMLError:
                 params = None
         if isinstance(params, dict) and (params.get("model") == "controlnet" or "backbone_name" in params):
-            out[name] = controlnet_label(params, prompt_only=Path(folder).parent.name == "predictions_prompt_only")
+            out[name] = controlnet_label(params, prompt_only=Path(folder).parent.name == "predictions_prompt_only",
+                                         strength=_generation_strength(Path(folder)))
         elif is_controlnet(name):
             out[name] = CONTROLNET_NOT_RECORDED
     return out

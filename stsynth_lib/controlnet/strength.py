@@ -1,0 +1,186 @@
+"""Choose the img2img strength of ControlNet generation on the validation split (never on test).
+
+``strength`` (see :func:`stsynth_lib.controlnet.generate.sample_images`) sets where denoising starts: 1.0 is pure
+noise (the ControlNet must draw the whole future from its condition), smaller values start from the past image's
+VAE latent noised part of the way, so only the last ``strength`` share of the schedule runs. Low strengths keep
+more of the past image (towards persistence through the VAE); high ones leave more to the model.
+
+:func:`sweep_strength` generates a seeded subset of validation pairs at every strength of a grid, with the
+ControlNet and, on the same pairs, seeds and starting latents, with the backbone alone (prompt only), scores both
+with the chapter-6 metrics against the truth (persistence on the same tiles for reference), picks the strength by
+one criterion fixed in advance (default: the ControlNet's mean PSNR) and records it in the run folder
+(``generation.yaml``), which :func:`~stsynth_lib.controlnet.generate.generate_split` and the predictor then use.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from stsynth_lib.controlnet.generate import GENERATION_FILE, generate_split
+from stsynth_lib.runs import save_yaml
+
+STRENGTH_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+CRITERIA = {"psnr": "max", "ssim": "max", "lpips": "min"}  # metric -> the better direction
+CONTROLNET, PROMPT_ONLY = "controlnet", "prompt_only"
+
+
+@dataclass
+class StrengthSweep:
+    """One validation sweep: ``table`` has a row per (strength, model in {controlnet, prompt_only}) with the mean
+    ``psnr``, ``ssim``, ``lpips`` (NaN when not computed) and ``n`` tiles; ``persistence`` the same means for the
+    past image on the same tiles; ``chosen`` the strength the criterion picked."""
+
+    table: pd.DataFrame
+    persistence: dict[str, float]
+    chosen: float
+    criterion: str
+    split: str
+    n_pairs: int
+    lpips_calibrated: bool
+
+    def record(self) -> dict[str, Any]:
+        """What ``generation.yaml`` holds (plain types)."""
+        rows = {}
+        for s, g in self.table.groupby("strength"):
+            rows[float(s)] = {m: {k: _plain(r[k]) for k in ("psnr", "ssim", "lpips")} for m, r in
+                              g.set_index("model").iterrows()}
+        return {"img2img_strength": float(self.chosen), "chosen_on": self.split, "criterion": self.criterion,
+                "n_pairs": int(self.n_pairs), "lpips_calibrated": bool(self.lpips_calibrated),
+                "persistence": {k: _plain(v) for k, v in self.persistence.items()}, "scores": rows}
+
+
+def _plain(v: Any) -> float | None:
+    v = float(v)
+    return None if v != v else round(v, 5)
+
+
+def choose_strength(table: pd.DataFrame, criterion: str = "psnr") -> float:
+    """The strength whose ControlNet row is best on ``criterion`` (psnr/ssim: highest, lpips: lowest); ties go to
+    the higher strength (more of the image left to the model)."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    rows = table[table["model"] == CONTROLNET].dropna(subset=[criterion]).sort_values("strength", ascending=False)
+    if rows.empty:
+        raise ValueError(f"no ControlNet row has a {criterion} score: nothing to choose from")
+    best = rows[criterion].idxmax() if CRITERIA[criterion] == "max" else rows[criterion].idxmin()
+    return float(rows.loc[best, "strength"])
+
+
+def sweep_strength(
+    run_dir: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    strengths: Sequence[float] = STRENGTH_GRID,
+    split: str = "val",
+    max_pairs: int | None = 256,
+    criterion: str = "psnr",
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    with_prompt_only: bool = True,
+    compute_lpips: bool = True,
+    allow_uncalibrated: bool = False,
+    eval_device: str = "cpu",
+    record: bool = True,
+    keep_images: bool = False,
+    progress: bool = True,
+    **gen_kw: Any,
+) -> StrengthSweep:
+    """Generate ``max_pairs`` seeded-random pairs of ``split`` (spread over its areas) at each strength, score them
+    and choose the strength by ``criterion`` on the ControlNet's rows. ``gen_kw`` go to ``generate_split``
+    (scheduler, num_inference_steps, guidance_scale, batch_size, device, ...; ``seed`` is shared). With ``record``
+    the choice is written to ``<run_dir>/generation.yaml``. Images go to ``out_dir`` (default
+    ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. The test split is refused:
+    settings are chosen on validation."""
+    from stsynth_lib import evaluate as E
+
+    if split == "test":
+        raise ValueError("the img2img strength is a setting: choose it on the validation split, never on test")
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    if criterion == "lpips" and not compute_lpips:
+        raise ValueError("criterion 'lpips' needs compute_lpips=True")
+    grid = sorted({float(s) for s in strengths})
+    if not grid or not all(0.0 < s <= 1.0 for s in grid):
+        raise ValueError(f"strengths must be a non-empty list of values in (0, 1], got {list(strengths)}")
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / f"strength_sweep_{split}"
+    folders: dict[str, Path] = {}
+    for s in grid:
+        kinds = (CONTROLNET, PROMPT_ONLY) if with_prompt_only else (CONTROLNET,)
+        for kind in kinds:
+            folders[f"{kind}@{s:g}"] = generate_split(
+                run_dir, dataset_dir, split, out_dir=out / f"strength-{s:g}" / kind, max_pairs=max_pairs,
+                subsample_seed=seed if max_pairs is not None else None, seed=seed, strength=s,
+                prompt_only=kind == PROMPT_ONLY, progress=progress, **gen_kw)
+    res = E.evaluate_models(dataset_dir, split, folders, compute_lpips=compute_lpips,
+                            allow_uncalibrated=allow_uncalibrated, device=eval_device, seed=seed, progress=progress)
+    means = res.summary.pivot_table(index="model", columns="metric", values="mean")
+    for m in ("psnr", "ssim", "lpips"):
+        if m not in means.columns:
+            means[m] = float("nan")
+    n = res.summary[res.summary["metric"] == "psnr"].set_index("model")["n"]
+    rows = []
+    for name in folders:
+        kind, s = name.split("@")
+        rows.append({"strength": float(s), "model": kind, **{m: float(means.loc[name, m]) for m in
+                                                              ("psnr", "ssim", "lpips")}, "n": int(n.get(name, 0))})
+    table = pd.DataFrame(rows).sort_values(["model", "strength"]).reset_index(drop=True)
+    persistence = {m: float(means.loc["persistence", m]) for m in ("psnr", "ssim", "lpips")}
+    sweep = StrengthSweep(table, persistence, choose_strength(table, criterion), criterion, split,
+                          int(table["n"].max()), bool(res.calibrated.get("lpips", False)))
+    if record:
+        save_yaml(sweep.record(), run_dir / GENERATION_FILE)
+    if not keep_images:
+        shutil.rmtree(out, ignore_errors=True)
+    return sweep
+
+
+def clear_chosen_strength(run_dir: str | os.PathLike) -> float:
+    """Forget a strength recorded for ``run_dir`` (generation then starts from pure noise); returns 1.0."""
+    (Path(run_dir) / GENERATION_FILE).unlink(missing_ok=True)
+    return 1.0
+
+
+def sweep_table(sweep: StrengthSweep) -> pd.DataFrame:
+    """One row per strength: the ControlNet's and the backbone-alone means side by side, persistence as a row."""
+    names = {CONTROLNET: "ControlNet", PROMPT_ONLY: "backbone alone"}
+    units = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
+    metrics = [m for m in units if sweep.table[m].notna().any()]
+    wide = sweep.table.pivot(index="strength", columns="model", values=metrics)
+    wide.columns = [f"{names[k]} {units[m]}" for m, k in wide.columns]
+    wide = wide.reset_index()
+    wide.insert(1, "chosen", ["yes" if s == sweep.chosen else "" for s in wide["strength"]])
+    pers = {"strength": "persistence (same tiles)", "chosen": ""}
+    pers.update({c: sweep.persistence[m] for c in wide.columns for m in metrics if c.endswith(units[m])})
+    return pd.concat([wide, pd.DataFrame([pers])], ignore_index=True)
+
+
+def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
+    """PSNR, SSIM and LPIPS against the strength: the ControlNet, the backbone alone (prompt only) from the same
+    starting latents, persistence on the same tiles (dashed) and the chosen strength (dotted)."""
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("psnr", "ssim", "lpips") if sweep.table[m].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for kind, style, label in ((CONTROLNET, "o-", "ControlNet"), (PROMPT_ONLY, "s--", "backbone alone (prompt)")):
+            g = sweep.table[sweep.table["model"] == kind]
+            if len(g):
+                ax.plot(g["strength"], g[m], style, label=label)
+        if sweep.persistence.get(m) == sweep.persistence.get(m):
+            ax.axhline(sweep.persistence[m], color="grey", ls="--", lw=1, label="persistence")
+        ax.axvline(sweep.chosen, color="k", ls=":", lw=1, label=f"chosen ({sweep.chosen:g})")
+        unit = " (dB)" if m == "psnr" else (" (uncalibrated)" if m == "lpips" and not sweep.lpips_calibrated else "")
+        ax.set_xlabel("img2img strength (1 = pure noise)")
+        ax.set_ylabel(m.upper() + unit + (", lower is better" if m == "lpips" else ""))
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title or f"img2img strength on {sweep.split} ({sweep.n_pairs} pairs): chosen by {sweep.criterion}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

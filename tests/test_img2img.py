@@ -1,0 +1,203 @@
+"""img2img generation (denoising from the noised past image) and the strength chosen on validation: the strength-1
+path is the old one bit for bit, lower strengths stay closer to the past, the choice is recorded and used by
+generation and the predictor, and the test split is refused. CPU, 32 px tiles, a one-step tiny run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+pytest.importorskip("diffusers")
+pytest.importorskip("open_clip")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+GEN = dict(num_inference_steps=4, batch_size=4, max_pairs=3, progress=False)
+
+
+@pytest.fixture(scope="module")
+def loaded(one_step_controlnet_run):
+    from stsynth_lib.controlnet.generate import load_trained
+
+    return load_trained(one_step_controlnet_run, "cpu")
+
+
+def _batch(tiny_dataset_dir, n=3):
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.training import collate
+
+    ds = PairedTileDataset(tiny_dataset_dir, split="test")
+    return collate([ds[i] for i in range(n)])
+
+
+def _sample(loaded, batch, strength, steps=10, seeds=(1, 2, 3), **kw):
+    from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts
+    from stsynth_lib.controlnet.generate import make_scheduler, sample_images
+
+    backbone, controlnet, params = loaded
+    cond = batch_conditioning(batch, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"])
+    prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
+    sched = make_scheduler("unipc", backbone.noise_scheduler.config)
+    return sample_images(backbone, controlnet, cond, prompts, sched, steps, 1.0, list(seeds), strength=strength,
+                         **kw)
+
+
+def test_strength_one_is_the_pure_noise_loop_bit_for_bit(loaded, tiny_dataset_dir):
+    batch = _batch(tiny_dataset_dir)
+    plain = _sample(loaded, batch, 1.0)
+    with_init = _sample(loaded, batch, 1.0, init_image=batch["past"])
+    assert torch.equal(plain, with_init)
+
+
+def test_lower_strength_stays_closer_to_the_past(loaded, tiny_dataset_dir):
+    from stsynth_lib.controlnet.generate import image_latents
+
+    backbone = loaded[0]
+    batch = _batch(tiny_dataset_dir)
+    with torch.no_grad():
+        lat = image_latents(backbone, batch["past"])
+        recon = backbone.vae.decode(lat / backbone.vae.config.scaling_factor, return_dict=False)[0].clamp(-1, 1)
+    dist = {s: float((_sample(loaded, batch, s, init_image=batch["past"]) - recon).abs().mean())
+            for s in (0.1, 0.5, 1.0)}
+    assert dist[0.1] < dist[0.5] < dist[1.0], dist
+    # and the starting image matters: another past gives another image at the same seeds
+    other = _sample(loaded, batch, 0.5, init_image=batch["past"].flip(0))
+    assert not torch.allclose(other, _sample(loaded, batch, 0.5, init_image=batch["past"]))
+
+
+def test_img2img_timesteps_are_the_last_share_of_the_schedule(loaded):
+    from stsynth_lib.controlnet.generate import img2img_timesteps, make_scheduler
+
+    sched = make_scheduler("unipc", loaded[0].noise_scheduler.config)
+    sched.set_timesteps(10)
+    for s, n_run in ((1.0, 10), (0.3, 3), (0.7, 7), (0.6, 6), (0.25, 2), (0.1, 1)):
+        ts, begin = img2img_timesteps(sched, 10, s)
+        assert len(ts) == n_run and begin == 10 - n_run
+        assert torch.equal(ts, sched.timesteps[begin:])
+    with pytest.raises(ValueError, match="runs no step"):
+        img2img_timesteps(sched, 10, 0.05)
+
+
+def test_bad_strengths_are_refused(loaded, tiny_dataset_dir):
+    batch = _batch(tiny_dataset_dir, 1)
+    with pytest.raises(ValueError, match="init_image"):
+        _sample(loaded, batch, 0.5, seeds=(1,))
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match=r"strength must be in \(0, 1\]"):
+            _sample(loaded, batch, bad, seeds=(1,), init_image=batch["past"])
+
+
+def test_choose_strength_follows_its_criterion():
+    from stsynth_lib.controlnet.strength import choose_strength
+
+    t = pd.DataFrame({"strength": [0.2, 0.5, 1.0, 0.2, 0.5, 1.0],
+                      "model": ["controlnet"] * 3 + ["prompt_only"] * 3,
+                      "psnr": [20.0, 21.0, 12.0, 30.0, 30.0, 30.0],   # prompt-only rows never choose
+                      "ssim": [0.7, 0.6, 0.2, 0.9, 0.9, 0.9],
+                      "lpips": [0.3, 0.25, 0.6, 0.1, 0.1, 0.1]})
+    assert choose_strength(t, "psnr") == 0.5
+    assert choose_strength(t, "ssim") == 0.2
+    assert choose_strength(t, "lpips") == 0.5
+    tie = t.assign(psnr=[21.0, 21.0, 12.0, 0, 0, 0])
+    assert choose_strength(tie, "psnr") == 0.5  # ties go to the higher strength
+    with pytest.raises(ValueError, match="criterion"):
+        choose_strength(t, "fid")
+
+
+def test_sweep_refuses_the_test_split(one_step_controlnet_run, tiny_dataset_dir):
+    from stsynth_lib.controlnet.strength import sweep_strength
+
+    with pytest.raises(ValueError, match="never on test"):
+        sweep_strength(one_step_controlnet_run, tiny_dataset_dir, [0.5], split="test")
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        sweep_strength(one_step_controlnet_run, tiny_dataset_dir, [0.0, 0.5])
+
+
+def test_sweep_records_the_choice_and_generation_uses_it(one_step_controlnet_run, tiny_dataset_dir, tmp_path):
+    import shutil
+
+    from stsynth_lib.controlnet.generate import GENERATION_FILE, chosen_strength, generate_split
+    from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength_sweep, sweep_strength, sweep_table
+    from stsynth_lib.predictions import load_predictions
+
+    run = tmp_path / "cn"
+    shutil.copytree(one_step_controlnet_run, run)
+    assert chosen_strength(run) == 1.0  # nothing chosen yet: pure noise
+    sweep = sweep_strength(run, tiny_dataset_dir, [0.25, 1.0], max_pairs=4, compute_lpips=False,
+                           allow_uncalibrated=True, progress=False, num_inference_steps=4, batch_size=4)
+    assert set(sweep.table["model"]) == {"controlnet", "prompt_only"} and len(sweep.table) == 4
+    assert (sweep.table["n"] == 4).all()
+    best = sweep.table[sweep.table.model == "controlnet"].sort_values("psnr").iloc[-1]["strength"]
+    assert sweep.chosen == best
+    rec = yaml.safe_load((run / GENERATION_FILE).read_text())
+    assert rec["img2img_strength"] == sweep.chosen and rec["chosen_on"] == "val" and rec["n_pairs"] == 4
+    assert chosen_strength(run) == sweep.chosen
+    assert not (run / "strength_sweep_val").exists()  # sweep images are removed
+    assert "persistence (same tiles)" in sweep_table(sweep)["strength"].tolist()
+    assert plot_strength_sweep(sweep).axes
+
+    # generation takes the recorded strength by default, and an explicit one overrides it
+    kw = dict(GEN)
+    default = load_predictions(generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "d", **kw))
+    same = load_predictions(generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "s",
+                                           strength=sweep.chosen, **kw))
+    other_s = 1.0 if sweep.chosen != 1.0 else 0.25
+    other = load_predictions(generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "o",
+                                            strength=other_s, **kw))
+    assert all(np.array_equal(default[k], same[k]) for k in default)
+    assert any(not np.array_equal(default[k], other[k]) for k in default)
+    assert clear_chosen_strength(run) == 1.0 and chosen_strength(run) == 1.0
+
+
+def test_predictor_uses_the_recorded_strength(one_step_controlnet_run, tmp_path):
+    import shutil
+
+    from stsynth_lib.controlnet.generate import GENERATION_FILE
+    from stsynth_lib.predict import load_predictor, parse_args
+
+    run = tmp_path / "cn"
+    shutil.copytree(one_step_controlnet_run, run)
+    assert load_predictor(run, num_inference_steps=2).strength == 1.0
+    (run / GENERATION_FILE).write_text(yaml.safe_dump({"img2img_strength": 0.4}))
+    assert load_predictor(run, num_inference_steps=2).strength == 0.4
+    assert load_predictor(run, num_inference_steps=2, strength=0.8).strength == 0.8
+    assert parse_args(["--run", "r", "--data", "d", "--out", "o", "--strength", "0.5"]).strength == 0.5
+    with pytest.raises(SystemExit):
+        parse_args(["--run", "r", "--data", "d", "--out", "o", "--strength", "0"])
+
+
+def test_training_further_voids_a_recorded_strength(tiny_dataset_dir, tmp_path, stsynth_cache_in_tmp):
+    from stsynth_lib.controlnet.config import ControlNetTrainConfig
+    from stsynth_lib.controlnet.generate import GENERATION_FILE
+    from stsynth_lib.controlnet.train import train_controlnet
+
+    base = dict(dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path), profile="test", train_batch_size=2,
+                validate_at_start=False, validation_steps=0, checkpointing_steps=1, max_train_pairs=8, progress=False)
+    run = train_controlnet(ControlNetTrainConfig(max_train_steps=1, **base))
+    (run / GENERATION_FILE).write_text(yaml.safe_dump({"img2img_strength": 0.4}))
+    train_controlnet(ControlNetTrainConfig(max_train_steps=1, resume_from_checkpoint="latest", **base))
+    assert (run / GENERATION_FILE).is_file()  # nothing trained: the choice still holds
+    train_controlnet(ControlNetTrainConfig(max_train_steps=2, resume_from_checkpoint="latest", **base))
+    assert not (run / GENERATION_FILE).exists()  # new weights: choose again
+
+
+def test_tables_say_when_images_started_from_the_past(one_step_controlnet_run, tiny_dataset_dir, tmp_path):
+    import shutil
+
+    from stsynth_lib.controlnet.generate import generate_split
+    from stsynth_lib.evaluate.data import model_labels
+
+    run = tmp_path / "cn"
+    shutil.copytree(one_step_controlnet_run, run)
+    noise = generate_split(run, tiny_dataset_dir, "test", strength=1.0, **GEN)
+    assert "img2img" not in model_labels({"controlnet": noise})["controlnet"]
+    rec = yaml.safe_load((noise / "generation.yaml").read_text())
+    assert rec["strength"] == 1.0 and rec["num_inference_steps"] == 4 and rec["prompt_only"] is False
+    past = generate_split(run, tiny_dataset_dir, "test", strength=0.5, **GEN)
+    alone = generate_split(run, tiny_dataset_dir, "test", strength=0.5, prompt_only=True, **GEN)
+    labels = model_labels({"controlnet": past, "prompt_only": alone})
+    assert labels["controlnet"].startswith("ControlNet [") and "img2img from the past image, strength 0.5" in labels["controlnet"]
+    assert labels["prompt_only"].startswith("Backbone alone") and "strength 0.5" in labels["prompt_only"]
