@@ -146,3 +146,25 @@ def test_show_sample_spread(run, tiny_dataset_dir, tmp_path):
     spread = fig.axes[5].images[0].get_array()
     assert float(np.asarray(spread).max()) > 0  # the samples differ
     plt.close(fig)
+
+
+@pytest.mark.parametrize("has_mask, n_cols", [([False, False], 3), ([False, True], 4)])
+def test_sample_grids_drop_the_mask_column_only_on_unlabelled_data(has_mask, n_cols):
+    from stsynth_lib.controlnet.validation import validation_figure
+
+    g = torch.Generator().manual_seed(0)
+    batch = {"past": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, "future": torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
+             "future_mask": torch.zeros(2, 1, 16, 16), "has_mask": torch.tensor(has_mask), "aoi": ["a", "b"]}
+    fig = validation_figure(batch, torch.zeros(2, 3, 16, 16), "t")
+    assert len(fig.axes) == 2 * n_cols
+    titles = [ax.get_title() for ax in fig.axes[:n_cols]]
+    assert (titles[1] in ("future mask", "no labels")) == (n_cols == 4)  # a mask column only beside labelled rows
+
+
+def test_prediction_grid_shows_the_mask_of_labelled_data(run, tiny_dataset_dir, tmp_path):
+    from stsynth_lib.controlnet.generate import generate_split
+    from stsynth_lib.controlnet.plots import show_predictions
+
+    pred = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "p", **GEN)
+    fig = show_predictions(pred, tiny_dataset_dir, "test", n=2)
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["past", "future mask", "generated (GeoTIFF)", "truth"]

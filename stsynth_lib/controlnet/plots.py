@@ -90,7 +90,7 @@ def show_validation(run_dir: str | os.PathLike, which: str = "last"):
 
 def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike, split: str = "test", n: int = 4,
                      title: str = ""):
-    """Generated test images next to past, mask and truth, read back from the saved GeoTIFFs."""
+    """Generated test images next to past, mask (on labelled data) and truth, read back from the saved GeoTIFFs."""
     import matplotlib.pyplot as plt
 
     from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
@@ -100,13 +100,17 @@ def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     ds = PairedTileDataset(dataset_dir, split)
     rows = ds.pairs.reset_index().set_index("pair_id")["index"]
     ids = sorted(preds)[:: max(1, len(preds) // n)][:n]
-    fig, axes = plt.subplots(len(ids), 4, figsize=(9, 2.3 * len(ids) + 0.4), squeeze=False)
-    for r, pid in enumerate(ids):
-        s = ds[int(rows[pid])]
+    samples = [ds[int(rows[pid])] for pid in ids]
+    with_mask = any(bool(s["has_mask"]) for s in samples)  # no all-black "no labels" column on unlabelled data
+    fig, axes = plt.subplots(len(ids), 3 + with_mask, figsize=(2.25 * (3 + with_mask), 2.3 * len(ids) + 0.4),
+                             squeeze=False)
+    for r, (pid, s) in enumerate(zip(ids, samples)):
         panels = [(to_uint8(s["past"][:3]).transpose(1, 2, 0), "past"),
                   (s["future_mask"][0].numpy(), "future mask" if bool(s["has_mask"]) else "no labels"),
                   (preds[pid][:3].transpose(1, 2, 0), "generated (GeoTIFF)"),
                   (to_uint8(s["future"][:3]).transpose(1, 2, 0), "truth")]
+        if not with_mask:
+            del panels[1]
         for ax, (img, t) in zip(axes[r], panels):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
             ax.set_title(t if r == 0 else "", fontsize=9)

@@ -17,14 +17,15 @@ from stsynth_lib.training import collate
 
 
 def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: str):
-    """Rows of past | future mask | generated | truth (a matplotlib Figure, not shown)."""
+    """Rows of past | future mask (on labelled data) | generated | truth (a matplotlib Figure, not shown)."""
     from matplotlib.figure import Figure
 
     from stsynth_lib.data.dataset import to_uint8
 
     n = generated.shape[0]
-    fig = Figure(figsize=(8, 2.1 * n + 0.4))
-    axes = fig.subplots(n, 4, squeeze=False)
+    with_mask = bool(torch.as_tensor(batch["has_mask"][:n]).any())  # no all-black "no labels" column
+    fig = Figure(figsize=(2 * (3 + with_mask), 2.1 * n + 0.4))
+    axes = fig.subplots(n, 3 + with_mask, squeeze=False)
     for i in range(n):
         panels = [
             (to_uint8(batch["past"][i][:3]).transpose(1, 2, 0), "past"),
@@ -32,6 +33,8 @@ def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: 
             (to_uint8(generated[i][:3]).transpose(1, 2, 0), "generated"),
             (to_uint8(batch["future"][i][:3]).transpose(1, 2, 0), "truth"),
         ]
+        if not with_mask:
+            del panels[1]
         for ax, (img, t) in zip(axes[i], panels):
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
             ax.set_title(f"{t}" if i == 0 else "", fontsize=9)
