@@ -44,20 +44,23 @@ data-128: env ## downsample your SpaceNet 7 download (SN7_ROOT=...) into the 128
 	@test -n "$(SN7_ROOT)" || (echo "Set SN7_ROOT to your SpaceNet 7 'train' parent, e.g. make data-128 SN7_ROOT=~/SN7_buildings_train OUT=data/sn7_real_128"; exit 2)
 	$(PY) -m stsynth_lib.data.downsample "$(SN7_ROOT)" "$(or $(OUT),data/sn7_real_128)" --size-px 128
 
+# per profile, so that two profiles' runs of one notebook at once keep their own parameters and commit stamp
+NB_BUILD = build/notebooks/$(PROFILE)
+
 nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/executed/PROFILE/, stamped
 	@test -f notebooks/$(NB).py || (echo "No notebooks/$(NB).py"; exit 2)
-	@mkdir -p build/notebooks $(EXECUTED)
+	@mkdir -p $(NB_BUILD) $(EXECUTED)
 	@# check the parameter files against the notebook (keys, types, values) and pass only the keys it reads
-	$(PY) -m stsynth_lib.params merge --notebook notebooks/$(NB).py --out build/notebooks/$(NB).params.yaml \
+	$(PY) -m stsynth_lib.params merge --notebook notebooks/$(NB).py --out $(NB_BUILD)/$(NB).params.yaml \
 		params/$(PROFILE)/common.yaml $$(test -f params/$(PROFILE)/$(NB).yaml && echo params/$(PROFILE)/$(NB).yaml)
-	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o build/notebooks/$(NB).ipynb
+	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o $(NB_BUILD)/$(NB).ipynb
 	@# the commit the notebook runs at (stamped after the run; commits made meanwhile must not be credited)
-	@$(PY) -m stsynth_lib.publish commit > build/notebooks/$(NB).commit
+	@$(PY) -m stsynth_lib.publish commit > $(NB_BUILD)/$(NB).commit
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
-		-f build/notebooks/$(NB).params.yaml \
-		build/notebooks/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
+		-f $(NB_BUILD)/$(NB).params.yaml \
+		$(NB_BUILD)/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
 	@# run stamp (profile, real/synthetic, commit, date, machine, papermill's wall time), parameter cells collapsed
-	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE) --commit "$$(cat build/notebooks/$(NB).commit)"
+	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE) --commit "$$(cat $(NB_BUILD)/$(NB).commit)"
 
 run-all: env ## run every notebook with PROFILE (smoke: synthetic data, CPU, minutes)
 	@for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory nb NB=$$nb PROFILE=$(PROFILE) || exit 1; done
