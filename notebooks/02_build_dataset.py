@@ -79,6 +79,7 @@ min_valid_fraction = 0.5       # drop pairs whose past or future tile has fewer 
 mask_source = "auto"           # auto | pix | match | geo: which label file to rasterise
 build_on_error = "raise"       # raise | skip
 loader_batch_size = 32
+context_strip_offsets_months = [0, -1, -2, "same_month_last_year"]  # the past sequence shown for one pair
 seed = 0
 
 # %%
@@ -94,7 +95,7 @@ from IPython.display import display
 from stsynth_lib.data.blocks import change_summary
 from stsynth_lib.data.build import build_dataset
 from stsynth_lib.data.dataset import PairedTileDataset, TileStore, measure_loader_throughput
-from stsynth_lib.data.plots import plot_block_split, plot_dataset_summary, plot_pair_examples
+from stsynth_lib.data.plots import plot_block_split, plot_context_strip, plot_dataset_summary, plot_pair_examples
 from stsynth_lib.data.sn7 import load_metadata
 from stsynth_lib.report_format import plural, settings_table
 
@@ -166,6 +167,18 @@ else:
 # %%
 train = PairedTileDataset(dataset_dir, "train")
 fig = plot_pair_examples(train, n=4, seed=seed)
+plt.show()
+
+# %% [markdown]
+# ## The past sequence of a pair
+# The store keeps every month of every tile, so a pair also has a past: the frames a context model (chapters 3-4
+# with `context_offsets_months`) and the simple baselines of chapter 6 read. Offsets are months before t0;
+# "same month last year" is t1 - 12, used only when it is not after t0. Absent frames (no image that month, or the
+# first months of a series) are grey: the pair is kept and the model is told the frame is missing.
+
+# %%
+sequence = PairedTileDataset(dataset_dir, "train", context_offsets_months=context_strip_offsets_months)
+fig = plot_context_strip(sequence)
 plt.show()
 
 # %% [markdown]

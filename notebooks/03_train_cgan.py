@@ -139,6 +139,7 @@ from IPython.display import display
 
 from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.data.plots import plot_context_strip
 from stsynth_lib.predict import inputs_from_sample, load_predictor
 from stsynth_lib.predictions import load_predictions
 from stsynth_lib.evaluate import paired_table
@@ -159,6 +160,17 @@ SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filter
 METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 config = CGANTrainConfig.from_params(globals())
 settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
+
+# %% [markdown]
+# ### The frames the model sees
+# With `context_offsets_months` the generator also gets earlier frames of the same tile, each with its validity and
+# age (months before the target) as extra channels; absent frames (grey) are flagged, not dropped. Without it, the
+# model sees the past image alone and this figure is skipped.
+
+# %%
+if context_offsets_months:
+    fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
+    plt.show()
 
 # %% [markdown]
 # ## Train

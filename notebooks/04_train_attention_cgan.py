@@ -124,6 +124,7 @@ from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_ca
 from stsynth_lib.predict import load_predictor
 from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.data.plots import plot_context_strip
 from stsynth_lib.evaluate import paired_table
 from stsynth_lib.report_format import fmt_value, round_floats, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
@@ -142,6 +143,17 @@ SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filter
 METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 config = CGANTrainConfig.from_params(globals())
 settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
+
+# %% [markdown]
+# ### The frames the model sees
+# With `context_offsets_months` the generator also gets earlier frames of the same tile, each with its validity and
+# age (months before the target) as extra channels; absent frames (grey) are flagged, not dropped. Without it, the
+# model sees the past image alone and this figure is skipped.
+
+# %%
+if context_offsets_months:
+    fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
+    plt.show()
 
 # %% [markdown]
 # ## Train

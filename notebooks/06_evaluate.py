@@ -106,6 +106,7 @@ from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
 from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
+from stsynth_lib.report_format import round_floats
 from stsynth_lib.segmentation import load_or_train_segmenter
 
 seed_everything(seed)
@@ -220,6 +221,32 @@ if len(vs_best):
     display(E.paired_table(vs_best, labels=res.labels))
 else:
     display(Markdown(f"> **Note:** no model predictions to compare with {strongest}."))
+
+# %% [markdown]
+# ### Where the gain comes from: per time gap
+# Each model minus each simple baseline on the same test pairs, per time-gap bucket (whole areas or blocks resampled
+# within the bucket). A model that only corrects colours gains at every gap alike; one that uses the past sequence
+# should gain most where the seasonal frame or the recent months say most.
+
+# %%
+gap_bases = [E.PERSISTENCE] + [b for b in baselines if b != E.PERSISTENCE]
+gain_by_gap = E.paired_gain_by_gap(res.per_tile, gap_bases, "psnr", models=learned, n_boot=n_bootstrap, seed=seed)
+if len(gain_by_gap):
+    fig = E.plot_gain_by_gap(gain_by_gap, "psnr", labels=res.labels)
+    plt.show()
+    display(round_floats(gain_by_gap.pivot_table(index=["model", "gap_bucket"], columns="baseline",
+                                                 values="mean_diff", sort=False), 3))
+else:
+    display(Markdown("> **Note:** no model predictions: nothing to compare per time gap."))
+
+# %% [markdown]
+# A few test pairs with their past sequence (the frames the simple baselines and context models read, with their
+# dates; absent months grey), the truth, and each model and baseline.
+
+# %%
+if baselines:
+    fig = E.plot_sequence_examples(res, n=3)
+    plt.show()
 
 # %% [markdown]
 # ### Change-aware scores

@@ -195,3 +195,55 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
     ax.set_ylabel("row (px)")
     fig.tight_layout()
     return fig
+
+
+def _month_label(year_month: int) -> str:
+    """``year * 12 + month`` -> ``"YYYY-MM"``."""
+    return f"{(year_month - 1) // 12}-{(year_month - 1) % 12 + 1:02d}"
+
+
+def _offset_label(offset) -> str:
+    return "t0" if offset == 0 else ("t1 - 12 (same month last year)" if isinstance(offset, str) else f"t0 {offset:+d} mo")
+
+
+def plot_context_strip(dataset, index: int | None = None, suptitle: str | None = None):
+    """The frames a context model sees for one pair of a ``PairedTileDataset`` built with
+    ``context_offsets_months``, with their dates, then the target (t1). Absent frames (no image that month, or a
+    same-month-last-year frame after t0) are grey; cloud/no-data pixels are outlined in cyan. ``index`` None: the
+    first pair whose frames are all present (else pair 0)."""
+    from stsynth_lib.data.dataset import to_uint8
+
+    offsets = getattr(dataset, "context_offsets_months", None)
+    if not offsets:
+        raise ValueError("plot_context_strip needs a dataset built with context_offsets_months (e.g. "
+                         "PairedTileDataset(..., context_offsets_months=[0, -1, -2, 'same_month_last_year']))")
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no pairs: nothing to show")
+    if index is None:
+        index = next((i for i in range(min(len(dataset), 500)) if bool(dataset[i]["context_present"].all())), 0)
+    s = dataset[int(index)]
+    t1 = int(s["future_year"]) * 12 + int(s["future_month"])
+    plt = _plt()
+    k = len(offsets)
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.3 * (k + 1), 2.9), squeeze=False)
+    for j, o in enumerate(offsets):
+        ax = axes[0, j]
+        if bool(s["context_present"][j]):
+            ax.imshow(to_uint8(s["context"][j][:3]).transpose(1, 2, 0))
+            inval = 1 - s["context_valid"][j][0].numpy()
+            if inval.any():
+                ax.contour(inval, levels=[0.5], colors="cyan", linewidths=0.6)
+            date = _month_label(t1 - int(s["context_age_months"][j]))
+        else:
+            ax.imshow(np.full(tuple(s["past"].shape[-2:]) + (3,), 200, np.uint8))
+            ax.text(0.5, 0.5, "absent", transform=ax.transAxes, ha="center", va="center", fontsize=9)
+            date = "-"
+        ax.set_title(f"{_offset_label(o)}\n{date}", fontsize=8)
+    ax = axes[0, k]
+    ax.imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
+    ax.set_title(f"target t1\n{_month_label(t1)} (+{int(s['gap_months'])} mo)", fontsize=8, fontweight="bold")
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(suptitle or f"What a context model sees: {s['aoi']}, pair {int(s['pair_id'])}", fontsize=9)
+    fig.tight_layout()
+    return fig

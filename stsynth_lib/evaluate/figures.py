@@ -120,3 +120,94 @@ def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80
             path.write_bytes(out)
             return path
     raise ValueError(f"{path}: over {max_kb} KB even at {dpis[-1]} dpi as a palette PNG")
+
+
+def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None = None):
+    """One panel per baseline: each model's paired difference to it per time-gap bucket (a
+    :func:`~stsynth_lib.evaluate.stats.paired_gain_by_gap` table), with its resampled-area interval; above the zero
+    line the model is better on a higher-is-better metric. Returns the figure, or None for an empty table."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.data import METRICS, gap_bucket_order
+
+    if table is None or len(table) == 0:
+        return None
+    bases = list(dict.fromkeys(table["baseline"]))
+    order = [b for b in gap_bucket_order() if b in set(table["gap_bucket"])]
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.6 * len(bases), 3.6), squeeze=False, sharey=True)
+    unit = METRICS.get(metric, (None, metric))[1]
+    for ax, base in zip(axes[0], bases):
+        g = table[table["baseline"] == base]
+        models = list(dict.fromkeys(g["model"]))
+        width = 0.8 / max(len(models), 1)
+        for j, m in enumerate(models):
+            r = g[g["model"] == m].set_index("gap_bucket").reindex(order)
+            x = np.arange(len(order)) + (j - (len(models) - 1) / 2) * width
+            lo = (r["mean_diff"] - r["ci_lo"]).clip(lower=0).fillna(0)
+            hi = (r["ci_hi"] - r["mean_diff"]).clip(lower=0).fillna(0)
+            ax.errorbar(x, r["mean_diff"], yerr=[lo, hi], fmt="o", capsize=3,
+                        label=textwrap.fill(model_display_name(m, labels), 28))
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(np.arange(len(order)), order)
+        ax.set_xlabel("time gap t1 - t0 (months)")
+        ax.set_title(f"model - {base}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"paired difference, {unit}")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline per time gap "
+                          "(95 % interval, whole areas resampled)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 3,
+                           indices: Sequence[int] | None = None, title: str | None = None):
+    """Rows of pairs: the past sequence (the context frames scored by the baselines, with their dates; absent ones
+    grey) | truth | each model and baseline. Needs ``res`` scored with context (``evaluate_models(...,
+    baselines=...)``); pairs whose frames are all present are preferred, spread over the split."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.training import spread_indices
+
+    d = res.data
+    if d.context_offsets is None or d.context_tile_ids is None:
+        raise ValueError("plot_sequence_examples needs context frames: score with evaluate_models(..., "
+                         "baselines=('mean_last_3', 'seasonal')) so the split is read with its past sequence")
+    full = np.flatnonzero((d.context_tile_ids >= 0).all(1))
+    pool = full if len(full) >= n else np.arange(len(d))
+    idx = list(indices) if indices is not None else [int(pool[i]) for i in spread_indices(len(pool), min(n, len(pool)))]
+    if not idx:
+        return None
+    names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
+    offsets = list(d.context_offsets)
+    ctx = d.context_fields(np.asarray(idx))
+    shown = [textwrap.fill(model_display_name(m, res.labels), 22) for m in names]
+    cols = len(offsets) + 1 + len(names)
+    fig, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.3 * len(idx) + 0.5), squeeze=False)
+    for r, i in enumerate(idx):
+        p = d.pairs.iloc[i]
+        t1 = int(p["future_year"]) * 12 + int(p["future_month"])
+        panels, titles = [], []
+        for k, o in enumerate(offsets):
+            if bool(ctx["context_present"][r, k]):
+                panels.append(rgb_image(ctx["context"][r, k]))
+                age = int(ctx["context_age_months"][r, k])
+                titles.append(f"{'t0' if o == 0 else ('t1-12' if isinstance(o, str) else f't0{o:+d}')}: "
+                              f"{(t1 - age - 1) // 12}-{(t1 - age - 1) % 12 + 1:02d}")
+            else:
+                panels.append(np.full(d.future.shape[2:] + (3,), 0.8))
+                titles.append(f"{'t1-12' if isinstance(o, str) else f't0{o:+d}'}: absent")
+        panels.append(rgb_image(d.future[i]))
+        titles.append(f"truth {int(p['future_year'])}-{int(p['future_month']):02d}")
+        panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[-1]) for m in names]
+        titles += shown
+        for c, (img, t) in enumerate(zip(panels, titles)):
+            ax = axes[r, c]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(t if (r == 0 or c <= len(offsets)) else "", fontsize=7)
+        axes[r, 0].set_ylabel(f"{str(p['aoi'])[:16]}\ngap {plural(round(float(p['gap_months'])), 'month')}", fontsize=7)
+    fig.suptitle(title or "Test pairs: the past sequence | truth | each model and baseline", fontsize=10)
+    fig.tight_layout()
+    return fig

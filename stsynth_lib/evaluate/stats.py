@@ -10,7 +10,7 @@ import pandas as pd
 
 from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
-from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND
+from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND, gap_bucket_order
 from stsynth_lib.report_format import model_display_name
 
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
@@ -285,3 +285,32 @@ def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = VERDICT_
     return out
 
 
+
+
+def paired_gain_by_gap(per_tile: pd.DataFrame, baselines: Iterable[str], metric: str = "psnr",
+                       models: Iterable[str] | None = None, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Where a model's gain comes from: ``model - baseline`` on ``metric`` for every baseline of ``baselines`` and
+    every time-gap bucket (``gap_bucket`` column of ``per_tile``), each with :func:`paired_vs_baseline`'s interval
+    (whole areas or blocks resampled within the bucket). ``models`` None: every row that is not a baseline of the
+    list. Columns: ``model, baseline, gap_bucket, mean_diff, ci_lo, ci_hi, better, areas_better, n_areas,
+    n_pairs``; buckets in time order."""
+    baselines = list(dict.fromkeys(baselines))
+    df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
+    wanted = set(models) if models is not None else set(df["model"]) - set(baselines)
+    order = [b for b in gap_bucket_order() if b in set(df["gap_bucket"])]
+    rows = []
+    for base in baselines:
+        for bucket in order:
+            g = df[df["gap_bucket"] == bucket]
+            g = g[g["model"].isin(wanted | {base})]
+            if base not in set(g["model"]) or len(set(g["model"])) < 2:
+                continue
+            t = paired_vs_baseline(g, base, metrics=(metric,), n_boot=n_boot, seed=seed)
+            rows.append(t.assign(gap_bucket=bucket))
+    if not rows:
+        return pd.DataFrame(columns=["model", "baseline", "gap_bucket", "mean_diff", "ci_lo", "ci_hi", "better",
+                                     "areas_better", "n_areas", "n_pairs"])
+    out = pd.concat(rows, ignore_index=True)
+    keep = [c for c in ("model", "baseline", "gap_bucket", "mean_diff", "ci_lo", "ci_hi", "better", "areas_better",
+                        "n_areas", "n_pairs") if c in out]
+    return out[keep]

@@ -1,0 +1,93 @@
+"""What chapters 2-4 and 6 show of the past sequence: the context strip, the per-gap gain over each baseline, and the
+past-sequence | truth | models rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+OFFSETS = [0, -1, -2, "same_month_last_year"]
+
+
+def test_context_strip_shows_each_frame_with_its_date(tiny_dataset_dir):
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.data.plots import plot_context_strip
+
+    ds = PairedTileDataset(tiny_dataset_dir, "train", context_offsets_months=OFFSETS)
+    fig = plot_context_strip(ds, 0)
+    assert len(fig.axes) == len(OFFSETS) + 1
+    s = ds[0]
+    titles = [ax.get_title() for ax in fig.axes]
+    t1 = int(s["future_year"]) * 12 + int(s["future_month"])
+    for k, title in enumerate(titles[:-1]):
+        if bool(s["context_present"][k]):
+            m = t1 - int(s["context_age_months"][k])
+            assert f"{(m - 1) // 12}-{(m - 1) % 12 + 1:02d}" in title
+        else:
+            assert title.endswith("-")
+    assert titles[0].startswith("t0\n") and f"{int(s['past_year'])}-{int(s['past_month']):02d}" in titles[0]
+    assert titles[-1].startswith("target t1") and f"+{int(s['gap_months'])} mo" in titles[-1]
+    # an absent frame is drawn as a labelled grey panel
+    absent = [k for k in range(len(OFFSETS)) if not bool(s["context_present"][k])]
+    for k in absent:
+        assert "absent" in [t.get_text() for t in fig.axes[k].texts]
+
+
+def test_context_strip_needs_context(tiny_dataset_dir):
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.data.plots import plot_context_strip
+
+    with pytest.raises(ValueError, match="context_offsets_months"):
+        plot_context_strip(PairedTileDataset(tiny_dataset_dir, "train"))
+
+
+def _per_tile():
+    """Two areas x two gap buckets; model 'm' = seasonal + 1 dB in bucket '1', + 3 dB in '4-6' (and seasonal =
+    persistence + 0.5 dB everywhere)."""
+    rows = []
+    pid = 0
+    for aoi in ("a", "b"):
+        for bucket, gain in (("1", 1.0), ("4-6", 3.0)):
+            for j in range(3):
+                base = 20.0 + j + (aoi == "b")
+                for model, v in (("persistence", base), ("seasonal", base + 0.5), ("m", base + 0.5 + gain)):
+                    rows.append({"model": model, "pair_id": pid, "aoi": aoi, "gap_bucket": bucket, "psnr": v,
+                                 "common": True})
+                pid += 1
+    return pd.DataFrame(rows)
+
+
+def test_gain_by_gap_is_the_paired_difference_per_bucket():
+    from stsynth_lib.evaluate import paired_gain_by_gap, plot_gain_by_gap
+
+    t = paired_gain_by_gap(_per_tile(), ["persistence", "seasonal"], "psnr", models=["m"], n_boot=200)
+    got = t.set_index(["baseline", "gap_bucket"])["mean_diff"]
+    assert got[("seasonal", "1")] == pytest.approx(1.0) and got[("seasonal", "4-6")] == pytest.approx(3.0)
+    assert got[("persistence", "1")] == pytest.approx(1.5) and got[("persistence", "4-6")] == pytest.approx(3.5)
+    assert list(t[t.baseline == "seasonal"]["gap_bucket"]) == ["1", "4-6"]  # time order
+    assert set(t["model"]) == {"m"} and (t["n_pairs"] == 6).all()
+    assert bool(t["better"].all())  # constant gains: every interval is above zero
+    # models=None: every row that is not one of the baselines
+    assert set(paired_gain_by_gap(_per_tile(), ["persistence"], n_boot=50)["model"]) == {"m", "seasonal"}
+    fig = plot_gain_by_gap(t)
+    assert len(fig.axes) == 2 and fig.axes[1].get_title() == "model - seasonal"
+    assert plot_gain_by_gap(t.iloc[0:0]) is None
+
+
+def test_sequence_examples_show_the_frames_the_baselines_read(tiny_dataset_dir):
+    from stsynth_lib import evaluate as E
+
+    res = E.evaluate_models(tiny_dataset_dir, "test", {}, compute_lpips=False, progress=False, n_boot=10,
+                            baselines=("mean_last_3", "seasonal"))
+    fig = E.plot_sequence_examples(res, n=2)
+    k = len(res.data.context_offsets)
+    n_models = len([m for m in res.predictions if m not in ("persistence", "real_future")])
+    assert len(fig.axes) == 2 * (k + 1 + n_models)
+    titles = [ax.get_title() for ax in fig.axes[: k + 1 + n_models]]
+    assert titles[0].startswith("t0: ") and titles[k].startswith("truth ")
+    assert any("seasonal" in t for t in titles[k + 1:])
+    plain = E.evaluate_models(tiny_dataset_dir, "test", {}, compute_lpips=False, progress=False, n_boot=10)
+    with pytest.raises(ValueError, match="baselines"):
+        E.plot_sequence_examples(plain)
+    assert np.all(res.data.context_tile_ids[:, 0] >= 0)  # t0 is always present
