@@ -17,6 +17,11 @@ Channels, in this order (see :meth:`GuidanceConfig.channel_names`):
    :mod:`stsynth_lib.data.dataset`), for each context frame other than offset 0 (the past image, already
    channel 1): its bands, its validity plane (``context_valid * context_present``) and its age plane
    (``context_age_months / gap_scale_months``; 0 where absent). ``None`` or ``[0]`` add nothing: today's channels.
+
+``residual_base="seasonal"`` (needs ``same_month_last_year`` among the offsets) puts, before 1., the seasonal blend
+of :mod:`stsynth_lib.baselines` per pixel: the past image averaged with the same-month-last-year frame where that
+frame is present and valid, else the past image. A residual generator adds its change to the first channels, so it
+then starts from the seasonal baseline instead of persistence. The default ``"past"`` adds nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
 
 TIME_ENCODINGS = ("planes", "none")
+RESIDUAL_BASES = ("past", "seasonal")
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,15 @@ class GuidanceConfig:
     gap_scale_months: float = 24.0
     use_month: bool = True
     context_offsets_months: tuple | None = None
+    residual_base: str = "past"  # past | seasonal: the image in the first channels (a residual generator's start)
 
     def __post_init__(self):
         object.__setattr__(self, "context_offsets_months", check_context_offsets(self.context_offsets_months))
+        if self.residual_base not in RESIDUAL_BASES:
+            raise ValueError(f"residual_base must be one of {RESIDUAL_BASES}, got {self.residual_base!r}")
+        if self.residual_base == "seasonal" and SAME_MONTH_LAST_YEAR not in (self.context_offsets_months or ()):
+            raise ValueError("residual_base: seasonal blends the past image with the same-month-last-year frame: "
+                             f"add {SAME_MONTH_LAST_YEAR!r} to context_offsets_months")
         if self.use_mask not in (True, False, "auto"):
             raise ValueError(f"use_mask must be true, false or 'auto', got {self.use_mask!r}")
         if self.use_past_mask not in (True, False):
@@ -82,6 +94,8 @@ class GuidanceConfig:
         if self.use_mask == "auto":
             raise ValueError("GuidanceConfig.use_mask is still 'auto': call .resolve(dataset_has_mask) first")
         names = [f"past_b{i + 1}" for i in range(self.n_bands)]
+        if self.residual_base == "seasonal":
+            names = [f"seasonal_b{i + 1}" for i in range(self.n_bands)] + names
         if self.use_mask:
             names.append("future_mask")
         if self.use_past_mask:
@@ -100,8 +114,11 @@ class GuidanceConfig:
         return len(self.channel_names())
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields (``context_offsets_months`` only when set: runs without context keep today's ``model.yaml``)."""
+        """The fields (``context_offsets_months`` and ``residual_base`` only when set: runs without them keep
+        today's ``model.yaml``)."""
         d = asdict(self)
+        if d["residual_base"] == "past":
+            del d["residual_base"]
         if d["context_offsets_months"] is None:
             del d["context_offsets_months"]
         else:
@@ -111,7 +128,7 @@ class GuidanceConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GuidanceConfig:
         keys = ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month",
-                "context_offsets_months")
+                "context_offsets_months", "residual_base")
         return cls(**{k: d[k] for k in keys if k in d})
 
 
@@ -146,6 +163,8 @@ def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tens
     if past.shape[1] != cfg.n_bands:
         raise ValueError(f"batch['past'] has {past.shape[1]} bands but the GuidanceConfig says n_bands={cfg.n_bands}")
     parts = [past]
+    if cfg.residual_base == "seasonal":
+        parts.insert(0, seasonal_base(batch, cfg))
     if cfg.use_mask:
         parts.append(batch["future_mask"].to(past.dtype))
     if cfg.use_past_mask:
@@ -155,6 +174,19 @@ def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tens
     if cfg.extra_context:
         parts += context_planes(batch, cfg)
     return torch.cat(parts, 1)
+
+
+def seasonal_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
+    """``(B, C, H, W)`` in [-1, 1]: the past image averaged with the same-month-last-year context frame where that
+    frame is present and its pixel valid, else the past image (the seasonal baseline, per pixel)."""
+    past = batch["past"]
+    k = list(cfg.context_offsets_months).index(SAME_MONTH_LAST_YEAR)
+    if "context" not in batch:
+        raise ValueError("residual_base: seasonal needs the batch's context frames: build the dataset with "
+                         f"PairedTileDataset(..., context_offsets_months={list(cfg.context_offsets_months)})")
+    present = torch.as_tensor(batch["context_present"], device=past.device)[:, k].to(past.dtype)
+    w = batch["context_valid"][:, k].to(past.dtype) * present[:, None, None, None]
+    return past + 0.5 * w * (batch["context"][:, k].to(past.dtype) - past)
 
 
 def context_planes(batch: Mapping[str, Any], cfg: GuidanceConfig) -> list[torch.Tensor]:

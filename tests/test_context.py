@@ -324,3 +324,66 @@ def test_context_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
     assert out2.shape == past.shape
     with pytest.raises(ValueError, match="after past_date"):
         pred.predict(past, "2019-01", "2020-03", future_mask=np.zeros((32, 32), np.uint8), context={SMLY: past})
+
+
+def test_seasonal_residual_base_is_the_seasonal_baseline(long_dataset_dir):
+    from stsynth_lib.conditioning import seasonal_base
+
+    ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
+    batch = collate([ds[i] for i in range(len(ds))])
+    assert bool(batch["context_present"][:, 3].any()) and not bool(batch["context_present"][:, 3].all())
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="seasonal").resolve(False, 3)
+    base = seasonal_base(batch, cfg)
+    want = seasonal_blend(batch, OFFSETS)  # the baseline chapter 6 scores, uint8
+    got = ((base.numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    absent = ~batch["context_present"][:, 3].numpy().astype(bool)
+    assert torch.equal(base[absent], batch["past"][absent])  # no frame last year: the past image
+    # it comes first (the residual generator's start), then the past image and the rest as before
+    x = build_condition(batch, cfg)
+    plain = build_condition(batch, GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3))
+    assert x.shape[1] == plain.shape[1] + 3 and cfg.channel_names()[:4] == ["seasonal_b1", "seasonal_b2",
+                                                                            "seasonal_b3", "past_b1"]
+    assert torch.equal(x[:, :3], base) and torch.equal(x[:, 3:], plain)
+
+
+def test_seasonal_residual_base_is_checked_and_saved():
+    with pytest.raises(ValueError, match="same_month_last_year"):
+        GuidanceConfig(context_offsets_months=[0, -1], residual_base="seasonal")
+    with pytest.raises(ValueError, match="residual_base"):
+        GuidanceConfig(residual_base="median")
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="seasonal")
+    assert GuidanceConfig.from_dict(cfg.to_dict()) == cfg
+    assert "residual_base" not in GuidanceConfig(context_offsets_months=OFFSETS).to_dict()  # old model.yaml unchanged
+
+
+def test_residual_generator_starts_from_the_seasonal_baseline(long_dataset_dir):
+    from stsynth_lib.models.registry import build_generator
+
+    ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
+    batch = collate([ds[i] for i in range(4)])
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="seasonal").resolve(False, 3)
+    G = build_generator("pix2pix", in_channels=cfg.n_channels, out_channels=3, ngf=8, tile_size_px=32, residual=True)
+    with torch.no_grad():
+        for p in G.parameters():
+            p.zero_()  # no change predicted: the output is the first channels, the seasonal blend
+        out = G.eval()(build_condition(batch, cfg))
+    from stsynth_lib.conditioning import seasonal_base
+    assert torch.allclose(out, seasonal_base(batch, cfg).clamp(-1, 1))
+
+
+def test_seasonal_base_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
+    from stsynth_lib.cgan.model_io import load_generator
+    from stsynth_lib.cgan.train import train_cgan
+    from stsynth_lib.evaluate.generator import predict_split
+
+    offsets = [0, SMLY]
+    run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", context_offsets_months=offsets,
+                                residual_base="seasonal"))
+    spec = yaml.safe_load((run / "model.yaml").read_text())
+    assert spec["guidance"]["residual_base"] == "seasonal"
+    assert spec["in_channels"] == GuidanceConfig().resolve(True, 3).n_channels + 3 + (3 + 2)
+    _, guide = load_generator(run, "best")
+    assert guide.residual_base == "seasonal"
+    df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
+    assert len(df) == 3 and np.isfinite(df["l1"]).all()

@@ -30,6 +30,7 @@ class CGANTrainConfig(TrainConfig):
     use_month: bool = True
     # past sequence: offsets (months, <= 0, relative to t0) and/or same_month_last_year; null = the past image only
     context_offsets_months: list | None = None
+    residual_base: str = "past"  # past | seasonal (needs same_month_last_year): what a residual generator starts from
     # architecture
     ngf: int = 64
     ndf: int = 64
@@ -133,5 +134,5 @@ class CGANTrainConfig(TrainConfig):
     def guidance(self) -> GuidanceConfig:
         return GuidanceConfig(use_mask=self.use_mask, use_past_mask=self.use_past_mask, time_encoding=self.time_encoding,
                               gap_scale_months=self.gap_scale_months, use_month=self.use_month,
-                              context_offsets_months=self.context_offsets_months)
+                              context_offsets_months=self.context_offsets_months, residual_base=self.residual_base)
 
