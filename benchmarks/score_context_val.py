@@ -2,9 +2,12 @@
 single-image pix2pix of sn7_real_128 against persistence and the simple baselines, paired, whole areas resampled.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py > bench_results/context_val_sn7_real_128.txt
+    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py ctx4s_pix2pix ctx4_pix2pix
 
-Needs the runs runs/sn7_real_128/ctx4_pix2pix and runs/sn7_real_128/pix2pix (about 8 minutes on one core).
+Needs the named runs in runs/sn7_real_128/ (default ctx4_pix2pix and pix2pix; about 4 minutes per run on one core).
 """
+
+import sys
 
 from stsynth_lib import evaluate as E
 from stsynth_lib.data.dataset import PairedTileDataset
@@ -16,7 +19,7 @@ DATASET = "data/sn7_real_128/dataset"
 def main() -> None:
     ds = PairedTileDataset(DATASET, "val")
     runs = {}
-    for name in ("ctx4_pix2pix", "pix2pix"):
+    for name in (sys.argv[1:] or ["ctx4_pix2pix", "pix2pix"]):
         out = f"runs/sn7_real_128/{name}/predictions/val"
         predict_split(f"runs/sn7_real_128/{name}", ds, out, progress=False)
         runs[name] = out
