@@ -140,7 +140,7 @@ controlnet_conditioning_scale = 1.0
 generation_batch_size = 16
 img2img_strengths = None           # None: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: choose the
 #                                    img2img strength (start from the noised past image) on validation pairs
-strength_sweep_pairs = 256         # validation pairs of that sweep (a seeded random subset over all val areas)
+strength_sweep_pairs = 256         # validation pairs of that sweep (a seeded shuffle of the whole val split)
 strength_criterion = "psnr"        # psnr | ssim | lpips: the ControlNet's validation score that picks the strength
 max_test_pairs = None              # None: the whole test split
 allow_uncalibrated_metrics = False # the strength sweep's LPIPS without the standard weights: labelled uncalibrated
@@ -174,7 +174,7 @@ from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.train import ControlNetTrainConfig, train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.report_format import plural, round_floats, settings_table
-from IPython.display import display
+from IPython.display import Markdown, display
 
 run_stage1 = pretrained_model == TINY_FROM_SCRATCH or bool(adapt_pretrained)
 stage1_config = BackboneAdaptConfig(dataset_dir=dataset_dir, runs_dir=runs_dir, profile=profile, seed=seed,
@@ -323,6 +323,10 @@ if img2img_strengths:
     fig = plot_strength_sweep(sweep)
     plt.show()
     display(round_floats(sweep_table(sweep), 4))
+    if sweep.at_grid_edge:
+        display(Markdown(f"> **Note:** the lowest strength of the grid ({strength:g}) won: the images are then the "
+                         "past image through the VAE with little redrawn, the closest to persistence; the criterion "
+                         "rewards copying the past, so read the test scores next to persistence's."))
 else:
     strength = clear_chosen_strength(run_dir)  # pure noise; a strength recorded earlier no longer applies
 print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if strength == 1 else
@@ -337,18 +341,20 @@ print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if str
 # what chapter 6 scores.
 
 # %%
-gen_kw.update(max_pairs=max_test_pairs, strength=strength)
+gen_kw.update(max_pairs=max_test_pairs, strength=strength, subsample_seed=seed if max_test_pairs else None)
 pred_dir = generate_split(run_dir, dataset_dir, "test", **gen_kw)
 index = pd.read_csv(pred_dir / "index.csv")
 print(f"{plural(len(index), 'test image')} in {pred_dir}")
-label = controlnet_label(params)
+label = controlnet_label(params, strength=strength)
 fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"{label}: test predictions")
 plt.show()
 
 # %% [markdown]
-# ### Does the past image matter? ControlNet against the backbone alone
-# The same test pairs, prompts, seeds, scheduler and starting latents (at strength < 1: the same noised past image),
-# drawn by the backbone **without** the ControlNet (the prompt alone). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
+# ### What the ControlNet adds: against the backbone alone
+# The same test pairs, prompts, seeds, scheduler and starting latents, drawn by the backbone **without** the
+# ControlNet (the prompt alone). At strength 1 both start from pure noise, so this asks whether the past image
+# matters at all; at a lower strength both start from the same noised past image, so it asks what the ControlNet's
+# condition adds beyond that start (the sweep above shows both at every strength on validation). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
 # ControlNet minus prompt-only per metric, paired by pair, with a 95 % interval that resamples whole areas. Nothing
 # is chosen from this table (the test split is only reported).
 
@@ -357,7 +363,8 @@ if compare_prompt_only:
     prompt_dir = generate_split(run_dir, dataset_dir, "test", prompt_only=True, **gen_kw)
     cmp = E.evaluate_models(dataset_dir, "test", {"controlnet": pred_dir, "prompt_only": prompt_dir},
                             device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
-                            max_pairs=max_test_pairs, seed=seed, progress=False)
+                            allow_uncalibrated=allow_uncalibrated_metrics, max_pairs=max_test_pairs, seed=seed,
+                            progress=False)
     display(E.results_table(cmp.summary, ("psnr", "ssim", "lpips"), labels=cmp.labels))
     vs_prompt = E.paired_vs_baseline(cmp.per_tile[cmp.per_tile["model"] != "persistence"], "prompt_only",
                                      metrics=("psnr", "ssim", "lpips"))
@@ -366,8 +373,9 @@ if compare_prompt_only:
 # %% [markdown]
 # ### The spread of futures
 # A diffusion model proposes a distribution of futures, not one. For a few test pairs, `num_samples_per_pair`
-# samples (different seeds) and their per-pixel standard deviation: where the samples agree, the condition pins the
-# image down; where they differ, the model is unsure.
+# samples (different seeds) and their per-pixel standard deviation: where the samples agree, the condition (and, at
+# strength < 1, the noised past image they all start from) pins the image down; where they differ, the model is
+# unsure.
 
 # %%
 if num_samples_per_pair > 1:

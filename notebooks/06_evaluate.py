@@ -106,7 +106,7 @@ from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
 from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
-from stsynth_lib.report_format import round_floats
+from stsynth_lib.report_format import model_display_name, round_floats
 from stsynth_lib.segmentation import load_or_train_segmenter
 
 seed_everything(seed)
@@ -234,8 +234,9 @@ gain_by_gap = E.paired_gain_by_gap(res.per_tile, gap_bases, "psnr", models=learn
 if len(gain_by_gap):
     fig = E.plot_gain_by_gap(gain_by_gap, "psnr", labels=res.labels)
     plt.show()
-    display(round_floats(gain_by_gap.pivot_table(index=["model", "gap_bucket"], columns="baseline",
-                                                 values="mean_diff", sort=False), 3))
+    shown = gain_by_gap.assign(model=[model_display_name(m, res.labels) for m in gain_by_gap["model"]])
+    display(round_floats(shown.pivot_table(index=["model", "gap_bucket"], columns="baseline", values="mean_diff",
+                                           sort=False), 3))
 else:
     display(Markdown("> **Note:** no model predictions: nothing to compare per time gap."))
 

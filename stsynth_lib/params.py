@@ -48,7 +48,7 @@ SHARED_FILE_NAMES = ("common.yaml", "common.yml")
 NONE_DEFAULT_TYPES: dict[str, type] = {
     "resize_to_px": int, "max_steps": int, "max_test_pairs": int, "max_train_pairs": int, "max_eval_pairs": int,
     "resolution_px": int, "resume_from_checkpoint": str, "fid_max_pairs": int, "max_val_pairs": int,
-    "context_offsets_months": list,
+    "context_offsets_months": list, "img2img_strengths": list,
 }
 
 
@@ -99,6 +99,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                         "three non-negative numbers [train, val, test]"),
     "device": ((lambda v: re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None), "auto, cpu, cuda, cuda:<n> or mps"),
     "model": _choices("pix2pix", "attention_unet"),
+    "img2img_strengths": (lambda v: v is None or (len(v) > 0 and all(0 < float(x) <= 1 for x in v)),
+                          "null or a non-empty list of strengths in (0, 1]"),
+    "strength_criterion": _choices("psnr", "ssim", "lpips"),
+    "strength_sweep_pairs": (_positive, "an integer >= 1"),
+    "residual_base": _choices("past", "seasonal"),
     "norm": _choices("instance", "batch", "none"),
     "gan_mode": _choices("vanilla", "lsgan"),
     "best_metric": _choices("val_l1", "val_psnr", "val_ssim"),

@@ -236,16 +236,23 @@ class ControlNetPredictor(Predictor):
 
     family = "ControlNet"
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", scheduler: str = "unipc",
-                 num_inference_steps: int = 20, guidance_scale: float = 1.0, strength: float | None = None):
-        from stsynth_lib.controlnet.generate import chosen_strength, load_trained, make_scheduler
+    def __init__(self, run_dir: str | Path, device: str = "cpu", scheduler: str | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 strength: float | None = None, controlnet_conditioning_scale: float | None = None):
+        from stsynth_lib.controlnet.generate import chosen_generation, load_trained, make_scheduler
 
         self.backbone, self.controlnet, self.params = load_trained(run_dir, device)
         self.device = next(self.controlnet.parameters()).device
-        self.scheduler = make_scheduler(scheduler, self.backbone.noise_scheduler.config)
-        self.steps, self.guidance_scale = num_inference_steps, guidance_scale
-        # img2img strength: the run's value chosen on validation (generation.yaml), 1.0 (pure noise) when none
-        self.strength = chosen_strength(run_dir) if strength is None else float(strength)
+        # None: what chapter 5 chose on validation and drew with (generation.yaml), else UniPC, 20 steps, no
+        # guidance, pure noise (strength 1)
+        chosen = chosen_generation(run_dir)
+        pick = lambda value, key, default: value if value is not None else chosen.get(key, default)  # noqa: E731
+        self.scheduler_name = pick(scheduler, "scheduler", "unipc")
+        self.scheduler = make_scheduler(self.scheduler_name, self.backbone.noise_scheduler.config)
+        self.steps = int(pick(num_inference_steps, "num_inference_steps", 20))
+        self.guidance_scale = float(pick(guidance_scale, "guidance_scale", 1.0))
+        self.strength = float(pick(strength, "img2img_strength", 1.0))
+        self.conditioning_scale = float(pick(controlnet_conditioning_scale, "controlnet_conditioning_scale", 1.0))
         self.uses_mask = bool(self.params["use_mask"])
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
 
@@ -259,7 +266,8 @@ class ControlNetPredictor(Predictor):
         prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
         seeds = [seed + i for i in range(len(prompts))]
         imgs = sample_images(self.backbone, self.controlnet, cond, prompts, self.scheduler, self.steps,
-                             self.guidance_scale, seeds, init_image=b["past"].to(self.device), strength=self.strength)
+                             self.guidance_scale, seeds, self.conditioning_scale,
+                             init_image=b["past"].to(self.device), strength=self.strength)
         return resize_spatial(imgs, batch["past"].shape[-1])
 
 
@@ -318,7 +326,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
                    help="overlap of neighbouring tiles, blended; auto = a quarter tile")
-    p.add_argument("--num-inference-steps", type=_positive, help="ControlNet sampling steps (default: 20)")
+    p.add_argument("--num-inference-steps", type=_positive, help="ControlNet sampling steps (default: those the "
+                                                                   "strength was chosen with in chapter 5, else 20)")
     p.add_argument("--strength", type=_strength, help="ControlNet img2img strength in (0, 1], 1 = pure noise "
                                                       "(default: the run's value chosen on validation, else 1)")
     p.add_argument("--overwrite", action="store_true", help="predict again pairs whose GeoTIFF exists")
@@ -342,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor = load_predictor(args.run, args.which, device, **sampling)  # sampling: ControlNet only
         predict_tree(predictor, args.run, args.data, args.out, predictor.trained_tile_size_px,
                      run_bands(args.run, predictor.n_bands), options,
-                     {"which": args.which, "device": device, "num_inference_steps": args.num_inference_steps,
+                     {"which": args.which, "device": device,
+                      "num_inference_steps": getattr(predictor, "steps", args.num_inference_steps),
                       "strength": getattr(predictor, "strength", None)})
     except (ValueError, FileNotFoundError) as exc:  # SN7DataError is a ValueError
         print(f"error: {exc}", file=sys.stderr)

@@ -68,17 +68,48 @@ def test_lower_strength_stays_closer_to_the_past(loaded, tiny_dataset_dir):
     assert not torch.allclose(other, _sample(loaded, batch, 0.5, init_image=batch["past"]))
 
 
-def test_img2img_timesteps_are_the_last_share_of_the_schedule(loaded):
+@pytest.mark.parametrize("name", ["unipc", "ddim", "dpmsolver++", "euler", "ddpm"])
+def test_img2img_timesteps_are_diffusers_own(loaded, name):
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
     from stsynth_lib.controlnet.generate import img2img_timesteps, make_scheduler
 
-    sched = make_scheduler("unipc", loaded[0].noise_scheduler.config)
+    for steps in (4, 10, 20):
+        for s in (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2):
+            if int(steps * s + 1e-6) < 1:
+                continue
+            ours, theirs = make_scheduler(name, loaded[0].noise_scheduler.config), make_scheduler(
+                name, loaded[0].noise_scheduler.config)
+            ours.set_timesteps(steps)
+            theirs.set_timesteps(steps)
+            ts, begin = img2img_timesteps(ours, steps, s)
+            want, n_run = StableDiffusionControlNetImg2ImgPipeline.get_timesteps(
+                SimpleNamespace(scheduler=theirs), steps, s, "cpu")
+            assert torch.equal(ts, want), (name, steps, s)
+            assert len(ts) == n_run * ours.order and begin == (steps - n_run) * ours.order
+    sched = make_scheduler(name, loaded[0].noise_scheduler.config)
     sched.set_timesteps(10)
-    for s, n_run in ((1.0, 10), (0.3, 3), (0.7, 7), (0.6, 6), (0.25, 2), (0.1, 1)):
-        ts, begin = img2img_timesteps(sched, 10, s)
-        assert len(ts) == n_run and begin == 10 - n_run
-        assert torch.equal(ts, sched.timesteps[begin:])
     with pytest.raises(ValueError, match="runs no step"):
         img2img_timesteps(sched, 10, 0.05)
+
+
+def test_a_reused_scheduler_forgets_the_last_start(loaded, tiny_dataset_dir):
+    """Generation reuses one scheduler object for every batch: a strength-1 call after a strength-0.5 one must be
+    the fresh strength-1 call."""
+    from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts
+    from stsynth_lib.controlnet.generate import make_scheduler, sample_images
+
+    backbone, controlnet, params = loaded
+    batch = _batch(tiny_dataset_dir)
+    cond = batch_conditioning(batch, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"])
+    prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
+    shared = make_scheduler("unipc", backbone.noise_scheduler.config)
+    sample_images(backbone, controlnet, cond, prompts, shared, 10, 1.0, [1, 2, 3], strength=0.5,
+                  init_image=batch["past"])
+    again = sample_images(backbone, controlnet, cond, prompts, shared, 10, 1.0, [1, 2, 3], strength=1.0)
+    assert torch.equal(again, _sample(loaded, batch, 1.0))
 
 
 def test_bad_strengths_are_refused(loaded, tiny_dataset_dir):
@@ -110,8 +141,9 @@ def test_choose_strength_follows_its_criterion():
 def test_sweep_refuses_the_test_split(one_step_controlnet_run, tiny_dataset_dir):
     from stsynth_lib.controlnet.strength import sweep_strength
 
-    with pytest.raises(ValueError, match="never on test"):
-        sweep_strength(one_step_controlnet_run, tiny_dataset_dir, [0.5], split="test")
+    for split in ("test", "all", "train"):
+        with pytest.raises(ValueError, match="never on test"):
+            sweep_strength(one_step_controlnet_run, tiny_dataset_dir, [0.5], split=split)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         sweep_strength(one_step_controlnet_run, tiny_dataset_dir, [0.0, 0.5])
 
@@ -134,6 +166,8 @@ def test_sweep_records_the_choice_and_generation_uses_it(one_step_controlnet_run
     assert sweep.chosen == best
     rec = yaml.safe_load((run / GENERATION_FILE).read_text())
     assert rec["img2img_strength"] == sweep.chosen and rec["chosen_on"] == "val" and rec["n_pairs"] == 4
+    assert rec["num_inference_steps"] == 4  # the sampling settings it was chosen with
+    assert sweep.at_grid_edge == (sweep.chosen == 0.25)
     assert chosen_strength(run) == sweep.chosen
     assert not (run / "strength_sweep_val").exists()  # sweep images are removed
     assert "persistence (same tiles)" in sweep_table(sweep)["strength"].tolist()
@@ -160,9 +194,13 @@ def test_predictor_uses_the_recorded_strength(one_step_controlnet_run, tmp_path)
 
     run = tmp_path / "cn"
     shutil.copytree(one_step_controlnet_run, run)
-    assert load_predictor(run, num_inference_steps=2).strength == 1.0
-    (run / GENERATION_FILE).write_text(yaml.safe_dump({"img2img_strength": 0.4}))
-    assert load_predictor(run, num_inference_steps=2).strength == 0.4
+    plain = load_predictor(run)
+    assert (plain.strength, plain.steps, plain.scheduler_name) == (1.0, 20, "unipc")  # nothing chosen
+    (run / GENERATION_FILE).write_text(yaml.safe_dump({"img2img_strength": 0.4, "num_inference_steps": 10,
+                                                       "scheduler": "ddim", "guidance_scale": 1.0}))
+    chosen = load_predictor(run)
+    assert (chosen.strength, chosen.steps, chosen.scheduler_name) == (0.4, 10, "ddim")  # as chosen on validation
+    assert load_predictor(run, num_inference_steps=2).steps == 2
     assert load_predictor(run, num_inference_steps=2, strength=0.8).strength == 0.8
     assert parse_args(["--run", "r", "--data", "d", "--out", "o", "--strength", "0.5"]).strength == 0.5
     with pytest.raises(SystemExit):
@@ -194,10 +232,18 @@ def test_tables_say_when_images_started_from_the_past(one_step_controlnet_run, t
     shutil.copytree(one_step_controlnet_run, run)
     noise = generate_split(run, tiny_dataset_dir, "test", strength=1.0, **GEN)
     assert "img2img" not in model_labels({"controlnet": noise})["controlnet"]
-    rec = yaml.safe_load((noise / "generation.yaml").read_text())
+    rec = yaml.safe_load((noise / "sampling.yaml").read_text())
     assert rec["strength"] == 1.0 and rec["num_inference_steps"] == 4 and rec["prompt_only"] is False
     past = generate_split(run, tiny_dataset_dir, "test", strength=0.5, **GEN)
     alone = generate_split(run, tiny_dataset_dir, "test", strength=0.5, prompt_only=True, **GEN)
     labels = model_labels({"controlnet": past, "prompt_only": alone})
     assert labels["controlnet"].startswith("ControlNet [") and "img2img from the past image, strength 0.5" in labels["controlnet"]
     assert labels["prompt_only"].startswith("Backbone alone") and "strength 0.5" in labels["prompt_only"]
+
+
+def test_clearing_a_predictions_folder_removes_its_sampling_record(tmp_path):
+    from stsynth_lib.controlnet.generate import SAMPLING_FILE, _clear_with_samples
+
+    (tmp_path / SAMPLING_FILE).write_text("strength: 0.3\n")
+    _clear_with_samples(tmp_path)
+    assert not (tmp_path / SAMPLING_FILE).exists()  # an interrupted run cannot pass its images off as old settings

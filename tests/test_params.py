@@ -144,3 +144,19 @@ def test_cli_config_files_are_checked_against_the_config_fields(tmp_path, known)
     assert "batch_size: 'many' -- expected an integer" in msg
     ok = validate_config_files(CGANTrainConfig, _profile(tmp_path, "lambda_l1: 10\n"), known)
     assert ok.params["lambda_l1"] == 10.0 and "synthetic_data" not in ok.params
+
+
+def test_strength_sweep_settings_are_checked_before_training(tmp_path, known):
+    """A bad img2img grid used to fail only in chapter 5's sweep, after the ControlNet had trained."""
+    nb05 = PROJECT_ROOT / "notebooks" / "05_controlnet.py"
+    common = yaml.safe_load((PROJECT_ROOT / "params" / "smoke" / "common.yaml").read_text())
+    (tmp_path / "common.yaml").write_text(yaml.safe_dump(common))
+    for bad, expect in (("img2img_strengths: 0.5\n", "expected a list"),
+                        ("img2img_strengths: [0.0, 0.5]\n", "strengths in (0, 1]"),
+                        ("strength_criterion: fid\n", "one of 'psnr', 'ssim', 'lpips'")):
+        (tmp_path / "05_controlnet.yaml").write_text(bad)
+        with pytest.raises(ParamError) as err:
+            validate_params(nb05, [tmp_path / "common.yaml", tmp_path / "05_controlnet.yaml"], known)
+        assert expect in str(err.value), str(err.value)
+    (tmp_path / "05_controlnet.yaml").write_text("img2img_strengths: [0.3, 1.0]\nstrength_criterion: lpips\n")
+    validate_params(nb05, [tmp_path / "common.yaml", tmp_path / "05_controlnet.yaml"], known)

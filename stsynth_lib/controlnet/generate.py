@@ -42,7 +42,8 @@ from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial
 )
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
-GENERATION_FILE = "generation.yaml"  # settings chosen on validation for generation (img2img_strength)
+GENERATION_FILE = "generation.yaml"  # run folder: the img2img strength chosen on validation, and its sampling settings
+SAMPLING_FILE = "sampling.yaml"  # predictions folder: how its images were drawn (strength, scheduler, steps, ...)
 SAMPLE_SEED_STRIDE = 1_000_003  # a prime larger than any pair id: sample k of one pair never reuses another's seed
 
 
@@ -181,7 +182,9 @@ def sample_images(
 
 def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
     """(the timesteps that run, their start index) for ``strength``: the last ``int(steps * strength)`` of the
-    scheduler's (already set) schedule, as diffusers' img2img pipelines take them."""
+    scheduler's (already set) schedule, as diffusers' img2img pipelines take them (``tests/test_img2img.py`` compares
+    with ``StableDiffusionControlNetImg2ImgPipeline.get_timesteps``); a 1e-6 slack keeps 0.3 x 10 at 3 steps where
+    float rounding would give 2.99...)."""
     n_run = min(int(num_inference_steps * float(strength) + 1e-6), num_inference_steps)
     if n_run < 1:
         raise ValueError(f"strength {strength} x {num_inference_steps} inference steps runs no step: raise the "
@@ -203,13 +206,24 @@ def image_latents(backbone: Backbone, images: torch.Tensor, size: tuple[int, int
     return lat.float()
 
 
+def chosen_generation(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """What chapter 5 chose on validation for a ControlNet run (``<run>/generation.yaml``): ``img2img_strength`` and
+    the sampling settings it was chosen with (``scheduler``, ``num_inference_steps``, ``guidance_scale``,
+    ``controlnet_conditioning_scale``); empty when nothing was chosen."""
+    path = Path(run_dir) / GENERATION_FILE
+    if not path.is_file():
+        return {}
+    rec = yaml.safe_load(path.read_text()) or {}
+    if "img2img_strength" not in rec:
+        raise ValueError(f"{path} has no img2img_strength: it is not a run folder's generation record "
+                         f"(a predictions folder's settings are in {SAMPLING_FILE})")
+    return rec
+
+
 def chosen_strength(run_dir: str | os.PathLike) -> float:
     """The img2img strength chosen on validation for a ControlNet run (``<run>/generation.yaml``), or 1.0 (pure
     noise) when none was chosen."""
-    path = Path(run_dir) / GENERATION_FILE
-    if not path.is_file():
-        return 1.0
-    return float(yaml.safe_load(path.read_text())["img2img_strength"])
+    return float(chosen_generation(run_dir).get("img2img_strength", 1.0))
 
 
 def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype | None = None):
@@ -272,8 +286,9 @@ def generate_split(
     ``strength`` (img2img from the past image, see :func:`sample_images`; prompt-only
     too, so both start from the same noised past): None takes the run's validated
     value (:func:`chosen_strength`, 1.0 when none). ``subsample_seed`` with
-    ``max_pairs`` takes a seeded random subset of the split (spread over its areas)
-    instead of its first pairs.
+    ``max_pairs`` takes a seeded random subset of the split (a seeded shuffle, the
+    same subset as ``evaluate_models(max_pairs=..., seed=...)``) instead of its first
+    pairs. The folder's ``sampling.yaml`` records how its images were drawn.
     Returns the predictions folder (default ``<run_dir>/predictions/<split>``),
     which is cleared first, its ``samples/`` included.
     """
@@ -313,8 +328,9 @@ def generate_split(
             save_predictions(sample_dir(out, k), imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"],
                              batch["crs"], write_png)
     save_yaml({"strength": strength, "scheduler": scheduler, "num_inference_steps": int(num_inference_steps),
-               "guidance_scale": float(guidance_scale), "seed": int(seed), "prompt_only": bool(prompt_only),
-               "num_samples_per_pair": int(num_samples_per_pair)}, out / GENERATION_FILE)  # how these were drawn
+               "guidance_scale": float(guidance_scale), "controlnet_conditioning_scale": float(controlnet_conditioning_scale),
+               "seed": int(seed), "prompt_only": bool(prompt_only), "num_samples_per_pair": int(num_samples_per_pair),
+               "max_pairs": max_pairs, "subsample_seed": subsample_seed}, out / SAMPLING_FILE)  # how these were drawn
     return out
 
 
@@ -332,6 +348,7 @@ def _clear_with_samples(out: Path) -> None:
     from stsynth_lib.predictions import clear_predictions
 
     clear_predictions(out)
+    (out / SAMPLING_FILE).unlink(missing_ok=True)  # an interrupted run must not keep the old settings' record
     for d in sorted((out / "samples").glob("sample-*")) if (out / "samples").is_dir() else []:
         clear_predictions(d)
         if d.is_dir() and not any(d.iterdir()):

@@ -28,6 +28,7 @@ from stsynth_lib.runs import save_yaml
 STRENGTH_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 CRITERIA = {"psnr": "max", "ssim": "max", "lpips": "min"}  # metric -> the better direction
 CONTROLNET, PROMPT_ONLY = "controlnet", "prompt_only"
+SAMPLING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "controlnet_conditioning_scale")
 
 
 @dataclass
@@ -43,6 +44,13 @@ class StrengthSweep:
     split: str
     n_pairs: int
     lpips_calibrated: bool
+    sampling: dict[str, Any]  # the sampling settings the strengths were drawn with (scheduler, steps, guidance...)
+
+    @property
+    def at_grid_edge(self) -> bool:
+        """The lowest strength of the grid won: the images are then closest to the past image through the VAE (the
+        criterion favours copying the past), and a lower strength might score higher still."""
+        return self.chosen == float(self.table["strength"].min())
 
     def record(self) -> dict[str, Any]:
         """What ``generation.yaml`` holds (plain types)."""
@@ -50,8 +58,9 @@ class StrengthSweep:
         for s, g in self.table.groupby("strength"):
             rows[float(s)] = {m: {k: _plain(r[k]) for k in ("psnr", "ssim", "lpips")} for m, r in
                               g.set_index("model").iterrows()}
-        return {"img2img_strength": float(self.chosen), "chosen_on": self.split, "criterion": self.criterion,
-                "n_pairs": int(self.n_pairs), "lpips_calibrated": bool(self.lpips_calibrated),
+        return {"img2img_strength": float(self.chosen), **self.sampling, "chosen_on": self.split,
+                "criterion": self.criterion, "n_pairs": int(self.n_pairs),
+                "lpips_calibrated": bool(self.lpips_calibrated),
                 "persistence": {k: _plain(v) for k, v in self.persistence.items()}, "scores": rows}
 
 
@@ -90,16 +99,18 @@ def sweep_strength(
     progress: bool = True,
     **gen_kw: Any,
 ) -> StrengthSweep:
-    """Generate ``max_pairs`` seeded-random pairs of ``split`` (spread over its areas) at each strength, score them
-    and choose the strength by ``criterion`` on the ControlNet's rows. ``gen_kw`` go to ``generate_split``
-    (scheduler, num_inference_steps, guidance_scale, batch_size, device, ...; ``seed`` is shared). With ``record``
-    the choice is written to ``<run_dir>/generation.yaml``. Images go to ``out_dir`` (default
-    ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. The test split is refused:
-    settings are chosen on validation."""
+    """Generate ``max_pairs`` pairs of the validation split (a seeded shuffle of all its pairs) at each strength,
+    score them and choose the strength by ``criterion`` on the ControlNet's rows. ``gen_kw`` go to
+    ``generate_split`` (scheduler, num_inference_steps, guidance_scale, controlnet_conditioning_scale, batch_size,
+    device, ...; ``seed`` is shared). With ``record`` the choice and those sampling settings are written to
+    ``<run_dir>/generation.yaml`` (the predictor's defaults). Images go to ``out_dir`` (default
+    ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. Only ``split="val"`` is
+    accepted: settings are chosen on validation, never on test (nor on ``"all"``, which holds the test pairs)."""
     from stsynth_lib import evaluate as E
 
-    if split == "test":
-        raise ValueError("the img2img strength is a setting: choose it on the validation split, never on test")
+    if split != "val":
+        raise ValueError(f"the img2img strength is a setting: choose it on the validation split (got {split!r}), "
+                         "never on test")
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     if criterion == "lpips" and not compute_lpips:
@@ -117,8 +128,11 @@ def sweep_strength(
                 run_dir, dataset_dir, split, out_dir=out / f"strength-{s:g}" / kind, max_pairs=max_pairs,
                 subsample_seed=seed if max_pairs is not None else None, seed=seed, strength=s,
                 prompt_only=kind == PROMPT_ONLY, progress=progress, **gen_kw)
-    res = E.evaluate_models(dataset_dir, split, folders, compute_lpips=compute_lpips,
+    res = E.evaluate_models(dataset_dir, split, folders, compute_lpips=compute_lpips, max_pairs=max_pairs,
                             allow_uncalibrated=allow_uncalibrated, device=eval_device, seed=seed, progress=progress)
+    short = [n for n in res.notes if "predictions for" in n]
+    if short:  # the scored subset must be the generated one (same seeded shuffle)
+        raise RuntimeError(f"the sweep's images and the scored pairs differ: {short[0]}")
     means = res.summary.pivot_table(index="model", columns="metric", values="mean")
     for m in ("psnr", "ssim", "lpips"):
         if m not in means.columns:
@@ -131,8 +145,9 @@ def sweep_strength(
                                                               ("psnr", "ssim", "lpips")}, "n": int(n.get(name, 0))})
     table = pd.DataFrame(rows).sort_values(["model", "strength"]).reset_index(drop=True)
     persistence = {m: float(means.loc["persistence", m]) for m in ("psnr", "ssim", "lpips")}
+    sampling = {k: gen_kw[k] for k in SAMPLING_KEYS if k in gen_kw}
     sweep = StrengthSweep(table, persistence, choose_strength(table, criterion), criterion, split,
-                          int(table["n"].max()), bool(res.calibrated.get("lpips", False)))
+                          int(table["n"].max()), bool(res.calibrated.get("lpips", False)), sampling)
     if record:
         save_yaml(sweep.record(), run_dir / GENERATION_FILE)
     if not keep_images:

@@ -232,10 +232,10 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
 
 
 def _generation_strength(folder: Path) -> float | None:
-    """The img2img strength a ControlNet predictions folder was generated at (its ``generation.yaml``), or None."""
+    """The img2img strength a ControlNet predictions folder was generated at (its ``sampling.yaml``), or None."""
     import yaml
 
-    path = folder / "generation.yaml"
+    path = folder / "sampling.yaml"
     try:
         return float(yaml.safe_load(path.read_text())["strength"]) if path.is_file() else None
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
@@ -247,7 +247,7 @@ def model_labels(runs) -> dict[str, str]:
     images, read from the run folder's ``params.yaml`` (``<run>/predictions/<split>`` -> ``<run>/params.yaml``;
     :func:`stsynth_lib.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
     ``predictions_prompt_only``) are labelled as the backbone alone; images started from the noised past image (the
-    folder's ``generation.yaml`` has ``strength`` < 1) say so; a ControlNet-named model without a readable
+    folder's ``sampling.yaml`` has ``strength`` < 1) say so; a ControlNet-named model without a readable
     params.yaml gets "ControlNet [backbone not recorded]". Other models get no label (tables show their name)."""
     import yaml
 
