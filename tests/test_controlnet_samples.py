@@ -168,3 +168,18 @@ def test_prediction_grid_shows_the_mask_of_labelled_data(run, tiny_dataset_dir, 
     pred = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "p", **GEN)
     fig = show_predictions(pred, tiny_dataset_dir, "test", n=2)
     assert [ax.get_title() for ax in fig.axes[:4]] == ["past", "future mask", "generated (GeoTIFF)", "truth"]
+
+
+def test_condition_gain_estimate_on_more_pairs(run):
+    from stsynth_lib.controlnet.validation import condition_gain_estimate
+
+    est = condition_gain_estimate(run, n_pairs=6, n_boot=50, device="cpu")
+    assert est["n_pairs"] == 6 and est["n_areas"] >= 1
+    assert est["cond_gain"] == pytest.approx(1 - est["val_loss"] / est["val_loss_shuffled_cond"])
+    assert est["control_gain"] == pytest.approx(1 - est["val_loss"] / est["val_loss_nocontrol"])
+    assert est["val_loss"] != est["val_loss_nocontrol"]  # the one-step ControlNet changes the loss
+    if est["n_areas"] > 1:
+        lo, hi = est["cond_gain_ci"]
+        assert lo <= hi
+    else:
+        assert est["cond_gain_ci"] is None  # one area: no interval
