@@ -141,7 +141,7 @@ def test_landing_and_readme_tables_name_the_backbone():
 
 def test_committed_reference_label_is_the_one_its_params_give():
     """book/reference/sn7_real_128's summary.json names the ControlNet's backbone; where the run folder is here too,
-    the label is exactly the one its params.yaml gives."""
+    the label is exactly the one its params.yaml (and its predictions' sampling.yaml) give."""
     from pathlib import Path
 
     import yaml
@@ -158,6 +158,10 @@ def test_committed_reference_label_is_the_one_its_params_give():
     label = data.get("model_labels", {}).get("controlnet", "")
     assert label.startswith("ControlNet [") and label != CONTROLNET_NOT_RECORDED
     assert "stable diffusion" not in label.lower()  # the CPU reference never uses SD
-    params = root / data["runs"]["controlnet"] / ".." / ".." / "params.yaml"
-    if params.is_file():
-        assert label == controlnet_label(yaml.safe_load(params.read_text()))
+    pred = root / data["runs"]["controlnet"]
+    params = pred / ".." / ".." / "params.yaml"
+    if params.is_file():  # the run's params.yaml (backbone) and its predictions' sampling.yaml (img2img strength)
+        from stsynth_lib.evaluate.data import model_labels
+
+        assert label == model_labels({"controlnet": pred})["controlnet"]
+        assert label.startswith(controlnet_label(yaml.safe_load(params.read_text()))[:-1])
