@@ -197,7 +197,7 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
     return fig
 
 
-def _month_label(year_month: int) -> str:
+def month_label(year_month: int) -> str:
     """``year * 12 + month`` -> ``"YYYY-MM"``."""
     return f"{(year_month - 1) // 12}-{(year_month - 1) % 12 + 1:02d}"
 
@@ -233,7 +233,7 @@ def plot_context_strip(dataset, index: int | None = None, suptitle: str | None =
             inval = 1 - s["context_valid"][j][0].numpy()
             if inval.any():
                 ax.contour(inval, levels=[0.5], colors="cyan", linewidths=0.6)
-            date = _month_label(t1 - int(s["context_age_months"][j]))
+            date = month_label(t1 - int(s["context_age_months"][j]))
         else:
             ax.imshow(np.full(tuple(s["past"].shape[-2:]) + (3,), 200, np.uint8))
             ax.text(0.5, 0.5, "absent", transform=ax.transAxes, ha="center", va="center", fontsize=9)
@@ -241,7 +241,7 @@ def plot_context_strip(dataset, index: int | None = None, suptitle: str | None =
         ax.set_title(f"{_offset_label(o)}\n{date}", fontsize=8)
     ax = axes[0, k]
     ax.imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
-    ax.set_title(f"target t1\n{_month_label(t1)} (+{int(s['gap_months'])} mo)", fontsize=8, fontweight="bold")
+    ax.set_title(f"target t1\n{month_label(t1)} (+{int(s['gap_months'])} mo)", fontsize=8, fontweight="bold")
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(suptitle or f"What a context model sees: {s['aoi']}, pair {int(s['pair_id'])}", fontsize=9)

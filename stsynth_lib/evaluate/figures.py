@@ -167,6 +167,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     baselines=...)``); pairs whose frames are all present are preferred, spread over the split."""
     import matplotlib.pyplot as plt
 
+    from stsynth_lib.data.plots import month_label
     from stsynth_lib.training import spread_indices
 
     d = res.data
@@ -193,7 +194,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
                 panels.append(rgb_image(ctx["context"][r, k]))
                 age = int(ctx["context_age_months"][r, k])
                 titles.append(f"{'t0' if o == 0 else ('t1-12' if isinstance(o, str) else f't0{o:+d}')}: "
-                              f"{(t1 - age - 1) // 12}-{(t1 - age - 1) % 12 + 1:02d}")
+                              f"{month_label(t1 - age)}")
             else:
                 panels.append(np.full(d.future.shape[2:] + (3,), 0.8))
                 titles.append(f"{'t1-12' if isinstance(o, str) else f't0{o:+d}'}: absent")
