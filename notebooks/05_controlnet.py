@@ -295,14 +295,14 @@ round_floats(val_log[[c for c in log_cols if c in val_log.columns]].reset_index(
 # The training log measures the gains on a handful of validation pairs (`num_validation_loss_pairs`), which makes
 # them noisy from one validation to the next. At the end of training the same measurement (same 5 timesteps, fixed
 # noise, another pair's conditioning) runs on `cond_gain_pairs` validation pairs, with a 95 % interval that
-# resamples whole areas.
+# resamples whole areas (whole blocks on a profile split by blocks, as chapter 6's intervals).
 
 # %%
 gains = condition_gain_estimate(run_dir, n_pairs=cond_gain_pairs, seed=seed, device=device)
 display(round_floats(pd.DataFrame([
-    {"gain": k, "value": gains[k], "95% interval (areas resampled)": (
-        f"[{gains[k + '_ci'][0]:.4f}, {gains[k + '_ci'][1]:.4f}]" if gains[k + "_ci"] else "n/a (1 area)"),
-     "pairs": gains["n_pairs"], "areas": gains["n_areas"]} for k in ("cond_gain", "control_gain")]), 4))
+    {"gain": k, "value": gains[k], f"95% interval ({gains['unit']}s resampled)": (
+        f"[{gains[k + '_ci'][0]:.4f}, {gains[k + '_ci'][1]:.4f}]" if gains[k + "_ci"] else f"n/a (1 {gains['unit']})"),
+     "pairs": gains["n_pairs"], f"{gains['unit']}s": gains["n_units"]} for k in ("cond_gain", "control_gain")]), 4))
 
 # %% [markdown]
 # ### Validation images

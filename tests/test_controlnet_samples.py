@@ -174,7 +174,7 @@ def test_condition_gain_estimate_on_more_pairs(run):
     from stsynth_lib.controlnet.validation import condition_gain_estimate
 
     est = condition_gain_estimate(run, n_pairs=6, n_boot=50, device="cpu")
-    assert est["n_pairs"] == 6 and est["n_areas"] >= 1
+    assert est["n_pairs"] == 6 and est["n_areas"] >= 1 and est["unit"] == "area" and est["n_units"] == est["n_areas"]
     assert est["cond_gain"] == pytest.approx(1 - est["val_loss"] / est["val_loss_shuffled_cond"])
     assert est["control_gain"] == pytest.approx(1 - est["val_loss"] / est["val_loss_nocontrol"])
     assert est["val_loss"] != est["val_loss_nocontrol"]  # the one-step ControlNet changes the loss
@@ -183,3 +183,24 @@ def test_condition_gain_estimate_on_more_pairs(run):
         assert lo <= hi
     else:
         assert est["cond_gain_ci"] is None  # one area: no interval
+
+
+def test_condition_gain_estimate_resamples_blocks_on_a_block_split(run, tmp_path, monkeypatch):
+    """On a dataset split by blocks the interval resamples blocks (one area still gets an interval)."""
+    import pandas as pd
+
+    from stsynth_lib.controlnet import validation
+    from stsynth_lib.data.dataset import PairedTileDataset
+
+    class OneAreaInBlocks(PairedTileDataset):  # the same pairs, all in one area, in two blocks
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            n = len(self.pairs)
+            self.pairs = self.pairs.assign(aoi="one_area", block_row=[i % 2 for i in range(n)],
+                                           block_col=0).reset_index(drop=True)
+
+    monkeypatch.setattr("stsynth_lib.data.dataset.PairedTileDataset", OneAreaInBlocks)
+    est = validation.condition_gain_estimate(run, n_pairs=6, n_boot=50, device="cpu")
+    assert est["unit"] == "block" and est["n_areas"] == 1 and est["n_units"] == 2
+    lo, hi = est["cond_gain_ci"]
+    assert lo <= hi and not pd.isna(lo)  # one area, two blocks: an interval exists

@@ -58,11 +58,16 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
     for start in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="calibrate", leave=False):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         b = to_device(batch, device)
-        change = G.forward_head(build_condition(b, guidance).to(dtype)).float().cpu()
-        past, future, valid = batch["past"], batch["future"], batch["valid"]
+        cond = build_condition(b, guidance).to(dtype)
+        change = G.forward_head(cond).float().cpu()
+        # where the change starts: the condition's first image (the past image, or the seasonal blend with
+        # residual_base: seasonal), or a temporal-attention generator's blend of the past frames
+        start = G.residual_start(cond) if hasattr(G, "residual_start") else cond[:, : change.shape[1]]
+        start = start.float().cpu()
+        future, valid = batch["future"], batch["valid"]
         cols = []
         for k in grid:
-            gen = torch.clamp(past + float(k) * change, -1.0, 1.0)
+            gen = torch.clamp(start + float(k) * change, -1.0, 1.0)
             gen = torch.from_numpy(to_uint8(gen)).float() / 127.5 - 1.0
             cols.append(masked_l1(gen, future, valid))  # NaN for a pair without valid pixels: left out below
         per_pair.append(np.stack(cols, 1))

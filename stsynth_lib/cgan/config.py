@@ -38,6 +38,9 @@ class CGANTrainConfig(TrainConfig):
     dropout: float = 0.5
     d_layers: int = 3  # 3 = 70x70 PatchGAN
     residual: bool = False  # generator outputs clamp(past + tanh(.)) (not pix2pix; starts at persistence)
+    # context frames: concat (stacked channels) | attention (a learned per-pixel blend of the past frames is the
+    # residual's start, stsynth_lib.models.temporal; needs residual and context_offsets_months)
+    temporal_fusion: str = "concat"
     # loss
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
     lambda_l1: float = 100.0
@@ -121,6 +124,17 @@ class CGANTrainConfig(TrainConfig):
         check_checkpoint_limit(self.checkpoints_total_limit)
         offsets = check_context_offsets(self.context_offsets_months)
         self.context_offsets_months = None if offsets is None else list(offsets)
+        from stsynth_lib.models.registry import TEMPORAL_FUSIONS
+
+        if self.temporal_fusion not in TEMPORAL_FUSIONS:
+            raise ValueError(f"temporal_fusion must be one of {TEMPORAL_FUSIONS}, got {self.temporal_fusion!r}")
+        if self.temporal_fusion == "attention":
+            if not self.residual:
+                raise ValueError("temporal_fusion: attention blends the past frames into the residual's start: "
+                                 "set residual: true")
+            if not [o for o in (offsets or ()) if o != 0]:
+                raise ValueError("temporal_fusion: attention needs past frames besides the past image: set "
+                                 "context_offsets_months, e.g. [0, -1, -2, same_month_last_year]")
 
     @property
     def change_pairs_per_batch(self) -> int:

@@ -32,6 +32,8 @@ def model_spec(cfg: "CGANTrainConfig", guidance: GuidanceConfig, n_bands: int, t
         "gap_channel": channels.index("gap_months_scaled") if "gap_months_scaled" in channels else None,
         "guidance": guidance.to_dict(),
         "channels": channels,
+        # attention over the past frames (stsynth_lib.models.temporal); absent = channel stacking (older runs)
+        **({"temporal_fusion": cfg.temporal_fusion} if cfg.temporal_fusion != "concat" else {}),
     }
 
 
@@ -39,7 +41,8 @@ def generator_from_spec(spec: Mapping[str, Any]) -> nn.Module:
     return build_generator(spec["name"], spec["in_channels"], spec["out_channels"], spec["tile_size_px"],
                            ngf=spec["ngf"], norm=spec["norm"], dropout=spec["dropout"],
                            residual=bool(spec.get("residual", False)), gap_channel=spec.get("gap_channel"),
-                           gap_scale_months=float(spec.get("guidance", {}).get("gap_scale_months", 24.0)))
+                           gap_scale_months=float(spec.get("guidance", {}).get("gap_scale_months", 24.0)),
+                           temporal_fusion=spec.get("temporal_fusion", "concat"), channels=spec.get("channels"))
 
 
 
@@ -65,7 +68,7 @@ def load_generator(run_dir: str | Path, which: str = "best", map_location: str =
         if ck is None or not (Path(ck) / "state.pt").is_file():
             raise FileNotFoundError(f"no checkpoint {which!r} with a state.pt under {run_dir / 'checkpoints'}")
         state = torch.load(Path(ck) / "state.pt", map_location=map_location, weights_only=True)["generator"]
-    if getattr(G, "residual", False):  # runs saved before the calibration buffers existed
+    if getattr(G, "residual", False) and "residual_scale" in G.state_dict():  # saved before the calibration buffers
         state = {"residual_scale": torch.ones(()), "residual_full_gap_months": torch.zeros(()), **state}
     G.load_state_dict(state)
     G.eval()

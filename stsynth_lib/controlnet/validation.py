@@ -63,7 +63,7 @@ class ControlNetValidator:
         self.run_dir, self.is_main = Path(run_dir), is_main
         n_loss = max(1, min(max(cfg.num_validation_loss_pairs, cfg.num_validation_images), len(val_ds)))
         idx = np.unique(np.linspace(0, len(val_ds) - 1, n_loss).round().astype(int)).tolist()
-        self.n_loss = len(idx)
+        self.n_loss, self.loss_idx = len(idx), idx
         self.n_val = min(cfg.num_validation_images, self.n_loss)
         self.loss_batch = resize_batch(collate([val_ds[i] for i in idx]), res)
         self.val_batch = collate([val_ds[i] for i in idx[: self.n_val]])
@@ -148,9 +148,11 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
                             device: str = "auto") -> dict[str, Any]:
     """``cond_gain`` and ``control_gain`` of a trained ControlNet measured as in training's validation (fixed noise,
     the same 5 timesteps, another pair's conditioning rolled by one) but on ``n_pairs`` validation pairs instead of
-    the few the training log uses (16 by default, a noisy estimate), with 95 % intervals that resample whole areas.
+    the few the training log uses (16 by default, a noisy estimate), with 95 % intervals that resample whole areas,
+    or whole blocks on a dataset split by blocks (``split_by: block``, as chapter 6's intervals:
+    :func:`~stsynth_lib.evaluate.scoring.resampling_clusters`); one unit gives no interval (``None``).
 
-    Returns ``{"n_pairs", "n_areas", "cond_gain", "cond_gain_ci", "control_gain", "control_gain_ci",
+    Returns ``{"n_pairs", "n_areas", "n_units", "unit", "cond_gain", "cond_gain_ci", "control_gain", "control_gain_ci",
     "val_loss", ...}``. Losses are computed one pair at a time (so each pair has its own losses)."""
     from dataclasses import fields, replace
 
@@ -174,7 +176,11 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
         means = v.losses(controlnet.eval(), cond, prompts)
     n = v.n_loss
     per = {k: np.asarray(x, float).reshape(len(v.timesteps), n).mean(0) for k, x in v.slice_losses.items()}
-    areas = np.asarray([str(a) for a in v.loss_batch["aoi"]])
+    from stsynth_lib.evaluate.scoring import resampling_clusters
+
+    chosen = ds.pairs.iloc[v.loss_idx]
+    areas = resampling_clusters(chosen)
+    unit = "block" if "block_row" in chosen and not chosen["block_row"].isna().all() else "area"
     units = np.unique(areas)
     rng = np.random.default_rng(seed)
 
@@ -187,7 +193,8 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
         idx = np.concatenate([members[i] for i in rng.integers(0, len(units), len(units))])
         boot["cond_gain"].append(gain(idx, "val_loss_shuffled_cond"))
         boot["control_gain"].append(gain(idx, "val_loss_nocontrol"))
-    out: dict[str, Any] = {"n_pairs": int(n), "n_areas": int(len(units)), **{k: float(x) for k, x in means.items()}}
+    out: dict[str, Any] = {"n_pairs": int(n), "n_areas": int(chosen["aoi"].nunique()), "n_units": int(len(units)),
+                           "unit": unit, **{k: float(x) for k, x in means.items()}}
     for k, b in boot.items():
         out[f"{k}_ci"] = [float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))] if b else None
     return out

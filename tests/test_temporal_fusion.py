@@ -1,0 +1,129 @@
+"""Attention over time (``temporal_fusion: attention``) and where a residual generator's change starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from stsynth_lib.conditioning import GuidanceConfig, build_condition, seasonal_base
+from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, PairedTileDataset
+from stsynth_lib.models.registry import build_generator
+from stsynth_lib.models.temporal import TemporalAttentionGenerator, TemporalBlend, context_frames
+from stsynth_lib.training import collate
+
+from test_context import _train_cfg, long_dataset_dir  # noqa: F401  (the 15-month fixture)
+
+OFFSETS = [0, -1, -2, SAME_MONTH_LAST_YEAR]
+
+
+def _batch(dataset_dir, n=None):
+    """All pairs, or the first ``n`` of those with an older frame (the first months of a series have none)."""
+    ds = PairedTileDataset(dataset_dir, "all", context_offsets_months=OFFSETS)
+    batch = collate([ds[i] for i in range(len(ds))])
+    if n is None:
+        return batch
+    keep = torch.as_tensor(batch["context_present"])[:, 1:].any(1).nonzero()[:n, 0].tolist()
+    assert len(keep) == n
+    return collate([ds[i] for i in keep])
+
+
+def test_frames_are_found_by_channel_name():
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    names = cfg.channel_names()
+    frames = context_frames(names, 3)
+    assert [f["tag"] for f in frames] == ["past", "ctx_t0-1", "ctx_t0-2", "ctx_last_year"]
+    for f in frames[1:]:
+        assert [names[i] for i in f["bands"]] == [f"{f['tag']}_b{i}" for i in (1, 2, 3)]
+        assert names[f["valid"]] == f"{f['tag']}_valid" and names[f["age"]] == f"{f['tag']}_age_scaled"
+    with pytest.raises(ValueError, match="context_offsets_months"):
+        context_frames(GuidanceConfig().resolve(False, 3).channel_names(), 3)
+
+
+def test_untrained_blend_is_the_mean_of_the_usable_frames(long_dataset_dir):
+    batch = _batch(long_dataset_dir)
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    x = build_condition(batch, cfg)
+    blend, w = TemporalBlend(cfg.channel_names(), 3)(x)
+    frames = torch.stack([batch["past"]] + [batch["context"][:, k] for k in (1, 2, 3)], 1)  # (B, 4, 3, H, W)
+    usable = torch.stack([torch.ones_like(batch["valid"])] + [
+        batch["context_valid"][:, k] * torch.as_tensor(batch["context_present"])[:, k, None, None, None].float()
+        for k in (1, 2, 3)], 1)  # (B, 4, 1, H, W)
+    want = (frames * usable).sum(1) / usable.sum(1)
+    assert torch.allclose(blend, want, atol=1e-5)
+    assert torch.allclose(w.sum(1), torch.ones_like(w[:, 0]), atol=1e-5)
+    absent = ~torch.as_tensor(batch["context_present"])[:, 3].bool()
+    assert absent.any() and float(w.detach()[absent][:, 3].max()) < 1e-6  # no frame last year: weight 0
+
+
+def test_untrained_generator_outputs_the_blend_and_learns_weights(long_dataset_dir):
+    torch.manual_seed(0)
+    batch = _batch(long_dataset_dir, 6)
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    x = build_condition(batch, cfg)
+    G = build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True, temporal_fusion="attention",
+                        channels=cfg.channel_names())
+    assert isinstance(G, TemporalAttentionGenerator)
+    with torch.no_grad():
+        assert torch.allclose(G.eval()(x), G.residual_start(x).clamp(-1, 1), atol=1e-6)
+    # one gradient step moves the blend's scores (the weights are learned, not fixed)
+    G.train()
+    before = [p.detach().clone() for p in G.blend.parameters()]
+    loss = (G(x) - batch["future"]).abs().mean()
+    loss.backward()
+    torch.optim.SGD(G.parameters(), lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, G.blend.parameters()))
+
+
+def test_attention_options_are_checked():
+    with pytest.raises(ValueError, match="residual"):
+        _train_cfg("d", "r", residual=False, temporal_fusion="attention", context_offsets_months=OFFSETS)
+    with pytest.raises(ValueError, match="context_offsets_months"):
+        _train_cfg("d", "r", temporal_fusion="attention", context_offsets_months=[0])
+    with pytest.raises(ValueError, match="temporal_fusion"):
+        _train_cfg("d", "r", temporal_fusion="transformer", context_offsets_months=OFFSETS)
+    with pytest.raises(ValueError, match="channel names"):
+        build_generator("pix2pix", 10, 3, 32, residual=True, temporal_fusion="attention", channels=None)
+
+
+@pytest.mark.parametrize("model", ["pix2pix", "attention_unet"])
+def test_attention_cgan_trains_calibrates_saves_and_reloads(tiny_dataset_dir, tmp_path, model):
+    from stsynth_lib.cgan.model_io import load_generator
+    from stsynth_lib.cgan.train import train_cgan
+    from stsynth_lib.evaluate.generator import predict_split
+
+    offsets = [0, -1, SAME_MONTH_LAST_YEAR]
+    run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", model=model, context_offsets_months=offsets,
+                                temporal_fusion="attention", calibrate_residual_scale=True))
+    spec = yaml.safe_load((run / "model.yaml").read_text())
+    assert spec["temporal_fusion"] == "attention"
+    G, guide = load_generator(run, "best")
+    assert isinstance(G, TemporalAttentionGenerator) and guide.context_offsets_months == tuple(offsets)
+    assert (run / "best" / "residual_scale.csv").is_file()
+    saved = torch.load(run / "best" / "generator.pt", weights_only=True)
+    assert float(saved["inner.residual_scale"]) == float(G.residual_scale)
+    df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
+    assert len(df) == 3 and np.isfinite(df["l1"]).all()
+    # a run without the key (every older run) is plain channel stacking
+    plain = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "plain", context_offsets_months=offsets))
+    assert "temporal_fusion" not in yaml.safe_load((plain / "model.yaml").read_text())
+
+
+def test_calibration_starts_from_the_residual_base(long_dataset_dir):
+    """Scale 0 of the calibration is the generator's start: the seasonal blend with ``residual_base: seasonal``
+    (not the past image)."""
+    from stsynth_lib.cgan.calibrate import calibrate_residual_scale
+    from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.metrics import masked_l1
+
+    ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="seasonal").resolve(False, 3)
+    G = build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True)
+    _, table = calibrate_residual_scale(G, ds, cfg, batch_size=64, device="cpu", progress=False)
+    batch = collate([ds[i] for i in range(len(ds))])
+    start = torch.from_numpy(to_uint8(seasonal_base(batch, cfg))).float() / 127.5 - 1.0
+    want = np.nanmean(masked_l1(start, batch["future"], batch["valid"]))
+    past_l1 = np.nanmean(masked_l1(batch["past"], batch["future"], batch["valid"]))
+    got = float(table.loc[table["residual_scale"] == 0, "val_l1"].iloc[0])
+    assert got == pytest.approx(want, rel=1e-5) and abs(want - past_l1) > 1e-4
