@@ -123,6 +123,8 @@ from IPython.display import display
 
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
+from stsynth_lib.cgan.plots import plot_frame_weights
+from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.predict import load_predictor
 from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
@@ -216,6 +218,19 @@ else:
 # %%
 fig = show_samples(run_dir, "last")
 plt.show()
+
+# %% [markdown]
+# ### Attention over time
+# With `temporal_fusion = "attention"` the generator does not start from the past image: a small net shared by all
+# frames scores each past frame per pixel, and the softmax of the scores blends the frames into the image the U-Net
+# then changes. The maps show, for a few validation pairs, how much of each frame the best generator takes where
+# (skipped with channel stacking, `temporal_fusion = "concat"`).
+
+# %%
+if temporal_fusion == "attention":
+    G_best, guide_best = load_generator(run_dir, "best")
+    fig = plot_frame_weights(G_best, PairedTileDataset(dataset_dir, "val"), guide_best, n=2)
+    plt.show()
 
 # %% [markdown]
 # ## Test predictions

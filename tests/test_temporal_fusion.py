@@ -127,3 +127,22 @@ def test_calibration_starts_from_the_residual_base(long_dataset_dir):
     past_l1 = np.nanmean(masked_l1(batch["past"], batch["future"], batch["valid"]))
     got = float(table.loc[table["residual_scale"] == 0, "val_l1"].iloc[0])
     assert got == pytest.approx(want, rel=1e-5) and abs(want - past_l1) > 1e-4
+
+
+def test_frame_weights_figure(long_dataset_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from stsynth_lib.cgan.plots import plot_frame_weights
+
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    G = build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True, temporal_fusion="attention",
+                        channels=cfg.channel_names())
+    ds = PairedTileDataset(long_dataset_dir, "all")  # opened without context: the figure looks the frames up
+    fig = plot_frame_weights(G, ds, cfg, n=2)
+    titles = [a.get_title() for a in fig.axes if "mean weight" in a.get_title()]
+    assert len(titles) == 2 * 4
+    means = [float(t.rsplit(" ", 1)[1]) for t in titles]
+    assert sum(means[:4]) == pytest.approx(1.0, abs=0.02)  # the weights of one pair sum to 1
+    with pytest.raises(ValueError, match="temporal_fusion"):
+        plot_frame_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)

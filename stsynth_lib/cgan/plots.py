@@ -163,3 +163,57 @@ def save_grid(grid: np.ndarray, path: Path) -> Path:
     tmp.replace(path)
     return path
 
+
+
+@torch.no_grad()
+def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
+    """What a ``temporal_fusion: attention`` generator takes from each past frame: per pair (row pairs), the frames
+    it saw (absent ones grey) with their mean weight, under them the per-pixel weight maps (0-1), then the blend it
+    starts from, its output and the truth. ``indices`` None: the first ``n`` pairs whose frames are all present."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.conditioning import build_condition
+    from stsynth_lib.evaluate.generator import dataset_for_guidance
+    from stsynth_lib.training import collate
+
+    if not hasattr(model, "frame_weights"):
+        raise ValueError("plot_frame_weights needs a generator trained with temporal_fusion: attention")
+    ds = dataset_for_guidance(dataset, guidance)
+    if indices is None:
+        full = [i for i in range(min(len(ds), 500)) if bool(ds[i]["context_present"].all())]
+        indices = (full or list(range(len(ds))))[:n]
+    if not len(indices):
+        raise ValueError("the dataset has no pairs: nothing to show")
+    batch = collate([ds[int(i)] for i in indices])
+    dtype = next(model.parameters()).dtype
+    x = build_condition(batch, guidance).to(dtype)
+    was = model.training
+    model.eval()
+    tags, w = model.frame_weights(x)
+    start, out = model.residual_start(x), model(x)
+    model.train(was)
+    k = len(tags)
+    rows = len(indices)
+    fig, axes = plt.subplots(2 * rows, k + 3, figsize=(2.1 * (k + 3), 4.3 * rows), squeeze=False)
+    frames = [batch["past"]] + [batch["context"][:, j] for j in range(1, batch["context"].shape[1])]
+    present = [torch.ones(len(indices), dtype=torch.bool)] + [
+        torch.as_tensor(batch["context_present"])[:, j].bool() for j in range(1, batch["context"].shape[1])]
+    for r in range(rows):
+        top, bottom = axes[2 * r], axes[2 * r + 1]
+        for j in range(k):
+            img = to_uint8(frames[j][r][:3]).transpose(1, 2, 0) if bool(present[j][r]) else \
+                np.full(tuple(x.shape[-2:]) + (3,), 200, np.uint8)
+            top[j].imshow(img)
+            top[j].set_title(f"{tags[j]}\nmean weight {float(w[r, j].mean()):.2f}", fontsize=8)
+            im = bottom[j].imshow(w[r, j].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+        for j, (img, title) in enumerate([(start[r], "blend (start)"), (out[r], "generated"),
+                                          (batch["future"][r], "truth")]):
+            top[k + j].imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
+            top[k + j].set_title(title, fontsize=8)
+        bottom[k].text(0.0, 0.5, f"{batch['aoi'][r]}\n+{int(batch['gap_months'][r])} months", fontsize=8,
+                       transform=bottom[k].transAxes, va="center")
+        for a in list(top) + list(bottom):
+            a.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.4, label="weight of the frame")
+    fig.suptitle("Attention over time: the weight of each past frame per pixel (sums to 1 over the frames)", fontsize=9)
+    return fig
