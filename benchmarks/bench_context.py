@@ -5,7 +5,7 @@
 The sn7_real_128 training setting (``params/sn7_real_128/common.yaml`` + ``03_train_cgan.yaml`` /
 ``04_train_attention_cgan.yaml``: 128 px tiles, ngf = ndf = 32, batch norm, residual, batch 8), both generators,
 K = 1 (``context_offsets_months: null``, today's model) against K = 4
-(``context_offsets_months: [0, -1, -2, same_month_last_year]``). Everything is built by the trainer itself
+(``context_offsets_months: [0, -1, -2, same_month_last_year]``, with the profile's ``residual_base``). Everything is built by the trainer itself
 (``CGANRun.build``: datasets, guidance resolved from the dataset, generator, discriminator, optimisers), so the
 condition channels are the trainer's. Per training step:
 
@@ -14,9 +14,11 @@ condition channels are the trainer's. Per training step:
   trainer's batch augmentation (flips/rotations + ``radiometric_jitter``) and ``to_device``;
 * compute: one ``train_step`` (D step + G step) on such a batch (fp32 on CPU; on CUDA the trainer's own precision
   and memory format);
-* total = data + compute, and the ratio K4 / K1 per generator (the issue's bar: <= 1.5).
+* total = data + compute, and the ratio K4 / K1 per generator (the issue's bar: <= 1.5);
+* K4a: K = 4 with ``temporal_fusion: attention`` (the learned per-pixel blend of the frames starts the residual,
+  :mod:`stsynth_lib.models.temporal`), its ratio to K1 too.
 
-K1 and K4 are measured in interleaved rounds (the order alternates each round) after a warm-up, and each step is
+K1, K4 and K4a are measured in interleaved rounds (the order rotates each round) after a warm-up, and each step is
 timed on its own; the table gives medians, so machine noise hits both equally. Writes ``<out>/context.json``.
 """
 
@@ -63,15 +65,18 @@ def synthetic_store(tmp: Path) -> Path:
     return out
 
 
-def trainer_run(model: str, dataset_dir: Path, context, device: str) -> CGANRun:
+def trainer_run(model: str, dataset_dir: Path, context, device: str, temporal_fusion: str = "concat") -> CGANRun:
     """The trainer's run for ``model`` with the sn7_real_128 options and ``context_offsets_months=context``."""
     params: dict = {}
     for name in ("common.yaml", PARAMS[model]):
         params.update(yaml.safe_load((ROOT / "params" / "sn7_real_128" / name).read_text()))
     cpu = device == "cpu"
+    if temporal_fusion == "attention" or "same_month_last_year" not in (context or ()):
+        params["residual_base"] = "past"  # the profile's seasonal start needs that frame; attention learns its own
     cfg = CGANTrainConfig.from_params(params, dataset_dir=str(dataset_dir), context_offsets_months=context,
                                       device=device, mixed_precision="no" if cpu else "auto",
-                                      channels_last=False if cpu else "auto", progress=False, num_workers=0)
+                                      channels_last=False if cpu else "auto", progress=False, num_workers=0,
+                                      temporal_fusion=temporal_fusion)
     run = CGANRun(cfg)
     run.build()
     run.G.train()
@@ -119,13 +124,15 @@ class Bench:
 
 def bench_model(model: str, dataset_dir: Path, device: str, rounds: int, steps: int, warmup: int) -> dict:
     benches = {"K1": Bench(trainer_run(model, dataset_dir, None, device)),
-               "K4": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device))}
+               "K4": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device)),
+               "K4a": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device, temporal_fusion="attention"))}
     times = {k: {"data": [], "compute": [], "total": []} for k in benches}
     for k, b in benches.items():  # warm-up (first touches of the store, allocator, kernels): untimed
         for _ in range(warmup):
             b.compute(b.data()[0])
     for r in range(rounds):
-        order = ("K1", "K4") if r % 2 == 0 else ("K4", "K1")
+        names = list(benches)
+        order = names[r % len(names):] + names[: r % len(names)]
         for k in order:
             b = benches[k]
             for _ in range(steps):
@@ -141,13 +148,15 @@ def bench_model(model: str, dataset_dir: Path, device: str, rounds: int, steps: 
            "precision": benches["K1"].run.setup.mixed_precision}
     for k, b in benches.items():
         med = {f"{part}_s": statistics.median(v) for part, v in times[k].items()}
-        out[k] = {"context_offsets_months": b.cfg.context_offsets_months,
+        out[k] = {"context_offsets_months": b.cfg.context_offsets_months, "temporal_fusion": b.cfg.temporal_fusion,
                   "condition_channels": b.run.guidance.n_channels,
                   "generator_params_M": sum(p.numel() for p in b.run.G_raw.parameters()) / 1e6,
                   **med, "per_step_s": times[k]}
     for part in ("data", "compute", "total"):
         out[f"ratio_{part}"] = out["K4"][f"{part}_s"] / out["K1"][f"{part}_s"]
+        out[f"ratio_{part}_attention"] = out["K4a"][f"{part}_s"] / out["K1"][f"{part}_s"]
     out["within_1_5x"] = out["ratio_total"] <= 1.5
+    out["within_1_5x_attention"] = out["ratio_total_attention"] <= 1.5
     return out
 
 
@@ -157,7 +166,7 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset-dir", default=None, help=f"tile store (default {REAL_STORE.relative_to(ROOT)}, "
                    "else a synthetic 128 px one)")
     p.add_argument("--synthetic", action="store_true", help="use a synthetic 128 px store even if the real one exists")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved K1/K4 rounds")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved K1/K4/K4a rounds")
     p.add_argument("--cpu-steps", type=int, default=12, help="steps per K per round on the CPU")
     p.add_argument("--gpu-steps", type=int, default=20, help="steps per K per round on the GPU")
     p.add_argument("--warmup", type=int, default=2)
@@ -184,7 +193,8 @@ def main(argv=None) -> dict:
             t0 = time.perf_counter()
             r = bench_model(model, dataset_dir, device, args.rounds, steps, args.warmup)
             results.append(r)
-            print(f"  {model:15s} {device}: total K4/K1 {r['ratio_total']:.2f}x "
+            print(f"  {model:15s} {device}: total K4/K1 {r['ratio_total']:.2f}x, "
+                  f"K4 attention/K1 {r['ratio_total_attention']:.2f}x "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     report = {"benchmark": "context", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "dataset_dir": str(dataset_dir),

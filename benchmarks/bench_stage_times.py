@@ -57,9 +57,11 @@ def seconds_per_step(log_csv: Path) -> tuple[float, float, int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="sn7_real_128")
-    p.add_argument("--steps", type=int, default=40, help="steps timed per phase")
+    p.add_argument("--steps", type=int, default=40, help="steps timed per phase (>= 20)")
     p.add_argument("--out", default="bench_results")
     args = p.parse_args(argv)
+    if args.steps < 20:
+        p.error("--steps must be >= 20 (seconds per step come from consecutive log rows, every 5 steps)")
     params: dict = {}
     for f in ("common", "05_controlnet"):
         params.update(yaml.safe_load((ROOT / "params" / args.profile / f"{f}.yaml").read_text()) or {})

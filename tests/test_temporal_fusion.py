@@ -83,6 +83,8 @@ def test_attention_options_are_checked():
         _train_cfg("d", "r", temporal_fusion="attention", context_offsets_months=[0])
     with pytest.raises(ValueError, match="temporal_fusion"):
         _train_cfg("d", "r", temporal_fusion="transformer", context_offsets_months=OFFSETS)
+    with pytest.raises(ValueError, match="residual_base: past"):
+        _train_cfg("d", "r", temporal_fusion="attention", context_offsets_months=OFFSETS, residual_base="seasonal")
     with pytest.raises(ValueError, match="channel names"):
         build_generator("pix2pix", 10, 3, 32, residual=True, temporal_fusion="attention", channels=None)
 
@@ -101,8 +103,9 @@ def test_attention_cgan_trains_calibrates_saves_and_reloads(tiny_dataset_dir, tm
     G, guide = load_generator(run, "best")
     assert isinstance(G, TemporalAttentionGenerator) and guide.context_offsets_months == tuple(offsets)
     assert (run / "best" / "residual_scale.csv").is_file()
-    saved = torch.load(run / "best" / "generator.pt", weights_only=True)
-    assert float(saved["inner.residual_scale"]) == float(G.residual_scale)
+    best = yaml.safe_load((run / "best" / "best.yaml").read_text())
+    assert float(G.residual_scale) == pytest.approx(best["residual_scale"])  # the calibrated scale reached the model
+    assert float(G.residual_full_gap_months) == pytest.approx(best["residual_full_gap_months"])
     df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
     # a run without the key (every older run) is plain channel stacking
@@ -146,3 +149,42 @@ def test_frame_weights_figure(long_dataset_dir):
     assert sum(means[:4]) == pytest.approx(1.0, abs=0.02)  # the weights of one pair sum to 1
     with pytest.raises(ValueError, match="temporal_fusion"):
         plot_frame_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)
+    # offsets in another order (0 not first): each frame keeps its own image and label
+    other = [-1, 0, SAME_MONTH_LAST_YEAR]
+    cfg2 = GuidanceConfig(context_offsets_months=other).resolve(False, 3)
+    G2 = build_generator("pix2pix", cfg2.n_channels, 3, 32, ngf=8, residual=True, temporal_fusion="attention",
+                         channels=cfg2.channel_names())
+    ds2 = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=other)
+    i = next(i for i in range(len(ds2)) if bool(ds2[i]["context_present"].all()))
+    fig = plot_frame_weights(G2, ds2, cfg2, indices=[i])
+    shown = {a.get_title().split("\n")[0]: a.get_images()[0].get_array() for a in fig.axes if "mean weight" in a.get_title()}
+    from stsynth_lib.data.dataset import to_uint8
+    s = ds2[i]
+    assert np.array_equal(shown["past"], to_uint8(s["past"]).transpose(1, 2, 0))
+    assert np.array_equal(shown["ctx_t0-1"], to_uint8(s["context"][0]).transpose(1, 2, 0))
+
+
+def test_attention_maps_of_a_temporal_attention_unet(long_dataset_dir):
+    from stsynth_lib.models.attention_unet import attention_maps
+
+    batch = _batch(long_dataset_dir, 2)
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    G = build_generator("attention_unet", cfg.n_channels, 3, 32, ngf=8, residual=True, temporal_fusion="attention",
+                        channels=cfg.channel_names())
+    maps = attention_maps(G, build_condition(batch, cfg))
+    assert len(maps) == G.inner.depth - 1 and maps[0].shape == (2, 1, 32, 32)
+
+
+def test_attention_cgan_resumes_exactly(tiny_dataset_dir, tmp_path):
+    """2 steps + resume to 4 equal 4 steps at once (the blend's weights included)."""
+    from stsynth_lib.cgan.train import train_cgan
+
+    kw = dict(context_offsets_months=[0, -1, SAME_MONTH_LAST_YEAR], temporal_fusion="attention",
+              checkpoint_every_steps=2)
+    full = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "full", max_steps=4, **kw))
+    train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=2, **kw))
+    part = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=4, resume_from_checkpoint="latest", **kw))
+    a = torch.load(full / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
+    b = torch.load(part / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
+    assert any(k.startswith("blend.") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)

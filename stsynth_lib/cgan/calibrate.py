@@ -24,8 +24,9 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
                              device: str | torch.device = "cpu", progress: bool = False) -> tuple[dict[str, float], pd.DataFrame]:
     """Choose how much of its predicted change a residual generator applies, on held-out pairs.
 
-    The prediction becomes ``clamp(past + k * change)`` with ``k = scale * min(1, gap / full_gap)``:
-    ``scale = 0`` is persistence, ``scale = 1, full_gap = 1`` the trained generator, and
+    The prediction becomes ``clamp(start + k * change)`` with ``k = scale * min(1, gap / full_gap)``:
+    ``scale = 0`` is the generator's start (persistence, the seasonal blend with ``residual_base: seasonal``, or the
+    blend of the past frames with ``temporal_fusion: attention``), ``scale = 1, full_gap = 1`` the trained generator, and
     ``full_gap > 1`` applies less change to short gaps (a month ahead little really changes, and a
     generator that learned its training areas' changes applies them too confidently there).
     Every pair of ``dataset`` (the validation split, never the test split) is scored on the

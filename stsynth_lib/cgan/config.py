@@ -132,6 +132,9 @@ class CGANTrainConfig(TrainConfig):
             if not self.residual:
                 raise ValueError("temporal_fusion: attention blends the past frames into the residual's start: "
                                  "set residual: true")
+            if self.residual_base != "past":
+                raise ValueError("temporal_fusion: attention learns its own start (a blend of the past frames, the "
+                                 "seasonal blend among them): use residual_base: past with it")
             if not [o for o in (offsets or ()) if o != 0]:
                 raise ValueError("temporal_fusion: attention needs past frames besides the past image: set "
                                  "context_offsets_months, e.g. [0, -1, -2, same_month_last_year]")

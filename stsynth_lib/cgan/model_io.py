@@ -68,7 +68,7 @@ def load_generator(run_dir: str | Path, which: str = "best", map_location: str =
         if ck is None or not (Path(ck) / "state.pt").is_file():
             raise FileNotFoundError(f"no checkpoint {which!r} with a state.pt under {run_dir / 'checkpoints'}")
         state = torch.load(Path(ck) / "state.pt", map_location=map_location, weights_only=True)["generator"]
-    if getattr(G, "residual", False) and "residual_scale" in G.state_dict():  # saved before the calibration buffers
+    if getattr(G, "residual", False) and "residual_scale" in dict(G.named_buffers()):  # saved before the calibration buffers
         state = {"residual_scale": torch.ones(()), "residual_full_gap_months": torch.zeros(()), **state}
     G.load_state_dict(state)
     G.eval()

@@ -57,6 +57,19 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
     return fig
 
 
+def _start_name(run_dir: str | Path) -> str:
+    """What a residual generator of this run starts from (its change scaled by 0): from ``model.yaml``."""
+    import yaml
+
+    path = Path(run_dir) / "model.yaml"
+    spec = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    if spec.get("temporal_fusion") == "attention":
+        return "blend of the past frames"
+    if (spec.get("guidance") or {}).get("residual_base") == "seasonal":
+        return "seasonal blend"
+    return "persistence"
+
+
 def plot_residual_calibration(run_dir: str | Path):
     """Area-balanced validation L1 against the change scale (``best/residual_scale.csv``); None if not calibrated."""
     import matplotlib.pyplot as plt
@@ -74,7 +87,7 @@ def plot_residual_calibration(run_dir: str | Path):
                 continue
             label = f"scale x min(1, gap / {g:.0f} months) (chosen)"
         ax.plot(sub["residual_scale"], sub["val_l1_area_mean"], "o-", ms=3, label=label)
-    ax.axhline(t.loc[t["residual_scale"] == 0, "val_l1_area_mean"].iloc[0], ls="--", color="gray", label="persistence (scale 0)")
+    ax.axhline(t.loc[t["residual_scale"] == 0, "val_l1_area_mean"].iloc[0], ls="--", color="gray", label=f"{_start_name(run_dir)} (scale 0)")
     ax.plot(chosen["residual_scale"], chosen["val_l1_area_mean"], "*", ms=14, color="gold", label="chosen")
     ax.set_xlabel("scale of the predicted change")
     ax.set_ylabel("val L1, mean over areas")
@@ -168,7 +181,7 @@ def save_grid(grid: np.ndarray, path: Path) -> Path:
 @torch.no_grad()
 def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     """What a ``temporal_fusion: attention`` generator takes from each past frame: per pair (row pairs), the frames
-    it saw (absent ones grey) with their mean weight, under them the per-pixel weight maps (0-1), then the blend it
+    it saw (absent or wholly invalid ones grey) with their mean weight, under them the per-pixel weight maps (0-1), then the blend it
     starts from, its output and the truth. ``indices`` None: the first ``n`` pairs whose frames are all present."""
     import matplotlib.pyplot as plt
 
@@ -180,32 +193,31 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
         raise ValueError("plot_frame_weights needs a generator trained with temporal_fusion: attention")
     ds = dataset_for_guidance(dataset, guidance)
     if indices is None:
-        full = [i for i in range(min(len(ds), 500)) if bool(ds[i]["context_present"].all())]
+        full = [i for i in range(min(len(ds), 100)) if bool(ds[i]["context_present"].all())]
         indices = (full or list(range(len(ds))))[:n]
     if not len(indices):
         raise ValueError("the dataset has no pairs: nothing to show")
     batch = collate([ds[int(i)] for i in indices])
-    dtype = next(model.parameters()).dtype
-    x = build_condition(batch, guidance).to(dtype)
+    p0 = next(model.parameters())
+    x = build_condition(batch, guidance).to(device=p0.device, dtype=p0.dtype)
     was = model.training
     model.eval()
     tags, w = model.frame_weights(x)
     start, out = model.residual_start(x), model(x)
     model.train(was)
-    k = len(tags)
-    rows = len(indices)
+    x, w, start, out = x.float().cpu(), w.float().cpu(), start.float().cpu(), out.float().cpu()
+    frames = model.blend.frames  # each frame's bands and validity plane in the condition, in the weights' order
+    k, rows = len(frames), len(indices)
     fig, axes = plt.subplots(2 * rows, k + 3, figsize=(2.1 * (k + 3), 4.3 * rows), squeeze=False)
-    frames = [batch["past"]] + [batch["context"][:, j] for j in range(1, batch["context"].shape[1])]
-    present = [torch.ones(len(indices), dtype=torch.bool)] + [
-        torch.as_tensor(batch["context_present"])[:, j].bool() for j in range(1, batch["context"].shape[1])]
     for r in range(rows):
         top, bottom = axes[2 * r], axes[2 * r + 1]
-        for j in range(k):
-            img = to_uint8(frames[j][r][:3]).transpose(1, 2, 0) if bool(present[j][r]) else \
+        for j, f in enumerate(frames):
+            present = f["valid"] is None or bool(x[r, f["valid"]].max() > 0.5)
+            img = to_uint8(x[r, f["bands"][:3]]).transpose(1, 2, 0) if present else \
                 np.full(tuple(x.shape[-2:]) + (3,), 200, np.uint8)
             top[j].imshow(img)
             top[j].set_title(f"{tags[j]}\nmean weight {float(w[r, j].mean()):.2f}", fontsize=8)
-            im = bottom[j].imshow(w[r, j].float().cpu().numpy(), cmap="viridis", vmin=0, vmax=1)
+            im = bottom[j].imshow(w[r, j].numpy(), cmap="viridis", vmin=0, vmax=1)
         for j, (img, title) in enumerate([(start[r], "blend (start)"), (out[r], "generated"),
                                           (batch["future"][r], "truth")]):
             top[k + j].imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))

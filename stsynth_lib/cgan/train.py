@@ -360,7 +360,7 @@ class CGANRun:
         self.pbar.write(f"change scale {chosen['residual_scale']:.2f} x min(1, gap / "
                         f"{chosen['residual_full_gap_months']:.0f} months) chosen on {len(cal_ds)} val pairs: "
                         f"area-balanced val L1 {row['val_l1_area_mean']:.4f} (uncalibrated: {plain:.4f}, "
-                        f"persistence: {pers:.4f})")
+                        f"the start, scale 0: {pers:.4f})")
 
 
 def train_cgan(config: CGANTrainConfig) -> Path:

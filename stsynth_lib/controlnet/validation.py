@@ -176,11 +176,10 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
         means = v.losses(controlnet.eval(), cond, prompts)
     n = v.n_loss
     per = {k: np.asarray(x, float).reshape(len(v.timesteps), n).mean(0) for k, x in v.slice_losses.items()}
-    from stsynth_lib.evaluate.scoring import resampling_clusters
+    from stsynth_lib.evaluate.scoring import resampling_clusters, resampling_unit
 
     chosen = ds.pairs.iloc[v.loss_idx]
-    areas = resampling_clusters(chosen)
-    unit = "block" if "block_row" in chosen and not chosen["block_row"].isna().all() else "area"
+    areas, unit = resampling_clusters(chosen), resampling_unit(chosen)
     units = np.unique(areas)
     rng = np.random.default_rng(seed)
 

@@ -220,12 +220,17 @@ def score_split(
                       lpips_weights=lp.description if lp is not None else None)
 
 
+def resampling_unit(pairs: pd.DataFrame) -> str:
+    """``"block"`` for pairs of a dataset split by blocks (``block_row`` / ``block_col`` set), else ``"area"``."""
+    return "area" if "block_row" not in pairs or pairs["block_row"].isna().all() else "block"
+
+
 def resampling_clusters(pairs: pd.DataFrame) -> np.ndarray:
     """What the paired bootstrap resamples: whole areas (AOIs), or, for a dataset split by blocks
     (``split_by: block``, pairs with ``block_row`` / ``block_col``), whole blocks: ``"<aoi>/block-<row>-<col>"``.
     Pairs of one block share their place, so a block is the unit of independent evidence there."""
     aoi = pairs["aoi"].astype(str).to_numpy()
-    if "block_row" not in pairs or pairs["block_row"].isna().all():
+    if resampling_unit(pairs) == "area":
         return aoi
     rows, cols = pairs["block_row"].to_numpy(), pairs["block_col"].to_numpy()
     return np.array([f"{a}/block-{int(r)}-{int(c)}" for a, r, c in zip(aoi, rows, cols)])

@@ -77,13 +77,14 @@ def attention_maps(model: AttentionUNetGenerator, condition: torch.Tensor, upsam
     ``upsample``; else at the gate's own resolution ``H / 2**(j+1)``). The model is
     run in eval mode and put back in its previous mode.
     """
-    if not isinstance(model, AttentionUNetGenerator):
-        raise TypeError(f"attention_maps needs an AttentionUNetGenerator, got {type(model).__name__}")
+    net = getattr(model, "inner", model)  # a temporal-attention generator wraps the attention U-Net
+    if not isinstance(net, AttentionUNetGenerator):
+        raise TypeError(f"attention_maps needs an AttentionUNetGenerator, got {type(net).__name__}")
     was_training = model.training
     model.eval()
     try:
-        model(condition)
-        maps = [g.last_alpha for g in model.gates]
+        model(condition)  # the whole model: a wrapper puts its blend in front of the condition
+        maps = [g.last_alpha for g in net.gates]
     finally:
         model.train(was_training)
     if upsample:

@@ -11,7 +11,8 @@ the last frame for what was built) and a change on top.
 
 At initialisation every score is 0: the start is the mean of the valid frames at each pixel. Absent frames
 (``context_present`` 0, e.g. before the series starts) and invalid pixels (clouds, no-data) get weight 0; the past
-image is always a candidate.
+image is always a candidate. Known limit: the condition carries no validity plane for the past image itself, so a
+cloud in the past image is not masked (the scorer can only learn to see it from its colours).
 
 Frames are found by the condition's channel names (:meth:`stsynth_lib.conditioning.GuidanceConfig.channel_names`):
 ``past_b*`` (the past image) and, per extra context frame ``<tag>``, ``<tag>_b*``, ``<tag>_valid`` and
