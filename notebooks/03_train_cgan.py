@@ -144,7 +144,7 @@ from stsynth_lib.cgan.plots import plot_frame_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.data.plots import plot_context_strip
-from stsynth_lib.predict import inputs_from_sample, load_predictor
+from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
 from stsynth_lib.predictions import load_predictions
 from stsynth_lib.evaluate import paired_table
 from stsynth_lib.report_format import fmt_value, round_floats, settings_table
@@ -286,12 +286,13 @@ plt.show()
 # ## Applying the model to your own images
 # `stsynth_lib.predict.load_predictor` loads any trained run folder (this one, chapter 4's, chapter 5's) and predicts
 # the future from plain arrays: the past image as uint8 `(bands, H, W)`, as `rasterio.open(tif).read()` gives it, the
-# two dates, and the future footprints when the model was trained with them. No tile store, no dataset. One test pair
-# goes through it here; the result is the saved test prediction, pixel for pixel.
+# two dates, the future footprints when the model was trained with them, and the earlier frames (`context`) when it
+# reads a past sequence. No tile store, no dataset. One test pair goes through it here; the result is the saved test
+# prediction, pixel for pixel.
 
 # %%
 predictor = load_predictor(run_dir)
-sample = test_ds[0]
+sample = predictor_sample(test_ds, 0, predictor)  # with the context frames the model reads, if any
 inputs = inputs_from_sample(sample, predictor)
 display(settings_table({k: (f"{v.dtype} {tuple(v.shape)}" if hasattr(v, "shape") else v) for k, v in inputs.items()}))
 future = predictor.predict(**inputs)

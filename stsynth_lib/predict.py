@@ -144,14 +144,32 @@ def make_batch(past: np.ndarray, past_date: DateLike, future_date: DateLike, fut
 
 def inputs_from_sample(sample: dict[str, Any], predictor: Predictor | None = None) -> dict[str, Any]:
     """The plain arrays a user would have for one ``PairedTileDataset`` sample: ``past`` uint8 ``(C, H, W)``,
-    ``"YYYY-MM"`` dates and, when ``predictor`` uses masks (or none is given), the 0/1 ``future_mask``."""
+    ``"YYYY-MM"`` dates and, when ``predictor`` uses masks (or none is given), the 0/1 ``future_mask``. For a
+    predictor that reads context frames, also ``context`` (``{offset: uint8 image}``, absent months left out): the
+    sample must then come from a dataset opened with the predictor's offsets (:func:`predictor_sample`)."""
     mask = sample["future_mask"][0].numpy().astype(np.uint8)
-    return {"past": to_uint8(sample["past"]),
-            "past_date": f"{int(sample['past_year'])}-{int(sample['past_month']):02d}",
-            "future_date": f"{int(sample['future_year'])}-{int(sample['future_month']):02d}",
-            "future_mask": mask if predictor is None or predictor.uses_mask else None,
-            **({"past_mask": sample["past_mask"][0].numpy().astype(np.uint8)}
-               if predictor is not None and predictor.uses_past_mask else {})}
+    out = {"past": to_uint8(sample["past"]),
+           "past_date": f"{int(sample['past_year'])}-{int(sample['past_month']):02d}",
+           "future_date": f"{int(sample['future_year'])}-{int(sample['future_month']):02d}",
+           "future_mask": mask if predictor is None or predictor.uses_mask else None,
+           **({"past_mask": sample["past_mask"][0].numpy().astype(np.uint8)}
+              if predictor is not None and predictor.uses_past_mask else {})}
+    if predictor is not None and predictor.needs_context:
+        offsets = list(predictor.context_offsets)
+        if "context" not in sample or sample["context"].shape[0] != len(offsets):
+            raise ValueError(f"this {predictor.family} model reads the frames at offsets {offsets}, but the sample "
+                             "does not carry them: take it from predictor_sample(dataset, i, predictor) or from "
+                             f"PairedTileDataset(..., context_offsets_months={offsets})")
+        out["context"] = {o: to_uint8(sample["context"][k]) for k, o in enumerate(offsets)
+                          if o != 0 and bool(sample["context_present"][k])}
+    return out
+
+
+def predictor_sample(dataset, index: int, predictor: Predictor) -> dict[str, Any]:
+    """Sample ``index`` of a ``PairedTileDataset`` with the context frames ``predictor`` reads (if any)."""
+    if predictor.needs_context and getattr(dataset, "context_offsets_months", None) != tuple(predictor.context_offsets):
+        dataset = dataset.with_context_offsets(predictor.context_offsets)
+    return dataset[int(index)]
 
 
 class Predictor:

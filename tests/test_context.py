@@ -387,3 +387,33 @@ def test_seasonal_base_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path)
     assert guide.residual_base == "seasonal"
     df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
+
+
+def test_context_predictor_from_a_sample_gives_the_saved_prediction(tiny_dataset_dir, tmp_path):
+    """Chapter 3's last cell: one test pair through the array predictor (with its context frames) equals the saved
+    test prediction; a sample without the frames is refused with the fix."""
+    from stsynth_lib.cgan.train import train_cgan
+    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
+    from stsynth_lib.predictions import load_predictions
+
+    offsets = [0, -1, -2]
+    run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", context_offsets_months=offsets, max_steps=4))
+    test_ds = PairedTileDataset(tiny_dataset_dir, "test")
+    ctx = test_ds.with_context_offsets(offsets)
+    with_frames = [i for i in range(len(ctx)) if bool(ctx[i]["context_present"][1:].any())][:3]
+    test_ds = PairedTileDataset(tiny_dataset_dir, "test")
+    test_ds.pairs = test_ds.pairs.iloc[[0] + with_frames].reset_index(drop=True)  # a first pair + 3 with history
+    predict_split(run, test_ds, tmp_path / "pred", progress=False)
+    saved = load_predictions(tmp_path / "pred")
+    pred = load_predictor(run)
+    with pytest.raises(ValueError, match="predictor_sample"):
+        inputs_from_sample(test_ds[0], pred)
+    checked = 0
+    for i in range(len(test_ds)):
+        s = predictor_sample(test_ds, i, pred)
+        x = inputs_from_sample(s, pred)
+        assert set(x["context"]) == {o for k, o in enumerate(offsets) if o != 0 and bool(s["context_present"][k])}
+        checked += bool(x["context"])
+        assert np.array_equal(pred.predict(**x), saved[int(s["pair_id"])])
+    assert checked > 0  # at least one pair had an earlier frame
