@@ -125,7 +125,7 @@ from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
 from stsynth_lib.cgan.plots import plot_frame_weights
 from stsynth_lib.cgan.model_io import load_generator
-from stsynth_lib.predict import load_predictor
+from stsynth_lib.predict import load_predictor, predictor_sample
 from stsynth_lib.training import collate, spread_indices
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.data.plots import plot_context_strip
@@ -274,7 +274,7 @@ plt.show()
 
 # %%
 predictor = load_predictor(run_dir)  # the generator of best/ and its guidance, as for any prediction
-batch = collate([test_ds[i] for i in spread_indices(len(test_ds), 3)])
+batch = collate([predictor_sample(test_ds, i, predictor) for i in spread_indices(len(test_ds), 3)])  # + its frames
 fig = plot_attention(predictor.G, build_condition(batch, predictor.guidance), batch, n=3)
 plt.show()
 
