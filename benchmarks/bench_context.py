@@ -208,21 +208,21 @@ def main(argv=None) -> dict:
     if tmp is not None:
         tmp.cleanup()
 
-    print(f"\nPer training step, K=1 vs K=4 {CONTEXT_K4}, medians over {args.rounds} interleaved rounds "
+    print(f"\nPer training step, K=1 vs K=4 {CONTEXT_K4} (4a: temporal_fusion attention), medians over {args.rounds} interleaved rounds "
           f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads)")
     head = (f"{'model':15s} {'device':6s} {'K':>2s} {'ch':>3s} {'data ms':>8s} {'compute ms':>11s} {'total ms':>9s}"
             f" {'K4/K1':>6s} {'<=1.5x':>6s}")
     print(head)
     print("-" * len(head))
     for r in results:
-        for k in ("K1", "K4"):
+        for k, suffix in (("K1", None), ("K4", ""), ("K4a", "_attention")):
             x = r[k]
-            ratio = f"{r['ratio_total']:.2f}" if k == "K4" else ""
-            ok = ("yes" if r["within_1_5x"] else "NO") if k == "K4" else ""
+            ratio = "" if suffix is None else f"{r['ratio_total' + suffix]:.2f}"
+            ok = "" if suffix is None else ("yes" if r["within_1_5x" + suffix] else "NO")
             print(f"{r['model']:15s} {r['device']:6s} {k[1:]:>2s} {x['condition_channels']:3d} {x['data_s'] * 1e3:8.1f} "
                   f"{x['compute_s'] * 1e3:11.1f} {x['total_s'] * 1e3:9.1f} {ratio:>6s} {ok:>6s}")
         print(f"{'':15s} {'':6s} K4/K1: data {r['ratio_data']:.2f}x, compute {r['ratio_compute']:.2f}x, "
-              f"total {r['ratio_total']:.2f}x")
+              f"total {r['ratio_total']:.2f}x; K4a (attention over time)/K1: total {r['ratio_total_attention']:.2f}x")
     print(f"wrote {out / 'context.json'}")
     return report
 
