@@ -167,9 +167,9 @@ def inputs_from_sample(sample: dict[str, Any], predictor: Predictor | None = Non
 
 def predictor_sample(dataset, index: int, predictor: Predictor) -> dict[str, Any]:
     """Sample ``index`` of a ``PairedTileDataset`` with the context frames ``predictor`` reads (if any)."""
-    if predictor.needs_context and getattr(dataset, "context_offsets_months", None) != tuple(predictor.context_offsets):
-        dataset = dataset.with_context_offsets(predictor.context_offsets)
-    return dataset[int(index)]
+    from stsynth_lib.evaluate.generator import dataset_for_guidance
+
+    return dataset_for_guidance(dataset, getattr(predictor, "guidance", None))[int(index)]
 
 
 class Predictor:

@@ -186,6 +186,7 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     import matplotlib.pyplot as plt
 
     from stsynth_lib.conditioning import build_condition
+    from stsynth_lib.data.plots import pairs_with_full_context
     from stsynth_lib.evaluate.generator import dataset_for_guidance
     from stsynth_lib.training import collate
 
@@ -193,8 +194,7 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
         raise ValueError("plot_frame_weights needs a generator trained with temporal_fusion: attention")
     ds = dataset_for_guidance(dataset, guidance)
     if indices is None:
-        full = [i for i in range(min(len(ds), 100)) if bool(ds[i]["context_present"].all())]
-        indices = (full or list(range(len(ds))))[:n]
+        indices = pairs_with_full_context(ds, n, search=100)
     if not len(indices):
         raise ValueError("the dataset has no pairs: nothing to show")
     batch = collate([ds[int(i)] for i in indices])

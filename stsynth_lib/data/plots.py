@@ -206,6 +206,13 @@ def _offset_label(offset) -> str:
     return "t0" if offset == 0 else ("t1 - 12 (same month last year)" if isinstance(offset, str) else f"t0 {offset:+d} mo")
 
 
+def pairs_with_full_context(dataset, n: int = 1, search: int = 500) -> list[int]:
+    """The first ``n`` of the first ``search`` pairs of a context dataset whose frames are all present (falling back
+    to the first pairs when fewer are): the pairs a figure about the past sequence shows by default."""
+    full = [i for i in range(min(len(dataset), search)) if bool(dataset[i]["context_present"].all())]
+    return (full or list(range(len(dataset))))[:n]
+
+
 def plot_context_strip(dataset, index: int | None = None, suptitle: str | None = None):
     """The frames a context model sees for one pair of a ``PairedTileDataset`` built with
     ``context_offsets_months``, with their dates, then the target (t1). Absent frames (no image that month, or a
@@ -220,7 +227,7 @@ def plot_context_strip(dataset, index: int | None = None, suptitle: str | None =
     if len(dataset) == 0:
         raise ValueError("the dataset has no pairs: nothing to show")
     if index is None:
-        index = next((i for i in range(min(len(dataset), 500)) if bool(dataset[i]["context_present"].all())), 0)
+        index = pairs_with_full_context(dataset, 1)[0]
     s = dataset[int(index)]
     t1 = int(s["future_year"]) * 12 + int(s["future_month"])
     plt = _plt()
