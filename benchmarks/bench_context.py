@@ -16,9 +16,11 @@ condition channels are the trainer's. Per training step:
   and memory format);
 * total = data + compute, and the ratio K4 / K1 per generator (the issue's bar: <= 1.5);
 * K4a: K = 4 with ``temporal_fusion: attention`` (the learned per-pixel blend of the frames starts the residual,
-  :mod:`stsynth_lib.models.temporal`), its ratio to K1 too.
+  :mod:`stsynth_lib.models.temporal`), its ratio to K1 too;
+* Kp: the profile's own default (its ``context_offsets_months`` and ``residual_base``, stacked channels; K = 6 with
+  the linear start since issue 13's second round), its ratio to K1 too.
 
-K1, K4 and K4a are measured in interleaved rounds (the order rotates each round) after a warm-up, and each step is
+K1, K4, K4a and Kp are measured in interleaved rounds (the order rotates each round) after a warm-up, and each step is
 timed on its own; the table gives medians, so machine noise hits both equally. Writes ``<out>/context.json``.
 """
 
@@ -66,13 +68,18 @@ def synthetic_store(tmp: Path) -> Path:
 
 
 def trainer_run(model: str, dataset_dir: Path, context, device: str, temporal_fusion: str = "concat") -> CGANRun:
-    """The trainer's run for ``model`` with the sn7_real_128 options and ``context_offsets_months=context``."""
+    """The trainer's run for ``model`` with the sn7_real_128 options and ``context_offsets_months=context``
+    (``"profile"``: the profile's own offsets and start)."""
     params: dict = {}
     for name in ("common.yaml", PARAMS[model]):
         params.update(yaml.safe_load((ROOT / "params" / "sn7_real_128" / name).read_text()))
     cpu = device == "cpu"
-    if temporal_fusion == "attention" or "same_month_last_year" not in (context or ()):
-        params["residual_base"] = "past"  # the profile's seasonal start needs that frame; attention learns its own
+    if context == "profile":
+        context = params.get("context_offsets_months")
+    base = params.get("residual_base", "past")
+    if (temporal_fusion == "attention" or len(context or ()) < 2
+            or (base == "seasonal" and "same_month_last_year" not in context)):
+        params["residual_base"] = "past"  # the profile's start needs those frames; attention learns its own
     cfg = CGANTrainConfig.from_params(params, dataset_dir=str(dataset_dir), context_offsets_months=context,
                                       device=device, mixed_precision="no" if cpu else "auto",
                                       channels_last=False if cpu else "auto", progress=False, num_workers=0,
@@ -125,7 +132,8 @@ class Bench:
 def bench_model(model: str, dataset_dir: Path, device: str, rounds: int, steps: int, warmup: int) -> dict:
     benches = {"K1": Bench(trainer_run(model, dataset_dir, None, device)),
                "K4": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device)),
-               "K4a": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device, temporal_fusion="attention"))}
+               "K4a": Bench(trainer_run(model, dataset_dir, CONTEXT_K4, device, temporal_fusion="attention")),
+               "Kp": Bench(trainer_run(model, dataset_dir, "profile", device))}
     times = {k: {"data": [], "compute": [], "total": []} for k in benches}
     for k, b in benches.items():  # warm-up (first touches of the store, allocator, kernels): untimed
         for _ in range(warmup):
@@ -149,14 +157,16 @@ def bench_model(model: str, dataset_dir: Path, device: str, rounds: int, steps: 
     for k, b in benches.items():
         med = {f"{part}_s": statistics.median(v) for part, v in times[k].items()}
         out[k] = {"context_offsets_months": b.cfg.context_offsets_months, "temporal_fusion": b.cfg.temporal_fusion,
+                  "residual_base": b.run.guidance.residual_base,
                   "condition_channels": b.run.guidance.n_channels,
                   "generator_params_M": sum(p.numel() for p in b.run.G_raw.parameters()) / 1e6,
                   **med, "per_step_s": times[k]}
     for part in ("data", "compute", "total"):
         out[f"ratio_{part}"] = out["K4"][f"{part}_s"] / out["K1"][f"{part}_s"]
         out[f"ratio_{part}_attention"] = out["K4a"][f"{part}_s"] / out["K1"][f"{part}_s"]
-    out["within_1_5x"] = out["ratio_total"] <= 1.5
-    out["within_1_5x_attention"] = out["ratio_total_attention"] <= 1.5
+        out[f"ratio_{part}_profile"] = out["Kp"][f"{part}_s"] / out["K1"][f"{part}_s"]
+    for suffix in ("", "_attention", "_profile"):
+        out["within_1_5x" + suffix] = out["ratio_total" + suffix] <= 1.5
     return out
 
 
@@ -194,7 +204,8 @@ def main(argv=None) -> dict:
             r = bench_model(model, dataset_dir, device, args.rounds, steps, args.warmup)
             results.append(r)
             print(f"  {model:15s} {device}: total K4/K1 {r['ratio_total']:.2f}x, "
-                  f"K4 attention/K1 {r['ratio_total_attention']:.2f}x "
+                  f"K4 attention/K1 {r['ratio_total_attention']:.2f}x, profile default/K1 "
+                  f"{r['ratio_total_profile']:.2f}x "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
     report = {"benchmark": "context", "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu": platform.processor() or platform.machine(), "dataset_dir": str(dataset_dir),
@@ -208,21 +219,24 @@ def main(argv=None) -> dict:
     if tmp is not None:
         tmp.cleanup()
 
-    print(f"\nPer training step, K=1 vs K=4 {CONTEXT_K4} (4a: temporal_fusion attention), medians over {args.rounds} interleaved rounds "
+    print(f"\nPer training step, K=1 vs K=4 {CONTEXT_K4} (4a: temporal_fusion attention; p: the profile's default), "
+          f"medians over {args.rounds} interleaved rounds "
           f"(torch {torch.__version__}, {torch.get_num_threads()} CPU threads)")
     head = (f"{'model':15s} {'device':6s} {'K':>2s} {'ch':>3s} {'data ms':>8s} {'compute ms':>11s} {'total ms':>9s}"
             f" {'K4/K1':>6s} {'<=1.5x':>6s}")
     print(head)
     print("-" * len(head))
     for r in results:
-        for k, suffix in (("K1", None), ("K4", ""), ("K4a", "_attention")):
+        for k, suffix in (("K1", None), ("K4", ""), ("K4a", "_attention"), ("Kp", "_profile")):
             x = r[k]
             ratio = "" if suffix is None else f"{r['ratio_total' + suffix]:.2f}"
             ok = "" if suffix is None else ("yes" if r["within_1_5x" + suffix] else "NO")
             print(f"{r['model']:15s} {r['device']:6s} {k[1:]:>2s} {x['condition_channels']:3d} {x['data_s'] * 1e3:8.1f} "
                   f"{x['compute_s'] * 1e3:11.1f} {x['total_s'] * 1e3:9.1f} {ratio:>6s} {ok:>6s}")
         print(f"{'':15s} {'':6s} K4/K1: data {r['ratio_data']:.2f}x, compute {r['ratio_compute']:.2f}x, "
-              f"total {r['ratio_total']:.2f}x; K4a (attention over time)/K1: total {r['ratio_total_attention']:.2f}x")
+              f"total {r['ratio_total']:.2f}x; K4a (attention over time)/K1: total {r['ratio_total_attention']:.2f}x; "
+              f"Kp ({len(r['Kp']['context_offsets_months'] or [0])} frames, {r['Kp']['residual_base']} start)/K1: total "
+              f"{r['ratio_total_profile']:.2f}x")
     print(f"wrote {out / 'context.json'}")
     return report
 

@@ -22,6 +22,13 @@ Channels, in this order (see :meth:`GuidanceConfig.channel_names`):
 of :mod:`stsynth_lib.baselines` per pixel: the past image averaged with the same-month-last-year frame where that
 frame is present and valid, else the past image. A residual generator adds its change to the first channels, so it
 then starts from the seasonal baseline instead of persistence. The default ``"past"`` adds nothing.
+
+``residual_base="linear"`` puts there instead a per-pixel linear blend of the context frames,
+``sum_k w_k(gap) frame_k + b(gap)``, each frame replaced by the past image where it is absent or its pixel unusable.
+The weights, one set per time gap in months, are fitted once by least squares on the training split
+(:func:`fit_linear_base`, called by the trainer) and stored in ``model.yaml``, so a run predicts the same everywhere.
+Least squares targets the conditional mean, which PSNR rewards; on real SpaceNet 7 the fit shrinks towards the
+older frames and the area's mean brightness as the gap grows.
 """
 
 from __future__ import annotations
@@ -33,10 +40,10 @@ from typing import Any
 
 import torch
 
-from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
+from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets, last_year_shift
 
 TIME_ENCODINGS = ("planes", "none")
-RESIDUAL_BASES = ("past", "seasonal")
+RESIDUAL_BASES = ("past", "seasonal", "linear")
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ class GuidanceConfig:
     gap_scale_months: float = 24.0
     use_month: bool = True
     context_offsets_months: tuple | None = None
-    residual_base: str = "past"  # past | seasonal: the image in the first channels (a residual generator's start)
+    residual_base: str = "past"  # past | seasonal | linear: the image in the first channels (a residual generator's start)
+    # residual_base linear: ((gap_months, (w_0, ..., w_{K-1}), bias), ...), one row per fitted gap (fit_linear_base)
+    linear_base: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "context_offsets_months", check_context_offsets(self.context_offsets_months))
@@ -59,6 +68,16 @@ class GuidanceConfig:
         if self.residual_base == "seasonal" and SAME_MONTH_LAST_YEAR not in (self.context_offsets_months or ()):
             raise ValueError("residual_base: seasonal blends the past image with the same-month-last-year frame: "
                              f"add {SAME_MONTH_LAST_YEAR!r} to context_offsets_months")
+        if self.residual_base == "linear" and len(self.context_offsets_months or ()) < 2:
+            raise ValueError("residual_base: linear blends the past frames: set context_offsets_months with frames "
+                             "besides the past image, e.g. [0, -1, -2, same_month_last_year]")
+        if self.linear_base is not None:
+            rows = tuple((int(g), tuple(float(v) for v in w), float(b)) for g, w, b in self.linear_base)
+            k = len(self.context_offsets_months or ())
+            if self.residual_base != "linear" or not rows or any(len(w) != k for _, w, _ in rows):
+                raise ValueError(f"linear_base must hold, per gap, {k} weights (one per context offset) and a bias, "
+                                 f"with residual_base: linear; got residual_base {self.residual_base!r} and {rows!r}")
+            object.__setattr__(self, "linear_base", rows)
         if self.use_mask not in (True, False, "auto"):
             raise ValueError(f"use_mask must be true, false or 'auto', got {self.use_mask!r}")
         if self.use_past_mask not in (True, False):
@@ -94,8 +113,8 @@ class GuidanceConfig:
         if self.use_mask == "auto":
             raise ValueError("GuidanceConfig.use_mask is still 'auto': call .resolve(dataset_has_mask) first")
         names = [f"past_b{i + 1}" for i in range(self.n_bands)]
-        if self.residual_base == "seasonal":
-            names = [f"seasonal_b{i + 1}" for i in range(self.n_bands)] + names
+        if self.residual_base in ("seasonal", "linear"):
+            names = [f"{self.residual_base}_b{i + 1}" for i in range(self.n_bands)] + names
         if self.use_mask:
             names.append("future_mask")
         if self.use_past_mask:
@@ -105,7 +124,7 @@ class GuidanceConfig:
             if self.use_month:
                 names += ["future_month_sin", "future_month_cos"]
         for _, o in self.extra_context:
-            tag = "ctx_last_year" if o == SAME_MONTH_LAST_YEAR else f"ctx_t0{o}"
+            tag = context_tag(o)
             names += [f"{tag}_b{i + 1}" for i in range(self.n_bands)] + [f"{tag}_valid", f"{tag}_age_scaled"]
         return names
 
@@ -123,13 +142,28 @@ class GuidanceConfig:
             del d["context_offsets_months"]
         else:
             d["context_offsets_months"] = list(d["context_offsets_months"])
+        if d["linear_base"] is None:
+            del d["linear_base"]
+        else:
+            d["linear_base"] = [{"gap_months": g, "weights": list(w), "bias": b} for g, w, b in self.linear_base]
         return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GuidanceConfig:
         keys = ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month",
                 "context_offsets_months", "residual_base")
-        return cls(**{k: d[k] for k in keys if k in d})
+        kw = {k: d[k] for k in keys if k in d}
+        if d.get("linear_base") is not None:
+            kw["linear_base"] = tuple((r["gap_months"], r["weights"], r["bias"]) for r in d["linear_base"])
+        return cls(**kw)
+
+
+def context_tag(offset: int | str) -> str:
+    """The channel-name prefix of a context frame: ``ctx_t0-1``, ``ctx_last_year``, ``ctx_last_year-1``, ..."""
+    shift = last_year_shift(offset)
+    if shift is None:
+        return f"ctx_t0{offset}"
+    return "ctx_last_year" if shift == 0 else f"ctx_last_year{shift:+d}"
 
 
 def dataset_has_mask(dataset) -> bool:
@@ -165,6 +199,8 @@ def build_condition(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tens
     parts = [past]
     if cfg.residual_base == "seasonal":
         parts.insert(0, seasonal_base(batch, cfg))
+    elif cfg.residual_base == "linear":
+        parts.insert(0, linear_base(batch, cfg))
     if cfg.use_mask:
         parts.append(batch["future_mask"].to(past.dtype))
     if cfg.use_past_mask:
@@ -187,6 +223,88 @@ def seasonal_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor
     present = torch.as_tensor(batch["context_present"], device=past.device)[:, k].to(past.dtype)
     w = batch["context_valid"][:, k].to(past.dtype) * present[:, None, None, None]
     return past + 0.5 * w * (batch["context"][:, k].to(past.dtype) - past)
+
+
+def usable_frames(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
+    """``(B, K, C, H, W)``: each context frame where it is present and its pixel valid, else the past image."""
+    past = batch["past"]
+    if "context" not in batch:
+        raise ValueError(f"residual_base: {cfg.residual_base} needs the batch's context frames: build the dataset "
+                         f"with PairedTileDataset(..., context_offsets_months={list(cfg.context_offsets_months)})")
+    present = torch.as_tensor(batch["context_present"], device=past.device).to(past.dtype)
+    use = batch["context_valid"].to(past.dtype) * present[:, :, None, None, None]
+    ctx = batch["context"].to(past.dtype)
+    return past[:, None] + use * (ctx - past[:, None])
+
+
+def _nearest_gap_rows(gaps: torch.Tensor, fitted: list[int]) -> torch.Tensor:
+    f = torch.as_tensor(fitted, dtype=torch.float64)
+    return (gaps.to(torch.float64)[:, None] - f[None]).abs().argmin(1)
+
+
+def linear_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
+    """``(B, C, H, W)`` in [-1, 1]: ``sum_k w_k(gap) usable_frame_k + b(gap)`` with the weights of the nearest fitted
+    gap (see :func:`fit_linear_base`)."""
+    if cfg.linear_base is None:
+        raise ValueError("residual_base: linear has no fitted weights: fit them on the training split with "
+                         "stsynth_lib.conditioning.fit_linear_base(train_dataset, cfg) (train_cgan does this)")
+    frames = usable_frames(batch, cfg)
+    past = batch["past"]
+    gap = torch.as_tensor(batch["gap_months"], device=past.device).reshape(-1)
+    rows = _nearest_gap_rows(gap.cpu(), [g for g, _, _ in cfg.linear_base])
+    w = torch.tensor([w for _, w, _ in cfg.linear_base], dtype=past.dtype)[rows].to(past.device)
+    b = torch.tensor([b for _, _, b in cfg.linear_base], dtype=past.dtype)[rows].to(past.device)
+    out = (frames * w[:, :, None, None, None]).sum(1) + b[:, None, None, None]
+    return out.clamp(-1, 1)
+
+
+def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, pixels_per_pair: int = 256,
+                    min_pairs_per_gap: int = 5, seed: int = 0, decimals: int = 5) -> tuple:
+    """Least-squares weights of ``residual_base: linear``, one set per time gap in months: the future image
+    regressed on the usable context frames (see :func:`usable_frames`) and a bias, over ``pixels_per_pair`` random
+    valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training split) per gap. Gaps
+    with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap). Seeded and rounded
+    to ``decimals``, so a resumed run fits the same weights. Returns ``GuidanceConfig.linear_base``."""
+    import numpy as np
+
+    offsets = list(cfg.context_offsets_months or ())
+    if len(offsets) < 2 or list(getattr(dataset, "context_offsets_months", None) or ()) != offsets:
+        raise ValueError(f"fit_linear_base needs a dataset opened with the guidance's context offsets {offsets}; "
+                         f"it has {getattr(dataset, 'context_offsets_months', None)}")
+    gaps = dataset.pairs["gap_months"].to_numpy(int)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for g in sorted(set(gaps.tolist())):
+        idx = np.flatnonzero(gaps == g)
+        if len(idx) < min_pairs_per_gap:
+            continue
+        idx = np.sort(rng.choice(idx, size=min(len(idx), max_pairs_per_gap), replace=False))
+        xs, ys = [], []
+        for i in idx:
+            s = dataset[int(i)]
+            batch = {k: torch.as_tensor(v)[None] if k != "gap_months" else torch.as_tensor(v).reshape(1)
+                     for k, v in s.items() if k in ("past", "future", "valid", "context", "context_valid",
+                                                     "context_present", "gap_months")}
+            frames = usable_frames(batch, cfg)[0].double().numpy()  # (K, C, H, W)
+            valid = np.asarray(batch["valid"][0, 0]).astype(bool)
+            pix = np.flatnonzero(valid.reshape(-1))
+            if len(pix) == 0:
+                continue
+            pix = rng.choice(pix, size=min(len(pix), pixels_per_pair), replace=False)
+            k, c = frames.shape[:2]
+            xs.append(frames.reshape(k, c, -1)[:, :, pix].reshape(k, -1).T)
+            ys.append(np.asarray(batch["future"][0], np.float64).reshape(c, -1)[:, pix].reshape(-1))
+        if not xs:
+            continue
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        a = np.c_[x, np.ones(len(x))]
+        sol = np.linalg.solve(a.T @ a + 1e-6 * len(a) * np.eye(a.shape[1]), a.T @ y)
+        sol = np.round(sol, decimals)
+        rows.append((int(g), tuple(float(v) for v in sol[:-1]), float(sol[-1])))
+    if not rows:
+        raise ValueError(f"fit_linear_base: no time gap has {min_pairs_per_gap} or more training pairs with valid "
+                         f"pixels ({len(gaps)} pairs): use residual_base: seasonal or past, or more data")
+    return tuple(rows)
 
 
 def context_planes(batch: Mapping[str, Any], cfg: GuidanceConfig) -> list[torch.Tensor]:

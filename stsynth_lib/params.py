@@ -103,7 +103,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                           "null or a non-empty list of strengths in (0, 1]"),
     "strength_criterion": _choices("psnr", "ssim", "lpips"),
     "strength_sweep_pairs": (_positive, "an integer >= 1"),
-    "residual_base": _choices("past", "seasonal"),
+    "residual_base": _choices("past", "seasonal", "linear"),
     "temporal_fusion": _choices("concat", "attention"),
     "norm": _choices("instance", "batch", "none"),
     "gan_mode": _choices("vanilla", "lsgan"),

@@ -83,7 +83,7 @@ def context_fields(past: np.ndarray, gap: int, offsets: Sequence[int | str],
                    context: Mapping[int | str, np.ndarray | None] | None) -> dict[str, torch.Tensor]:
     """The ``context*`` keys of a batch: offset 0 is ``past`` (uint8 (N, C, H, W)), every other offset the uint8
     image ``context[offset]`` (shaped like ``past``; missing or ``None``: absent). Present frames count as valid."""
-    from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
+    from stsynth_lib.data.dataset import check_context_offsets, last_year_shift
 
     offsets, context = check_context_offsets(offsets), dict(context or {})
     unknown = [o for o in context if o not in offsets]
@@ -99,10 +99,11 @@ def context_fields(past: np.ndarray, gap: int, offsets: Sequence[int | str],
         img = _images(img, f"context[{o!r}]")
         if img.shape != past.shape:
             raise ValueError(f"context[{o!r}] has shape {img.shape}; it must match past {past.shape}")
-        if o == SAME_MONTH_LAST_YEAR and gap > 12:
-            raise ValueError(f"context[{o!r}]: the same month last year (future_date - 12 months) is after past_date "
-                             f"when the gap is {gap} months (> 12); leave it out")
-        age = 12 if o == SAME_MONTH_LAST_YEAR else gap - o
+        shift = last_year_shift(o)
+        if shift is not None and gap > 12 - shift:
+            raise ValueError(f"context[{o!r}]: that month (future_date - {12 - shift} months) is after past_date "
+                             f"when the gap is {gap} months (> {12 - shift}); leave it out")
+        age = 12 - shift if shift is not None else gap - o
         frames[:, k], present[:, k], ages[:, k] = img.astype(np.float32) / 127.5 - 1.0, True, age
     valid = np.broadcast_to(present[:, :, None, None, None], (n, len(offsets), 1, *past.shape[2:]))
     return {"context": torch.from_numpy(frames), "context_valid": torch.from_numpy(valid.astype(np.float32)),

@@ -30,7 +30,7 @@ class CGANTrainConfig(TrainConfig):
     use_month: bool = True
     # past sequence: offsets (months, <= 0, relative to t0) and/or same_month_last_year; null = the past image only
     context_offsets_months: list | None = None
-    residual_base: str = "past"  # past | seasonal (needs same_month_last_year): what a residual generator starts from
+    residual_base: str = "past"  # past | seasonal (needs same_month_last_year) | linear (fitted on train): the start
     # architecture
     ngf: int = 64
     ndf: int = 64

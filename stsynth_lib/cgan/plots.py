@@ -65,8 +65,11 @@ def _start_name(run_dir: str | Path) -> str:
     spec = yaml.safe_load(path.read_text()) if path.is_file() else {}
     if spec.get("temporal_fusion") == "attention":
         return "blend of the past frames"
-    if (spec.get("guidance") or {}).get("residual_base") == "seasonal":
+    base = (spec.get("guidance") or {}).get("residual_base")
+    if base == "seasonal":
         return "seasonal blend"
+    if base == "linear":
+        return "linear blend of the past frames (fitted on train)"
     return "persistence"
 
 

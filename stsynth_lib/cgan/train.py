@@ -40,7 +40,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
 from stsynth_lib.cgan.model_io import generator_from_spec, model_spec
 from stsynth_lib.cgan.plots import sample_grid, save_grid
-from stsynth_lib.conditioning import build_condition, dataset_has_mask
+from stsynth_lib.conditioning import build_condition, dataset_has_mask, fit_linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import evaluate_generator, summarize
 from stsynth_lib.models.registry import build_discriminator, init_weights
@@ -120,6 +120,8 @@ class CGANRun:
             raise ValueError(f"{cfg.dataset_dir}: the train split has no pairs; rebuild the dataset with more AOIs/months")
         n_bands, size = self.train_ds.n_bands, self.train_ds.tile_size_px
         self.guidance = cfg.guidance().resolve(dataset_has_mask(self.train_ds), n_bands)
+        if self.guidance.residual_base == "linear" and self.guidance.linear_base is None:
+            self.guidance = replace(self.guidance, linear_base=fit_linear_base(self.train_ds, self.guidance, seed=cfg.seed))
         self.spec = model_spec(cfg, self.guidance, n_bands, size)
         G = init_weights(generator_from_spec(self.spec))
         D = init_weights(build_discriminator(self.guidance.n_channels, n_bands, ndf=cfg.ndf, n_layers=cfg.d_layers,

@@ -58,6 +58,7 @@ Images map uint8 ``v`` to ``v / 127.5 - 1``; :func:`to_uint8` inverts it.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,17 @@ from torch.utils.data import Dataset
 
 SPLITS = ("train", "val", "test")
 SAME_MONTH_LAST_YEAR = "same_month_last_year"
+# "same_month_last_year-1" / "+1" (up to +-11): the month before / after the same month last year (t1 - 13, t1 - 11)
+_LAST_YEAR = re.compile(r"^same_month_last_year(?:([+-])([1-9]|1[01]))?$")
+
+
+def last_year_shift(offset: Any) -> int | None:
+    """Months added to ``t1 - 12`` by a "same month last year" offset (``"same_month_last_year-1"``: -1, i.e.
+    ``t1 - 13``); ``None`` for an integer offset relative to t0."""
+    m = _LAST_YEAR.match(offset) if isinstance(offset, str) else None
+    if m is None:
+        return None
+    return 0 if m.group(1) is None else int(m.group(2)) * (1 if m.group(1) == "+" else -1)
 
 
 def to_unit(x_uint8: np.ndarray) -> np.ndarray:
@@ -93,20 +105,22 @@ def random_rot_flip(arrays: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def check_context_offsets(offsets: Any) -> tuple[int | str, ...] | None:
-    """``None`` or a non-empty list of distinct offsets (integers <= 0 and ``"same_month_last_year"``) as a tuple."""
+    """``None`` or a non-empty list of distinct offsets (integers <= 0, ``"same_month_last_year"`` and
+    ``"same_month_last_year-1"`` / ``"+1"`` (up to +-11 months around it)) as a tuple."""
     if offsets is None:
         return None
     if isinstance(offsets, (str, int, float)) or not hasattr(offsets, "__iter__"):
         raise ValueError(f"context_offsets_months must be a list (e.g. [0, -1, {SAME_MONTH_LAST_YEAR}]), got {offsets!r}")
     out: list[int | str] = []
     for o in offsets:
-        if o == SAME_MONTH_LAST_YEAR:
-            out.append(SAME_MONTH_LAST_YEAR)
+        if last_year_shift(o) is not None:
+            out.append(str(o))
         elif isinstance(o, (int, np.integer)) and not isinstance(o, (bool, np.bool_)) and o <= 0:
             out.append(int(o))
         else:
             raise ValueError(f"context_offsets_months: {o!r} is neither an integer <= 0 (months relative to t0; 0 = "
-                             f"the past frame) nor {SAME_MONTH_LAST_YEAR!r}")
+                             f"the past frame) nor {SAME_MONTH_LAST_YEAR!r} (optionally -1 / +1 .. 11 months around it, e.g. "
+                             f"'{SAME_MONTH_LAST_YEAR}-1')")
     if not out:
         raise ValueError("context_offsets_months is empty: use null (the past frame only) or e.g. [0, -1]")
     if len(set(out)) != len(out):
@@ -135,7 +149,8 @@ def context_lookup(pairs: pd.DataFrame, index: dict, offsets) -> tuple[np.ndarra
     aoi, r, c = pairs["aoi"].astype(str).to_numpy(), pairs["row_off"].to_numpy(int), pairs["col_off"].to_numpy(int)
     past_ids = pairs["past_tile_id"].to_numpy(int)
     for k, o in enumerate(offsets):
-        month = t1 - 12 if o == SAME_MONTH_LAST_YEAR else t0 + o
+        shift = last_year_shift(o)
+        month = t1 - 12 + shift if shift is not None else t0 + o
         for i in range(n):
             if o == 0:
                 tid = past_ids[i]

@@ -203,7 +203,12 @@ def month_label(year_month: int) -> str:
 
 
 def _offset_label(offset) -> str:
-    return "t0" if offset == 0 else ("t1 - 12 (same month last year)" if isinstance(offset, str) else f"t0 {offset:+d} mo")
+    from stsynth_lib.data.dataset import last_year_shift
+
+    shift = last_year_shift(offset)
+    if shift is None:
+        return "t0" if offset == 0 else f"t0 {offset:+d} mo"
+    return "t1 - 12 (same month last year)" if shift == 0 else f"t1 - {12 - shift} (last year {shift:+d} mo)"
 
 
 def pairs_with_full_context(dataset, n: int = 1, search: int = 500) -> list[int]:

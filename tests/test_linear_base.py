@@ -1,0 +1,157 @@
+"""``residual_base: linear`` (a per-gap least-squares blend of the past frames, fitted on train) and the
+"same month last year -1 / +1" context offsets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from stsynth_lib.conditioning import (GuidanceConfig, build_condition, context_tag, fit_linear_base, linear_base,
+                                      usable_frames)
+from stsynth_lib.data.dataset import PairedTileDataset, check_context_offsets, context_lookup, last_year_shift
+from stsynth_lib.training import collate
+
+from test_context import _train_cfg, long_dataset_dir  # noqa: F401  (the 15-month fixture)
+
+LY = "same_month_last_year"
+OFFSETS = [0, -1, f"{LY}-1", LY, f"{LY}+1"]
+
+
+# --------------------------------------------------------------------------- offsets around last year's month
+def test_last_year_offsets_are_parsed_and_refused_by_name():
+    assert [last_year_shift(o) for o in (LY, f"{LY}-1", f"{LY}+1", f"{LY}+11", -1, 0)] == [0, -1, 1, 11, None, None]
+    assert check_context_offsets(OFFSETS) == tuple(OFFSETS)
+    for bad in (f"{LY}+12", f"{LY}-0", f"{LY}+", "same_month_next_year"):
+        with pytest.raises(ValueError, match="same_month_last_year"):
+            check_context_offsets([0, bad])
+    assert [context_tag(o) for o in OFFSETS[1:]] == ["ctx_t0-1", "ctx_last_year-1", "ctx_last_year", "ctx_last_year+1"]
+
+
+def test_last_year_neighbours_are_looked_up_at_t1_minus_13_and_11_and_never_after_t0():
+    # one tile position, months 0..29 present (abs month = 2020 * 12 + m)
+    base = 2020 * 12
+    index = {("a", 0, 0, base + m): 100 + m for m in range(30)}
+
+    def pair(t0, t1):
+        return {"aoi": "a", "row_off": 0, "col_off": 0, "past_tile_id": 100 + t0, "past_year": (base + t0) // 12,
+                "past_month": (base + t0) % 12, "future_year": (base + t1) // 12, "future_month": (base + t1) % 12}
+
+    pairs = pd.DataFrame([pair(20, 24), pair(20, 30), pair(20, 32)])  # gaps 4, 10, 12
+    ids, ages = context_lookup(pairs, index, [0, f"{LY}-1", LY, f"{LY}+1"])
+    # gap 4: t1 = 24 -> t1-13 = 11, t1-12 = 12, t1-11 = 13, all before t0 = 20
+    assert ids[0].tolist() == [120, 111, 112, 113] and ages[0].tolist() == [4, 13, 12, 11]
+    # gap 12: t1-11 = 21 is after t0 = 20: absent; t1-12 = 20 is t0 itself
+    assert ids[2].tolist() == [120, 119, 120, -1] and ages[2, 3] == 0
+
+
+def test_predict_context_fields_ages_and_refusal_for_last_year_neighbours():
+    from stsynth_lib.predict import context_fields
+
+    past = np.zeros((1, 3, 8, 8), np.uint8)
+    f = context_fields(past, 5, [0, f"{LY}-1", f"{LY}+1"], {f"{LY}-1": past, f"{LY}+1": past})
+    assert f["context_age_months"].tolist() == [[5, 13, 11]]
+    with pytest.raises(ValueError, match="after past_date"):
+        context_fields(past, 12, [0, f"{LY}+1"], {f"{LY}+1": past})  # t1 - 11 is after t0 when the gap is 12
+
+
+# --------------------------------------------------------------------------- the fitted linear start
+class _LinearWorld:
+    """A stand-in dataset whose future is a known blend of its frames: ``0.5 f0 + 0.3 f1 + 0.2 f2 - 0.1`` for gap 1
+    and ``0.2 f0 + 0.8 f2 + 0.05`` for gap 3; frame 1 is absent in every fifth pair (the past image stands in)."""
+
+    offsets = [0, -1, LY]
+    truth = {1: ([0.5, 0.3, 0.2], -0.1), 3: ([0.2, 0.0, 0.8], 0.05)}
+
+    def __init__(self, n=60):
+        self.context_offsets_months = self.offsets
+        self.pairs = pd.DataFrame({"gap_months": [1 if i % 2 else 3 for i in range(n)]})
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        frames = torch.rand(3, 3, 8, 8, generator=g) * 1.6 - 0.8
+        present = torch.tensor([True, i % 5 != 0, True])
+        usable = torch.where(present[:, None, None, None], frames, frames[0])
+        gap = int(self.pairs["gap_months"].iloc[i])
+        w, b = self.truth[gap]
+        future = sum(wk * usable[k] for k, wk in enumerate(w)) + b
+        return {"past": frames[0], "future": future, "valid": torch.ones(1, 8, 8), "context": frames,
+                "context_valid": torch.ones(3, 1, 8, 8), "context_present": present,
+                "gap_months": torch.tensor(float(gap)), "future_month": torch.tensor(6),
+                "context_age_months": torch.tensor([gap, gap + 1, 12.0])}
+
+
+def test_fit_recovers_known_weights_per_gap_and_absent_frames_fall_back_to_the_past():
+    ds = _LinearWorld()
+    cfg = GuidanceConfig(context_offsets_months=_LinearWorld.offsets, residual_base="linear")
+    rows = fit_linear_base(ds, cfg, min_pairs_per_gap=5, pixels_per_pair=64)
+    assert [g for g, _, _ in rows] == [1, 3]
+    for g, w, b in rows:
+        want_w, want_b = _LinearWorld.truth[g]
+        assert np.allclose(w, want_w, atol=2e-3) and b == pytest.approx(want_b, abs=2e-3)
+    again = fit_linear_base(ds, cfg, min_pairs_per_gap=5, pixels_per_pair=64)
+    assert again == rows  # seeded and rounded: a resumed run fits the same start
+    fitted = GuidanceConfig(context_offsets_months=_LinearWorld.offsets, residual_base="linear", linear_base=rows)
+    batch = collate([ds[i] for i in range(10)])
+    base = linear_base(batch, fitted)
+    assert torch.allclose(base, batch["future"].clamp(-1, 1), atol=1e-2)
+    # a gap never fitted (2) takes the nearest fitted one (1, the smaller on a tie); 7 takes 3
+    batch["gap_months"] = torch.tensor([2.0, 7.0] * 5)
+    w1, w3 = dict((g, (w, b)) for g, w, b in rows)[1], dict((g, (w, b)) for g, w, b in rows)[3]
+    frames, shifted = usable_frames(batch, fitted), linear_base(batch, fitted)
+    for i, (w, b) in enumerate([w1, w3] * 5):
+        want = (sum(wk * frames[i, k] for k, wk in enumerate(w)) + b).clamp(-1, 1)
+        assert torch.allclose(shifted[i], want, atol=1e-6)
+
+
+def test_linear_start_is_refused_without_frames_or_weights_and_round_trips():
+    with pytest.raises(ValueError, match="context_offsets_months"):
+        GuidanceConfig(residual_base="linear")
+    with pytest.raises(ValueError, match="3 weights"):
+        GuidanceConfig(context_offsets_months=_LinearWorld.offsets, residual_base="linear",
+                       linear_base=((1, (1.0, 0.0), 0.0),))
+    unfitted = GuidanceConfig(context_offsets_months=_LinearWorld.offsets, residual_base="linear").resolve(False, 3)
+    batch = collate([_LinearWorld()[i] for i in range(2)])
+    with pytest.raises(ValueError, match="fit_linear_base"):
+        build_condition(batch, unfitted)
+    rows = ((1, (1.0, 0.0, 0.0), 0.0), (4, (0.5, 0.25, 0.25), -0.01))
+    cfg = GuidanceConfig(context_offsets_months=_LinearWorld.offsets, residual_base="linear",
+                         linear_base=rows).resolve(False, 3)
+    back = GuidanceConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())))
+    assert back == cfg and back.channel_names()[:3] == ["linear_b1", "linear_b2", "linear_b3"]
+    x = build_condition({**batch, "gap_months": torch.tensor([1.0, 1.0])}, cfg)
+    assert torch.allclose(x[:, :3], batch["past"])  # weights (1, 0, 0): the start is the past image
+
+
+def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path):
+    from stsynth_lib.cgan.calibrate import calibrate_residual_scale
+    from stsynth_lib.cgan.model_io import load_generator
+    from stsynth_lib.cgan.train import train_cgan
+    from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.metrics import masked_l1
+
+    kw = dict(context_offsets_months=OFFSETS, residual_base="linear", max_train_pairs=None)
+    run = train_cgan(_train_cfg(long_dataset_dir, tmp_path, **kw))
+    spec = yaml.safe_load((run / "model.yaml").read_text())
+    rows = spec["guidance"]["linear_base"]
+    assert rows and all(len(r["weights"]) == len(OFFSETS) for r in rows)
+    G, cfg = load_generator(run, which="latest")
+    assert cfg.linear_base is not None and cfg.channel_names()[0] == "linear_b1"
+    ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
+    _, table = calibrate_residual_scale(G, ds, cfg, batch_size=64, device="cpu", progress=False)
+    batch = collate([ds[i] for i in range(len(ds))])
+    start = torch.from_numpy(to_uint8(linear_base(batch, cfg))).float() / 127.5 - 1.0
+    want = np.nanmean(masked_l1(start, batch["future"], batch["valid"]))
+    past_l1 = np.nanmean(masked_l1(batch["past"], batch["future"], batch["valid"]))
+    assert float(table.loc[table["residual_scale"] == 0, "val_l1"].iloc[0]) == pytest.approx(want, rel=1e-5)
+    assert abs(want - past_l1) > 1e-4
+    # resume refits the same weights, so the spec check passes and training goes on
+    train_cgan(_train_cfg(long_dataset_dir, tmp_path, **{**kw, "max_steps": 3, "resume_from_checkpoint": "latest"}))
+    assert yaml.safe_load((run / "model.yaml").read_text())["guidance"]["linear_base"] == rows
+    assert (run / "checkpoints" / "checkpoint-3").is_dir()
