@@ -5,7 +5,9 @@
 The sn7_real_128 training setting (``params/sn7_real_128/common.yaml`` + ``03_train_cgan.yaml`` /
 ``04_train_attention_cgan.yaml``: 128 px tiles, ngf = ndf = 32, batch norm, residual, batch 8), both generators,
 K = 1 (``context_offsets_months: null``, today's model) against K = 4
-(``context_offsets_months: [0, -1, -2, same_month_last_year]``, with the profile's ``residual_base``). Everything is built by the trainer itself
+(``context_offsets_months: [0, -1, -2, same_month_last_year]``, with the profile's ``residual_base``: since issue 13's
+second round that is the linear start, so K4 rows are not comparable with results files written before it, which
+used the seasonal start). Everything is built by the trainer itself
 (``CGANRun.build``: datasets, guidance resolved from the dataset, generator, discriminator, optimisers), so the
 condition channels are the trainer's. Per training step:
 

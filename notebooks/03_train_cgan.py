@@ -215,7 +215,8 @@ round_floats(pd.read_csv(run_dir / "val.csv"), 4)
 # ## Calibration: how much change to apply
 # With `calibrate_residual_scale` (residual generators only), the best generator's predicted change is scaled by
 # `k = scale x min(1, gap / full_gap)` with `scale` and `full_gap` chosen on the **whole validation split** (never the
-# test split), minimising the L1 averaged area by area. `k = 0` is persistence, `k = 1` the trained generator. A
+# test split), minimising the L1 averaged area by area. `k = 0` is the generator's start (persistence, or the
+# blend the figure names), `k = 1` the trained generator. A
 # generator that learned its training areas' changes applies them too confidently to new areas, most of all one or
 # two months ahead, when little really changes. The curve shows the validation L1 for each scale; the chosen point
 # is stored with the generator (`best/`) and used for every prediction below.

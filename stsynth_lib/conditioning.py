@@ -28,7 +28,13 @@ then starts from the seasonal baseline instead of persistence. The default ``"pa
 The weights, one set per time gap in months, are fitted once by least squares on the training split
 (:func:`fit_linear_base`, called by the trainer) and stored in ``model.yaml``, so a run predicts the same everywhere.
 Least squares targets the conditional mean, which PSNR rewards; on real SpaceNet 7 the fit shrinks towards the
-older frames and the area's mean brightness as the gap grows.
+older frames and the area's mean brightness as the gap grows. Known limit: training's ``radiometric_jitter`` maps
+every frame and the future through one random gain ``g`` and offset ``o`` before the condition is built, and the
+fitted blend does not follow them exactly (its weights sum to a little under 1 and it has a bias): its start is then
+off by ``o (sum w - 1) + b (1 - g)``, zero on average over the draws, at most about 0.04 in [-1, 1] units with the
+``sn7_real_128`` weights and jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames
+``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves (or absent: the past image), so weights are shared
+between copies there; the small ridge term keeps the fit well posed.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ def test_last_year_neighbours_are_looked_up_at_t1_minus_13_and_11_and_never_afte
     ids, ages = context_lookup(pairs, index, [0, f"{LY}-1", LY, f"{LY}+1"])
     # gap 4: t1 = 24 -> t1-13 = 11, t1-12 = 12, t1-11 = 13, all before t0 = 20
     assert ids[0].tolist() == [120, 111, 112, 113] and ages[0].tolist() == [4, 13, 12, 11]
+    # gap 10: t1 = 30 -> t1-13 = 17, t1-12 = 18, t1-11 = 19 = t0-1 (present, 11 months old)
+    assert ids[1].tolist() == [120, 117, 118, 119] and ages[1].tolist() == [10, 13, 12, 11]
     # gap 12: t1-11 = 21 is after t0 = 20: absent; t1-12 = 20 is t0 itself
     assert ids[2].tolist() == [120, 119, 120, -1] and ages[2, 3] == 0
 
@@ -129,7 +131,7 @@ def test_linear_start_is_refused_without_frames_or_weights_and_round_trips():
     assert torch.allclose(x[:, :3], batch["past"])  # weights (1, 0, 0): the start is the past image
 
 
-def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path):
+def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path, monkeypatch):
     from stsynth_lib.cgan.calibrate import calibrate_residual_scale
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.train import train_cgan
@@ -151,7 +153,21 @@ def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_
     past_l1 = np.nanmean(masked_l1(batch["past"], batch["future"], batch["valid"]))
     assert float(table.loc[table["residual_scale"] == 0, "val_l1"].iloc[0]) == pytest.approx(want, rel=1e-5)
     assert abs(want - past_l1) > 1e-4
-    # resume refits the same weights, so the spec check passes and training goes on
+    # a resume takes the weights the run was trained with from its model.yaml: it never refits them
+    import stsynth_lib.cgan.train as train_module
+
+    def no_refit(*a, **k):
+        raise AssertionError("a resumed run refitted its linear start")
+
+    monkeypatch.setattr(train_module, "fit_linear_base", no_refit)
     train_cgan(_train_cfg(long_dataset_dir, tmp_path, **{**kw, "max_steps": 3, "resume_from_checkpoint": "latest"}))
     assert yaml.safe_load((run / "model.yaml").read_text())["guidance"]["linear_base"] == rows
     assert (run / "checkpoints" / "checkpoint-3").is_dir()
+
+
+def test_sequence_panel_titles_name_last_years_neighbours():
+    from stsynth_lib.data.plots import _offset_label
+    from stsynth_lib.evaluate.figures import _short_offset
+
+    assert [_short_offset(o) for o in (0, -2, LY, f"{LY}-1", f"{LY}+1")] == ["t0", "t0-2", "t1-12", "t1-13", "t1-11"]
+    assert _offset_label(f"{LY}-1") == "t1 - 13 (last year -1 mo)" and _offset_label(-1) == "t0 -1 mo"

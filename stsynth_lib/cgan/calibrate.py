@@ -25,8 +25,9 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
     """Choose how much of its predicted change a residual generator applies, on held-out pairs.
 
     The prediction becomes ``clamp(start + k * change)`` with ``k = scale * min(1, gap / full_gap)``:
-    ``scale = 0`` is the generator's start (persistence, the seasonal blend with ``residual_base: seasonal``, or the
-    blend of the past frames with ``temporal_fusion: attention``), ``scale = 1, full_gap = 1`` the trained generator, and
+    ``scale = 0`` is the generator's start (persistence, the seasonal blend with ``residual_base: seasonal``, the
+    fitted linear blend with ``residual_base: linear``, or the learnt blend of the past frames with
+    ``temporal_fusion: attention``), ``scale = 1, full_gap = 1`` the trained generator, and
     ``full_gap > 1`` applies less change to short gaps (a month ahead little really changes, and a
     generator that learned its training areas' changes applies them too confidently there).
     Every pair of ``dataset`` (the validation split, never the test split) is scored on the

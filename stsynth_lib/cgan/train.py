@@ -54,7 +54,7 @@ from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
 from stsynth_lib.cgan.model_io import generator_from_spec, model_spec
 from stsynth_lib.cgan.plots import sample_grid, save_grid
-from stsynth_lib.conditioning import build_condition, dataset_has_mask, fit_linear_base
+from stsynth_lib.conditioning import GuidanceConfig, build_condition, dataset_has_mask, fit_linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import evaluate_generator, summarize
 from stsynth_lib.models.registry import build_discriminator, init_weights
@@ -121,7 +121,8 @@ class CGANRun:
         n_bands, size = self.train_ds.n_bands, self.train_ds.tile_size_px
         self.guidance = cfg.guidance().resolve(dataset_has_mask(self.train_ds), n_bands)
         if self.guidance.residual_base == "linear" and self.guidance.linear_base is None:
-            self.guidance = replace(self.guidance, linear_base=fit_linear_base(self.train_ds, self.guidance, seed=cfg.seed))
+            self.guidance = replace(self.guidance, linear_base=self.saved_linear_base() or fit_linear_base(
+                self.train_ds, self.guidance, seed=cfg.seed))
         self.spec = model_spec(cfg, self.guidance, n_bands, size)
         G = init_weights(generator_from_spec(self.spec))
         D = init_weights(build_discriminator(self.guidance.n_channels, n_bands, ndf=cfg.ndf, n_layers=cfg.d_layers,
@@ -148,6 +149,18 @@ class CGANRun:
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, sched)
         self.G, self.D, self.opt_g, self.opt_d = acc.prepare(G, D, opt_g, opt_d)
         self.G_raw, self.D_raw = acc.unwrap_model(self.G), acc.unwrap_model(self.D)
+
+    def saved_linear_base(self) -> tuple | None:
+        """On resume, the linear start's weights the run was trained with (its ``model.yaml``), so a resumed run never
+        depends on refitting them bit for bit; ``None`` for a fresh run or another guidance."""
+        path = self.run_dir / "model.yaml"
+        if (self.cfg.resume_from_checkpoint is None or not path.is_file()
+                or resolve_resume(self.run_dir, self.cfg.resume_from_checkpoint) is None):
+            return None
+        saved = (yaml.safe_load(path.read_text()) or {}).get("guidance") or {}
+        if saved.get("linear_base") is None or saved.get("context_offsets_months") != list(self.guidance.context_offsets_months):
+            return None
+        return GuidanceConfig.from_dict(saved).linear_base
 
     def effective_params(self) -> dict[str, Any]:
         """What ``params.yaml`` records: every option plus what was resolved from them."""

@@ -48,7 +48,8 @@ With ``context_offsets_months`` (K offsets, see :func:`check_context_offsets`), 
 ========================  ===============  =====================================================
 
 Offsets are relative to t0: ``0`` is the past frame itself, ``-1`` the month before t0, ...;
-``"same_month_last_year"`` is t1 - 12, present only when it is not after t0. A frame is the store's tile of the
+``"same_month_last_year"`` is t1 - 12 and ``"same_month_last_year-1"`` / ``"+1"`` (up to +-11) the months around
+it, each present only when it is not after t0. A frame is the store's tile of the
 same AOI and position in that month; months the series lacks (gaps, the first months) are absent and the pair is
 kept. Without ``context_offsets_months`` (``None``) the sample has exactly the keys above.
 
