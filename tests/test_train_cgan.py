@@ -410,6 +410,34 @@ def test_area_comparison_counts_areas_and_pairs():
     assert paired.set_index("metric").loc["psnr", "better"] is True  # +1 dB in every area
 
 
+def test_chapter_comparison_resamples_blocks_on_a_block_split(tiny_dataset_dir, tmp_path):
+    """On a dataset split by blocks (one area, sn7_labelled), chapters 3-4's model - persistence interval resamples
+    whole blocks, as chapter 6 does, instead of giving "n/a (1 area)"."""
+
+    class OneAreaInBlocks(PairedTileDataset):  # the same pairs, all in one area, in two blocks
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            n = len(self.pairs)
+            self.pairs = self.pairs.assign(aoi="one_area", block_row=[i % 2 for i in range(n)],
+                                           block_col=0).reset_index(drop=True)
+
+    cfg = GuidanceConfig().resolve(True, 3)
+    G = build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a generator that changes the image, so model and persistence differ
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    ds = OneAreaInBlocks(tiny_dataset_dir, "test")
+    df = predict_split(G.eval(), ds, tmp_path / "pred", guidance=cfg, progress=False)
+    assert set(df["cluster"]) == {"one_area/block-0-0", "one_area/block-1-0"}
+    _, paired = area_comparison(df, "m", n_boot=200)
+    psnr = paired.set_index("metric").loc["psnr"]
+    assert psnr["n_areas"] == 2 and not pd.isna(psnr["ci_lo"]) and psnr["ci_lo"] <= psnr["ci_hi"]
+    plain = predict_split(G.eval(), PairedTileDataset(tiny_dataset_dir, "test"), tmp_path / "pred2", guidance=cfg,
+                          progress=False)
+    assert "cluster" not in plain  # split by areas: areas are resampled, as before
+
+
 def test_old_module_still_trains_with_a_deprecation_message(tiny_dataset_dir, tmp_path):
     import subprocess
     import sys

@@ -102,6 +102,7 @@ def predict_split(model: str | Path | nn.Module, dataset: PairedTileDataset, out
     Returns per-pair metrics of the model and of persistence (``persistence_*``
     columns); written to ``metrics_csv`` if given.
     """
+    from stsynth_lib.evaluate.scoring import resampling_clusters, resampling_unit
     from stsynth_lib.predictions import clear_predictions, save_predictions
 
     if isinstance(model, (str, Path)):
@@ -121,6 +122,9 @@ def predict_split(model: str | Path | nn.Module, dataset: PairedTileDataset, out
     pers = evaluate_persistence(dataset, batch_size)
     df = df.merge(pers[["pair_id", "l1", "psnr", "ssim"]].add_prefix("persistence_").rename(
         columns={"persistence_pair_id": "pair_id"}), on="pair_id")
+    pairs = getattr(dataset, "pairs", None)
+    if pairs is not None and resampling_unit(pairs) == "block":  # what area_comparison's interval resamples
+        df["cluster"] = df["pair_id"].map(dict(zip(pairs["pair_id"], resampling_clusters(pairs))))
     if metrics_csv is not None:
         Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(metrics_csv, index=False)
@@ -141,16 +145,18 @@ def area_comparison(df: pd.DataFrame, model_name: str, n_boot: int = 2000, seed:
     Returns ``(per_area, paired)``: mean L1 of both per area (AOI) with the pair count and whether the
     model is better there (L1 in the [-1, 1] units of training, like :func:`comparison_table`), and
     :func:`stsynth_lib.evaluate.paired_vs_persistence` (model minus persistence with a 95 % interval
-    from resampling whole areas) for L1, PSNR and SSIM, with L1 in [0, 1] units (half the [-1, 1]
+    from resampling whole areas, or whole blocks when ``df`` has :func:`predict_split`'s ``cluster`` column of a
+    dataset split by blocks) for L1, PSNR and SSIM, with L1 in [0, 1] units (half the [-1, 1]
     value) like the evaluation chapter.
     """
     from stsynth_lib.evaluate import PERSISTENCE, paired_vs_persistence
 
     per_area = df.groupby("aoi").agg(pairs=("pair_id", "size"), l1=("l1", "mean"), persistence_l1=("persistence_l1", "mean"))
     per_area["model_better"] = per_area["l1"] < per_area["persistence_l1"]
-    cols = ["pair_id", "aoi", "l1", "psnr", "ssim"]
+    keys = ["pair_id", "aoi"] + (["cluster"] if "cluster" in df else [])
+    cols = keys + ["l1", "psnr", "ssim"]
     long = pd.concat([df[cols].assign(model=model_name),
-                      df[["pair_id", "aoi"] + [f"persistence_{c}" for c in ("l1", "psnr", "ssim")]]
+                      df[keys + [f"persistence_{c}" for c in ("l1", "psnr", "ssim")]]
                       .rename(columns=lambda c: c.replace("persistence_", "")).assign(model=PERSISTENCE)])
     long["l1"] = long["l1"] / 2  # [-1, 1] -> [0, 1] units, the evaluation's (and the table label's) scale
     return per_area, paired_vs_persistence(long, n_boot=n_boot, seed=seed)
