@@ -18,6 +18,17 @@ from stsynth_lib.data.errors import SN7DataError
 from stsynth_lib.data.sn7 import scan_sn7
 
 
+class OneAreaInBlocks(PairedTileDataset):
+    """The same pairs, all in one area, in two blocks (alternating): a stand-in for a block-split dataset such as
+    sn7_labelled, for code that must resample blocks instead of areas."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        n = len(self.pairs)
+        self.pairs = self.pairs.assign(aoi="one_area", block_row=[i % 2 for i in range(n)],
+                                       block_col=0).reset_index(drop=True)
+
+
 def _write_tree(root, aois=("L15-0001E-0001N_0004_0004_13",), h=200, w=190, months=(1, 2, 3)):
     """AOIs of h x w px (not multiples of the tile size), 4-band uint8 with alpha, no labels."""
     from affine import Affine

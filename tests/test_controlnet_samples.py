@@ -190,14 +190,7 @@ def test_condition_gain_estimate_resamples_blocks_on_a_block_split(run, tmp_path
     import pandas as pd
 
     from stsynth_lib.controlnet import validation
-    from stsynth_lib.data.dataset import PairedTileDataset
-
-    class OneAreaInBlocks(PairedTileDataset):  # the same pairs, all in one area, in two blocks
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            n = len(self.pairs)
-            self.pairs = self.pairs.assign(aoi="one_area", block_row=[i % 2 for i in range(n)],
-                                           block_col=0).reset_index(drop=True)
+    from test_blocks import OneAreaInBlocks
 
     monkeypatch.setattr("stsynth_lib.data.dataset.PairedTileDataset", OneAreaInBlocks)
     est = validation.condition_gain_estimate(run, n_pairs=6, n_boot=50, device="cpu")

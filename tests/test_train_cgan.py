@@ -413,13 +413,7 @@ def test_area_comparison_counts_areas_and_pairs():
 def test_chapter_comparison_resamples_blocks_on_a_block_split(tiny_dataset_dir, tmp_path):
     """On a dataset split by blocks (one area, sn7_labelled), chapters 3-4's model - persistence interval resamples
     whole blocks, as chapter 6 does, instead of giving "n/a (1 area)"."""
-
-    class OneAreaInBlocks(PairedTileDataset):  # the same pairs, all in one area, in two blocks
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            n = len(self.pairs)
-            self.pairs = self.pairs.assign(aoi="one_area", block_row=[i % 2 for i in range(n)],
-                                           block_col=0).reset_index(drop=True)
+    from test_blocks import OneAreaInBlocks
 
     cfg = GuidanceConfig().resolve(True, 3)
     G = build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True)
