@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader
 from stsynth_lib.baselines import seasonal_blend
 from stsynth_lib.conditioning import GuidanceConfig, fit_linear_base, linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.metrics import masked_psnr
 
 DATASET = "data/sn7_real_128/dataset"
 LY = "same_month_last_year"
@@ -31,15 +31,6 @@ FRAME_SETS = {
 GAP_BINS = [0, 1, 3, 6, 12]
 
 
-def psnr_255(pred: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor) -> float:
-    """PSNR (data range 255) over the valid pixels of one pair; images in [-1, 1]."""
-    m = valid[0].bool()
-    if not m.any():
-        return float("nan")
-    mse = float(((pred - truth)[:, m] ** 2).mean()) * 127.5**2
-    return 10 * np.log10(255**2 / max(mse, 1e-6))
-
-
 def gains(dataset_dir: str, offsets: list) -> pd.DataFrame:
     train = PairedTileDataset(dataset_dir, "train", context_offsets_months=offsets)
     cfg = GuidanceConfig(context_offsets_months=offsets, residual_base="linear")
@@ -47,16 +38,13 @@ def gains(dataset_dir: str, offsets: list) -> pd.DataFrame:
     val = PairedTileDataset(dataset_dir, "val", context_offsets_months=offsets)
     rows = []
     for b in DataLoader(val, batch_size=64):
-        start = linear_base(b, cfg)
-        seasonal = torch.from_numpy(seasonal_blend(b, offsets)).float() / 127.5 - 1 if LY in offsets else None
-        for i in range(len(b["past"])):
-            base = psnr_255(b["past"][i], b["future"][i], b["valid"][i])
-            row = {"aoi": b["aoi"][i], "gap": float(b["gap_months"][i]),
-                   "linear": psnr_255(start[i], b["future"][i], b["valid"][i]) - base}
-            if seasonal is not None:
-                row["seasonal"] = psnr_255(seasonal[i], b["future"][i], b["valid"][i]) - base
-            rows.append(row)
-    return pd.DataFrame(rows).dropna()
+        psnr = lambda x: masked_psnr(x, b["future"], b["valid"], data_range=2.0)  # noqa: E731  ([-1, 1] images)
+        base = psnr(b["past"])
+        part = {"aoi": list(b["aoi"]), "gap": b["gap_months"].numpy(), "linear": psnr(linear_base(b, cfg)) - base}
+        if LY in offsets:
+            part["seasonal"] = psnr(torch.from_numpy(seasonal_blend(b, offsets)).float() / 127.5 - 1) - base
+        rows.append(pd.DataFrame(part))
+    return pd.concat(rows, ignore_index=True).dropna()
 
 
 def main(argv: list[str]) -> None:

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets, last_year_shift
@@ -271,7 +272,7 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
     valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training split) per gap. Gaps
     with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap). Seeded and rounded
     to ``decimals``, so a resumed run fits the same weights. Returns ``GuidanceConfig.linear_base``."""
-    import numpy as np
+    from stsynth_lib.training import collate
 
     offsets = list(cfg.context_offsets_months or ())
     if len(offsets) < 2 or list(getattr(dataset, "context_offsets_months", None) or ()) != offsets:
@@ -287,10 +288,7 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
         idx = np.sort(rng.choice(idx, size=min(len(idx), max_pairs_per_gap), replace=False))
         xs, ys = [], []
         for i in idx:
-            s = dataset[int(i)]
-            batch = {k: torch.as_tensor(v)[None] if k != "gap_months" else torch.as_tensor(v).reshape(1)
-                     for k, v in s.items() if k in ("past", "future", "valid", "context", "context_valid",
-                                                     "context_present", "gap_months")}
+            batch = collate([dataset[int(i)]])
             frames = usable_frames(batch, cfg)[0].double().numpy()  # (K, C, H, W)
             valid = np.asarray(batch["valid"][0, 0]).astype(bool)
             pix = np.flatnonzero(valid.reshape(-1))

@@ -211,6 +211,16 @@ def _offset_label(offset) -> str:
     return "t1 - 12 (same month last year)" if shift == 0 else f"t1 - {12 - shift} (last year {shift:+d} mo)"
 
 
+def short_offset_label(offset) -> str:
+    """``t0``, ``t0-1``, ``t1-12``, ``t1-13``: a context offset as a small panel title."""
+    from stsynth_lib.data.dataset import last_year_shift
+
+    shift = last_year_shift(offset)
+    if shift is not None:
+        return f"t1-{12 - shift}"
+    return "t0" if offset == 0 else f"t0{offset:+d}"
+
+
 def pairs_with_full_context(dataset, n: int = 1, search: int = 500) -> list[int]:
     """The first ``n`` of the first ``search`` pairs of a context dataset whose frames are all present (falling back
     to the first pairs when fewer are): the pairs a figure about the past sequence shows by default."""

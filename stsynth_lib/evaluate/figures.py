@@ -160,16 +160,6 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     return fig
 
 
-def _short_offset(o) -> str:
-    """``t0``, ``t0-1``, ``t1-12``, ``t1-13``: a context offset as a panel title."""
-    from stsynth_lib.data.dataset import last_year_shift
-
-    shift = last_year_shift(o)
-    if shift is not None:
-        return f"t1-{12 - shift}"
-    return "t0" if o == 0 else f"t0{o:+d}"
-
-
 def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 3,
                            indices: Sequence[int] | None = None, title: str | None = None):
     """Rows of pairs: the past sequence (the context frames scored by the baselines, with their dates; absent ones
@@ -177,7 +167,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     baselines=...)``); pairs whose frames are all present are preferred, spread over the split."""
     import matplotlib.pyplot as plt
 
-    from stsynth_lib.data.plots import month_label
+    from stsynth_lib.data.plots import month_label, short_offset_label
     from stsynth_lib.training import spread_indices
 
     d = res.data
@@ -203,10 +193,10 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
             if bool(ctx["context_present"][r, k]):
                 panels.append(rgb_image(ctx["context"][r, k]))
                 age = int(ctx["context_age_months"][r, k])
-                titles.append(f"{_short_offset(o)}: {month_label(t1 - age)}")
+                titles.append(f"{short_offset_label(o)}: {month_label(t1 - age)}")
             else:
                 panels.append(np.full(d.future.shape[2:] + (3,), 0.8))
-                titles.append(f"{_short_offset(o)}: absent")
+                titles.append(f"{short_offset_label(o)}: absent")
         panels.append(rgb_image(d.future[i]))
         titles.append(f"truth {int(p['future_year'])}-{int(p['future_month']):02d}")
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[-1]) for m in names]
