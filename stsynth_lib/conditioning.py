@@ -272,8 +272,6 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
     valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training split) per gap. Gaps
     with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap). Seeded and rounded
     to ``decimals``, so a resumed run fits the same weights. Returns ``GuidanceConfig.linear_base``."""
-    from stsynth_lib.training import collate
-
     offsets = list(cfg.context_offsets_months or ())
     if len(offsets) < 2 or list(getattr(dataset, "context_offsets_months", None) or ()) != offsets:
         raise ValueError(f"fit_linear_base needs a dataset opened with the guidance's context offsets {offsets}; "
@@ -288,7 +286,8 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
         idx = np.sort(rng.choice(idx, size=min(len(idx), max_pairs_per_gap), replace=False))
         xs, ys = [], []
         for i in idx:
-            batch = collate([dataset[int(i)]])
+            # a batch of one (training.collate is a layer above this module)
+            batch = {k: v[None] if isinstance(v, torch.Tensor) else [v] for k, v in dataset[int(i)].items()}
             frames = usable_frames(batch, cfg)[0].double().numpy()  # (K, C, H, W)
             valid = np.asarray(batch["valid"][0, 0]).astype(bool)
             pix = np.flatnonzero(valid.reshape(-1))
