@@ -116,6 +116,7 @@ max_train_pairs = 320        # None: every training pair
 max_val_pairs = 64
 augment = True               # random flips / 90-degree rotations
 radiometric_jitter = 0.0     # >0: the same random per-band gain/offset on past and future (training only)
+erase_building_fraction = 0.0  # >0 (labelled data): erase this share of standing buildings from the past image, to be drawn anew
 num_workers = 0
 # bookkeeping
 log_every_steps = 5
@@ -140,7 +141,7 @@ import pandas as pd
 from IPython.display import display
 
 from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.plots import plot_frame_weights
+from stsynth_lib.cgan.plots import plot_erased_buildings, plot_frame_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.data.plots import plot_context_strip
@@ -174,6 +175,19 @@ settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SE
 # %%
 if context_offsets_months:
     fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
+    plt.show()
+
+# %% [markdown]
+# ### Synthetic construction
+# Real new buildings are rare (on `sn7_labelled` about 150 in the train blocks), while buildings that stand at both
+# dates number thousands. With `erase_building_fraction` > 0 (labelled data), each training batch erases that share of
+# the standing buildings from the past image (painted over with the blurred ground around them) and from the past
+# mask, so the future mask asks for them as new buildings and the loss teaches the generator to draw them. Without
+# it, this figure is skipped.
+
+# %%
+if erase_building_fraction > 0:
+    fig = plot_erased_buildings(split_dataset(config, "train"), erase_building_fraction)
     plt.show()
 
 # %% [markdown]

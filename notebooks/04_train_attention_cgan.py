@@ -98,6 +98,7 @@ max_train_pairs = 320        # None: every training pair
 max_val_pairs = 64
 augment = True               # random flips / 90-degree rotations
 radiometric_jitter = 0.0     # >0: the same random per-band gain/offset on past and future (training only)
+erase_building_fraction = 0.0  # >0 (labelled data): erase this share of standing buildings from the past image, to be drawn anew
 num_workers = 0
 # bookkeeping
 log_every_steps = 5
@@ -123,7 +124,7 @@ from IPython.display import display
 
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.plots import plot_frame_weights
+from stsynth_lib.cgan.plots import plot_erased_buildings, plot_frame_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.predict import load_predictor, predictor_sample
 from stsynth_lib.training import collate, spread_indices
@@ -157,6 +158,17 @@ settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SE
 # %%
 if context_offsets_months:
     fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
+    plt.show()
+
+# %% [markdown]
+# ### Synthetic construction
+# With `erase_building_fraction` > 0 (labelled data), training erases that share of the buildings standing at both
+# dates from the past image and mask, so that the generator learns to draw the buildings the future mask asks for
+# (chapter 3 explains it). Without it, this figure is skipped.
+
+# %%
+if erase_building_fraction > 0:
+    fig = plot_erased_buildings(split_dataset(config, "train"), erase_building_fraction)
     plt.show()
 
 # %% [markdown]

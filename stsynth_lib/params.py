@@ -89,6 +89,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "prompt_dropout": (_fraction, "a number in [0, 1]"),
     "radiometric_jitter": (_non_negative, "a number >= 0"),
+    "erase_building_fraction": (_fraction, "a number in [0, 1]"),
     "min_valid_fraction": (_fraction, "a number in [0, 1]"),
     "synthetic_cloud_probability": (_fraction, "a number in [0, 1]"),
     "tile_size_px": (_model_tile, "a power of two >= 32 (32, 64, 128, 256, 512, 1024)"),

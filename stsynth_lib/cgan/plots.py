@@ -232,3 +232,42 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.4, label="weight of the frame")
     fig.suptitle("Attention over time: the weight of each past frame per pixel (sums to 1 over the frames)", fontsize=9)
     return fig
+
+
+def plot_erased_buildings(dataset, fraction: float, n: int = 4, seed: int = 0):
+    """What ``erase_building_fraction`` shows the generator: per row, a training pair's past image, the same image
+    with a share of its standing buildings erased (their footprints outlined), and the future it must draw them in.
+
+    Picks the ``n`` pairs (of a seeded sample) with the most building pixels, so that there is something to erase.
+    """
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.cgan.augment import erase_buildings
+    from stsynth_lib.training import collate
+
+    rng = np.random.default_rng(seed)
+    labelled = np.flatnonzero(dataset.pairs["has_mask"].to_numpy(bool))
+    if len(labelled) == 0:
+        raise ValueError("erase_building_fraction needs labelled pairs (building footprints); this split has none")
+    cand = rng.choice(labelled, size=min(len(labelled), 8 * n), replace=False)
+    samples = [dataset[int(i)] for i in cand]
+    order = np.argsort([-float(s["past_mask"].sum()) for s in samples])[:n]
+    batch = collate([samples[i] for i in order])
+    out = erase_buildings(batch, torch.Generator().manual_seed(seed), fraction)
+    erased = (batch["past_mask"] > 0.5) & ~(out["past_mask"] > 0.5)
+    fig, axes = plt.subplots(len(order), 3, figsize=(7.5, 2.6 * len(order)), squeeze=False)
+    titles = ("past image", f"past, {fraction:.0%} of standing buildings erased", "future (target)")
+    for r in range(len(order)):
+        for c, img in enumerate((batch["past"][r], out["past"][r], batch["future"][r])):
+            ax = axes[r, c]
+            ax.imshow(to_uint8(img[:3]).transpose(1, 2, 0))
+            if c == 1:
+                ax.contour(erased[r, 0].numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c], fontsize=9)
+    fig.suptitle("Synthetic construction: erased footprints (cyan) are new buildings for the generator to draw",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import yaml
 
-from stsynth_lib.cgan.augment import augment_batch
+from stsynth_lib.cgan.augment import augment_batch, erase_buildings
 from stsynth_lib.cgan.calibrate import calibrate_residual_scale
 from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
@@ -302,6 +302,8 @@ class CGANRun:
             if cfg.augment:
                 seed = cfg.seed * 7919 + self.step * 104729 + self.rank
                 batch = augment_batch(batch, torch.Generator().manual_seed(seed), cfg.radiometric_jitter)
+                if cfg.erase_building_fraction > 0:  # its own stream: the flips and jitter stay as without it
+                    batch = erase_buildings(batch, torch.Generator().manual_seed(seed + 1), cfg.erase_building_fraction)
             batch = to_device(batch, self.device, self.setup.channels_last)
             losses = train_step(self.G, self.D, self.opt_g, self.opt_d, batch, self.guidance, cfg.lambda_l1,
                                 cfg.gan_mode, self.accelerator, cfg.new_building_l1_weight)
