@@ -116,7 +116,7 @@ max_train_pairs = 320        # None: every training pair
 max_val_pairs = 64
 augment = True               # random flips / 90-degree rotations
 radiometric_jitter = 0.0     # >0: the same random per-band gain/offset on past and future (training only)
-erase_building_fraction = 0.0  # >0 (labelled data): erase this share of standing buildings from the past image, to be drawn anew
+erase_building_fraction = 0.0  # >0 (labelled data): erase each standing building from the past image with this probability
 num_workers = 0
 # bookkeeping
 log_every_steps = 5
@@ -180,10 +180,10 @@ if context_offsets_months:
 # %% [markdown]
 # ### Synthetic construction
 # Real new buildings are rare (on `sn7_labelled` about 150 in the train blocks), while buildings that stand at both
-# dates number thousands. With `erase_building_fraction` > 0 (labelled data), each training batch erases that share of
-# the standing buildings from the past image (painted over with the blurred ground around them) and from the past
-# mask, so the future mask asks for them as new buildings and the loss teaches the generator to draw them. Without
-# it, this figure is skipped.
+# dates number thousands. With `erase_building_fraction` > 0 (labelled data), each training batch erases each
+# standing building, with that probability, from the past image (painted over with the blurred ground around it)
+# and from the past mask, so the future mask asks for it as a new building and the loss teaches the generator to
+# draw it. Without it, this figure is skipped.
 
 # %%
 if erase_building_fraction > 0:

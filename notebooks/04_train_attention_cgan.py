@@ -98,7 +98,7 @@ max_train_pairs = 320        # None: every training pair
 max_val_pairs = 64
 augment = True               # random flips / 90-degree rotations
 radiometric_jitter = 0.0     # >0: the same random per-band gain/offset on past and future (training only)
-erase_building_fraction = 0.0  # >0 (labelled data): erase this share of standing buildings from the past image, to be drawn anew
+erase_building_fraction = 0.0  # >0 (labelled data): erase each standing building from the past image with this probability
 num_workers = 0
 # bookkeeping
 log_every_steps = 5

@@ -332,20 +332,37 @@ RESUME_FREE_KEYS = frozenset({"resume_from_checkpoint", "progress", "max_steps",
                               "allow_resume_changes"})
 
 
-def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def config_defaults(config_class: type) -> dict[str, Any]:
+    """The default of every field of a config dataclass: what a run saved before a field existed ran with."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(config_class):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any],
+                   defaults: Mapping[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
     """Options that differ between a run's saved ``params.yaml`` and the resuming config: ``{key: (before, now)}``.
 
-    Bookkeeping keys (:data:`RESUME_FREE_KEYS`) and keys that only one side has are left out.
+    Bookkeeping keys (:data:`RESUME_FREE_KEYS`) are left out. A key the saved file lacks (a run saved before the
+    option existed) counts as its value in ``defaults`` (:func:`config_defaults`), so that turning a new option on
+    when resuming an old run is refused like any other change; without a default the key is left out.
     """
     def norm(v: Any) -> Any:  # as YAML stores it: tuples are lists
         return json.loads(json.dumps(v, default=str))
 
+    saved = {**(defaults or {}), **saved}
     return {k: (saved[k], current[k]) for k in current
             if k in saved and k not in RESUME_FREE_KEYS and norm(saved[k]) != norm(current[k])}
 
 
 def record_resume(run_dir: Path, step: int, params: Mapping[str, Any], option_names: Iterable[str],
-                  allow_changes: bool) -> list[dict[str, Any]]:
+                  allow_changes: bool, defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Refuse (``allow_changes=False``) or list a resume whose options differ from the run's saved ``params.yaml``;
     returns the history to record.
 
@@ -357,7 +374,7 @@ def record_resume(run_dir: Path, step: int, params: Mapping[str, Any], option_na
 
     path = Path(run_dir) / "params.yaml"
     previous_params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    changes = resume_changes(previous_params, {k: params[k] for k in option_names})
+    changes = resume_changes(previous_params, {k: params[k] for k in option_names}, defaults)
     history = list(previous_params.get("resumed", []) or [])
     if changes:
         listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))

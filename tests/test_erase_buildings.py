@@ -152,3 +152,38 @@ def test_chapter_figure_shows_past_erased_and_future(tiny_dataset_dir):
     ds.pairs["has_mask"] = False
     with pytest.raises(ValueError, match="labelled"):
         plot_erased_buildings(ds, 0.5)
+
+
+def test_a_winding_building_is_one_component():
+    m = torch.zeros(1, 1, 64, 64)
+    for r in range(1, 63, 4):  # a serpentine: rows joined at alternating ends, a path of ~1,000 pixels
+        m[0, 0, r, 1:63] = 1
+        end = 62 if (r // 4) % 2 == 0 else 1
+        m[0, 0, r:r + 5, end] = 1
+    lab = building_components(m)
+    assert len(torch.unique(lab[lab > 0])) == 1
+
+
+def test_unusable_past_pixels_do_not_colour_the_fill():
+    batch = _labelled_batch(b=1)
+    batch["past"][..., :, 10:] = 0.95               # bright cloud over the right part...
+    batch["past_valid"][..., :, 10:] = 0             # ...marked unusable
+    out = erase_buildings(batch, torch.Generator().manual_seed(0), 1.0)
+    a = out["past"][0, :, 4:8, 4:8]                  # building A sits left of the cloud
+    assert a.max() < -0.3                            # filled from the usable ground only (in [-0.6, -0.4])
+
+
+def test_training_refuses_erasing_without_labels(tiny_dataset_dir, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    ds_dir = tmp_path / "nolabels"
+    shutil.copytree(tiny_dataset_dir, ds_dir)
+    pairs = pd.read_parquet(ds_dir / "pairs.parquet")
+    pairs["has_mask"] = False
+    pairs.to_parquet(ds_dir / "pairs.parquet")
+    cfg = CGANTrainConfig(dataset_dir=str(ds_dir), runs_dir=str(tmp_path / "runs"), profile="test", ngf=8, ndf=8,
+                          batch_size=4, max_steps=1, progress=False, device="cpu", erase_building_fraction=0.3)
+    with pytest.raises(ValueError, match="no building to erase"):
+        train_cgan(cfg)

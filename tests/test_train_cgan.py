@@ -146,14 +146,15 @@ def _assert_same(a, b, path=""):
         assert a == b, path
 
 
-@pytest.mark.parametrize("model", ["pix2pix", "attention_unet"])
-def test_resume_gives_the_uninterrupted_run(tiny_dataset_dir, tmp_path, model):
-    full = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "a", model=model))
+@pytest.mark.parametrize("model, extra", [("pix2pix", {}), ("attention_unet", {}),
+                                          ("pix2pix", {"use_past_mask": True, "erase_building_fraction": 0.5})])
+def test_resume_gives_the_uninterrupted_run(tiny_dataset_dir, tmp_path, model, extra):
+    full = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "a", model=model, **extra))
     assert [s for s, _ in list_checkpoints(full)] == [4, 8]  # 16 pairs / batch 4 = 4 steps per epoch, 2 epochs
     # interrupted mid-epoch 2, then resumed from the latest checkpoint
-    part = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, max_steps=6))
+    part = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, max_steps=6, **extra))
     assert [s for s, _ in list_checkpoints(part)] == [4, 6]
-    resumed = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, resume_from_checkpoint="latest"))
+    resumed = train_cgan(_cfg(tiny_dataset_dir, tmp_path / "b", model=model, resume_from_checkpoint="latest", **extra))
     a, b = _state(full, 8), _state(resumed, 8)
     for key in ("generator", "discriminator", "opt_g", "opt_d", "sched_g", "sched_d", "rng_cpu", "best"):
         _assert_same(a[key], b[key], key)

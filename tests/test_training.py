@@ -16,6 +16,7 @@ import stsynth_lib.cgan.train as cgan_train
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.training import (
+    config_defaults,
     epoch_batches,
     fresh_run,
     resolve_device,
@@ -102,6 +103,17 @@ def test_resume_with_other_options_is_refused_or_recorded(tiny_dataset_dir, tmp_
     assert params["resumed"] == [{"step": 2, "changed": {"lr": [0.0002, 0.001]}}]
     # max_steps is what resuming is for: not a change
     assert resume_changes({"max_steps": 2, "lr": 1.0}, {"max_steps": 3, "lr": 1.0}) == {}
+    # a run saved before an option existed ran with its default: turning it on when resuming is a change
+    old_params = {k: v for k, v in params.items() if k != "erase_building_fraction"}
+    defaults = config_defaults(CGANTrainConfig)
+    got = resume_changes(old_params, {"erase_building_fraction": 0.3}, defaults)
+    assert got == {"erase_building_fraction": (0.0, 0.3)}
+    assert resume_changes(old_params, {"erase_building_fraction": 0.0}, defaults) == {}
+    assert resume_changes(old_params, {"erase_building_fraction": 0.3}) == {}  # no defaults given: left out
+    (run / "params.yaml").write_text(yaml.safe_dump({**old_params, "resumed": []}))
+    with pytest.raises(ValueError, match=r"erase_building_fraction: 0.0 -> 0.3"):
+        train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=4, lr=1e-3, resume_from_checkpoint="latest",
+                        erase_building_fraction=0.3))
 
 
 @pytest.mark.parametrize("key, value", [("lambda_l1", 0), ("lambda_l1", -1.0), ("lr", "fast"), ("lr", 0)])

@@ -61,8 +61,8 @@ class CGANTrainConfig(TrainConfig):
     max_val_pairs: int | None = None
     augment: bool = True  # random flips / 90-degree rotations of training pairs
     radiometric_jitter: float = 0.0  # >0: the same random per-band gain 1+-j and offset +-j on past AND future
-    # synthetic construction (labelled data): erase this share of the buildings standing at both dates from the past
-    # image (and past mask), so the future mask asks for them anew (stsynth_lib.cgan.augment.erase_buildings)
+    # synthetic construction (labelled data): erase each building standing at both dates from the past image (and
+    # past mask) with this probability, so the future mask asks for it anew (stsynth_lib.cgan.augment.erase_buildings)
     erase_building_fraction: float = 0.0
     num_workers: int = 0
     seed: int = 0
@@ -101,7 +101,8 @@ class CGANTrainConfig(TrainConfig):
         if isinstance(self.erase_building_fraction, bool) or not 0 <= self.erase_building_fraction <= 1:
             raise ValueError(f"erase_building_fraction must be in [0, 1], got {self.erase_building_fraction!r}")
         if self.erase_building_fraction > 0 and not self.augment:
-            raise ValueError("erase_building_fraction > 0 needs augment: true (it is part of the training augmentation)")
+            raise ValueError("erase_building_fraction > 0 needs augment: true (it is part of the training "
+                             "augmentation)")
         if self.epochs_constant < 0 or self.epochs_decay < 0 or self.epochs_constant + self.epochs_decay < 1:
             raise ValueError(
                 f"epochs_constant={self.epochs_constant}, epochs_decay={self.epochs_decay}: both must be >= 0 "

@@ -256,7 +256,7 @@ def plot_erased_buildings(dataset, fraction: float, n: int = 4, seed: int = 0):
     out = erase_buildings(batch, torch.Generator().manual_seed(seed), fraction)
     erased = (batch["past_mask"] > 0.5) & ~(out["past_mask"] > 0.5)
     fig, axes = plt.subplots(len(order), 3, figsize=(7.5, 2.6 * len(order)), squeeze=False)
-    titles = ("past image", f"past, {fraction:.0%} of standing buildings erased", "future (target)")
+    titles = ("past image", f"past, standing buildings erased (p = {fraction:g})", "future (target)")
     for r in range(len(order)):
         for c, img in enumerate((batch["past"][r], out["past"][r], batch["future"][r])):
             ax = axes[r, c]

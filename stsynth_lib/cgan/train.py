@@ -70,6 +70,7 @@ from stsynth_lib.runs import (
 )
 from stsynth_lib.training import (
     collate,
+    config_defaults,
     epoch_batches,
     oversampled_epoch_batches,
     execute_run,
@@ -141,6 +142,11 @@ class CGANRun:
                     f"change_pair_fraction={cfg.change_pair_fraction}: none of the {len(self.train_ds)} training pairs "
                     f"of {cfg.dataset_dir} has >= {cfg.min_new_building_px} new-building pixels (no labels, or no "
                     "construction): set change_pair_fraction: 0 or lower min_new_building_px")
+        if cfg.erase_building_fraction > 0 and not self.train_ds.pairs["has_mask"].to_numpy(bool).any():
+            raise ValueError(
+                f"erase_building_fraction={cfg.erase_building_fraction}: none of the {len(self.train_ds)} training "
+                f"pairs of {cfg.dataset_dir} has building labels, so there is no building to erase: set "
+                "erase_building_fraction: 0 (it needs a labelled dataset, e.g. sn7_labelled)")
         self.total_steps = self.spe * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -178,7 +184,8 @@ class CGANRun:
         params = self.effective_params()
         if ckpt is not None:
             step = int(self.checkpoint_state(ckpt)["step"])
-            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes)
+            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes,
+                                              config_defaults(type(self.cfg)))
         if self.main:
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)
             save_yaml(self.spec, self.run_dir / "model.yaml")
@@ -302,9 +309,12 @@ class CGANRun:
             if cfg.augment:
                 seed = cfg.seed * 7919 + self.step * 104729 + self.rank
                 batch = augment_batch(batch, torch.Generator().manual_seed(seed), cfg.radiometric_jitter)
-                if cfg.erase_building_fraction > 0:  # its own stream: the flips and jitter stay as without it
-                    batch = erase_buildings(batch, torch.Generator().manual_seed(seed + 1), cfg.erase_building_fraction)
             batch = to_device(batch, self.device, self.setup.channels_last)
+            if cfg.augment and cfg.erase_building_fraction > 0:
+                # on the device (the component labelling and blur are the costly part); its own CPU stream, so the
+                # flips and jitter stay as without it, and one no other rank's augmentation uses
+                erase_seed = cfg.seed * 7919 + self.step * 104729 + 1 + self.rank * (1 << 32)
+                batch = erase_buildings(batch, torch.Generator().manual_seed(erase_seed), cfg.erase_building_fraction)
             losses = train_step(self.G, self.D, self.opt_g, self.opt_d, batch, self.guidance, cfg.lambda_l1,
                                 cfg.gan_mode, self.accelerator, cfg.new_building_l1_weight)
             self.sched_g.step()

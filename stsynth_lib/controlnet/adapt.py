@@ -319,13 +319,14 @@ def _check_resume(cfg: BackboneAdaptConfig, run_dir: Path) -> None:
     """A resumed stage 1 must continue the same run: options that change what is trained are refused by name."""
     import yaml
 
-    from stsynth_lib.training import resume_changes
+    from stsynth_lib.training import config_defaults, resume_changes
 
     saved_path = run_dir / "params.yaml"
     if not cfg.resume_from_checkpoint or not saved_path.is_file():
         return
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    changed = {k: v for k, v in resume_changes(saved, asdict(cfg)).items() if k not in STAGE1_FREE_KEYS}
+    changes = resume_changes(saved, asdict(cfg), config_defaults(type(cfg)))
+    changed = {k: v for k, v in changes.items() if k not in STAGE1_FREE_KEYS}
     if changed:
         raise ValueError(f"stage 1: resume_from_checkpoint={cfg.resume_from_checkpoint!r} but these options differ "
                          f"from {saved_path}: " + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
