@@ -58,6 +58,21 @@ def tiny_dataset_dir(tiny_sn7_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def unlabelled_dataset_dir(tiny_dataset_dir, tmp_path) -> Path:
+    """A copy of ``tiny_dataset_dir`` whose pairs all say ``has_mask: False`` (an unlabelled tree, like sn7_real_128)."""
+    import shutil
+
+    import pandas as pd
+
+    out = tmp_path / "nolabels"
+    shutil.copytree(tiny_dataset_dir, out)
+    pairs = pd.read_parquet(out / "pairs.parquet")
+    pairs["has_mask"] = False
+    pairs.to_parquet(out / "pairs.parquet")
+    return out
+
+
+@pytest.fixture
 def one_torch_thread():
     """The tiny models are far faster on one thread than on oversubscribed shared cores."""
     import torch

@@ -173,17 +173,9 @@ def test_unusable_past_pixels_do_not_colour_the_fill():
     assert a.max() < -0.3                            # filled from the usable ground only (in [-0.6, -0.4])
 
 
-def test_training_refuses_erasing_without_labels(tiny_dataset_dir, tmp_path):
-    import shutil
-
-    import pandas as pd
-
-    ds_dir = tmp_path / "nolabels"
-    shutil.copytree(tiny_dataset_dir, ds_dir)
-    pairs = pd.read_parquet(ds_dir / "pairs.parquet")
-    pairs["has_mask"] = False
-    pairs.to_parquet(ds_dir / "pairs.parquet")
-    cfg = CGANTrainConfig(dataset_dir=str(ds_dir), runs_dir=str(tmp_path / "runs"), profile="test", ngf=8, ndf=8,
-                          batch_size=4, max_steps=1, progress=False, device="cpu", erase_building_fraction=0.3)
+def test_training_refuses_erasing_without_labels(unlabelled_dataset_dir, tmp_path):
+    cfg = CGANTrainConfig(dataset_dir=str(unlabelled_dataset_dir), runs_dir=str(tmp_path / "runs"), profile="test",
+                          ngf=8, ndf=8, batch_size=4, max_steps=1, progress=False, device="cpu",
+                          erase_building_fraction=0.3)
     with pytest.raises(ValueError, match="no building to erase"):
         train_cgan(cfg)

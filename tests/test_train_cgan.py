@@ -223,12 +223,8 @@ def test_val_every_steps_validates_inside_epochs_and_keeps_the_best(tiny_dataset
     assert pd.read_csv(plain / "val.csv")["step"].tolist() == [4, 8]
 
 
-def test_no_labels_trains_on_image_and_time(tiny_dataset_dir, tmp_path):
-    ds_dir = tmp_path / "nolabels"
-    shutil.copytree(tiny_dataset_dir, ds_dir)
-    pairs = pd.read_parquet(ds_dir / "pairs.parquet")
-    pairs["has_mask"] = False
-    pairs.to_parquet(ds_dir / "pairs.parquet")
+def test_no_labels_trains_on_image_and_time(unlabelled_dataset_dir, tmp_path):
+    ds_dir = unlabelled_dataset_dir
     run = train_cgan(_cfg(ds_dir, tmp_path / "runs", model="attention_unet", max_steps=1))
     spec = yaml.safe_load((run / "model.yaml").read_text())
     assert "future_mask" not in spec["channels"]
