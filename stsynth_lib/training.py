@@ -361,20 +361,22 @@ def resume_changes(saved: Mapping[str, Any], current: Mapping[str, Any],
             if k in saved and k not in RESUME_FREE_KEYS and norm(saved[k]) != norm(current[k])}
 
 
-def record_resume(run_dir: Path, step: int, params: Mapping[str, Any], option_names: Iterable[str],
-                  allow_changes: bool, defaults: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def record_resume(run_dir: Path, step: int, params: Mapping[str, Any], config: Any,
+                  allow_changes: bool) -> list[dict[str, Any]]:
     """Refuse (``allow_changes=False``) or list a resume whose options differ from the run's saved ``params.yaml``;
     returns the history to record.
 
     ``params`` are the resuming run's effective parameters (options as resolved, like the saved file) and
-    ``option_names`` the config's fields. The history (``resumed: [{step, changed: {key: [before, now]}}]``) goes into
+    ``config`` the run's config dataclass: its fields are the options compared, its defaults stand in for options the
+    saved file predates. The history (``resumed: [{step, changed: {key: [before, now]}}]``) goes into
     the new ``params.yaml``, so that the file never claims a learning rate that was not used for the whole run.
     """
     import yaml
 
     path = Path(run_dir) / "params.yaml"
     previous_params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    changes = resume_changes(previous_params, {k: params[k] for k in option_names}, defaults)
+    option_names = [f.name for f in dataclasses.fields(config)]
+    changes = resume_changes(previous_params, {k: params[k] for k in option_names}, config_defaults(type(config)))
     history = list(previous_params.get("resumed", []) or [])
     if changes:
         listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))

@@ -70,7 +70,6 @@ from stsynth_lib.runs import (
 )
 from stsynth_lib.training import (
     collate,
-    config_defaults,
     epoch_batches,
     oversampled_epoch_batches,
     execute_run,
@@ -184,8 +183,7 @@ class CGANRun:
         params = self.effective_params()
         if ckpt is not None:
             step = int(self.checkpoint_state(ckpt)["step"])
-            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes,
-                                              config_defaults(type(self.cfg)))
+            params["resumed"] = record_resume(self.run_dir, step, params, self.cfg, self.cfg.allow_resume_changes)
         if self.main:
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)
             save_yaml(self.spec, self.run_dir / "model.yaml")
@@ -306,14 +304,14 @@ class CGANRun:
                                              collate_fn=collate, generator=self.loader_gen,
                                              pin_memory=self.setup.on_cuda, persistent_workers=False)
         for batch in loader:
+            seed = cfg.seed * 7919 + self.step * 104729 + self.rank
             if cfg.augment:
-                seed = cfg.seed * 7919 + self.step * 104729 + self.rank
                 batch = augment_batch(batch, torch.Generator().manual_seed(seed), cfg.radiometric_jitter)
             batch = to_device(batch, self.device, self.setup.channels_last)
             if cfg.augment and cfg.erase_building_fraction > 0:
                 # on the device (the component labelling and blur are the costly part); its own CPU stream, so the
                 # flips and jitter stay as without it, and one no other rank's augmentation uses
-                erase_seed = cfg.seed * 7919 + self.step * 104729 + 1 + self.rank * (1 << 32)
+                erase_seed = seed + 1 + self.rank * ((1 << 32) - 1)
                 batch = erase_buildings(batch, torch.Generator().manual_seed(erase_seed), cfg.erase_building_fraction)
             losses = train_step(self.G, self.D, self.opt_g, self.opt_d, batch, self.guidance, cfg.lambda_l1,
                                 cfg.gan_mode, self.accelerator, cfg.new_building_l1_weight)

@@ -51,7 +51,7 @@ from stsynth_lib.controlnet.validation import ControlNetValidator
 from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, atomic_write_text, prepare_run_dir, resolve_resume
 from stsynth_lib.runs import save_yaml, seed_everything
 from stsynth_lib.training import train_from_command_line
-from stsynth_lib.training import collate, config_defaults, epoch_batches, execute_run, make_accelerator, record_resume, resolve_device
+from stsynth_lib.training import collate, epoch_batches, execute_run, make_accelerator, record_resume, resolve_device
 from stsynth_lib.training import to_device
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -190,8 +190,7 @@ class ControlNetRun:
         step = 0
         if resume is not None:
             step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
-            params["resumed"] = record_resume(self.run_dir, step, params, asdict(self.cfg), self.cfg.allow_resume_changes,
-                                              config_defaults(type(self.cfg)))
+            params["resumed"] = record_resume(self.run_dir, step, params, self.cfg, self.cfg.allow_resume_changes)
         if self.main and step < self.cfg.max_train_steps:  # new weights: a strength chosen for the old ones is void
             (self.run_dir / GENERATION_FILE).unlink(missing_ok=True)
         if self.main:
