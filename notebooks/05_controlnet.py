@@ -122,6 +122,8 @@ mixed_precision = "auto"           # auto: bf16 on a GPU that has it, else fp16;
 gradient_checkpointing = False
 use_8bit_adam = "auto"             # auto: when bitsandbytes is installed and a GPU is used
 max_train_pairs = None             # None: every training pair
+erase_building_fraction = 0.0      # labelled data: synthetic construction, each building standing at both dates is
+#                                    erased from the conditioning past image with this probability (chapter 3)
 max_val_pairs = 64
 num_workers = 0                    # DataLoader worker processes (GPU profiles use 8)
 checkpointing_steps = 100
@@ -142,7 +144,13 @@ generation_batch_size = 16
 img2img_strengths = None           # None: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: choose the
 #                                    img2img strength (start from the noised past image) on validation pairs
 strength_sweep_pairs = 256         # validation pairs of that sweep (a seeded shuffle of the whole val split)
-strength_criterion = "psnr"        # psnr | ssim | lpips: the ControlNet's validation score that picks the strength
+strength_criterion = "psnr"        # psnr | ssim | lpips | f1_new: the ControlNet's validation score that picks the
+#                                    strength; f1_new (labelled data): the building segmenter's F1 on new buildings
+segmenter_steps = 300              # f1_new only: chapter 6's segmenter, trained here if absent and reused there; set
+segmenter_batch_size = 16          # these in the profile's common.yaml so that both chapters ask for the same one (a
+segmenter_base_channels = 16       # segmenter trained with other settings is retrained, never silently reused)
+segmenter_depth = 3
+segmenter_lr = 1e-3
 max_test_pairs = None              # None: the whole test split
 allow_uncalibrated_metrics = False # the strength sweep's LPIPS without the standard weights: labelled uncalibrated
 compare_prompt_only = True         # also draw the test pairs from the prompt alone (backbone without ControlNet)
@@ -176,6 +184,7 @@ from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.train import ControlNetTrainConfig, train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.report_format import plural, round_floats, settings_table
+from stsynth_lib.segmentation import load_or_train_segmenter
 from IPython.display import Markdown, display
 
 run_stage1 = pretrained_model == TINY_FROM_SCRATCH or bool(adapt_pretrained)
@@ -324,21 +333,32 @@ plt.show()
 # noised past, by the backbone alone (prompt only); the strength with the best ControlNet `strength_criterion` is
 # recorded in the run folder (`generation.yaml`) and used for the test split below and by
 # `python -m stsynth_lib.predict`. Persistence on the same tiles is the dashed line: what copying the past gives.
+# With `strength_criterion = "f1_new"` (labelled data) chapter 6's building segmenter also scores every strength, and
+# the strength whose images show the most of the *new* buildings the future mask asks for wins: PSNR rewards copying
+# the past, so it can never prefer a strength at which the guidance is drawn.
 
 # %%
 gen_kw = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
               batch_size=generation_batch_size, controlnet_conditioning_scale=controlnet_conditioning_scale,
               device=device)
 if img2img_strengths:
+    segmenter = None
+    if strength_criterion == "f1_new":
+        seg_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        segmenter, _, message = load_or_train_segmenter(runs_dir, profile, dataset_dir, device=seg_device, seed=seed,
+                                                        steps=segmenter_steps, batch_size=segmenter_batch_size,
+                                                        lr=segmenter_lr, base_channels=segmenter_base_channels,
+                                                        depth=segmenter_depth)
+        print(message)
     sweep = sweep_strength(run_dir, dataset_dir, img2img_strengths, split="val", max_pairs=strength_sweep_pairs,
-                           criterion=strength_criterion, allow_uncalibrated=allow_uncalibrated_metrics,
+                           criterion=strength_criterion, allow_uncalibrated=allow_uncalibrated_metrics, segmenter=segmenter,
                            eval_device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
                            progress=False, **gen_kw)
     strength = sweep.chosen
     fig = plot_strength_sweep(sweep)
     plt.show()
     display(round_floats(sweep_table(sweep), 4))
-    if sweep.at_grid_edge:
+    if sweep.at_grid_edge and strength_criterion != "f1_new":
         display(Markdown(f"> **Note:** the lowest strength of the grid ({strength:g}) won: the images are then the "
                          "past image through the VAE with little redrawn, the closest to persistence; the criterion "
                          "rewards copying the past, so read the test scores next to persistence's."))

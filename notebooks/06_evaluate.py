@@ -149,7 +149,7 @@ try:
         runs_dir, profile, dataset_dir, retrain=retrain_segmenter, device=device, seed=seed, steps=segmenter_steps,
         batch_size=segmenter_batch_size, lr=segmenter_lr, base_channels=segmenter_base_channels, depth=segmenter_depth)
     print(message)
-    if seg_info["trained_now"]:
+    if seg_info.get("losses"):  # trained now, or earlier (chapter 5 trains it when it picks the strength by F1)
         fig, ax = plt.subplots(figsize=(5, 2.6))
         ax.plot(seg_info["losses"])
         ax.set(xlabel="step", ylabel="BCE + Dice", title="building segmenter training loss")

@@ -102,7 +102,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model": _choices("pix2pix", "attention_unet"),
     "img2img_strengths": (lambda v: v is None or (len(v) > 0 and all(0 < float(x) <= 1 for x in v)),
                           "null or a non-empty list of strengths in (0, 1]"),
-    "strength_criterion": _choices("psnr", "ssim", "lpips"),
+    "strength_criterion": _choices("psnr", "ssim", "lpips", "f1_new"),
     "strength_sweep_pairs": (_positive, "an integer >= 1"),
     "residual_base": _choices("past", "seasonal", "linear"),
     "temporal_fusion": _choices("concat", "attention"),

@@ -116,7 +116,10 @@ def train_segmenter(
                         generator=g, num_workers=0)
     model = SegUNet(ds.n_bands, base_channels, depth).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    if steps >= 20:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    else:  # OneCycleLR's warm-up of 10 % is under 2 steps here (steps=10 divides by zero): a constant rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     model.train()
     losses: list[float] = []
     step = 0
@@ -140,7 +143,8 @@ def train_segmenter(
                 break
     bar.close()
     model.eval()
-    info = {"steps": steps, "train_pairs": len(sub), "dataset_fingerprint": dataset_fingerprint(dataset_dir), "final_loss": float(np.mean(losses[-10:])),
+    info = {"steps": steps, "batch_size": batch_size, "lr": lr, "base_channels": base_channels, "depth": depth,
+            "seed": seed, "train_pairs": len(sub), "dataset_fingerprint": dataset_fingerprint(dataset_dir), "final_loss": float(np.mean(losses[-10:])),
             "losses": losses, "seconds": time.perf_counter() - t0, "n_params": sum(p.numel() for p in model.parameters())}
     return model, info
 
@@ -169,7 +173,7 @@ def predict_masks(model: SegUNet, images, batch_size: int = 64, threshold: float
 
 def save_segmenter(model: SegUNet, path: str | Path, info: dict[str, Any] | None = None) -> Path:
     """Save config + weights (+ training info) atomically to ``path`` (a ``.pt`` file)."""
-    info = {k: v for k, v in (info or {}).items() if k != "losses"}
+    info = dict(info or {})  # the loss curve too (a few hundred floats): a reused segmenter can still show it
     return atomic_torch_save({"config": model.config, "state_dict": model.state_dict(), "info": info}, path)
 
 
@@ -187,7 +191,9 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[SegUNet, dict
 
 def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str | Path, retrain: bool = False,
                             device: str = "cpu", seed: int = 0, **train_kwargs: Any) -> tuple[SegUNet, dict[str, Any], str]:
-    """Reuse ``<runs_dir>/<profile>/segmenter/segmenter.pt`` if it was trained on this build of the dataset, else train.
+    """Reuse ``<runs_dir>/<profile>/segmenter/segmenter.pt`` if it was trained on this build of the dataset with the
+    same settings (each of ``train_kwargs`` and ``seed`` that the saved file records), else train. Chapter 5 (choosing
+    the img2img strength by new-building F1) and chapter 6 share it this way.
 
     Returns ``(model, info, message)``; ``info["trained_now"]`` says which happened. Raises ``ValueError`` (from
     :func:`train_segmenter`) when the dataset has no labelled pairs to train on.
@@ -197,10 +203,14 @@ def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str
     seg_path = Path(runs_dir) / profile / "segmenter" / "segmenter.pt"
     if seg_path.is_file() and not retrain:
         model, info = load_segmenter(seg_path, device=device)
-        if info.get("dataset_fingerprint") == dataset_fingerprint(dataset_dir):
+        asked = {"seed": seed, **train_kwargs}
+        other = {k: (info[k], v) for k, v in asked.items() if k in info and info[k] != v}
+        if info.get("dataset_fingerprint") == dataset_fingerprint(dataset_dir) and not other:
             info["trained_now"] = False
             return model, info, f"Loaded {seg_path} ({info.get('steps')} steps, trained on this dataset)"
-        stale = f"{seg_path} was trained on another build of the dataset: retrained. "
+        stale = (f"{seg_path} was trained with other settings ("
+                 + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in other.items()) + "): retrained. " if other else
+                 f"{seg_path} was trained on another build of the dataset: retrained. ")
     else:
         stale = ""
     model, info = train_segmenter(dataset_dir, device=device, seed=seed, **train_kwargs)

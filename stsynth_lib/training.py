@@ -248,15 +248,18 @@ def resolve_device(device: str = "auto", mixed_precision: str = "auto", channels
 
 def make_accelerator(setup: DeviceSetup, **kwargs):
     """An ``accelerate.Accelerator`` for ``setup``. In a single process (notebook, tests) a previous run's
-    different precision is forgotten first (Accelerate keeps one global state per process and would refuse);
-    under ``accelerate launch`` the state is left alone."""
+    different precision or device is forgotten first: Accelerate keeps one global state per process, and would
+    refuse another precision and silently keep the previous run's device (a ``device: cpu`` run after a CUDA run
+    in the same process ran on the GPU, seen on an H100). Under ``accelerate launch`` the state is left alone."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
 
-    shared = AcceleratorState._shared_state
-    if shared and str(shared.get("_mixed_precision", setup.mixed_precision)) != setup.mixed_precision:
-        if not (PartialState._shared_state and PartialState().num_processes > 1):
-            AcceleratorState._reset_state()
+    shared, partial = AcceleratorState._shared_state, PartialState._shared_state
+    other_precision = bool(shared) and str(shared.get("_mixed_precision", setup.mixed_precision)) != setup.mixed_precision
+    dev = partial.get("device") if partial else None
+    other_device = dev is not None and (torch.device(dev).type == "cpu") != setup.cpu
+    if (other_precision or other_device) and not (partial and PartialState().num_processes > 1):
+        AcceleratorState._reset_state(reset_partial_state=other_device)
     return Accelerator(cpu=setup.cpu, mixed_precision=setup.mixed_precision, **kwargs)
 
 

@@ -232,17 +232,19 @@ def _cfg(dataset_dir, runs_dir, **kw):
 
 @pytest.fixture(scope="module")
 def trained_runs(tiny_dataset_dir, tmp_path_factory, _tokenizer_cache_in_tmp):
-    """A 4-step run, and the same run stopped at step 2 then resumed from 'latest'."""
+    """A 4-step run, and the same run stopped at step 2 then resumed from 'latest'; both with synthetic
+    construction, so the exact-resume test also covers its seeded draws."""
     from stsynth_lib.controlnet.train import train_controlnet
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    erase = {"erase_building_fraction": 0.5}
     try:
-        full = train_controlnet(_cfg(tiny_dataset_dir, tmp_path_factory.mktemp("full")))
+        full = train_controlnet(_cfg(tiny_dataset_dir, tmp_path_factory.mktemp("full"), **erase))
         part_root = tmp_path_factory.mktemp("part")
-        train_controlnet(_cfg(tiny_dataset_dir, part_root, max_train_steps=2))
+        train_controlnet(_cfg(tiny_dataset_dir, part_root, max_train_steps=2, **erase))
         ckpts_after_first = sorted(p.name for p in (part_root / "test" / "controlnet" / "checkpoints").iterdir())
-        resumed = train_controlnet(_cfg(tiny_dataset_dir, part_root, resume_from_checkpoint="latest"))
+        resumed = train_controlnet(_cfg(tiny_dataset_dir, part_root, resume_from_checkpoint="latest", **erase))
     finally:
         torch.set_num_threads(old_threads)
     yield full, resumed, ckpts_after_first
@@ -278,6 +280,52 @@ def test_checkpoint_limit_and_exact_resume(trained_runs):
     assert wa.keys() == wb.keys()
     for k in wa:  # resuming replays the same data, noise, timesteps and prompt dropout
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_training_erases_standing_buildings_from_the_condition(tiny_dataset_dir, tmp_path, monkeypatch):
+    """Synthetic construction: each step's batch passes through erase_buildings (at the tile size, before the
+    conditioning is built), which takes buildings out of the conditioning past image but never touches the future."""
+    import stsynth_lib.controlnet.train as tr
+
+    seen, erased, conditioned = [], [], []
+    real, real_cond = tr.erase_buildings, tr.batch_conditioning
+
+    def spy(batch, generator, fraction):
+        out = real(batch, generator, fraction)
+        seen.append((fraction, torch.equal(out["past"], batch["past"]), torch.equal(out["future"], batch["future"]),
+                     int(batch["past_mask"].sum() - out["past_mask"].sum())))
+        erased.append(out["past"].clone())
+        return out
+
+    def cond_spy(batch, *a, **k):
+        conditioned.append(batch["past"].clone())
+        return real_cond(batch, *a, **k)
+
+    monkeypatch.setattr(tr, "erase_buildings", spy)
+    monkeypatch.setattr(tr, "batch_conditioning", cond_spy)
+    run_dir = tr.train_controlnet(_cfg(tiny_dataset_dir, tmp_path, max_train_steps=3, erase_building_fraction=1.0,
+                                       validate_at_start=False, validation_steps=0))
+    assert [f for f, *_ in seen] == [1.0, 1.0, 1.0]
+    assert all(same_future for _, _, same_future, _ in seen)
+    assert any(not same_past and cleared > 0 for _, same_past, _, cleared in seen)
+    assert len(conditioned) == 3 and all(torch.equal(a, b) for a, b in zip(erased, conditioned))  # what it conditions on
+    assert yaml.safe_load((run_dir / "params.yaml").read_text())["erase_building_fraction"] == 1.0
+    seen.clear()
+    tr.train_controlnet(_cfg(tiny_dataset_dir, tmp_path / "off", max_train_steps=1, validate_at_start=False,
+                             validation_steps=0))
+    assert seen == []  # 0 (the default): not called
+
+
+def test_erasing_needs_labels_and_the_mask_channel(unlabelled_dataset_dir, tmp_path):
+    from stsynth_lib.controlnet.config import ControlNetTrainConfig
+    from stsynth_lib.controlnet.train import train_controlnet
+
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        ControlNetTrainConfig(erase_building_fraction=1.5)
+    with pytest.raises(ValueError, match="use_mask"):
+        ControlNetTrainConfig(erase_building_fraction=0.3, use_mask=False)
+    with pytest.raises(ValueError, match="no building to erase"):
+        train_controlnet(_cfg(unlabelled_dataset_dir, tmp_path, erase_building_fraction=0.3))
 
 
 def test_nan_loss_stops_with_clear_message(tiny_dataset_dir, tmp_path, monkeypatch):

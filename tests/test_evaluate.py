@@ -181,6 +181,13 @@ def test_segmenter_learns_on_smoke_sized_data(tiny_dataset_dir):
     assert 2 * tp / (2 * tp + fp + fn) > 0.5
 
 
+@pytest.mark.parametrize("steps", [1, 10, 20])
+def test_segmenter_trains_for_any_number_of_steps(tiny_dataset_dir, steps):
+    """OneCycleLR divided by zero at 10 steps (a 10 % warm-up of exactly one step): short runs take a constant rate."""
+    _, info = train_segmenter(tiny_dataset_dir, steps=steps, batch_size=4, base_channels=4, depth=2, progress=False)
+    assert len(info["losses"]) == steps and np.isfinite(info["losses"]).all()
+
+
 def test_segmenter_is_reused_only_for_the_same_dataset_build(tiny_dataset_dir, tmp_path):
     import shutil
 
@@ -196,6 +203,11 @@ def test_segmenter_is_reused_only_for_the_same_dataset_build(tiny_dataset_dir, t
     (other / "splits.json").write_text((other / "splits.json").read_text().replace('"seed": 0', '"seed": 1'))
     _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", other, **kw)
     assert info["trained_now"] and "another build" in msg
+    # chapters 5 and 6 share the file: asked for other settings, it is retrained, not silently reused
+    _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", other, **{**kw, "steps": 3})
+    assert info["trained_now"] and "other settings (steps 2, now 3)" in msg
+    _, info, _ = load_or_train_segmenter(tmp_path / "runs", "t", other, **{**kw, "steps": 3})
+    assert not info["trained_now"]
 
 
 def _per_tile_two_models(n_areas=6, pairs_per_area=20, seed=0):

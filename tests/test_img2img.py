@@ -132,6 +132,7 @@ def test_choose_strength_follows_its_criterion():
     assert choose_strength(t, "psnr") == 0.5
     assert choose_strength(t, "ssim") == 0.2
     assert choose_strength(t, "lpips") == 0.5
+    assert choose_strength(t.assign(f1_new=[0.01, 0.02, 0.03, 0.5, 0.5, 0.5]), "f1_new") == 1.0
     tie = t.assign(psnr=[21.0, 21.0, 12.0, 0, 0, 0])
     assert choose_strength(tie, "psnr") == 0.5  # ties go to the higher strength
     with pytest.raises(ValueError, match="criterion"):
@@ -184,6 +185,39 @@ def test_sweep_records_the_choice_and_generation_uses_it(one_step_controlnet_run
     assert all(np.array_equal(default[k], same[k]) for k in default)
     assert any(not np.array_equal(default[k], other[k]) for k in default)
     assert clear_chosen_strength(run) == 1.0 and chosen_strength(run) == 1.0
+
+
+def test_sweep_by_new_building_f1_scores_with_the_segmenter(one_step_controlnet_run, tiny_dataset_dir, tmp_path):
+    """criterion f1_new: the building segmenter scores every strength (and persistence), the highest F1 wins; without
+    a segmenter it is refused before anything is generated."""
+    import shutil
+
+    from stsynth_lib.controlnet.strength import plot_strength_sweep, sweep_strength, sweep_table
+    from stsynth_lib.segmentation import train_segmenter
+
+    run = tmp_path / "cn"
+    shutil.copytree(one_step_controlnet_run, run)
+    with pytest.raises(ValueError, match="segmenter"):
+        sweep_strength(run, tiny_dataset_dir, [0.5], criterion="f1_new")
+    seg, _ = train_segmenter(tiny_dataset_dir, steps=2, batch_size=4, base_channels=4, depth=2, progress=False)
+    sweep = sweep_strength(run, tiny_dataset_dir, [0.5, 1.0], max_pairs=6, compute_lpips=False, criterion="f1_new",
+                           allow_uncalibrated=True, progress=False, num_inference_steps=4, batch_size=4,
+                           segmenter=seg, with_prompt_only=False)
+    cn = sweep.table[sweep.table.model == "controlnet"]
+    assert cn["f1_new"].notna().all() and sweep.persistence["f1_new"] == sweep.persistence["f1_new"]
+    best = cn.sort_values(["f1_new", "strength"]).iloc[-1]["strength"]
+    assert sweep.chosen == best and sweep.criterion == "f1_new"
+    rec = yaml.safe_load((run / "generation.yaml").read_text())
+    assert rec["criterion"] == "f1_new" and set(rec["scores"]["0.5"]["controlnet"]) >= {"psnr", "f1_new"}
+    assert any("new-building F1" in c for c in sweep_table(sweep).columns)
+    assert len(plot_strength_sweep(sweep).axes) == 3  # psnr, ssim, f1_new (no lpips)
+
+
+def test_sweep_by_new_building_f1_refuses_unlabelled_validation(one_step_controlnet_run, unlabelled_dataset_dir):
+    from stsynth_lib.controlnet.strength import sweep_strength
+
+    with pytest.raises(ValueError, match="no val pair .* has building labels"):  # before any image is generated
+        sweep_strength(one_step_controlnet_run, unlabelled_dataset_dir, [0.5], criterion="f1_new", segmenter=object())
 
 
 def test_predictor_uses_the_recorded_strength(one_step_controlnet_run, tmp_path):

@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import stsynth_lib.cgan.train as cgan_train
@@ -241,3 +242,19 @@ def test_change_pair_fraction_trains_and_records_the_change_pairs(tiny_dataset_d
     assert params["change_pairs_per_batch"] == 2  # half of a batch of 4
     with pytest.raises(ValueError, match="multiple of 1/4"):  # 0.1 x 4 would silently be 1 of 4 = 25 %
         _cfg(tiny_dataset_dir, tmp_path, change_pair_fraction=0.1)
+
+
+def test_make_accelerator_forgets_a_previous_runs_device():
+    """A ``device: cpu`` run after a CUDA run in the same process (a notebook, benchmarks/gpu_check.py) ran on the
+    GPU: Accelerate's per-process state kept the first run's device. A fake device stands for that GPU here."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    from stsynth_lib.training import make_accelerator, resolve_device
+
+    setup = resolve_device("cpu", "no")
+    assert make_accelerator(setup).device.type == "cpu"
+    PartialState._shared_state["device"] = torch.device("meta")
+    try:
+        assert make_accelerator(setup).device.type == "cpu"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

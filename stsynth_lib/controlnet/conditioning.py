@@ -108,7 +108,7 @@ def prompt_fields(sample: Mapping[str, Any]) -> dict[str, Any]:
     """Template fields of one (uncollated) sample; unknown values are ``None``."""
     has_mask = bool(sample.get("has_mask", True))
     fm = sample["future_mask"]
-    fm = fm.numpy() if isinstance(fm, torch.Tensor) else np.asarray(fm)
+    fm = fm.detach().cpu().numpy() if isinstance(fm, torch.Tensor) else np.asarray(fm)  # a batch may be on the GPU
     fields: dict[str, Any] = {
         "aoi": str(sample.get("aoi", "")) or None,
         "month_name": calendar.month_name[int(sample["future_month"])],
@@ -124,7 +124,7 @@ def prompt_fields(sample: Mapping[str, Any]) -> dict[str, Any]:
         from scipy import ndimage
 
         pm = sample["past_mask"]
-        pm = pm.numpy() if isinstance(pm, torch.Tensor) else np.asarray(pm)
+        pm = pm.detach().cpu().numpy() if isinstance(pm, torch.Tensor) else np.asarray(pm)
         fields["n_new_buildings"] = count_new_buildings(pm, fm)
         fields["n_buildings"] = int(ndimage.label(fm.squeeze() > 0.5, structure=np.ones((3, 3)))[1])
         fields["building_pct"] = round(100.0 * float((fm > 0.5).mean()), 1)

@@ -57,6 +57,10 @@ class ControlNetTrainConfig(TrainConfig):
     max_train_pairs: int | None = None
     max_val_pairs: int | None = None
     augment: bool = True
+    # synthetic construction (labelled data, needs use_mask): erase each building standing at both dates from the
+    # conditioning past image with this probability, so the future mask asks for it anew (cgan.augment.erase_buildings);
+    # independent of ``augment`` (the dataset's flips), unlike the cGAN trainer, where it is part of augment_batch's step
+    erase_building_fraction: float = 0.0
     num_workers: int = 0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -90,4 +94,9 @@ class ControlNetTrainConfig(TrainConfig):
             raise ValueError(f"prompt_dropout must be in [0, 1], got {self.prompt_dropout}")
         if isinstance(self.learning_rate, bool) or not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be a number > 0 (e.g. 1e-5), got {self.learning_rate!r}")
+        if isinstance(self.erase_building_fraction, bool) or not 0 <= self.erase_building_fraction <= 1:
+            raise ValueError(f"erase_building_fraction must be in [0, 1], got {self.erase_building_fraction!r}")
+        if self.erase_building_fraction > 0 and self.use_mask is False:
+            raise ValueError("erase_building_fraction > 0 needs the future mask in the conditioning (use_mask: auto or "
+                             "true): without it nothing tells the ControlNet where an erased building stood")
         check_checkpoint_limit(self.checkpoints_total_limit)

@@ -8,7 +8,8 @@ more of the past image (towards persistence through the VAE); high ones leave mo
 :func:`sweep_strength` generates a seeded subset of validation pairs at every strength of a grid, with the
 ControlNet and, on the same pairs, seeds and starting latents, with the backbone alone (prompt only), scores both
 with the chapter-6 metrics against the truth (persistence on the same tiles for reference), picks the strength by
-one criterion fixed in advance (default: the ControlNet's mean PSNR) and records it in the run folder
+one criterion fixed in advance (default: the ControlNet's mean PSNR; on labelled data ``f1_new``, the building
+segmenter's F1 on the pixels of buildings that are new at the future date, asks that the guidance be drawn) and records it in the run folder
 (``generation.yaml``), which :func:`~stsynth_lib.controlnet.generate.generate_split` and the predictor then use.
 """
 
@@ -26,7 +27,9 @@ from stsynth_lib.controlnet.generate import GENERATION_FILE, generate_split
 from stsynth_lib.runs import save_yaml
 
 STRENGTH_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-CRITERIA = {"psnr": "max", "ssim": "max", "lpips": "min"}  # metric -> the better direction
+CRITERIA = {"psnr": "max", "ssim": "max", "lpips": "min", "f1_new": "max"}  # metric -> the better direction
+SCORES = ("psnr", "ssim", "lpips", "f1_new")  # f1_new: the segmenter's new-building F1 (pooled pixels), labelled data
+_SUMMARY_NAME = {"f1_new": "f1_new_micro"}  # the evaluation's name of a score
 CONTROLNET, PROMPT_ONLY = "controlnet", "prompt_only"
 SAMPLING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "controlnet_conditioning_scale")
 
@@ -34,8 +37,9 @@ SAMPLING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "controln
 @dataclass
 class StrengthSweep:
     """One validation sweep: ``table`` has a row per (strength, model in {controlnet, prompt_only}) with the mean
-    ``psnr``, ``ssim``, ``lpips`` (NaN when not computed) and ``n`` tiles; ``persistence`` the same means for the
-    past image on the same tiles; ``chosen`` the strength the criterion picked."""
+    ``psnr``, ``ssim``, ``lpips`` and the new-building F1 ``f1_new`` (NaN when not computed) and ``n`` tiles;
+    ``persistence`` the same means for the past image on the same tiles; ``chosen`` the strength the criterion
+    picked."""
 
     table: pd.DataFrame
     persistence: dict[str, float]
@@ -48,15 +52,15 @@ class StrengthSweep:
 
     @property
     def at_grid_edge(self) -> bool:
-        """The lowest strength of the grid won: the images are then closest to the past image through the VAE (the
-        criterion favours copying the past), and a lower strength might score higher still."""
+        """The lowest strength of the grid won: the images are then closest to the past image through the VAE (with
+        psnr/ssim/lpips the criterion favours copying the past), and a lower strength might score higher still."""
         return self.chosen == float(self.table["strength"].min())
 
     def record(self) -> dict[str, Any]:
         """What ``generation.yaml`` holds (plain types)."""
         rows = {}
         for s, g in self.table.groupby("strength"):
-            rows[float(s)] = {m: {k: _plain(r[k]) for k in ("psnr", "ssim", "lpips")} for m, r in
+            rows[float(s)] = {m: {k: _plain(r[k]) for k in SCORES} for m, r in
                               g.set_index("model").iterrows()}
         return {"img2img_strength": float(self.chosen), **self.sampling, "chosen_on": self.split,
                 "criterion": self.criterion, "n_pairs": int(self.n_pairs),
@@ -70,8 +74,8 @@ def _plain(v: Any) -> float | None:
 
 
 def choose_strength(table: pd.DataFrame, criterion: str = "psnr") -> float:
-    """The strength whose ControlNet row is best on ``criterion`` (psnr/ssim: highest, lpips: lowest); ties go to
-    the higher strength (more of the image left to the model)."""
+    """The strength whose ControlNet row is best on ``criterion`` (psnr/ssim/f1_new: highest, lpips: lowest); ties
+    go to the higher strength (more of the image left to the model)."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     rows = table[table["model"] == CONTROLNET].dropna(subset=[criterion]).sort_values("strength", ascending=False)
@@ -79,6 +83,40 @@ def choose_strength(table: pd.DataFrame, criterion: str = "psnr") -> float:
         raise ValueError(f"no ControlNet row has a {criterion} score: nothing to choose from")
     best = rows[criterion].idxmax() if CRITERIA[criterion] == "max" else rows[criterion].idxmin()
     return float(rows.loc[best, "strength"])
+
+
+def _check_criterion(criterion: str, compute_lpips: bool, segmenter: Any, dataset_dir, split: str) -> None:
+    """Refuse, before anything is generated, a criterion the sweep could not score."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
+    if criterion == "lpips" and not compute_lpips:
+        raise ValueError("criterion 'lpips' needs compute_lpips=True")
+    if criterion == "f1_new" and segmenter is None:
+        raise ValueError("criterion 'f1_new' needs the building segmenter (segmenter=..., see "
+                         "stsynth_lib.segmentation.load_or_train_segmenter) and a dataset with labels")
+    if criterion == "f1_new":
+        from stsynth_lib.data.dataset import PairedTileDataset
+
+        if not PairedTileDataset(dataset_dir, split).pairs["has_mask"].to_numpy(bool).any():
+            raise ValueError(f"criterion 'f1_new': no {split} pair of {dataset_dir} has building labels, so there is no "
+                             "new building to score; use criterion psnr, ssim or lpips on this dataset")
+
+
+def _score_table(summary: pd.DataFrame, folders: dict[str, Path]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One row per (strength, model) with the mean of each score (NaN when not computed), and persistence's means."""
+    means = summary.pivot_table(index="model", columns="metric", values="mean")
+    means = means.rename(columns={v: k for k, v in _SUMMARY_NAME.items()})
+    for m in SCORES:
+        if m not in means.columns:
+            means[m] = float("nan")
+    n = summary[summary["metric"] == "psnr"].set_index("model")["n"]
+    rows = []
+    for name in folders:
+        kind, s = name.split("@")
+        rows.append({"strength": float(s), "model": kind, **{m: float(means.loc[name, m]) for m in SCORES},
+                     "n": int(n.get(name, 0))})
+    table = pd.DataFrame(rows).sort_values(["model", "strength"]).reset_index(drop=True)
+    return table, {m: float(means.loc["persistence", m]) for m in SCORES}
 
 
 def sweep_strength(
@@ -97,6 +135,7 @@ def sweep_strength(
     record: bool = True,
     keep_images: bool = False,
     progress: bool = True,
+    segmenter: Any = None,
     **gen_kw: Any,
 ) -> StrengthSweep:
     """Generate ``max_pairs`` pairs of the validation split (a seeded shuffle of all its pairs) at each strength,
@@ -105,16 +144,15 @@ def sweep_strength(
     device, ...; ``seed`` is shared). With ``record`` the choice and those sampling settings are written to
     ``<run_dir>/generation.yaml`` (the predictor's defaults). Images go to ``out_dir`` (default
     ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. Only ``split="val"`` is
-    accepted: settings are chosen on validation, never on test (nor on ``"all"``, which holds the test pairs)."""
+    accepted: settings are chosen on validation, never on test (nor on ``"all"``, which holds the test pairs).
+    ``segmenter`` (chapter 6's, :func:`~stsynth_lib.segmentation.load_or_train_segmenter`) adds the new-building F1
+    on labelled pairs; criterion ``f1_new`` needs it."""
     from stsynth_lib import evaluate as E
 
     if split != "val":
         raise ValueError(f"the img2img strength is a setting: choose it on the validation split (got {split!r}), "
                          "never on test")
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
-    if criterion == "lpips" and not compute_lpips:
-        raise ValueError("criterion 'lpips' needs compute_lpips=True")
+    _check_criterion(criterion, compute_lpips, segmenter, dataset_dir, split)
     grid = sorted({float(s) for s in strengths})
     if not grid or not all(0.0 < s <= 1.0 for s in grid):
         raise ValueError(f"strengths must be a non-empty list of values in (0, 1], got {list(strengths)}")
@@ -128,23 +166,17 @@ def sweep_strength(
                 run_dir, dataset_dir, split, out_dir=out / f"strength-{s:g}" / kind, max_pairs=max_pairs,
                 subsample_seed=seed if max_pairs is not None else None, seed=seed, strength=s,
                 prompt_only=kind == PROMPT_ONLY, progress=progress, **gen_kw)
-    res = E.evaluate_models(dataset_dir, split, folders, compute_lpips=compute_lpips, max_pairs=max_pairs,
+    res = E.evaluate_models(dataset_dir, split, folders, compute_lpips=compute_lpips, max_pairs=max_pairs, segmenter=segmenter,
                             allow_uncalibrated=allow_uncalibrated, device=eval_device, seed=seed, progress=progress)
     short = [n for n in res.notes if "predictions for" in n]
     if short:  # the scored subset must be the generated one (same seeded shuffle)
         raise RuntimeError(f"the sweep's images and the scored pairs differ: {short[0]}")
-    means = res.summary.pivot_table(index="model", columns="metric", values="mean")
-    for m in ("psnr", "ssim", "lpips"):
-        if m not in means.columns:
-            means[m] = float("nan")
-    n = res.summary[res.summary["metric"] == "psnr"].set_index("model")["n"]
-    rows = []
-    for name in folders:
-        kind, s = name.split("@")
-        rows.append({"strength": float(s), "model": kind, **{m: float(means.loc[name, m]) for m in
-                                                              ("psnr", "ssim", "lpips")}, "n": int(n.get(name, 0))})
-    table = pd.DataFrame(rows).sort_values(["model", "strength"]).reset_index(drop=True)
-    persistence = {m: float(means.loc["persistence", m]) for m in ("psnr", "ssim", "lpips")}
+    if criterion == "f1_new":  # pooled F1 is 1 when there is nothing to find: no new building, no choice
+        pers = res.per_tile[res.per_tile["model"] == "persistence"]
+        if "tp_new" not in pers or float(pers["tp_new"].sum() + pers["fn_new"].sum()) == 0:
+            raise ValueError(f"criterion 'f1_new': the {len(pers)} scored {split} pairs hold no new-building pixel, so "
+                             "every strength would tie; score more pairs (max_pairs) or use criterion psnr")
+    table, persistence = _score_table(res.summary, folders)
     sampling = {k: gen_kw[k] for k in SAMPLING_KEYS if k in gen_kw}
     sweep = StrengthSweep(table, persistence, choose_strength(table, criterion), criterion, split,
                           int(table["n"].max()), bool(res.calibrated.get("lpips", False)), sampling)
@@ -164,7 +196,7 @@ def clear_chosen_strength(run_dir: str | os.PathLike) -> float:
 def sweep_table(sweep: StrengthSweep) -> pd.DataFrame:
     """One row per strength: the ControlNet's and the backbone-alone means side by side, persistence as a row."""
     names = {CONTROLNET: "ControlNet", PROMPT_ONLY: "backbone alone"}
-    units = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS"}
+    units = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "f1_new": "new-building F1"}
     metrics = [m for m in units if sweep.table[m].notna().any()]
     wide = sweep.table.pivot(index="strength", columns="model", values=metrics)
     wide.columns = [f"{names[k]} {units[m]}" for m, k in wide.columns]
@@ -176,11 +208,11 @@ def sweep_table(sweep: StrengthSweep) -> pd.DataFrame:
 
 
 def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
-    """PSNR, SSIM and LPIPS against the strength: the ControlNet, the backbone alone (prompt only) from the same
+    """PSNR, SSIM, LPIPS (and the new-building F1 when scored) against the strength: the ControlNet, the backbone alone (prompt only) from the same
     starting latents, persistence on the same tiles (dashed) and the chosen strength (dotted)."""
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("psnr", "ssim", "lpips") if sweep.table[m].notna().any()]
+    metrics = [m for m in SCORES if sweep.table[m].notna().any()]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for kind, style, label in ((CONTROLNET, "o-", "ControlNet"), (PROMPT_ONLY, "s--", "backbone alone (prompt)")):
@@ -192,7 +224,8 @@ def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
         ax.axvline(sweep.chosen, color="k", ls=":", lw=1, label=f"chosen ({sweep.chosen:g})")
         unit = " (dB)" if m == "psnr" else (" (uncalibrated)" if m == "lpips" and not sweep.lpips_calibrated else "")
         ax.set_xlabel("img2img strength (1 = pure noise)")
-        ax.set_ylabel(m.upper() + unit + (", lower is better" if m == "lpips" else ""))
+        label = "new-building F1" if m == "f1_new" else m.upper()
+        ax.set_ylabel(label + unit + (", lower is better" if m == "lpips" else ""))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(title or f"img2img strength on {sweep.split} ({sweep.n_pairs} pairs): chosen by {sweep.criterion}",
