@@ -95,6 +95,21 @@ def background_fill(image: torch.Tensor, keep: torch.Tensor, sigma_px: float = 3
     return torch.where(den > 1e-3, num / den.clamp_min(1e-3), mean)
 
 
+def check_erasable(fraction: float, dataset, dataset_dir, labelled: bool = True) -> None:
+    """Refuse ``erase_building_fraction > 0`` on a training set with no labelled pair (nothing to erase); ``labelled``
+    False (the ControlNet without its mask channel) refuses too. Shared by the cGAN and ControlNet trainers."""
+    if fraction > 0 and not (labelled and dataset.pairs["has_mask"].to_numpy(bool).any()):
+        raise ValueError(
+            f"erase_building_fraction={fraction}: none of the {len(dataset)} training pairs of {dataset_dir} has "
+            "building labels (or the mask is not used), so there is no building to erase: set "
+            "erase_building_fraction: 0 (it needs a labelled dataset, e.g. sn7_labelled)")
+
+
+def erase_generator(step_seed: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of one step's erasing: its own stream beside the step's augmentation seed, one per rank."""
+    return torch.Generator().manual_seed(step_seed + 1 + rank * ((1 << 32) - 1))
+
+
 def erase_buildings(batch: dict[str, Any], generator: torch.Generator, fraction: float,
                     sigma_px: float = 3.0) -> dict[str, Any]:
     """Synthetic construction: erase buildings standing at both dates of a pair from its past image (and its context

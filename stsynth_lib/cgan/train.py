@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import yaml
 
-from stsynth_lib.cgan.augment import augment_batch, erase_buildings
+from stsynth_lib.cgan.augment import augment_batch, check_erasable, erase_buildings, erase_generator
 from stsynth_lib.cgan.calibrate import calibrate_residual_scale
 from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
@@ -141,11 +141,7 @@ class CGANRun:
                     f"change_pair_fraction={cfg.change_pair_fraction}: none of the {len(self.train_ds)} training pairs "
                     f"of {cfg.dataset_dir} has >= {cfg.min_new_building_px} new-building pixels (no labels, or no "
                     "construction): set change_pair_fraction: 0 or lower min_new_building_px")
-        if cfg.erase_building_fraction > 0 and not self.train_ds.pairs["has_mask"].to_numpy(bool).any():
-            raise ValueError(
-                f"erase_building_fraction={cfg.erase_building_fraction}: none of the {len(self.train_ds)} training "
-                f"pairs of {cfg.dataset_dir} has building labels, so there is no building to erase: set "
-                "erase_building_fraction: 0 (it needs a labelled dataset, e.g. sn7_labelled)")
+        check_erasable(cfg.erase_building_fraction, self.train_ds, cfg.dataset_dir)
         self.total_steps = self.spe * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -311,8 +307,7 @@ class CGANRun:
             if cfg.augment and cfg.erase_building_fraction > 0:
                 # on the device (the component labelling and blur are the costly part); its own CPU stream, so the
                 # flips and jitter stay as without it, and one no other rank's augmentation uses
-                erase_seed = seed + 1 + self.rank * ((1 << 32) - 1)
-                batch = erase_buildings(batch, torch.Generator().manual_seed(erase_seed), cfg.erase_building_fraction)
+                batch = erase_buildings(batch, erase_generator(seed, self.rank), cfg.erase_building_fraction)
             losses = train_step(self.G, self.D, self.opt_g, self.opt_d, batch, self.guidance, cfg.lambda_l1,
                                 cfg.gan_mode, self.accelerator, cfg.new_building_l1_weight)
             self.sched_g.step()

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from stsynth_lib.cgan.augment import erase_buildings
+from stsynth_lib.cgan.augment import check_erasable, erase_buildings, erase_generator
 from stsynth_lib.controlnet.backbone import TINY_BACKBONE, build_tiny_sd, load_backbone, save_backbone
 from stsynth_lib.controlnet.conditioning import apply_prompt_dropout, batch_conditioning, batch_prompts
 from stsynth_lib.controlnet.conditioning import conditioning_channels, resize_batch
@@ -134,11 +134,7 @@ class ControlNetRun:
                              "build the dataset with bands [1, 2, 3]")
         has_labels = bool(self.train_ds.store.meta.get("has_labels", True))
         self.use_mask = has_labels if cfg.use_mask == "auto" else bool(cfg.use_mask)
-        if cfg.erase_building_fraction > 0 and not (self.use_mask and self.train_ds.pairs["has_mask"].to_numpy(bool).any()):
-            raise ValueError(
-                f"erase_building_fraction={cfg.erase_building_fraction}: none of the {len(self.train_ds)} training pairs "
-                f"of {cfg.dataset_dir} has building labels (or use_mask is off), so there is no building to erase: set "
-                "erase_building_fraction: 0 (it needs a labelled dataset, e.g. sn7_labelled)")
+        check_erasable(cfg.erase_building_fraction, self.train_ds, cfg.dataset_dir, labelled=self.use_mask)
         self.tile_px = self.train_ds.tile_size_px
         self.res = int(cfg.resolution_px or self.tile_px)
         self.n_cond = conditioning_channels(self.train_ds.n_bands, cfg.use_gap_plane, self.use_mask)
@@ -281,8 +277,7 @@ class ControlNetRun:
         if cfg.erase_building_fraction > 0:  # at the tile size, on the device; a generator seeded from the step (exact
             # resume; with gradient accumulation its seed can equal another micro-batch's prompt-dropout seed: harmless)
             seed = cfg.seed * 7919 + self.global_step * 104729 + micro % cfg.gradient_accumulation_steps
-            batch = erase_buildings(batch, torch.Generator().manual_seed(seed + 1 + self.rank * ((1 << 32) - 1)),
-                                    cfg.erase_building_fraction)
+            batch = erase_buildings(batch, erase_generator(seed, self.rank), cfg.erase_building_fraction)
         batch = resize_batch(batch, self.res)
         with acc.accumulate(self.controlnet):
             cond = batch_conditioning(batch, cfg.use_gap_plane, cfg.gap_scale_months, self.use_mask)
