@@ -44,9 +44,7 @@ def main(argv=None) -> int:
     folders = dict(kv.split("=", 1) for kv in args.pred)
     seg, info = load_segmenter(args.segmenter)
     res = evaluate_models(args.dataset, args.split, folders, segmenter=seg, compute_lpips=False, progress=False)
-    per_tile = res.per_tile
-    cluster = "cluster" if "cluster" in per_tile else None
-    paired = paired_vs_persistence(per_tile, metrics=METRICS, cluster=cluster, n_boot=args.n_boot)
+    paired = paired_vs_persistence(res.per_tile, metrics=METRICS, cluster="cluster", n_boot=args.n_boot)
     means = res.summary.pivot_table(index="model", columns="metric", values="mean")
     out = paired.merge(means.stack().rename("model_mean").reset_index(), on=["model", "metric"], how="left")
     out["persistence_mean"] = [means.loc["persistence", m] if m in means else np.nan for m in out["metric"]]
