@@ -19,8 +19,9 @@ condition channels are the trainer's. Per training step:
 * total = data + compute, and the ratio K4 / K1 per generator (the issue's bar: <= 1.5);
 * K4a: K = 4 with ``temporal_fusion: attention`` (the learned per-pixel blend of the frames starts the residual,
   :mod:`stsynth_lib.models.temporal`), its ratio to K1 too;
-* Kp: the profile's own default (its ``context_offsets_months`` and ``residual_base``, stacked channels; K = 6 with
-  the linear start since issue 13's second round), its ratio to K1 too.
+* Kp: the profile's own default (its ``context_offsets_months``, ``residual_base`` and ``temporal_fusion``: K = 6 with
+  the linear start since issue 13's second round, reweighted per tile, ``tile_reweight``, since its third), its ratio
+  to K1 too.
 
 K1, K4, K4a and Kp are measured in interleaved rounds (the order rotates each round) after a warm-up, and each step is
 timed on its own; the table gives medians, so machine noise hits both equally. Writes ``<out>/context.json``.
@@ -71,13 +72,14 @@ def synthetic_store(tmp: Path) -> Path:
 
 def trainer_run(model: str, dataset_dir: Path, context, device: str, temporal_fusion: str = "concat") -> CGANRun:
     """The trainer's run for ``model`` with the sn7_real_128 options and ``context_offsets_months=context``
-    (``"profile"``: the profile's own offsets and start)."""
+    (``"profile"``: the profile's own offsets, start and ``temporal_fusion``)."""
     params: dict = {}
     for name in ("common.yaml", PARAMS[model]):
         params.update(yaml.safe_load((ROOT / "params" / "sn7_real_128" / name).read_text()))
     cpu = device == "cpu"
     if context == "profile":
         context = params.get("context_offsets_months")
+        temporal_fusion = params.get("temporal_fusion", "concat")
     base = params.get("residual_base", "past")
     if (temporal_fusion == "attention" or len(context or ()) < 2
             or (base == "seasonal" and "same_month_last_year" not in context)):
@@ -237,7 +239,7 @@ def main(argv=None) -> dict:
                   f"{x['compute_s'] * 1e3:11.1f} {x['total_s'] * 1e3:9.1f} {ratio:>6s} {ok:>6s}")
         print(f"{'':15s} {'':6s} K4/K1: data {r['ratio_data']:.2f}x, compute {r['ratio_compute']:.2f}x, "
               f"total {r['ratio_total']:.2f}x; K4a (attention over time)/K1: total {r['ratio_total_attention']:.2f}x; "
-              f"Kp ({len(r['Kp']['context_offsets_months'] or [0])} frames, {r['Kp']['residual_base']} start)/K1: total "
+              f"Kp ({len(r['Kp']['context_offsets_months'] or [0])} frames, {r['Kp']['residual_base']} start, {r['Kp']['temporal_fusion']})/K1: total "
               f"{r['ratio_total_profile']:.2f}x")
     print(f"wrote {out / 'context.json'}")
     return report

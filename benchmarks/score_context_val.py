@@ -4,6 +4,8 @@ single-image pix2pix of sn7_real_128 against persistence and the simple baseline
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py > bench_results/context_val_sn7_real_128.txt
     PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py ctx4s_pix2pix ctx4_pix2pix
 
+The first named run is also compared with each other named run, paired, areas resampled.
+
 Needs the named runs in runs/sn7_real_128/ (default ctx4_pix2pix and pix2pix; about 4 minutes per run on one core).
 """
 
@@ -26,8 +28,11 @@ def main() -> None:
     res = E.evaluate_models(DATASET, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
                             baselines=("mean_last_3", "seasonal"))
     print(E.results_table(res.summary, ("psnr", "ssim", "l1")).to_string())
-    for baseline in ("persistence", "seasonal"):
-        print(E.paired_table(E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)).to_string())
+    for baseline in ("persistence", "seasonal", *list(runs)[1:]):  # and the first named run against each other one
+        table = E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)
+        if baseline in runs:
+            table = table[table["model"] == next(iter(runs))]
+        print(E.paired_table(table).to_string())
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ gap_scale_months = 24.0      # the gap plane is gap_months / gap_scale_months
 use_month = True             # add sin/cos of the future month of year
 context_offsets_months = None  # e.g. [0, -1, -2, "same_month_last_year"]: earlier frames as extra channels
 residual_base = "past"           # past | seasonal (needs "same_month_last_year" above) | linear (a per-gap blend of the frames fitted on train): the start
-temporal_fusion = "concat"       # concat (frames as channels) | attention (learned per-pixel blend of the frames starts the residual)
+temporal_fusion = "concat"       # concat (frames as channels) | attention (learned per-pixel blend of the frames starts the residual) | tile_reweight (the residual base with per-tile frame weights)
 # architecture
 ngf = 32                     # generator filters at the first level (pix2pix: 64)
 ndf = 32                     # discriminator filters (pix2pix: 64)
@@ -141,7 +141,7 @@ import pandas as pd
 from IPython.display import display
 
 from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.plots import plot_erased_buildings, plot_frame_weights
+from stsynth_lib.cgan.plots import plot_erased_buildings, plot_frame_weights, plot_tile_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.data.plots import plot_context_strip
@@ -252,16 +252,22 @@ fig = show_samples(run_dir, "last")
 plt.show()
 
 # %% [markdown]
-# ### Attention over time
+# ### What the generator takes from each past frame
 # With `temporal_fusion = "attention"` the generator does not start from the past image: a small net shared by all
 # frames scores each past frame per pixel, and the softmax of the scores blends the frames into the image the U-Net
 # then changes. The maps show, for a few validation pairs, how much of each frame the best generator takes where
 # (skipped with channel stacking, `temporal_fusion = "concat"`).
+#
+# With `temporal_fusion = "tile_reweight"` the start is the residual base (the linear blend fitted on train), its
+# frame weights changed per tile: a small encoder reads all the frames and says, for this tile, how much more or
+# less of each frame (and what colour shift) to take. The bars compare the weights fitted on train for the pair's
+# gap with the tile's own, for a few validation pairs.
 
 # %%
-if temporal_fusion == "attention":
+if temporal_fusion in ("attention", "tile_reweight"):
     G_best, guide_best = load_generator(run_dir, "best")
-    fig = plot_frame_weights(G_best, PairedTileDataset(dataset_dir, "val"), guide_best, n=2)
+    plot = plot_frame_weights if temporal_fusion == "attention" else plot_tile_weights
+    fig = plot(G_best, PairedTileDataset(dataset_dir, "val"), guide_best, n=2 if temporal_fusion == "attention" else 3)
     plt.show()
 
 # %% [markdown]

@@ -39,7 +39,8 @@ class CGANTrainConfig(TrainConfig):
     d_layers: int = 3  # 3 = 70x70 PatchGAN
     residual: bool = False  # generator outputs clamp(past + tanh(.)) (not pix2pix; starts at persistence)
     # context frames: concat (stacked channels) | attention (a learned per-pixel blend of the past frames is the
-    # residual's start, stsynth_lib.models.temporal; needs residual and context_offsets_months)
+    # residual's start) | tile_reweight (the residual base with its frame weights changed per tile by a small
+    # encoder), stsynth_lib.models.temporal; both need residual and context_offsets_months
     temporal_fusion: str = "concat"
     # loss
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
@@ -137,15 +138,16 @@ class CGANTrainConfig(TrainConfig):
         if self.temporal_fusion not in TEMPORAL_FUSIONS:
             raise ValueError(f"temporal_fusion must be one of {TEMPORAL_FUSIONS}, got {self.temporal_fusion!r}")
         if self.temporal_fusion == "attention":
-            if not self.residual:
-                raise ValueError("temporal_fusion: attention blends the past frames into the residual's start: "
-                                 "set residual: true")
             if self.residual_base != "past":
                 raise ValueError("temporal_fusion: attention learns its own start (a blend of the past frames, the "
                                  "seasonal blend among them): use residual_base: past with it")
+        if self.temporal_fusion != "concat":
+            if not self.residual:
+                raise ValueError(f"temporal_fusion: {self.temporal_fusion} changes the residual's start: set "
+                                 "residual: true")
             if not [o for o in (offsets or ()) if o != 0]:
-                raise ValueError("temporal_fusion: attention needs past frames besides the past image: set "
-                                 "context_offsets_months, e.g. [0, -1, -2, same_month_last_year]")
+                raise ValueError(f"temporal_fusion: {self.temporal_fusion} needs past frames besides the past image: "
+                                 "set context_offsets_months, e.g. [0, -1, -2, same_month_last_year]")
 
     @property
     def change_pairs_per_batch(self) -> int:

@@ -66,6 +66,8 @@ def _start_name(run_dir: str | Path) -> str:
     if spec.get("temporal_fusion") == "attention":
         return "blend of the past frames"
     base = (spec.get("guidance") or {}).get("residual_base")
+    if spec.get("temporal_fusion") == "tile_reweight":
+        return f"{'linear blend' if base == 'linear' else base or 'past image'} reweighted per tile"
     if base == "seasonal":
         return "seasonal blend"
     if base == "linear":
@@ -193,7 +195,7 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     from stsynth_lib.evaluate.generator import dataset_for_guidance
     from stsynth_lib.training import collate
 
-    if not hasattr(model, "frame_weights"):
+    if getattr(model, "fusion", None) != "attention":
         raise ValueError("plot_frame_weights needs a generator trained with temporal_fusion: attention")
     ds = dataset_for_guidance(dataset, guidance)
     if indices is None:
@@ -231,6 +233,67 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
             a.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.4, label="weight of the frame")
     fig.suptitle("Attention over time: the weight of each past frame per pixel (sums to 1 over the frames)", fontsize=9)
+    return fig
+
+
+def _fitted_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
+    """The linear start's weights of ``tags`` (and its bias last) at the fitted gap nearest ``gap``; zeros without a
+    fitted linear start (the bars then show the tile's changes alone)."""
+    from stsynth_lib.conditioning import context_tag
+
+    if guidance.residual_base != "linear" or not guidance.linear_base:
+        return np.zeros(len(tags) + 1)
+    g, w, b = min(guidance.linear_base, key=lambda row: abs(row[0] - gap))
+    by_tag = {"past" if o == 0 else context_tag(o): v for o, v in zip(guidance.context_offsets_months, w)}
+    return np.array([by_tag.get(t, 0.0) for t in tags] + [b])
+
+
+@torch.no_grad()
+def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
+    """What a ``temporal_fusion: tile_reweight`` generator changed in its start: per pair (row), the weight of each
+    past frame and the bias in the linear start fitted on train for the pair's gap, and in the tile's own start
+    (the mean over bands), then that start, the output and the truth. ``indices`` None: the first ``n`` pairs whose
+    frames are all present."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.conditioning import build_condition
+    from stsynth_lib.data.plots import pairs_with_full_context
+    from stsynth_lib.evaluate.generator import dataset_for_guidance
+    from stsynth_lib.training import collate
+
+    if getattr(model, "fusion", None) != "tile_reweight":
+        raise ValueError("plot_tile_weights needs a generator trained with temporal_fusion: tile_reweight")
+    ds = dataset_for_guidance(dataset, guidance)
+    indices = pairs_with_full_context(ds, n, search=100) if indices is None else indices
+    if not len(indices):
+        raise ValueError("the dataset has no pairs: nothing to show")
+    batch = collate([ds[int(i)] for i in indices])
+    p0 = next(model.parameters())
+    x = build_condition(batch, guidance).to(device=p0.device, dtype=p0.dtype)
+    was = model.training
+    model.eval()
+    tags, changes = model.tile_changes(x)
+    start, out = model.residual_start(x).float().cpu(), model(x).float().cpu()
+    model.train(was)
+    changes = changes.float().cpu().mean(2).numpy()  # (B, K + 1): band mean
+    fig, axes = plt.subplots(len(indices), 4, figsize=(13, 2.8 * len(indices)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
+    pos = np.arange(len(tags))
+    for r, row in enumerate(axes):
+        fitted = _fitted_frame_weights(guidance, float(batch["gap_months"][r]), tags[:-1])
+        row[0].bar(pos - 0.2, fitted, 0.4, label="fitted on train (this gap)", color="0.6")
+        row[0].bar(pos + 0.2, fitted + changes[r], 0.4, label="this tile", color="tab:blue")
+        row[0].axhline(0, color="k", lw=0.5)
+        row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=7)
+        row[0].set_title(f"{batch['aoi'][r]}, +{int(batch['gap_months'][r])} months", fontsize=8)
+        for a, img, title in ((row[1], start[r], "tile's start"), (row[2], out[r], "generated"),
+                              (row[3], batch["future"][r], "truth")):
+            a.imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
+            a.set_title(title, fontsize=8)
+            a.axis("off")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias", fontsize=9)
+    fig.tight_layout()
     return fig
 
 

@@ -16,26 +16,28 @@ GENERATORS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-TEMPORAL_FUSIONS = ("concat", "attention")
+TEMPORAL_FUSIONS = ("concat", "attention", "tile_reweight")
 
 
 def build_generator(name: str, in_channels: int, out_channels: int = 3, tile_size_px: int = 256,
                     temporal_fusion: str = "concat", channels: list[str] | None = None, **kwargs: Any) -> nn.Module:
     """Generator ``name`` (``pix2pix`` | ``attention_unet``); ``kwargs``: ngf, norm, dropout, depth, n_dropout, residual,
     gap_channel, gap_scale_months. ``temporal_fusion="attention"`` wraps it in
-    :class:`~stsynth_lib.models.temporal.TemporalAttentionGenerator` (needs the condition's ``channels`` names);
+    :class:`~stsynth_lib.models.temporal.TemporalAttentionGenerator`, ``"tile_reweight"`` in
+    :class:`~stsynth_lib.models.temporal.TileReweightGenerator` (both need the condition's ``channels`` names);
     ``"concat"`` (default) is the plain generator over stacked channels."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; choose one of {sorted(GENERATORS)}")
     if temporal_fusion not in TEMPORAL_FUSIONS:
         raise ValueError(f"unknown temporal_fusion {temporal_fusion!r}; choose one of {TEMPORAL_FUSIONS}")
-    if temporal_fusion == "attention":
-        from stsynth_lib.models.temporal import TemporalAttentionGenerator
+    if temporal_fusion != "concat":
+        from stsynth_lib.models.temporal import TemporalAttentionGenerator, TileReweightGenerator
 
         if channels is None or len(channels) != in_channels:
-            raise ValueError(f"temporal_fusion: attention needs the {in_channels} condition channel names, got "
+            raise ValueError(f"temporal_fusion: {temporal_fusion} needs the {in_channels} condition channel names, got "
                              f"{None if channels is None else len(channels)}")
-        return TemporalAttentionGenerator(GENERATORS[name], channels, out_channels, tile_size_px, **kwargs)
+        wrapper = TemporalAttentionGenerator if temporal_fusion == "attention" else TileReweightGenerator
+        return wrapper(GENERATORS[name], channels, out_channels, tile_size_px, **kwargs)
     return GENERATORS[name](in_channels=in_channels, out_channels=out_channels, tile_size_px=tile_size_px, **kwargs)
 
 

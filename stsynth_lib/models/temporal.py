@@ -98,6 +98,56 @@ class TemporalBlend(nn.Module):
         return blend, weights
 
 
+class TileReweight(nn.Module):
+    """Per-tile corrections of the start's frame weights (``temporal_fusion: tile_reweight``): a small strided
+    encoder reads the whole condition, pools it over the tile (with the condition's own channel means, so the time
+    planes and each frame's present/valid share reach the head unnormalised) and outputs, per band, one weight
+    change per past frame and a bias. ``forward(x) -> (start (B, n_bands, H, W), changes (B, K + 1, n_bands))``:
+    ``start = x[:, :n_bands] + sum_k dw_k * frame_k + db``, ``x[:, :n_bands]`` being the condition's first image
+    (the residual base, e.g. the linear blend fitted on train) and ``frame_k`` a past frame where it is present and
+    valid, else the past image (as :func:`stsynth_lib.conditioning.usable_frames`). The head starts at zero, so the
+    first start is exactly the residual base.
+
+    Why: the fitted linear blend uses one set of weights per time gap everywhere. Which frames resemble the future
+    depends on the tile (a hazy or off-colour month, a series whose last months drift); a per-pixel softmax
+    (:class:`TemporalBlend`) cannot scale or shift colours, a per-tile linear correction can."""
+
+    def __init__(self, channels: Sequence[str], n_bands: int, width: int = 32, hidden: int = 128):
+        super().__init__()
+        self.frames = context_frames(channels, n_bands)
+        self.tags = [f["tag"] for f in self.frames]
+        self.n_bands = n_bands
+        n_in, w = len(channels), width
+        layers, c_in = [], n_in
+        for i, c_out in enumerate((w, 2 * w, 4 * w, 4 * w)):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1)] + ([nn.GroupNorm(8, c_out)] if i else []) + [nn.LeakyReLU(0.2)]
+            c_in = c_out
+        self.encoder = nn.Sequential(*layers)
+        k = len(self.frames)
+        self.head = nn.Sequential(nn.Linear(4 * w + n_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, (k + 1) * n_bands))
+        last = self.head[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        last._stsynth_zero_init = True  # init_weights keeps it at zero: the first start is the residual base
+
+    def usable(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, K, n_bands, H, W)``: each past frame where its validity plane is 1, else the past image."""
+        past = x[:, self.frames[0]["bands"]]
+        out = [past]
+        for f in self.frames[1:]:
+            valid = x[:, f["valid"] : f["valid"] + 1]
+            out.append(past + valid * (x[:, f["bands"]] - past))
+        return torch.stack(out, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = torch.cat([self.encoder(x).mean((2, 3)), x.mean((2, 3))], 1)
+        k = len(self.frames)
+        changes = self.head(pooled).reshape(-1, k + 1, self.n_bands).to(x.dtype)
+        frames = self.usable(x)
+        start = x[:, : self.n_bands] + (changes[:, :k, :, None, None] * frames).sum(1) + changes[:, k, :, None, None]
+        return start, changes
+
+
 class TemporalAttentionGenerator(nn.Module):
     """A residual U-Net generator (``inner``, pix2pix or attention U-Net) that starts from :class:`TemporalBlend`'s
     blend of the past frames instead of the past image: ``inner`` sees ``[blend, condition]`` and adds its change to
@@ -105,19 +155,25 @@ class TemporalAttentionGenerator(nn.Module):
     (``residual``, ``forward_head``, ``residual_scale``, ``residual_full_gap_months``, ``gap_channel``) plus
     :meth:`residual_start` (the blend) and :meth:`frame_weights`."""
 
+    fusion = "attention"
+
     def __init__(self, inner_cls, channels: Sequence[str], out_channels: int = 3, tile_size_px: int = 256,
                  gap_channel: int | None = None, blend_hidden: int = 16, **kwargs):
         super().__init__()
         if not kwargs.pop("residual", True):
-            raise ValueError("temporal_fusion: attention is a residual generator: set residual: true")
+            raise ValueError(f"temporal_fusion: {self.fusion} is a residual generator: set residual: true")
         self.channels = list(channels)
         self.in_channels, self.out_channels = len(self.channels), out_channels
-        self.blend = TemporalBlend(self.channels, out_channels, hidden=blend_hidden)
+        self.blend = self.make_start(self.channels, out_channels, blend_hidden)
         self.gap_channel = gap_channel
         self.inner = inner_cls(in_channels=self.in_channels + out_channels, out_channels=out_channels,
                                tile_size_px=tile_size_px, residual=True,
                                gap_channel=None if gap_channel is None else gap_channel + out_channels, **kwargs)
         self.residual = True
+
+    @staticmethod
+    def make_start(channels: Sequence[str], n_bands: int, blend_hidden: int) -> nn.Module:
+        return TemporalBlend(channels, n_bands, hidden=blend_hidden)
 
     @property
     def residual_scale(self) -> torch.Tensor:
@@ -149,3 +205,23 @@ class TemporalAttentionGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
         return self.inner(torch.cat([self.blend(x)[0], x], 1))
+
+
+class TileReweightGenerator(TemporalAttentionGenerator):
+    """:class:`TemporalAttentionGenerator` whose start is :class:`TileReweight`'s per-tile reweighting of the residual
+    base (``temporal_fusion: tile_reweight``). It has no per-pixel frame weights: :meth:`tile_changes` gives the
+    per-tile weight changes instead."""
+
+    fusion = "tile_reweight"
+
+    @staticmethod
+    def make_start(channels: Sequence[str], n_bands: int, blend_hidden: int) -> nn.Module:
+        return TileReweight(channels, n_bands)
+
+    def frame_weights(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        raise ValueError("a temporal_fusion: tile_reweight generator has no per-pixel frame weights; see tile_changes")
+
+    def tile_changes(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        """``(frame tags + ["bias"], (B, K + 1, n_bands))``: the per-tile weight changes and bias of the start."""
+        self._check(x)
+        return self.blend.tags + ["bias"], self.blend(x)[1]
