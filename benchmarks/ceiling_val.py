@@ -1,9 +1,11 @@
-"""Issue 13, on VALIDATION (another split only as described below): how far can a blend of the past frames go, even when
+"""Issue 13, on VALIDATION (another split only as described below): how far can a blend of the past frames go,
+even when told part of the answer?
 
 Each row is a predictor of the future image from the 6 frames of sn7_real_128's profile (t0, t0-1, t0-2 and
 t1-13, t1-12, t1-11), scored as PSNR gain over persistence in dB (the mean of the per-area means of per-pair gains,
 areas weighted equally; per gap: pairs pooled). The first rows use the past only; the ORACLE rows look at the
-future image itself and so bound what any blend of these frames could reach:
+future image itself and so bound what a blend of these frames with ONE weight per frame for all bands could
+reach (per-band weights, as ``temporal_fusion: tile_reweight`` learns, and the U-Net on top can go past them):
 
 * ``seasonal``, ``linear start`` (``residual_base: linear``: per-gap weights fitted on the train split): past only.
 * ``oracle: linear start + tile colour``: the linear start shifted, per band, by the true mean change of the tile.
@@ -11,13 +13,13 @@ future image itself and so bound what any blend of these frames could reach:
   know it, only guess it.
 * ``oracle: best frame``: the one frame (or the linear start) closest to the truth, picked per pair.
 * ``oracle: tile weights``: per pair, the least-squares weights of the frames on the truth itself (no bias), and
-  ``oracle: tile weights + bias`` with a per-tile offset. This is the ceiling of ``temporal_fusion: tile_reweight``,
-  which must guess these weights from the past.
+  ``oracle: tile weights + bias`` with a per-tile offset: what ``temporal_fusion: tile_reweight`` tries to guess
+  from the past (it has per-band weights, so this is not a strict ceiling for it).
 
     PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ceiling_val.py > bench_results/ceiling_val_sn7_real_128.txt
 
 A second argument scores another split (``data/sn7_real_128/dataset test``). Run it on test only AFTER the models'
-test scoring: it chooses nothing, it tells whether a bar set on test is within reach of any blend of these frames.
+test scoring: it chooses nothing, it tells whether a bar set on test is within reach of such blends.
 
 About 30 s on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn7_real_128 profile).
 """

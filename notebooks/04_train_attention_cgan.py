@@ -239,10 +239,10 @@ plt.show()
 # then changes. The maps show, for a few validation pairs, how much of each frame the best generator takes where
 # (skipped with channel stacking, `temporal_fusion = "concat"`).
 #
-# With `temporal_fusion = "tile_reweight"` the start is the residual base (the linear blend fitted on train), its
-# frame weights changed per tile: a small encoder reads all the frames and says, for this tile, how much more or
-# less of each frame (and what colour shift) to take. The bars compare the weights fitted on train for the pair's
-# gap with the tile's own, for a few validation pairs.
+# With `temporal_fusion = "tile_reweight"` the start is the residual base (e.g. the linear blend fitted on train),
+# its frame weights changed per tile: a small encoder reads all the frames and says, for this tile, how much more or
+# less of each frame (and what colour shift) to take. The bars compare the base's weights (for the linear start,
+# those fitted on train for the pair's gap) with the tile's own, for a few validation pairs.
 
 # %%
 if temporal_fusion in ("attention", "tile_reweight"):

@@ -238,8 +238,10 @@ class CGANPredictor(Predictor):
         self.uses_mask = bool(self.guidance.use_mask)
         self.uses_past_mask = bool(self.guidance.use_past_mask)
         self.context_offsets = self.guidance.context_offsets_months
-        self.tile_size_px = None  # fully convolutional: any multiple of the U-Net's downsampling factor
         self.trained_tile_size_px, self.n_bands = int(spec["tile_size_px"]), int(spec["out_channels"])
+        # fully convolutional: any multiple of the U-Net's downsampling factor; but a tile_reweight start pools its
+        # weights over the whole input, so it sees tiles of the size it was trained on
+        self.tile_size_px = self.trained_tile_size_px if spec.get("temporal_fusion") == "tile_reweight" else None
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:

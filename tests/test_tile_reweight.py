@@ -75,7 +75,7 @@ def test_one_step_moves_the_tile_weights(long_dataset_dir):
 
 
 def test_tile_reweight_options_are_checked():
-    with pytest.raises(ValueError, match="residual"):
+    with pytest.raises(ValueError, match="changes the residual's start"):
         _train_cfg("d", "r", residual=False, temporal_fusion="tile_reweight", context_offsets_months=OFFSETS)
     with pytest.raises(ValueError, match="context_offsets_months"):
         _train_cfg("d", "r", temporal_fusion="tile_reweight", context_offsets_months=[0])
@@ -102,6 +102,10 @@ def test_tile_reweight_cgan_trains_calibrates_reloads_and_resumes(tiny_dataset_d
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
     with pytest.raises(ValueError, match="temporal_fusion"):
         plot_frame_weights(G, PairedTileDataset(tiny_dataset_dir, "val"), guide)
+    from stsynth_lib.predict import load_predictor
+
+    pred = load_predictor(cal)  # the start pools over its input: whole images are cut into trained-size tiles
+    assert pred.tile_size_px == pred.trained_tile_size_px > 0
     # 2 steps + resume to 4 equal 4 steps at once, the tile encoder included
     full = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "full", max_steps=4, **kw))
     train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=2, **kw))
@@ -135,3 +139,29 @@ def test_tile_weights_figure_shows_fitted_and_tile_weights(long_dataset_dir):
     assert grey[4] == pytest.approx(-0.05 * gap)  # the bias of the pair's gap
     with pytest.raises(ValueError, match="tile_reweight"):
         plot_tile_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)
+
+
+def test_frames_keep_their_weights_in_any_offset_order(long_dataset_dir):
+    """Offsets not starting at 0: each weight change still multiplies its own frame (found by channel name), not the
+    frame at the same place in ``context_offsets_months``."""
+    other = [-1, 0, SAME_MONTH_LAST_YEAR]
+    ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=other)
+    from stsynth_lib.training import collate
+
+    batch = collate([ds[i] for i in range(len(ds))])
+    cfg = GuidanceConfig(context_offsets_months=other).resolve(False, 3)
+    x = build_condition(batch, cfg)
+    G = _generator(cfg)
+    tags, _ = G.tile_changes(x)
+    changes = torch.zeros(len(tags), 3)
+    changes[tags.index("ctx_t0-1"), 0] = 0.25
+    changes[tags.index("ctx_last_year"), 2] = 0.5
+    with torch.no_grad():
+        G.blend.head[-1].bias.copy_(changes.reshape(-1))
+        start = G.residual_start(x)
+    frames = usable_frames(batch, cfg)  # in the offsets' order: t0-1, t0, last year
+    want = batch["past"].clone()
+    want[:, 0] += 0.25 * frames[:, 0, 0]
+    want[:, 2] += 0.5 * frames[:, 2, 2]
+    assert torch.allclose(start, want, atol=1e-5)
+    assert not torch.allclose(frames[:, 0, 0], frames[:, 2, 0])  # the two frames differ: the test can tell them apart

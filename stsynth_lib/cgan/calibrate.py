@@ -26,8 +26,9 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
 
     The prediction becomes ``clamp(start + k * change)`` with ``k = scale * min(1, gap / full_gap)``:
     ``scale = 0`` is the generator's start (persistence, the seasonal blend with ``residual_base: seasonal``, the
-    fitted linear blend with ``residual_base: linear``, or the learnt blend of the past frames with
-    ``temporal_fusion: attention``), ``scale = 1, full_gap = 1`` the trained generator, and
+    fitted linear blend with ``residual_base: linear``, the learnt blend of the past frames with
+    ``temporal_fusion: attention``, or the residual base reweighted per tile with ``temporal_fusion: tile_reweight``),
+    ``scale = 1, full_gap = 1`` the trained generator, and
     ``full_gap > 1`` applies less change to short gaps (a month ahead little really changes, and a
     generator that learned its training areas' changes applies them too confidently there).
     Every pair of ``dataset`` (the validation split, never the test split) is scored on the
@@ -63,7 +64,7 @@ def calibrate_residual_scale(G: nn.Module, dataset, guidance: GuidanceConfig, sc
         cond = build_condition(b, guidance).to(dtype)
         change = G.forward_head(cond).float().cpu()
         # where the change starts: the condition's first image (the past image, or the seasonal blend with
-        # residual_base: seasonal), or a temporal-attention generator's blend of the past frames
+        # residual_base: seasonal), or a temporal-attention / tile-reweight generator's own start
         start = G.residual_start(cond) if hasattr(G, "residual_start") else cond[:, : change.shape[1]]
         start = start.float().cpu()
         future, valid = batch["future"], batch["valid"]

@@ -67,7 +67,7 @@ def _start_name(run_dir: str | Path) -> str:
         return "blend of the past frames"
     base = (spec.get("guidance") or {}).get("residual_base")
     if spec.get("temporal_fusion") == "tile_reweight":
-        return f"{'linear blend' if base == 'linear' else base or 'past image'} reweighted per tile"
+        return f"{ {'linear': 'linear blend', 'seasonal': 'seasonal blend'}.get(base, 'past image')} reweighted per tile"
     if base == "seasonal":
         return "seasonal blend"
     if base == "linear":
@@ -236,22 +236,24 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     return fig
 
 
-def _fitted_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
-    """The linear start's weights of ``tags`` (and its bias last) at the fitted gap nearest ``gap``; zeros without a
-    fitted linear start (the bars then show the tile's changes alone)."""
+def _base_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
+    """The residual base's weights of the frames ``tags`` (and its bias last): the linear start's at the fitted gap
+    nearest ``gap``; the seasonal blend's 0.5 / 0.5 (where last year's frame is usable); the past image's 1."""
     from stsynth_lib.conditioning import context_tag
 
-    if guidance.residual_base != "linear" or not guidance.linear_base:
-        return np.zeros(len(tags) + 1)
-    g, w, b = min(guidance.linear_base, key=lambda row: abs(row[0] - gap))
-    by_tag = {"past" if o == 0 else context_tag(o): v for o, v in zip(guidance.context_offsets_months, w)}
-    return np.array([by_tag.get(t, 0.0) for t in tags] + [b])
+    if guidance.residual_base == "linear":
+        _, w, b = min(guidance.linear_base, key=lambda row: abs(row[0] - gap))
+        by_tag = {"past" if o == 0 else context_tag(o): v for o, v in zip(guidance.context_offsets_months, w)}
+        return np.array([by_tag.get(t, 0.0) for t in tags] + [b])
+    by_tag = {"past": 0.5, "ctx_last_year": 0.5} if guidance.residual_base == "seasonal" else {"past": 1.0}
+    return np.array([by_tag.get(t, 0.0) for t in tags] + [0.0])
 
 
 @torch.no_grad()
 def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     """What a ``temporal_fusion: tile_reweight`` generator changed in its start: per pair (row), the weight of each
-    past frame and the bias in the linear start fitted on train for the pair's gap, and in the tile's own start
+    past frame and the bias in the residual base (the linear start fitted on train for the pair's gap, the seasonal
+    blend or the past image), and in the tile's own start
     (the mean over bands), then that start, the output and the truth. ``indices`` None: the first ``n`` pairs whose
     frames are all present."""
     import matplotlib.pyplot as plt
@@ -280,8 +282,9 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
                              gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
     pos = np.arange(len(tags))
     for r, row in enumerate(axes):
-        fitted = _fitted_frame_weights(guidance, float(batch["gap_months"][r]), tags[:-1])
-        row[0].bar(pos - 0.2, fitted, 0.4, label="fitted on train (this gap)", color="0.6")
+        fitted = _base_frame_weights(guidance, float(batch["gap_months"][r]), tags[:-1])
+        row[0].bar(pos - 0.2, fitted, 0.4, label=f"{guidance.residual_base} start" + (
+            " fitted on train (this gap)" if guidance.residual_base == "linear" else ""), color="0.6")
         row[0].bar(pos + 0.2, fitted + changes[r], 0.4, label="this tile", color="tab:blue")
         row[0].axhline(0, color="k", lw=0.5)
         row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=7)

@@ -113,6 +113,7 @@ class TileReweight(nn.Module):
     (:class:`TemporalBlend`) cannot scale or shift colours, a per-tile linear correction can."""
 
     def __init__(self, channels: Sequence[str], n_bands: int, width: int = 32, hidden: int = 128):
+        # width, hidden and the layers are not written to model.yaml: changing them breaks loading saved runs
         super().__init__()
         self.frames = context_frames(channels, n_bands)
         self.tags = [f["tag"] for f in self.frames]
@@ -153,7 +154,8 @@ class TemporalAttentionGenerator(nn.Module):
     blend of the past frames instead of the past image: ``inner`` sees ``[blend, condition]`` and adds its change to
     the blend. Exposes the residual interface of :class:`~stsynth_lib.models.unet.UNetGenerator`
     (``residual``, ``forward_head``, ``residual_scale``, ``residual_full_gap_months``, ``gap_channel``) plus
-    :meth:`residual_start` (the blend) and :meth:`frame_weights`."""
+    :meth:`residual_start` (the blend) and :meth:`frame_weights` (per-pixel weights; subclasses may start otherwise,
+    see :class:`TileReweightGenerator`)."""
 
     fusion = "attention"
 
