@@ -177,14 +177,19 @@ def test_attention_maps_of_a_temporal_attention_unet(long_dataset_dir):
 
 def test_attention_cgan_resumes_exactly(tiny_dataset_dir, tmp_path):
     """2 steps + resume to 4 equal 4 steps at once (the blend's weights included)."""
-    from stsynth_lib.cgan.train import train_cgan
-
-    kw = dict(context_offsets_months=[0, -1, SAME_MONTH_LAST_YEAR], temporal_fusion="attention",
-              checkpoint_every_steps=2)
-    full = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "full", max_steps=4, **kw))
-    train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=2, **kw))
-    part = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=4, resume_from_checkpoint="latest", **kw))
-    a = torch.load(full / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
-    b = torch.load(part / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
+    a, b = resumed_generators(tiny_dataset_dir, tmp_path, "attention")
     assert any(k.startswith("blend.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def resumed_generators(dataset_dir, tmp_path, temporal_fusion: str) -> tuple[dict, dict]:
+    """Generator states at step 4 of a run trained 4 steps at once and of one trained 2 steps then resumed to 4."""
+    from stsynth_lib.cgan.train import train_cgan
+
+    kw = dict(context_offsets_months=[0, -1, SAME_MONTH_LAST_YEAR], temporal_fusion=temporal_fusion,
+              checkpoint_every_steps=2)
+    full = train_cgan(_train_cfg(dataset_dir, tmp_path / "full", max_steps=4, **kw))
+    train_cgan(_train_cfg(dataset_dir, tmp_path / "part", max_steps=2, **kw))
+    part = train_cgan(_train_cfg(dataset_dir, tmp_path / "part", max_steps=4, resume_from_checkpoint="latest", **kw))
+    return tuple(torch.load(run / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
+                 for run in (full, part))

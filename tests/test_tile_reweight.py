@@ -13,7 +13,7 @@ from stsynth_lib.models.registry import build_generator, init_weights
 from stsynth_lib.models.temporal import TileReweightGenerator
 
 from test_context import _train_cfg, long_dataset_dir  # noqa: F401  (the 15-month fixture)
-from test_temporal_fusion import OFFSETS, _batch
+from test_temporal_fusion import OFFSETS, _batch, resumed_generators
 
 
 def _generator(cfg, model="pix2pix"):
@@ -107,11 +107,7 @@ def test_tile_reweight_cgan_trains_calibrates_reloads_and_resumes(tiny_dataset_d
     pred = load_predictor(cal)  # the start pools over its input: whole images are cut into trained-size tiles
     assert pred.tile_size_px == pred.trained_tile_size_px > 0
     # 2 steps + resume to 4 equal 4 steps at once, the tile encoder included
-    full = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "full", max_steps=4, **kw))
-    train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=2, **kw))
-    part = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "part", max_steps=4, resume_from_checkpoint="latest", **kw))
-    a = torch.load(full / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
-    b = torch.load(part / "checkpoints" / "checkpoint-4" / "state.pt", weights_only=True)["generator"]
+    a, b = resumed_generators(tiny_dataset_dir, tmp_path, "tile_reweight")
     assert any(k.startswith("blend.encoder.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
 

@@ -183,6 +183,25 @@ def save_grid(grid: np.ndarray, path: Path) -> Path:
 
 
 
+def _fusion_pairs(model, fusion: str, caller: str, dataset, guidance, indices, n: int):
+    """``(indices, batch, condition)`` of the pairs a figure of a ``temporal_fusion: <fusion>`` generator shows
+    (``indices`` None: the first ``n`` pairs whose frames are all present), the condition on the model's device."""
+    from stsynth_lib.conditioning import build_condition
+    from stsynth_lib.data.plots import pairs_with_full_context
+    from stsynth_lib.evaluate.generator import dataset_for_guidance
+    from stsynth_lib.training import collate
+
+    if getattr(model, "fusion", None) != fusion:
+        raise ValueError(f"{caller} needs a generator trained with temporal_fusion: {fusion}")
+    ds = dataset_for_guidance(dataset, guidance)
+    indices = pairs_with_full_context(ds, n, search=100) if indices is None else indices
+    if not len(indices):
+        raise ValueError("the dataset has no pairs: nothing to show")
+    batch = collate([ds[int(i)] for i in indices])
+    p0 = next(model.parameters())
+    return indices, batch, build_condition(batch, guidance).to(device=p0.device, dtype=p0.dtype)
+
+
 @torch.no_grad()
 def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     """What a ``temporal_fusion: attention`` generator takes from each past frame: per pair (row pairs), the frames
@@ -190,21 +209,7 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     starts from, its output and the truth. ``indices`` None: the first ``n`` pairs whose frames are all present."""
     import matplotlib.pyplot as plt
 
-    from stsynth_lib.conditioning import build_condition
-    from stsynth_lib.data.plots import pairs_with_full_context
-    from stsynth_lib.evaluate.generator import dataset_for_guidance
-    from stsynth_lib.training import collate
-
-    if getattr(model, "fusion", None) != "attention":
-        raise ValueError("plot_frame_weights needs a generator trained with temporal_fusion: attention")
-    ds = dataset_for_guidance(dataset, guidance)
-    if indices is None:
-        indices = pairs_with_full_context(ds, n, search=100)
-    if not len(indices):
-        raise ValueError("the dataset has no pairs: nothing to show")
-    batch = collate([ds[int(i)] for i in indices])
-    p0 = next(model.parameters())
-    x = build_condition(batch, guidance).to(device=p0.device, dtype=p0.dtype)
+    indices, batch, x = _fusion_pairs(model, "attention", "plot_frame_weights", dataset, guidance, indices, n)
     was = model.training
     model.eval()
     tags, w = model.frame_weights(x)
@@ -258,20 +263,7 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     frames are all present."""
     import matplotlib.pyplot as plt
 
-    from stsynth_lib.conditioning import build_condition
-    from stsynth_lib.data.plots import pairs_with_full_context
-    from stsynth_lib.evaluate.generator import dataset_for_guidance
-    from stsynth_lib.training import collate
-
-    if getattr(model, "fusion", None) != "tile_reweight":
-        raise ValueError("plot_tile_weights needs a generator trained with temporal_fusion: tile_reweight")
-    ds = dataset_for_guidance(dataset, guidance)
-    indices = pairs_with_full_context(ds, n, search=100) if indices is None else indices
-    if not len(indices):
-        raise ValueError("the dataset has no pairs: nothing to show")
-    batch = collate([ds[int(i)] for i in indices])
-    p0 = next(model.parameters())
-    x = build_condition(batch, guidance).to(device=p0.device, dtype=p0.dtype)
+    indices, batch, x = _fusion_pairs(model, "tile_reweight", "plot_tile_weights", dataset, guidance, indices, n)
     was = model.training
     model.eval()
     tags, changes = model.tile_changes(x)
