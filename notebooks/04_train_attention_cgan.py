@@ -124,7 +124,7 @@ from IPython.display import display
 
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.plots import plot_erased_buildings, plot_frame_weights, plot_tile_weights
+from stsynth_lib.cgan.plots import plot_erased_buildings, plot_start_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.predict import load_predictor, predictor_sample
 from stsynth_lib.training import collate, spread_indices
@@ -247,8 +247,7 @@ plt.show()
 # %%
 if temporal_fusion in ("attention", "tile_reweight"):
     G_best, guide_best = load_generator(run_dir, "best")
-    plot = plot_frame_weights if temporal_fusion == "attention" else plot_tile_weights
-    fig = plot(G_best, PairedTileDataset(dataset_dir, "val"), guide_best, n=2 if temporal_fusion == "attention" else 3)
+    fig = plot_start_weights(G_best, PairedTileDataset(dataset_dir, "val"), guide_best)
     plt.show()
 
 # %% [markdown]

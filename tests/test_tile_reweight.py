@@ -135,6 +135,13 @@ def test_tile_weights_figure_shows_fitted_and_tile_weights(long_dataset_dir):
     assert grey[4] == pytest.approx(-0.05 * gap)  # the bias of the pair's gap
     with pytest.raises(ValueError, match="tile_reweight"):
         plot_tile_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)
+    # the notebooks' entry point picks the figure by the generator's fusion
+    from stsynth_lib.cgan.plots import plot_start_weights
+
+    same = plot_start_weights(G, ds, cfg, n=1)
+    assert [p.get_height() for p in same.axes[0].patches] == bars
+    with pytest.raises(ValueError, match="attention or tile_reweight"):
+        plot_start_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)
 
 
 def test_frames_keep_their_weights_in_any_offset_order(long_dataset_dir):

@@ -292,6 +292,18 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     return fig
 
 
+def plot_start_weights(model, dataset, guidance, n: int | None = None):
+    """What a generator with its own start takes from each past frame: :func:`plot_frame_weights` for
+    ``temporal_fusion: attention`` (``n`` default 2 pairs), :func:`plot_tile_weights` for ``tile_reweight`` (3)."""
+    fusion = getattr(model, "fusion", None)
+    if fusion == "attention":
+        return plot_frame_weights(model, dataset, guidance, n=n or 2)
+    if fusion == "tile_reweight":
+        return plot_tile_weights(model, dataset, guidance, n=n or 3)
+    raise ValueError(f"plot_start_weights needs a generator trained with temporal_fusion: attention or tile_reweight, "
+                     f"not {fusion or 'concat'}")
+
+
 def plot_erased_buildings(dataset, fraction: float, n: int = 4, seed: int = 0):
     """What ``erase_building_fraction`` shows the generator: per row, a training pair's past image, the same image
     with a share of its standing buildings erased (their footprints outlined), and the future it must draw them in.
