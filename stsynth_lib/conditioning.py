@@ -28,10 +28,14 @@ then starts from the seasonal baseline instead of persistence. The default ``"pa
 The weights, one set per time gap in months, are fitted once by least squares on the training split
 (:func:`fit_linear_base`, called by the trainer) and stored in ``model.yaml``, so a run predicts the same everywhere.
 Least squares targets the conditional mean, which PSNR rewards; on real SpaceNet 7 the fit shrinks towards the
-older frames and the area's mean brightness as the gap grows. Known limit: training's ``radiometric_jitter`` maps
+older frames and, fitted around 0, towards one dark global colour as the gap grows (its weights sum under 1 and its
+bias is negative), which ruins bright areas such as deserts. ``linear_centre="tile_mean"`` fits and applies the
+blend around the tile's own mean colour m instead, ``m + sum_k w_k(gap) (frame_k - m) + b(gap)``, m per band over
+all the tile's usable frames and pixels: the start then follows any brightness offset exactly (chosen on held-out
+train and val areas, ``benchmarks/linear_start_cv.py``). Known limit: training's ``radiometric_jitter`` maps
 every frame and the future through one random gain ``g`` and offset ``o`` before the condition is built, and the
 fitted blend does not follow them exactly (its weights sum to a little under 1 and it has a bias): its start is then
-off by ``o (sum w - 1) + b (1 - g)``, zero on average over the draws, at most about 0.04 in [-1, 1] units with the
+off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero on average over the draws, at most about 0.04 in [-1, 1] units with the
 ``sn7_real_128`` weights and jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames
 ``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves (or absent: the past image), so weights are shared
 between copies there; the small ridge term keeps the fit well posed.
@@ -51,6 +55,7 @@ from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets
 
 TIME_ENCODINGS = ("planes", "none")
 RESIDUAL_BASES = ("past", "seasonal", "linear")
+LINEAR_CENTRES = ("none", "tile_mean")
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,9 @@ class GuidanceConfig:
     residual_base: str = "past"  # past | seasonal | linear: the image in the first channels (a residual generator's start)
     # residual_base linear: ((gap_months, (w_0, ..., w_{K-1}), bias), ...), one row per fitted gap (fit_linear_base)
     linear_base: tuple | None = None
+    # residual_base linear: what the blend shrinks towards. "none": sum_k w_k frame_k + b (a global colour when the
+    # weights sum under 1); "tile_mean": m + sum_k w_k (frame_k - m) + b, m the tile's mean colour over its frames
+    linear_centre: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "context_offsets_months", check_context_offsets(self.context_offsets_months))
@@ -78,6 +86,11 @@ class GuidanceConfig:
         if self.residual_base == "linear" and len(self.context_offsets_months or ()) < 2:
             raise ValueError("residual_base: linear blends the past frames: set context_offsets_months with frames "
                              "besides the past image, e.g. [0, -1, -2, same_month_last_year]")
+        if self.linear_centre not in LINEAR_CENTRES:
+            raise ValueError(f"linear_centre must be one of {LINEAR_CENTRES}, got {self.linear_centre!r}")
+        if self.linear_centre != "none" and self.residual_base != "linear":
+            raise ValueError(f"linear_centre: {self.linear_centre} centres the linear start: it needs residual_base: "
+                             f"linear, got {self.residual_base!r}")
         if self.linear_base is not None:
             rows = tuple((int(g), tuple(float(v) for v in w), float(b)) for g, w, b in self.linear_base)
             k = len(self.context_offsets_months or ())
@@ -149,6 +162,8 @@ class GuidanceConfig:
             del d["context_offsets_months"]
         else:
             d["context_offsets_months"] = list(d["context_offsets_months"])
+        if d["linear_centre"] == "none":
+            del d["linear_centre"]
         if d["linear_base"] is None:
             del d["linear_base"]
         else:
@@ -158,7 +173,7 @@ class GuidanceConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GuidanceConfig:
         keys = ("n_bands", "use_mask", "use_past_mask", "time_encoding", "gap_scale_months", "use_month",
-                "context_offsets_months", "residual_base")
+                "context_offsets_months", "residual_base", "linear_centre")
         kw = {k: d[k] for k in keys if k in d}
         if d.get("linear_base") is not None:
             kw["linear_base"] = tuple((r["gap_months"], r["weights"], r["bias"]) for r in d["linear_base"])
@@ -261,14 +276,25 @@ def linear_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
     rows = _nearest_gap_rows(gap.cpu(), [g for g, _, _ in cfg.linear_base])
     w = torch.tensor([w for _, w, _ in cfg.linear_base], dtype=past.dtype)[rows].to(past.device)
     b = torch.tensor([b for _, _, b in cfg.linear_base], dtype=past.dtype)[rows].to(past.device)
-    out = (frames * w[:, :, None, None, None]).sum(1) + b[:, None, None, None]
+    centre = blend_centre(frames, cfg)
+    out = centre[:, 0] + ((frames - centre) * w[:, :, None, None, None]).sum(1) + b[:, None, None, None]
     return out.clamp(-1, 1)
+
+
+def blend_centre(frames: torch.Tensor, cfg: GuidanceConfig) -> torch.Tensor:
+    """``(B, 1, C, 1, 1)``: what the linear start's weights act around: 0 (``linear_centre: none``), or the tile's
+    mean colour per band over all its usable frames and pixels (``tile_mean``; no validity mask, so nothing of the
+    future enters)."""
+    if cfg.linear_centre == "tile_mean":
+        return frames.mean((1, 3, 4), keepdim=True)
+    return frames.new_zeros(frames.shape[0], 1, frames.shape[2], 1, 1)
 
 
 def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, pixels_per_pair: int = 256,
                     min_pairs_per_gap: int = 5, seed: int = 0, decimals: int = 5) -> tuple:
     """Least-squares weights of ``residual_base: linear``, one set per time gap in months: the future image
-    regressed on the usable context frames (see :func:`usable_frames`) and a bias, over ``pixels_per_pair`` random
+    regressed on the usable context frames (see :func:`usable_frames`) and a bias, all minus the blend's centre
+    (:func:`blend_centre`: 0, or the tile's mean colour with ``linear_centre: tile_mean``), over ``pixels_per_pair`` random
     valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training split) per gap. Gaps
     with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap). Seeded and rounded
     to ``decimals``, so a resumed run fits the same weights. Returns ``GuidanceConfig.linear_base``."""
@@ -288,7 +314,9 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
         for i in idx:
             # a batch of one (training.collate is a layer above this module)
             batch = {k: v[None] if isinstance(v, torch.Tensor) else [v] for k, v in dataset[int(i)].items()}
-            frames = usable_frames(batch, cfg)[0].double().numpy()  # (K, C, H, W)
+            frames = usable_frames(batch, cfg).double()
+            centre = blend_centre(frames, cfg)[0, 0].numpy()  # (C, 1, 1): the fit is around the blend's centre
+            frames = frames[0].numpy() - centre  # (K, C, H, W)
             valid = np.asarray(batch["valid"][0, 0]).astype(bool)
             pix = np.flatnonzero(valid.reshape(-1))
             if len(pix) == 0:
@@ -296,7 +324,7 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
             pix = rng.choice(pix, size=min(len(pix), pixels_per_pair), replace=False)
             k, c = frames.shape[:2]
             xs.append(frames.reshape(k, c, -1)[:, :, pix].reshape(k, -1).T)
-            ys.append(np.asarray(batch["future"][0], np.float64).reshape(c, -1)[:, pix].reshape(-1))
+            ys.append((np.asarray(batch["future"][0], np.float64) - centre).reshape(c, -1)[:, pix].reshape(-1))
         if not xs:
             continue
         x, y = np.concatenate(xs), np.concatenate(ys)

@@ -105,6 +105,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "strength_criterion": _choices("psnr", "ssim", "lpips", "f1_new"),
     "strength_sweep_pairs": (_positive, "an integer >= 1"),
     "residual_base": _choices("past", "seasonal", "linear"),
+    "linear_centre": _choices("none", "tile_mean"),
     "temporal_fusion": _choices("concat", "attention", "tile_reweight"),
     "norm": _choices("instance", "batch", "none"),
     "gan_mode": _choices("vanilla", "lsgan"),

@@ -131,6 +131,56 @@ def test_linear_start_is_refused_without_frames_or_weights_and_round_trips():
     assert torch.allclose(x[:, :3], batch["past"])  # weights (1, 0, 0): the start is the past image
 
 
+class _CentredWorld(_LinearWorld):
+    """As :class:`_LinearWorld`, but each tile has its own brightness and the future is a blend around the tile's mean
+    colour m (per band, over the usable frames): ``m + 0.6 (f0 - m) + 0.2 (f1 - m) + 0.02`` for every gap. A blend
+    fitted around 0 must shrink towards one global colour instead."""
+
+    truth = {g: ([0.6, 0.2, 0.0], 0.02) for g in (1, 3)}
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        shift = 0.9 * torch.rand(1, generator=torch.Generator().manual_seed(1000 + i)) - 0.45
+        frames = item["context"] * 0.5 + shift  # tiles from dark to bright
+        usable = torch.where(item["context_present"][:, None, None, None], frames, frames[0])
+        m = usable.mean((0, 2, 3), keepdim=True)[0]
+        future = m + 0.6 * (usable[0] - m) + 0.2 * (usable[1] - m) + 0.02
+        return {**item, "past": frames[0], "context": frames, "future": future}
+
+
+def test_tile_mean_centre_fits_a_blend_around_each_tiles_colour_and_follows_a_brightness_shift():
+    ds = _CentredWorld()
+    cfg = GuidanceConfig(context_offsets_months=_CentredWorld.offsets, residual_base="linear", linear_centre="tile_mean")
+    rows = fit_linear_base(ds, cfg, min_pairs_per_gap=5, pixels_per_pair=64)
+    for _, w, b in rows:
+        assert np.allclose(w, [0.6, 0.2, 0.0], atol=2e-3) and b == pytest.approx(0.02, abs=2e-3)
+    fitted = GuidanceConfig(context_offsets_months=_CentredWorld.offsets, residual_base="linear",
+                            linear_centre="tile_mean", linear_base=rows)
+    batch = collate([ds[i] for i in range(10)])
+    assert torch.allclose(linear_base(batch, fitted), batch["future"], atol=1e-2)
+    # the same world fitted around 0 cannot follow each tile's colour: its start is further from the truth
+    plain = GuidanceConfig(context_offsets_months=_CentredWorld.offsets, residual_base="linear")
+    plain = GuidanceConfig(context_offsets_months=_CentredWorld.offsets, residual_base="linear",
+                           linear_base=fit_linear_base(ds, plain, min_pairs_per_gap=5, pixels_per_pair=64))
+    err = lambda c: (linear_base(batch, c) - batch["future"]).abs().mean()  # noqa: E731
+    assert err(plain) > 5 * err(fitted)
+    # a brightness offset on every frame moves the centred start by exactly that offset (rows' weights sum < 1)
+    brighter = {**batch, "past": batch["past"] + 0.1, "context": batch["context"] + 0.1}
+    assert torch.allclose(linear_base(brighter, fitted), linear_base(batch, fitted) + 0.1, atol=1e-5)
+    assert not torch.allclose(linear_base(brighter, plain), linear_base(batch, plain) + 0.1, atol=1e-3)
+
+
+def test_linear_centre_is_checked_and_round_trips():
+    with pytest.raises(ValueError, match="linear_centre must be one of"):
+        GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre="area_mean")
+    with pytest.raises(ValueError, match="needs residual_base: linear"):
+        GuidanceConfig(context_offsets_months=OFFSETS, residual_base="seasonal", linear_centre="tile_mean")
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre="tile_mean",
+                         linear_base=((1, (0.6, 0.1, 0.1, 0.1, 0.0), 0.0),))
+    assert GuidanceConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
+    assert "linear_centre" not in GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear").to_dict()
+
+
 def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path, monkeypatch):
     from stsynth_lib.cgan.calibrate import calibrate_residual_scale
     from stsynth_lib.cgan.model_io import load_generator

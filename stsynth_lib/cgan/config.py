@@ -31,6 +31,7 @@ class CGANTrainConfig(TrainConfig):
     # past sequence: offsets (months, <= 0, relative to t0) and/or same_month_last_year; null = the past image only
     context_offsets_months: list | None = None
     residual_base: str = "past"  # past | seasonal (needs same_month_last_year) | linear (fitted on train): the start
+    linear_centre: str = "none"  # residual_base linear: none | tile_mean (the blend shrinks towards the tile's colour)
     # architecture
     ngf: int = 64
     ndf: int = 64
@@ -161,5 +162,6 @@ class CGANTrainConfig(TrainConfig):
     def guidance(self) -> GuidanceConfig:
         return GuidanceConfig(use_mask=self.use_mask, use_past_mask=self.use_past_mask, time_encoding=self.time_encoding,
                               gap_scale_months=self.gap_scale_months, use_month=self.use_month,
-                              context_offsets_months=self.context_offsets_months, residual_base=self.residual_base)
+                              context_offsets_months=self.context_offsets_months, residual_base=self.residual_base,
+                              linear_centre=self.linear_centre)
 

@@ -243,11 +243,14 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
 
 def _base_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
     """The residual base's weights of the frames ``tags`` (and its bias last): the linear start's at the fitted gap
-    nearest ``gap``; the seasonal blend's 0.5 / 0.5 (where last year's frame is usable); the past image's 1."""
+    nearest ``gap`` (with ``linear_centre: tile_mean``, each frame's weight plus its share of the centre, the
+    frames' mean colour); the seasonal blend's 0.5 / 0.5 (where last year's frame is usable); the past image's 1."""
     from stsynth_lib.conditioning import context_tag
 
     if guidance.residual_base == "linear":
         _, w, b = min(guidance.linear_base, key=lambda row: abs(row[0] - gap))
+        if guidance.linear_centre == "tile_mean":  # the centre (mean of the frames) counted as a share of each frame
+            w = np.asarray(w) + (1 - sum(w)) / len(w)
         by_tag = {"past" if o == 0 else context_tag(o): v for o, v in zip(guidance.context_offsets_months, w)}
         return np.array([by_tag.get(t, 0.0) for t in tags] + [b])
     by_tag = {"past": 0.5, "ctx_last_year": 0.5} if guidance.residual_base == "seasonal" else {"past": 1.0}

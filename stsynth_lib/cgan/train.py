@@ -159,7 +159,8 @@ class CGANRun:
                 or resolve_resume(self.run_dir, self.cfg.resume_from_checkpoint) is None):
             return None
         saved = (yaml.safe_load(path.read_text()) or {}).get("guidance") or {}
-        if saved.get("linear_base") is None or saved.get("context_offsets_months") != list(self.guidance.context_offsets_months):
+        if (saved.get("linear_base") is None or saved.get("linear_centre", "none") != self.guidance.linear_centre
+                or saved.get("context_offsets_months") != list(self.guidance.context_offsets_months)):
             return None
         return GuidanceConfig.from_dict(saved).linear_base
 
