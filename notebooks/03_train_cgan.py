@@ -262,7 +262,8 @@ plt.show()
 # With `temporal_fusion = "tile_reweight"` the start is the residual base (e.g. the linear blend fitted on train),
 # its frame weights changed per tile: a small encoder reads all the frames and says, for this tile, how much more or
 # less of each frame (and what colour shift) to take. The bars compare the base's weights (for the linear start,
-# those fitted on train for the pair's gap) with the tile's own, for a few validation pairs.
+# those fitted on train for the pair's gap; with `linear_centre = "tile_mean"` each frame's weight counts its share
+# of the tile's mean colour, the blend's centre) with the tile's own, for a few validation pairs.
 
 # %%
 if temporal_fusion in ("attention", "tile_reweight"):
