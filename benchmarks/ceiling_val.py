@@ -7,7 +7,8 @@ areas weighted equally; per gap: pairs pooled). The first rows use the past only
 future image itself and so bound what a blend of these frames with ONE weight per frame for all bands could
 reach (per-band weights, as ``temporal_fusion: tile_reweight`` learns, and the U-Net on top can go past them):
 
-* ``seasonal``, ``linear start`` (``residual_base: linear``: per-gap weights fitted on the train split): past only.
+* ``seasonal``, ``linear start`` (``residual_base: linear``: per-gap weights fitted on the train split) and the same
+  fitted around the tile's mean colour (``linear_centre: tile_mean``): past only.
 * ``oracle: linear start + tile colour``: the linear start shifted, per band, by the true mean change of the tile.
   The part of the error that is one colour per tile (the month's light, haze, season): no past-only model can
   know it, only guess it.
@@ -27,6 +28,7 @@ About 30 s on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn7_rea
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -59,7 +61,7 @@ def tile_fit(frames: torch.Tensor, future: torch.Tensor, valid: torch.Tensor, bi
     return torch.stack(out).float().clamp(-1, 1)
 
 
-def predictors(batch: dict, cfg: GuidanceConfig) -> dict[str, torch.Tensor]:
+def predictors(batch: dict, cfg: GuidanceConfig, centred: GuidanceConfig) -> dict[str, torch.Tensor]:
     y, v = batch["future"], batch["valid"]
     frames, start = usable_frames(batch, cfg), linear_base(batch, cfg)
     shift = ((y - start) * v).sum((2, 3), keepdim=True) / v.sum((2, 3), keepdim=True).clamp_min(1)
@@ -68,6 +70,7 @@ def predictors(batch: dict, cfg: GuidanceConfig) -> dict[str, torch.Tensor]:
     return {
         "seasonal": torch.from_numpy(seasonal_blend(batch, OFFSETS)).float() / 127.5 - 1,
         "linear start": start,
+        "linear start, tile_mean centre": linear_base(batch, centred),
         "oracle: linear start + tile colour": (start + shift).clamp(-1, 1),
         "oracle: best frame": cands[torch.arange(len(y)), err.argmin(1)],
         "oracle: tile weights": tile_fit(frames, y, v, bias=False),
@@ -81,21 +84,26 @@ def main(argv: list[str]) -> None:
     train = PairedTileDataset(dataset_dir, "train", context_offsets_months=OFFSETS)
     cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear")
     cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_base=fit_linear_base(train, cfg))
+    centred = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre="tile_mean")
+    centred = replace(centred, linear_base=fit_linear_base(train, centred))
     val = PairedTileDataset(dataset_dir, split, context_offsets_months=OFFSETS)
     rows = []
     for b in DataLoader(val, batch_size=64):
         psnr = lambda x: masked_psnr(x, b["future"], b["valid"], data_range=2.0)  # noqa: E731  ([-1, 1] images)
         base = psnr(b["past"])
-        gains = {name: psnr(pred) - base for name, pred in predictors(b, cfg).items()}
-        rows.append(pd.DataFrame({"aoi": list(b["aoi"]), "gap": b["gap_months"].numpy(), **gains}))
+        gains = {name: psnr(pred) - base for name, pred in predictors(b, cfg, centred).items()}
+        rows.append(pd.DataFrame({"aoi": list(b["aoi"]), "gap": b["gap_months"].numpy(), "persistence": base, **gains}))
     df = pd.concat(rows, ignore_index=True).dropna()
-    cols = [c for c in df.columns if c not in ("aoi", "gap")]
+    cols = [c for c in df.columns if c not in ("aoi", "gap", "persistence")]
     table = df.groupby(pd.cut(df["gap"], GAP_BINS), observed=True)[cols].mean().T
     table.columns = [f"gap {c}" for c in table.columns]
     table.insert(0, "all (areas equal)", df.groupby("aoi")[cols].mean().mean())
     print(f"{dataset_dir}, {split} split, {len(df)} pairs, {df['aoi'].nunique()} areas, frames {OFFSETS}: PSNR gain over "
           "persistence (dB); ORACLE rows look at the future image")
     print(table.round(2).to_string())
+    print("per area (the mean over its pairs), and the area's persistence PSNR (dB):")
+    per_area = df.groupby("aoi")[["linear start", "linear start, tile_mean centre", "seasonal"]].mean()
+    print(per_area.join(df.groupby("aoi")["persistence"].mean()).round(2).to_string())
 
 
 if __name__ == "__main__":

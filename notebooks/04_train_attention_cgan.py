@@ -77,6 +77,7 @@ context_offsets_months = None  # e.g. [0, -1, -2, "same_month_last_year"]: earli
 residual_base = "past"           # past | seasonal (needs "same_month_last_year" above) | linear (a per-gap blend of the frames fitted on train): the start
 linear_centre = "none"           # residual_base linear: none (blend around 0) | tile_mean (around the tile's mean colour: bright areas stay bright)
 temporal_fusion = "concat"       # concat (frames as channels) | attention (learned per-pixel blend of the frames starts the residual) | tile_reweight (the residual base with per-tile frame weights)
+centre_inputs = False          # attention / tile_reweight: the networks see colours relative to the tile's mean colour (brightness-equivariant)
 # architecture
 ngf = 32                     # generator filters at the first level (pix2pix: 64)
 ndf = 32                     # discriminator filters (pix2pix: 64)

@@ -43,6 +43,7 @@ class CGANTrainConfig(TrainConfig):
     # residual's start) | tile_reweight (the residual base with its frame weights changed per tile by a small
     # encoder), stsynth_lib.models.temporal; both need residual and context_offsets_months
     temporal_fusion: str = "concat"
+    centre_inputs: bool = False  # temporal generators: see colours relative to the tile's mean (brightness-equivariant)
     # loss
     gan_mode: str = "vanilla"  # vanilla (BCE) | lsgan
     lambda_l1: float = 100.0
@@ -142,6 +143,9 @@ class CGANTrainConfig(TrainConfig):
             if self.residual_base != "past":
                 raise ValueError("temporal_fusion: attention learns its own start (a blend of the past frames, the "
                                  "seasonal blend among them): use residual_base: past with it")
+        if self.centre_inputs and self.temporal_fusion == "concat":
+            raise ValueError("centre_inputs: true centres the inputs of a temporal generator on the tile's past frames: "
+                             "set temporal_fusion: tile_reweight or attention")
         if self.temporal_fusion != "concat":
             if not self.residual:
                 raise ValueError(f"temporal_fusion: {self.temporal_fusion} changes the residual's start: set "

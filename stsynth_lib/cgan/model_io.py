@@ -34,6 +34,7 @@ def model_spec(cfg: "CGANTrainConfig", guidance: GuidanceConfig, n_bands: int, t
         "channels": channels,
         # attention over the past frames (stsynth_lib.models.temporal); absent = channel stacking (older runs)
         **({"temporal_fusion": cfg.temporal_fusion} if cfg.temporal_fusion != "concat" else {}),
+        **({"centre_inputs": True} if cfg.centre_inputs else {}),  # absent = raw colours (older runs)
     }
 
 
@@ -42,7 +43,8 @@ def generator_from_spec(spec: Mapping[str, Any]) -> nn.Module:
                            ngf=spec["ngf"], norm=spec["norm"], dropout=spec["dropout"],
                            residual=bool(spec.get("residual", False)), gap_channel=spec.get("gap_channel"),
                            gap_scale_months=float(spec.get("guidance", {}).get("gap_scale_months", 24.0)),
-                           temporal_fusion=spec.get("temporal_fusion", "concat"), channels=spec.get("channels"))
+                           temporal_fusion=spec.get("temporal_fusion", "concat"), channels=spec.get("channels"),
+                           **({"centre_inputs": True} if spec.get("centre_inputs") else {}))
 
 
 

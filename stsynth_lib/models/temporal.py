@@ -55,6 +55,17 @@ def context_frames(channels: Sequence[str], n_bands: int) -> list[dict]:
     return frames
 
 
+def usable_condition_frames(x: torch.Tensor, frames: list[dict]) -> torch.Tensor:
+    """``(B, K, n_bands, H, W)``: each past frame of condition ``x`` where its validity plane is 1, else the past
+    image (as :func:`stsynth_lib.conditioning.usable_frames`)."""
+    past = x[:, frames[0]["bands"]]
+    out = [past]
+    for f in frames[1:]:
+        valid = x[:, f["valid"] : f["valid"] + 1]
+        out.append(past + valid * (x[:, f["bands"]] - past))
+    return torch.stack(out, 1)
+
+
 class TemporalBlend(nn.Module):
     """Per-pixel softmax weights over the past frames of a condition, and their weighted mean (see the module
     docstring). ``forward(x) -> (blend (B, n_bands, H, W), weights (B, K, H, W))``."""
@@ -131,20 +142,11 @@ class TileReweight(nn.Module):
         nn.init.zeros_(last.bias)
         last._stsynth_zero_init = True  # init_weights keeps it at zero: the first start is the residual base
 
-    def usable(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, K, n_bands, H, W)``: each past frame where its validity plane is 1, else the past image."""
-        past = x[:, self.frames[0]["bands"]]
-        out = [past]
-        for f in self.frames[1:]:
-            valid = x[:, f["valid"] : f["valid"] + 1]
-            out.append(past + valid * (x[:, f["bands"]] - past))
-        return torch.stack(out, 1)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = torch.cat([self.encoder(x).mean((2, 3)), x.mean((2, 3))], 1)
         k = len(self.frames)
         changes = self.head(pooled).reshape(-1, k + 1, self.n_bands).to(x.dtype)
-        frames = self.usable(x)
+        frames = usable_condition_frames(x, self.frames)
         start = x[:, : self.n_bands] + (changes[:, :k, :, None, None] * frames).sum(1) + changes[:, k, :, None, None]
         return start, changes
 
@@ -160,10 +162,19 @@ class TemporalAttentionGenerator(nn.Module):
     fusion = "attention"
 
     def __init__(self, inner_cls, channels: Sequence[str], out_channels: int = 3, tile_size_px: int = 256,
-                 gap_channel: int | None = None, blend_hidden: int = 16, **kwargs):
+                 gap_channel: int | None = None, blend_hidden: int = 16, centre_inputs: bool = False, **kwargs):
         super().__init__()
         if not kwargs.pop("residual", True):
             raise ValueError(f"temporal_fusion: {self.fusion} is a residual generator: set residual: true")
+        self.centre_inputs = bool(centre_inputs)
+        frames = context_frames(channels, out_channels)
+        # (in_channels, n_bands) one-hot: which band each image channel of the condition is (the first image, the
+        # residual base, and every frame's bands); time, validity and age planes are no band
+        band_of = torch.zeros(len(channels), out_channels)
+        for idx in [list(range(out_channels))] + [f["bands"] for f in frames]:
+            band_of[idx, torch.arange(out_channels)] = 1.0
+        self.register_buffer("band_of_channel", band_of, persistent=False)
+        self._frames = frames
         self.channels = list(channels)
         self.in_channels, self.out_channels = len(self.channels), out_channels
         self.blend = self.make_start(self.channels, out_channels, blend_hidden)
@@ -190,23 +201,39 @@ class TemporalAttentionGenerator(nn.Module):
             raise ValueError(f"expected a (B, {self.in_channels}, H, W) condition, got shape {tuple(x.shape)}; "
                              "check the GuidanceConfig used to build the condition matches the model's")
 
+    def centred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(condition, centre (B, n_bands, 1, 1))``. With ``centre_inputs`` the centre is the tile's mean colour
+        over its usable past frames, and every image channel of the condition has it subtracted: the networks then
+        see only colours relative to the tile's own, and the output is shifted back, so a brighter or darker tile
+        gets the same change (an offset on every frame moves the output by that offset, up to the clamp to [-1, 1]).
+        Without it: ``x`` and 0."""
+        self._check(x)
+        if not self.centre_inputs:
+            return x, x.new_zeros(x.shape[0], self.out_channels, 1, 1)
+        m = usable_condition_frames(x, self._frames).mean((1, 3, 4))  # (B, n_bands)
+        shift = m @ self.band_of_channel.to(m.dtype).T  # (B, in_channels)
+        return x - shift[:, :, None, None], m[:, :, None, None]
+
     def residual_start(self, x: torch.Tensor) -> torch.Tensor:
         """The image the change is added to: the blend of the past frames."""
-        self._check(x)
-        return self.blend(x)[0]
+        xc, m = self.centred(x)
+        return self.blend(xc)[0] + m
 
     def frame_weights(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """``(frame tags, (B, K, H, W) weights)``: how much each past frame contributes at each pixel."""
-        self._check(x)
-        return self.blend.tags, self.blend(x)[1]
+        return self.blend.tags, self.blend(self.centred(x)[0])[1]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return self.inner.forward_head(torch.cat([self.blend(x)[0], x], 1))
+        xc, _ = self.centred(x)
+        return self.inner.forward_head(torch.cat([self.blend(xc)[0], xc], 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
-        return self.inner(torch.cat([self.blend(x)[0], x], 1))
+        xc, m = self.centred(x)
+        inner_x = torch.cat([self.blend(xc)[0], xc], 1)
+        if not self.centre_inputs:
+            return self.inner(inner_x)
+        change = self.inner.change_scale(inner_x).to(x.dtype) * self.inner.forward_head(inner_x)
+        return torch.clamp(inner_x[:, : self.out_channels] + m + change, -1.0, 1.0)
 
 
 class TileReweightGenerator(TemporalAttentionGenerator):
@@ -225,5 +252,4 @@ class TileReweightGenerator(TemporalAttentionGenerator):
 
     def tile_changes(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """``(frame tags + ["bias"], (B, K + 1, n_bands))``: the per-tile weight changes and bias of the start."""
-        self._check(x)
-        return self.blend.tags + ["bias"], self.blend(x)[1]
+        return self.blend.tags + ["bias"], self.blend(self.centred(x)[0])[1]
