@@ -241,6 +241,21 @@ else:
     display(Markdown("> **Note:** no model predictions: nothing to compare per time gap."))
 
 # %% [markdown]
+# ### Is the gain broad? Per area
+# The same differences per area (the mean over its test pairs), placed by how stable the area is (its persistence
+# PSNR). A mean gain can hide one area that loses heavily; an area whose months barely change leaves little to gain
+# and much to lose.
+
+# %%
+gain_by_area = E.paired_gain_by_area(res.per_tile, gap_bases, "psnr", models=learned)
+if len(gain_by_area):
+    fig = E.plot_gain_by_area(gain_by_area, "psnr", labels=res.labels)
+    plt.show()
+    shown = gain_by_area.assign(model=[model_display_name(m, res.labels) for m in gain_by_area["model"]])
+    display(round_floats(shown.pivot_table(index=["aoi", "persistence"], columns=["baseline", "model"],
+                                           values="mean_diff", sort=False), 2))
+
+# %% [markdown]
 # A few test pairs with their past sequence (the frames the simple baselines and context models read, with their
 # dates; absent months grey), the truth, and each model and baseline.
 

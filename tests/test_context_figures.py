@@ -75,6 +75,29 @@ def test_gain_by_gap_is_the_paired_difference_per_bucket():
     assert plot_gain_by_gap(t.iloc[0:0]) is None
 
 
+def test_gain_by_area_is_the_paired_difference_per_area_with_its_persistence_level():
+    from stsynth_lib.evaluate import paired_gain_by_area, plot_gain_by_area
+
+    per_tile = _per_tile()
+    loses = (per_tile["aoi"] == "b") & (per_tile["model"] == "m") & (per_tile["gap_bucket"] == "4-6")
+    per_tile.loc[loses, "psnr"] -= 10.0  # area b loses 10 dB more on its long gaps
+    t = paired_gain_by_area(per_tile, ["persistence", "seasonal"], "psnr", models=["m"])
+    got = t.set_index(["baseline", "aoi"])
+    # area a: (1 + 3) / 2 over seasonal, 0.5 more over persistence; area b: (1 + 3 - 10) / 2
+    assert got.loc[("seasonal", "a"), "mean_diff"] == pytest.approx(2.0)
+    assert got.loc[("seasonal", "b"), "mean_diff"] == pytest.approx(-3.0)
+    assert got.loc[("persistence", "b"), "mean_diff"] == pytest.approx(-2.5)
+    assert got.loc[("persistence", "a"), "persistence"] == pytest.approx(21.0)  # its pairs' persistence mean
+    assert got.loc[("persistence", "b"), "persistence"] == pytest.approx(22.0)
+    assert (t["n_pairs"] == 6).all() and set(t["model"]) == {"m"}
+    assert set(paired_gain_by_area(per_tile, ["persistence"])["model"]) == {"m", "seasonal"}
+    fig = plot_gain_by_area(t)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "model - persistence"
+    ys = sorted(fig.axes[1].lines[0].get_ydata())
+    assert ys == pytest.approx([-3.0, 2.0])
+    assert plot_gain_by_area(t.iloc[0:0]) is None
+
+
 def test_sequence_examples_show_the_frames_the_baselines_read(tiny_dataset_dir):
     from stsynth_lib import evaluate as E
 

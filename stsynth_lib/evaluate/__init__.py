@@ -18,7 +18,9 @@ Entry points
   persistence on what.
 * :func:`gallery` / :func:`plot_metric_vs_gap` -- best / median / worst tiles, metric vs time gap.
 * :func:`paired_gain_by_gap` / :func:`plot_gain_by_gap` -- each model minus each baseline per time-gap bucket (where
-  a gain comes from); :func:`plot_sequence_examples` -- past sequence | truth | models.
+  a gain comes from); :func:`paired_gain_by_area` / :func:`plot_gain_by_area` -- the same per area, against the
+  area's persistence level (is a gain broad or carried by a few areas); :func:`plot_sequence_examples` -- past
+  sequence | truth | models.
 * :func:`fid_report` -- FID and KID per model, per gap bucket, and of persistence (notebook 07).
 * :func:`model_labels` -- the name tables show for each model: a ControlNet's row names its backbone
   ("ControlNet [tiny random backbone]"), read from the run's params.yaml and recorded in summary.json
@@ -58,9 +60,10 @@ from stsynth_lib.evaluate.scoring import (  # noqa: F401
     resampling_clusters,
     score_split,
 )
-from stsynth_lib.evaluate.figures import plot_gain_by_gap, plot_sequence_examples  # noqa: F401
+from stsynth_lib.evaluate.figures import plot_gain_by_area, plot_gain_by_gap, plot_sequence_examples  # noqa: F401
 from stsynth_lib.evaluate.stats import (  # noqa: F401
     VERDICT_METRICS,
+    paired_gain_by_area,
     paired_gain_by_gap,
     paired_table,
     paired_vs_baseline,

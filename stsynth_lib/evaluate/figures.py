@@ -160,6 +160,40 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     return fig
 
 
+def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
+    """One panel per baseline: each model's mean paired difference to it per area (a
+    :func:`~stsynth_lib.evaluate.stats.paired_gain_by_area` table) against the area's persistence level, so an area
+    that carries a loss (or a win) stands out, with its name. Returns the figure, or None for an empty table."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.data import METRICS
+
+    if table is None or len(table) == 0:
+        return None
+    bases = list(dict.fromkeys(table["baseline"]))
+    fig, axes = plt.subplots(1, len(bases), figsize=(4.8 * len(bases), 3.8), squeeze=False, sharey=True)
+    unit = METRICS.get(metric, (None, metric))[1]
+    for ax, base in zip(axes[0], bases):
+        g = table[table["baseline"] == base]
+        for m in dict.fromkeys(g["model"]):
+            r = g[g["model"] == m]
+            ax.plot(r["persistence"], r["mean_diff"], "o", alpha=0.8,
+                    label=textwrap.fill(model_display_name(m, labels), 28))
+        for aoi, r in g.groupby("aoi"):
+            ax.annotate(str(aoi)[:15], (r["persistence"].iloc[0], r["mean_diff"].max()), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points", color="0.35")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel(f"the area's persistence {unit} (higher: a more stable area)")
+        ax.set_title(f"model - {base}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"mean paired difference per area, {unit}")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline, one point per area and model",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 3,
                            indices: Sequence[int] | None = None, title: str | None = None):
     """Rows of pairs: the past sequence (the context frames scored by the baselines, with their dates; absent ones

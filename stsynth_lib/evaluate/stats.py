@@ -314,3 +314,32 @@ def paired_gain_by_gap(per_tile: pd.DataFrame, baselines: Iterable[str], metric:
     keep = [c for c in ("model", "baseline", "gap_bucket", "mean_diff", "ci_lo", "ci_hi", "better", "areas_better",
                         "n_areas", "n_pairs") if c in out]
     return out[keep]
+
+
+def paired_gain_by_area(per_tile: pd.DataFrame, baselines: Iterable[str], metric: str = "psnr",
+                        models: Iterable[str] | None = None) -> pd.DataFrame:
+    """Whether a gain is broad or carried by a few areas: per model, baseline and area (``aoi``), the mean over the
+    area's pairs of ``model - baseline`` on ``metric``, with the area's persistence level on it (how stable the
+    area is: a high persistence PSNR leaves little to gain and much to lose). ``models`` None: every row that is not
+    a baseline of the list or persistence. Columns: ``model, baseline, aoi, mean_diff, persistence, n_pairs``."""
+    from stsynth_lib.evaluate.data import PERSISTENCE
+
+    baselines = list(dict.fromkeys(baselines))
+    df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
+    wide = df.pivot_table(index=["aoi", "pair_id"], columns="model", values=metric)
+    wanted = [m for m in (models if models is not None else wide.columns)
+              if m in wide.columns and m not in baselines and m != PERSISTENCE]
+    columns = ["model", "baseline", "aoi", "mean_diff", "persistence", "n_pairs"]
+    if PERSISTENCE not in wide.columns or not wanted:
+        return pd.DataFrame(columns=columns)
+    level = wide[PERSISTENCE].groupby("aoi").mean()
+    rows = []
+    for base in (b for b in baselines if b in wide.columns):
+        for m in wanted:
+            diff = (wide[m] - wide[base]).dropna().groupby("aoi")
+            rows.append(pd.DataFrame({"model": m, "baseline": base, "mean_diff": diff.mean(),
+                                      "n_pairs": diff.size()}).rename_axis("aoi").reset_index())
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+    out["persistence"] = out["aoi"].map(level)
+    return out[columns]
+
