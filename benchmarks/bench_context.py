@@ -20,8 +20,8 @@ condition channels are the trainer's. Per training step:
 * K4a: K = 4 with ``temporal_fusion: attention`` (the learned per-pixel blend of the frames starts the residual,
   :mod:`stsynth_lib.models.temporal`), its ratio to K1 too;
 * Kp: the profile's own default (its ``context_offsets_months``, ``residual_base`` and ``temporal_fusion``: K = 6 with
-  the linear start since issue 13's second round, reweighted per tile, ``tile_reweight``, since its third), its ratio
-  to K1 too.
+  the linear start since issue 13's second round, reweighted per tile, ``tile_reweight``, since its third, and for
+  pix2pix the centred start and inputs, ``linear_centre`` and ``centre_inputs``, since its fourth), its ratio to K1 too.
 
 K1, K4, K4a and Kp are measured in interleaved rounds (the order rotates each round) after a warm-up, and each step is
 timed on its own; the table gives medians, so machine noise hits both equally. Writes ``<out>/context.json``.
@@ -80,10 +80,13 @@ def trainer_run(model: str, dataset_dir: Path, context, device: str, temporal_fu
     if context == "profile":
         context = params.get("context_offsets_months")
         temporal_fusion = params.get("temporal_fusion", "concat")
+    else:  # the K1 / K4 / K4a variants: plain channel stacking or attention, raw colours
+        params["centre_inputs"] = False
     base = params.get("residual_base", "past")
     if (temporal_fusion == "attention" or len(context or ()) < 2
             or (base == "seasonal" and "same_month_last_year" not in context)):
         params["residual_base"] = "past"  # the profile's start needs those frames; attention learns its own
+        params["linear_centre"] = "none"
     cfg = CGANTrainConfig.from_params(params, dataset_dir=str(dataset_dir), context_offsets_months=context,
                                       device=device, mixed_precision="no" if cpu else "auto",
                                       channels_last=False if cpu else "auto", progress=False, num_workers=0,
