@@ -80,7 +80,7 @@ def trainer_run(model: str, dataset_dir: Path, context, device: str, temporal_fu
     if context == "profile":
         context = params.get("context_offsets_months")
         temporal_fusion = params.get("temporal_fusion", "concat")
-    else:  # the K1 / K4 / K4a variants: plain channel stacking or attention, raw colours
+    else:  # the K1 / K4 / K4a variants: plain channel stacking or attention, no centre_inputs (K4 keeps the start)
         params["centre_inputs"] = False
     base = params.get("residual_base", "past")
     if (temporal_fusion == "attention" or len(context or ()) < 2

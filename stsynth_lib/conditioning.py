@@ -35,8 +35,8 @@ all the tile's usable frames and pixels: the start then follows any brightness o
 train and val areas, ``benchmarks/linear_start_cv.py``). Known limit: training's ``radiometric_jitter`` maps
 every frame and the future through one random gain ``g`` and offset ``o`` before the condition is built, and the
 fitted blend does not follow them exactly (its weights sum to a little under 1 and it has a bias): its start is then
-off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero on average over the draws, at most about 0.04 in [-1, 1] units with the
-``sn7_real_128`` weights and jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames
+off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero on average over the draws, at
+most about 0.04 in [-1, 1] units with the ``sn7_real_128`` weights fitted around 0 and jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames
 ``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves (or absent: the past image), so weights are shared
 between copies there; the small ridge term keeps the fit well posed.
 """
@@ -266,7 +266,8 @@ def _nearest_gap_rows(gaps: torch.Tensor, fitted: list[int]) -> torch.Tensor:
 
 def linear_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:
     """``(B, C, H, W)`` in [-1, 1]: ``sum_k w_k(gap) usable_frame_k + b(gap)`` with the weights of the nearest fitted
-    gap (see :func:`fit_linear_base`)."""
+    gap (see :func:`fit_linear_base`); with ``linear_centre: tile_mean``, ``m + sum_k w_k(gap) (usable_frame_k - m) +
+    b(gap)``, ``m`` the tile's mean colour (:func:`blend_centre`)."""
     if cfg.linear_base is None:
         raise ValueError("residual_base: linear has no fitted weights: fit them on the training split with "
                          "stsynth_lib.conditioning.fit_linear_base(train_dataset, cfg) (train_cgan does this)")

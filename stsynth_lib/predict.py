@@ -240,8 +240,11 @@ class CGANPredictor(Predictor):
         self.context_offsets = self.guidance.context_offsets_months
         self.trained_tile_size_px, self.n_bands = int(spec["tile_size_px"]), int(spec["out_channels"])
         # fully convolutional: any multiple of the U-Net's downsampling factor; but a tile_reweight start pools its
-        # weights over the whole input, so it sees tiles of the size it was trained on
-        self.tile_size_px = self.trained_tile_size_px if spec.get("temporal_fusion") == "tile_reweight" else None
+        # weights over the whole input, and centre_inputs / linear_centre: tile_mean take the mean colour of the whole
+        # input, so such a model sees tiles of the size it was trained on
+        pools = (spec.get("temporal_fusion") == "tile_reweight" or spec.get("centre_inputs")
+                 or self.guidance.linear_centre == "tile_mean")
+        self.tile_size_px = self.trained_tile_size_px if pools else None
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], seed: int) -> torch.Tensor:

@@ -88,3 +88,56 @@ def test_centre_inputs_is_checked_saved_and_reloaded(tiny_dataset_dir, tmp_path)
                                   context_offsets_months=[0, -1, SAME_MONTH_LAST_YEAR]))
     assert "centre_inputs" not in yaml.safe_load((plain / "model.yaml").read_text())  # older runs load unchanged
     assert not load_generator(plain, "best")[0].centre_inputs
+
+
+@pytest.mark.parametrize("fusion", ["tile_reweight", "attention"])
+def test_centred_output_is_its_start_plus_the_scaled_change(long_dataset_dir, fusion):
+    """What calibration assumes: ``G(x) = clamp(residual_start(x) + k(gap) * forward_head(x))``, with a scale and a
+    gap ramp set, for a centred generator too."""
+    batch = _batch(long_dataset_dir, 6)
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    x = build_condition(batch, cfg)
+    torch.manual_seed(0)
+    G = init_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True, temporal_fusion=fusion,
+                                     channels=cfg.channel_names(), centre_inputs=True,
+                                     gap_channel=cfg.channel_names().index("gap_months_scaled")))
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        G.inner.residual_scale.fill_(0.6)
+        G.inner.residual_full_gap_months.fill_(6.0)
+    G.eval()
+    with torch.no_grad():
+        k = G.inner.change_scale(torch.cat([G.residual_start(x), x], 1))
+        assert float(k.min()) < 0.6  # the gap ramp is active for the short gaps
+        want = torch.clamp(G.residual_start(x) + k * G.forward_head(x), -1, 1)
+        assert torch.allclose(G(x), want, atol=1e-6)
+
+
+def test_tile_weights_figure_counts_the_centre_as_a_share_of_each_frame(long_dataset_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+
+    from stsynth_lib.cgan.plots import plot_tile_weights
+    from stsynth_lib.data.dataset import PairedTileDataset
+
+    cfg = GuidanceConfig(context_offsets_months=OFFSETS).resolve(False, 3)
+    figures = []
+    for centre in (False, True):
+        torch.manual_seed(0)
+        G = init_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True,
+                                         temporal_fusion="tile_reweight", channels=cfg.channel_names(),
+                                         centre_inputs=centre))
+        changes = torch.zeros(5, 3)
+        changes[3] = 0.3  # last year's frame, every band
+        with torch.no_grad():
+            G.blend.head[-1].bias.copy_(changes.reshape(-1))
+        ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
+        fig = plot_tile_weights(G, ds, cfg, n=1)
+        bars = np.array([p.get_height() for p in fig.axes[0].patches])
+        figures.append(bars[5:] - bars[:5])  # this tile minus the base
+    assert np.allclose(figures[0], [0, 0, 0, 0.3, 0], atol=1e-6)
+    # start = base + 0.3 (f_ly - m), m the mean of the 4 frames: f_ly's weight +0.225, each other frame -0.075
+    assert np.allclose(figures[1], [-0.075, -0.075, -0.075, 0.225, 0], atol=1e-6)

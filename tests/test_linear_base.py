@@ -181,7 +181,10 @@ def test_linear_centre_is_checked_and_round_trips():
     assert "linear_centre" not in GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear").to_dict()
 
 
-def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("adopted", [False, True], ids=["plain", "sn7_real_128_pix2pix"])
+def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_dataset_dir, tmp_path, monkeypatch,
+                                                                            adopted):
+    """``adopted``: the sn7_real_128 pix2pix's combination (tile_mean start, tile_reweight, centre_inputs)."""
     from stsynth_lib.cgan.calibrate import calibrate_residual_scale
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.train import train_cgan
@@ -189,16 +192,22 @@ def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_
     from stsynth_lib.metrics import masked_l1
 
     kw = dict(context_offsets_months=OFFSETS, residual_base="linear", max_train_pairs=None)
+    if adopted:
+        kw.update(linear_centre="tile_mean", temporal_fusion="tile_reweight", centre_inputs=True)
     run = train_cgan(_train_cfg(long_dataset_dir, tmp_path, **kw))
     spec = yaml.safe_load((run / "model.yaml").read_text())
     rows = spec["guidance"]["linear_base"]
+    assert spec["guidance"].get("linear_centre", "none") == ("tile_mean" if adopted else "none")
+    assert bool(spec.get("centre_inputs")) == adopted
     assert rows and all(len(r["weights"]) == len(OFFSETS) for r in rows)
     G, cfg = load_generator(run, which="latest")
     assert cfg.linear_base is not None and cfg.channel_names()[0] == "linear_b1"
     ds = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=OFFSETS)
     _, table = calibrate_residual_scale(G, ds, cfg, batch_size=64, device="cpu", progress=False)
     batch = collate([ds[i] for i in range(len(ds))])
-    start = torch.from_numpy(to_uint8(linear_base(batch, cfg))).float() / 127.5 - 1.0
+    with torch.no_grad():  # scale 0 is the generator's own start: the fitted blend, reweighted per tile if adopted
+        start = G.residual_start(build_condition(batch, cfg)) if adopted else linear_base(batch, cfg)
+    start = torch.from_numpy(to_uint8(start)).float() / 127.5 - 1.0
     want = np.nanmean(masked_l1(start, batch["future"], batch["valid"]))
     past_l1 = np.nanmean(masked_l1(batch["past"], batch["future"], batch["valid"]))
     assert float(table.loc[table["residual_scale"] == 0, "val_l1"].iloc[0]) == pytest.approx(want, rel=1e-5)

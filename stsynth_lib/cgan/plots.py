@@ -273,6 +273,8 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     start, out = model.residual_start(x).float().cpu(), model(x).float().cpu()
     model.train(was)
     changes = changes.float().cpu().mean(2).numpy()  # (B, K + 1): band mean
+    if getattr(model, "centre_inputs", False):  # the changes act on frame - m: count m as a share of each frame
+        changes[:, :-1] -= changes[:, :-1].mean(1, keepdims=True)
     fig, axes = plt.subplots(len(indices), 4, figsize=(13, 2.8 * len(indices)), squeeze=False,
                              gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
     pos = np.arange(len(tags))

@@ -202,7 +202,8 @@ class CGANRun:
         state = self.checkpoint_state(ckpt)
         saved_spec = state.get("model_spec")
         if saved_spec is not None and saved_spec != self.spec:
-            diff = {k: (saved_spec.get(k), self.spec.get(k)) for k in self.spec if saved_spec.get(k) != self.spec.get(k)}
+            diff = {k: (saved_spec.get(k), self.spec.get(k)) for k in sorted(set(saved_spec) | set(self.spec))
+                    if saved_spec.get(k) != self.spec.get(k)}
             raise ValueError(
                 f"cannot resume from {ckpt}: it was trained with a different model/guidance {diff} "
                 "(checkpoint value, current value). Use the same parameters, another run_name, or "

@@ -153,8 +153,8 @@ class TileReweight(nn.Module):
 
 class TemporalAttentionGenerator(nn.Module):
     """A residual U-Net generator (``inner``, pix2pix or attention U-Net) that starts from :class:`TemporalBlend`'s
-    blend of the past frames instead of the past image: ``inner`` sees ``[blend, condition]`` and adds its change to
-    the blend. Exposes the residual interface of :class:`~stsynth_lib.models.unet.UNetGenerator`
+    blend of the past frames instead of the past image: ``inner`` sees ``[blend, condition]`` (both centred on the
+    tile's mean colour with ``centre_inputs``, see :meth:`centred`) and adds its change to the blend. Exposes the residual interface of :class:`~stsynth_lib.models.unet.UNetGenerator`
     (``residual``, ``forward_head``, ``residual_scale``, ``residual_full_gap_months``, ``gap_channel``) plus
     :meth:`residual_start` (the blend) and :meth:`frame_weights` (per-pixel weights; subclasses may start otherwise,
     see :class:`TileReweightGenerator`)."""
@@ -168,12 +168,13 @@ class TemporalAttentionGenerator(nn.Module):
             raise ValueError(f"temporal_fusion: {self.fusion} is a residual generator: set residual: true")
         self.centre_inputs = bool(centre_inputs)
         frames = context_frames(channels, out_channels)
-        # (in_channels, n_bands) one-hot: which band each image channel of the condition is (the first image, the
-        # residual base, and every frame's bands); time, validity and age planes are no band
-        band_of = torch.zeros(len(channels), out_channels)
+        # per condition channel: which band it is (the first image, i.e. the residual base, and every frame's bands)
+        # and 1 for such image channels, 0 for time, validity and age planes (not saved: rebuilt from the channels)
+        band_of, is_image = torch.zeros(len(channels), dtype=torch.long), torch.zeros(len(channels))
         for idx in [list(range(out_channels))] + [f["bands"] for f in frames]:
-            band_of[idx, torch.arange(out_channels)] = 1.0
+            band_of[idx], is_image[idx] = torch.arange(out_channels), 1.0
         self.register_buffer("band_of_channel", band_of, persistent=False)
+        self.register_buffer("is_image_channel", is_image, persistent=False)
         self._frames = frames
         self.channels = list(channels)
         self.in_channels, self.out_channels = len(self.channels), out_channels
@@ -205,13 +206,15 @@ class TemporalAttentionGenerator(nn.Module):
         """``(condition, centre (B, n_bands, 1, 1))``. With ``centre_inputs`` the centre is the tile's mean colour
         over its usable past frames, and every image channel of the condition has it subtracted: the networks then
         see only colours relative to the tile's own, and the output is shifted back, so a brighter or darker tile
-        gets the same change (an offset on every frame moves the output by that offset, up to the clamp to [-1, 1]).
-        Without it: ``x`` and 0."""
+        gets the same change: an offset on every image channel of the condition (the residual base included, which
+        a fitted linear start around 0, ``linear_centre: none``, does not follow exactly) moves the output by that
+        offset, up to the clamp to [-1, 1]. Elementwise (no matmul), so mixed precision subtracts and adds back the
+        same numbers. Without it: ``x`` and 0."""
         self._check(x)
         if not self.centre_inputs:
             return x, x.new_zeros(x.shape[0], self.out_channels, 1, 1)
         m = usable_condition_frames(x, self._frames).mean((1, 3, 4))  # (B, n_bands)
-        shift = m @ self.band_of_channel.to(m.dtype).T  # (B, in_channels)
+        shift = m[:, self.band_of_channel] * self.is_image_channel.to(m.dtype)  # (B, in_channels)
         return x - shift[:, :, None, None], m[:, :, None, None]
 
     def residual_start(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,5 +254,6 @@ class TileReweightGenerator(TemporalAttentionGenerator):
         raise ValueError("a temporal_fusion: tile_reweight generator has no per-pixel frame weights; see tile_changes")
 
     def tile_changes(self, x: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """``(frame tags + ["bias"], (B, K + 1, n_bands))``: the per-tile weight changes and bias of the start."""
+        """``(frame tags + ["bias"], (B, K + 1, n_bands))``: the per-tile weight changes and bias of the start (with
+        ``centre_inputs`` the weights act on the frames minus the tile's mean colour)."""
         return self.blend.tags + ["bias"], self.blend(self.centred(x)[0])[1]
