@@ -36,9 +36,10 @@ train and val areas, ``benchmarks/linear_start_cv.py``). Known limit: training's
 every frame and the future through one random gain ``g`` and offset ``o`` before the condition is built, and the
 fitted blend does not follow them exactly (its weights sum to a little under 1 and it has a bias): its start is then
 off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero on average over the draws, at
-most about 0.04 in [-1, 1] units with the ``sn7_real_128`` weights fitted around 0 and jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames
-``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves (or absent: the past image), so weights are shared
-between copies there; the small ridge term keeps the fit well posed.
+most about 0.04 in [-1, 1] units with the ``sn7_real_128`` weights fitted around 0 and jitter 0.2. Evaluation has
+no jitter. Around gaps of 10-12 months the frames ``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves
+(or absent: the past image), so weights are shared between copies there; the small ridge term keeps the fit well
+posed.
 """
 
 from __future__ import annotations
@@ -295,10 +296,11 @@ def fit_linear_base(dataset, cfg: GuidanceConfig, max_pairs_per_gap: int = 300, 
                     min_pairs_per_gap: int = 5, seed: int = 0, decimals: int = 5) -> tuple:
     """Least-squares weights of ``residual_base: linear``, one set per time gap in months: the future image
     regressed on the usable context frames (see :func:`usable_frames`) and a bias, all minus the blend's centre
-    (:func:`blend_centre`: 0, or the tile's mean colour with ``linear_centre: tile_mean``), over ``pixels_per_pair`` random
-    valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training split) per gap. Gaps
-    with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap). Seeded and rounded
-    to ``decimals``, so a resumed run fits the same weights. Returns ``GuidanceConfig.linear_base``."""
+    (:func:`blend_centre`: 0, or the tile's mean colour with ``linear_centre: tile_mean``), over
+    ``pixels_per_pair`` random valid pixels of up to ``max_pairs_per_gap`` random pairs of ``dataset`` (the training
+    split) per gap. Gaps with fewer than ``min_pairs_per_gap`` pairs are left out (they use the nearest fitted gap).
+    Seeded and rounded to ``decimals``, so a resumed run fits the same weights. Returns
+    ``GuidanceConfig.linear_base``."""
     offsets = list(cfg.context_offsets_months or ())
     if len(offsets) < 2 or list(getattr(dataset, "context_offsets_months", None) or ()) != offsets:
         raise ValueError(f"fit_linear_base needs a dataset opened with the guidance's context offsets {offsets}; "

@@ -144,8 +144,8 @@ class CGANTrainConfig(TrainConfig):
                 raise ValueError("temporal_fusion: attention learns its own start (a blend of the past frames, the "
                                  "seasonal blend among them): use residual_base: past with it")
         if self.centre_inputs and self.temporal_fusion == "concat":
-            raise ValueError("centre_inputs: true centres the inputs of a temporal generator on the tile's past frames: "
-                             "set temporal_fusion: tile_reweight or attention")
+            raise ValueError("centre_inputs: true centres the inputs of a temporal generator on the tile's past "
+                             "frames: set temporal_fusion: tile_reweight or attention")
         if self.temporal_fusion != "concat":
             if not self.residual:
                 raise ValueError(f"temporal_fusion: {self.temporal_fusion} changes the residual's start: set "

@@ -154,7 +154,8 @@ class TileReweight(nn.Module):
 class TemporalAttentionGenerator(nn.Module):
     """A residual U-Net generator (``inner``, pix2pix or attention U-Net) that starts from :class:`TemporalBlend`'s
     blend of the past frames instead of the past image: ``inner`` sees ``[blend, condition]`` (both centred on the
-    tile's mean colour with ``centre_inputs``, see :meth:`centred`) and adds its change to the blend. Exposes the residual interface of :class:`~stsynth_lib.models.unet.UNetGenerator`
+    tile's mean colour with ``centre_inputs``, see :meth:`centred`) and adds its change to the blend. Exposes the
+    residual interface of :class:`~stsynth_lib.models.unet.UNetGenerator`
     (``residual``, ``forward_head``, ``residual_scale``, ``residual_full_gap_months``, ``gap_channel``) plus
     :meth:`residual_start` (the blend) and :meth:`frame_weights` (per-pixel weights; subclasses may start otherwise,
     see :class:`TileReweightGenerator`)."""
