@@ -65,21 +65,14 @@ def make() -> list[str]:
 
 def score(names: list[str]) -> None:
     from stsynth_lib import evaluate as E
-    from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.evaluate.generator import predict_split
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from score_context_val import print_paired, score_runs
 
     bright = make()
-    ds = PairedTileDataset(DERIVED, "val")
-    runs = {}
-    for name in names:
-        out = f"runs/sn7_real_128/{name}/predictions/val_brightval"
-        predict_split(f"runs/sn7_real_128/{name}", ds, out, progress=False)
-        runs[name] = out
-    res = E.evaluate_models(DERIVED, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
-                            baselines=("seasonal",))
-    tiles = res.per_tile[res.per_tile["common"]]
-    psnr = tiles.pivot_table(index=["aoi", "pair_id"], columns="model", values="psnr")
-    gains = psnr.drop(columns="persistence").sub(psnr["persistence"], axis=0).groupby("aoi").mean()
+    res = score_runs(DERIVED, names, predictions="val_brightval", baselines=("seasonal",))
+    by_area = E.paired_gain_by_area(res.per_tile, ["persistence"], "psnr", models=[*names, "seasonal"])
+    gains = by_area.pivot_table(index="aoi", columns="model", values="mean_diff")
     gains.insert(0, "bright", gains.index.isin(bright))
     print(f"{DERIVED} val: the 7 val areas and the {len(bright)} bright train areas (not trained on here; checkpoint "
           "choice and calibration use them); "
@@ -87,11 +80,7 @@ def score(names: list[str]) -> None:
     print(gains.round(2).to_string())
     print("mean over areas:", gains.drop(columns="bright").groupby(gains["bright"]).mean().round(3)
           .rename(index={True: "bright", False: "dark (val)"}).to_string(), sep="\n")
-    for baseline in ("persistence", "seasonal", *names[1:]):
-        table = E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)
-        if baseline in runs:
-            table = table[table["model"] == names[0]]
-        print(E.paired_table(table).to_string())
+    print_paired(res, names)
 
 
 if __name__ == "__main__":

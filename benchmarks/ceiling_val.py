@@ -82,10 +82,9 @@ def main(argv: list[str]) -> None:
     dataset_dir = argv[0] if argv else DATASET
     split = argv[1] if len(argv) > 1 else "val"
     train = PairedTileDataset(dataset_dir, "train", context_offsets_months=OFFSETS)
-    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear")
-    cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_base=fit_linear_base(train, cfg))
-    centred = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre="tile_mean")
-    centred = replace(centred, linear_base=fit_linear_base(train, centred))
+    cfg, centred = (GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre=c)
+                    for c in ("none", "tile_mean"))
+    cfg, centred = (replace(g, linear_base=fit_linear_base(train, g)) for g in (cfg, centred))
     val = PairedTileDataset(dataset_dir, split, context_offsets_months=OFFSETS)
     rows = []
     for b in DataLoader(val, batch_size=64):

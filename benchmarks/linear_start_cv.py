@@ -18,6 +18,7 @@ About 4 minutes on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -58,8 +59,7 @@ def fold_gains(parts: list[PairedTileDataset], held_out: set[str], areas: list[s
     cfgs = {}
     for c in CENTRES:
         cfg = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre=c)
-        cfgs[c] = GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre=c,
-                                 linear_base=fit_linear_base(fit_on, cfg))
+        cfgs[c] = replace(cfg, linear_base=fit_linear_base(fit_on, cfg))
     rows = []
     for b in DataLoader(score_on, batch_size=64):
         psnr = lambda x: masked_psnr(x, b["future"], b["valid"], data_range=2.0)  # noqa: E731  ([-1, 1] images)

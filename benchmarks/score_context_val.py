@@ -18,21 +18,34 @@ from stsynth_lib.evaluate.generator import predict_split
 DATASET = "data/sn7_real_128/dataset"
 
 
-def main() -> None:
-    ds = PairedTileDataset(DATASET, "val")
+def score_runs(dataset_dir, names: list[str], predictions: str = "val", baselines=("mean_last_3", "seasonal")):
+    """Predict the val split of ``dataset_dir`` with each named run of runs/sn7_real_128/ (into its
+    ``predictions/<predictions>`` folder) and score them with persistence and ``baselines`` on the same pairs."""
+    ds = PairedTileDataset(dataset_dir, "val")
     runs = {}
-    for name in (sys.argv[1:] or ["ctx4_pix2pix", "pix2pix"]):
-        out = f"runs/sn7_real_128/{name}/predictions/val"
+    for name in names:
+        out = f"runs/sn7_real_128/{name}/predictions/{predictions}"
         predict_split(f"runs/sn7_real_128/{name}", ds, out, progress=False)
         runs[name] = out
-    res = E.evaluate_models(DATASET, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
-                            baselines=("mean_last_3", "seasonal"))
-    print(E.results_table(res.summary, ("psnr", "ssim", "l1")).to_string())
-    for baseline in ("persistence", "seasonal", *list(runs)[1:]):  # and the first named run against each other one
+    return E.evaluate_models(dataset_dir, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
+                             baselines=baselines)
+
+
+def print_paired(res, names: list[str]) -> None:
+    """Every model against persistence and seasonal, and the first named run against each other one, paired,
+    whole areas resampled."""
+    for baseline in ("persistence", "seasonal", *names[1:]):
         table = E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)
-        if baseline in runs:
-            table = table[table["model"] == next(iter(runs))]
+        if baseline in names:
+            table = table[table["model"] == names[0]]
         print(E.paired_table(table).to_string())
+
+
+def main() -> None:
+    names = sys.argv[1:] or ["ctx4_pix2pix", "pix2pix"]
+    res = score_runs(DATASET, names)
+    print(E.results_table(res.summary, ("psnr", "ssim", "l1")).to_string())
+    print_paired(res, names)
 
 
 if __name__ == "__main__":
