@@ -50,11 +50,13 @@ def track_record_choice(per_tile: pd.DataFrame, pairs: pd.DataFrame, candidates:
                         min_history_pairs: int = 1, psnr_cap_db: float = 100.0, match_gap: bool = False,
                         margin: float = 0.0) -> pd.DataFrame:
     """For each pair scored by every candidate: the candidate with the best mean ``metric`` over the same tile's
-    earlier pairs (future date not after this pair's past date; with ``match_gap``, only those of the same time gap),
-    ties to the earlier candidate; the first candidate while fewer than ``min_history_pairs`` such pairs exist, or
-    unless another one beats it there by more than ``margin`` (in the metric's units). ``pairs`` holds ``pair_id``, the tile columns (``aoi``,
-    ``row_off``, ``col_off``; missing ones are ignored) and ``past_year, past_month, future_year, future_month``.
-    Returns ``pair_id, chosen, n_history`` (the number of earlier pairs the choice rests on)."""
+    earlier pairs (future date not after this pair's past date; with ``match_gap``, only those of the same time
+    gap), ties to the earlier candidate. The first candidate is kept while fewer than ``min_history_pairs`` such
+    pairs exist, and while no other one beats it there by more than ``margin`` (in the metric's units).
+
+    ``pairs`` holds ``pair_id``, the tile columns (``aoi``, ``row_off``, ``col_off``; missing ones are ignored) and
+    ``past_year, past_month, future_year, future_month``. Returns ``pair_id, chosen, n_history`` (the number of
+    earlier pairs the choice rests on)."""
     candidates = list(dict.fromkeys(candidates))
     if len(candidates) < 2:
         raise ValueError(f"track record: give at least two candidates (the model first), got {candidates}")
