@@ -109,18 +109,36 @@ def test_tiles_do_not_share_a_track_record():
 
 
 def test_guarded_rows_copy_every_metric_of_the_chosen_candidate():
-    pairs = _pairs(tiles=("A",))
+    pairs = _pairs()
     rng = np.random.default_rng(1)
-    per_tile = _per_tile(pairs, {m: 20 + rng.normal(0, 2, len(pairs)) for m in ("model", "persistence")})
+    a = (pairs["aoi"] == "A").to_numpy()
+    per_tile = _per_tile(pairs, {"model": np.where(a, 25.0, 20.0) + rng.normal(0, 1, len(pairs)),
+                                 "persistence": 22.5 + rng.normal(0, 1, len(pairs))})
     out = guard_models(per_tile, pairs, ["model", "absent"], ["persistence"])
     g = out[out["model"] == "model_guarded"].set_index("pair_id")
     assert set(out["model"]) == {"model", "persistence", "model_guarded"}
+    assert len(g) == len(pairs) and g["chosen"].nunique() == 2  # both the model's and the fallback's rows
     src = per_tile.set_index(["model", "pair_id"])
     for pid, row in g.iterrows():
         for metric in ("psnr", "ssim", "l1"):
             assert row[metric] == src.loc[(row["chosen"], pid), metric]
     choice = track_record_choice(per_tile, pairs, ["model", "persistence"])
     assert (guarded_rows(per_tile, choice, "x")["chosen"].to_numpy() == choice["chosen"].to_numpy()).all()
+
+
+def test_a_pair_a_fallback_did_not_score_keeps_the_model_and_enters_no_record():
+    pairs = _pairs(tiles=("A",))
+    per_tile = _per_tile(pairs, {"model": np.full(len(pairs), 20.0), "persistence": np.full(len(pairs), 25.0)})
+    first = pairs.loc[(pairs["t0"] == 0) & (pairs["t1"] == 1), "pair_id"].item()
+    per_tile.loc[(per_tile["model"] == "persistence") & (per_tile["pair_id"] == first), "psnr"] = np.nan
+    got = track_record_choice(per_tile, pairs, ["model", "persistence"]).merge(pairs, on="pair_id")
+    assert len(got) == len(pairs)  # every pair the model scored
+    assert got.loc[got["pair_id"] == first, "chosen"].item() == "model"
+    assert set(got.loc[got["t0"] == 1, "n_history"]) == {0}  # (0,1) was not scored by persistence: no record yet
+    assert set(got.loc[got["t0"] == 2, "n_history"]) == {2}  # (0,2), (1,2)
+    assert (got.loc[got["n_history"] > 0, "chosen"] == "persistence").all()
+    one = _per_tile(pairs.iloc[:1], {"model": np.array([20.0]), "persistence": np.array([25.0])})
+    assert track_record_choice(one, pairs, ["model", "persistence"])["chosen"].tolist() == ["model"]  # one pair
 
 
 def test_bad_arguments_are_refused_by_name():
@@ -132,5 +150,8 @@ def test_bad_arguments_are_refused_by_name():
         track_record_choice(per_tile, pairs, ["model"])
     with pytest.raises(ValueError, match="min_history_pairs"):
         track_record_choice(per_tile, pairs, ["model", "persistence"], min_history_pairs=0)
+    blank = per_tile.assign(psnr=np.where(per_tile["model"] == "persistence", np.nan, per_tile["psnr"]))
+    with pytest.raises(ValueError, match="no psnr score"):
+        track_record_choice(blank, pairs, ["model", "persistence"])
     with pytest.raises(ValueError, match="unknown metric"):
         track_record_choice(per_tile, pairs, ["model", "persistence"], metric="psnr_db")

@@ -11,9 +11,11 @@ LPIPS and building F1 included), so the guarded model is scored exactly like the
 score the model and the candidates on the tile's earlier pairs first (``evaluate_models`` on those pairs), then call
 :func:`track_record_choice`.
 
-Why: a model trained on one set of areas can lose to persistence in an area unlike any it was trained on (on the
-``sn7_real_128`` test split, a bright, very stable desert; see chapter 6). The area's own history shows that loss
-before the pair is predicted.
+Why it was built: a model trained on one set of areas can lose to persistence in an area unlike any it was trained
+on (on the ``sn7_real_128`` test split, a bright, very stable desert; see chapter 6), and the area's own history
+might show that loss before the pair is predicted. On the validation split it did not pay: every guard tried scored
+0.004-0.36 dB under the unguarded cGANs and gained in no area (``benchmarks/track_record_val.py``), so no chapter
+uses it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def month_index(year, month):
 
 
 def _scores(per_tile: pd.DataFrame, candidates: Sequence[str], metric: str, psnr_cap_db: float) -> pd.DataFrame:
+    """(pairs the first candidate scored) x candidates of ``metric``, NaN where a candidate has no score."""
     df = per_tile[per_tile["common"]] if "common" in per_tile else per_tile
     missing = [c for c in candidates if c not in set(df["model"])]
     if missing:
@@ -41,8 +44,11 @@ def _scores(per_tile: pd.DataFrame, candidates: Sequence[str], metric: str, psnr
                          "score them first, e.g. evaluate_models(..., baselines=(...))")
     if metric not in df.columns:
         raise ValueError(f"track record: metric {metric!r} is not a column of per_tile")
-    wide = df[df["model"].isin(candidates)].pivot_table(index="pair_id", columns="model", values=metric)
-    wide = wide[list(candidates)].dropna()
+    wide = df[df["model"].isin(candidates)].pivot(index="pair_id", columns="model", values=metric)[list(candidates)]
+    empty = [c for c in candidates if wide[c].isna().all()]
+    if empty:
+        raise ValueError(f"track record: {empty} have no {metric} score on any pair")
+    wide = wide[wide[candidates[0]].notna()]
     return wide.clip(upper=psnr_cap_db) if metric.startswith("psnr") else wide
 
 
@@ -56,7 +62,8 @@ def track_record_choice(per_tile: pd.DataFrame, pairs: pd.DataFrame, candidates:
 
     ``pairs`` holds ``pair_id``, the tile columns (``aoi``, ``row_off``, ``col_off``; missing ones are ignored) and
     ``past_year, past_month, future_year, future_month``. Returns ``pair_id, chosen, n_history`` (the number of
-    earlier pairs the choice rests on)."""
+    earlier pairs the choice rests on) for every pair the first candidate scored; a pair some other candidate did
+    not score keeps the first one and does not enter any record."""
     candidates = list(dict.fromkeys(candidates))
     if len(candidates) < 2:
         raise ValueError(f"track record: give at least two candidates (the model first), got {candidates}")
@@ -74,16 +81,18 @@ def track_record_choice(per_tile: pd.DataFrame, pairs: pd.DataFrame, candidates:
     if match_gap:
         key = key + "|gap" + (t1 - t0).astype(str)
     out = []
+    complete = wide.notna().all(axis=1)
     for _, ids in key.groupby(key).groups.items():
         ids = np.asarray(ids)
-        order = np.argsort(t1.loc[ids].to_numpy(), kind="stable")
-        ends = t1.loc[ids].to_numpy()[order]
-        sums = np.cumsum(sign * wide.loc[ids[order]].to_numpy(), axis=0)
+        known = ids[complete.loc[ids].to_numpy()]  # pairs every candidate scored: the only ones a record counts
+        order = np.argsort(t1.loc[known].to_numpy(), kind="stable")
+        ends = t1.loc[known].to_numpy()[order]
+        sums = np.vstack([np.zeros(len(candidates)), np.cumsum(sign * wide.loc[known[order]].to_numpy(), axis=0)])
         n = np.searchsorted(ends, t0.loc[ids].to_numpy(), side="right")  # earlier pairs: future <= this past
-        means = np.where(n[:, None] > 0, sums[np.maximum(n - 1, 0)] / np.maximum(n, 1)[:, None], 0.0)
+        means = sums[n] / np.maximum(n, 1)[:, None]
         best = np.argmax(means, axis=1)
         clear = means[np.arange(len(best)), best] - means[:, 0] > float(margin)
-        pick = np.where((n >= int(min_history_pairs)) & clear, best, 0)
+        pick = np.where((n >= int(min_history_pairs)) & clear & complete.loc[ids].to_numpy(), best, 0)
         out.append(pd.DataFrame({"pair_id": ids, "chosen": np.asarray(candidates)[pick], "n_history": n}))
     if not out:
         return pd.DataFrame(columns=["pair_id", "chosen", "n_history"])
