@@ -77,14 +77,13 @@ def track_record_choice(per_tile: pd.DataFrame, pairs: pd.DataFrame, candidates:
     p = pairs.set_index("pair_id").loc[wide.index.intersection(pairs["pair_id"])]
     t0 = pd.Series(month_index(p["past_year"], p["past_month"]), index=p.index)
     t1 = pd.Series(month_index(p["future_year"], p["future_month"]), index=p.index)
-    key = p[tile_cols].astype(str).agg("|".join, axis=1) if tile_cols else pd.Series("", index=p.index)
-    if match_gap:
-        key = key + "|gap" + (t1 - t0).astype(str)
+    groups = p[tile_cols].assign(gap=(t1 - t0) if match_gap else 0).groupby(tile_cols + ["gap"]).groups
     out = []
     complete = wide.notna().all(axis=1)
-    for _, ids in key.groupby(key).groups.items():
+    for ids in groups.values():
         ids = np.asarray(ids)
-        known = ids[complete.loc[ids].to_numpy()]  # pairs every candidate scored: the only ones a record counts
+        ok = complete.loc[ids].to_numpy()
+        known = ids[ok]  # pairs every candidate scored: the only ones a record counts
         order = np.argsort(t1.loc[known].to_numpy(), kind="stable")
         ends = t1.loc[known].to_numpy()[order]
         sums = np.vstack([np.zeros(len(candidates)), np.cumsum(sign * wide.loc[known[order]].to_numpy(), axis=0)])
@@ -92,7 +91,7 @@ def track_record_choice(per_tile: pd.DataFrame, pairs: pd.DataFrame, candidates:
         means = sums[n] / np.maximum(n, 1)[:, None]
         best = np.argmax(means, axis=1)
         clear = means[np.arange(len(best)), best] - means[:, 0] > float(margin)
-        pick = np.where((n >= int(min_history_pairs)) & clear & complete.loc[ids].to_numpy(), best, 0)
+        pick = np.where((n >= int(min_history_pairs)) & clear & ok, best, 0)
         out.append(pd.DataFrame({"pair_id": ids, "chosen": np.asarray(candidates)[pick], "n_history": n}))
     if not out:
         return pd.DataFrame(columns=["pair_id", "chosen", "n_history"])
