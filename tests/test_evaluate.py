@@ -68,8 +68,13 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     # persistence is computed from the dataset: the noisy copy of it must be worse on PSNR
     s = res.summary.set_index(["model", "metric"])["mean"]
     assert s[("noisy", "psnr")] < s[("persistence", "psnr")] < s[("oracle", "psnr")]
-    verdict = " ".join(E.persistence_verdict(res.summary))
-    assert "noisy does NOT beat the persistence baseline" in verdict
+    payload = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    verdict = " ".join(E.persistence_verdict(payload["paired_vs_persistence"]))  # the paired interval decides
+    assert verdict == payload["verdict"][0] and "noisy" in verdict and "better on" not in verdict
+    # the tiny test split has one area: no interval, so no verdict (a per-tile interval would have called it)
+    assert "(one test area only: no interval" in verdict or "noisy is worse" in verdict
+    with pytest.raises(TypeError, match="paired rows"):
+        E.persistence_verdict(res.summary)  # the per-tile summary: tile intervals never decide
     # the oracle's segmentation equals the upper bound
     if data.has_mask.any():
         assert s[("oracle", "f1_micro")] == pytest.approx(s[(E.UPPER_BOUND, "f1_micro")])

@@ -13,9 +13,11 @@ Entry points
 * ``evaluate_models(..., baselines=("mean_last_3", "seasonal"))`` -- simple baselines (:mod:`stsynth_lib.baselines`)
   from the store's past frames, scored like models; :func:`strongest_baseline` names the best one on a metric and
   :func:`paired_vs_baseline` compares every model with it (:func:`paired_vs_persistence`: with persistence).
-* :func:`summarise` / :func:`results_table` / :func:`persistence_verdict` -- mean and 95 % bootstrap
-  interval over tiles, the wide table of the book, and the plain sentence saying which model beats
-  persistence on what.
+* :func:`summarise` / :func:`results_table` -- mean and 95 % bootstrap interval over tiles and the wide table of the
+  book (these intervals describe; they never decide); :func:`persistence_verdict` -- the verdict in words, from the
+  paired interval over whole areas or blocks: which model is better than persistence, worse, or not clearly
+  different, on what (:mod:`stsynth_lib.verdict`, the project's one rule); :func:`results_markdown` -- results.md
+  from a summary.json.
 * :func:`gallery` / :func:`plot_metric_vs_gap` -- best / median / worst tiles, metric vs time gap.
 * :func:`paired_gain_by_gap` / :func:`plot_gain_by_gap` -- each model minus each baseline per time-gap bucket (where
   a gain comes from); :func:`paired_gain_by_area` / :func:`plot_gain_by_area` -- the same per area, against the
@@ -55,6 +57,7 @@ from stsynth_lib.evaluate.report import (  # noqa: F401
     plot_metric_vs_gap,
     prediction_dirs,
     record_strongest_baseline,
+    results_markdown,
     save_results,
 )
 from stsynth_lib.evaluate.scoring import (  # noqa: F401

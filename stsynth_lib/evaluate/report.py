@@ -30,13 +30,15 @@ from stsynth_lib.evaluate.stats import (
     summarise,
 )
 from stsynth_lib.report_format import model_display_name
+from stsynth_lib.verdict import strongest_baseline_text, verdict_sentence
 
 
 def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None,
                  header: str | None = None, resample_unit: str | None = None) -> Path:
     """Write per_tile.csv, summary.csv, summary.json, paired_vs_persistence.csv and results.md atomically under
     ``out_dir``. ``header`` (markdown, optional) opens results.md: what was scored; ``resample_unit`` says what the
-    paired interval resampled (default: whole blocks or whole areas, read from the clusters)."""
+    paired interval resampled (default: whole blocks or whole areas, read from the clusters). results.md is
+    :func:`results_markdown` of summary.json: its verdicts are the paired interval's (:mod:`stsynth_lib.verdict`)."""
     from stsynth_lib.runs import atomic_write_text
 
     out = Path(out_dir)
@@ -44,8 +46,6 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
     atomic_write_text(out / "per_tile.csv", res.per_tile.to_csv(index=False))
     atomic_write_text(out / "summary.csv", res.summary.to_csv(index=False))
     labels = dict(res.labels or {})
-    table = results_table(res.summary, labels=labels)
-    verdict = persistence_verdict(res.summary)
     by_block = "cluster" in res.per_tile and bool(res.per_tile["cluster"].astype(str).str.contains("/block-").any())
     unit = resample_unit or ("whole blocks (the dataset is split by blocks)" if by_block else "whole areas (AOIs)")
     paired = _paired(res.per_tile)
@@ -56,26 +56,71 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
         "n_common_tiles": int(res.per_tile.loc[res.per_tile["model"] == PERSISTENCE, "common"].sum()),
         "calibrated": res.calibrated,
         "notes": res.notes,
-        "verdict": verdict,
         "summary": json.loads(res.summary.to_json(orient="records")),
         "paired_vs_persistence": json.loads(paired.to_json(orient="records")),
         "paired_resamples": unit,
         "model_labels": labels,  # the name tables show for a model (a ControlNet: which backbone produced it)
+        "results_header": header,  # opens results.md, which is rewritten from this file (record_strongest_baseline)
     }
-    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
-    text = (header.rstrip() + "\n\n" if header else "") + _md(table) + "\n\n"
-    text += "\n".join(f"- {v}" for v in verdict + res.notes) + "\n"
-    change = [m for m in CHANGE_METRICS if m in set(res.summary["metric"])] if len(res.summary) else []
+    _write_summary_and_results(out, payload)
+    return out
+
+
+def verdicts(payload: Mapping[str, Any]) -> list[str]:
+    """The verdict sentences of a summary.json payload: every model against persistence and, once chapter 6 recorded
+    it, against the strongest simple baseline; paired intervals only (:func:`stsynth_lib.verdict.verdict_sentence`)."""
+    labels = dict(payload.get("model_labels") or {})
+    split = payload.get("split") or "test"
+    out = persistence_verdict(payload.get("paired_vs_persistence") or [], labels, split=split)
+    best = (payload.get("strongest_baseline") or {}).get("name")
+    if best:
+        line = verdict_sentence(payload.get("paired_vs_strongest_baseline") or [], best,
+                                baseline_text=strongest_baseline_text(
+                                    best, payload["strongest_baseline"].get("chosen_on", "val")),
+                                name=lambda m: model_display_name(m, labels), split=split)
+        out += [line] if line else []
+    return out
+
+
+def results_markdown(payload: Mapping[str, Any]) -> str:
+    """results.md from a summary.json payload alone: the header, the table over tiles, the verdicts (paired
+    intervals), the notes, the change-aware table and the paired tables with persistence and the strongest
+    baseline."""
+    summary = pd.DataFrame(payload.get("summary") or [])
+    for c in ("mean", "ci_lo", "ci_hi"):
+        if c in summary:
+            summary[c] = summary[c].astype(float)
+    labels = dict(payload.get("model_labels") or {})
+    unit = payload.get("paired_resamples", "whole areas (AOIs)")
+    header = payload.get("results_header")
+    text = (header.rstrip() + "\n\n" if header else "")
+    if len(summary):
+        text += _md(results_table(summary, labels=labels)) + "\n\n"
+    text += "\n".join(f"- {v}" for v in verdicts(payload) + list(payload.get("notes") or [])) + "\n"
+    change = [m for m in CHANGE_METRICS if m in set(summary["metric"])] if len(summary) else []
     if change:
         text += ("\nChange-aware pixel scores (labelled pairs only): new-building pixels (built at t1, not at t0), "
                  "changed pixels (footprint differs) and unchanged pixels:\n\n"
-                 + _md(results_table(res.summary, change, labels=labels)) + "\n")
+                 + _md(results_table(summary, change, labels=labels)) + "\n")
+    paired = pd.DataFrame(payload.get("paired_vs_persistence") or [])
     if len(paired):
-        pt = paired_table(paired, labels=labels).set_index("model")
         text += (f"\nPaired with persistence on the same pairs, 95 % interval from resampling {unit}:\n\n"
-                 + _md(pt) + "\n")
-    atomic_write_text(out / "results.md", text)
-    return out
+                 + _md(paired_table(paired, labels=labels).set_index("model")) + "\n")
+    best, rows = (payload.get("strongest_baseline") or {}).get("name"), payload.get("paired_vs_strongest_baseline")
+    if best and rows:
+        bar = strongest_baseline_text(best, payload["strongest_baseline"].get("chosen_on", "val"))
+        text += (f"\nPaired with {bar} on the same pairs, 95 % interval from resampling {unit}:\n\n"
+                 + _md(paired_table(pd.DataFrame(rows), labels=labels).set_index("model")) + "\n")
+    return text
+
+
+def _write_summary_and_results(out: Path, payload: dict) -> None:
+    """summary.json (with its verdict sentences) and results.md, both from ``payload``, atomically."""
+    from stsynth_lib.runs import atomic_write_text
+
+    payload["verdict"] = verdicts(payload)
+    atomic_write_text(out / "summary.json", json.dumps(payload, indent=2, allow_nan=True))
+    atomic_write_text(out / "results.md", results_markdown(payload))
 
 
 def record_strongest_baseline(out_dir: str | Path, baseline: str, paired: pd.DataFrame | None, *,
@@ -83,10 +128,9 @@ def record_strongest_baseline(out_dir: str | Path, baseline: str, paired: pd.Dat
     """Add the comparison with the strongest simple baseline to ``out_dir/summary.json`` (atomically), so the
     results file that the book and the README read holds it: ``strongest_baseline`` = {name, chosen_on,
     chosen_by} and ``paired_vs_strongest_baseline`` = the rows of :func:`~stsynth_lib.evaluate.stats.paired_vs_baseline`
-    (model minus that baseline on the same test pairs). ``baseline`` must have been chosen on ``chosen_on``, never on
-    the split that summary.json scores. Returns the updated payload."""
-    from stsynth_lib.runs import atomic_write_text
-
+    (model minus that baseline on the same test pairs); results.md is rewritten with its verdict and table.
+    ``baseline`` must have been chosen on ``chosen_on``, never on the split that summary.json scores. Returns the
+    updated payload."""
     path = Path(out_dir) / "summary.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: write it first with evaluate_models(..., out_dir={out_dir!s})")
@@ -97,7 +141,7 @@ def record_strongest_baseline(out_dir: str | Path, baseline: str, paired: pd.Dat
     rows = [] if paired is None or not len(paired) else json.loads(pd.DataFrame(paired).to_json(orient="records"))
     payload["strongest_baseline"] = {"name": baseline, "chosen_on": chosen_on, "chosen_by": chosen_by}
     payload["paired_vs_strongest_baseline"] = rows
-    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=True))
+    _write_summary_and_results(Path(out_dir), payload)
     return payload
 
 

@@ -1,4 +1,7 @@
-"""Means, bootstrap intervals (over tiles or whole areas) and the verdict against persistence."""
+"""Means, bootstrap intervals (over tiles or whole areas) and the verdict against persistence.
+
+Verdicts come from the paired interval over whole areas (or blocks) only, worded by :mod:`stsynth_lib.verdict`;
+the intervals over tiles of :func:`summarise` describe a model's mean and never decide."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND, gap_bucket_order
 from stsynth_lib.report_format import model_display_name
+from stsynth_lib.verdict import SENTENCE_METRICS, UNCLEAR, as_better, row_verdict, verdict, verdict_sentence
 
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
              "f1_drawn_micro": ("tp_drawn", "fp_drawn", "fn_drawn")}
@@ -101,9 +105,10 @@ def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
     a bootstrap over tiles (as in :func:`summarise`) makes intervals too narrow when a model wins
     in some areas and loses in others. Here the difference ``model - baseline`` is computed per
     pair, then whole areas are resampled with replacement (cluster bootstrap); the statistic is the
-    mean difference over the pairs of the resampled areas. A model "beats the baseline" on a
+    mean difference over the pairs of the resampled areas. A model is better than the baseline on a
     metric only when the whole interval is on the good side of zero (``better``: True; the sign of ``mean_diff``
-    is model minus baseline whatever the metric, ``better`` reads it by the metric's direction). ``cluster`` names
+    is model minus baseline whatever the metric, ``better`` reads it by the metric's direction; the rule is
+    :func:`stsynth_lib.verdict.verdict`). ``cluster`` names
     the column of the resampled unit: default ``"cluster"`` when present (whole blocks on block-split data, see
     :func:`~stsynth_lib.evaluate.scoring.resampling_clusters`), else ``"aoi"``. Pooled building F1
     (``f1_micro``, ``f1_new_micro``) sums TP/FP/FN over the pairs of the resampled clusters, for the model
@@ -211,12 +216,8 @@ def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.n
     lo, hi = np.quantile(boots, [alpha, 1 - alpha]) if k > 1 and len(boots) else (float("nan"), float("nan"))
     higher_better = METRICS[metric][0]
     good = (lambda x: x > 0) if higher_better else (lambda x: x < 0)
-    bad = (lambda x: x < 0) if higher_better else (lambda x: x > 0)
-    better = None  # the interval contains zero (or one area only: no interval)
-    if k > 1 and good(lo) and good(hi):
-        better = True
-    elif k > 1 and bad(lo) and bad(hi):
-        better = False
+    # the project's rule (stsynth_lib.verdict); None: the interval contains zero, or one area only (no interval)
+    better = as_better(verdict(lo, hi, higher_better) if k > 1 else UNCLEAR)
     return {"mean_diff": float(mean_diff), "ci_lo": float(lo), "ci_hi": float(hi), "better": better,
             "areas_better": int(np.nansum(good(per_cluster))), "n_areas": k, "n_pairs": n_pairs}
 
@@ -234,8 +235,7 @@ def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None,
 
     out = []
     for _, r in paired.iterrows():
-        better = None if r["better"] is None or (isinstance(r["better"], float) and math.isnan(r["better"])) else bool(r["better"])
-        verdict = {True: "better", False: "worse", None: "no clear difference"}[better]
+        word = row_verdict(r)  # from the interval: the project's one rule (stsynth_lib.verdict)
         name = METRICS[r["metric"]][1]
         base = r.get("baseline", PERSISTENCE)
         base = PERSISTENCE if not isinstance(base, str) else base
@@ -247,44 +247,33 @@ def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None,
                     f"model − {base}": f"{float(r['mean_diff']):+.{digits}f}",
                     "95% interval": interval,
                     "model better in": f"{int(r['areas_better'])} of {plural(n, row_unit)}",
-                    "verdict": verdict})
+                    "verdict": word})
     return pd.DataFrame(out)
 
 
-VERDICT_METRICS = ("psnr", "ssim", "lpips", "l1", "psnr_changed", "ssim_changed", "lpips_changed", "f1_micro", "f1_new_micro")
+VERDICT_METRICS = SENTENCE_METRICS  # the metrics a verdict sentence names (stsynth_lib.verdict)
 
 
-def persistence_verdict(summary: pd.DataFrame, metrics: Iterable[str] = VERDICT_METRICS) -> list[str]:
-    """One sentence per model: on which metrics it beats persistence (CIs not overlapping = 'clearly')."""
-    out = []
-    s = summary.set_index(["model", "metric"])
-    models = [m for m in summary["model"].unique() if m not in (PERSISTENCE, UPPER_BOUND)]
-    for m in models:
-        better, clearly, worse = [], [], []
-        for metric in metrics:
-            if (m, metric) not in s.index or (PERSISTENCE, metric) not in s.index:
-                continue
-            a, b = s.loc[(m, metric)], s.loc[(PERSISTENCE, metric)]
-            hib = METRICS[metric][0]
-            name = P.label(METRICS[metric][1], bool(a["calibrated"]))
-            if (a["mean"] > b["mean"]) == hib and a["mean"] != b["mean"]:
-                better.append(name)
-                if (hib and a["ci_lo"] > b["ci_hi"]) or (not hib and a["ci_hi"] < b["ci_lo"]):
-                    clearly.append(name)
-            else:
-                worse.append(name)
-        if not better:
-            out.append(f"{m} does NOT beat the persistence baseline on any metric ({', '.join(worse)}).")
-        else:
-            txt = f"{m} beats persistence on {', '.join(better)}"
-            txt += f" (95% intervals apart on {', '.join(clearly)})" if clearly else " (but every 95% interval overlaps persistence's)"
-            txt += f"; it does not on {', '.join(worse)}." if worse else "."
-            out.append(txt)
-    if not models:
-        out.append("No model predictions were found: the table shows the persistence baseline only.")
-    return out
-
-
+def persistence_verdict(paired, labels: Mapping[str, str] | None = None, metrics: Iterable[str] = VERDICT_METRICS,
+                        split: str = "test", baseline: str = PERSISTENCE,
+                        baseline_text: str | None = None) -> list[str]:
+    """The verdict in words: one sentence saying, for every model, on which metrics it is better than ``baseline``,
+    worse, or not clearly different (:func:`stsynth_lib.verdict.verdict_sentence`), from the PAIRED rows of
+    :func:`paired_vs_persistence` / :func:`paired_vs_baseline` (a DataFrame, or the records of ``summary.json``),
+    whose interval resamples whole areas or blocks. ``labels`` names the models as the tables do."""
+    if isinstance(paired, pd.DataFrame):
+        if len(paired) and "mean_diff" not in paired:
+            raise TypeError("persistence_verdict reads paired rows (paired_vs_persistence, or summary.json's "
+                            "'paired_vs_persistence'), not the per-tile summary: tile intervals never decide")
+        paired = paired.to_dict("records")
+    rows = list(paired or [])
+    default = "persistence (the past image as the prediction)" if baseline == PERSISTENCE else None
+    sentence = verdict_sentence(rows, baseline, baseline_text=baseline_text or default,
+                                name=lambda m: model_display_name(m, labels) if labels is not None else m,
+                                metrics=metrics, split=split)
+    if sentence:
+        return [sentence]
+    return [f"No model was paired with {baseline}: the table shows the baselines only."]
 
 
 def paired_gain_by_gap(per_tile: pd.DataFrame, baselines: Iterable[str], metric: str = "psnr",

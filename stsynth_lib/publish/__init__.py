@@ -6,9 +6,11 @@
     python -m stsynth_lib.publish readme [--check]                         # README results block
 
 Every number on the landing page and in the README's results block is formatted here from a ``summary.json``
-written by chapter 6 (never typed). The package imports only the standard library and PyYAML at the top, so
-`make book` runs it in a light environment (jupyter-book alone, no torch); Pillow is imported only to shrink
-figures when publishing. It imports no other stsynth_lib module.
+written by chapter 6 (never typed), and every verdict is worded by :mod:`stsynth_lib.verdict` from the paired
+interval. The package imports only the standard library and PyYAML at the top, so `make book` runs it in a light
+environment (jupyter-book alone: no numpy, pandas or torch; ``tests/test_book_light.py`` checks it); Pillow is
+imported only to shrink figures when publishing. Of stsynth_lib it imports only :mod:`~stsynth_lib.report_format`
+and :mod:`~stsynth_lib.verdict` (standard library too).
 
 * :mod:`~stsynth_lib.publish.stamp`: notebook read/write, the run stamp (commit, machine, wall time) and its banner;
 * :mod:`~stsynth_lib.publish.reference`: clean an executed notebook, shrink its figures, publish a reference run;
@@ -36,8 +38,10 @@ from stsynth_lib.publish.pages import (
     _no_interval,  # noqa: F401
     _profile_sources,  # noqa: F401
     headline_section,
+    headline_sentence,
     landing_page,
     lpips_calibrated,
+    persistence_sentence,
     profile_stamp,
     readme_block,
     results_table,
@@ -81,8 +85,9 @@ from stsynth_lib.publish.stamp import (
 __all__ = [
     "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
-    "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "landing_page",
-    "lpips_calibrated", "machine_description", "main", "profile_data_kind", "profile_stamp", "publish", "read_nb",
+    "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "headline_sentence",
+    "landing_page", "lpips_calibrated", "machine_description", "main", "persistence_sentence", "profile_data_kind",
+    "profile_stamp", "publish", "read_nb",
     "read_stamp", "readme_block", "results_table", "encode_png", "shrink_png", "stage_book", "stamp_notebook",
     "strongest_baseline_section", "table_caption", "update_readme", "write_nb",
 ]

@@ -21,6 +21,7 @@ from stsynth_lib.publish.stamp import (
     read_stamp,
 )
 from stsynth_lib.report_format import model_display_name
+from stsynth_lib.verdict import MARK_LEGEND, mark, strongest_baseline_text, verdict_sentence
 
 README_START = "<!-- results-table:start -->"
 README_END = "<!-- results-table:end -->"
@@ -54,15 +55,15 @@ def _no_interval(row: dict) -> str:
 
 
 def _delta_cell(row: dict | None, digits: int, verdict: bool = False) -> str:
-    """A paired row as "+0.31 [+0.12, +0.49]" ("n/a (1 area)" in place of a missing interval); ``verdict`` adds ✔
-    (interval on the good side of zero) or ✘ (on the bad side)."""
+    """A paired row as "+0.31 [+0.12, +0.49]" ("n/a (1 area)" in place of a missing interval); ``verdict`` adds the
+    row's mark (:func:`stsynth_lib.verdict.mark`: ✔ better, ✘ worse, none: no clear difference)."""
     if row is None:
         return "n/a"
     diff = _fmt(row["mean_diff"], digits, True)
     if _missing(row.get("ci_lo")) or _missing(row.get("ci_hi")):
         return f"{diff} {_no_interval(row)}"
-    mark = {True: " ✔", False: " ✘"}.get(row.get("better"), "") if verdict else ""
-    return f"{diff} [{_fmt(row['ci_lo'], digits, True)}, {_fmt(row['ci_hi'], digits, True)}]{mark}"
+    tick = f" {mark(row)}" if verdict and mark(row) else ""
+    return f"{diff} [{_fmt(row['ci_lo'], digits, True)}, {_fmt(row['ci_hi'], digits, True)}]{tick}"
 
 
 def _model_order(summary: dict) -> list[str]:
@@ -132,8 +133,8 @@ def strongest_baseline_section(summary: dict) -> str:
     head = (f"**The bar: the strongest simple baseline, `{name}`** (no learning; chosen by "
             f"{info.get('chosen_by', 'psnr').upper()} on the `{info.get('chosen_on', 'val')}` split, never on test). "
             f"Model − `{name}` on the same test pairs [95 % interval, resampling "
-            f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; a model beats the bar on a metric only when "
-            f"the interval is on the good side of zero:")
+            f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; a model is better than the bar on a metric "
+            f"only when the whole interval is on the good side of zero:")
     models = list(dict.fromkeys(r["model"] for r in rows if r["model"] != name))
     if not models:
         return head + "\n\nNo learned model was scored against it.\n"
@@ -147,7 +148,28 @@ def strongest_baseline_section(summary: dict) -> str:
         p = by.get((m, "psnr"))
         cells.append(f"{p.get('areas_better', 'n/a')} of {p.get('n_areas', 'n/a')}" if p else "n/a")
         lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n\n" + "\n".join(lines) + "\n\n✔ beats the bar, ✘ worse than the bar, no mark: no clear difference.\n"
+    return head + "\n\n" + "\n".join(lines) + f"\n\n{MARK_LEGEND}.\n"
+
+
+def headline_sentence(summary: dict) -> str:
+    """The profile's result in one sentence: every learned model against the strongest simple baseline, in the
+    words of :func:`stsynth_lib.verdict.verdict_sentence` (the paired interval decides); "" without that
+    comparison."""
+    info = summary.get("strongest_baseline")
+    if not info:
+        return ""
+    name = info["name"]
+    return verdict_sentence(summary.get("paired_vs_strongest_baseline") or [], name,
+                            baseline_text=strongest_baseline_text(name, info.get("chosen_on", "val")),
+                            name=lambda m: model_name(summary, m), metrics=[k for k, *_ in STRONGEST_METRICS],
+                            split=summary.get("split", "test"))
+
+
+def persistence_sentence(summary: dict) -> str:
+    """Every model and simple baseline against persistence in one sentence (the paired interval decides)."""
+    return verdict_sentence(summary.get("paired_vs_persistence") or [], PERSISTENCE,
+                            baseline_text="persistence (the past image as the prediction)",
+                            name=lambda m: model_name(summary, m), split=summary.get("split", "test"))
 
 
 def table_caption(summary: dict) -> str:
@@ -199,18 +221,25 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
     if kind == "synthetic":
         lines += ["These are synthetic data: the numbers show that the pipeline works, not how well the models work "
                   "on real imagery.", ""]
-    lines += [results_table(summary), "", table_caption(summary), ""]
-    if strongest_baseline_section(summary):
-        lines += [strongest_baseline_section(summary), ""]
-    for v in summary.get("verdict", []):
-        lines.append(f"* {v}")
-    if summary.get("verdict"):
-        lines.append("")
+    lines += _verdict_and_tables(summary)
     if figure:
         lines += [f"```{{figure}} {figure}", f":name: examples-{profile}", "",
                   f"Test examples of `{profile}`: past | truth | each model (chapter 6, `runs/{profile}/eval/examples.png`).",
                   "```", ""]
     return "\n".join(lines)
+
+
+def _verdict_and_tables(summary: dict) -> list[str]:
+    """The headline sentence, the results table and its caption, the strongest-baseline section and the sentence
+    against persistence: what the landing page and the README show of one profile."""
+    head, pers = headline_sentence(summary), persistence_sentence(summary)
+    lines = [f"**In one sentence:** {head}", ""] if head else []
+    lines += [results_table(summary), "", table_caption(summary), ""]
+    if pers:
+        lines += [pers, ""]
+    if strongest_baseline_section(summary):
+        lines += [strongest_baseline_section(summary), ""]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------- book stage
@@ -323,9 +352,7 @@ def readme_block(reference_root: str | Path = REFERENCE_ROOT) -> str:
         kind = (stamp or {}).get("data", "unknown")
         when = (f" (commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, {stamp['machine']}, "
                 f"all chapters {format_duration(stamp.get('total_wall_s'))})" if stamp else "")
-        parts += [f"**`{prof}`** · {kind} data{when}:", "", results_table(summary), "", table_caption(summary), ""]
-        if strongest_baseline_section(summary):
-            parts += [strongest_baseline_section(summary), ""]
+        parts += [f"**`{prof}`** · {kind} data{when}:", ""] + _verdict_and_tables(summary)
     parts.append(README_END)
     return "\n".join(parts)
 
