@@ -32,14 +32,14 @@ older frames and, fitted around 0, towards one dark global colour as the gap gro
 bias is negative), which ruins bright areas such as deserts. ``linear_centre="tile_mean"`` fits and applies the
 blend around the tile's own mean colour m instead, ``m + sum_k w_k(gap) (frame_k - m) + b(gap)``, m per band over
 all the tile's usable frames and pixels: the start then follows any brightness offset exactly (chosen on held-out
-train and val areas, ``benchmarks/linear_start_cv.py``). Known limit: training's ``radiometric_jitter`` maps
-every frame and the future through one random gain ``g`` and offset ``o`` before the condition is built, and the
-fitted blend does not follow them exactly (its weights sum to a little under 1 and it has a bias): its start is then
-off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero on average over the draws, at
-most about 0.04 in [-1, 1] units with the ``sn7_real_128`` weights fitted around 0 and jitter 0.2. Evaluation has
-no jitter. Around gaps of 10-12 months the frames ``same_month_last_year+-1`` can be t0, t0-1 or t0-2 themselves
-(or absent: the past image), so weights are shared between copies there; the small ridge term keeps the fit well
-posed.
+train and val areas, ``experiments/temporal_context/linear_start_cv.py``). Known limit: training's
+``radiometric_jitter`` maps every frame and the future through one random gain ``g`` and offset ``o`` before the
+condition is built, and the fitted blend does not follow them exactly (its weights sum to a little under 1 and it
+has a bias): its start is then off by ``o (sum w - 1) + b (1 - g)`` (``b (1 - g)`` only with ``tile_mean``), zero
+on average over the draws, at most about 0.04 in [-1, 1] units with the ``sn7_real_128`` weights fitted around 0 and
+jitter 0.2. Evaluation has no jitter. Around gaps of 10-12 months the frames ``same_month_last_year+-1`` can be t0,
+t0-1 or t0-2 themselves (or absent: the past image), so weights are shared between copies there; the small ridge
+term keeps the fit well posed.
 """
 
 from __future__ import annotations

@@ -1,26 +1,25 @@
-"""Issue 13 status on VALIDATION (the test split is not touched): the context pix2pix (K = 4 frames) and the
-single-image pix2pix of sn7_real_128 against persistence and the simple baselines, paired, whole areas resampled.
+"""What the temporal-context experiments share (not a script): the sn7_real_128 tile store, the profile's frames,
+and the val scoring of named runs against persistence and the simple baselines.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py > bench_results/context_val_sn7_real_128.txt
-    PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python benchmarks/score_context_val.py ctx4s_pix2pix ctx4_pix2pix
-
-The first named run is also compared with each other named run, paired, areas resampled.
-
-Needs the named runs in runs/sn7_real_128/ (default ctx4_pix2pix and pix2pix; about 4 minutes per run on one core).
+The scripts of this folder import it as ``from _common import ...``: Python puts a script's own folder first on
+``sys.path``, so this works from any working directory with no path set by hand.
 """
 
-import sys
-
-from stsynth_lib import evaluate as E
-from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate.generator import predict_split
+from __future__ import annotations
 
 DATASET = "data/sn7_real_128/dataset"
+LY = "same_month_last_year"
+OFFSETS = [0, -1, -2, f"{LY}-1", LY, f"{LY}+1"]  # the sn7_real_128 profile's frames
+GAP_BINS = [0, 1, 3, 6, 12]
 
 
 def score_runs(dataset_dir, names: list[str], predictions: str = "val", baselines=("mean_last_3", "seasonal")):
     """Predict the val split of ``dataset_dir`` with each named run of runs/sn7_real_128/ (into its
     ``predictions/<predictions>`` folder) and score them with persistence and ``baselines`` on the same pairs."""
+    from stsynth_lib import evaluate as E
+    from stsynth_lib.data.dataset import PairedTileDataset
+    from stsynth_lib.evaluate.generator import predict_split
+
     ds = PairedTileDataset(dataset_dir, "val")
     runs = {}
     for name in names:
@@ -34,19 +33,10 @@ def score_runs(dataset_dir, names: list[str], predictions: str = "val", baseline
 def print_paired(res, names: list[str]) -> None:
     """Every model against persistence and seasonal, and the first named run against each other one, paired,
     whole areas resampled."""
+    from stsynth_lib import evaluate as E
+
     for baseline in ("persistence", "seasonal", *names[1:]):
         table = E.paired_vs_baseline(res.per_tile, baseline, metrics=("psnr", "ssim"), n_boot=1000)
         if baseline in names:
             table = table[table["model"] == names[0]]
         print(E.paired_table(table).to_string())
-
-
-def main() -> None:
-    names = sys.argv[1:] or ["ctx4_pix2pix", "pix2pix"]
-    res = score_runs(DATASET, names)
-    print(E.results_table(res.summary, ("psnr", "ssim", "l1")).to_string())
-    print_paired(res, names)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,32 +3,31 @@ network? For each frame set, fit the per-gap least-squares blend on the train sp
 trainer does), apply it to every validation pair and report its PSNR gain over persistence (the mean of the
 per-area means of per-pair gains, the areas weighted equally) overall and per gap; the seasonal baseline likewise.
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/score_linear_start_val.py > bench_results/linear_start_val_sn7_real_128.txt
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python experiments/temporal_context/score_linear_start_val.py > bench_results/linear_start_val_sn7_real_128.txt
 
 About 1 minute per frame set on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn7_real_128 profile).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from _common import DATASET, GAP_BINS, LY
 from stsynth_lib.baselines import seasonal_blend
 from stsynth_lib.conditioning import GuidanceConfig, fit_linear_base, linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.metrics import masked_psnr
 
-DATASET = "data/sn7_real_128/dataset"
-LY = "same_month_last_year"
 FRAME_SETS = {
     "4 frames [0, -1, -2, ly]": [0, -1, -2, LY],
     "6 frames [0, -1, -2, ly-1, ly, ly+1]": [0, -1, -2, f"{LY}-1", LY, f"{LY}+1"],
     "8 frames [0, -1, -2, -3, -5, ly-1, ly, ly+1]": [0, -1, -2, -3, -5, f"{LY}-1", LY, f"{LY}+1"],
 }
-GAP_BINS = [0, 1, 3, 6, 12]
 
 
 def gains(dataset_dir: str, offsets: list) -> pd.DataFrame:
@@ -47,8 +46,10 @@ def gains(dataset_dir: str, offsets: list) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True).dropna()
 
 
-def main(argv: list[str]) -> None:
-    dataset_dir = argv[0] if argv else DATASET
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_dir", nargs="?", default=DATASET, help=f"tile store (default {DATASET})")
+    dataset_dir = p.parse_args(argv).dataset_dir
     print(f"{dataset_dir}, val split: PSNR gain over persistence (dB), areas weighted equally; per gap: pairs pooled")
     for name, offsets in FRAME_SETS.items():
         df = gains(dataset_dir, offsets)

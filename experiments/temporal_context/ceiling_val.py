@@ -17,7 +17,7 @@ reach (per-band weights, as ``temporal_fusion: tile_reweight`` learns, and the U
   ``oracle: tile weights + bias`` with a per-tile offset: what ``temporal_fusion: tile_reweight`` tries to guess
   from the past (it has per-band weights, so this is not a strict ceiling for it).
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ceiling_val.py > bench_results/ceiling_val_sn7_real_128.txt
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python experiments/temporal_context/ceiling_val.py > bench_results/ceiling_val_sn7_real_128.txt
 
 A second argument scores another split (``data/sn7_real_128/dataset test``). Run it on test only AFTER the models'
 test scoring: it chooses nothing, it tells whether a bar set on test is within reach of such blends.
@@ -27,6 +27,7 @@ About 30 s on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn7_rea
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import replace
 
@@ -34,15 +35,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from _common import DATASET, GAP_BINS, OFFSETS
 from stsynth_lib.baselines import seasonal_blend
 from stsynth_lib.conditioning import GuidanceConfig, fit_linear_base, linear_base, usable_frames
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.metrics import masked_psnr
-
-DATASET = "data/sn7_real_128/dataset"
-LY = "same_month_last_year"
-OFFSETS = [0, -1, -2, f"{LY}-1", LY, f"{LY}+1"]
-GAP_BINS = [0, 1, 3, 6, 12]
 
 
 def tile_fit(frames: torch.Tensor, future: torch.Tensor, valid: torch.Tensor, bias: bool) -> torch.Tensor:
@@ -78,9 +75,12 @@ def predictors(batch: dict, cfg: GuidanceConfig, centred: GuidanceConfig) -> dic
     }
 
 
-def main(argv: list[str]) -> None:
-    dataset_dir = argv[0] if argv else DATASET
-    split = argv[1] if len(argv) > 1 else "val"
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_dir", nargs="?", default=DATASET, help=f"tile store (default {DATASET})")
+    p.add_argument("split", nargs="?", default="val", help="split to score (default val)")
+    args = p.parse_args(argv)
+    dataset_dir, split = args.dataset_dir, args.split
     train = PairedTileDataset(dataset_dir, "train", context_offsets_months=OFFSETS)
     cfg, centred = (GuidanceConfig(context_offsets_months=OFFSETS, residual_base="linear", linear_centre=c)
                     for c in ("none", "tile_mean"))

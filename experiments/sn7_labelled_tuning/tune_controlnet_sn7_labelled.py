@@ -6,12 +6,12 @@ subset of validation pairs at every strength of the grid, and scores every stren
 segmenter trained on the train blocks: new-building F1 and drawn-anew F1; the image metrics, also on new-building
 pixels), paired against persistence with whole blocks resampled. One row per (candidate, strength) goes to
 ``bench_results/tune_controlnet_sn7_labelled.csv``; the chosen keys are written into
-``params/sn7_labelled/05_controlnet.yaml`` by hand *with the rows they came from*.
+``params/sn7_labelled/05_controlnet.yaml`` by hand, and the rows they came from into this folder's README.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_controlnet_sn7_labelled.py --name erase30 \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/sn7_labelled_tuning/tune_controlnet_sn7_labelled.py --name erase30 \
         --set erase_building_fraction=0.3
     # the conditioning scale (generation only) of a trained candidate, at two strengths:
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_controlnet_sn7_labelled.py --name erase30 \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/sn7_labelled_tuning/tune_controlnet_sn7_labelled.py --name erase30 \
         --set erase_building_fraction=0.3 --strengths 0.8,1.0 --conditioning-scales 1.0,2.0
 
 Chapter 5 then trains the chosen candidate again under the profile's run name (its validation options differ, so
@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository (params/ is read from it)
 
 from stsynth_lib.controlnet.config import ControlNetTrainConfig
 from stsynth_lib.controlnet.generate import generate_split

@@ -2,7 +2,7 @@
 The test split is not opened.
 
 Each named run of runs/sn7_real_128/ predicts the val split and is scored with persistence and the simple baselines
-(benchmarks/score_context_val.py's score_runs). Then, per run, guards that choose per pair by mean PSNR over the
+(score_runs of _common.py, as score_context_val.py). Then, per run, guards that choose per pair by mean PSNR over the
 tile's earlier pairs (future date not after this pair's past date). Two were fixed before the first run: ``<run>_gp``
 chooses between the run and persistence, ``<run>_gps`` between the run, persistence and the seasonal blend (it never chose
 seasonal: the two are the same). Both lost on val, intervals below 0. Three were added after that first run (between
@@ -11,7 +11,7 @@ leaves the run only when persistence did better by more than 1 dB, ``_ggm1`` bot
 intervals reaching 0, better in no area). Each is compared, paired with whole areas resampled, with its run, with persistence and with seasonal; the
 share of pairs where the guard left the run is printed per area.
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/track_record_val.py pix2pix attention_unet \\
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python experiments/temporal_context/track_record_val.py pix2pix attention_unet \\
         > bench_results/track_record_val_sn7_real_128.txt
 
 Needs data/sn7_real_128/dataset and the named runs (about 4 minutes of prediction per run on one core).
@@ -19,11 +19,12 @@ Needs data/sn7_real_128/dataset and the named runs (about 4 minutes of predictio
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import pandas as pd
 
-from score_context_val import DATASET, score_runs  # benchmarks/ is on sys.path when run as a script
+from _common import DATASET, score_runs
 from stsynth_lib import evaluate as E
 from stsynth_lib.evaluate.track_record import guard_models
 
@@ -62,12 +63,15 @@ def report(per_tile: pd.DataFrame, names: list[str]) -> None:
               + ", ".join(f"{a[:10]} {v:.2f}" for a, v in left.items()))
 
 
-def main() -> None:
-    names = sys.argv[1:] or ["pix2pix", "attention_unet"]
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", default=["pix2pix", "attention_unet"],
+                   help="run names under runs/sn7_real_128/ (default: pix2pix attention_unet)")
+    names = p.parse_args(argv).runs
     res = score_runs(DATASET, names)
     pairs = pd.read_parquet(f"{DATASET}/pairs.parquet")
     report(guarded(res.per_tile, pairs, names), names)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -8,12 +8,12 @@ then trained on the other 30 train areas and ``score`` compares them there, per 
 resampled. Those 11 areas are the derived store's val split, so the trainer also picks its best checkpoint and
 calibrates its change scale on them (both variants alike): they are not trained on, but not unseen.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bright_holdout.py make
+    PYTHONPATH=. .venv/bin/python experiments/temporal_context/bright_holdout.py make
     for v in none centred; do X="--centre-inputs false"; [ $v = centred ] && X="--centre-inputs true"
       OMP_NUM_THREADS=1 .venv/bin/python -m stsynth_lib.cgan.train --params params/sn7_real_128/common.yaml \\
         --params params/sn7_real_128/03_train_cgan.yaml --dataset-dir data/sn7_real_128_brightval/dataset $X \\
         --run-name bv_$v & done; wait   # about 15 minutes, one core each
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bright_holdout.py score bv_centred bv_none \\
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python experiments/temporal_context/bright_holdout.py score bv_centred bv_none \\
         > bench_results/bright_holdout_sn7_real_128.txt
 
 The first named run is compared with each other one. Needs data/sn7_real_128/dataset (chapter 2 of the
@@ -22,6 +22,7 @@ sn7_real_128 profile).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -64,10 +65,8 @@ def make() -> list[str]:
 
 
 def score(names: list[str]) -> None:
+    from _common import print_paired, score_runs
     from stsynth_lib import evaluate as E
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from score_context_val import print_paired, score_runs
 
     bright = make()
     res = score_runs(DERIVED, names, predictions="val_brightval", baselines=("seasonal",))
@@ -83,10 +82,18 @@ def score(names: list[str]) -> None:
     print_paired(res, names)
 
 
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["make"]:
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("make", help=f"write the derived tile store {DERIVED} (idempotent)")
+    s = sub.add_parser("score", help="score named runs on the derived store's val split (the first against the others)")
+    s.add_argument("runs", nargs="+", help="run names under runs/sn7_real_128/, e.g. bv_centred bv_none")
+    args = p.parse_args(argv)
+    if args.cmd == "make":
         print("bright train areas moved to val:", make())
-    elif sys.argv[1:2] == ["score"] and len(sys.argv) > 2:
-        score(sys.argv[2:])
     else:
-        sys.exit(__doc__)
+        score(args.runs)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -6,7 +6,7 @@ folders with another one (for example trained with another seed, into another ru
 ``segmentation.load_or_train_segmenter``) and writes each model minus persistence, paired, with whole areas (or
 blocks) resampled, to a CSV:
 
-    .venv/bin/python benchmarks/score_with_segmenter.py --dataset data/sn7_labelled/dataset --split test \\
+    .venv/bin/python experiments/segmenter/score_with_segmenter.py --dataset data/sn7_labelled/dataset --split test \\
         --segmenter /tmp/seg2runs/sn7_labelled/segmenter/segmenter.pt \\
         --pred controlnet=runs/sn7_labelled/controlnet/predictions/test \\
         --out bench_results/sn7_labelled_test_second_segmenter.csv
@@ -22,9 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
 from stsynth_lib.segmentation import load_segmenter

@@ -4,9 +4,9 @@ Each candidate trains a generator with the profile's parameters plus its overrid
 and is scored with chapter 6's code (segmenter trained on the train blocks; new-building F1 and the image metrics on
 new-building / changed pixels; paired against persistence, whole blocks resampled). One row per candidate goes to
 ``bench_results/tune_sn7_labelled.csv``; the chosen keys are written into ``params/sn7_labelled/0[34]_*.yaml`` by
-hand *with the row they came from*.
+hand, and the row they came from into this folder's README.md.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_sn7_labelled.py --name l1w100_pastmask \
+    OMP_NUM_THREADS=1 .venv/bin/python experiments/sn7_labelled_tuning/tune_sn7_labelled.py --name l1w100_pastmask \
         --set lambda_l1=100 --set use_past_mask=true
 
 Needs ``../shared/data/sn7_real_labelled`` built into ``data/sn7_labelled`` (``make data PROFILE=sn7_labelled``).
@@ -24,8 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[2]  # the repository (params/ is read from it)
 
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import train_cgan

@@ -10,13 +10,14 @@ does) on the other folds' pairs and scored on the fold's. Reported per centre: t
 (mean of per-area means of per-pair gains, areas weighted equally), its median and worst area, and the paired
 difference tile_mean - none with a 95 % bootstrap interval over areas. The test split is never opened.
 
-    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/linear_start_cv.py > bench_results/linear_start_cv_sn7_real_128.txt
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python experiments/temporal_context/linear_start_cv.py > bench_results/linear_start_cv_sn7_real_128.txt
 
 About 4 minutes on 2 cores. Needs data/sn7_real_128/dataset (chapter 2 of the sn7_real_128 profile).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import replace
 
@@ -25,13 +26,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from _common import DATASET, OFFSETS
 from stsynth_lib.conditioning import GuidanceConfig, fit_linear_base, linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.metrics import bootstrap_ci, masked_psnr
 
-DATASET = "data/sn7_real_128/dataset"
-LY = "same_month_last_year"
-OFFSETS = [0, -1, -2, f"{LY}-1", LY, f"{LY}+1"]  # the sn7_real_128 profile's frames
 CENTRES = ("none", "tile_mean")
 N_FOLDS = 5
 
@@ -69,8 +68,10 @@ def fold_gains(parts: list[PairedTileDataset], held_out: set[str], areas: list[s
     return pd.concat(rows, ignore_index=True)
 
 
-def main(argv: list[str]) -> None:
-    dataset_dir = argv[0] if argv else DATASET
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset_dir", nargs="?", default=DATASET, help=f"tile store (default {DATASET})")
+    dataset_dir = p.parse_args(argv).dataset_dir
     parts = [PairedTileDataset(dataset_dir, s, context_offsets_months=OFFSETS) for s in ("train", "val")]
     areas = sorted(set().union(*(set(d.pairs["aoi"]) for d in parts)))
     order = np.random.default_rng(0).permutation(areas)
