@@ -7,12 +7,18 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
 * static (stdlib only, runs anywhere): the notebook output areas (MyST-NB's ``div.cell_output``) and every table
   are searched for a ``nan`` interval (``[nan, nan]``, ``+0.1 [+nan, +nan]``, ``nan – 0.3``, ``± nan``, a cell that
   is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
-  ``dict(``...), a number printed with 7 or more significant decimals in a text output or a table cell, and a traceback
+  ``dict(``...), a number printed with more than 4 significant decimals (``0.123456``) in a text output or a table cell, and a traceback
   (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
 * browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book_browser`): each
   page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
   box in between) and elements that stick out of the column.
+
+Per page, stdlib only too (:mod:`stsynth_lib.book_content`): an embedded PNG that is one colour, or holds a
+panel-sized rectangle of one colour (``constant image``: an all-black mask column); an ``href`` / ``src`` to a file
+the build lacks, or a launch link to a path the repository lacks (``missing file``); a verdict sentence or a ✔ / ✘ /
+verdict cell that the page's own paired interval contradicts (``verdict contradicted``). Legends over other panels
+cannot be seen in HTML: :func:`stsynth_lib.figure_check.check_legends` checks them where the library returns figures.
 
 The network/TeX checks of :mod:`stsynth_lib.book_check` run too. Every finding names the page and a snippet; the
 command exits 1 on any finding (2 when the book is not built).
@@ -31,6 +37,7 @@ from pathlib import Path
 
 from stsynth_lib.book_browser import find_chromium, measure_page, screenshot
 from stsynth_lib.book_check import remote_loads
+from stsynth_lib.book_content import _repository, check_verdicts, missing_links, png_findings, table_intervals
 
 # ------------------------------------------------------------------------------------------------------ findings
 
@@ -45,7 +52,8 @@ class Finding:
         return f"{self.page}: [{self.kind}] {self.snippet}"
 
 
-KINDS = ("nan interval", "raw dict dump", "long float", "traceback", "cut off", "sticks out", "network")
+KINDS = ("nan interval", "raw dict dump", "long float", "traceback", "constant image", "missing file",
+         "verdict contradicted", "cut off", "sticks out", "network")
 
 # --------------------------------------------------------------------------------------------- a small HTML tree
 
@@ -145,8 +153,9 @@ _INTERVAL_HEADER = re.compile(
     r"(?:^|[\W_])(?:ci|interval|confidence|lo|hi|low|high|lower|upper)(?:$|[\W_])|±|\[", re.I
 )
 DICT_DUMP = re.compile(r"^\s*(?:\[?\{['\"]|OrderedDict\(|defaultdict\(|dict\(|mappingproxy\(|Counter\(\{)", re.M)
-# Over-long: 7+ significant digits after the point (0.9842638492 is flagged; 0.0001801, 4 significant, is not).
-LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?\d+\.0*[1-9]\d{6,}(?:[eE][-+]?\d+)?(?!\d)")
+# Over-long: more than 4 significant decimals (0.123456 and 23.12345 are flagged; 0.0001801, 4 significant, is not,
+# nor 23.1234). Version numbers (1.2.12345) are not numbers.
+LONG_FLOAT = re.compile(r"(?<![\w.])[-+]?(?:0\.0*[1-9]\d{4,}|[1-9]\d*\.\d{5,})(?:[eE][-+]?\d+)?(?![\d.]*\d)")
 TRACEBACK = re.compile(
     r"Traceback \(most recent call last\)|^\s*[A-Za-z_][\w.]*(?:Error|Exception): ", re.M
 )
@@ -207,7 +216,7 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
     if text_output:
         out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
         if longs := list(LONG_FLOAT.finditer(text)):
-            out.append(("long float", f"{len(longs)} number(s) with 7+ significant decimals: {_snip(text, longs[0])}"))
+            out.append(("long float", f"{len(longs)} number(s) with more than 4 significant decimals: {_snip(text, longs[0])}"))
     return out
 
 
@@ -228,12 +237,94 @@ def check_page_html(text: str, page: str = "page.html") -> list[Finding]:
             found += _text_findings(n.text(skip=lambda d: d.tag == "table" or _is_text_output(d)), False)
             for d in texts:
                 found += _text_findings(d.text(), True)
+    found += [("verdict contradicted", f) for f in _verdict_findings(root)]
     seen, result = set(), []
     for kind, snippet in found:
         if (kind, snippet) not in seen:
             seen.add((kind, snippet))
             result.append(Finding(page, kind, snippet))
     return result
+
+
+def _linear(root: _Node):
+    """The page in reading order, code cells' source left out: ("text", str), ("table", node), ("img", node) and
+    ("heading", str) events."""
+    def walk(n: _Node):
+        for c in n.children:
+            if isinstance(c, str):
+                yield "text", c
+            elif c.tag in _NO_TEXT or "cell_input" in c.classes:
+                continue
+            elif c.tag == "table":
+                yield "table", c
+            elif c.tag == "img":
+                yield "img", c
+            elif c.tag in ("h1", "h2", "h3", "h4"):
+                yield "heading", re.sub(r"\s+", " ", c.text()).strip().rstrip("#").strip()
+            else:
+                yield from walk(c)
+                if c.tag in ("p", "div", "li", "td", "th", "tr", "pre", "section", "dd", "dt"):
+                    yield "text", "\n"
+    yield from walk(root)
+
+
+def _table_rows(table: _Node) -> tuple[list[str], list[list[str]]]:
+    rows = [r for r in table.iter() if r.tag == "tr"]
+    cells = [[re.sub(r"\s+", " ", c.text()).strip() for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
+             for r in rows]
+    head = [r for r in rows if any(a.tag == "thead" for a in r.ancestors())]
+    n_head = len(head) if head else 1
+    return (cells[n_head - 1] if cells[:n_head] else []), cells[n_head:]
+
+
+def _verdict_findings(root: _Node) -> list[str]:
+    """Verdict sentences and ✔ / ✘ / verdict cells that the page's paired intervals contradict
+    (:func:`stsynth_lib.book_content.check_verdicts`)."""
+    text, intervals = [], []
+    for kind, x in _linear(root):
+        if kind in ("text", "heading"):
+            text.append(x if kind == "text" else f"\n{x}\n")
+        elif kind == "table":
+            header, rows = _table_rows(x)
+            if len(header) < max((len(r) for r in rows), default=0):  # pandas: an index column with no header
+                header = [""] * (max(len(r) for r in rows) - len(header)) + header
+            found, marked = table_intervals(rows, header, "".join(text)[-600:])
+            intervals += [(iv, marked) for iv in found]
+    return check_verdicts(intervals, "".join(text))
+
+
+def page_images(text: str) -> list[tuple[str, str]]:
+    """(src, where) of every <img> of a page outside code cells' source; ``where``: the heading it stands under."""
+    out, heading = [], "top of the page"
+    for kind, x in _linear(_parse(text)):
+        if kind == "heading":
+            heading = x
+        elif kind == "img" and x.attrs.get("src"):
+            out.append((x.attrs["src"], f"under {heading!r}"))
+    return out
+
+
+def file_findings(html_dir: str | Path, pages: list[Path] | None = None) -> list[Finding]:
+    """Per page: links to missing files (:func:`stsynth_lib.book_content.missing_links`) and constant image panels
+    of its PNGs (:func:`stsynth_lib.book_content.png_findings`, each PNG decoded once)."""
+    html_dir = Path(html_dir)
+    repo = _repository(html_dir)
+    cache: dict[Path, list[str]] = {}
+    out = []
+    for p in pages if pages is not None else content_pages(html_dir):
+        rel = str(p.relative_to(html_dir))
+        text = p.read_text(errors="ignore")
+        out += [Finding(rel, "missing file", f) for f in missing_links(text, p, html_dir, repo)]
+        for n, (src, where) in enumerate(page_images(text), 1):
+            path = (p.parent / src.split("?", 1)[0]).resolve()
+            if path.suffix.lower() != ".png" or not path.is_file():
+                continue
+            if path not in cache:
+                cache[path] = png_findings(path)
+            if cache[path]:  # one finding per image, its panels listed
+                out.append(Finding(rel, "constant image", f"image {n} ({src.rsplit('/', 1)[-1][:16]}…, {where}): "
+                                   + "; ".join(cache[path])))
+    return out
 
 
 def content_pages(html_dir: str | Path) -> list[Path]:
@@ -320,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     findings = [Finding(str(Path(s.split(": ", 1)[0]).relative_to(html_dir)) if s.startswith(str(html_dir)) else "?",
                         "network", s.split(": ", 1)[-1]) for s in remote_loads(html_dir)]
     findings += static_findings(html_dir)
+    findings += file_findings(html_dir, pages)
     shots: list[Path] = []
     chromium = None if a.no_browser else find_chromium()
     if chromium:

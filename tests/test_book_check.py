@@ -65,7 +65,7 @@ def test_static_checks_flag_dict_dumps_long_floats_and_tracebacks():
 def test_static_checks_pass_clean_pages():
     clean = "".join([
         "<p>Pixels are 0.5 nanometre wide; finance is not our topic. A NaN in prose is fine.</p>",
-        _out("n/a (1 area)\nPSNR 23.100 dB [22.871, 23.402]\nloss 0.123456 after 1.5e-05 s"),
+        _out("n/a (1 area)\nPSNR 23.100 dB [22.871, 23.402]\nloss 0.1235 after 1.5e-05 s"),  # 0.123456: too long
         _out("Loaded runs/smoke/segmenter/segmenter.pt (150 steps)", "stream highlight-myst-ansi"),
         _table("model − persistence [95% CI over areas]", "n/a (1 area)"),
         _table("PSNR (dB) ↑", "27.427 [27.093, 27.761]"),
@@ -103,3 +103,172 @@ def test_browser_pass_flags_cut_off_tables_and_writes_screenshots(tmp_path):
     assert "div#clipped" in findings[0].snippet and "div#wide" in findings[1].snippet
     assert not any("scrolls" in f.snippet for f in findings)
     assert shots == [tmp_path / "out" / "index.png"] and shots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- issue 35: long floats (> 4 significant decimals), constant image panels, missing files, contradicted verdicts
+
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+from stsynth_lib.book_content import constant_panels, missing_links, parse_verdict_sentences, read_png  # noqa: E402
+from stsynth_lib.book_screens import file_findings  # noqa: E402
+from stsynth_lib.verdict import verdict_sentence  # noqa: E402
+
+
+def _png(rows: list[bytes], width: int, colour_type: int = 2, filters=(0,), palette: bytes | None = None) -> bytes:
+    """A PNG of 8-bit ``rows`` (RGB by default), each row filtered with the next of ``filters`` (0-4)."""
+    bpp = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type]
+    raw, prev = bytearray(), bytes(len(rows[0]))
+    for y, row in enumerate(rows):
+        ft = filters[y % len(filters)]
+        out = bytearray()
+        for i, x in enumerate(row):
+            a = row[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            p = a + b - c
+            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+            pred = [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else b if pb <= pc else c][ft]
+            out.append((x - pred) & 255)
+        raw += bytes([ft]) + out
+        prev = row
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    head = struct.pack(">IIBBBBB", width, len(rows), 8, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + (chunk(b"PLTE", palette) if palette else b"")
+            + chunk(b"IDAT", zlib.compress(bytes(raw))) + chunk(b"IEND", b""))
+
+
+def _figure(width=120, height=60, black_panel=True, texture=True) -> list[bytes]:
+    """A white figure with two 40 x 40 px panels at x 10-50 and 70-110 (y 10-50): the left one textured (or
+    black), the right one textured."""
+    rows = []
+    for y in range(height):
+        row = bytearray(b"\xff" * 3 * width)
+        if 10 <= y < 50:
+            for x in range(10, 50):
+                v = 0 if black_panel else (x * 7 + y * 13) % 200
+                row[3 * x : 3 * x + 3] = bytes([v, v, v])
+            for x in range(70, 110):
+                v = (x * 5 + y * 3) % 250 if texture else 90
+                row[3 * x : 3 * x + 3] = bytes([v, 40, 200 - v // 2])
+        rows.append(bytes(row))
+    return rows
+
+
+def test_png_decoder_undoes_every_filter():
+    rows = [bytes((x * 37 + y * 11 + (x * y) % 7) % 256 for x in range(3 * 20)) for y in range(9)]
+    for filters in [(0,), (1,), (2,), (3,), (4,), (0, 1, 2, 3, 4)]:
+        w, h, bpp, got, pal = read_png(_png(rows, 20, filters=filters))
+        assert (w, h, bpp, pal) == (20, 9, 3, None) and got == rows, filters
+    gray = [bytes([y * 10] * 5) for y in range(4)]
+    assert read_png(_png(gray, 5, colour_type=0, filters=(4,)))[3] == gray
+
+
+def test_constant_panels_flags_a_black_panel_but_not_white_margins_or_texture():
+    clean = _figure(black_panel=False)
+    assert constant_panels(120, 60, 3, clean) == []
+    found = constant_panels(120, 60, 3, _figure())
+    assert len(found) == 1 and "40×40 px panel of one colour (black) at x 10–50, y 10–50" in found[0]
+    assert "whole" in constant_panels(8, 8, 3, [b"\x00" * 24] * 8)[0]
+    # a flat-coloured (non-black) panel is constant too; a palette image reports the palette colour
+    assert len(constant_panels(120, 60, 3, _figure(black_panel=False, texture=False))) == 1
+    pal = [bytes([0] * 30 if 5 <= y < 25 else [1] * 30) for y in range(30)]
+    for r in range(5, 25):
+        pal[r] = bytes([1] * 5 + [0] * 20 + [1] * 5)
+    assert "(#123456)" in constant_panels(30, 30, 1, pal, palette=[(0x12, 0x34, 0x56), (255, 255, 255)])[0]
+
+
+def test_constant_panels_pass_bars_and_histograms():
+    """A thin bar and a histogram-like staircase (bins of one colour, not closed on top) are not panels."""
+    w, h = 200, 100
+    rows = []
+    for y in range(h):
+        row = bytearray(b"\xff" * 3 * w)
+        for x in range(20, 180):  # bins rising to the right: top edge at y = 90 - (x - 20) // 2
+            if y >= 90 - (x - 20) // 2 and y < 95:
+                row[3 * x : 3 * x + 3] = b"\x1f\x77\xb4"
+        rows.append(bytes(row))
+    assert constant_panels(w, h, 3, rows) == []
+
+
+def test_file_findings_name_page_image_and_missing_links(tmp_path):
+    (tmp_path / "_images").mkdir()
+    (tmp_path / "_images" / "ok.png").write_bytes(_png(_figure(black_panel=False), 120))
+    (tmp_path / "_images" / "black.png").write_bytes(_png(_figure(), 120, filters=(4, 2, 1)))
+    (tmp_path / "index.html").write_text("<html><body><p>home</p></body></html>")
+    (tmp_path / "ch").mkdir()
+    (tmp_path / "ch" / "six.html").write_text(
+        '<html><body><h2>Galleries</h2><img src="../_images/ok.png"><img src="../_images/black.png">'
+        '<a href="../index.html#top">home</a><a href="gone.html">gone</a><img src="../_images/nope.png">'
+        '<a href="https://example.org/x.html">far</a><a href="#here">here</a>'
+        '<div class="cell_input"><pre>&lt;a href="code.html"&gt;</pre></div></body></html>')
+    found = file_findings(tmp_path)
+    assert sorted(f.kind for f in found) == ["constant image", "missing file", "missing file"], found
+    img = next(f for f in found if f.kind == "constant image")
+    assert img.page == "ch/six.html" and "image 2 (black.png" in img.snippet and "'Galleries'" in img.snippet
+    assert {f.snippet.split('"')[1] for f in found if f.kind == "missing file"} == {"gone.html", "../_images/nope.png"}
+
+
+def test_missing_links_check_launch_links_into_the_repository(tmp_path):
+    (tmp_path / "book" / "reference" / "p").mkdir(parents=True)
+    (tmp_path / "book" / "reference" / "p" / "01.ipynb").write_text("{}")
+    html = tmp_path / "html"
+    html.mkdir()
+    base = "https://colab.research.google.com/github/o/r/blob/main/book/"
+    page = f'<a href="{base}reference/p/01.ipynb">ok</a><a href="{base}p/01.ipynb">launch</a>' \
+           '<a href="https://github.com/other/repo/blob/main/x.py">other repo</a>'
+    found = missing_links(page, html / "p.html", html, (tmp_path, "o/r"))
+    assert len(found) == 1 and "book/p/01.ipynb is not in the repository" in found[0]
+
+
+def test_long_floats_over_4_significant_decimals():
+    assert _kinds(_out("loss 0.123456")) == {"long float"}
+    assert _kinds(_out("PSNR 23.12345 dB")) == {"long float"}
+    assert _kinds(_table("weights", "[0.53642, 0.12699]")) == {"long float"}
+    assert _kinds(_out("lr 0.0001801, PSNR 23.1234, SSIM 0.8123, 1.5e-05 s, version 1.2.12345")) == set()
+
+
+ROWS = [  # model − seasonal, paired over 7 areas
+    {"model": "pix2pix", "metric": "psnr", "ci_lo": -0.83, "ci_hi": 1.17, "n_areas": 7, "unit": "area"},
+    {"model": "pix2pix", "metric": "ssim", "ci_lo": 0.0065, "ci_hi": 0.0169, "n_areas": 7, "unit": "area"},
+    {"model": "cn [tiny, from scratch (x); y]", "metric": "psnr", "ci_lo": -3.9, "ci_hi": -2.1, "n_areas": 7},
+]
+
+
+def _bar_table(psnr_cell: str, ssim_cell: str) -> str:
+    return ("<p>Model − <code>seasonal</code> on the same test pairs:</p><table><thead><tr><th>model</th>"
+            "<th>Δ PSNR dB (higher is better)</th><th>Δ SSIM (higher is better)</th></tr></thead><tbody>"
+            f"<tr><td>pix2pix</td><td>{psnr_cell}</td><td>{ssim_cell}</td></tr></tbody></table>")
+
+
+def test_verdict_sentences_parse_back_to_their_claims():
+    s = verdict_sentence(ROWS, "seasonal", baseline_text="the strongest no-learning baseline (`seasonal`, chosen on "
+                         "the validation split)")
+    claims = {(c["model"], c["metric"], c["verdict"]) for c in parse_verdict_sentences(s.replace("`", ""))}
+    assert claims == {("pix2pix", "psnr", "no clear difference"), ("pix2pix", "ssim", "better"),
+                      ("cn [tiny, from scratch (x); y]", "psnr", "worse")}
+
+
+def test_verdict_check_flags_a_claim_or_mark_its_interval_does_not_support():
+    good = verdict_sentence(ROWS, "seasonal")
+    ok = f"<p>{good}</p>" + _bar_table("+0.34 [-0.83, +1.17]", "+0.0110 [+0.0065, +0.0169] ✔")
+    assert _kinds(ok) == set()
+    # the sentence says better on PSNR; the table's interval contains zero
+    bad_rows = [dict(ROWS[0], ci_lo=0.1), ROWS[1]]
+    found = check_page_html(f"<p>{verdict_sentence(bad_rows, 'seasonal')}</p>"
+                            + _bar_table("+0.34 [-0.83, +1.17]", "+0.0110 [+0.0065, +0.0169] ✔"), "intro.html")
+    assert [f.kind for f in found] == ["verdict contradicted"] and "better on PSNR" in found[0].snippet
+    assert "[-0.83, +1.17]" in found[0].snippet and found[0].page == "intro.html"
+    # a ✔ on an interval containing zero, a missing ✔ on a clear one
+    assert _kinds(_bar_table("+0.34 [-0.83, +1.17] ✔", "+0.0110 [+0.0065, +0.0169] ✔")) == {"verdict contradicted"}
+    assert _kinds(_bar_table("+0.34 [-0.83, +1.17]", "+0.0110 [+0.0065, +0.0169]")) == set()  # no marks: no claim
+    assert _kinds(_bar_table("-0.34 [-0.83, -0.17]", "+0.0110 [+0.0065, +0.0169] ✔")) == {"verdict contradicted"}
+    # the long form of chapter 6: a verdict column in words
+    long = ('<table><thead><tr><th></th><th>model</th><th>metric</th><th>model − persistence</th>'
+            '<th>95% interval</th><th>verdict</th></tr></thead><tbody>'
+            '<tr><th>0</th><td>pix2pix</td><td>L1 ([0,1] units) ↓</td><td>-0.0102</td><td>[-0.0189, +0.0002]</td>'
+            '<td>{}</td></tr></tbody></table>')
+    assert _kinds(long.format("no clear difference")) == set()
+    assert _kinds(long.format("better")) == {"verdict contradicted"}

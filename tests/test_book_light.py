@@ -84,3 +84,17 @@ def test_make_book_and_the_pages_workflow_use_only_these_commands():
     assert modules == {"stsynth_lib.publish", "stsynth_lib.book_check"}, modules
     env = make.split("$(BOOK_VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
     assert "jupyter-book" in env and "pandas" not in env and "torch" not in env
+
+
+def test_book_screens_runs_without_numpy_pandas_torch(tmp_path):
+    """make book-check's static pass (PNG panels decoded with zlib, links, verdicts) in the light environment."""
+    import base64
+
+    html = tmp_path / "html"
+    html.mkdir()
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    (html / "a.png").write_bytes(png)
+    (html / "index.html").write_text('<html><body><img src="a.png"><a href="b.html">b</a></body></html>')
+    r = _light("stsynth_lib.book_screens", str(html), "--out", str(tmp_path / "out"), "--no-browser")
+    assert r.returncode == 1, r.stdout + r.stderr  # a 1 px image is one colour; b.html is missing
+    assert "constant image" in r.stdout and "missing file" in r.stdout, r.stdout + r.stderr

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from stsynth_lib.data.dataset import to_uint8
+from stsynth_lib.figure_check import checked
 
 
 def plot_losses(run_dir: str | Path, smooth: int = 5):
@@ -34,7 +35,7 @@ def plot_losses(run_dir: str | Path, smooth: int = 5):
         a.set_xlabel("step")
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None = None):
@@ -54,7 +55,7 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
         a.grid(alpha=0.3)
     ax[0].legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def _start_name(run_dir: str | Path) -> str:
@@ -100,7 +101,7 @@ def plot_residual_calibration(run_dir: str | Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def show_samples(run_dir: str | Path, which: int | str = "last"):
@@ -294,7 +295,7 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias", fontsize=9)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_start_weights(model, dataset, guidance, n: int | None = None):

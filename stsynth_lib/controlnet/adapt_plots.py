@@ -10,6 +10,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 
+from stsynth_lib.figure_check import checked
+
 
 def plot_stage1_training(run_dir: str | os.PathLike):
     """Left: the VAE's loss and validation reconstruction PSNR; right: the UNet's loss and EMA validation loss."""
@@ -43,7 +45,7 @@ def plot_stage1_training(run_dir: str | os.PathLike):
     a2.set_title("phase unet", fontsize=9)
     fig.suptitle("Stage 1: adapting the backbone", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_prompt_samples(backbone, prompts: Sequence[str], seeds: Sequence[int] = (0, 1, 2), size_px: int = 128,

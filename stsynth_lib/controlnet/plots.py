@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.figure_check import checked
+
 
 def _title_suffix(run_dir: Path) -> str:
     import yaml
@@ -45,7 +47,7 @@ def plot_training(run_dir: str | os.PathLike):
     a2.legend(fontsize=8)
     fig.suptitle("ControlNet training" + _title_suffix(run_dir), fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: bool = True, n_bands: int = 3):

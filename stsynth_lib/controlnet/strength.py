@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from stsynth_lib.controlnet.generate import GENERATION_FILE, generate_split
+from stsynth_lib.figure_check import checked
 from stsynth_lib.runs import save_yaml
 
 STRENGTH_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -231,4 +232,4 @@ def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
     fig.suptitle(title or f"img2img strength on {sweep.split} ({sweep.n_pairs} pairs): chosen by {sweep.criterion}",
                  fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.figure_check import checked
+
 ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
 
 
@@ -103,7 +105,7 @@ def plot_dataset_summary(store):
                      transform=axes[2].transAxes)
         axes[2].set_title("Building cover")
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
@@ -194,7 +196,7 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
     ax.set_xlabel("column (px)")
     ax.set_ylabel("row (px)")
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def month_label(year_month: int) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
+from stsynth_lib.figure_check import checked
 from stsynth_lib.report_format import model_display_name, plural
 
 
@@ -153,11 +154,12 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
         ax.set_title(f"model - {base}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"paired difference, {unit}")
-    axes[0][-1].legend(fontsize=7)
+    # outside the last panel, right of it: never over a neighbouring panel or the data (figure_check.check_legends)
+    axes[0][-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline per time gap "
                           "(95 % interval, whole areas resampled)", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
@@ -187,11 +189,12 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
         ax.set_title(f"model - {base}", fontsize=10)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"mean paired difference per area, {unit}")
-    axes[0][-1].legend(fontsize=7)
+    # outside the last panel, right of it: never over a neighbouring panel or the data (figure_check.check_legends)
+    axes[0][-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline, one point per area and model",
                  fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 3,

@@ -1,0 +1,52 @@
+"""Legends must not cover another panel (stsynth_lib.figure_check), checked where the library returns a figure."""
+
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from stsynth_lib.figure_check import LegendOverlapWarning, check_legends, checked  # noqa: E402
+
+
+def _two_panels():
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3))
+    for ax in (a, b):
+        ax.plot([0, 1], [0, 1], label="a model with a long name")
+    return fig, a, b
+
+
+def test_check_legends_flags_a_legend_over_the_neighbouring_panel():
+    fig, a, b = _two_panels()
+    a.legend(loc="upper left", bbox_to_anchor=(0.9, 1.0), fontsize=9)  # reaches into b
+    found = check_legends(fig)
+    assert len(found) == 1 and "legend of axes 0" in found[0] and "overlaps axes 1" in found[0]
+    with pytest.warns(LegendOverlapWarning):
+        assert checked(fig) is fig
+    plt.close(fig)
+
+
+def test_check_legends_flags_a_figure_legend_over_a_panel_and_passes_one_outside():
+    fig, a, b = _two_panels()
+    fig.legend(loc="center")
+    assert any(f.startswith("figure legend overlaps") for f in check_legends(fig))
+    plt.close(fig)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3), layout="constrained")
+    a.plot([0, 1], label="x")
+    fig.legend(loc="outside right upper", fontsize=9)
+    b.legend(*a.get_legend_handles_labels(), fontsize=9)  # inside its own axes: fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_legends(fig) == [] and checked(fig) is fig and checked(None) is None
+    plt.close(fig)
+
+
+def test_figure_check_imports_no_heavy_package():
+    import subprocess
+    import sys
+
+    code = "import sys, stsynth_lib.figure_check; print(sorted(m for m in ('numpy','pandas','torch') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
