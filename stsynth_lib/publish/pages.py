@@ -284,7 +284,12 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copy2(book_dir / "_config.yml", out / "_config.yml")
+    config = (book_dir / "_config.yml").read_text()
+    if source == "reference":  # the launch (Colab) links: the pages' notebooks are at book/reference/<profile>/ in git
+        rel = Path(reference_root).resolve().relative_to(book_dir.resolve().parent) \
+            if Path(reference_root).resolve().is_relative_to(book_dir.resolve().parent) else Path(reference_root)
+        config = re.sub(r"^(\s+path_to_book:).*$", lambda m: f"{m.group(1)} {rel.as_posix()}", config, flags=re.M)
+    (out / "_config.yml").write_text(config)
     if (book_dir / "_static").is_dir():
         shutil.copytree(book_dir / "_static", out / "_static")
     sections, parts = [], []
