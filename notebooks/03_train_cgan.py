@@ -142,6 +142,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
+from stsynth_lib.cgan.chapter import config_table, persistence_on_val, scores_text, train_and_test
 from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
 from stsynth_lib.cgan.plots import plot_erased_buildings, plot_start_weights
 from stsynth_lib.cgan.model_io import load_generator
@@ -150,23 +151,13 @@ from stsynth_lib.data.plots import plot_context_strip
 from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
 from stsynth_lib.predictions import load_predictions
 from stsynth_lib.evaluate import paired_table
-from stsynth_lib.report_format import fmt_value, round_floats, settings_table
+from stsynth_lib.report_format import round_floats, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
-from stsynth_lib.cgan.train import split_dataset, train_cgan
-from stsynth_lib.evaluate.generator import (
-    area_comparison,
-    comparison_table,
-    evaluate_persistence,
-    predict_split,
-    summarize,
-)
+from stsynth_lib.cgan.train import split_dataset
 
 # every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook), as a table
-SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
-                  "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
-METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
 config = CGANTrainConfig.from_params(globals())
-settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
+config_table(config)
 
 # %% [markdown]
 # ### The frames the model sees
@@ -196,9 +187,12 @@ if erase_building_fraction > 0:
 # ## Train
 # A progress bar shows the losses and the throughput (images/s). Re-running with
 # `resume_from_checkpoint="latest"` continues an interrupted run exactly where its last checkpoint left it.
+# `train_and_test` (`stsynth_lib.cgan.chapter`, chapter 4's call too) then lets the best generator predict the test
+# split, shown in the last sections.
 
 # %%
-run_dir = train_cgan(config)
+run = train_and_test(config, max_test_pairs)
+run_dir = run.run_dir
 print(f"run folder: {run_dir}")
 display(settings_table(run_dir / "model.yaml"))
 
@@ -220,9 +214,8 @@ plt.show()
 # it has learnt nothing about change.
 
 # %%
-persistence_val = summarize(evaluate_persistence(split_dataset(config, "val")))
-print("persistence on the same validation pairs: "
-      + ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in persistence_val.items()))
+persistence_val = persistence_on_val(config)
+print("persistence on the same validation pairs: " + scores_text(persistence_val))
 fig = plot_validation(run_dir, persistence_val)
 plt.show()
 round_floats(pd.read_csv(run_dir / "val.csv"), 4)
@@ -274,16 +267,12 @@ if temporal_fusion in ("attention", "tile_reweight"):
 
 # %% [markdown]
 # ## Test predictions
-# The best generator predicts every test pair (AOIs never seen in training); the GeoTIFFs carry the tiles'
-# georeferencing and are what chapter 6 evaluates. The table compares the model with persistence on the same
+# The best generator predicted every test pair (AOIs never seen in training) in `train_and_test`; the GeoTIFFs
+# carry the tiles' georeferencing and are what chapter 6 evaluates. The table compares the model with persistence on the same
 # pairs and the same valid pixels.
 
 # %%
-test_ds = PairedTileDataset(dataset_dir, "test", max_pairs=max_test_pairs)
-per_pair = predict_split(run_dir, test_ds, run_dir / "predictions" / "test", which="best",
-                         metrics_csv=run_dir / "test_metrics.csv")
-table = comparison_table(per_pair, model)
-table.round(4)
+run.table.round(4)
 
 # %% [markdown]
 # Test tiles of one area share its light, season and land cover, so the pairs are not independent evidence. Below,
@@ -294,11 +283,11 @@ table.round(4)
 # training; the interval table gives L1 in [0, 1] units (half as large), like chapter 6.
 
 # %%
-per_area, paired = area_comparison(per_pair, model)
-display(per_area.round(4))
-display(paired_table(paired))
+display(run.per_area.round(4))
+display(paired_table(run.paired))
 
 # %%
+per_pair = run.per_pair
 better = (per_pair["l1"] < per_pair["persistence_l1"]).mean()
 print(f"{len(per_pair)} test pairs; the model's L1 is lower than persistence's on {better:.0%} of them "
       f"(a count of pairs, not a verdict: the interval above decides).")
@@ -317,7 +306,7 @@ plt.show()
 
 # %%
 predictor = load_predictor(run_dir)
-sample = predictor_sample(test_ds, 0, predictor)  # with the context frames the model reads, if any
+sample = predictor_sample(run.test_ds, 0, predictor)  # with the context frames the model reads, if any
 inputs = inputs_from_sample(sample, predictor)
 display(settings_table({k: (f"{v.dtype} {tuple(v.shape)}" if hasattr(v, "shape") else v) for k, v in inputs.items()}))
 future = predictor.predict(**inputs)

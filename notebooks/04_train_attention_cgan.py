@@ -121,171 +121,53 @@ from stsynth_lib.runs import find_project_root
 os.chdir(find_project_root())
 
 import matplotlib.pyplot as plt
-import pandas as pd
 from IPython.display import display
 
+from stsynth_lib.cgan.chapter import config_table, persistence_on_val, train_and_test
+from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation
 from stsynth_lib.conditioning import build_condition
-from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation, show_samples
-from stsynth_lib.cgan.plots import plot_erased_buildings, plot_start_weights
-from stsynth_lib.cgan.model_io import load_generator
+from stsynth_lib.evaluate import paired_table
 from stsynth_lib.predict import load_predictor, predictor_sample
 from stsynth_lib.training import collate, spread_indices
-from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.data.plots import plot_context_strip
-from stsynth_lib.evaluate import paired_table
-from stsynth_lib.report_format import fmt_value, round_floats, settings_table
-from stsynth_lib.cgan.config import CGANTrainConfig
-from stsynth_lib.cgan.train import split_dataset, train_cgan
-from stsynth_lib.evaluate.generator import (
-    area_comparison,
-    comparison_table,
-    evaluate_persistence,
-    predict_split,
-    summarize,
-)
 
-# every parameter above whose name is a CGANTrainConfig field (the rest belong to this notebook), as a table
-SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
-                  "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
-METRIC_NAMES = {"l1": "L1", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+# the options of this run (every parameter above whose name is a CGANTrainConfig field)
 config = CGANTrainConfig.from_params(globals())
-settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"], labels=SETTING_LABELS)
+config_table(config)
 
 # %% [markdown]
-# ### The frames the model sees
-# With `context_offsets_months` the generator also gets earlier frames of the same tile, each with its validity and
-# age (months before the target) as extra channels; absent frames (grey) are flagged, not dropped. Without it, the
-# model sees the past image alone and this figure is skipped.
+# ## Train, then predict the test split
+# The same call as chapter 3 (`stsynth_lib.cgan.chapter.train_and_test`): chapter 3's trainer with `model =
+# "attention_unet"`, then the best generator predicts every test pair into `runs/<profile>/attention_unet/
+# predictions/test/`, for chapter 6. Chapter 3 explains the figures of the data, the samples and the start weights;
+# this run writes them into its folder too.
 
 # %%
-if context_offsets_months:
-    fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
+run = train_and_test(config, max_test_pairs)
+print(f"run folder: {run.run_dir}")
+
+# %% [markdown]
+# ## Did it train?
+# The losses (read them as in chapter 3), the validation scores with persistence as the dashed line, and, with
+# `calibrate_residual_scale`, how much of its predicted change the generator applies.
+
+# %%
+fig = plot_losses(run.run_dir)
+plt.show()
+fig = plot_validation(run.run_dir, persistence_on_val(config))
+plt.show()
+if plot_residual_calibration(run.run_dir) is not None:  # no curve when calibrate_residual_scale is off
     plt.show()
 
 # %% [markdown]
-# ### Synthetic construction
-# With `erase_building_fraction` > 0 (labelled data), training erases that share of the buildings standing at both
-# dates from the past image and mask, so that the generator learns to draw the buildings the future mask asks for
-# (chapter 3 explains it). Without it, this figure is skipped.
+# ## Test split against persistence
+# The means over the test pairs (L1 in the [-1, 1] units of training), then the difference to persistence with a
+# 95 % interval from resampling whole areas (L1 in [0, 1] units, like chapter 6), read by the project's one rule
+# (`stsynth_lib.verdict`): better or worse only when the whole interval is on one side of zero.
 
 # %%
-if erase_building_fraction > 0:
-    fig = plot_erased_buildings(split_dataset(config, "train"), erase_building_fraction)
-    plt.show()
-
-# %% [markdown]
-# ## Train
-# A progress bar shows the losses and the throughput (images/s). Re-running with
-# `resume_from_checkpoint="latest"` continues an interrupted run exactly where its last checkpoint left it.
-
-# %%
-run_dir = train_cgan(config)
-print(f"run folder: {run_dir}")
-display(settings_table(run_dir / "model.yaml"))
-
-# %% [markdown]
-# ## Loss curves
-# The discriminator should neither win (its losses near 0, the generator's adversarial loss climbing) nor give
-# up (all three near log 2 = 0.69 for the BCE loss); the L1 term should fall steadily.
-
-# %%
-fig = plot_losses(run_dir)
-plt.show()
-
-# %% [markdown]
-# ## Validation
-# Each epoch, and every `val_every_steps` steps when set, the generator (eval mode: no dropout) is scored on the
-# validation pairs over valid pixels: L1 (in the [-1, 1] units of the loss), PSNR and SSIM (on [0, 1] images). The
-# best validation point by `best_metric` is kept in `best/`, and the test predictions below come from it.
-# The dashed line is the **persistence baseline** (future = past image) on the same pairs: a model that cannot beat
-# it has learnt nothing about change.
-
-# %%
-persistence_val = summarize(evaluate_persistence(split_dataset(config, "val")))
-print("persistence on the same validation pairs: "
-      + ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in persistence_val.items()))
-fig = plot_validation(run_dir, persistence_val)
-plt.show()
-round_floats(pd.read_csv(run_dir / "val.csv"), 4)
-
-# %% [markdown]
-# ## Calibration: how much change to apply
-# With `calibrate_residual_scale` (residual generators only), the best generator's predicted change is scaled by
-# `k = scale x min(1, gap / full_gap)` with `scale` and `full_gap` chosen on the **whole validation split** (never the
-# test split), minimising the L1 averaged area by area. `k = 0` is the generator's start (persistence, or the
-# blend the figure names), `k = 1` the trained generator. A
-# generator that learned its training areas' changes applies them too confidently to new areas, most of all one or
-# two months ahead, when little really changes. The curve shows the validation L1 for each scale; the chosen point
-# is stored with the generator (`best/`) and used for every prediction below.
-
-# %%
-fig = plot_residual_calibration(run_dir)
-if fig is None:
-    print("not calibrated (calibrate_residual_scale is off): predictions apply the full predicted change")
-else:
-    plt.show()
-    display(settings_table(run_dir / "best" / "best.yaml"))
-
-# %% [markdown]
-# ## Samples
-# Validation pairs at the last step: past | future mask | generated | truth (invalid truth pixels in magenta).
-
-# %%
-fig = show_samples(run_dir, "last")
-plt.show()
-
-# %% [markdown]
-# ### What the generator takes from each past frame
-# With `temporal_fusion = "attention"` the generator does not start from the past image: a small net shared by all
-# frames scores each past frame per pixel, and the softmax of the scores blends the frames into the image the U-Net
-# then changes. The maps show, for a few validation pairs, how much of each frame the best generator takes where
-# (skipped with channel stacking, `temporal_fusion = "concat"`).
-#
-# With `temporal_fusion = "tile_reweight"` the start is the residual base (e.g. the linear blend fitted on train),
-# its frame weights changed per tile: a small encoder reads all the frames and says, for this tile, how much more or
-# less of each frame (and what colour shift) to take. The bars compare the base's weights (for the linear start,
-# those fitted on train for the pair's gap) with the tile's own, for a few validation pairs.
-
-# %%
-if temporal_fusion in ("attention", "tile_reweight"):
-    G_best, guide_best = load_generator(run_dir, "best")
-    fig = plot_start_weights(G_best, PairedTileDataset(dataset_dir, "val"), guide_best)
-    plt.show()
-
-# %% [markdown]
-# ## Test predictions
-# The best generator predicts every test pair (AOIs never seen in training); the GeoTIFFs carry the tiles'
-# georeferencing and are what chapter 6 evaluates. The table compares the model with persistence on the same
-# pairs and the same valid pixels.
-
-# %%
-test_ds = PairedTileDataset(dataset_dir, "test", max_pairs=max_test_pairs)
-per_pair = predict_split(run_dir, test_ds, run_dir / "predictions" / "test", which="best",
-                         metrics_csv=run_dir / "test_metrics.csv")
-table = comparison_table(per_pair, model)
-table.round(4)
-
-# %% [markdown]
-# Test tiles of one area share its light, season and land cover, so the pairs are not independent evidence. Below,
-# area by area, and the difference to persistence with a 95 % interval from resampling whole areas: the model is
-# better than persistence on a metric only when the whole interval is on the good side of zero, worse when it is
-# wholly on the bad side, and otherwise not clearly different (the project's one rule, `stsynth_lib.verdict`; with
-# few test areas, as on `sn7_real_128`, the interval is wide). The per-area table keeps the [-1, 1] units of
-# training; the interval table gives L1 in [0, 1] units (half as large), like chapter 6.
-
-# %%
-per_area, paired = area_comparison(per_pair, model)
-display(per_area.round(4))
-display(paired_table(paired))
-
-# %%
-better = (per_pair["l1"] < per_pair["persistence_l1"]).mean()
-print(f"{len(per_pair)} test pairs; the model's L1 is lower than persistence's on {better:.0%} of them "
-      f"(a count of pairs, not a verdict: the interval above decides).")
-by_gap = per_pair.groupby("gap_months")[["l1", "persistence_l1"]].mean()
-ax = by_gap.plot(marker="o", figsize=(6, 3), title="test L1 by time gap")
-ax.set_xlabel("gap (months)")
-plt.show()
+display(run.table.round(4))
+display(paired_table(run.paired))
 
 # %% [markdown]
 # ## Where does the generator look?
@@ -295,7 +177,8 @@ plt.show()
 # close to uniform, after a real run they should follow the places where the scene changes.
 
 # %%
-predictor = load_predictor(run_dir)  # the generator of best/ and its guidance, as for any prediction
+predictor = load_predictor(run.run_dir)  # the generator of best/ and its guidance, as for any prediction
+test_ds = run.test_ds
 batch = collate([predictor_sample(test_ds, i, predictor) for i in spread_indices(len(test_ds), 3)])  # + its frames
 fig = plot_attention(predictor.G, build_condition(batch, predictor.guidance), batch, n=3)
 plt.show()

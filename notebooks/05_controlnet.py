@@ -166,7 +166,6 @@ os.chdir(find_project_root())
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 import yaml
 
 from stsynth_lib.controlnet.conditioning import build_prompt, conditioning_channels, make_conditioning
@@ -344,7 +343,7 @@ gen_kw = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, guid
 if img2img_strengths:
     segmenter = None
     if strength_criterion == "f1_new":
-        seg_device = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+        seg_device = E.scoring_device(device)
         segmenter, _, message = load_or_train_segmenter(runs_dir, profile, dataset_dir, device=seg_device, seed=seed,
                                                         steps=segmenter_steps, batch_size=segmenter_batch_size,
                                                         lr=segmenter_lr, base_channels=segmenter_base_channels,
@@ -352,7 +351,7 @@ if img2img_strengths:
         print(message)
     sweep = sweep_strength(run_dir, dataset_dir, img2img_strengths, split="val", max_pairs=strength_sweep_pairs,
                            criterion=strength_criterion, allow_uncalibrated=allow_uncalibrated_metrics, segmenter=segmenter,
-                           eval_device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
+                           eval_device=E.scoring_device(device),
                            progress=False, **gen_kw)
     strength = sweep.chosen
     fig = plot_strength_sweep(sweep)
@@ -397,7 +396,7 @@ plt.show()
 if compare_prompt_only:
     prompt_dir = generate_split(run_dir, dataset_dir, "test", prompt_only=True, **gen_kw)
     cmp = E.evaluate_models(dataset_dir, "test", {"controlnet": pred_dir, "prompt_only": prompt_dir},
-                            device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu",
+                            device=E.scoring_device(device),
                             allow_uncalibrated=allow_uncalibrated_metrics, max_pairs=max_test_pairs, seed=seed,
                             progress=False)
     display(E.results_table(cmp.summary, ("psnr", "ssim", "lpips"), labels=cmp.labels))

@@ -111,7 +111,7 @@ from stsynth_lib.segmentation import load_or_train_segmenter
 from stsynth_lib.verdict import strongest_baseline_text
 
 seed_everything(seed)
-device = M.default_device(device)
+device = E.scoring_device(device)
 eval_dir = Path(runs_dir) / profile / "eval"
 runs = E.prediction_dirs(runs_dir, profile, models, split)
 for name, folder in runs.items():

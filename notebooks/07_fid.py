@@ -90,12 +90,11 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
-from stsynth_lib import metrics as M
 from stsynth_lib import perceptual as P
 from stsynth_lib.runs import seed_everything
 
 seed_everything(seed)
-device = M.default_device(device)
+device = E.scoring_device(device)
 runs = E.prediction_dirs(runs_dir, profile, models, split)
 for name, folder in runs.items():
     print(f"{name:15s} {'found' if (folder / 'index.csv').is_file() else 'MISSING'}  {folder}")

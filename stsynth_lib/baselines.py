@@ -75,13 +75,20 @@ def mean_of_last_k(fields: Mapping[str, Any], offsets: Sequence[int | str], k: i
     return _uint8(out, np.ndim(fields["context"]) == 5)
 
 
+def seasonal_mix(past, last_year, usable):
+    """The seasonal rule, for numpy arrays and torch tensors alike: ``past + (last_year - past) / 2`` where ``usable``
+    (1 / True: the same-month-last-year frame is present and its pixel valid), ``past`` where not (0 / False).
+    :func:`seasonal_blend` (the baseline, uint8) and ``conditioning.seasonal_base`` (the cGAN's residual start, in
+    [-1, 1]) both compute it here."""
+    return past + 0.5 * usable * (last_year - past)
+
+
 def seasonal_blend(fields: Mapping[str, Any], offsets: Sequence[int | str]) -> np.ndarray:
     """The average of the past frame and the same-month-last-year frame where that is present and valid; else the
-    past frame."""
+    past frame (:func:`seasonal_mix`)."""
     x, usable = _frames(fields)
     p0, p12 = _position(offsets, 0, SEASONAL), _position(offsets, SAME_MONTH_LAST_YEAR, SEASONAL)
-    past, last_year = x[:, p0], x[:, p12]
-    out = np.where(usable[:, p12], (past + last_year) / 2, past)
+    out = seasonal_mix(x[:, p0], x[:, p12], usable[:, p12])
     return _uint8(out, np.ndim(fields["context"]) == 5)
 
 

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stsynth_lib.baselines import seasonal_mix
 from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR, check_context_offsets, last_year_shift
 
 TIME_ENCODINGS = ("planes", "none")
@@ -245,7 +246,7 @@ def seasonal_base(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor
                          f"PairedTileDataset(..., context_offsets_months={list(cfg.context_offsets_months)})")
     present = torch.as_tensor(batch["context_present"], device=past.device)[:, k].to(past.dtype)
     w = batch["context_valid"][:, k].to(past.dtype) * present[:, None, None, None]
-    return past + 0.5 * w * (batch["context"][:, k].to(past.dtype) - past)
+    return seasonal_mix(past, batch["context"][:, k].to(past.dtype), w)
 
 
 def usable_frames(batch: Mapping[str, Any], cfg: GuidanceConfig) -> torch.Tensor:

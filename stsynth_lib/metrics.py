@@ -353,15 +353,10 @@ def micro_f1(counts: np.ndarray) -> float:
     return float(scores_from_counts(tp, fp, fn)["f1"])
 
 
-def default_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 __all__ = [
     "check_range", "clean_invalid", "masked_psnr", "masked_l1", "finite_psnr", "ssim_map", "masked_ssim",
     "masked_ssim_many", "confusion_counts", "scores_from_counts", "building_scores",
-    "new_building_region", "new_building_scores", "drawn_new_building_scores", "change_masks", "bootstrap_ci", "micro_f1", "default_device",
+    "new_building_region", "new_building_scores", "drawn_new_building_scores", "change_masks", "bootstrap_ci",
+    "micro_f1",
 ]
 

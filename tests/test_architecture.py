@@ -22,7 +22,7 @@ LAYER_OF = {
     "segmentation": "metrics",
     "training": "training", "predictions": "training", "params": "training",
     "evaluate": "evaluation",
-    "cgan": "trainers", "controlnet": "trainers", "train_cgan": "trainers",
+    "cgan": "trainers", "controlnet": "trainers",
     "predict": "predict", "predict_tree": "predict", "scene": "predict",
 }
 MAX_FUNCTION_LINES = 80

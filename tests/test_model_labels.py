@@ -131,12 +131,12 @@ def _summary(labels=None) -> dict:
 
 def test_landing_and_readme_tables_name_the_backbone():
     new = _summary({"controlnet": "ControlNet [tiny random backbone]"})
-    for text in (pub.results_table(new), pub.strongest_baseline_section(new)):
+    for text in (pub.headline_table(new), pub.strongest_baseline_section(new)):
         assert "| ControlNet [tiny random backbone] |" in text and "| controlnet |" not in text
     old = _summary()  # written before chapter 6 recorded labels
-    for text in (pub.results_table(old), pub.strongest_baseline_section(old)):
+    for text in (pub.headline_table(old), pub.strongest_baseline_section(old)):
         assert "| ControlNet [backbone not recorded] |" in text and "| controlnet |" not in text
-    assert "| seasonal |" in pub.results_table(old)  # other rows keep their names
+    assert "| seasonal |" in pub.headline_table(old)  # other rows keep their names
 
 
 def test_committed_reference_label_is_the_one_its_params_give():

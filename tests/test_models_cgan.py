@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from stsynth_lib.conditioning import GuidanceConfig, build_condition
 from stsynth_lib.models import build_discriminator, build_generator
 from stsynth_lib.models.attention_unet import AttentionUNetGenerator, attention_maps
-from stsynth_lib.models.patchgan import receptive_field
 from stsynth_lib.models.unet import depth_for_size
+
+
+def receptive_field(module: nn.Module) -> int:
+    """Receptive field (px) of one output unit of a chain of convolutions, from the kernels and strides.
+
+    ``r = 1 + sum_l (k_l - 1) * prod_{m<l} s_m`` over the ``nn.Conv2d`` layers in order.
+    """
+    r, jump = 1, 1
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            k, s = m.kernel_size[0], m.stride[0]
+            r += (k - 1) * jump
+            jump *= s
+    return r
 
 
 @pytest.mark.parametrize("name", ["pix2pix", "attention_unet"])

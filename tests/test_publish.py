@@ -180,7 +180,7 @@ _NUM = re.compile(r"[+-]?\d+\.\d+")
 @pytest.mark.parametrize("n_areas", [3, 1])
 def test_landing_table_numbers_equal_summary_json(tmp_path, n_areas):
     summary = _summary(n_areas)
-    table = pub.results_table(summary).splitlines()
+    table = pub.headline_table(summary).splitlines()
     header = [h.strip() for h in table[0].strip("|").split("|")]
     assert "LPIPS (uncalibrated)" in header  # summary says calibrated.lpips = false
     body = {r.strip("|").split("|")[0].strip(): [c.strip() for c in r.strip("|").split("|")] for r in table[2:]}
@@ -221,7 +221,7 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
     intro = (out / "intro.md").read_text()
     assert intro.startswith("# The title\n")
     assert intro.index("## Results: `p` · REAL data") < intro.index("Intro text.")
-    assert pub.results_table(_summary()) in intro
+    assert pub.headline_table(_summary()) in intro
     assert "p/results/examples.png" in intro and (out / "p" / "results" / "examples.png").is_file()
     assert "file: p/01_a" in (out / "_toc.yml").read_text() and (out / "p" / "01_a.ipynb").is_file()
 
@@ -240,7 +240,7 @@ def test_readme_block_round_trip(tmp_path):
     assert pub.update_readme(readme, tmp_path / "reference", check=True) is False
     pub.update_readme(readme, tmp_path / "reference")
     text = readme.read_text()
-    assert pub.results_table(_summary()) in text and text.endswith("after\n") and "hand-typed" not in text
+    assert pub.headline_table(_summary()) in text and text.endswith("after\n") and "hand-typed" not in text
 
 
 def test_repository_readme_matches_committed_results():
@@ -310,13 +310,13 @@ def test_tables_read_blocks_nan_and_old_files():
     for r in summary["paired_vs_persistence"]:
         r["unit"] = "block"
     summary["paired_vs_persistence"][0]["ci_lo"] = float("nan")  # json.dumps writes NaN for rows not via pandas
-    table = pub.results_table(summary)
+    table = pub.headline_table(summary)
     assert "nan" not in table.lower().replace("n/a", "") and "n/a (1 block)" in table
     assert "n/a (1 block)" in pub.table_caption(summary) and "test pairs" in pub.table_caption(summary)
     summary["split"] = "val"
     assert "100 val pairs" in pub.table_caption(summary)
     summary["calibrated"] = True  # an older summary.json: one flag, not a dict
-    assert "uncalibrated" not in pub.results_table(summary)
+    assert "uncalibrated" not in pub.headline_table(summary)
     summary["strongest_baseline"] = {"name": "seasonal", "chosen_on": "val", "chosen_by": "psnr"}
     summary["paired_vs_strongest_baseline"] = [{"model": "pix2pix", "metric": "psnr", "mean_diff": 0.1, "ci_lo": 0.0,
                                                 "ci_hi": 0.2, "better": None, "areas_better": 2, "n_areas": 3,

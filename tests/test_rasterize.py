@@ -8,7 +8,7 @@ import pytest
 from conftest import REAL_TILE, needs_real_tile
 
 from stsynth_lib.data.io import read_raster
-from stsynth_lib.data.rasterize import footprint_mask, read_footprints
+from stsynth_lib.data.rasterize import footprint_mask, read_footprints_gdf
 from stsynth_lib.data.sn7 import SN7DataError, scan_sn7
 
 
@@ -56,12 +56,11 @@ def test_synthetic_label_files_agree(tiny_sn7_root):
 def test_empty_geojson_gives_empty_mask(tmp_path):
     p = tmp_path / "empty_Buildings.geojson"
     p.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    polys, _ = read_footprints(p)
-    assert polys == []
+    assert len(read_footprints_gdf(p)) == 0
     mask = footprint_mask({"labels_match_pix_path": str(p)}, (16, 16), source="pix")
     assert mask.shape == (16, 16) and mask.sum() == 0
     p.write_text("")  # a zero-byte file is an empty month too
-    assert read_footprints(p)[0] == []
+    assert len(read_footprints_gdf(p)) == 0
 
 
 def test_map_labels_without_georeference_fail_clearly(tmp_path):

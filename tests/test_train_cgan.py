@@ -428,16 +428,18 @@ def test_chapter_comparison_resamples_blocks_on_a_block_split(tiny_dataset_dir, 
     assert "cluster" not in plain  # split by areas: areas are resampled, as before
 
 
-def test_old_module_still_trains_with_a_deprecation_message(tiny_dataset_dir, tmp_path):
-    import subprocess
-    import sys
+def test_chapter_call_trains_then_predicts_the_test_split(tiny_dataset_dir, tmp_path):
+    """Chapters 3 and 4 share one call (stsynth_lib.cgan.chapter.train_and_test): the run, then its best generator's
+    test predictions compared with persistence, as predict_split gives them."""
+    from stsynth_lib.cgan.chapter import scores_text, train_and_test
 
-    root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", "stsynth_lib.train_cgan", "--dataset-dir", str(tiny_dataset_dir), "--runs-dir",
-           str(tmp_path), "--profile", "alias", "--ngf", "8", "--ndf", "8", "--max-steps", "1", "--batch-size", "2",
-           "--max-train-pairs", "4", "--max-val-pairs", "2", "--progress", "false", "--device", "cpu"]
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "deprecated" in proc.stderr and "stsynth_lib.cgan.train" in proc.stderr
-    assert (tmp_path / "alias" / "pix2pix" / "best" / "generator.pt").is_file()
+    run = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2), max_test_pairs=3)
+    assert len(run.test_ds) == len(run.per_pair) == 3
+    assert (run.run_dir / "predictions" / "test" / "index.csv").is_file()
+    assert (run.run_dir / "test_metrics.csv").is_file()
+    again = predict_split(run.run_dir, run.test_ds, tmp_path / "again", progress=False)
+    pd.testing.assert_frame_equal(run.per_pair, again)
+    assert list(run.table.index) == ["pix2pix", "persistence (future = past)"]
+    assert set(run.per_area.index) == set(run.per_pair["aoi"])
+    text = scores_text({"l1": 0.5, "psnr": 20.0})
+    assert text.startswith("L1 ") and ", PSNR (dB) " in text

@@ -68,12 +68,6 @@ def read_footprints_gdf(path: str | Path):
     return gdf
 
 
-def read_footprints(path: str | Path) -> tuple[list, str | None]:
-    """Return (shapely polygons, CRS string or None) from a SpaceNet 7 GeoJSON. Empty files give ``[]``."""
-    gdf = read_footprints_gdf(path)
-    return list(gdf.geometry), (gdf.crs.to_string() if gdf.crs is not None else None)
-
-
 def rasterize_polygons(polys, shape: tuple[int, int], transform=None) -> np.ndarray:
     """Burn polygons into a uint8 {0, 1} mask of ``shape``; ``transform`` maps pixel to polygon coordinates."""
     from affine import Affine

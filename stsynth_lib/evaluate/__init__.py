@@ -66,6 +66,7 @@ from stsynth_lib.evaluate.scoring import (  # noqa: F401
     evaluate_models,
     resampling_clusters,
     score_split,
+    scoring_device,
 )
 from stsynth_lib.evaluate.figures import plot_gain_by_area, plot_gain_by_gap, plot_sequence_examples  # noqa: F401
 from stsynth_lib.evaluate.stats import (  # noqa: F401

@@ -60,7 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the evaluation; returns 0, or 2 after printing the message of a bad input (no traceback)."""
     from stsynth_lib.evaluate.folder import evaluate_folder
-    from stsynth_lib.metrics import default_device
+    from stsynth_lib.evaluate.scoring import scoring_device
 
     args = parse_args(argv)
     try:
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compute_lpips=args.lpips,
             lpips_net=args.lpips_net,
             allow_uncalibrated=args.allow_uncalibrated_metrics,
-            device=default_device(args.device),
+            device=scoring_device(args.device),
             n_boot=args.n_bootstrap,
             psnr_cap_db=args.psnr_cap_db,
             seed=args.seed,

@@ -1,5 +1,9 @@
 """Score a generator (or persistence) pair by pair on a ``PairedTileDataset``: the trainer's validation,
-the cGAN chapters' test predictions and their comparison with persistence."""
+the cGAN chapters' test predictions and their comparison with persistence.
+
+Units: ``l1`` here is in the [-1, 1] units of the training loss (``val.csv``, ``test_metrics.csv``, the chapters'
+comparison tables), twice the [0, 1] L1 of :mod:`stsynth_lib.evaluate.scoring`; :func:`area_comparison`'s paired
+interval table converts to [0, 1]. PSNR and SSIM are on [0, 1] images in both."""
 
 from __future__ import annotations
 
@@ -82,8 +86,9 @@ def evaluate_generator(G: nn.Module | None, dataset: PairedTileDataset, guidance
     return pd.DataFrame(rows)
 
 
-def summarize(df: pd.DataFrame) -> dict[str, float]:
-    """Mean of each metric over pairs (NaN-aware: pairs without valid pixels are skipped)."""
+def mean_scores(df: pd.DataFrame) -> dict[str, float]:
+    """Mean of each metric over pairs (NaN-aware: pairs without valid pixels are skipped), without intervals
+    (:func:`stsynth_lib.evaluate.stats.summarise` gives the evaluation's means with bootstrap intervals)."""
     return {k: float(np.nanmean(df[k].to_numpy())) for k in ("l1", "psnr", "ssim") if k in df}
 
 
@@ -133,8 +138,8 @@ def predict_split(model: str | Path | nn.Module, dataset: PairedTileDataset, out
 
 def comparison_table(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
     """Two-row table (model vs persistence) of mean L1 / PSNR / SSIM from :func:`predict_split`'s output."""
-    rows = [{"method": model_name, **summarize(df)},
-            {"method": "persistence (future = past)", **summarize(df[[c for c in df if c.startswith("persistence_")]]
+    rows = [{"method": model_name, **mean_scores(df)},
+            {"method": "persistence (future = past)", **mean_scores(df[[c for c in df if c.startswith("persistence_")]]
                                                                 .rename(columns=lambda c: c[len("persistence_"):]))}]
     return pd.DataFrame(rows).set_index("method")
 

@@ -25,6 +25,14 @@ from stsynth_lib.evaluate.data import (
 )
 from stsynth_lib.evaluate.report import save_results
 from stsynth_lib.evaluate.stats import summarise
+from stsynth_lib.training import resolve_device
+
+
+def scoring_device(device: str = "auto") -> str:
+    """The torch device (``"cuda"`` or ``"cpu"``) for metric networks, segmenters and generation outside training:
+    the device :func:`stsynth_lib.training.resolve_device` picks (``auto``: CUDA when available; ``cuda`` without a
+    GPU is an error)."""
+    return "cuda" if resolve_device(device, mixed_precision="no", channels_last=False).on_cuda else "cpu"
 
 
 def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:

@@ -40,17 +40,3 @@ class PatchGANDiscriminator(nn.Module):
                 f"PatchGAN expected (B, {self.in_channels}, H, W) = condition + image channels, got {tuple(x.shape)}"
             )
         return self.model(x)
-
-
-def receptive_field(module: nn.Module) -> int:
-    """Receptive field (px) of one output unit of a chain of convolutions, from the kernels and strides.
-
-    ``r = 1 + sum_l (k_l - 1) * prod_{m<l} s_m`` over the ``nn.Conv2d`` layers in order.
-    """
-    r, jump = 1, 1
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            k, s = m.kernel_size[0], m.stride[0]
-            r += (k - 1) * jump
-            jump *= s
-    return r

@@ -31,20 +31,18 @@ from stsynth_lib.publish.pages import (
     README_END,
     README_START,
     STRONGEST_METRICS,
-    _chapter_title,  # noqa: F401
-    _first,  # noqa: F401
     _fmt,  # noqa: F401
     _model_order,  # noqa: F401
     _no_interval,  # noqa: F401
     _profile_sources,  # noqa: F401
     headline_section,
     headline_sentence,
+    headline_table,
     landing_page,
     lpips_calibrated,
     persistence_sentence,
     profile_stamp,
     readme_block,
-    results_table,
     stage_book,
     strongest_baseline_section,
     table_caption,
@@ -74,6 +72,7 @@ from stsynth_lib.publish.stamp import (
     banner_text,
     format_duration,
     git_commit,
+    head_commit,
     machine_description,
     profile_data_kind,
     read_nb,
@@ -85,9 +84,10 @@ from stsynth_lib.publish.stamp import (
 __all__ = [
     "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
-    "banner_text", "clean_notebook", "format_duration", "git_commit", "headline_section", "headline_sentence",
+    "banner_text", "clean_notebook", "format_duration", "git_commit", "head_commit", "headline_section",
+    "headline_sentence", "headline_table",
     "landing_page", "lpips_calibrated", "machine_description", "main", "persistence_sentence", "profile_data_kind",
     "profile_stamp", "publish", "read_nb",
-    "read_stamp", "readme_block", "results_table", "encode_png", "shrink_png", "stage_book", "stamp_notebook",
+    "read_stamp", "readme_block", "encode_png", "shrink_png", "stage_book", "stamp_notebook",
     "strongest_baseline_section", "table_caption", "update_readme", "write_nb",
 ]

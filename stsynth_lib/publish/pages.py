@@ -14,10 +14,8 @@ from stsynth_lib.publish.stamp import (
     EXECUTED_ROOT,
     REFERENCE_ROOT,
     PublishError,
-    _src,
     format_duration,
     profile_data_kind,
-    read_nb,
     read_stamp,
 )
 from stsynth_lib.report_format import model_display_name
@@ -88,9 +86,11 @@ def lpips_calibrated(summary: dict) -> bool:
     return bool(cal) and all(r.get("calibrated", True) for r in rows)
 
 
-def results_table(summary: dict) -> str:
-    """Markdown: every model, persistence and baseline; n pairs; PSNR, SSIM, LPIPS [95 % CI over tiles]; and the
-    paired difference to persistence [95 % CI, resampling summary["paired_resamples"]]."""
+def headline_table(summary: dict) -> str:
+    """The headline table of the landing page and the README (Markdown, from a summary.json; the evaluation's
+    own wide table is :func:`stsynth_lib.evaluate.results_table`): every model, persistence and baseline; n pairs;
+    PSNR, SSIM, LPIPS [95 % CI over tiles]; and the paired difference to persistence [95 % CI, resampling
+    summary["paired_resamples"]]."""
     rows = {(r["model"], r["metric"]): r for r in summary.get("summary", [])}
     paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
               if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
@@ -187,10 +187,6 @@ def table_caption(summary: dict) -> str:
             f"Higher is better for PSNR and SSIM, lower for LPIPS.{weights}{cal}")
 
 
-def _first(d: Path, pattern: str):
-    return next(iter(sorted(d.glob(pattern))), None)
-
-
 def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
     """The stamp of the notebooks in ``nb_dir`` that ran with ``profile`` (default: the folder's name): the first one's,
     with the summed wall time of all of them and, under "other_profiles", the notebooks that ran with another."""
@@ -234,7 +230,7 @@ def _verdict_and_tables(summary: dict) -> list[str]:
     against persistence: what the landing page and the README show of one profile."""
     head, pers = headline_sentence(summary), persistence_sentence(summary)
     lines = [f"**In one sentence:** {head}", ""] if head else []
-    lines += [results_table(summary), "", table_caption(summary), ""]
+    lines += [headline_table(summary), "", table_caption(summary), ""]
     if pers:
         lines += [pers, ""]
     if strongest_baseline_section(summary):
@@ -262,15 +258,6 @@ def _profile_sources(source: str, profile: str | None, reference_root: Path, exe
         raise PublishError(f"No executed notebooks in {d}/: run `make run-all PROFILE={profile}` first")
     ev = runs_dir / profile / "eval"
     return [(profile, d, ev / "summary.json", ev / "examples.png")]
-
-
-def _chapter_title(nb_path: Path) -> str:
-    for c in read_nb(nb_path).get("cells", []):
-        if c.get("cell_type") == "markdown":
-            m = re.search(r"^#\s+(.+)$", _src(c), re.M)
-            if m:
-                return m.group(1).strip()
-    return nb_path.stem
 
 
 def stage_book(source: str = "reference", profile: str | None = None, *, out: str | Path = "build/book",

@@ -59,12 +59,25 @@ def profile_data_kind(profile: str, params_dir: str | Path = "params") -> str:
 RUN_INPUTS = ("stsynth_lib", "notebooks", "params", "benchmarks", "Makefile", "pyproject.toml", "environment.yml")
 
 
+def head_commit(repo: str | Path = ".", short: bool = True) -> str | None:
+    """The commit HEAD of the git checkout that holds ``repo`` (12 hex digits when ``short``, else the full hash);
+    None outside a git checkout or without git. The one place that asks git for a commit (``git_commit`` adds the
+    ``-dirty`` mark; whole-tree prediction records the full hash of the library's checkout)."""
+    cmd = ["git", "-C", str(repo), "rev-parse", *(["--short=12"] if short else []), "HEAD"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
 def git_commit(repo: str | Path = ".") -> str:
     """Short commit of ``repo``, with ``-dirty`` when a tracked file a run executes (``RUN_INPUTS``) differs from it;
     "unknown" outside git."""
+    head = head_commit(repo)
+    if head is None:
+        return "unknown"
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS],
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
