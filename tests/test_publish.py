@@ -353,6 +353,9 @@ def test_commit_is_dirty_for_run_inputs_only(tmp_path):
     assert pub.git_commit(tmp_path) == clean
     (tmp_path / "params" / "a.yaml").write_text("x: 2\n")  # a run input: dirty
     assert pub.git_commit(tmp_path) == clean + "-dirty"
+    full = pub.head_commit(tmp_path, short=False)  # the full hash (what whole-tree prediction records)
+    assert len(full) == 40 and full.startswith(clean) and pub.head_commit(tmp_path) == clean
+    assert pub.head_commit(tmp_path / "params" / "missing") is None  # no such folder: no commit
 
 
 def test_shrink_png_fits_a_heavy_figure_under_the_byte_cap():
