@@ -15,7 +15,7 @@ BOOK_SOURCE ?= $(if $(filter command line,$(origin PROFILE)),executed,reference)
 KERNEL := stsynth
 
 .DEFAULT_GOAL := help
-.PHONY: help env test test-all data data-128 nb run-all book book-env book-check publish readme-results ci bench gpu-check weights clean clean-all
+.PHONY: help env test test-all data data-128 nb run-all book book-env book-check publish readme-results ci bench bench-gpu gpu-check weights clean clean-all
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-15s %s\n", $$1, $$2}'
@@ -100,6 +100,10 @@ book-check: ## check the built book as a reader sees it (nan intervals, dict dum
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --out bench_results || exit 1; done
+
+bench-gpu: env ## on a GPU: pix2pix 256 px and SD-1.5-shaped ControlNet throughput, TFLOP/s, peak memory, vs the reference step; bench_results/gpu_bench.json and README's GPU table (QUICK=1: toy shapes on any device)
+	PYTHONUNBUFFERED=1 $(PY) benchmarks/bench_gpu.py $(if $(QUICK),--quick --no-compile --out build/bench-gpu-quick,--out bench_results)
+	$(if $(QUICK),,$(PY) benchmarks/bench_gpu.py --out bench_results --readme)
 
 gpu-check: env ## on a GPU machine: every CUDA path on the smoke data (cGANs, stage 1, ControlNet bf16/fp16, generation, scoring) and a same-machine CPU ratio; bench_results/gpu_check.json
 	@mkdir -p bench_results

@@ -10,12 +10,22 @@ dropout 0.5) and the precision and memory format that ``stsynth_lib.training.res
 (``--precision`` overrides: bf16 autocast + channels-last is about 1.5x faster on CPUs with native bf16, and ~20x
 slower on CPUs without it, where ``auto`` keeps fp32). One thread by default (``--threads``), like a per-process
 training run on a small CPU. Writes ``<out>/vs_reference.json``.
+
+Project routes, each timed in the same interleaved rounds against the reference:
+
+* inference in fp32, as ``Predictor`` runs (whatever ``--precision``): ``eager`` (the generator as trained), ``prepared`` (``stsynth_lib.models.inference.prepare_for_inference``:
+  batch norm folded, phase transposed convolutions on the small levels) and ``compiled`` (the same + ``torch.compile``
+  with frozen weights: what ``Predictor`` runs on a CPU); the largest output difference to ``eager`` is printed; on a
+  CPU with native bf16 also ``bf16`` and ``compiled_bf16`` (autocast; informational: predictions stay fp32);
+* training ``eager`` (the trainer's step) and ``compiled`` (``torch.compile`` of G and D, then the same step);
+  ``--no-compile`` skips the compiled routes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import platform
 import statistics
@@ -25,14 +35,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_pix2pix import ReferencePix2Pix  # noqa: E402
 
+from stsynth_lib.publish.stamp import head_commit  # noqa: E402
 from stsynth_lib.cgan.losses import train_step  # noqa: E402
 from stsynth_lib.conditioning import GuidanceConfig, build_condition  # noqa: E402
 from stsynth_lib.models import build_discriminator, build_generator, init_weights  # noqa: E402
+from stsynth_lib.models.inference import prepare_for_inference  # noqa: E402
 from stsynth_lib.training import cpu_has_native_bf16, resolve_device  # noqa: E402
 
 
@@ -69,7 +82,16 @@ def _timed(fn, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def compare(size: int, batch: int, rounds: int, steps: int, precision: str) -> dict:
+def _interleaved(routes: dict, rounds: int, steps: int, batch: int) -> list[dict]:
+    """Images/s of every route per round; the order of the routes alternates between rounds."""
+    rows = []
+    for r in range(rounds):
+        order = list(routes.items()) if r % 2 == 0 else list(routes.items())[::-1]
+        rows.append({name: batch / _timed(fn, steps) for name, fn in order})
+    return rows
+
+
+def compare(size: int, batch: int, rounds: int, steps: int, precision: str, with_compile: bool = True) -> dict:
     """Train and inference images/s of both sides at ``size`` px, interleaved; ratios = median over rounds."""
     setup = resolve_device("cpu", precision, "auto")
     bf16, fmt = setup.mixed_precision == "bf16", (torch.channels_last if setup.channels_last else torch.contiguous_format)
@@ -86,38 +108,61 @@ def compare(size: int, batch: int, rounds: int, steps: int, precision: str) -> d
     real_b = _inputs(size, batch, torch.contiguous_format)["future"]
     cond = build_condition(b, guidance).contiguous(memory_format=fmt)
 
-    def project_train():
-        train_step(G, D, opt_g, opt_d, b, guidance, 100.0, "vanilla", hooks)
-
-    def project_infer():
-        with torch.no_grad(), hooks.autocast():
-            G(cond)
-
-    def reference_train():
-        ref.optimize_parameters(real_a, real_b)
-
-    def reference_infer():
-        with torch.no_grad():
-            ref.netG(real_a)
-
+    train = {"project": lambda: train_step(G, D, opt_g, opt_d, b, guidance, 100.0, "vanilla", hooks),
+             "reference": lambda: ref.optimize_parameters(real_a, real_b)}
+    if with_compile:  # a copy of G and D with their own optimisers: the eager route's weights stay its own
+        Gc, Dc = torch.compile(copy.deepcopy(G)), torch.compile(copy.deepcopy(D))
+        oc_g = torch.optim.Adam(Gc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        oc_d = torch.optim.Adam(Dc.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        train["project_compiled"] = lambda: train_step(Gc, Dc, oc_g, oc_d, b, guidance, 100.0, "vanilla", hooks)
     G.train(), D.train(), ref.netG.train(), ref.netD.train()
-    project_train(), reference_train()  # warm-up (oneDNN primitive caches)
-    rows = {"train": [], "inference": []}
-    for r in range(rounds):
-        order = [("project", project_train), ("reference", reference_train)]
-        t = {name: _timed(fn, steps) for name, fn in (order if r % 2 == 0 else order[::-1])}
-        rows["train"].append({k: batch / v for k, v in t.items()})
+    compile_s = {}
+    for name, fn in train.items():  # warm-up (oneDNN primitive caches; compilation)
+        t = time.perf_counter()
+        fn()
+        compile_s[f"train_{name}"] = time.perf_counter() - t
+    rows = {"train": _interleaved(train, rounds, steps, batch)}
+
     G.eval(), ref.netG.eval()
-    project_infer(), reference_infer()
-    for r in range(rounds):
-        order = [("project", project_infer), ("reference", reference_infer)]
-        t = {name: _timed(fn, steps) for name, fn in (order if r % 2 == 0 else order[::-1])}
-        rows["inference"].append({k: batch / v for k, v in t.items()})
-    out = {"size_px": size, "batch": batch, "rounds": rounds, "steps_per_round": steps, "project_compute": setup.describe()}
+    with torch.no_grad():
+        prepared = prepare_for_inference(G, channels_last=setup.channels_last)
+        infer = {"project": lambda: G(cond), "project_prepared": lambda: prepared(cond),
+                 "reference": lambda: ref.netG(real_a)}
+        if with_compile:
+            compiled = prepare_for_inference(G, compile=True, channels_last=setup.channels_last)
+            infer["project_compiled"] = lambda: compiled(cond)
+        if bf16:  # informational: bf16 autocast (what the trainer's precision would give; not the Predictor's fp32)
+            def autocast(fn):
+                def run():
+                    with hooks.autocast():
+                        return fn()
+                return run
+
+            infer["project_bf16"] = autocast(infer["project"])
+            if with_compile:
+                infer["project_compiled_bf16"] = autocast(infer["project_compiled"])
+        eager_out = G(cond).float()
+        diffs = {}
+        for name, fn in infer.items():
+            t = time.perf_counter()
+            out = fn()
+            compile_s[f"inference_{name}"] = time.perf_counter() - t
+            if name != "reference":
+                diffs[name] = float((out.float() - eager_out).abs().max())
+        rows["inference"] = _interleaved(infer, rounds, steps, batch)
+    out = {"size_px": size, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+           "project_compute": setup.describe(), "max_abs_diff_vs_eager": diffs,
+           "first_call_s": {k: round(v, 2) for k, v in compile_s.items()}}
     for what, rs in rows.items():
-        out[f"{what}_project_img_s"] = statistics.median(x["project"] for x in rs)
         out[f"{what}_reference_img_s"] = statistics.median(x["reference"] for x in rs)
-        out[f"{what}_ratio"] = statistics.median(x["project"] / x["reference"] for x in rs)
+        for name in rs[0]:
+            if name == "reference":
+                continue
+            key = f"{what}_{name}"
+            out[f"{key}_img_s"] = statistics.median(x[name] for x in rs)
+            out[f"{key}_ratio"] = statistics.median(x[name] / x["reference"] for x in rs)
+    # the keys earlier results files used
+    out["train_ratio"], out["inference_ratio"] = out["train_project_ratio"], out["inference_project_ratio"]
     return out
 
 
@@ -130,23 +175,29 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=2, help="steps per side per round")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"], help="the project side's precision")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile routes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [compare(int(s), args.batch, args.rounds, args.steps, args.precision) for s in args.sizes.split(",")]
-    report = {"benchmark": "vs_reference", "torch": torch.__version__, "threads": args.threads,
+    results = [compare(int(s), args.batch, args.rounds, args.steps, args.precision, not args.no_compile)
+               for s in args.sizes.split(",")]
+    report = {"commit": head_commit(ROOT) or "unknown", "benchmark": "vs_reference", "torch": torch.__version__,
+              "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
               "results": results}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "vs_reference.json").write_text(json.dumps(report, indent=2))
-    print(f"\npix2pix step, project vs reference, {args.threads} thread(s), CPU native bf16: {cpu_has_native_bf16()}")
-    head = f"{'size':>5s} {'project compute':28s} {'train img/s proj/ref':>22s} {'ratio':>6s} {'infer img/s proj/ref':>22s} {'ratio':>6s}"
-    print(head)
-    print("-" * len(head))
+    print(f"\npix2pix, project vs reference (images/s, ratio = project / reference), {args.threads} thread(s), "
+          f"CPU native bf16: {cpu_has_native_bf16()}")
     for r in results:
-        print(f"{r['size_px']:5d} {r['project_compute']:28s} "
-              f"{r['train_project_img_s']:10.2f}/{r['train_reference_img_s']:<10.2f}  {r['train_ratio']:5.2f}x "
-              f"{r['inference_project_img_s']:10.2f}/{r['inference_reference_img_s']:<10.2f}  {r['inference_ratio']:5.2f}x")
+        print(f"{r['size_px']} px, batch {r['batch']}, {r['project_compute']}: reference train {r['train_reference_img_s']:.2f}, "
+              f"inference {r['inference_reference_img_s']:.2f} img/s")
+        for what in ("train", "inference"):
+            for name in ("project", "project_prepared", "project_compiled", "project_bf16", "project_compiled_bf16"):
+                if f"{what}_{name}_ratio" in r:
+                    diff = r["max_abs_diff_vs_eager"].get(name) if what == "inference" else None
+                    print(f"    {what:9s} {name:17s} {r[f'{what}_{name}_img_s']:8.2f} img/s  {r[f'{what}_{name}_ratio']:5.2f}x"
+                          + (f"   max |diff| vs eager {diff:.1e}" if diff is not None and name != "project" else ""))
     print(f"wrote {out / 'vs_reference.json'}")
     return report
 

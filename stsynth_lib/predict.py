@@ -225,14 +225,27 @@ class Predictor:
 
 
 class CGANPredictor(Predictor):
-    """pix2pix or attention-U-Net generator of a run folder (``best/`` by default)."""
+    """pix2pix or attention-U-Net generator of a run folder (``best/`` by default).
 
-    def __init__(self, run_dir: str | Path, which: str = "best", device: str = "cpu"):
+    ``compile``: ``auto`` (default) prepares the generator with :func:`stsynth_lib.models.inference.prepare_for_inference`
+    as :func:`stsynth_lib.training.resolve_device` decides (on a CPU: batch norm folded, phase transposed
+    convolutions, ``torch.compile``); ``False`` runs the prepared generator eagerly. Both agree with the trained
+    generator (``self.G``) within ``INFERENCE_ATOL``. A compiled generator sees every batch padded to the largest batch size it has seen, so tiles
+    of a scene (a last, smaller batch) reuse one compiled graph.
+    """
+
+    def __init__(self, run_dir: str | Path, which: str = "best", device: str = "cpu", compile: bool | str = "auto"):
         from stsynth_lib.cgan.model_io import load_generator
+        from stsynth_lib.models.inference import prepare_for_inference
+        from stsynth_lib.training import resolve_device
 
         self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
         self.G.to(device)
         self.device = device
+        self.setup = resolve_device("cuda" if str(device).startswith("cuda") else "cpu", "no", "auto",
+                                    compile=compile, for_inference=True)
+        self.fast = prepare_for_inference(self.G, compile=self.setup.compile, channels_last=self.setup.channels_last)
+        self._batch_bucket = 0
         spec = yaml.safe_load((Path(run_dir) / "model.yaml").read_text())
         self.family = str(spec["name"])  # pix2pix | attention_unet
         self.uses_mask = bool(self.guidance.use_mask)
@@ -252,7 +265,15 @@ class CGANPredictor(Predictor):
         from stsynth_lib.training import to_device
 
         b = to_device(batch, self.device)
-        return self.G(build_condition(b, self.guidance)).float().cpu()
+        cond = build_condition(b, self.guidance)
+        n = cond.shape[0]
+        if self.setup.compile:  # one static shape per tile size: pad a smaller batch with copies of its last tile
+            self._batch_bucket = max(self._batch_bucket, n)
+            if n < self._batch_bucket:
+                cond = torch.cat([cond, cond[-1:].expand(self._batch_bucket - n, *cond.shape[1:])])
+        if self.setup.channels_last:
+            cond = cond.contiguous(memory_format=torch.channels_last)
+        return self.fast(cond)[:n].float().contiguous().cpu()
 
 
 class ControlNetPredictor(Predictor):
@@ -295,13 +316,14 @@ class ControlNetPredictor(Predictor):
         return resize_spatial(imgs, batch["past"].shape[-1])
 
 
-def load_predictor(run_dir: str | Path, which: str = "best", device: str = "cpu", **kwargs: Any) -> Predictor:
+def load_predictor(run_dir: str | Path, which: str = "best", device: str = "cpu", compile: bool | str = "auto",
+                   **kwargs: Any) -> Predictor:
     """The predictor of any trained run folder: a cGAN (``model.yaml``: pix2pix, attention_unet; ``which`` picks
-    ``best``, ``latest`` or a checkpoint) or a ControlNet (``controlnet/``; ``kwargs`` go to sampling:
-    ``scheduler``, ``num_inference_steps``, ``guidance_scale``, ``strength``)."""
+    ``best``, ``latest`` or a checkpoint; ``compile``: see :class:`CGANPredictor`) or a ControlNet (``controlnet/``;
+    ``kwargs`` go to sampling: ``scheduler``, ``num_inference_steps``, ``guidance_scale``, ``strength``)."""
     run = Path(run_dir)
     if (run / "model.yaml").is_file():
-        return CGANPredictor(run, which, device)
+        return CGANPredictor(run, which, device, compile=compile)
     if (run / "controlnet" / "config.json").is_file():
         return ControlNetPredictor(run, device, **kwargs)
     raise FileNotFoundError(f"{run} is not a trained run folder: it has neither model.yaml (cGAN) nor "
@@ -347,6 +369,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--which", default="best", help="cGAN weights: best, latest or checkpoint-<step>")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=_positive, default=16, help="tiles per forward pass")
+    p.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
+                   help="cGANs: torch.compile the prepared generator (auto: on a CPU with a C++ compiler; "
+                        "stsynth_lib.models.inference)")
+    p.add_argument("--threads", type=_positive, help="torch threads for the model (default: torch's, one per core)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
                    help="overlap of neighbouring tiles, blended; auto = a quarter tile")
@@ -364,7 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stsynth_lib.predict_tree import TreeOptions, predict_tree, run_bands
 
     args = parse_args(argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from stsynth_lib.training import resolve_device
+
+    try:
+        device = "cuda" if resolve_device(args.device, "no", False).on_cuda else "cpu"
+    except RuntimeError as exc:  # --device cuda without a GPU
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sampling = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}
     if args.strength is not None:
         sampling["strength"] = args.strength
@@ -372,10 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           max_pairs=args.max_pairs, seed=args.seed, batch_size=args.batch_size,
                           overlap_px=args.overlap_px, overwrite=args.overwrite, progress=not args.no_progress)
     try:
-        predictor = load_predictor(args.run, args.which, device, **sampling)  # sampling: ControlNet only
+        compile_ = {"auto": "auto", "true": True, "false": False}[args.compile]
+        predictor = load_predictor(args.run, args.which, device, compile=compile_, **sampling)  # sampling: ControlNet
         predict_tree(predictor, args.run, args.data, args.out, predictor.trained_tile_size_px,
                      run_bands(args.run, predictor.n_bands), options,
                      {"which": args.which, "device": device,
+                      "compiled": bool(getattr(getattr(predictor, "setup", None), "compile", False)),
                       "num_inference_steps": getattr(predictor, "steps", args.num_inference_steps),
                       "strength": getattr(predictor, "strength", None)})
     except (ValueError, FileNotFoundError) as exc:  # SN7DataError is a ValueError

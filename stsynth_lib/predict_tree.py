@@ -10,23 +10,34 @@
 
 Pairs come from :func:`stsynth_lib.data.build.build_pairs` (the dataset builder's pair logic) on the months the
 tree has. Footprint masks are rasterised onto the past image's grid by
-:func:`stsynth_lib.data.rasterize.footprint_mask`. A rerun into the same folder skips pairs whose GeoTIFF exists.
+:func:`stsynth_lib.data.rasterize.footprint_mask`. A model trained with context frames (``context_offsets_months``)
+reads them from the tree as the dataset does (:func:`stsynth_lib.data.dataset.context_lookup`): offset ``o`` is the
+month ``t0 + o``, ``same_month_last_year[+-k]`` the month ``t1 - 12 [+- k]``; a month the tree lacks, or one after
+``t0``, is absent. A rerun into the same folder skips pairs whose GeoTIFF exists.
+
+Speed: images and rasterised footprints are cached (each month serves up to 24 pairs), the next pairs' inputs are
+read in a background thread and the finished GeoTIFFs written in another while the model computes, and
+``predict.yaml`` records the seconds per pair (``benchmarks/bench_scene.py`` measures it against the plain loop).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
+import time
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from stsynth_lib.data.errors import SN7DataError
+from stsynth_lib.publish.stamp import head_commit
 from stsynth_lib.runs import atomic_write_text, save_yaml
 from stsynth_lib.scene import predict_scene, resolve_overlap
 
@@ -156,33 +167,87 @@ def index_table(meta: pd.DataFrame, pairs: pd.DataFrame, used_mask: bool, model:
     }, columns=INDEX_COLUMNS)
 
 
-def git_commit() -> str | None:
-    """The commit of the stsynth checkout this code runs from, or None (not a git checkout, no git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = out.stdout.strip() if out.returncode == 0 else ""
-    return commit or None
+class SceneCache:
+    """The decoded images and rasterised footprints of the tree's months, least recently used dropped past
+    ``max_items`` (a 1024 px RGB month is 3 MB). Used from one thread at a time."""
+
+    def __init__(self, bands: Sequence[int], max_items: int = 64):
+        self.bands, self.max_items = list(bands), int(max_items)
+        self._items: OrderedDict = OrderedDict()
+
+    def _get(self, key, make):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = make()
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+    def image(self, row: pd.Series) -> tuple[np.ndarray, Any, str]:
+        return self._get(("image", row["image_path"]), lambda: read_scene(row, self.bands))
+
+    def footprints(self, row: pd.Series, shape: tuple[int, int], transform: Any, crs: str) -> np.ndarray:
+        key = ("mask", row["image_path"], tuple(shape), tuple(transform)[:6] if transform is not None else None, crs)
+        return self._get(key, lambda: scene_footprints(row, shape, transform, crs))
 
 
-def predict_pair(predictor, meta: pd.DataFrame, pair: pd.Series, bands: Sequence[int], tile_px: int,
-                 options: TreeOptions) -> tuple[np.ndarray, Any, str]:
-    """One pair's whole-image prediction with the past image's transform and CRS."""
+def context_months(meta: pd.DataFrame, pair: pd.Series, offsets: Sequence[int | str]) -> dict[int | str, Any]:
+    """``{offset: meta row label}`` of the pair's context frames that the tree has (offset 0, the past image, and
+    months after ``t0`` left out), as :func:`stsynth_lib.data.dataset.context_lookup` picks them in training."""
+    from stsynth_lib.data.dataset import last_year_shift
+
+    t0 = int(meta.loc[pair["past_index"], "month_index"])
+    t1 = int(meta.loc[pair["future_index"], "month_index"])
+    months = meta[meta["aoi"] == pair["aoi"]]
+    by_month = dict(zip(months["month_index"].astype(int), months.index))
+    out = {}
+    for o in offsets:
+        if o == 0:
+            continue
+        shift = last_year_shift(o)
+        month = t1 - 12 + shift if shift is not None else t0 + int(o)
+        if month <= t0 and month in by_month:
+            out[o] = by_month[month]
+    return out
+
+
+def pair_inputs(predictor, meta: pd.DataFrame, pair: pd.Series, tile_px: int, cache: SceneCache) -> dict[str, Any]:
+    """What :func:`stsynth_lib.scene.predict_scene` needs for one pair (images, masks and context frames that the
+    model reads), with the past image's transform and CRS."""
     past_row, future_row = meta.loc[pair["past_index"]], meta.loc[pair["future_index"]]
-    past, transform, crs = read_scene(past_row, bands)
+    past, transform, crs = cache.image(past_row)
     shape = past.shape[1:]
     if min(shape) < tile_px:
         raise SN7DataError(f"{past_row['image_path']} is {shape[0]} x {shape[1]} px, smaller than the {tile_px} px tiles "
                            "the run was trained on. Use a run trained on tiles that fit the image, or leave the area "
                            "out (--aoi).")
-    future_mask = scene_footprints(future_row, shape, transform, crs) if predictor.uses_mask else None
-    past_mask = scene_footprints(past_row, shape, transform, crs) if getattr(predictor, "uses_past_mask", False) else None
-    image = predict_scene(predictor, past, pair["past_date"], pair["future_date"], tile_px, future_mask=future_mask,
-                          past_mask=past_mask, overlap_px=options.overlap_px, batch_size=options.batch_size,
-                          seed=options.seed + PAIR_SEED_STRIDE * int(pair["pair_id"]), aoi=str(pair["aoi"]))
-    return image, transform, crs
+    inputs = {"past": past, "transform": transform, "crs": crs,
+              "future_mask": cache.footprints(future_row, shape, transform, crs) if predictor.uses_mask else None,
+              "past_mask": (cache.footprints(past_row, shape, transform, crs)
+                            if getattr(predictor, "uses_past_mask", False) else None), "context": None}
+    if getattr(predictor, "needs_context", False):
+        context = {}
+        for o, label in context_months(meta, pair, predictor.context_offsets).items():
+            img = cache.image(meta.loc[label])[0]
+            if img.shape != past.shape:
+                raise SN7DataError(f"{meta.loc[label, 'image_path']} is {img.shape[1]} x {img.shape[2]} px, but the past "
+                                   f"image {past_row['image_path']} is {shape[0]} x {shape[1]}: the months of an area must "
+                                   "share one grid to serve as context frames")
+            context[o] = img
+        inputs["context"] = context
+    return inputs
+
+
+def predict_pair(predictor, pair: pd.Series, inputs: dict[str, Any], tile_px: int, options: TreeOptions) -> np.ndarray:
+    """One pair's whole-image prediction from :func:`pair_inputs`."""
+    return predict_scene(predictor, inputs["past"], pair["past_date"], pair["future_date"], tile_px,
+                         future_mask=inputs["future_mask"], past_mask=inputs["past_mask"], overlap_px=options.overlap_px,
+                         batch_size=options.batch_size, seed=options.seed + PAIR_SEED_STRIDE * int(pair["pair_id"]),
+                         aoi=str(pair["aoi"]), context=inputs["context"])
+
+
+PREFETCH_PAIRS = 2  # pairs whose inputs are read ahead while the model computes
 
 
 def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Path, tile_px: int, bands: Sequence[int],
@@ -193,10 +258,6 @@ def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Pa
 
     from stsynth_lib.predictions import write_geotiff
 
-    if getattr(predictor, "needs_context", False):
-        raise ValueError(f"{run_dir} was trained with context frames (context_offsets_months="
-                         f"{list(predictor.context_offsets)}): whole-tree prediction passes only the past image; "
-                         "predict its tiles with Predictor.predict(..., context={offset: image})")
     started = dt.datetime.now().astimezone()
     run_dir, out = Path(run_dir).resolve(), Path(out)
     meta = scan_tree(data)
@@ -212,17 +273,37 @@ def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Pa
             "(--overwrite predicts them again)")
     log(f"predicting {len(pairs) - sum(done)} pairs of {data} with {predictor.family} ({run_dir}), "
         f"{tile_px} px tiles, bands {list(bands)}")
-    for (_, pair), skip, name in tqdm(list(zip(pairs.iterrows(), done, index["prediction"])), desc="predict",
-                                      unit="pair", disable=not options.progress):
-        if not skip:
-            image, transform, crs = predict_pair(predictor, meta, pair, bands, tile_px, options)
-            write_geotiff(out / name, image, transform, crs or None)
+    todo = [(pair, name) for (_, pair), skip, name in zip(pairs.iterrows(), done, index["prediction"]) if not skip]
+    cache = SceneCache(bands)
+    compute_s, loop_start = 0.0, time.perf_counter()
+    # reads run ahead in one thread, writes behind in another; the model computes in this one (torch's threads)
+    with ThreadPoolExecutor(1, thread_name_prefix="stsynth-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="stsynth-write") as writer:
+        reads = deque(reader.submit(pair_inputs, predictor, meta, p, tile_px, cache) for p, _ in todo[:PREFETCH_PAIRS])
+        writes = []
+        for k, (pair, name) in enumerate(tqdm(todo, desc="predict", unit="pair", disable=not options.progress)):
+            inputs = reads.popleft().result()
+            if k + PREFETCH_PAIRS < len(todo):
+                reads.append(reader.submit(pair_inputs, predictor, meta, todo[k + PREFETCH_PAIRS][0], tile_px, cache))
+            t = time.perf_counter()
+            image = predict_pair(predictor, pair, inputs, tile_px, options)
+            compute_s += time.perf_counter() - t
+            writes.append(writer.submit(write_geotiff, out / name, image, inputs["transform"], inputs["crs"] or None))
+            while writes and writes[0].done():
+                writes.pop(0).result()  # a failed write stops the run here, naming its error
+        for w in writes:
+            w.result()
+    loop_s = time.perf_counter() - loop_start
     atomic_write_text(out / "index.csv", index.to_csv(index=False))
     save_yaml({"run": str(run_dir), "data": str(Path(data).resolve()), "model": predictor.family,
                "tile_size_px": tile_px, "tile_overlap_px": resolve_overlap(tile_px, options.overlap_px),
                "bands": list(bands), "options": {**asdict(options), **(settings or {})}, "n_pairs": len(pairs),
-               "n_skipped_existing": int(sum(done)), "start_time": started.isoformat(timespec="seconds"),
-               "end_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "git_commit": git_commit()},
+               "n_skipped_existing": int(sum(done)),
+               "seconds_per_pair": round(loop_s / len(todo), 4) if todo else None,
+               "model_seconds_per_pair": round(compute_s / len(todo), 4) if todo else None,
+               "torch_threads": torch.get_num_threads(), "start_time": started.isoformat(timespec="seconds"),
+               "end_time": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+               "git_commit": head_commit(Path(__file__).parent, short=False)},
               out / "predict.yaml")
     log(f"wrote {len(pairs)} predictions and {out / 'index.csv'}")
     return index
@@ -231,7 +312,10 @@ def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Pa
 __all__ = [
     "INDEX_COLUMNS",
     "TreeOptions",
+    "SceneCache",
     "check_labels",
+    "context_months",
+    "pair_inputs",
     "plan_pairs",
     "predict_tree",
     "prediction_name",

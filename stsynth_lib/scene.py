@@ -19,7 +19,7 @@ class TilePredictor(Protocol):
     """What :func:`predict_scene` needs of a model (:class:`stsynth_lib.predict.Predictor` has it)."""
 
     def predict(self, past: np.ndarray, past_date, future_date, future_mask=None, past_mask=None, seed: int = 0,
-                aoi: str = "custom") -> np.ndarray: ...
+                aoi: str = "custom", context=None) -> np.ndarray: ...
 
 
 def tile_starts(length: int, tile_px: int, overlap_px: int) -> list[int]:
@@ -66,11 +66,13 @@ def _crop(mask: np.ndarray | None, r: int, c: int, tile_px: int) -> np.ndarray |
 
 def predict_scene(predictor: TilePredictor, past: np.ndarray, past_date, future_date, tile_px: int,
                   future_mask: np.ndarray | None = None, past_mask: np.ndarray | None = None,
-                  overlap_px: int | None = None, batch_size: int = 16, seed: int = 0, aoi: str = "custom") -> np.ndarray:
+                  overlap_px: int | None = None, batch_size: int = 16, seed: int = 0, aoi: str = "custom",
+                  context: dict | None = None) -> np.ndarray:
     """The predicted future of a whole image: uint8 ``(C, H, W)`` like ``past``, any ``H, W >= tile_px``.
 
     ``future_mask`` / ``past_mask`` are whole-image 0/1 ``(H, W)`` footprints, cut with the image (``None`` for a
-    model that does not use them). ``overlap_px`` defaults to a quarter tile. Tile ``k`` (row-major order) is
+    model that does not use them). ``context``: for a model trained with context frames, ``{offset: whole uint8
+    image like past}`` (months left out are absent; ``{}`` when none is there), cut with the image. ``overlap_px`` defaults to a quarter tile. Tile ``k`` (row-major order) is
     sampled with seed ``seed + k`` whatever ``batch_size`` is, so results do not depend on the batching.
     """
     past = np.asarray(past)
@@ -88,6 +90,9 @@ def predict_scene(predictor: TilePredictor, past: np.ndarray, past_date, future_
         masks = {name: None if m is None else np.stack([_crop(m, r, c, tile_px) for r, c in chunk])
                  for name, m in (("future_mask", future_mask), ("past_mask", past_mask))}
         kwargs = {k: v for k, v in masks.items() if v is not None}
+        if context is not None:
+            kwargs["context"] = {o: np.stack([img[:, r : r + tile_px, c : c + tile_px] for r, c in chunk])
+                                 for o, img in context.items()}
         out = predictor.predict(tiles, past_date, future_date, seed=seed + first, aoi=aoi, **kwargs)
         for (r, c), pred in zip(chunk, out):
             win = tile_window(rows, cols, r, c, tile_px, overlap)

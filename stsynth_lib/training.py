@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ class DeviceSetup:
     on_cuda: bool
     mixed_precision: str  # no | bf16 | fp16 (Accelerate's names)
     channels_last: bool
+    compile: bool = False  # torch.compile (inductor) the model (stsynth_lib.models.inference for predictors)
 
     @property
     def cpu(self) -> bool:
@@ -208,18 +210,25 @@ class DeviceSetup:
     def describe(self) -> str:
         where = "CUDA" if self.on_cuda else "CPU"
         prec = {"no": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
-        return f"{where}, {prec}" + (", channels-last" if self.channels_last else "")
+        return f"{where}, {prec}" + (", channels-last" if self.channels_last else "") + (", compiled" if self.compile else "")
 
 
 def resolve_device(device: str = "auto", mixed_precision: str = "auto", channels_last: Any = "auto",
-                   cpu_auto_precision: str = "bf16", cpu_bf16: bool | None = None) -> DeviceSetup:
-    """The one place that decides device, precision and memory format for training and generation.
+                   cpu_auto_precision: str = "bf16", cpu_bf16: bool | None = None, compile: Any = False,
+                   for_inference: bool = False) -> DeviceSetup:
+    """The one place that decides device, precision, memory format and compilation for training and generation.
 
     * ``device``: ``auto`` (CUDA when available), ``cpu`` or ``cuda`` (an error without a GPU).
     * ``mixed_precision``: ``auto`` = bf16 on a CUDA GPU that supports it (fp16 otherwise); on a CPU,
       ``cpu_auto_precision`` (``bf16`` for the cGANs) when the CPU has native bf16, else fp32 (``no``).
       ``no`` / ``bf16`` / ``fp16`` force a choice (fp16 needs CUDA).
-    * ``channels_last``: ``auto`` = on for CUDA and for CPU bf16 (both measured faster), ``true`` / ``false``.
+    * ``channels_last``: ``auto`` = on for CUDA and for CPU bf16 (both measured faster), ``true`` / ``false``
+      (compiled fp32 CPU inference: within noise either way, so ``auto`` keeps it off).
+    * ``compile``: ``auto`` = ``torch.compile`` for inference on a CPU with a C++ compiler (1.3-1.8x over eager,
+      ``benchmarks/bench_vs_reference.py``); never for training on a CPU (the compiled step measured 0.9x) nor on
+      CUDA until ``make bench-gpu`` has shown it pays there; ``true`` / ``false`` force it. ``for_inference``:
+      whether the setup is for a predictor (``auto`` decides differently for training). The environment variable
+      ``STSYNTH_COMPILE=0`` / ``1`` overrides ``auto`` (the test suite sets 0).
     """
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
@@ -243,7 +252,17 @@ def resolve_device(device: str = "auto", mixed_precision: str = "auto", channels
         cl = bool(channels_last)
     else:
         raise ValueError(f"channels_last must be true, false or 'auto', got {channels_last!r}")
-    return DeviceSetup(on_cuda=on_cuda, mixed_precision=mp, channels_last=cl)
+    if compile == "auto" and os.environ.get("STSYNTH_COMPILE", "auto") in ("0", "1"):
+        compile = os.environ["STSYNTH_COMPILE"] == "1"  # the test suite sets 0: seconds of compiling per model
+    if compile == "auto":
+        from stsynth_lib.models.inference import has_cpp_compiler
+
+        comp = bool(for_inference and not on_cuda and has_cpp_compiler())
+    elif compile in (True, False):
+        comp = bool(compile)
+    else:
+        raise ValueError(f"compile must be true, false or 'auto', got {compile!r}")
+    return DeviceSetup(on_cuda=on_cuda, mixed_precision=mp, channels_last=cl, compile=comp)
 
 
 def make_accelerator(setup: DeviceSetup, **kwargs):

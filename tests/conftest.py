@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# predictors run eagerly in tests (compiling costs seconds per model); tests/test_inference_fast.py compiles on purpose
+os.environ.setdefault("STSYNTH_COMPILE", "0")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("STSYNTH_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))

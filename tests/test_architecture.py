@@ -13,7 +13,8 @@ LAYERS = ["base", "data", "models", "metrics", "training", "evaluation", "traine
 # module (dotted, without the "stsynth_lib." prefix) or package prefix -> layer; the longest match wins
 LAYER_OF = {
     "__init__": "base", "runs": "base", "book_check": "base", "book_screens": "base", "book_browser": "base",
-    "publish": "base", "notebook_sync": "base", "report_format": "base", "verdict": "base",
+    "publish": "base", "notebook_sync": "base", "report_format": "base", "verdict": "base", "book_content": "base",
+    "figure_check": "base", "options": "base",
     "data": "data",
     "models": "models", "conditioning": "models", "baselines": "models", "controlnet.backbone": "models", "controlnet.tokenizer": "models",
     "controlnet.conditioning": "models", "cgan.model_io": "models", "controlnet.__init__": "models",

@@ -195,10 +195,12 @@ class UNetGenerator(nn.Module):
     def change_scale(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 1, 1, 1)`` factor on the predicted change (see the module docstring)."""
         k = self.residual_scale.to(x.dtype).expand(x.shape[0]).reshape(-1, 1, 1, 1)
-        if self.gap_channel is not None and float(self.residual_full_gap_months) > 0:
+        if self.gap_channel is not None:
+            # no .item() on the buffer (it would break a torch.compile graph): 0 = off selects a ramp of exactly 1
+            full = self.residual_full_gap_months.to(x.dtype)
             gap_months = x[:, self.gap_channel].mean((-2, -1)) * self.gap_scale_months
-            ramp = torch.clamp(gap_months / self.residual_full_gap_months.to(x.dtype), max=1.0)
-            k = k * ramp.reshape(-1, 1, 1, 1)
+            ramp = torch.clamp(gap_months / torch.where(full > 0, full, torch.ones_like(full)), max=1.0)
+            k = k * torch.where(full > 0, ramp, torch.ones_like(ramp)).reshape(-1, 1, 1, 1)
         return k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
