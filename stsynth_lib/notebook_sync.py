@@ -4,8 +4,11 @@
 without outputs so that it opens in Jupyter and in Google Colab (``jupytext.toml`` pairs them). The first code cell of
 every notebook is the Colab setup cell, generated here from one template with the repository URL of
 ``pyproject.toml`` (``[project.urls] Repository``, its one place); ``book/_config.yml``'s ``repository.url`` follows it.
+The parameters cell, the cell after it that builds the notebook's config, and ``docs/OPTIONS.md`` are generated from
+the options schema (:mod:`stsynth_lib.options.notebooks`, :mod:`stsynth_lib.options.docs`).
 
-    python -m stsynth_lib.notebook_sync write   # Colab cells, book URL, then every .ipynb from its .py (make notebooks-sync)
+    python -m stsynth_lib.notebook_sync write   # Colab and option cells, book URL, docs/OPTIONS.md, then every .ipynb
+                                                # from its .py (make notebooks-sync)
     python -m stsynth_lib.notebook_sync check   # exit 1, naming each notebook out of sync (make notebooks-check)
 """
 
@@ -100,6 +103,19 @@ def with_colab_cell(text: str, stem: str, url: str) -> str:
     raise ValueError(f"{stem}: no code cell")
 
 
+def generated_cells(text: str, stem: str, url: str) -> str:
+    """``text`` with its Colab cell and its option cells (parameters, config) generated."""
+    from stsynth_lib.options.notebooks import with_option_cells
+
+    return with_option_cells(with_colab_cell(text, stem, url), stem)
+
+
+def options_doc(root: Path) -> tuple[Path, str]:
+    from stsynth_lib.options.docs import options_markdown
+
+    return root / "docs" / "OPTIONS.md", options_markdown()
+
+
 def book_config_with_url(text: str, url: str) -> str:
     """``book/_config.yml`` with ``repository.url`` set to ``url`` (the block must exist)."""
     new, n = re.subn(r"(?m)(^repository:[ \t]*\n(?:[ \t]+.*\n)*?[ \t]+url:[ \t]*)(.*)$", lambda m: m.group(1) + url, text, count=1)
@@ -181,6 +197,11 @@ def check(root: Path = ROOT) -> list[str]:
     for py in py_files:
         if with_colab_cell(py.read_text(), py.stem, url) != py.read_text():
             problems.append(f"{py.relative_to(root)}: the Colab setup cell is missing or differs from the template")
+        elif generated_cells(py.read_text(), py.stem, url) != py.read_text():
+            problems.append(f"{py.relative_to(root)}: the parameters or options cell differs from stsynth_lib/options")
+    doc, text = options_doc(root)
+    if not doc.is_file() or doc.read_text() != text:
+        problems.append(f"{doc.relative_to(root)}: differs from what stsynth_lib/options generates")
     expected = expected_ipynb(py_files, root)
     for py in py_files:
         ipynb = py.with_suffix(".ipynb")
@@ -204,10 +225,14 @@ def write(root: Path = ROOT) -> list[Path]:
     changed = []
     py_files = notebooks(root)
     for py in py_files:
-        new = with_colab_cell(py.read_text(), py.stem, url)
+        new = generated_cells(py.read_text(), py.stem, url)
         if new != py.read_text():
             py.write_text(new)
             changed.append(py)
+    doc, text = options_doc(root)
+    if not doc.is_file() or doc.read_text() != text:
+        doc.write_text(text)
+        changed.append(doc)
     config = root / "book" / "_config.yml"
     if config.is_file():
         new = book_config_with_url(config.read_text(), url)
@@ -233,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = check()
     if problems:
         print("Notebook pairs out of sync:\n  " + "\n  ".join(problems))
-        print(f"Fix: {FIX} (the .py is the source; it rewrites the Colab cells and every .ipynb), then commit.")
+        print(f"Fix: {FIX} (the .py is the source; it rewrites the Colab and option cells, docs/OPTIONS.md and every "
+              ".ipynb), then commit.")
         return 1
     print(f"notebooks check: {len(notebooks())} pairs in sync, Colab cells match the template")
     return 0

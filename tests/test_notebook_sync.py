@@ -42,7 +42,7 @@ def test_committed_ipynb_have_no_outputs_and_python3_kernel():
 @pytest.fixture
 def tree(tmp_path):
     """A copy of the files the sync reads, with two notebooks."""
-    for f in ["pyproject.toml", "jupytext.toml", "book/_config.yml"]:
+    for f in ["pyproject.toml", "jupytext.toml", "book/_config.yml", "docs/OPTIONS.md"]:
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, tmp_path / f)
     (tmp_path / "notebooks").mkdir()
@@ -55,7 +55,7 @@ def tree(tmp_path):
 
 def test_check_names_each_drift_and_write_fixes_it(tree):
     py = tree / "notebooks" / "01_explore_data.py"
-    py.write_text(py.read_text().replace("seed = 0", "seed = 1", 1))
+    py.write_text(py.read_text().replace("os.chdir(find_project_root())", "os.chdir(find_project_root())  # here", 1))
     ipynb = tree / "notebooks" / "05_controlnet.ipynb"
     nb = json.loads(ipynb.read_text())
     code = next(c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
@@ -67,8 +67,17 @@ def test_check_names_each_drift_and_write_fixes_it(tree):
 
     ns.write(tree)
     assert ns.check(tree) == []
-    assert '"seed = 1' in (tree / "notebooks" / "01_explore_data.ipynb").read_text()
+    assert "os.chdir(find_project_root())  # here" in (tree / "notebooks" / "01_explore_data.ipynb").read_text()
     assert all(not c.get("outputs") for c in json.loads(ipynb.read_text())["cells"])
+
+
+def test_a_default_edited_in_the_notebook_is_drift_and_write_restores_the_schemas(tree):
+    """The parameters cell is generated from stsynth_lib/options: a default changed there is reported and undone."""
+    py = tree / "notebooks" / "01_explore_data.py"
+    py.write_text(py.read_text().replace("seed = 0 ", "seed = 1 ", 1))
+    assert any("01_explore_data.py: the parameters or options cell differs" in p for p in ns.check(tree))
+    ns.write(tree)
+    assert ns.check(tree) == [] and "\nseed = 0 " in py.read_text()
 
 
 def test_the_url_lives_in_pyproject_only(tree):

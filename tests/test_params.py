@@ -1,4 +1,4 @@
-"""Parameter files checked against their notebooks (issue 10, item 3): keys, types, values, papermill's input."""
+"""Parameter files checked against the options schema (issues 10 and 31): keys, types, values, papermill's input."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def _profile(tmp_path, nb_yaml: str, common_drop=()):
 
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 def test_every_parameter_file_fits_its_notebooks(profile, known):
-    """Every params/<profile>/ file validates against every notebook; the merged keys are ones the notebook reads."""
+    """Every params/<profile>/ file validates against every notebook; the merged keys are options of the notebook."""
     for nb in NOTEBOOKS:
         checked = validate_params(nb, _files(profile, nb), known)
         declared = notebook_parameters(nb)
@@ -98,8 +98,8 @@ def test_yaml_11_exponent_strings_are_read_as_numbers_and_listed(tmp_path, known
     assert checked.params["lr"] == 1e-4 and any("'1e-4'" in c for c in checked.conversions)
 
 
-def test_config_fields_read_through_globals_are_accepted_and_typed(tmp_path, known):
-    """03 builds CGANTrainConfig.from_params(globals()): its fields (run_name, ...) are parameters too."""
+def test_every_config_field_is_an_option_of_its_notebook(tmp_path, known):
+    """03 builds CGANTrainConfig from its options by name: every field (run_name, ...) is a parameter, typed."""
     checked = validate_params(NB03, _profile(tmp_path, "run_name: trial\n"), known)
     assert checked.params["run_name"] == "trial"
     with pytest.raises(ParamError, match="val_every_epochs: 'often'"):
@@ -140,7 +140,7 @@ def test_cli_config_files_are_checked_against_the_config_fields(tmp_path, known)
     with pytest.raises(ParamError) as err:
         validate_config_files(CGANTrainConfig, files, known)
     msg = str(err.value)
-    assert "unknown key 'lamda_l1' (CGANTrainConfig declares" in msg and "Did you mean 'lambda_l1'" in msg
+    assert "unknown key 'lamda_l1' (CGANTrainConfig takes no such option" in msg and "Did you mean 'lambda_l1'" in msg
     assert "batch_size: 'many' -- expected an integer" in msg
     ok = validate_config_files(CGANTrainConfig, _profile(tmp_path, "lambda_l1: 10\n"), known)
     assert ok.params["lambda_l1"] == 10.0 and "synthetic_data" not in ok.params

@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stsynth_lib.options import RUN, SCORING, pick
+from stsynth_lib.options.cli import add_options
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -41,18 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="runs/<profile>/segmenter/segmenter.pt: building F1 and new-building F1 on labelled trees",
     )
     p.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True, help="compute LPIPS (default on)")
-    p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
-    p.add_argument(
-        "--allow-uncalibrated-metrics",
-        action="store_true",
-        help="without the LPIPS weights, use a seeded random backbone (labelled 'uncalibrated')",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    p.add_argument(
-        "--psnr-cap-db", type=float, default=100.0, help="PSNR used for exact matches in means (default 100)"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, (*SCORING.options, *pick(RUN, "device", "seed")))  # declared in stsynth_lib.options
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 

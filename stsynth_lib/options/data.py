@@ -1,0 +1,42 @@
+"""Options of the data chapters: scanning a SpaceNet 7 tree (or making a synthetic one) and building the tile store."""
+
+from stsynth_lib.options.core import Concern, Option
+
+DATA = Concern("data", "Data", (
+    Option("data_root", str, "data/smoke/sn7", "the SpaceNet 7 tree (the folder that holds train/<AOI>/images/)",
+           required=True),
+    Option("synthetic_data", bool, True, "generate a synthetic SpaceNet 7 tree at data_root first"),
+    Option("metadata_path", str, "data/smoke/metadata.parquet", "the scan of the tree (one row per image)",
+           required=True),
+    Option("synthetic_n_aois", int, 6, "synthetic tree: areas", min=1),
+    Option("synthetic_n_months", int, 12, "synthetic tree: months per area", min=1),
+    Option("synthetic_size_px", int, 128, "synthetic tree: image side", min=1),
+    Option("synthetic_cloud_probability", float, 0.2, "synthetic tree: chance of a cloudy month", min=0, max=1),
+    Option("scan_on_error", str, "raise", "an unreadable GeoTIFF or GeoJSON: raise | skip", choices=("raise", "skip")),
+    Option("tile_size_px", int, 64, "tile side", test=lambda v: v >= 32 and v & (v - 1) == 0,
+           words="a power of two >= 32 (32, 64, 128, 256, 512, 1024)"),
+    Option("bands", list, [1, 2, 3], "1-based band numbers; SpaceNet 7's band 4 is alpha and feeds the validity mask",
+           item=int, test=lambda v: len(v) > 0 and all(b >= 1 for b in v),
+           words="a non-empty list of 1-based band numbers"),
+    Option("resize_to_px", int, None, "resample each mosaic to this size first (null: native resolution)",
+           none_ok=True, min=1),
+    Option("min_gap_months", int, 1, "shortest past-to-future gap of a pair", min=1),
+    Option("max_gap_months", int, 6, "longest past-to-future gap of a pair", min=1),
+    Option("split_fractions", list, [0.6, 0.2, 0.2], "train, val, test (of the AOIs, or of each AOI's blocks)",
+           item=float, test=lambda v: len(v) == 3 and all(f >= 0 for f in v) and sum(v) > 0,
+           words="three non-negative numbers [train, val, test]"),
+    Option("split_by", str, "aoi", "aoi | block: whole AOIs per split, or square blocks inside each AOI",
+           choices=("aoi", "block")),
+    Option("block_size_px", int, 256, "split_by block: block side (a multiple of tile_size_px drops no tile)", min=1,
+           words="an integer >= 1 (at least tile_size_px)"),
+    Option("block_stratify", str, "none", "none | new_buildings: spread the blocks with most construction over the "
+           "splits", choices=("none", "new_buildings")),
+    Option("min_valid_fraction", float, 0.5, "drop pairs whose past or future tile has fewer usable pixels", min=0,
+           max=1),
+    Option("mask_source", str, "auto", "which label file to rasterise", choices=("auto", "pix", "match", "geo")),
+    Option("build_on_error", str, "raise", "an unreadable image while building: raise | skip",
+           choices=("raise", "skip")),
+    Option("loader_batch_size", int, 32, "pairs per batch of the loader shown in chapter 2", min=1),
+    Option("context_strip_offsets_months", list, [0, -1, -2, "same_month_last_year"],
+           "the past sequence shown for one pair"),
+))
