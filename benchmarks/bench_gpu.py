@@ -272,6 +272,12 @@ def cpu_lines(vs_reference: dict, scene: dict) -> list[str]:
             lines.append(f"| {r['model']} | {eager[0]:.2f} | {eager[1]:.2f} | {r[fast_key]:.2f} | "
                          f"{r['max_abs_diff_grey_levels']} grey level(s) |")
         lines.append("")
+        for r in scene["results"]:
+            if "evaluate_fast_s_per_scene" in r:
+                lines += [f"`python -m stsynth_lib.evaluate` on the {r['model']} folder with LPIPS and the judge: "
+                          f"{r['evaluate_fast_s_per_scene']:.2f} s per scene (judge compiled; "
+                          f"{r['evaluate_eager_s_per_scene']:.2f} s eager), per-tile scores "
+                          f"{'identical' if r['evaluate_scores_identical'] else 'NOT identical'}.", ""]
     return lines
 
 

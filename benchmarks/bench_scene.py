@@ -16,6 +16,11 @@ depend on training; a non-zero output layer so the outputs are not the past imag
   ``torch.compile`` where ``resolve_device`` turns it on), images and footprints cached, reads and writes in
   background threads, all cores. Compilation is warmed on one pair first (a one-off per process, reported).
 
+Then ``python -m stsynth_lib.evaluate``'s work on the fast route's folder (``evaluate_folder``: LPIPS (the real
+AlexNet weights where ``make weights`` fetched them, else the seeded random backbone: the same work) and the judge,
+a building segmenter of chapter 6's shape with seeded random weights), once with the judge prepared and compiled as
+``resolve_device`` decides and once eager; seconds per scene, and whether every per-tile score is identical.
+
 Prints and writes ``<out>/scene.json``: seconds per scene per route (median of ``--repeats``), the ratio to
 ``loop_eager`` at one thread, and the largest difference between fast and eager predictions (grey levels).
 """
@@ -134,6 +139,37 @@ def fast(run: Path, data: Path, out: Path, tile_px: int, options: TreeOptions, t
                                                         "channels_last": predictor.setup.channels_last}
 
 
+def evaluate_seconds(pred_dir: Path, data: Path, out: Path, n_pairs: int, threads: int) -> dict:
+    """Seconds per scene of evaluate_folder with LPIPS and the judge, compiled judge vs eager; scores compared."""
+    import os
+
+    import pandas as pd
+
+    from stsynth_lib.evaluate.folder import evaluate_folder
+    from stsynth_lib.segmentation import SegUNet, save_segmenter
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    seg = save_segmenter(SegUNet(), out / "segmenter.pt")
+    row, tables = {}, {}
+    for label, flag in (("eager", "0"), ("fast", "auto")):
+        before = os.environ.get("STSYNTH_COMPILE")
+        os.environ["STSYNTH_COMPILE"] = flag
+        try:
+            t = time.perf_counter()
+            evaluate_folder(pred_dir, data, out / f"eval_{label}", segmenter_path=seg, allow_uncalibrated=True,
+                            progress=False)
+            row[f"evaluate_{label}_s_per_scene"] = (time.perf_counter() - t) / n_pairs
+        finally:
+            if before is None:
+                os.environ.pop("STSYNTH_COMPILE")
+            else:
+                os.environ["STSYNTH_COMPILE"] = before
+        tables[label] = pd.read_csv(out / f"eval_{label}" / "per_tile.csv")
+    row["evaluate_scores_identical"] = bool(tables["eager"].equals(tables["fast"]))
+    return row
+
+
 def compare(fast_dir: Path, eager_dir: Path, pairs) -> dict:
     import rasterio
 
@@ -159,6 +195,7 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()), help="torch threads, fast path")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-evaluate", action="store_true", help="skip timing the evaluation of the predictions")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "train").is_dir():
@@ -191,6 +228,9 @@ def main(argv=None) -> dict:
                 runs.append(s)
             row.update({f"fast_{args.threads}t_s_per_scene": statistics.median(runs), "fast_first_pair_s": warm_s,
                         **setup, **compare(Path(tmp) / chapter / "fast", Path(tmp) / chapter / "eager", pairs)})
+            if chapter == args.models.split(",")[0] and not args.no_evaluate:
+                row.update(evaluate_seconds(Path(tmp) / chapter / "fast", data, Path(tmp) / chapter, len(pairs),
+                                            args.threads))
             base = row.get("loop_eager_1t_s_per_scene")
             row["speedup_vs_loop_eager_1t"] = base / row[f"fast_{args.threads}t_s_per_scene"] if base else None
             rows.append(row)
@@ -208,6 +248,10 @@ def main(argv=None) -> dict:
               f"{r[f'fast_{args.threads}t_s_per_scene']:.2f} s  ({r['speedup_vs_loop_eager_1t'] or float('nan'):.2f}x vs 1 thread; "
               f"first pair {r['fast_first_pair_s']:.1f} s); max diff {r['max_abs_diff_grey_levels']} grey level(s) on "
               f"{100 * r['share_of_values_differing']:.3f} % of values")
+        if "evaluate_fast_s_per_scene" in r:
+            print(f"{'':15s} evaluate (LPIPS + judge): {r['evaluate_eager_s_per_scene']:.2f} s eager judge, "
+                  f"{r['evaluate_fast_s_per_scene']:.2f} s compiled judge per scene; scores identical: "
+                  f"{r['evaluate_scores_identical']}")
     print(f"wrote {out / 'scene.json'}")
     return report
 

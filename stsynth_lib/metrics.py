@@ -75,13 +75,15 @@ def check_range(x, data_range: float, name: str = "image") -> None:
     A ``data_range`` of 2 means [-1, 1]; any other value means [0, data_range]. Only finite values are checked
     (NaN / inf are the business of :func:`clean_invalid`).
     """
-    t = _as_tensor(x)
-    t = t[torch.isfinite(t)]
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else _as_tensor(x)  # min/max need no float64 copy
+    finite = torch.isfinite(t)
+    if not bool(finite.all()):  # the common case (all finite) needs no masked copy
+        t = t[finite]
     if t.numel() == 0:
         return
     lo, hi = (-1.0, 1.0) if data_range == 2.0 else (0.0, float(data_range))
     tol = 1e-6 * max(1.0, abs(hi))
-    mn, mx = float(t.min()), float(t.max())
+    mn, mx = (float(v) for v in torch.aminmax(t))
     if mn < lo - tol or mx > hi + tol:
         raise ValueError(
             f"{name} has values in [{mn:.4g}, {mx:.4g}] but data_range={data_range} declares [{lo}, {hi}]. "
@@ -138,6 +140,36 @@ def masked_psnr(pred, target, valid=None, data_range: float = 1.0) -> np.ndarray
         out = 10.0 * np.log10(float(data_range) ** 2 / mse)
     out[n.numpy() == 0] = np.nan
     return out
+
+
+def masked_psnr_many(pred, target, valids: Sequence, data_range: float = 1.0) -> list[np.ndarray]:
+    """:func:`masked_psnr` for several masks (e.g. valid, changed, unchanged, new) from one squared-error map: the
+    same numbers as one call per mask, the input converted and checked once (against the first mask)."""
+    p, t, _ = _checked_pair(pred, target, valids[0] if len(valids) else None, data_range, "PSNR")
+    d2 = (p - t) ** 2
+    outs = []
+    for valid in valids:
+        m = _mask_b1hw(valid, p)
+        se = (d2 * m).sum(dim=(1, 2, 3))
+        n = m.sum(dim=(1, 2, 3)) * p.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = 10.0 * np.log10(float(data_range) ** 2 / (se / n).numpy())
+        out[n.numpy() == 0] = np.nan
+        outs.append(out)
+    return outs
+
+
+def masked_l1_many(pred, target, valids: Sequence) -> list[np.ndarray]:
+    """:func:`masked_l1` for several masks from one absolute-error map (same numbers as one call per mask)."""
+    p, t, _ = _checked_pair(pred, target, valids[0] if len(valids) else None, None, "L1")
+    ad = (p - t).abs()
+    outs = []
+    for valid in valids:
+        m = _mask_b1hw(valid, p)
+        n = m.sum(dim=(1, 2, 3)) * p.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            outs.append((ad * m).sum(dim=(1, 2, 3)).numpy() / n.numpy())
+    return outs
 
 
 def masked_l1(pred, target, valid=None) -> np.ndarray:

@@ -356,24 +356,27 @@ def _positive(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The options of ``python -m stsynth_lib.predict`` (``--help`` lists them)."""
+    from stsynth_lib.options import DATA, RUN, pick
+    from stsynth_lib.options.cli import add_options
+
     p = argparse.ArgumentParser(prog="python -m stsynth_lib.predict",
                                 description="Predict the future image of every (past, future) month pair of a "
                                             "SpaceNet 7 tree with a trained run; whole images, any size.")
     p.add_argument("--run", required=True, help="trained run folder, e.g. runs/sn7/pix2pix")
     p.add_argument("--data", required=True, help="SpaceNet 7 tree: the folder that holds train/<AOI>/images/")
     p.add_argument("--out", required=True, help="output folder (<aoi>/pred_*.tif, index.csv, predict.yaml)")
-    p.add_argument("--min-gap-months", type=_positive, default=1)
-    p.add_argument("--max-gap-months", type=_positive, default=12)
+    # declared once in stsynth_lib.options (min_gap_months, device, seed); the longest gap stays this CLI's own:
+    # a user predicting a tree wants every gap the models were trained on (12), the dataset builder's default is 6
+    add_options(p, pick(DATA, "min_gap_months") + pick(RUN, "device", "seed"))
+    p.add_argument("--max-gap-months", type=_positive, default=12, help="longest past-to-future gap of a pair")
     p.add_argument("--aoi", nargs="+", metavar="AOI", help="only these areas (folder names under train/)")
     p.add_argument("--max-pairs", type=_positive, help="a random subset of this many pairs (drawn with --seed)")
     p.add_argument("--which", default="best", help="cGAN weights: best, latest or checkpoint-<step>")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--batch-size", type=_positive, default=16, help="tiles per forward pass")
     p.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
                    help="cGANs: torch.compile the prepared generator (auto: on a CPU with a C++ compiler; "
                         "stsynth_lib.models.inference)")
     p.add_argument("--threads", type=_positive, help="torch threads for the model (default: torch's, one per core)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
                    help="overlap of neighbouring tiles, blended; auto = a quarter tile")
     p.add_argument("--num-inference-steps", type=_positive, help="ControlNet sampling steps (default: those the "
@@ -396,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         device = "cuda" if resolve_device(args.device, "no", False).on_cuda else "cpu"
-    except RuntimeError as exc:  # --device cuda without a GPU
+    except (RuntimeError, ValueError) as exc:  # --device cuda without a GPU, or a device this CLI does not drive
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sampling = {"num_inference_steps": args.num_inference_steps} if args.num_inference_steps else {}

@@ -150,17 +150,12 @@ class TrainConfig:
 def check_param_files(config_cls, files: Sequence[str], set_by_flags: Iterable[str] = ()) -> dict[str, Any]:
     """The options that ``--params`` files set (later files win), checked by :mod:`stsynth_lib.params`: an unknown
     key (closest key suggested), a wrong type or value is refused, naming the file; ``"1e-4"`` becomes a number.
-    Keys of a shared ``common.yaml`` that a notebook of the project declares are allowed (and dropped here)."""
-    from stsynth_lib.params import notebook_keys, validate_config_files
-    from stsynth_lib.runs import find_project_root
+    Keys of a shared ``common.yaml`` that any concern of the option schema declares are allowed (and dropped here)."""
+    from stsynth_lib.params import validate_config_files
 
     if not files:
         return {}
-    try:
-        notebooks = sorted((find_project_root() / "notebooks").glob("[0-9]*.py"))
-    except (FileNotFoundError, RuntimeError):
-        notebooks = []
-    return validate_config_files(config_cls, files, notebook_keys(notebooks), set_elsewhere=set_by_flags).params
+    return validate_config_files(config_cls, files, set_elsewhere=set_by_flags).params
 
 
 def train_from_command_line(parse_args, train, argv: Sequence[str] | None = None) -> Path:

@@ -406,3 +406,26 @@ def test_drawn_new_buildings_cancel_the_segmenters_background_false_alarms():
     # the region-only score counts the 16 background false alarms against the model and persistence alike
     n = M.new_building_scores(seg_drawn, future_mask, past_mask)
     assert n["fp"][0] == 16 and n["f1"][0] == pytest.approx(4 / (4 + 16 + 2))
+
+
+def test_many_mask_psnr_and_l1_equal_one_call_per_mask():
+    """The evaluation scores every region from one error map: the numbers are those of one call per mask, exactly."""
+    rng = np.random.default_rng(3)
+    p, t = rng.random((4, 3, 24, 24)), rng.random((4, 3, 24, 24))
+    valid = (rng.random((4, 1, 24, 24)) > 0.1).astype(np.float32)
+    masks = [valid, valid * (rng.random((4, 1, 24, 24)) > 0.5), np.zeros_like(valid)]
+    psnr, l1 = M.masked_psnr_many(p, t, masks, data_range=1.0), M.masked_l1_many(p, t, masks)
+    for k, m in enumerate(masks):
+        np.testing.assert_array_equal(psnr[k], M.masked_psnr(p, t, m, data_range=1.0))
+        np.testing.assert_array_equal(l1[k], M.masked_l1(p, t, m))
+    assert np.isnan(psnr[2]).all() and np.isnan(l1[2]).all()  # an empty mask: NaN, as one call gives
+    with pytest.raises(ValueError, match="data_range"):
+        M.masked_psnr_many(p * 2, t, masks, data_range=1.0)
+
+
+def test_check_range_ignores_non_finite_values_and_refuses_out_of_range_ones():
+    x = np.array([0.0, 0.5, np.nan, np.inf, 1.0])
+    M.check_range(x, 1.0)  # NaN / inf are clean_invalid's business
+    with pytest.raises(ValueError, match=r"values in \[-0.5, 1\]"):
+        M.check_range(np.array([-0.5, np.nan, 1.0]), 1.0)
+    M.check_range(torch.tensor([-1.0, 1.0], dtype=torch.float32), 2.0)  # tensors checked in their own dtype

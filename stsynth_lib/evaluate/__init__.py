@@ -25,8 +25,8 @@ Entry points
   sequence | truth | models.
 * :mod:`stsynth_lib.evaluate.track_record` -- a past-only guard: per pair, the candidate (a model or a baseline) that
   scored best on the same tile's earlier pairs. Validation rejected it for the sn7_real_128 cGANs (every variant scored
-  0.004-0.36 dB under the unguarded model, better in no area: ``benchmarks/track_record_val.py``); kept to re-check
-  that on other data.
+  0.004-0.36 dB under the unguarded model, better in no area:
+  ``experiments/temporal_context/track_record_val.py``); kept to re-check that on other data.
 * :func:`fid_report` -- FID and KID per model, per gap bucket, and of persistence (notebook 07).
 * :func:`model_labels` -- the name tables show for each model: a ControlNet's row names its backbone
   ("ControlNet [tiny random backbone]"), read from the run's params.yaml and recorded in summary.json

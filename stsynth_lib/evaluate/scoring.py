@@ -35,6 +35,11 @@ def scoring_device(device: str = "auto") -> str:
     return "cuda" if resolve_device(device, mixed_precision="no", channels_last=False).on_cuda else "cpu"
 
 
+def segmenter_compiles(device: str) -> bool:
+    """Whether the judge runs compiled on ``device`` (:func:`stsynth_lib.training.resolve_device` for inference)."""
+    return resolve_device(device, mixed_precision="no", channels_last=False, compile="auto", for_inference=True).compile
+
+
 def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric | None, batch: int = 64) -> dict[str, np.ndarray]:
     """Image metrics of generated uint8 images ``pred`` (aligned with ``data``) against the future tiles.
 
@@ -56,15 +61,16 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric
         nan = np.full(len(p), np.nan)
         masks = [v, changed, unchanged, new] if hm.any() else [v]  # change-aware scores need labels
         ssim = M.masked_ssim_many(p, t, masks, data_range=1.0)
+        psnr, l1 = M.masked_psnr_many(p, t, masks, data_range=1.0), M.masked_l1_many(p, t, masks)  # one pass each
         res = {
-            "psnr": M.masked_psnr(p, t, v, data_range=1.0),
+            "psnr": psnr[0],
             "ssim": ssim[0],
-            "l1": M.masked_l1(p, t, v),
+            "l1": l1[0],
             "valid_fraction": v.reshape(len(v), -1).mean(1),
             "changed_fraction": np.where(hm, changed.reshape(len(v), -1).mean(1).numpy(), nan),
         }
-        res["psnr_changed"] = np.where(hm, M.masked_psnr(p, t, changed, 1.0), nan) if hm.any() else nan
-        res["psnr_unchanged"] = np.where(hm, M.masked_psnr(p, t, unchanged, 1.0), nan) if hm.any() else nan
+        res["psnr_changed"] = np.where(hm, psnr[1], nan) if hm.any() else nan
+        res["psnr_unchanged"] = np.where(hm, psnr[2], nan) if hm.any() else nan
         res["ssim_changed"] = np.where(hm, ssim[1], nan) if hm.any() else nan
         res["ssim_unchanged"] = np.where(hm, ssim[2], nan) if hm.any() else nan
         if lpips_metric is not None:
@@ -73,25 +79,26 @@ def _score_images(pred: np.ndarray, data: SplitData, lpips_metric: P.LPIPSMetric
             res["lpips_changed"] = np.where(hm, lps[1], nan) if hm.any() else nan
             res["lpips_unchanged"] = np.where(hm, lps[2], nan) if hm.any() else nan
             res["lpips_new"] = np.where(hm, lps[3], nan) if hm.any() else nan
-        res.update(_region_scores(p, t, hm, changed, unchanged, new, ssim))
+        res.update(_region_scores(p, hm, new, ssim, psnr, l1))
         for k, val in res.items():
             out.setdefault(k, []).append(np.asarray(val, dtype=np.float64))
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def _region_scores(p, t, hm, changed, unchanged, new, ssim) -> dict[str, np.ndarray]:
-    """L1 over changed / unchanged pixels and PSNR / SSIM / L1 / share of new-building pixels; NaN without labels
-    (and where a tile has no such pixel)."""
+def _region_scores(p, hm, new, ssim, psnr, l1) -> dict[str, np.ndarray]:
+    """L1 over changed / unchanged pixels and PSNR / SSIM / L1 / share of new-building pixels (the per-mask scores
+    ``ssim``, ``psnr``, ``l1`` over [valid, changed, unchanged, new]); NaN without labels (and where a tile has no
+    such pixel)."""
     nan = np.full(len(p), np.nan)
     if not hm.any():
         return {k: nan for k in ("new_fraction", "l1_changed", "l1_unchanged", "psnr_new", "ssim_new", "l1_new")}
     return {
         "new_fraction": np.where(hm, new.reshape(len(p), -1).mean(1), nan),
-        "l1_changed": np.where(hm, M.masked_l1(p, t, changed), nan),
-        "l1_unchanged": np.where(hm, M.masked_l1(p, t, unchanged), nan),
-        "psnr_new": np.where(hm, M.masked_psnr(p, t, new, 1.0), nan),
+        "l1_changed": np.where(hm, l1[1], nan),
+        "l1_unchanged": np.where(hm, l1[2], nan),
+        "psnr_new": np.where(hm, psnr[3], nan),
         "ssim_new": np.where(hm, ssim[3], nan),
-        "l1_new": np.where(hm, M.masked_l1(p, t, new), nan),
+        "l1_new": np.where(hm, l1[3], nan),
     }
 
 
@@ -296,7 +303,7 @@ def _score_model(name, pred, have, common, base, data, lp, segmenter, device, se
     for k, v in _score_images(pred, data, lp).items():
         df[k] = v
     if segmenter is not None:
-        seg_masks[name] = predict_masks(segmenter, pred, device=device)
+        seg_masks[name] = predict_masks(segmenter, pred, device=device, compile=segmenter_compiles(device))
         seg_past = seg_masks[name] if name == PERSISTENCE else seg_masks.get(PERSISTENCE)  # persistence comes first
         for k, v in _score_buildings(seg_masks[name], data, seg_past).items():
             df[k] = v
@@ -308,7 +315,8 @@ def _score_upper_bound(segmenter, data, base, common, device, seg_masks) -> pd.D
     """The segmenter on the real future images: the building-score upper bound."""
     from stsynth_lib.segmentation import predict_masks
 
-    seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device)
+    seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device,
+                                            compile=segmenter_compiles(device))
     df = base.copy()
     df.insert(0, "model", UPPER_BOUND)
     df["predicted"] = True

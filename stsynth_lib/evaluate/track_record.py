@@ -14,8 +14,8 @@ score the model and the candidates on the tile's earlier pairs first (``evaluate
 Why it was built: a model trained on one set of areas can lose to persistence in an area unlike any it was trained
 on (on the ``sn7_real_128`` test split, a bright, very stable desert; see chapter 6), and the area's own history
 might show that loss before the pair is predicted. On the validation split it did not pay: every guard tried scored
-0.004-0.36 dB under the unguarded cGANs and gained in no area (``benchmarks/track_record_val.py``), so no chapter
-uses it.
+0.004-0.36 dB under the unguarded cGANs and gained in no area (``experiments/temporal_context/track_record_val.py``),
+so no chapter uses it.
 """
 
 from __future__ import annotations
