@@ -253,24 +253,30 @@ def cpu_lines(vs_reference: dict, scene: dict) -> list[str]:
         lines += [f"**CPU, pix2pix vs the reference** · {vs_reference.get('cpu', '')} · {vs_reference.get('threads')} "
                   f"thread(s) · commit `{vs_reference.get('commit', 'unknown')}` · ratio = project / reference images/s, "
                   "median of interleaved rounds", "",
-                  "| size px | train (eager) | train (compiled) | inference (eager) | inference (prepared + compiled, "
-                  "what `Predictor` runs) |", "|---|---|---|---|---|"]
+                  "| size px | train (eager) | train (compiled) | inference (eager, fp32) | inference (prepared + "
+                  "compiled, fp32: what `Predictor` runs) | inference (the same, `--precision bf16`) |",
+                  "|---|---|---|---|---|---|"]
         for r in vs_reference["results"]:
             f = lambda k: f"{r[k]:.2f}x" if k in r else "n/a"  # noqa: E731
             lines.append(f"| {r['size_px']} | {f('train_project_ratio')} | {f('train_project_compiled_ratio')} | "
-                         f"{f('inference_project_ratio')} | {f('inference_project_compiled_ratio')} |")
+                         f"{f('inference_project_ratio')} | {f('inference_project_compiled_ratio')} | "
+                         f"{f('inference_project_compiled_bf16_ratio')} |")
+        lines.append(f"\nTraining runs in the trainer's precision ({vs_reference['results'][0]['project_compute']}).")
         lines.append("")
     if scene:
         h, w = scene["scene_px"]
         lines += [f"**CPU, whole scenes** (`python -m stsynth_lib.predict`) · {h} x {w} px · {scene['pairs']} pairs of "
                   f"`{Path(scene['data']).name}` · commit `{scene.get('commit', 'unknown')}` · seconds per scene", "",
-                  "| model | today's loop, 1 thread | today's loop, all cores | fast path, all cores | max difference |",
-                  "|---|---|---|---|---|"]
+                  "| model | today's loop, 1 thread | today's loop, all cores | fast path (fp32), all cores | "
+                  "max difference | fast path, `--precision bf16` | its max difference |", "|---|---|---|---|---|---|---|"]
         for r in scene["results"]:
-            fast_key = next(k for k in r if k.startswith("fast_") and k.endswith("_s_per_scene"))
+            fast_key = next(k for k in r if k.startswith("fast_") and k[5].isdigit() and k.endswith("_s_per_scene"))
+            bf16_key = next((k for k in r if k.startswith("fast_bf16_") and k.endswith("_s_per_scene")), None)
             eager = [r.get(f"loop_eager_{t}t_s_per_scene") for t in (1, scene["cores"])]
+            bf16 = (f"{r[bf16_key]:.2f} | {r['bf16_max_abs_diff_grey_levels']} grey level(s)" if bf16_key
+                    else "n/a (no native bf16) | n/a")
             lines.append(f"| {r['model']} | {eager[0]:.2f} | {eager[1]:.2f} | {r[fast_key]:.2f} | "
-                         f"{r['max_abs_diff_grey_levels']} grey level(s) |")
+                         f"{r['max_abs_diff_grey_levels']} grey level(s) | {bf16} |")
         lines.append("")
         for r in scene["results"]:
             if "evaluate_fast_s_per_scene" in r:

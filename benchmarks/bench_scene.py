@@ -11,6 +11,7 @@ depend on training; a non-zero output layer so the outputs are not the past imag
 
 * ``loop_eager`` (the code before the fast path): per pair, read the image, rasterise its footprints, tile, predict
   with the eager generator, stitch, write; ``--baseline-threads`` (default 1 and 2) torch threads;
+* ``fast_bf16`` (on a CPU with native bf16): the same with ``--precision bf16`` (opt-in: not fp32's numbers);
 * ``fast``: ``stsynth_lib.predict_tree.predict_tree`` as the CLI runs it: the generator prepared by
   ``stsynth_lib.models.inference.prepare_for_inference`` (batch norm folded, phase transposed convolutions,
   ``torch.compile`` where ``resolve_device`` turns it on), images and footprints cached, reads and writes in
@@ -53,6 +54,7 @@ from stsynth_lib.predict_tree import (TreeOptions, pair_inputs, plan_pairs, pred
                                       scan_tree, scene_footprints)
 from stsynth_lib.predictions import write_geotiff  # noqa: E402
 from stsynth_lib.scene import predict_scene  # noqa: E402
+from stsynth_lib.training import cpu_has_native_bf16  # noqa: E402
 
 SHARED_LABELLED = ROOT.parent / "shared" / "data" / "sn7_real_labelled"
 
@@ -126,15 +128,16 @@ class _NoCache:
         return scene_footprints(row, shape, transform, crs)
 
 
-def fast(run: Path, data: Path, out: Path, tile_px: int, options: TreeOptions, threads: int) -> tuple[float, float, dict]:
+def fast(run: Path, data: Path, out: Path, tile_px: int, options: TreeOptions, threads: int,
+         precision: str = "no", folder: str = "fast") -> tuple[float, float, dict]:
     torch.set_num_threads(threads)
-    predictor = load_predictor(run)
+    predictor = load_predictor(run, precision=precision)
     warm = TreeOptions(**{**options.__dict__, "max_pairs": 1})
     t = time.perf_counter()
-    predict_tree(predictor, run, data, out / "warm", tile_px, [1, 2, 3], warm, log=lambda *_: None)
+    predict_tree(predictor, run, data, out / f"warm_{folder}", tile_px, [1, 2, 3], warm, log=lambda *_: None)
     warm_s = time.perf_counter() - t
-    predict_tree(predictor, run, data, out / "fast", tile_px, [1, 2, 3], options, log=lambda *_: None)
-    record = yaml.safe_load((out / "fast" / "predict.yaml").read_text())
+    predict_tree(predictor, run, data, out / folder, tile_px, [1, 2, 3], options, log=lambda *_: None)
+    record = yaml.safe_load((out / folder / "predict.yaml").read_text())
     return float(record["seconds_per_pair"]), warm_s, {"compiled": predictor.setup.compile,
                                                         "channels_last": predictor.setup.channels_last}
 
@@ -189,7 +192,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data", default=str(SHARED_LABELLED), help="a SpaceNet 7 tree with 1024 px scenes and labels")
     p.add_argument("--profile", default="sn7_labelled", help="params/<profile>/ gives the architectures")
     p.add_argument("--models", default="03_train_cgan,04_train_attention_cgan", help="chapters whose models to time")
-    p.add_argument("--pairs", type=int, default=6, help="pairs per route (drawn with --seed)")
+    p.add_argument("--pairs", type=int, default=60, help="pairs per route (drawn with --seed); 60 as a whole-area run: "
+                                                        "each month then serves several pairs, as in real use")
     p.add_argument("--repeats", type=int, default=1, help="runs of each route; the median is reported")
     p.add_argument("--baseline-threads", default="1,2", help="torch threads of today's loop (comma-separated)")
     p.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()), help="torch threads, fast path")
@@ -231,6 +235,13 @@ def main(argv=None) -> dict:
             if chapter == args.models.split(",")[0] and not args.no_evaluate:
                 row.update(evaluate_seconds(Path(tmp) / chapter / "fast", data, Path(tmp) / chapter, len(pairs),
                                             args.threads))
+            if cpu_has_native_bf16():  # the opt-in route (--precision bf16)
+                shutil.rmtree(Path(tmp) / chapter / "fast_bf16", ignore_errors=True)
+                s_bf16, _, _ = fast(run, data, Path(tmp) / chapter, tile_px, options, args.threads, "bf16", "fast_bf16")
+                diff = compare(Path(tmp) / chapter / "fast_bf16", Path(tmp) / chapter / "eager", pairs)
+                row.update({f"fast_bf16_{args.threads}t_s_per_scene": s_bf16,
+                            "bf16_max_abs_diff_grey_levels": diff["max_abs_diff_grey_levels"],
+                            "bf16_share_of_values_differing": diff["share_of_values_differing"]})
             base = row.get("loop_eager_1t_s_per_scene")
             row["speedup_vs_loop_eager_1t"] = base / row[f"fast_{args.threads}t_s_per_scene"] if base else None
             rows.append(row)
@@ -248,6 +259,10 @@ def main(argv=None) -> dict:
               f"{r[f'fast_{args.threads}t_s_per_scene']:.2f} s  ({r['speedup_vs_loop_eager_1t'] or float('nan'):.2f}x vs 1 thread; "
               f"first pair {r['fast_first_pair_s']:.1f} s); max diff {r['max_abs_diff_grey_levels']} grey level(s) on "
               f"{100 * r['share_of_values_differing']:.3f} % of values")
+        if "bf16_max_abs_diff_grey_levels" in r:
+            print(f"{'':15s} --precision bf16: {r[f'fast_bf16_{args.threads}t_s_per_scene']:.2f} s per scene; max diff "
+                  f"{r['bf16_max_abs_diff_grey_levels']} grey level(s) on {100 * r['bf16_share_of_values_differing']:.2f} % "
+                  "of values")
         if "evaluate_fast_s_per_scene" in r:
             print(f"{'':15s} evaluate (LPIPS + judge): {r['evaluate_eager_s_per_scene']:.2f} s eager judge, "
                   f"{r['evaluate_fast_s_per_scene']:.2f} s compiled judge per scene; scores identical: "

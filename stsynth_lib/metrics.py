@@ -343,6 +343,37 @@ def drawn_new_building_scores(pred_mask, past_pred_mask, future_mask, past_mask,
     return building_scores((pred & ~past_pred).double(), (fut & ~past).double(), valid)
 
 
+def new_building_objects(pred_mask, future_mask, past_mask, valid=None, min_share: float = 0.5) -> dict[str, np.ndarray]:
+    """Object-level new-building scores per image: does the judge see each requested new building?
+
+    New buildings are the connected components (4-connected) of the valid pixels that are footprint at t1 and not at
+    t0; one counts as **drawn** when the judge's mask ``pred_mask`` calls at least ``min_share`` of its pixels
+    building. A building cut by an image border counts once per image it lies in. Also the judge's building pixels
+    that no footprint asks for (valid, footprint at neither date): ``unrequested_px`` of ``unbuilt_px``.
+
+    Returns per image: ``new_objects``, ``new_objects_drawn``, ``unrequested_px``, ``unbuilt_px`` (float arrays;
+    pool them over images: recall = sum drawn / sum objects).
+    """
+    from scipy import ndimage
+
+    pred, fut = _bchw(_as_tensor(pred_mask)) > 0.5, _bchw(_as_tensor(future_mask)) > 0.5
+    past = _bchw(_as_tensor(past_mask)) > 0.5
+    m = _mask_b1hw(valid, fut) > 0.5
+    new = (fut & ~past & m)[:, 0].numpy()
+    drawn_px = pred[:, 0].numpy()
+    n_obj, n_drawn = np.zeros(len(new)), np.zeros(len(new))
+    for i, region in enumerate(new):
+        labels, n = ndimage.label(region)
+        if n:
+            size = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            hit = np.bincount(labels.ravel(), weights=drawn_px[i].ravel().astype(float), minlength=n + 1)[1:]
+            n_obj[i], n_drawn[i] = n, float((hit >= min_share * size).sum())
+    unbuilt = (~fut & ~past & m)[:, 0]
+    return {"new_objects": n_obj, "new_objects_drawn": n_drawn,
+            "unrequested_px": (pred[:, 0] & unbuilt).sum(dim=(1, 2)).double().numpy(),
+            "unbuilt_px": unbuilt.sum(dim=(1, 2)).double().numpy()}
+
+
 def change_masks(past_mask, future_mask, valid=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(changed, unchanged) pixel masks (B, 1, H, W): footprint differs between t0 and t1, or not; valid only."""
     pm, fm = _bchw(_as_tensor(past_mask)), _bchw(_as_tensor(future_mask))

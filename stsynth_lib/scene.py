@@ -10,6 +10,7 @@ is no sharper than the tile interior, and a model that returns its input gives b
 
 from __future__ import annotations
 
+import functools
 from typing import Protocol
 
 import numpy as np
@@ -50,9 +51,16 @@ def edge_ramp(tile_px: int, overlap_px: int, ramp_start: bool, ramp_end: bool) -
 def tile_window(starts_rows: list[int], starts_cols: list[int], row: int, col: int, tile_px: int,
                 overlap_px: int) -> np.ndarray:
     """2-D weights ``(tile, tile)`` of the tile at (``row``, ``col``): ramps only toward neighbouring tiles."""
-    wr = edge_ramp(tile_px, overlap_px, row != starts_rows[0], row != starts_rows[-1])
-    wc = edge_ramp(tile_px, overlap_px, col != starts_cols[0], col != starts_cols[-1])
-    return np.outer(wr, wc)
+    return _window(tile_px, overlap_px, row != starts_rows[0], row != starts_rows[-1], col != starts_cols[0],
+                   col != starts_cols[-1])
+
+
+@functools.lru_cache(maxsize=64)
+def _window(tile_px: int, overlap_px: int, top: bool, bottom: bool, left: bool, right: bool) -> np.ndarray:
+    """The window of a tile with neighbours on the given sides (at most 9 kinds per scene; read-only)."""
+    w = np.outer(edge_ramp(tile_px, overlap_px, top, bottom), edge_ramp(tile_px, overlap_px, left, right))
+    w.flags.writeable = False
+    return w
 
 
 def resolve_overlap(tile_px: int, overlap_px: int | None) -> int:

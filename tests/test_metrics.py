@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.ndimage import gaussian_filter
@@ -429,3 +430,43 @@ def test_check_range_ignores_non_finite_values_and_refuses_out_of_range_ones():
     with pytest.raises(ValueError, match=r"values in \[-0.5, 1\]"):
         M.check_range(np.array([-0.5, np.nan, 1.0]), 1.0)
     M.check_range(torch.tensor([-1.0, 1.0], dtype=torch.float32), 2.0)  # tensors checked in their own dtype
+
+
+def test_new_building_objects_count_what_the_judge_sees():
+    """Two new buildings (and one standing since t0): the judge covers one fully and 40 % of the other -> 1 of 2
+    drawn at min_share 0.5, 2 of 2 at 0.4; its pixels where neither date has a footprint are counted apart."""
+    past = np.zeros((1, 12, 12))
+    past[0, 0:3, 0:3] = 1  # stood at t0: not new
+    fut = past.copy()
+    fut[0, 5:7, 5:10] = 1  # new, 10 px
+    fut[0, 9:11, 0:2] = 1  # new, 4 px
+    judge = np.zeros((1, 12, 12))
+    judge[0, 5:7, 5:7] = 1  # 4 of the first new building's 10 px: 40 %
+    judge[0, 9:11, 0:2] = 1  # all of the second
+    judge[0, 0:3, 0:3] = 1  # the old one
+    judge[0, 11, 11] = 1  # a building nobody asked for
+    out = M.new_building_objects(judge, fut, past)
+    assert out["new_objects"].tolist() == [2] and out["new_objects_drawn"].tolist() == [1]
+    assert M.new_building_objects(judge, fut, past, min_share=0.4)["new_objects_drawn"].tolist() == [2]
+    assert out["unrequested_px"].tolist() == [1] and out["unbuilt_px"].tolist() == [144 - 9 - 14]
+    valid = np.ones((1, 12, 12))
+    valid[0, 9:11, 0:2] = 0  # a cloud over the second: it is not scored
+    assert M.new_building_objects(judge, fut, past, valid)["new_objects"].tolist() == [1]
+
+
+def test_pooled_ratio_summary_and_paired_difference():
+    from stsynth_lib.evaluate.stats import paired_vs_baseline, summarise
+
+    rows = []
+    for model, drawn in (("persistence", (0, 0, 0, 0)), ("m", (1, 2, 0, 3))):
+        for k, d in enumerate(drawn):
+            rows.append({"model": model, "pair_id": k, "aoi": "a" if k < 2 else "b", "cluster": "a" if k < 2 else "b",
+                         "common": True, "new_objects": 4.0, "new_objects_drawn": float(d), "unrequested_px": 1.0,
+                         "unbuilt_px": 10.0, "psnr": 20.0, "gap_months": 1, "gap_bucket": "1"})
+    per_tile = pd.DataFrame(rows)
+    s = summarise(per_tile, n_boot=50).set_index(["model", "metric"])
+    assert s.loc[("m", "object_recall_new"), "mean"] == pytest.approx(6 / 16)
+    assert s.loc[("m", "unrequested_share"), "mean"] == pytest.approx(0.1)
+    table = paired_vs_baseline(per_tile, "persistence", metrics=("object_recall_new",), n_boot=200)
+    row = table.set_index("metric").loc["object_recall_new"]
+    assert row["mean_diff"] == pytest.approx(6 / 16)

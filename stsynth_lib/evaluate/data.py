@@ -35,6 +35,8 @@ METRICS: dict[str, tuple[bool, str]] = {
     "recall_new": (True, "new-building recall"),
     "f1_drawn_micro": (True, "F1 of buildings drawn anew (pooled)"),
     "recall_drawn": (True, "recall of buildings drawn anew"),
+    "object_recall_new": (True, "new buildings the judge sees (objects, pooled)"),
+    "unrequested_share": (False, "judged building where no footprint asks (pooled share)"),
     # pixel scores on L1 over changed / unchanged pixels and over NEW-building pixels (future footprint, not past)
     "l1_changed": (False, "L1 changed px"),
     "l1_unchanged": (False, "L1 unchanged px"),

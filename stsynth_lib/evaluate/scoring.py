@@ -121,6 +121,8 @@ def _score_buildings(seg_masks: np.ndarray, data: SplitData, seg_past: np.ndarra
     nb = M.new_building_scores(seg_masks, data.future_mask, data.past_mask, data.valid)
     out = {k: b[k].astype(np.float64) for k in ("precision", "recall", "f1", "iou", "tp", "fp", "fn")}
     out.update({f"{k}_new": nb[k].astype(np.float64) for k in ("precision", "recall", "f1", "tp", "fp", "fn")})
+    out.update({k: v.astype(np.float64) for k, v in
+                M.new_building_objects(seg_masks, data.future_mask, data.past_mask, data.valid).items()})
     if seg_past is not None:
         dn = M.drawn_new_building_scores(seg_masks, seg_past, data.future_mask, data.past_mask, data.valid)
         out.update({f"{k}_drawn": dn[k].astype(np.float64) for k in ("recall", "tp", "fp", "fn")})

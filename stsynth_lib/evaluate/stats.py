@@ -19,6 +19,15 @@ from stsynth_lib.verdict import SENTENCE_METRICS, UNCLEAR, as_better, row_verdic
 
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
              "f1_drawn_micro": ("tp_drawn", "fp_drawn", "fn_drawn")}
+# pooled ratios sum(numerator) / sum(denominator) over tiles (objects and pixels of different tiles pooled)
+POOLED_RATIOS = {"object_recall_new": ("new_objects_drawn", "new_objects"),
+                 "unrequested_share": ("unrequested_px", "unbuilt_px")}
+
+
+def pooled_ratio(values: np.ndarray) -> float:
+    """``sum(values[:, 0]) / sum(values[:, 1])`` (NaN when the denominator is 0)."""
+    den = float(values[:, 1].sum())
+    return float(values[:, 0].sum()) / den if den > 0 else float("nan")
 
 
 def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr_cap_db: float = 100.0, seed: int = 0,
@@ -41,6 +50,11 @@ def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr
                     continue
                 vals = g[cols].to_numpy(float)
                 est, lo, hi, n = M.bootstrap_ci(vals, n_boot, ci, seed, statistic=M.micro_f1)
+            elif metric in POOLED_RATIOS:
+                cols = list(POOLED_RATIOS[metric])
+                if not set(cols) <= set(g.columns):
+                    continue
+                est, lo, hi, n = M.bootstrap_ci(g[cols].to_numpy(float), n_boot, ci, seed, statistic=pooled_ratio)
             else:
                 if metric not in g.columns:
                     continue
@@ -134,6 +148,9 @@ def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
         for metric in metrics:
             if metric in POOLED_F1:
                 res = _pooled_f1_diff(g.loc[common], base.loc[common], areas, POOLED_F1[metric], rng, n_boot)
+            elif metric in POOLED_RATIOS:
+                res = _pooled_diff(g.loc[common], base.loc[common], areas, POOLED_RATIOS[metric], rng, n_boot,
+                                   lambda c: np.where(c[..., 1] > 0, c[..., 0] / np.maximum(c[..., 1], 1e-12), np.nan))
             elif metric in g.columns and metric in base.columns:
                 res = _mean_diff(g.loc[common, metric], base.loc[common, metric], areas, metric, psnr_cap_db, rng, n_boot)
             else:
@@ -187,6 +204,17 @@ def _mean_diff(a: pd.Series, b: pd.Series, areas: np.ndarray, metric: str, psnr_
 
 def _pooled_f1_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols, rng, n_boot: int):
     """Pooled F1 (model) - pooled F1 (persistence), clusters resampled whole; None without building scores."""
+
+    def f1(c):  # c: (..., 3) tp, fp, fn
+        denom = 2 * c[..., 0] + c[..., 1] + c[..., 2]
+        return np.where(denom > 0, 2 * c[..., 0] / np.maximum(denom, 1e-12), np.nan)
+
+    return _pooled_diff(g, base, areas, cols, rng, n_boot, f1)
+
+
+def _pooled_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols, rng, n_boot: int, stat):
+    """``stat`` of counts pooled over the resampled clusters (model) minus the same for the baseline; ``stat`` maps
+    ``(..., len(cols))`` sums to a score. None without the columns."""
     if not set(cols) <= set(g.columns) or not set(cols) <= set(base.columns):
         return None
     a, b = g[list(cols)].to_numpy(float), base[list(cols)].to_numpy(float)
@@ -195,18 +223,13 @@ def _pooled_f1_diff(g: pd.DataFrame, base: pd.DataFrame, areas: np.ndarray, cols
     if len(a) == 0:
         return None
     names, inv = np.unique(ar, return_inverse=True)
-    per_a = np.stack([np.bincount(inv, weights=a[:, j], minlength=len(names)) for j in range(3)], 1)
-    per_b = np.stack([np.bincount(inv, weights=b[:, j], minlength=len(names)) for j in range(3)], 1)
-
-    def f1(c):  # c: (..., 3) tp, fp, fn
-        denom = 2 * c[..., 0] + c[..., 1] + c[..., 2]
-        return np.where(denom > 0, 2 * c[..., 0] / np.maximum(denom, 1e-12), np.nan)
-
+    per_a = np.stack([np.bincount(inv, weights=a[:, j], minlength=len(names)) for j in range(len(cols))], 1)
+    per_b = np.stack([np.bincount(inv, weights=b[:, j], minlength=len(names)) for j in range(len(cols))], 1)
     pick = rng.integers(0, len(names), size=(n_boot, len(names)))
-    boots = f1(per_a[pick].sum(1)) - f1(per_b[pick].sum(1))
+    boots = stat(per_a[pick].sum(1)) - stat(per_b[pick].sum(1))
     boots = boots[~np.isnan(boots)]
-    full = float(f1(per_a.sum(0)) - f1(per_b.sum(0)))
-    return full, boots, f1(per_a) - f1(per_b), len(a)
+    full = float(stat(per_a.sum(0)) - stat(per_b.sum(0)))
+    return full, boots, stat(per_a) - stat(per_b), len(a)
 
 
 def _verdict(metric: str, mean_diff: float, boots: np.ndarray, per_cluster: np.ndarray, n_pairs: int, ci: float) -> dict:
