@@ -94,7 +94,7 @@ from stsynth_lib.runs import find_project_root
 os.chdir(find_project_root())
 
 import matplotlib.pyplot as plt
-from IPython.display import display
+from IPython.display import Markdown, display
 
 from stsynth_lib.data.blocks import change_summary
 from stsynth_lib.data.build import build_dataset
@@ -149,14 +149,15 @@ else:
 
 # %% [markdown]
 # ## The split over the image
-# With `split_by = "block"`: each AOI's blocks filled with the colour of their split over its last month, the kept
-# tiles dashed, buildings that appear between the first and the last month outlined in red. Black areas are tiles
-# dropped at a block border. Construction is clustered: a plain seeded draw can give the test split almost none of
-# it, which is what `block_stratify = "new_buildings"` prevents (the splits keep their block counts but share the
-# new-building pixels in proportion to the split fractions; the draw uses labels, never a model).
 
 # %%
-if split_by == "block":
+if split_by == "block":  # the explanation only where it applies (an area split has no blocks to draw)
+    display(Markdown(
+        "Each AOI's blocks filled with the colour of their split over its last month, the kept tiles dashed, "
+        "buildings that appear between the first and the last month outlined in red. Black areas are tiles dropped "
+        "at a block border. Construction is clustered: a plain seeded draw can give the test split almost none of "
+        "it, which is what `block_stratify = \"new_buildings\"` prevents (the splits keep their block counts but "
+        "share the new-building pixels in proportion to the split fractions; the draw uses labels, never a model)."))
     for aoi in store.tiles["aoi"].unique()[:3]:
         fig = plot_block_split(store, aoi=aoi)
         plt.show()

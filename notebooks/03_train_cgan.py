@@ -362,10 +362,18 @@ print(f"{predictor.family}: identical to the saved test prediction: {bool((futur
 #   (chosen on validation); the run folder holds the parameters, logs, checkpoints and samples.
 # * A residual generator can be calibrated on the validation split: how much of its predicted change to apply,
 #   less for short gaps. It is the generator's own output, scaled; the test split plays no part in it.
-# * The table above is the honest check: the generator against "nothing changes" on unseen AOIs. On the smoke
-#   profile the numbers only show that the pipeline works; the real 128 px profile is the meaningful one.
+# * The table above is the honest check: the generator against "nothing changes" on the test split (the note
+#   below says what this profile's data can show).
 # * The test predictions are saved as GeoTIFFs for the evaluation chapter.
-#
+
+# %%
+from IPython.display import Markdown
+
+from stsynth_lib.publish.facts import chapter_note
+
+display(Markdown(chapter_note(profile, dataset_dir)))  # what this profile's data can show (smoke, real, labels)
+
+# %% [markdown]
 # ## What's next
 # Chapter 4 trains the same generator with attention gates on its skip connections and shows where it looks;
 # chapter 6 scores every model (LPIPS, FID/KID, building F1) from the saved predictions.

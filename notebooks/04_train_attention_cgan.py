@@ -17,8 +17,8 @@
 # **α = σ(ψ(ReLU(W_x·x + W_g·g))),  x̂ = W(α ⊙ x)**,
 #
 # where *x* is the encoder feature and *g* the coarser decoder feature. The decoder can learn to pass past detail
-# where nothing changes (α → 1) and to rely on its own coarse prediction where the guidance says the
-# scene changes (α → 0). Everything else is chapter 3: the same condition, PatchGAN, losses on valid
+# where nothing changes (α → 1) and to rely on its own coarse prediction where the scene changes (α → 0): where the
+# footprints say so on labelled data; on data without labels it has only the dates and the earlier months to go on. Everything else is chapter 3: the same condition, PatchGAN, losses on valid
 # pixels, optimiser, trainer and options (`residual` and the calibration included), so the two runs differ by the gates
 # alone. At the end we look at the attention
 # maps over the inputs.
@@ -215,8 +215,8 @@ display(paired_table(run.paired))
 # ## Where does the generator look?
 # The attention maps of the best generator on a few test pairs, overlaid on the past image (finest gate first).
 # Bright: the skip feature passes, the output copies the past image's detail; dark: the decoder relies on its
-# coarse, guidance-driven prediction. The maps start near 0.5 everywhere; after a short run (smoke) they are still
-# close to uniform, after a real run they should follow the places where the scene changes.
+# coarse prediction. The maps start near 0.5 everywhere; a short run leaves them close to uniform, and only a
+# longer run on real changes can make them follow the places where the scene changes.
 
 # %%
 predictor = load_predictor(run.run_dir)  # the generator of best/ and its guidance, as for any prediction
@@ -230,10 +230,19 @@ plt.show()
 # * The attention U-Net trains exactly like pix2pix (chapter 3) with attention gates on its skips; the run folder
 #   `runs/<profile>/attention_unet/` holds the parameters, logs, checkpoints and samples.
 # * The attention maps show which parts of the past image the generator copies.
-# * The table above is the honest check: the generator against "nothing changes" on unseen AOIs. On the smoke
-#   profile the numbers only show that the pipeline works; the real 128 px profile is the meaningful one.
+# * The table above is the honest check: the generator against "nothing changes" on the test split (the note
+#   below says what this profile's data can show).
 # * The test predictions are saved as GeoTIFFs for the evaluation chapter.
-#
+
+# %%
+from IPython.display import Markdown
+
+from stsynth_lib.publish.facts import chapter_note
+
+display(Markdown(chapter_note(profile, dataset_dir)))  # what this profile's data can show (smoke, real, labels)
+
+# %% [markdown]
 # ## What's next
-# Chapter 5 conditions a latent diffusion model (ControlNet on Stable Diffusion) on the same guidance; chapter 6
+# Chapter 5 conditions a latent diffusion model (a ControlNet; the chapter names the backbone that ran) on the same
+# guidance; chapter 6
 # scores every model, pix2pix and the attention cGAN included, from the saved predictions.

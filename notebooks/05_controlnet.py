@@ -7,7 +7,7 @@
 # ---
 
 # %% [markdown]
-# # 5. ControlNet on Stable Diffusion
+# # 5. ControlNet on a latent diffusion backbone
 #
 # ## Overview
 # The third model keeps a pretrained text-to-image diffusion model, **Stable Diffusion 1.5**, frozen and trains a
@@ -26,8 +26,8 @@
 #
 # The training loop is diffusers' ControlNet example restated in the library (`stsynth_lib.controlnet.train`),
 # driven by Accelerate, on the **same dataset, split and tiles** as the cGANs of chapters 3-4. It adds what users
-# of that example keep asking for: the loss over valid (cloud-free) latents only, computed in fp32, a NaN check
-# that stops with a clear message, an fp32 VAE under mixed precision, exact resume, validation with small batches
+# of that example keep asking for: the loss over valid latents only (clouds where a UDM marks them, and nodata,
+# left out), computed in fp32, a NaN check that stops with a clear message, an fp32 VAE under mixed precision, exact resume, validation with small batches
 # under `no_grad`, and two numbers that turn "the loss stays flat / the ControlNet ignores its condition" into
 # measurements, on fixed validation noise and timesteps:
 #

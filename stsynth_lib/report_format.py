@@ -176,10 +176,72 @@ def is_controlnet(model: str) -> bool:
     return "controlnet" in str(model).lower()
 
 
-def model_display_name(model: str, labels: Mapping[str, str] | None = None) -> str:
-    """The name a table or figure shows for ``model``: its recorded label, ``"ControlNet [backbone not recorded]"``
-    for a ControlNet without one (results written before labels were recorded), else the model's own name."""
+def model_description(model: str, labels: Mapping[str, str] | None = None) -> str:
+    """The long description of ``model``: its recorded label (``summary.json``'s ``model_labels``, e.g.
+    "ControlNet [tiny, trained from scratch on the sn7_real_128 train split (...); img2img from the past image,
+    strength 0.2]"), ``"ControlNet [backbone not recorded]"`` for a ControlNet without one (results written before
+    labels were recorded), else the model's own name. Pages print it once, in a legend under a table."""
     label = (labels or {}).get(model)
     if label:
         return str(label)
     return CONTROLNET_NOT_RECORDED if is_controlnet(model) else str(model)
+
+
+# the backbone part of a label, shortened: (start of the description, short words); first match wins
+_SHORT_BACKBONES = (("tiny, trained from scratch", "tiny, from scratch"), ("tiny random backbone", "tiny, random"),
+                    ("tiny-trained", "tiny, from scratch"), ("tiny-random", "tiny, random"),
+                    ("sd 1.5 architecture, random", "SD 1.5 architecture, random"),
+                    ("backbone not recorded", "backbone not recorded"))
+SHORT_NAME_MAX = 40
+
+
+def _short_backbone(desc: str) -> str:
+    low = desc.lower()
+    for start, short in _SHORT_BACKBONES:
+        if low.startswith(start):
+            return short
+    if "stable-diffusion" in low or "stable diffusion" in low or "sd15" in low or "sd-1-5" in low or "v1-5" in low:
+        return "Stable Diffusion 1.5" + (", fine-tuned" if "adapt" in low or "fine-tuned" in low else "")
+    name = desc.split(":")[-1].strip().rstrip("/").split("/")[-1] or desc  # "<kind> backbone: <path>" -> its last part
+    return name if len(name) <= 24 else name[:23] + "…"
+
+
+def short_model_name(model: str, labels: Mapping[str, str] | None = None) -> str:
+    """The name tables and legends show for ``model`` (at most :data:`SHORT_NAME_MAX` characters): a labelled model
+    "<kind> [<backbone description>; <how sampled>]" becomes "<kind> (<backbone in two or three words>)", e.g.
+    "ControlNet (tiny, from scratch)", "ControlNet (Stable Diffusion 1.5)", "Backbone alone (tiny, random)"; other
+    models keep their own name. The long text is :func:`model_description`, printed once in a legend table."""
+    long = model_description(model, labels)
+    m = re.match(r"^(?P<kind>[^\[]+?)\s*\[(?P<desc>.*)\]\s*$", long)
+    if not m:
+        return long if len(long) <= SHORT_NAME_MAX else long[:SHORT_NAME_MAX - 1] + "…"
+    kind = m.group("kind").strip()
+    kind = "Backbone alone" if kind.lower().startswith("backbone alone") else kind
+    return f"{kind} ({_short_backbone(m.group('desc').split(';')[0].strip())})"
+
+
+def model_display_name(model: str, labels: Mapping[str, str] | None = None) -> str:
+    """The name a table or figure shows for ``model``: :func:`short_model_name` (the long description, once per page,
+    is :func:`model_description`)."""
+    return short_model_name(model, labels)
+
+
+def model_legend_rows(models, labels: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """``[(short name, description)]`` of the ``models`` whose description says more than their short name, in
+    order, each once: the rows of the legend table printed under a results table."""
+    out: list[tuple[str, str]] = []
+    for m in models:
+        row = (short_model_name(m, labels), model_description(m, labels))
+        if row[0] != row[1] and row not in out:
+            out.append(row)
+    return out
+
+
+def model_legend_markdown(models, labels: Mapping[str, str] | None = None) -> str:
+    """The legend table (Markdown) of :func:`model_legend_rows`; "" when every name says it all."""
+    rows = model_legend_rows(models, labels)
+    if not rows:
+        return ""
+    lines = ["| model (as in the tables) | what it is |", "|---|---|"]
+    lines += [f"| {s} | {d.replace('|', '/')} |" for s, d in rows]
+    return "\n".join(lines)

@@ -22,7 +22,11 @@ from stsynth_lib.report_format import (
     CONTROLNET_NOT_RECORDED,
     backbone_label,
     controlnet_label,
+    SHORT_NAME_MAX,
+    model_description,
     model_display_name,
+    model_legend_markdown,
+    short_model_name,
 )
 
 TRAINED = {"model": "controlnet", "backbone": "tiny-trained", "backbone_name": "tiny-trained",
@@ -45,9 +49,10 @@ def test_backbone_label_prefers_the_description():
         "tiny-trained backbone: runs/p/backbone"
     assert backbone_label({}) == "backbone not recorded"
     assert controlnet_label(TRAINED, prompt_only=True).startswith("Backbone alone, prompt only [tiny, trained")
-    assert model_display_name("controlnet") == CONTROLNET_NOT_RECORDED == "ControlNet [backbone not recorded]"
-    assert model_display_name("controlnet", {"controlnet": "ControlNet [x]"}) == "ControlNet [x]"
-    assert model_display_name("pix2pix", {}) == "pix2pix"
+    assert model_description("controlnet") == CONTROLNET_NOT_RECORDED == "ControlNet [backbone not recorded]"
+    assert model_display_name("controlnet") == "ControlNet (backbone not recorded)"
+    assert model_description("controlnet", {"controlnet": "ControlNet [x]"}) == "ControlNet [x]"
+    assert model_display_name("pix2pix", {}) == model_description("pix2pix", {}) == "pix2pix"
 
 
 def _run(root, name, params, split="test", folder="predictions"):
@@ -81,23 +86,26 @@ def test_evaluation_records_and_shows_the_backbone(tiny_dataset_dir, tmp_path):
     save_predictions(pred, noisy.astype(np.float32) / 127.5 - 1, data.pair_ids, data.pairs["aoi"].to_numpy(),
                      data.transform, data.crs)
     label = "ControlNet [tiny, trained from scratch on sn7_real_128 train split]"
+    short = "ControlNet (tiny, from scratch)"
     res = E.evaluate_models(tiny_dataset_dir, "test", {"controlnet": pred}, out_dir=tmp_path / "eval",
                             compute_lpips=False, n_boot=20, progress=False)
     assert res.labels == {"controlnet": label}
     payload = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert payload["model_labels"] == {"controlnet": label}
-    assert f"| {label} " in (tmp_path / "eval" / "results.md").read_text()
-    assert label in E.results_table(res.summary, labels=res.labels).index
+    assert payload["model_names"] == {"controlnet": short}  # the short name beside the description, for the pages
+    md = (tmp_path / "eval" / "results.md").read_text()
+    assert f"| {short} " in md and f"| {short} | {label} |" in md and md.count(label) == 1  # the legend, once
+    assert short in E.results_table(res.summary, labels=res.labels).index
     assert "controlnet" in E.results_table(res.summary).index  # without labels: the names, as before
     paired = pd.DataFrame(payload["paired_vs_persistence"])
-    assert set(E.paired_table(paired, labels=res.labels)["model"]) == {label}
-    assert E.gallery(res, "controlnet", "psnr")._suptitle.get_text().startswith(label)
+    assert set(E.paired_table(paired, labels=res.labels)["model"]) == {short}
+    assert E.gallery(res, "controlnet", "psnr")._suptitle.get_text().startswith(short)
     ax = E.plot_metric_vs_gap(res, "psnr", n_boot=10)
-    assert label in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert short in [t.get_text() for t in ax.get_legend().get_texts()]
     from stsynth_lib.evaluate.figures import plot_examples
 
     fig = plot_examples(res, n=2)
-    assert any(a.get_title().replace("\n", " ") == label for a in fig.axes)
+    assert any(a.get_title().replace("\n", " ") == short for a in fig.axes)
     import matplotlib.pyplot as plt
 
     plt.close("all")
@@ -108,7 +116,7 @@ def test_fid_table_names_the_backbone():
                           {"model": "controlnet", "gap_bucket": "all", "n": 4, "fid": 2.0, "kid": 0.2, "kid_std": 0.02}])
     table["label"] = [model_display_name(m, {"controlnet": "ControlNet [tiny random backbone]"}) for m in table["model"]]
     wide = E.fid_table(table, True)
-    assert [m for m, _ in wide.index] == ["persistence", "ControlNet [tiny random backbone]"]
+    assert [m for m, _ in wide.index] == ["persistence", "ControlNet (tiny, random)"]
 
 
 def _summary(labels=None) -> dict:
@@ -132,10 +140,11 @@ def _summary(labels=None) -> dict:
 def test_landing_and_readme_tables_name_the_backbone():
     new = _summary({"controlnet": "ControlNet [tiny random backbone]"})
     for text in (pub.headline_table(new), pub.strongest_baseline_section(new)):
-        assert "| ControlNet [tiny random backbone] |" in text and "| controlnet |" not in text
+        assert "| ControlNet (tiny, random) |" in text and "| controlnet |" not in text
+    assert pub.model_legend(new).splitlines()[2] == "| ControlNet (tiny, random) | ControlNet [tiny random backbone] |"
     old = _summary()  # written before chapter 6 recorded labels
     for text in (pub.headline_table(old), pub.strongest_baseline_section(old)):
-        assert "| ControlNet [backbone not recorded] |" in text and "| controlnet |" not in text
+        assert "| ControlNet (backbone not recorded) |" in text and "| controlnet |" not in text
     assert "| seasonal |" in pub.headline_table(old)  # other rows keep their names
 
 
@@ -165,3 +174,52 @@ def test_committed_reference_label_is_the_one_its_params_give():
 
         assert label == model_labels({"controlnet": pred})["controlnet"]
         assert label.startswith(controlnet_label(yaml.safe_load(params.read_text()))[:-1])
+
+
+LONG = ("ControlNet [tiny, trained from scratch on the sn7_real_128 train split (data/sn7_real_128/dataset); img2img "
+        "from the past image, strength 0.2]")
+
+
+@pytest.mark.parametrize("label, short", [
+    (LONG, "ControlNet (tiny, from scratch)"),
+    ("ControlNet [tiny random backbone]", "ControlNet (tiny, random)"),
+    ("ControlNet [stable-diffusion-v1-5/stable-diffusion-v1-5]", "ControlNet (Stable Diffusion 1.5)"),
+    ("ControlNet [SD 1.5 architecture, random weights (benchmarks only)]", "ControlNet (SD 1.5 architecture, random)"),
+    ("Backbone alone, prompt only [tiny, trained from scratch on x; img2img from the past image, strength 0.5]",
+     "Backbone alone (tiny, from scratch)"),
+    ("ControlNet [tiny-trained backbone: runs/p/backbone]", "ControlNet (tiny, from scratch)"),
+    ("ControlNet [pretrained backbone: /very/long/local/path/to/some-custom-checkpoint-name-v2]",
+     "ControlNet (some-custom-checkpoint-…)"),
+])
+def test_short_name_of_every_label_kind(label, short):
+    assert short_model_name("controlnet", {"controlnet": label}) == short
+    assert len(short) <= SHORT_NAME_MAX
+    assert model_description("controlnet", {"controlnet": label}) == label
+
+
+def test_legend_prints_each_long_description_once():
+    labels = {"controlnet": LONG, "cn2": LONG}
+    legend = model_legend_markdown(["persistence", "pix2pix", "controlnet", "cn2"], labels)
+    assert legend.count(LONG) == 1 and "| pix2pix |" not in legend
+    assert model_legend_markdown(["persistence", "pix2pix"], {}) == ""
+
+
+def test_committed_reference_tables_use_the_short_name():
+    """The committed summary.json holds the ~140-character label; the landing page and README show the short name in
+    every table and sentence and the label once, in the legend."""
+    from pathlib import Path
+
+    summary = Path(__file__).resolve().parents[1] / "book" / "reference" / "sn7_real_128" / "results" / "summary.json"
+    if not summary.is_file():
+        pytest.skip("no reference run committed")
+    data = json.loads(summary.read_text())
+    label = (data.get("model_labels") or {}).get("controlnet")
+    if not label:
+        pytest.skip("the reference run has no ControlNet label")
+    short = short_model_name("controlnet", data["model_labels"])
+    from stsynth_lib.publish import pages
+
+    block = "\n".join(pages._verdict_and_tables(data))
+    assert block.count(label) == 1 and f"| {short} | {label} |" in block
+    assert f"| {short} |" in pub.headline_table(data) and label not in pub.headline_table(data)
+    assert short in pub.headline_sentence(data) and label not in pub.headline_sentence(data)

@@ -215,12 +215,17 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
     book = tmp_path / "book"
     (book / "_static").mkdir(parents=True)
     (book / "_config.yml").write_text("title: t\n")
-    (book / "intro.md").write_text("# The title\n\nIntro text.\n")
+    (book / "intro.md").write_text("# The title\n\nWhat it does.\n\nIntro text.\n")
     out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
                          params_dir=params)
     intro = (out / "intro.md").read_text()
     assert intro.startswith("# The title\n")
-    assert intro.index("## Results: `p` · REAL data") < intro.index("Intro text.")
+    # the story in order: what the system does (the intro's first paragraph, the figure), the sentence, the table,
+    # the glossary, what the run can and cannot show, then the rest of the intro
+    order = ["## What the system does", "What it does.", "p/results/examples.png", "## Results: `p` · REAL data",
+             "| model |", "## Glossary", "## What each published run can and cannot show", "## About this book",
+             "Intro text."]
+    assert [intro.index(x) for x in order] == sorted(intro.index(x) for x in order)
     assert pub.headline_table(_summary()) in intro
     assert "p/results/examples.png" in intro and (out / "p" / "results" / "examples.png").is_file()
     assert "file: p/01_a" in (out / "_toc.yml").read_text() and (out / "p" / "01_a.ipynb").is_file()

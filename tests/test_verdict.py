@@ -14,6 +14,7 @@ import pytest
 from stsynth_lib import publish as pub
 from stsynth_lib import verdict as V
 from stsynth_lib.publish.pages import model_name
+from stsynth_lib.report_format import model_description
 from stsynth_lib.evaluate.data import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,12 +110,20 @@ def _models_in(segment: str, names: dict[str, str]) -> list[str]:
     return models
 
 
+def _name_in(text: str, summary: dict, model: str) -> str:
+    """How ``text`` names ``model``: the short name of the pages, or (files written before short names: results.md,
+    summary.json's verdict) its long description."""
+    long = model_description(model, summary.get("model_labels"))
+    return long if long != model_name(summary, model) and long in text else model_name(summary, model)
+
+
 def verdict_claims(text: str, summary: dict) -> list[tuple[str, str, str, str]]:
     """Every (baseline, model, metric, claimed verdict) stated by the verdict sentences of ``text``."""
-    names = {m: model_name(summary, m) for m in {r["model"] for r in summary.get("summary", [])}}
+    every = {r["model"] for r in summary.get("summary", [])}
     claims = []
     for s in _SENTENCE.finditer(text):
         base, body, at = _baseline(s["base"], summary), s["body"], 0
+        names = {m: _name_in(body, summary, m) for m in every}
         for v in _VERB.finditer(body):
             models = _models_in(body[at:v.start()].removeprefix("; "), names)
             for word, metrics in _CLAIM.findall(v["claims"]):
@@ -134,7 +143,9 @@ def _mark_claims(text: str, summary: dict) -> list[tuple[str, str, str, str]]:
         return []
     cols = [c.strip() for c in head.strip("|").split("|")]
     by_label = {f"Δ {lab} ({better} is better)": k for k, lab, _, better in pub.STRONGEST_METRICS}
-    names = {model_name(summary, m): m for m in {r["model"] for r in summary.get("summary", [])}}
+    models = {r["model"] for r in summary.get("summary", [])}
+    names = {**{model_description(m, summary.get("model_labels")): m for m in models},
+             **{model_name(summary, m): m for m in models}}  # a row names a model by its short name (older: long)
     out = []
     for line in lines[lines.index(head) + 1:]:
         cells = [c.strip() for c in line.strip("|").split("|")]

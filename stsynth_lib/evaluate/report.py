@@ -29,7 +29,7 @@ from stsynth_lib.evaluate.stats import (
     results_table,
     summarise,
 )
-from stsynth_lib.report_format import model_display_name
+from stsynth_lib.report_format import model_display_name, model_legend_markdown, short_model_name
 from stsynth_lib.verdict import strongest_baseline_text, verdict_sentence
 
 
@@ -59,7 +59,9 @@ def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] |
         "summary": json.loads(res.summary.to_json(orient="records")),
         "paired_vs_persistence": json.loads(paired.to_json(orient="records")),
         "paired_resamples": unit,
-        "model_labels": labels,  # the name tables show for a model (a ControlNet: which backbone produced it)
+        "model_labels": labels,  # a model's long description (a ControlNet: which backbone produced it, how sampled)
+        # the short name tables and legends show (report_format.short_model_name), the description once in a legend
+        "model_names": {m: short_model_name(m, labels) for m in labels},
         "results_header": header,  # opens results.md, which is rewritten from this file (record_strongest_baseline)
     }
     _write_summary_and_results(out, payload)
@@ -96,6 +98,8 @@ def results_markdown(payload: Mapping[str, Any]) -> str:
     text = (header.rstrip() + "\n\n" if header else "")
     if len(summary):
         text += _md(results_table(summary, labels=labels)) + "\n\n"
+        legend = model_legend_markdown(list(dict.fromkeys(summary["model"])), labels)
+        text += (legend + "\n\n") if legend else ""
     text += "\n".join(f"- {v}" for v in verdicts(payload) + list(payload.get("notes") or [])) + "\n"
     change = [m for m in CHANGE_METRICS if m in set(summary["metric"])] if len(summary) else []
     if change:

@@ -16,6 +16,8 @@ and :mod:`~stsynth_lib.verdict` (standard library too).
 * :mod:`~stsynth_lib.publish.reference`: clean an executed notebook, shrink its figures, publish a reference run;
 * :mod:`~stsynth_lib.publish.pages`: results tables, the strongest-baseline section, the staged book and its
   landing page, the README's results block;
+* :mod:`~stsynth_lib.publish.facts`: what a published run can and cannot show, and the landing page's glossary,
+  from the run's own files;
 * :mod:`~stsynth_lib.publish.cli` (``__main__``): the command line.
 """
 
@@ -39,7 +41,10 @@ from stsynth_lib.publish.pages import (
     headline_sentence,
     headline_table,
     landing_page,
+    figure_block,
     lpips_calibrated,
+    model_legend,
+    model_name,
     persistence_sentence,
     profile_stamp,
     readme_block,
@@ -86,7 +91,7 @@ __all__ = [
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
     "banner_text", "clean_notebook", "format_duration", "git_commit", "head_commit", "headline_section",
     "headline_sentence", "headline_table",
-    "landing_page", "lpips_calibrated", "machine_description", "main", "persistence_sentence", "profile_data_kind",
+    "figure_block", "landing_page", "lpips_calibrated", "machine_description", "model_legend", "model_name", "main", "persistence_sentence", "profile_data_kind",
     "profile_stamp", "publish", "read_nb",
     "read_stamp", "readme_block", "encode_png", "shrink_png", "stage_book", "stamp_notebook",
     "strongest_baseline_section", "table_caption", "update_readme", "write_nb",

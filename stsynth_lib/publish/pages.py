@@ -18,7 +18,8 @@ from stsynth_lib.publish.stamp import (
     profile_data_kind,
     read_stamp,
 )
-from stsynth_lib.report_format import model_display_name
+from stsynth_lib.publish.facts import capabilities_section, glossary_section, read_fid, run_facts
+from stsynth_lib.report_format import model_description, model_legend_markdown, short_model_name
 from stsynth_lib.verdict import MARK_LEGEND, mark, strongest_baseline_text, verdict_sentence
 
 README_START = "<!-- results-table:start -->"
@@ -74,9 +75,25 @@ def _model_order(summary: dict) -> list[str]:
 
 
 def model_name(summary: dict, model: str) -> str:
-    """The name a results row shows: summary.json's ``model_labels`` entry (chapter 6 records which backbone a
-    ControlNet used), "ControlNet [backbone not recorded]" for a ControlNet of an older summary, else the name."""
-    return model_display_name(model, summary.get("model_labels"))
+    """The short name a results row and a sentence show: summary.json's ``model_names`` entry, else
+    :func:`stsynth_lib.report_format.short_model_name` of its ``model_labels`` entry (summaries written before short
+    names were recorded: "ControlNet (tiny, from scratch)" for the ~140-character label), "ControlNet (backbone not
+    recorded)" for a ControlNet of an older summary, else the model's name. The long description is printed once,
+    in :func:`model_legend` under the table."""
+    recorded = (summary.get("model_names") or {}).get(model)
+    return str(recorded) if recorded else short_model_name(model, summary.get("model_labels"))
+
+
+def model_legend(summary: dict) -> str:
+    """The legend table under the results table: each short name whose model has a longer description (chapter 6's
+    ``model_labels``: which backbone, how it was sampled), once; "" when no name needs one."""
+    labels = summary.get("model_labels") or {}
+    rows = {model_name(summary, m): model_description(m, labels) for m in _model_order(summary)}
+    rows = {k: v for k, v in rows.items() if k != v}
+    if not rows:
+        return ""
+    return "\n".join(["| model (as in the tables) | what it is |", "|---|---|"]
+                     + [f"| {k} | {v.replace('|', '/')} |" for k, v in rows.items()])
 
 
 def lpips_calibrated(summary: dict) -> bool:
@@ -218,11 +235,14 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
         lines += ["These are synthetic data: the numbers show that the pipeline works, not how well the models work "
                   "on real imagery.", ""]
     lines += _verdict_and_tables(summary)
-    if figure:
-        lines += [f"```{{figure}} {figure}", f":name: examples-{profile}", "",
-                  f"Test examples of `{profile}`: past | truth | each model (chapter 6, `runs/{profile}/eval/examples.png`).",
-                  "```", ""]
     return "\n".join(lines)
+
+
+def figure_block(profile: str, figure: str) -> str:
+    """The examples figure of one profile (MyST): what the system does, shown before its numbers."""
+    return "\n".join([f"```{{figure}} {figure}", f":name: examples-{profile}", "",
+                      f"Test examples of `{profile}`: past | truth | each model (chapter 6, "
+                      f"`runs/{profile}/eval/examples.png`).", "```", ""])
 
 
 def _verdict_and_tables(summary: dict) -> list[str]:
@@ -231,6 +251,8 @@ def _verdict_and_tables(summary: dict) -> list[str]:
     head, pers = headline_sentence(summary), persistence_sentence(summary)
     lines = [f"**In one sentence:** {head}", ""] if head else []
     lines += [headline_table(summary), "", table_caption(summary), ""]
+    if model_legend(summary):
+        lines += [model_legend(summary), ""]
     if pers:
         lines += [pers, ""]
     if strongest_baseline_section(summary):
@@ -279,7 +301,7 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
     (out / "_config.yml").write_text(config)
     if (book_dir / "_static").is_dir():
         shutil.copytree(book_dir / "_static", out / "_static")
-    sections, parts = [], []
+    sections, parts, figures, summaries, capabilities = [], [], [], {}, []
     for name, nb_dir, summary_path, fig in profiles:
         (out / name).mkdir()
         chapters = []
@@ -296,10 +318,14 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
             (out / name / "results").mkdir()
             shutil.copy2(fig, out / name / "results" / fig.name)
             figure = f"{name}/results/{fig.name}"
+            figures.append(figure_block(name, figure))
         if summary_path is not None and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
+            summaries[name] = summary
             sections.append(headline_section(name, summary, stamp=stamp, figure=figure,
                                              reference=source == "reference", data_kind=kind))
+            facts = run_facts(summary, nb_dir, read_fid(summary_path.parent))
+            capabilities.append(capabilities_section(name, facts, kind))
         else:
             sections.append(f"## Results: `{name}`\n\nNo `summary.json` for this profile "
                             f"(`{summary_path}`): run chapter 6 (`make nb NB=06_evaluate PROFILE={name}`).\n")
@@ -311,19 +337,30 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
         toc.append("    chapters:")
         toc += [f"      - file: {c}" for c in chapters]
     (out / "_toc.yml").write_text("\n".join(toc) + "\n")
-    (out / "intro.md").write_text(landing_page((book_dir / "intro.md").read_text(), sections))
+    glossary = glossary_section(summaries) if summaries else ""
+    (out / "intro.md").write_text(landing_page((book_dir / "intro.md").read_text(), sections, figures=figures,
+                                               glossary=glossary, capabilities=capabilities))
     return out
 
 
-def landing_page(intro: str, sections: list[str]) -> str:
-    """The intro's title, then the results sections, then the rest of the intro."""
+def landing_page(intro: str, sections: list[str], *, figures: list[str] = (), glossary: str = "",
+                 capabilities: list[str] = ()) -> str:
+    """The story in order: the intro's title; what the system does (the intro's first paragraph and each profile's
+    examples figure); the results sections (the sentence, the table, its legend); the glossary; what each published
+    run can and cannot show; then the rest of the intro ("About this book")."""
     lines = intro.splitlines()
     title_at = next((i for i, l in enumerate(lines) if l.startswith("# ")), None)
     title = lines[title_at] if title_at is not None else "# stsynth"
     rest = "\n".join(lines[title_at + 1:] if title_at is not None else lines).strip("\n")
+    first, _, rest = rest.partition("\n\n")
     note = ("<!-- Generated by `python -m stsynth_lib.publish stage` from book/intro.md and the results files; "
             "edit those, not this page. -->")
-    return "\n".join([title, "", note, ""] + sections + ["## About this book", "", rest, ""])
+    out = [title, "", note, "", "## What the system does", "", first.strip(), ""] + list(figures) + list(sections)
+    if glossary:
+        out += [glossary]
+    if capabilities:
+        out += ["## What each published run can and cannot show", ""] + list(capabilities)
+    return "\n".join(out + ["## About this book", "", rest.strip("\n"), ""])
 
 
 # --------------------------------------------------------------------------------------------------------- README
