@@ -250,8 +250,9 @@ def cpu_lines(vs_reference: dict, scene: dict) -> list[str]:
     """The CPU tables from bench_vs_reference.py's and bench_scene.py's results files."""
     lines = []
     if vs_reference:
-        lines += [f"**CPU, pix2pix vs the reference** · {vs_reference.get('cpu', '')} · {vs_reference.get('threads')} "
-                  f"thread(s) · commit `{vs_reference.get('commit', 'unknown')}` · ratio = project / reference images/s, "
+        bf16 = "native bf16" if vs_reference.get("cpu_native_bf16") else "no native bf16"
+        lines += [f"**CPU, pix2pix vs the reference** · {vs_reference.get('cpu', '')} ({bf16}) · "
+                  f"{vs_reference.get('threads')} thread(s) · commit `{vs_reference.get('commit', 'unknown')}` · ratio = project / reference images/s, "
                   "median of interleaved rounds", "",
                   "| size px | train (eager) | train (compiled) | inference (eager, fp32) | inference (prepared + "
                   "compiled, fp32: what `Predictor` runs) | inference (the same, `--precision bf16`) |",

@@ -28,7 +28,7 @@ def _name(ax, i: int) -> str:
 def check_legends(fig) -> list[str]:
     """One line per (legend, other axes) pair whose boxes overlap, as drawn by ``fig``'s renderer: an axes' legend
     over a neighbouring panel, a figure legend over any panel. Invisible axes are skipped; a legend over its own
-    axes is not reported (``loc="best"`` keeps it off the data)."""
+    axes (or over a twin drawn in the same box, ``twinx``) is not reported (``loc="best"`` keeps it off the data)."""
     legends = [(leg, leg.axes if leg in [a.get_legend() for a in fig.axes] else None, "figure legend")
                for leg in getattr(fig, "legends", [])]
     legends += [(ax.get_legend(), ax, f"legend of {_name(ax, i)}") for i, ax in enumerate(fig.axes)
@@ -41,7 +41,7 @@ def check_legends(fig) -> list[str]:
     for leg, owner, what in legends:
         box = leg.get_window_extent(renderer)
         for i, ax in enumerate(fig.axes):
-            if ax is owner or not ax.get_visible():
+            if ax is owner or not ax.get_visible() or (owner is not None and _twins(ax, owner, renderer)):
                 continue
             other = ax.get_window_extent(renderer)
             w = min(box.x1, other.x1) - max(box.x0, other.x0)
@@ -49,6 +49,12 @@ def check_legends(fig) -> list[str]:
             if w > 0 and h > 0 and w * h >= MIN_OVERLAP_PX2:
                 out.append(f"{what} overlaps {_name(ax, i)} by {w:.0f}×{h:.0f} px")
     return out
+
+
+def _twins(a, b, renderer) -> bool:
+    """Axes drawn in the same box (``twinx`` / ``twiny``): one panel, whose legends may sit anywhere in it."""
+    ea, eb = a.get_window_extent(renderer), b.get_window_extent(renderer)
+    return all(abs(u - v) < 1.0 for u, v in zip((ea.x0, ea.y0, ea.x1, ea.y1), (eb.x0, eb.y0, eb.x1, eb.y1)))
 
 
 def checked(fig):

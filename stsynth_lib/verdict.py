@@ -34,12 +34,13 @@ CLAUSES = {BETTER: "better on", WORSE: "worse on", UNCLEAR: "not clearly differe
 SENTENCE_METRICS = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro")
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "l1": "L1", "f1_micro": "building F1",
                 "f1_new_micro": "new-building F1"}
-_LOWER_IS_BETTER = ("l1", "lpips")  # every L1 and LPIPS variant; PSNR, SSIM, F1, IoU, precision, recall: higher
+_LOWER_IS_BETTER = ("l1", "lpips", "unrequested")  # every L1 and LPIPS variant; PSNR, SSIM, F1, IoU, recall: higher
 
 
 def higher_is_better(metric: str) -> bool:
     """The direction of a metric of :data:`stsynth_lib.evaluate.data.METRICS`: False for L1 and LPIPS (and their
-    changed / unchanged / new-building variants), True for the others."""
+    changed / unchanged / new-building variants) and the share of buildings drawn where none was asked for, True
+    for the others."""
     return not str(metric).startswith(_LOWER_IS_BETTER)
 
 

@@ -50,3 +50,24 @@ def test_figure_check_imports_no_heavy_package():
     code = "import sys, stsynth_lib.figure_check; print(sorted(m for m in ('numpy','pandas','torch') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_a_legend_over_its_twin_axes_is_one_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.figure_check import check_legends
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6, 3))
+    a.plot([0, 1], label="loss")
+    twin = a.twinx()
+    twin.plot([1, 0], color="C3", label="PSNR")
+    a.legend(loc="upper center")
+    twin.legend(loc="center right")
+    assert check_legends(fig) == []  # the twin shares the panel's box
+    b.plot([0, 1], label="x")
+    a.legend(loc="center left", bbox_to_anchor=(1.05, 0.5))  # over the neighbouring panel: still reported
+    assert any("overlaps axes 1" in p for p in check_legends(fig))
+    plt.close(fig)
