@@ -44,7 +44,7 @@ def higher_is_better(metric: str) -> bool:
     return not str(metric).startswith(_LOWER_IS_BETTER)
 
 
-def _number(v) -> float | None:
+def as_number(v) -> float | None:
     """A bound as a float, or None when missing (None, NaN, text)."""
     try:
         x = float(v)
@@ -58,7 +58,7 @@ def verdict(low, high, higher_is_better: bool) -> str:
     is on the good side of zero (above it when higher is better, below it otherwise), ``"worse"`` when it is wholly
     on the bad side, else ``"no clear difference"`` (the interval touches or contains zero, or is missing: one
     resampled unit gives none)."""
-    lo, hi = _number(low), _number(high)
+    lo, hi = as_number(low), as_number(high)
     if lo is None or hi is None:
         return UNCLEAR
     lo, hi = min(lo, hi), max(lo, hi)
@@ -108,7 +108,7 @@ def strongest_baseline_text(name: str, chosen_on: str = "val") -> str:
 
 
 def _units_note(rows: list[Mapping], split: str) -> str:
-    n = max((int(r["n_areas"]) for r in rows if _number(r.get("n_areas")) is not None), default=None)
+    n = max((int(r["n_areas"]) for r in rows if as_number(r.get("n_areas")) is not None), default=None)
     unit = next((r["unit"] for r in rows if isinstance(r.get("unit"), str) and r["unit"]), "area")
     if n is None:
         return "95 % paired intervals"

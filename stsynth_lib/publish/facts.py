@@ -12,25 +12,17 @@ book environment runs it).
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from stsynth_lib.publish.stamp import read_nb
 from stsynth_lib.report_format import is_controlnet, model_description, short_model_name
+from stsynth_lib.verdict import as_number
 
 UDM_MISSING = re.compile(r"missing UDM_masks/ in (all|\d+ of \d+) AOIs")
 SCAN_HEADER = re.compile(r"SpaceNet 7 tree at .*: (\d+) AOIs")
 F1_METRICS = ("f1_micro", "f1_new_micro")
-
-
-def _number(v) -> float | None:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
 
 
 def _outputs_text(nb: Mapping) -> str:
@@ -61,7 +53,7 @@ def cloud_masks(nb_dir: str | Path) -> tuple[str, str]:
 
 
 def _has_metric(summary: Mapping, metric: str) -> bool:
-    return any(r.get("metric") == metric and _number(r.get("mean")) is not None for r in summary.get("summary", []))
+    return any(r.get("metric") == metric and as_number(r.get("mean")) is not None for r in summary.get("summary", []))
 
 
 def run_facts(summary: Mapping, nb_dir: str | Path | None = None, fid: Mapping | None = None) -> dict:
@@ -191,7 +183,7 @@ def _baseline_words(name: str) -> str | None:
 def _half_widths(rows, metric: str) -> list[float]:
     out = []
     for r in rows:
-        lo, hi = _number(r.get("ci_lo")), _number(r.get("ci_hi"))
+        lo, hi = as_number(r.get("ci_lo")), as_number(r.get("ci_hi"))
         if r.get("metric") == metric and lo is not None and hi is not None:
             out.append((hi - lo) / 2)
     return out
@@ -215,7 +207,7 @@ def scale_sentence(profile: str, summary: Mapping) -> str:
                     "be told apart from chance")
     bar = (summary.get("strongest_baseline") or {}).get("name")
     gain = next((r for r in paired if r.get("model") == bar and r.get("metric") == "psnr"), None)
-    if gain and _number(gain.get("mean_diff")) is not None:
+    if gain and as_number(gain.get("mean_diff")) is not None:
         bits.append(f"the strongest simple baseline, `{bar}`, is {gain['mean_diff']:+.2f} dB from persistence")
     return f"In `{profile}`, " + "; ".join(bits) + "." if bits else ""
 
