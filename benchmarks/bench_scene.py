@@ -203,6 +203,10 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "train").is_dir():
+        if args.data == str(SHARED_LABELLED):  # make bench on a machine without the developers' shared data
+            print(f"bench_scene: skipped: the labelled area is not at {data}; pass --data <a SpaceNet 7 tree with "
+                  "1024 px scenes and labels>")
+            return {}
         sys.exit(f"{data} is not a SpaceNet 7 tree (no train/ folder): pass --data (a tree with 1024 px scenes)")
     options = TreeOptions(max_pairs=args.pairs, seed=args.seed, batch_size=args.batch_size, progress=False)
     meta = scan_tree(data)
