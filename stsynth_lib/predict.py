@@ -224,12 +224,16 @@ class Predictor:
         raise NotImplementedError
 
 
+COMPILE_AFTER_BATCHES = 4  # compile="auto": batches predicted eagerly before compiling (a scene has 8 of 16 tiles)
+
+
 class CGANPredictor(Predictor):
     """pix2pix or attention-U-Net generator of a run folder (``best/`` by default).
 
     ``compile``: ``auto`` (default) prepares the generator with
     :func:`stsynth_lib.models.inference.prepare_for_inference` as :func:`stsynth_lib.training.resolve_device`
-    decides (on a CPU: batch norm folded, phase transposed convolutions, ``torch.compile``); ``False`` runs the
+    decides (on a CPU: batch norm folded, phase transposed convolutions, ``torch.compile`` from the
+    ``COMPILE_AFTER_BATCHES + 1``-th batch on, so a few sample images never wait for a compiler); ``False`` runs the
     prepared generator eagerly. Both agree with the trained generator (``self.G``) within ``INFERENCE_ATOL``. A
     compiled generator sees every batch padded to the largest batch size it has seen, so tiles of a scene (a last,
     smaller batch) reuse one compiled graph.
@@ -252,7 +256,9 @@ class CGANPredictor(Predictor):
             raise ValueError(f"precision must be 'no' (fp32) or 'bf16', got {precision!r}")
         self.setup = resolve_device("cuda" if str(device).startswith("cuda") else "cpu", precision, "auto",
                                     compile=compile, for_inference=True)
-        self.fast = prepare_for_inference(self.G, compile=self.setup.compile, channels_last=self.setup.channels_last)
+        # auto: the first batches run eagerly (a few sample images never pay for compiling); True: at once
+        self.fast = prepare_for_inference(self.G, compile=self.setup.compile, channels_last=self.setup.channels_last,
+                                          compile_after_calls=COMPILE_AFTER_BATCHES if compile == "auto" else 0)
         self._batch_bucket = 0
         spec = yaml.safe_load((Path(run_dir) / "model.yaml").read_text())
         self.family = str(spec["name"])  # pix2pix | attention_unet

@@ -185,3 +185,24 @@ def test_segmenter_masks_equal_the_plain_model_and_follow_new_weights(compile):
     with torch.no_grad():  # the judge trained further: its prepared copy is made again
         seg.head.bias.add_(5.0)
     assert predict_masks(seg, images, batch_size=3, compile=compile).mean() > got.mean()
+
+
+def test_compilation_starts_after_the_first_calls():
+    """compile_after_calls=2: two calls eager (a notebook's few samples pay no compile), the third compiled."""
+    G = _trained_like("pix2pix")
+    wrapped = CompiledWithFallback(prepare_for_inference(G), compile_after_calls=2)
+    used = []
+
+    def fake_compiled(x):
+        used.append(len(x))
+        return wrapped.module(x)
+
+    object.__setattr__(wrapped, "_compiled", fake_compiled)
+    x = torch.rand(2, 7, 64, 64)
+    with torch.no_grad():
+        for _ in range(2):
+            assert not used and wrapped.compiling is (wrapped.calls >= 2)
+            wrapped(x)
+        assert wrapped.compiling and not used
+        wrapped(x)
+    assert used == [2] and wrapped.calls == 3

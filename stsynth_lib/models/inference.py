@@ -133,18 +133,31 @@ def has_cpp_compiler() -> bool:
 
 
 class CompiledWithFallback(nn.Module):
-    """``torch.compile(module)`` that falls back to ``module`` itself (one warning) when compiling fails."""
+    """``torch.compile(module)`` that falls back to ``module`` itself (one warning) when compiling fails.
 
-    def __init__(self, module: nn.Module, freezing: bool = True):
+    ``compile_after_calls``: the first calls run ``module`` eagerly and compilation starts at call number
+    ``compile_after_calls + 1``, so that a predictor asked for a few images (a notebook's samples) does not pay
+    seconds of compiling, while a whole tree (hundreds of batches) runs compiled."""
+
+    def __init__(self, module: nn.Module, freezing: bool = True, compile_after_calls: int = 0):
         super().__init__()
         self.module = module
         self.freezing = freezing
+        self.compile_after_calls = int(compile_after_calls)
+        self.calls = 0
         # not a registered submodule: the weights are listed once (under ``module``)
         object.__setattr__(self, "_compiled", torch.compile(module, dynamic=False))
         self.failed: str | None = None
 
+    @property
+    def compiling(self) -> bool:
+        """Whether the next call runs the compiled module."""
+        return self.failed is None and self.calls >= self.compile_after_calls
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.failed is None:
+        use_compiled = self.compiling
+        self.calls += 1
+        if use_compiled:
             import torch._inductor.config as inductor_config
 
             try:
@@ -171,10 +184,12 @@ class _patched:
             setattr(self.obj, k, v)
 
 
-def prepare_for_inference(model: nn.Module, compile: bool = False, channels_last: bool = False) -> nn.Module:
+def prepare_for_inference(model: nn.Module, compile: bool = False, channels_last: bool = False,
+                          compile_after_calls: int = 0) -> nn.Module:
     """A copy of ``model`` for inference: eval mode, batch norm folded, phase transposed convolutions, optionally
-    channels-last and compiled (``torch.compile``, inductor, frozen weights; eager fallback). ``model`` is left
-    as it was. Call it under ``torch.no_grad()``."""
+    channels-last and compiled (``torch.compile``, inductor, frozen weights; eager fallback; the first
+    ``compile_after_calls`` calls eager, see :class:`CompiledWithFallback`). ``model`` is left as it was. Call it
+    under ``torch.no_grad()``."""
     fast = copy.deepcopy(model).eval()
     for p in fast.parameters():
         p.requires_grad_(False)
@@ -187,7 +202,7 @@ def prepare_for_inference(model: nn.Module, compile: bool = False, channels_last
             warnings.warn("no C++ compiler on PATH: torch.compile cannot build CPU kernels; predicting eagerly "
                           "(install g++ for the compiled path)", RuntimeWarning, stacklevel=2)
         else:
-            fast = CompiledWithFallback(fast)
+            fast = CompiledWithFallback(fast, compile_after_calls=compile_after_calls)
     return fast
 
 
