@@ -224,16 +224,13 @@ class Predictor:
         raise NotImplementedError
 
 
-COMPILE_AFTER_BATCHES = 4  # compile="auto": batches predicted eagerly before compiling (a scene has 8 of 16 tiles)
-
-
 class CGANPredictor(Predictor):
     """pix2pix or attention-U-Net generator of a run folder (``best/`` by default).
 
     ``compile``: ``auto`` (default) prepares the generator with
     :func:`stsynth_lib.models.inference.prepare_for_inference` as :func:`stsynth_lib.training.resolve_device`
     decides (on a CPU: batch norm folded, phase transposed convolutions, ``torch.compile`` from the
-    ``COMPILE_AFTER_BATCHES + 1``-th batch on, so a few sample images never wait for a compiler); ``False`` runs the
+    batch ``AUTO_COMPILE_AFTER_CALLS + 1`` on: a few sample images never wait for a compiler); ``False`` runs the
     prepared generator eagerly. Both agree with the trained generator (``self.G``) within ``INFERENCE_ATOL``. A
     compiled generator sees every batch padded to the largest batch size it has seen, so tiles of a scene (a last,
     smaller batch) reuse one compiled graph.
@@ -246,7 +243,7 @@ class CGANPredictor(Predictor):
     def __init__(self, run_dir: str | Path, which: str = "best", device: str = "cpu", compile: bool | str = "auto",
                  precision: str = "no"):
         from stsynth_lib.cgan.model_io import load_generator
-        from stsynth_lib.models.inference import prepare_for_inference
+        from stsynth_lib.models.inference import AUTO_COMPILE_AFTER_CALLS, prepare_for_inference
         from stsynth_lib.training import resolve_device
 
         self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
@@ -258,7 +255,7 @@ class CGANPredictor(Predictor):
                                     compile=compile, for_inference=True)
         # auto: the first batches run eagerly (a few sample images never pay for compiling); True: at once
         self.fast = prepare_for_inference(self.G, compile=self.setup.compile, channels_last=self.setup.channels_last,
-                                          compile_after_calls=COMPILE_AFTER_BATCHES if compile == "auto" else 0)
+                                          compile_after_calls=AUTO_COMPILE_AFTER_CALLS if compile == "auto" else 0)
         self._batch_bucket = 0
         spec = yaml.safe_load((Path(run_dir) / "model.yaml").read_text())
         self.family = str(spec["name"])  # pix2pix | attention_unet

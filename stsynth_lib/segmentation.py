@@ -166,6 +166,36 @@ def _random_crops(tensors: list[torch.Tensor], size: int, g: torch.Generator) ->
     return [torch.stack([t[i, :, r[i]:r[i] + size, c[i]:c[i] + size] for i in range(b)]) for t in tensors]
 
 
+def _training_loader(ds, labelled: np.ndarray, sample_by: str, batch_size: int, seed: int):
+    """(the training images, their seeded shuffling loader): the labelled pairs' two dates, or every labelled tile
+    (``sample_by="tiles"``, ``2 * batch_size`` a step)."""
+    from torch.utils.data import DataLoader, Subset
+
+    g = torch.Generator().manual_seed(seed)
+    if sample_by == "tiles":
+        sub, bs = _LabelledTiles(ds.store, labelled_tile_ids(ds.pairs)), 2 * batch_size
+    else:
+        sub, bs = Subset(ds, labelled.tolist()), batch_size
+    return sub, DataLoader(sub, batch_size=min(bs, len(sub)), shuffle=True, drop_last=len(sub) >= bs, generator=g,
+                           num_workers=0)
+
+
+def _schedule(opt, lr: float, steps: int):
+    """One-cycle learning rate; a constant rate under 20 steps (OneCycleLR's 10 % warm-up is under 2 steps there,
+    and steps=10 divides by zero)."""
+    if steps >= 20:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _images_of(batch: dict, sample_by: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, masks, validity) a step trains on: tiles as they are, or both dates of each pair."""
+    if sample_by == "tiles":
+        return batch["future"], batch["future_mask"], batch["future_valid"]
+    return (torch.cat([batch["past"], batch["future"]]), torch.cat([batch["past_mask"], batch["future_mask"]]),
+            torch.cat([batch["past_valid"], batch["future_valid"]]))
+
+
 def train_segmenter(
     dataset_dir: str | Path,
     steps: int = 300,
@@ -192,7 +222,6 @@ def train_segmenter(
     weight of building borders (:func:`_loss`); ``sample_by="tiles"``, every labelled tile of the training split
     once per epoch, ``2 * batch_size`` tiles a step (the images a step of pairs sees), instead of the pairs' two dates.
     """
-    from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
     from stsynth_lib.data.dataset import PairedTileDataset
@@ -208,23 +237,13 @@ def train_segmenter(
             f"{dataset_dir}: the training split has no pair with building labels (has_mask is False everywhere), "
             "so no building segmenter can be trained and building F1 cannot be measured on this dataset."
         )
-    g = torch.Generator().manual_seed(seed)
-    if sample_by == "tiles":
-        sub = _LabelledTiles(ds.store, labelled_tile_ids(ds.pairs))
-        bs = 2 * batch_size
-    else:
-        sub, bs = Subset(ds, labelled.tolist()), batch_size
-    loader = DataLoader(sub, batch_size=min(bs, len(sub)), shuffle=True, drop_last=len(sub) >= bs,
-                        generator=g, num_workers=0)
+    sub, loader = _training_loader(ds, labelled, sample_by, batch_size, seed)
     model = SegUNet(ds.n_bands, base_channels, depth, upsample=upsample).to(device)
     if crop_px is not None and crop_px % input_multiple(model):
         raise ValueError(f"crop_px={crop_px} must be a multiple of {input_multiple(model)} (depth {depth}, upsample {upsample})")
     crop_g = torch.Generator().manual_seed(seed + 1) if crop_px is not None else None
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    if steps >= 20:
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    else:  # OneCycleLR's warm-up of 10 % is under 2 steps here (steps=10 divides by zero): a constant rate
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    sched = _schedule(opt, lr, steps)
     model.train()
     losses: list[float] = []
     step = 0
@@ -232,12 +251,7 @@ def train_segmenter(
     bar = tqdm(total=steps, desc="building segmenter", disable=not progress, mininterval=5)
     while step < steps:
         for batch in loader:
-            if sample_by == "tiles":
-                x, y, w = batch["future"], batch["future_mask"], batch["future_valid"]
-            else:
-                x = torch.cat([batch["past"], batch["future"]])
-                y = torch.cat([batch["past_mask"], batch["future_mask"]])
-                w = torch.cat([batch["past_valid"], batch["future_valid"]])
+            x, y, w = _images_of(batch, sample_by)
             if crop_g is not None:
                 x, y, w = _random_crops([x, y, w], crop_px, crop_g)
             x, y, w = x.to(device), y.to(device), w.to(device)

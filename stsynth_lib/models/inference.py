@@ -37,6 +37,8 @@ PHASE_MAX_PIXELS = 8 * 8
 # Tolerance on outputs in [-1, 1] between the prepared and the eager module (fp32; float rounding of the folding
 # and of inductor's kernels); on uint8 images this is at most one grey level after rounding.
 INFERENCE_ATOL = 1e-4
+# compile="auto" in a predictor: batches predicted eagerly before compiling (a 1024 px scene is 8 batches of 16 tiles)
+AUTO_COMPILE_AFTER_CALLS = 4
 
 # tap of the 4-tap kernel used by output phase a (rows) or b (columns), for input offsets (-1, 0) or (0, +1)
 _PHASE_TAPS = ((3, 1), (2, 0))
@@ -77,15 +79,16 @@ class PhaseConvTranspose2d(nn.ConvTranspose2d):
         kernels = self.phase_kernels.to(x.dtype)
         n, cout = x.shape[0], self.out_channels
         xp = F.pad(x, (1, 1, 1, 1))
-        phases = [F.conv2d(xp[:, :, a : a + h + 1, b : b + w + 1], kernels[(2 * a + b) * cout : (2 * a + b + 1) * cout])
-                  for a in (0, 1) for b in (0, 1)]
+        phases = [F.conv2d(xp[:, :, a : a + h + 1, b : b + w + 1], kernels[k * cout : (k + 1) * cout])
+                  for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
         y = torch.stack(phases, 2).view(n, cout, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, cout, 2 * h, 2 * w)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1).to(y.dtype)
 
 
 def _folded(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
     """A copy of ``conv`` (Conv2d or ConvTranspose2d) with the eval-mode ``bn`` after it folded into its weights."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    inv_std = 1.0 / torch.sqrt(bn.running_var + bn.eps)
+    scale = bn.weight.detach() * inv_std if bn.affine else inv_std
     shift = (bn.bias.detach() if bn.affine else 0.0) - bn.running_mean * scale
     new = copy.deepcopy(conv)
     out_dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0
@@ -206,5 +209,6 @@ def prepare_for_inference(model: nn.Module, compile: bool = False, channels_last
     return fast
 
 
-__all__ = ["INFERENCE_ATOL", "PHASE_MAX_PIXELS", "CompiledWithFallback", "PhaseConvTranspose2d", "fold_batch_norm",
-           "has_cpp_compiler", "prepare_for_inference", "use_phase_conv_transpose"]
+__all__ = ["AUTO_COMPILE_AFTER_CALLS", "INFERENCE_ATOL", "PHASE_MAX_PIXELS", "CompiledWithFallback",
+           "PhaseConvTranspose2d", "fold_batch_norm", "has_cpp_compiler", "prepare_for_inference",
+           "use_phase_conv_transpose"]
