@@ -36,6 +36,8 @@ CANDIDATES: dict[str, dict] = {
     "up2_edge": {"steps": 300, "upsample": 2, "crop_px": 64, "sample_by": "tiles", "edge_weight": 2.0},
     "up2_wide": {"steps": 300, "upsample": 2, "crop_px": 64, "sample_by": "tiles", "base_channels": 32, "depth": 4},
     "up3": {"steps": 300, "upsample": 3, "crop_px": 64, "sample_by": "tiles"},
+    # is it training length? up2 at 4x the steps (about 18 min on 2 quiet cores)
+    "up2_long": {"steps": 1200, "upsample": 2, "crop_px": 64, "sample_by": "tiles"},
 }
 BAR = {"f1_future": 0.55, "object_recall_new": 0.5}
 README_START, README_END = "<!-- judges:start -->", "<!-- judges:end -->"
