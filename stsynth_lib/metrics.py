@@ -132,14 +132,7 @@ def masked_psnr(pred, target, valid=None, data_range: float = 1.0) -> np.ndarray
     ``inf`` where the valid pixels match exactly, NaN where an image has no valid pixel. Refuses input outside
     [0, data_range] ([-1, 1] for data_range=2) and NaN at valid pixels.
     """
-    p, t, m = _checked_pair(pred, target, valid, data_range, "PSNR")
-    se = ((p - t) ** 2 * m).sum(dim=(1, 2, 3))
-    n = m.sum(dim=(1, 2, 3)) * p.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mse = (se / n).numpy()
-        out = 10.0 * np.log10(float(data_range) ** 2 / mse)
-    out[n.numpy() == 0] = np.nan
-    return out
+    return masked_psnr_many(pred, target, [valid], data_range)[0]
 
 
 def masked_psnr_many(pred, target, valids: Sequence, data_range: float = 1.0) -> list[np.ndarray]:
@@ -177,11 +170,7 @@ def masked_l1(pred, target, valid=None) -> np.ndarray:
 
     Refuses pred and target of different shapes (no broadcasting of one image against a batch) and NaN at valid pixels.
     """
-    p, t, m = _checked_pair(pred, target, valid, None, "L1")
-    n = m.sum(dim=(1, 2, 3)) * p.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = ((p - t).abs() * m).sum(dim=(1, 2, 3)).numpy() / n.numpy()
-    return out
+    return masked_l1_many(pred, target, [valid])[0]
 
 
 def finite_psnr(values, cap_db: float = 100.0) -> np.ndarray:

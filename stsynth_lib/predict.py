@@ -20,6 +20,7 @@ masks and outputs, :mod:`stsynth_lib.predict_tree`)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import sys
 from collections.abc import Mapping, Sequence
@@ -284,10 +285,9 @@ class CGANPredictor(Predictor):
                 cond = torch.cat([cond, cond[-1:].expand(self._batch_bucket - n, *cond.shape[1:])])
         if self.setup.channels_last:
             cond = cond.contiguous(memory_format=torch.channels_last)
-        if self.setup.mixed_precision == "bf16":
-            with torch.autocast(cond.device.type, dtype=torch.bfloat16):
-                return self.fast(cond)[:n].float().contiguous().cpu()
-        return self.fast(cond)[:n].float().contiguous().cpu()
+        bf16 = self.setup.mixed_precision == "bf16"
+        with torch.autocast(cond.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return self.fast(cond)[:n].float().contiguous().cpu()
 
 
 class ControlNetPredictor(Predictor):
