@@ -19,6 +19,12 @@ Project routes, each timed in the same interleaved rounds against the reference:
   CPU with native bf16 also ``bf16`` and ``compiled_bf16`` (autocast; informational: predictions stay fp32);
 * training ``eager`` (the trainer's step) and ``compiled`` (``torch.compile`` of G and D, then the same step);
   ``--no-compile`` skips the compiled routes.
+
+**How far fp32 can go** (``roofline`` in the results): the generator's floating-point operations per image (PyTorch's
+``FlopCounterMode``), the throughput oneDNN reaches on this CPU on one large fp32 (and bf16) convolution (512 -> 512
+channels, 3 x 3, 32 px, batch 4: a compute-bound shape, taken as the practical peak), the fraction of that peak the
+reference's inference reaches, and ``fp32_ratio_ceiling`` = peak / reference throughput: no fp32 route that keeps
+pix2pix's arithmetic can be faster than that ratio.
 """
 
 from __future__ import annotations
@@ -91,6 +97,31 @@ def _interleaved(routes: dict, rounds: int, steps: int, batch: int) -> list[dict
     return rows
 
 
+def conv_peak_gflops(dtype=torch.float32, rounds: int = 5) -> float:
+    """GFLOP/s of oneDNN on one compute-bound convolution (512 -> 512 channels, 3 x 3, 32 x 32 px, batch 4), the best
+    of ``rounds``: the practical peak of this CPU at ``dtype`` for the convolutions a U-Net is made of."""
+    conv = torch.nn.Conv2d(512, 512, 3, padding=1).eval()
+    x = torch.randn(4, 512, 32, 32)
+    flops = 2 * 4 * 512 * 512 * 9 * 32 * 32
+    best = 0.0
+    with torch.no_grad(), (torch.autocast("cpu", dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()):
+        conv(x)
+        for _ in range(rounds):
+            t = time.perf_counter()
+            conv(x)
+            best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def generator_gflop_per_image(G: torch.nn.Module, cond: torch.Tensor) -> float:
+    """Floating-point operations of one forward pass per image, in GFLOP (convolutions and matmuls)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        G(cond)
+    return counter.get_total_flops() / cond.shape[0] / 1e9
+
+
 def compare(size: int, batch: int, rounds: int, steps: int, precision: str, with_compile: bool = True) -> dict:
     """Train and inference images/s of both sides at ``size`` px, interleaved; ratios = median over rounds."""
     setup = resolve_device("cpu", precision, "auto")
@@ -150,7 +181,8 @@ def compare(size: int, batch: int, rounds: int, steps: int, precision: str, with
             if name != "reference":
                 diffs[name] = float((out.float() - eager_out).abs().max())
         rows["inference"] = _interleaved(infer, rounds, steps, batch)
-    out = {"size_px": size, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+        gflop = generator_gflop_per_image(G, cond)
+    out = {"size_px": size, "batch": batch, "rounds": rounds, "steps_per_round": steps, "gflop_per_image": gflop,
            "project_compute": setup.describe(), "max_abs_diff_vs_eager": diffs,
            "first_call_s": {k: round(v, 2) for k, v in compile_s.items()}}
     for what, rs in rows.items():
@@ -180,6 +212,14 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     results = [compare(int(s), args.batch, args.rounds, args.steps, args.precision, not args.no_compile)
                for s in args.sizes.split(",")]
+    peak = {"fp32": conv_peak_gflops(torch.float32)}
+    if cpu_has_native_bf16():
+        peak["bf16"] = conv_peak_gflops(torch.bfloat16)
+    for r in results:
+        ref_gflops = r["inference_reference_img_s"] * r["gflop_per_image"]
+        r["roofline"] = {"conv_peak_gflops": peak, "reference_gflops": ref_gflops,
+                         "reference_share_of_fp32_peak": ref_gflops / peak["fp32"],
+                         "fp32_ratio_ceiling": peak["fp32"] / ref_gflops}
     report = {"commit": head_commit(ROOT) or "unknown", "benchmark": "vs_reference", "torch": torch.__version__,
               "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "cpu_native_bf16": cpu_has_native_bf16(),
@@ -198,6 +238,12 @@ def main(argv=None) -> dict:
                     diff = r["max_abs_diff_vs_eager"].get(name) if what == "inference" else None
                     print(f"    {what:9s} {name:17s} {r[f'{what}_{name}_img_s']:8.2f} img/s  {r[f'{what}_{name}_ratio']:5.2f}x"
                           + (f"   max |diff| vs eager {diff:.1e}" if diff is not None and name != "project" else ""))
+        roof = r["roofline"]
+        print(f"    roofline: {r['gflop_per_image']:.2f} GFLOP per image; reference inference at "
+              f"{roof['reference_gflops']:.0f} GFLOP/s = {roof['reference_share_of_fp32_peak']:.0%} of this CPU's fp32 "
+              f"convolution peak ({peak['fp32']:.0f} GFLOP/s"
+              + (f"; bf16 {peak['bf16']:.0f}" if "bf16" in peak else "")
+              + f"): no fp32 route can exceed {roof['fp32_ratio_ceiling']:.2f}x")
     print(f"wrote {out / 'vs_reference.json'}")
     return report
 

@@ -33,6 +33,9 @@ import yaml
 
 from stsynth_lib.data.dataset import to_uint8
 
+# precision of a cGAN predictor: no = fp32 (the default, the chapters' numbers) | bf16 (autocast) | auto (resolve_device)
+INFERENCE_PRECISIONS = ("no", "bf16", "auto")
+
 DateLike = str | tuple[int, int] | _dt.date
 
 
@@ -236,9 +239,11 @@ class CGANPredictor(Predictor):
     compiled generator sees every batch padded to the largest batch size it has seen, so tiles of a scene (a last,
     smaller batch) reuse one compiled graph.
 
-    ``precision``: ``"no"`` (default: fp32, the predictions of the chapters' split predictor) or ``"bf16"``
+    ``precision``: ``"no"`` (default: fp32, the predictions of the chapters' split predictor), ``"bf16"``
     (autocast; about 2x faster again on a CPU with native bf16, ``make bench``; outputs differ from fp32 by about
-    1e-3 in [-1, 1], a grey level at most after rounding: not the chapters' numbers, so opt-in).
+    1e-3 in [-1, 1], at most 2 grey levels on a scene, ``bench_scene``: not the chapters' numbers, so opt-in) or
+    ``"auto"`` (what :func:`stsynth_lib.training.resolve_device` picks for training: bf16 on a GPU or a CPU with native
+    bf16, fp32 elsewhere).
     """
 
     def __init__(self, run_dir: str | Path, which: str = "best", device: str = "cpu", compile: bool | str = "auto",
@@ -250,8 +255,8 @@ class CGANPredictor(Predictor):
         self.G, self.guidance = load_generator(run_dir, which, map_location="cpu")
         self.G.to(device)
         self.device = device
-        if precision not in ("no", "bf16"):
-            raise ValueError(f"precision must be 'no' (fp32) or 'bf16', got {precision!r}")
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision must be one of {INFERENCE_PRECISIONS} (no = fp32), got {precision!r}")
         self.setup = resolve_device("cuda" if str(device).startswith("cuda") else "cpu", precision, "auto",
                                     compile=compile, for_inference=True)
         # auto: the first batches run eagerly (a few sample images never pay for compiling); True: at once
@@ -391,9 +396,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
                    help="cGANs: torch.compile the prepared generator (auto: on a CPU with a C++ compiler; "
                         "stsynth_lib.models.inference)")
-    p.add_argument("--precision", default="no", choices=("no", "bf16"),
+    p.add_argument("--precision", default="no", choices=INFERENCE_PRECISIONS,
                    help="cGANs: no = fp32 (the chapters' predictions); bf16 = autocast, about 2x faster on a CPU with "
-                        "native bf16, within a grey level of fp32")
+                        "native bf16, within 2 grey levels of fp32; auto = bf16 where the hardware has it, else fp32")
     p.add_argument("--threads", type=_positive, help="torch threads for the model (default: torch's, one per core)")
     p.add_argument("--overlap-px", type=_overlap, default=None, metavar="{auto,N}",
                    help="overlap of neighbouring tiles, blended; auto = a quarter tile")

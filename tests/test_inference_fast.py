@@ -159,6 +159,32 @@ def test_compiled_predictor_pads_batches_and_matches_eager(tiny_dataset_dir, tmp
     assert fast._batch_bucket == 3
 
 
+def test_predictor_precision_auto_follows_the_resolver_and_bf16_stays_near_fp32(tiny_dataset_dir, tmp_path,
+                                                                                 monkeypatch):
+    """precision auto = what resolve_device picks for training (bf16 only where the CPU has native bf16); bf16
+    predictions within 2 grey levels of fp32 (the scene benchmark's bound); an unknown precision is refused."""
+    import stsynth_lib.training as training
+    from stsynth_lib.cgan.config import CGANTrainConfig
+    from stsynth_lib.cgan.train import train_cgan
+    from stsynth_lib.predict import load_predictor
+
+    cfg = CGANTrainConfig(dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path), profile="t", ngf=8, ndf=8,
+                          batch_size=4, max_steps=2, max_train_pairs=8, max_val_pairs=4, progress=False, device="cpu",
+                          use_mask=True)
+    run = train_cgan(cfg)
+    for native in (False, True):
+        monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
+        assert load_predictor(run, compile=False, precision="auto").setup.mixed_precision == ("bf16" if native else "no")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_predictor(run, precision="fp16")
+    rng = np.random.default_rng(0)
+    past = rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    mask = (rng.random((2, 32, 32)) > 0.7).astype(np.uint8)
+    fp32 = load_predictor(run, compile=False).predict(past, "2019-01", "2019-04", mask).astype(int)
+    bf16 = load_predictor(run, compile=False, precision="bf16").predict(past, "2019-01", "2019-04", mask).astype(int)
+    assert np.abs(bf16 - fp32).max() <= 2
+
+
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.skipif(
     not has_cpp_compiler(), reason="torch.compile needs a C++ compiler for CPU kernels"))])
 def test_segmenter_masks_equal_the_plain_model_and_follow_new_weights(compile):
