@@ -36,7 +36,7 @@ import yaml
 
 from stsynth_lib.options import all_options
 from stsynth_lib.options.core import Option, options_of
-from stsynth_lib.options.notebooks import notebook_options
+from stsynth_lib.options.notebooks import notebook_options, pack
 
 SHARED_FILE_NAMES = ("common.yaml", "common.yml")
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.out:
             print("error: merge needs --out", file=sys.stderr)
             return 2
-        write_params(checked.params, a.out)
+        write_params(pack(Path(a.notebook).stem, checked.params), a.out)  # packed concerns as their mapping
     else:
         print(f"{a.notebook}: {len(checked.params)} parameters OK ({', '.join(a.files)})")
     return 0

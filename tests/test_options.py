@@ -83,7 +83,9 @@ def test_the_configs_are_built_from_the_schema():
         assert all(getattr(config, o.name) == o.default for o in declared)
     # the generated cell passes exactly the config's fields
     text = options_cell_text("03_train_cgan")
-    assert all(f"{o.name}={o.name}" in text for o in schema.CGAN_TRAIN)
+    trainer = set(schema.TRAINER.names())  # packed: the mapping training carries them
+    assert all(f"{o.name}={o.name}" in text for o in schema.CGAN_TRAIN if o.name not in trainer)
+    assert '**unpack("training", training)' in text and not any(f"{n}={n}" in text for n in trainer)
 
 
 @pytest.mark.parametrize("kw, words", [
@@ -122,3 +124,28 @@ def test_evaluate_cli_refuses_a_value_out_of_range(capsys):
 
 def test_readme_links_the_options_page():
     assert "](docs/OPTIONS.md)" in (PROJECT_ROOT / "README.md").read_text()
+
+
+def test_the_trainers_bookkeeping_travels_packed_and_is_checked(tmp_path):
+    """Both training chapters take the trainer concern as one mapping (training = {}): params merge packs the flat
+    keys of the parameter files into it, unpack checks each against its declaration before the config sees it."""
+    import yaml
+
+    from stsynth_lib.options.notebooks import cell_parameters, pack, unpack
+    from stsynth_lib.params import main as params_main
+
+    assert cell_parameters("03_train_cgan")["training"] == {} and "max_train_pairs" not in cell_parameters("03_train_cgan")
+    assert "training" in cell_parameters("05_controlnet") and "training" not in cell_parameters("06_evaluate")
+    out = tmp_path / "merged.yaml"
+    assert params_main(["merge", "--notebook", "notebooks/03_train_cgan.py", "--out", str(out),
+                        "params/smoke/common.yaml", "params/smoke/03_train_cgan.yaml"]) == 0
+    merged = yaml.safe_load(out.read_text())
+    assert merged["training"] == {"max_train_pairs": 320, "max_val_pairs": 64, "log_every_steps": 5}
+    assert "max_train_pairs" not in merged and merged["ngf"] == 32
+    assert pack("06_evaluate", {"seed": 1}) == {"seed": 1}
+    assert unpack("training", {"max_val_pairs": 64, "resume_from_checkpoint": "latest"}) == {
+        "max_val_pairs": 64, "resume_from_checkpoint": "latest"}
+    with pytest.raises(ValueError, match="max_trian_pairs: not an option of training"):
+        unpack("training", {"max_trian_pairs": 3})
+    with pytest.raises(ValueError, match="max_val_pairs = 0"):
+        unpack("training", {"max_val_pairs": 0})

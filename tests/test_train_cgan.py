@@ -443,3 +443,30 @@ def test_chapter_call_trains_then_predicts_the_test_split(tiny_dataset_dir, tmp_
     assert set(run.per_area.index) == set(run.per_pair["aoi"])
     text = scores_text({"l1": 0.5, "psnr": 20.0})
     assert text.startswith("L1 ") and ", PSNR (dB) " in text
+
+
+def test_chapter_4_is_the_twin_of_chapter_3s_run(tiny_dataset_dir, tmp_path):
+    """twin_config: chapter 3's recorded options with another generator and the listed changes only; the twin
+    comparison is the per-pair difference of the two runs' test scores (L1 in [0, 1] units), areas resampled."""
+    from stsynth_lib.cgan.chapter import paired_with_twin, train_and_test, twin_config
+
+    first = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2, lambda_l1=50.0), max_test_pairs=4)
+    with pytest.raises(FileNotFoundError, match="run chapter 3 first"):
+        twin_config(tmp_path, "test", "no_such_run", "attention_unet")
+    with pytest.raises(ValueError, match="not cGAN options a twin may change"):
+        twin_config(tmp_path, "test", first.run_dir.name, "attention_unet", changes={"no_such_option": 1})
+    twin = twin_config(tmp_path, "test", first.run_dir.name, "attention_unet", changes={"lr": 1e-3}, progress=False)
+    recorded = yaml.safe_load((first.run_dir / "params.yaml").read_text())
+    assert twin.model == "attention_unet" and twin.lr == 1e-3
+    assert twin.lambda_l1 == recorded["lambda_l1"] == 50.0 and twin.max_steps == recorded["max_steps"]
+    assert twin.dataset_dir == recorded["dataset_dir"] and twin.seed == recorded["seed"]
+    second = train_and_test(twin, max_test_pairs=4)
+    paired = paired_with_twin(second, first.run_dir)
+    assert set(paired["metric"]) >= {"l1", "psnr", "ssim"} and set(paired["baseline"]) == {first.run_dir.name}
+    l1 = paired.set_index("metric").loc["l1"]
+    want = ((second.per_pair.set_index("pair_id")["l1"] - first.per_pair.set_index("pair_id")["l1"]) / 2).mean()
+    assert l1["mean_diff"] == pytest.approx(want, rel=1e-9)
+    if second.per_pair["aoi"].nunique() > 1:
+        assert l1["ci_lo"] <= l1["mean_diff"] <= l1["ci_hi"]
+    else:  # one area: nothing to resample, no interval (and so no verdict)
+        assert np.isnan(l1["ci_lo"]) and np.isnan(l1["ci_hi"])

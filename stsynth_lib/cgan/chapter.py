@@ -1,6 +1,8 @@
 """What chapters 3 and 4 (pix2pix and the attention U-Net) share, as library calls: the table of a run's options
 (:func:`config_table`), training followed by the test predictions compared with persistence (:func:`train_and_test`)
-and persistence's validation scores, the dashed line of the validation figure (:func:`persistence_on_val`).
+and persistence's validation scores, the dashed line of the validation figure (:func:`persistence_on_val`); and what
+makes chapter 4 a controlled comparison: its run is the twin of chapter 3's (:func:`twin_config`: the options chapter 3
+recorded, another generator) and is compared with it pair by pair (:func:`paired_with_twin`).
 
 L1 here is in the [-1, 1] units of the training loss, except in :attr:`CGANChapterRun.paired` ([0, 1], like the
 evaluation chapter): see :mod:`stsynth_lib.evaluate.generator`.
@@ -8,10 +10,12 @@ evaluation chapter): see :mod:`stsynth_lib.evaluate.generator`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import split_dataset, train_cgan
@@ -68,3 +72,55 @@ def persistence_on_val(config: CGANTrainConfig) -> dict[str, float]:
 def scores_text(scores: dict[str, float]) -> str:
     """``"L1 0.12, PSNR (dB) 21.3, SSIM 0.61"``."""
     return ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in scores.items())
+
+
+# what chapter 4 takes from its own parameters, not from the twin's recorded options
+TWIN_OWN = ("profile", "runs_dir", "run_name", "device", "progress", "model")
+
+
+def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str, run_name: str | None = None,
+                changes: dict | None = None, device: str = "auto", progress: bool = True) -> CGANTrainConfig:
+    """The options of ``<runs_dir>/<profile>/<twin_of_run>`` (its ``params.yaml``: what chapter 3's trainer ran with)
+    with another generator ``model`` and the ``changes`` (each chosen on validation), so that the two runs differ by
+    the generator and by the changes alone: same data, seed, losses, schedule and guidance."""
+    path = Path(runs_dir) / profile / twin_of_run / "params.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: this run is the twin of chapter 3's run {twin_of_run!r}; run "
+                                f"chapter 3 first (make nb NB=03_train_cgan PROFILE={profile}) or set twin_of_run to "
+                                "a finished cGAN run of this profile")
+    fields = {f.name for f in dataclasses.fields(CGANTrainConfig)}
+    changes = dict(changes or {})
+    wrong = sorted(set(changes) - (fields - set(TWIN_OWN)))
+    if wrong:
+        raise ValueError(f"twin_changes {wrong}: not cGAN options a twin may change (model, run_name and the run "
+                         "options are this chapter's own parameters; see docs/OPTIONS.md)")
+    saved = yaml.safe_load(path.read_text()) or {}
+    options = {k: v for k, v in saved.items() if k in fields}
+    options.update(changes)
+    options.update(profile=profile, runs_dir=str(runs_dir), run_name=run_name, device=device, progress=progress,
+                   model=model)
+    return CGANTrainConfig(**options)
+
+
+def paired_with_twin(run: CGANChapterRun, twin_run_dir: str | Path, n_boot: int = 2000,
+                     seed: int = 0) -> pd.DataFrame:
+    """This run minus its twin (chapter 3's run) on the test pairs both predicted, L1 / PSNR / SSIM, with a 95 %
+    interval from resampling whole areas (blocks on block-split data), L1 in [0, 1] units: the one controlled
+    comparison of the two generators (:func:`stsynth_lib.evaluate.stats.paired_vs_baseline`)."""
+    from stsynth_lib.evaluate.stats import paired_vs_baseline
+
+    twin_dir = Path(twin_run_dir)
+    csv = twin_dir / "test_metrics.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} not found: the twin run has no test predictions (chapter 3 writes them)")
+    twin = pd.read_csv(csv)
+    mine = run.per_pair
+    keys = ["pair_id", "aoi"] + (["cluster"] if "cluster" in mine and "cluster" in twin else [])
+    shared = mine[keys].merge(twin[["pair_id"]], on="pair_id")
+    if shared.empty:
+        raise ValueError(f"{csv} shares no test pair with {run.run_dir}: were both run with the same dataset_dir?")
+    names = (run.run_dir.name, twin_dir.name)
+    long = pd.concat([shared.merge(df[["pair_id", "l1", "psnr", "ssim"]], on="pair_id").assign(model=name)
+                      for df, name in ((mine, names[0]), (twin, names[1]))])
+    long["l1"] = long["l1"] / 2  # [-1, 1] -> [0, 1] units, as in area_comparison
+    return paired_vs_baseline(long, baseline=names[1], n_boot=n_boot, seed=seed)

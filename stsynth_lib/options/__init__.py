@@ -2,8 +2,8 @@
 
 One module per concern declares its options (:class:`~stsynth_lib.options.core.Option`: name with its unit, type,
 default, accepted values, one-line help): :mod:`~.run`, :mod:`~.data`, :mod:`~.guidance`, :mod:`~.trainer` (both
-trainers), :mod:`~.cgan`, :mod:`~.stage1` (diffusion stage 1), :mod:`~.controlnet`, :mod:`~.sampling`,
-:mod:`~.scoring` and :mod:`~.evaluation`. From these declarations come
+trainers), :mod:`~.cgan`, :mod:`~.twin` (chapter 4), :mod:`~.stage1` (diffusion stage 1), :mod:`~.controlnet`,
+:mod:`~.sampling`, :mod:`~.scoring` and :mod:`~.evaluation`. From these declarations come
 
 * the config dataclasses' fields and range checks (:data:`CGAN_TRAIN` -> ``CGANTrainConfig``,
   :data:`CONTROLNET_TRAIN` -> ``ControlNetTrainConfig``; their cross-field checks stay code in their ``check``),
@@ -29,9 +29,10 @@ from stsynth_lib.options.sampling import SAMPLING
 from stsynth_lib.options.scoring import SCORING
 from stsynth_lib.options.stage1 import STAGE1
 from stsynth_lib.options.trainer import TRAINER
+from stsynth_lib.options.twin import TWIN
 
-CONCERNS: tuple[Concern, ...] = (RUN, DATA, GUIDANCE, TRAINER, CGAN, STAGE1, CONTROLNET, SAMPLING, SCORING,
-                                 EVALUATION)
+CONCERNS: tuple[Concern, ...] = (RUN, DATA, GUIDANCE, TRAINER, CGAN, TWIN, STAGE1, CONTROLNET, SAMPLING,
+                                 SCORING, EVALUATION)
 
 
 def pick(concern: Concern, *names: str) -> tuple[Option, ...]:

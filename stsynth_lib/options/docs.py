@@ -20,6 +20,11 @@ command line that takes its concern (`python -m stsynth_lib.evaluate` takes the 
 the notebooks `notebooks/0N_*.py` that take the option; "CLI" marks a field of `CGANTrainConfig` or
 `ControlNetTrainConfig`, hence a flag `--<option>` of `python -m stsynth_lib.cgan.train` or
 `python -m stsynth_lib.controlnet.train`.
+
+In a notebook's parameters cell, the options of "Training (both trainers)" travel in one mapping, `training = {}`
+(these defaults; e.g. `training = {"resume_from_checkpoint": "latest"}`), and chapter 3 and 5 state their own
+concern first. Parameter files set them as flat keys like any other; `python -m stsynth_lib.params merge` packs
+them for the notebook. Chapter 4 states only what differs from chapter 3's run ("The twin of chapter 3's run").
 """
 
 

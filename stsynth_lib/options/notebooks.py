@@ -1,9 +1,15 @@
 """Which options each notebook takes, and the two cells generated from them.
 
 The parameters cell (``# %% tags=["parameters"]``, papermill injects a profile's values after it) states every
-option of the notebook with its schema default and help; the cell after it (``# %% tags=["options"]``) builds the
-notebook's config from exactly the options that are the config's fields, by name. ``make notebooks-sync``
-(:mod:`stsynth_lib.notebook_sync`) writes both; :func:`cell_differences` is what a test checks.
+option of the notebook with its schema default and help, the chapter's own concern first; the cell after it
+(``# %% tags=["options"]``) builds the notebook's config from exactly the options that are the config's fields, by
+name. ``make notebooks-sync`` (:mod:`stsynth_lib.notebook_sync`) writes both; :func:`cell_differences` is what a test
+checks.
+
+A concern in :data:`PACKED` (the trainers' bookkeeping: checkpoints, resume, logging, data subsets, precision) is one
+mapping parameter in the cell (``training = {}``: the schema's defaults; set any of its options there), not one line
+per option: both training chapters take it, and its options are documented once in ``docs/OPTIONS.md``. Parameter
+files still set those options as flat keys; ``python -m stsynth_lib.params merge`` packs them (:func:`pack`).
 """
 
 from __future__ import annotations
@@ -39,8 +45,11 @@ CGAN_CONFIG = Config("stsynth_lib.cgan.config", "CGANTrainConfig", "config", "CG
 # chapter 5 replaces pretrained_model by stage 1's backbone: config = dataclasses.replace(controlnet_config, ...)
 CONTROLNET_CONFIG = Config("stsynth_lib.controlnet.config", "ControlNetTrainConfig", "controlnet_config",
                            "CONTROLNET_TRAIN")
+# concern name -> the one mapping parameter that carries its options in a notebook's parameters cell
+PACKED = {"trainer": "training"}
 SEGMENTER = ("segmenter_steps", "segmenter_batch_size", "segmenter_base_channels", "segmenter_depth", "segmenter_lr")
-_CGAN = (("run", ALL), ("trainer", ALL), ("guidance", ALL), ("cgan", ALL), ("evaluation", ("max_test_pairs",)))
+# the chapter's own concern first, then the shared ones
+_CGAN = (("cgan", ALL), ("run", ALL), ("trainer", ALL), ("guidance", ALL), ("evaluation", ("max_test_pairs",)))
 
 # notebook stem -> ((concern name, option names or ALL), ...): the parameters cell, in this order
 NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
@@ -52,10 +61,12 @@ NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
         "split_by", "block_size_px", "block_stratify", "min_valid_fraction", "mask_source", "build_on_error",
         "loader_batch_size", "context_strip_offsets_months"))),
     "03_train_cgan": _CGAN,
-    "04_train_attention_cgan": _CGAN,
-    "05_controlnet": (("run", ALL), ("trainer", ALL), ("guidance", ("use_mask", "gap_scale_months")), ("stage1", ALL),
-                      ("controlnet", ALL), ("sampling", ALL), ("scoring", ("allow_uncalibrated_metrics",)),
-                      ("evaluation", ("max_test_pairs", *SEGMENTER))),
+    # chapter 4 copies chapter 3's recorded options (stsynth_lib.cgan.chapter.twin_config): only these differ
+    "04_train_attention_cgan": (("run", ("profile", "runs_dir", "run_name", "device", "progress")),
+                                ("cgan", ("model",)), ("twin", ALL), ("evaluation", ("max_test_pairs",))),
+    "05_controlnet": (("controlnet", ALL), ("stage1", ALL), ("sampling", ALL), ("run", ALL),
+                      ("guidance", ("use_mask", "gap_scale_months")), ("trainer", ALL),
+                      ("scoring", ("allow_uncalibrated_metrics",)), ("evaluation", ("max_test_pairs", *SEGMENTER))),
     "06_evaluate": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")), ("scoring", ALL),
                     ("evaluation", ("split", "models", "baselines", "max_eval_pairs", *SEGMENTER, "retrain_segmenter",
                                     "gallery_metric"))),
@@ -64,25 +75,64 @@ NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
                ("evaluation", ("split", "models", "fid_max_pairs", "fid_batch_size", "min_bucket_pairs",
                                "kid_subset_size", "kid_subsets"))),
 }
-CONFIGS: dict[str, Config] = {"03_train_cgan": CGAN_CONFIG, "04_train_attention_cgan": CGAN_CONFIG,
-                              "05_controlnet": CONTROLNET_CONFIG}
+CONFIGS: dict[str, Config] = {"03_train_cgan": CGAN_CONFIG, "05_controlnet": CONTROLNET_CONFIG}
 
 
-def _groups(stem: str) -> list[tuple[str, list[Option]]]:
+def _groups(stem: str) -> list[tuple[Any, list[Option]]]:
     concerns = {c.name: c for c in schema.CONCERNS}
     out = []
     for name, names in NOTEBOOKS[stem]:
         concern = concerns[name]
         opts = list(concern.options) if names == ALL else list(schema.pick(concern, *names))
-        out.append((concern.title, opts))
+        if concern.name in PACKED and names != ALL:
+            raise ValueError(f"{stem}: a packed concern ({concern.name}) is taken whole or not at all")
+        out.append((concern, opts))
     return out
 
 
 def notebook_options(stem: str) -> dict[str, Option]:
-    """The options notebook ``stem`` takes (what its parameters cell states, what a profile may set for it)."""
+    """The options notebook ``stem`` takes (what a profile may set for it; packed ones travel in their mapping)."""
     if stem not in NOTEBOOKS:
         raise KeyError(f"notebooks/{stem}.py is not listed in stsynth_lib/options/notebooks.py NOTEBOOKS")
     return {o.name: o for _, opts in _groups(stem) for o in opts}
+
+
+def cell_parameters(stem: str) -> dict[str, Any]:
+    """The names the parameters cell of ``stem`` states and their defaults (a packed concern: its mapping, ``{}``)."""
+    out: dict[str, Any] = {}
+    for concern, opts in _groups(stem):
+        if concern.name in PACKED:
+            out[PACKED[concern.name]] = {}
+        else:
+            out.update((o.name, o.default) for o in opts)
+    return out
+
+
+def pack(stem: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Flat parameters of notebook ``stem`` (as the parameter files set them) -> what its cell takes: the options of
+    a packed concern moved into their mapping (absent when none is set: the cell's ``{}``)."""
+    out = dict(params)
+    for concern, _ in _groups(stem):
+        if concern.name in PACKED:
+            packed = {n: out.pop(n) for n in concern.names() if n in out}
+            if packed:
+                out[PACKED[concern.name]] = packed
+    return out
+
+
+def unpack(name: str, values: dict | None) -> dict[str, Any]:
+    """The options in mapping parameter ``name`` (e.g. ``training``), each checked against its declaration; the
+    keyword arguments a notebook passes to its config."""
+    concern = next(c for c in schema.CONCERNS if PACKED.get(c.name) == name)
+    values = dict(values or {})
+    declared = {o.name: o for o in concern.options}
+    problems = [f"{k}: not an option of {name} (its options: {', '.join(declared)}; docs/OPTIONS.md)"
+                for k in values if k not in declared]
+    problems += [f"{k} = {v!r}: {err}" for k, v in values.items() if k in declared
+                 and (err := declared[k].problem(declared[k].convert(v)[0]))]
+    if problems:
+        raise ValueError(f"{name}:\n  - " + "\n  - ".join(problems))
+    return {k: declared[k].convert(v)[0] for k, v in values.items()}
 
 
 def literal(v: Any) -> str:
@@ -110,8 +160,14 @@ def parameters_cell_text(stem: str) -> str:
     lines = ['# %% tags=["parameters"]',
              "# Generated by `make notebooks-sync` from stsynth_lib/options (docs/OPTIONS.md); a profile's YAML sets "
              "them."]
-    for title, opts in _groups(stem):
-        lines.append(f"# {title}")
+    for concern, opts in _groups(stem):
+        if concern.name in PACKED:
+            text = (f"{concern.title}: any of {', '.join(o.name for o in opts)} (defaults and help: "
+                    'docs/OPTIONS.md), e.g. {"resume_from_checkpoint": "latest"}')
+            lines += [f"# {t}" for t in textwrap.wrap(text, LINE - 2, break_on_hyphens=False)]
+            lines.append(f"{PACKED[concern.name]} = {{}}")
+            continue
+        lines.append(f"# {concern.title}")
         for o in opts:
             lines += _line(o)
     return "\n".join(lines) + "\n\n"
@@ -123,10 +179,19 @@ def options_cell_text(stem: str) -> str:
     if cfg is None:
         return ""
     taken = notebook_options(stem)
-    names = [o.name for o in getattr(schema, cfg.options) if o.name in taken]
-    args = textwrap.wrap(", ".join(f"{n}={n}" for n in names), LINE - 4, break_on_hyphens=False)
+    packed = {o.name: PACKED[c.name] for c, opts in _groups(stem) if c.name in PACKED for o in opts}
+    args, done = [], set()
+    for o in getattr(schema, cfg.options):
+        if o.name in packed and packed[o.name] not in done:
+            done.add(packed[o.name])
+            args.append(f'**unpack("{packed[o.name]}", {packed[o.name]})')
+        elif o.name in taken and o.name not in packed:
+            args.append(f"{o.name}={o.name}")
+    args = textwrap.wrap(", ".join(args), LINE - 4, break_on_hyphens=False)
+    imports = f"from {cfg.module} import {cfg.cls}\n" + ("from stsynth_lib.options.notebooks import unpack\n"
+                                                        if done else "")
     return (f"{OPTIONS_HEADER}\n# Generated by `make notebooks-sync`: the parameters above that are {cfg.cls} "
-            f"fields, by name.\nfrom {cfg.module} import {cfg.cls}\n\n{cfg.variable} = {cfg.cls}(\n"
+            f"fields, by name.\n{imports}\n{cfg.variable} = {cfg.cls}(\n"
             + "".join(f"    {a}\n" for a in args) + ")\n\n")
 
 
@@ -169,11 +234,11 @@ def cell_defaults(text: str) -> dict[str, Any]:
 def cell_differences(text: str, stem: str) -> list[str]:
     """How the parameters cell of notebook ``stem`` differs from the schema: a missing or extra name, another
     default."""
-    stated, declared = cell_defaults(text), notebook_options(stem)
+    stated, declared = cell_defaults(text), cell_parameters(stem)
     out = [f"{stem}: {n} is not an option of this notebook in the schema" for n in stated if n not in declared]
     out += [f"{stem}: {n} is missing from the parameters cell" for n in declared if n not in stated]
-    out += [f"{stem}: {n} = {stated[n]!r} in the cell, {declared[n].default!r} in the schema"
-            for n in stated if n in declared and not _same(stated[n], declared[n].default)]
+    out += [f"{stem}: {n} = {stated[n]!r} in the cell, {declared[n]!r} in the schema"
+            for n in stated if n in declared and not _same(stated[n], declared[n])]
     return out
 
 
