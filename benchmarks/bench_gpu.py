@@ -263,6 +263,14 @@ def cpu_lines(vs_reference: dict, scene: dict) -> list[str]:
                          f"{f('inference_project_ratio')} | {f('inference_project_compiled_ratio')} | "
                          f"{f('inference_project_compiled_bf16_ratio')} |")
         lines.append(f"\nTraining runs in the trainer's precision ({vs_reference['results'][0]['project_compute']}).")
+        for r in vs_reference["results"]:
+            roof = r.get("roofline")
+            if roof:  # how far an fp32 route could go at all (bench_vs_reference.py's roofline)
+                lines.append(f"At {r['size_px']} px the reference's fp32 inference already runs at "
+                             f"{roof['reference_share_of_fp32_peak']:.0%} of this CPU's fp32 convolution throughput "
+                             f"({roof['conv_peak_gflops']['fp32']:.0f} GFLOP/s, {r['gflop_per_image']:.1f} GFLOP per "
+                             f"image): no fp32 route that keeps pix2pix's arithmetic can exceed "
+                             f"{roof['fp32_ratio_ceiling']:.2f}x.")
         lines.append("")
     if scene:
         h, w = scene["scene_px"]

@@ -219,6 +219,7 @@ from stsynth_lib import evaluate as E
 from stsynth_lib.report_format import controlnet_label
 from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig, adapt_backbone
 from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconstruction_scores
+from stsynth_lib.controlnet.ceiling import ceiling_vs_persistence
 from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
 from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.train import train_controlnet
@@ -253,16 +254,22 @@ else:
 # %% [markdown]
 # ### The VAE: reconstructions and their ceiling
 # Every image the backbone draws goes through the VAE's decoder, so the VAE's reconstruction PSNR / SSIM of the real
-# images is a ceiling for everything below. Scored on validation (where stage 1 was checked) and on the test tiles
-# (reported, never used to choose anything).
+# images is a ceiling for everything below. The first table scores the reconstruction of the tile images on
+# validation (where stage 1 was checked) and on test (reported, never used to choose anything). The second puts the
+# ceiling on the test pairs next to persistence on the same pairs and pixels
+# (`stsynth_lib.controlnet.ceiling.ceiling_vs_persistence`): where the ceiling is not above persistence, the diffusion
+# model cannot beat persistence whatever it learns. With a pretrained Stable Diffusion, the table shows SD's own VAE.
 
 # %%
+bb = load_backbone(backbone_for_controlnet)
 if run_stage1:
-    bb = load_backbone(backbone_for_controlnet)
     vae_scores = pd.DataFrame([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")])
     display(round_floats(vae_scores, 3))
-    fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3, title=f"VAE reconstructions, validation tiles [{bb.description}]")
+    fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3,
+                               title=f"VAE reconstructions, validation tiles [{bb.description}]")
     plt.show()
+display(round_floats(ceiling_vs_persistence(bb.vae, dataset_dir, "test", max_pairs=max_test_pairs,
+                                            label=f"VAE ceiling [{bb.description}]"), 3))
 
 # %% [markdown]
 # ### What the backbone draws from a prompt alone
