@@ -83,10 +83,10 @@ os.chdir(find_project_root())
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from stsynth_lib.book.report_format import round_floats
 from stsynth_lib.data.plots import ATTRIBUTION, plot_aoi_timeline, plot_collection_overview
 from stsynth_lib.data.sn7 import save_metadata, scan_sn7
 from stsynth_lib.data.synthetic import generate_synthetic_sn7
-from stsynth_lib.report_format import round_floats
 
 # %% [markdown]
 # ## The SpaceNet 7 tree

@@ -96,12 +96,12 @@ os.chdir(find_project_root())
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
+from stsynth_lib.book.report_format import plural, settings_table
 from stsynth_lib.data.blocks import change_summary
 from stsynth_lib.data.build import build_dataset
 from stsynth_lib.data.dataset import PairedTileDataset, TileStore, measure_loader_throughput
 from stsynth_lib.data.plots import plot_block_split, plot_context_strip, plot_dataset_summary, plot_pair_examples
 from stsynth_lib.data.sn7 import load_metadata
-from stsynth_lib.report_format import plural, settings_table
 
 # %% [markdown]
 # ## Build the tile store

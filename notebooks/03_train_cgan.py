@@ -193,9 +193,9 @@ from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.data.plots import plot_context_strip
 from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
-from stsynth_lib.predictions import load_predictions
+from stsynth_lib.predict.files import load_predictions
 from stsynth_lib.evaluate import paired_table
-from stsynth_lib.report_format import round_floats, settings_table
+from stsynth_lib.book.report_format import round_floats, settings_table
 from stsynth_lib.cgan.train import split_dataset
 
 # the options of this run (built in the cell after the parameters), as a table
@@ -369,7 +369,7 @@ print(f"{predictor.family}: identical to the saved test prediction: {bool((futur
 # %%
 from IPython.display import Markdown
 
-from stsynth_lib.publish.facts import chapter_note
+from stsynth_lib.book.publish.facts import chapter_note
 
 display(Markdown(chapter_note(profile, dataset_dir)))  # what this profile's data can show (smoke, real, labels)
 

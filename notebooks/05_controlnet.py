@@ -228,15 +228,15 @@ from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
 from stsynth_lib.controlnet.plots import show_validation
 from stsynth_lib import evaluate as E
-from stsynth_lib.report_format import controlnet_label
+from stsynth_lib.book.report_format import controlnet_label
 from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig, adapt_backbone
 from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconstruction_scores
 from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
 from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.train import train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.report_format import plural, round_floats, settings_table
-from stsynth_lib.segmentation import load_or_train_segmenter
+from stsynth_lib.book.report_format import plural, round_floats, settings_table
+from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from IPython.display import Markdown, display
 
 run_stage1 = pretrained_model == TINY_FROM_SCRATCH or bool(adapt_pretrained)
@@ -423,7 +423,7 @@ print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if str
 # ## Generate the test split
 # Every test pair (areas never seen in training) is generated with the `scheduler` (UniPC by default) in
 # `num_inference_steps` steps (at the strength above); pair `i` uses the seed `seed + pair_id`, so results do not
-# depend on the batch size. The images are saved with `stsynth_lib.predictions.save_predictions`: a GeoTIFF with the
+# depend on the batch size. The images are saved with `stsynth_lib.predict.files.save_predictions`: a GeoTIFF with the
 # input tile's CRS and geotransform (drop it onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` --
 # what chapter 6 scores.
 

@@ -111,8 +111,8 @@ from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
 from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
-from stsynth_lib.report_format import model_display_name, round_floats
-from stsynth_lib.segmentation import load_or_train_segmenter
+from stsynth_lib.book.report_format import model_display_name, round_floats
+from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.verdict import strongest_baseline_text
 
 seed_everything(seed)

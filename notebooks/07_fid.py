@@ -95,7 +95,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
-from stsynth_lib import perceptual as P
+from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.runs import seed_everything
 
 seed_everything(seed)

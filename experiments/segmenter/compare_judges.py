@@ -1,7 +1,7 @@
 """Candidate building segmenters (judges) for sn7_labelled, issue 32: trained on the TRAIN blocks (every labelled
 month), compared on the VALIDATION blocks, reported on the TEST blocks and on sn7_real_tile (another area).
 
-Each candidate is trained with :func:`stsynth_lib.segmentation.train_segmenter` (its options: input upsampling,
+Each candidate is trained with :func:`stsynth_lib.metrics.segmentation.train_segmenter` (its options: input upsampling,
 width/depth, crops, tile sampling, boundary weights), saved under ``--save-dir/<name>/segmenter.pt`` and scored on
 the real images at the library's threshold (0.5, as chapter 6 scores):
 
@@ -48,7 +48,7 @@ def _probs(model, images_uint8, batch_size: int = 16):
     import numpy as np
     import torch
 
-    from stsynth_lib.segmentation import input_multiple
+    from stsynth_lib.metrics.segmentation import input_multiple
 
     m = input_multiple(model)
     out = []
@@ -69,7 +69,7 @@ def score_split(model, store, split: str, threshold: float = 0.5) -> dict:
     import numpy as np
 
     from stsynth_lib import metrics as M
-    from stsynth_lib.segmentation import labelled_tile_ids
+    from stsynth_lib.metrics.segmentation import labelled_tile_ids
 
     ids = labelled_tile_ids(store.pairs, split)
     pred = (_probs(model, store.images[ids]) > threshold).astype(np.uint8)
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from stsynth_lib.data.dataset import TileStore
-    from stsynth_lib.segmentation import dataset_fingerprint, save_segmenter, train_segmenter
+    from stsynth_lib.metrics.segmentation import dataset_fingerprint, save_segmenter, train_segmenter
 
     store = TileStore(args.dataset)
     real = load_real_tile(Path(args.real_tile)) if Path(args.real_tile).is_dir() else None

@@ -7,9 +7,9 @@ every notebook is the Colab setup cell, generated here from one template with th
 The parameters cell, the cell after it that builds the notebook's config, and ``docs/OPTIONS.md`` are generated from
 the options schema (:mod:`stsynth_lib.options.notebooks`, :mod:`stsynth_lib.options.docs`).
 
-    python -m stsynth_lib.notebook_sync write   # Colab and option cells, book URL, docs/OPTIONS.md, then every .ipynb
-                                                # from its .py (make notebooks-sync)
-    python -m stsynth_lib.notebook_sync check   # exit 1, naming each notebook out of sync (make notebooks-check)
+    python -m stsynth_lib.book.notebook_sync write  # Colab and option cells, book URL, docs/OPTIONS.md, then every
+                                                    # .ipynb from its .py (make notebooks-sync)
+    python -m stsynth_lib.book.notebook_sync check  # exit 1, naming each notebook out of sync (make notebooks-check)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = "make notebooks-sync"
 COLAB_TAGS = ["colab-setup", "hide-cell"]
 # pip extras each notebook needs beyond the base install (scipy for the synthetic data and block splits is in metrics).
