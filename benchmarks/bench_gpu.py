@@ -344,7 +344,7 @@ def main(argv=None) -> dict | None:
     by = {(r["row"], r["compiled"]): r for r in rows}
     best_train = max(r["images_per_s"] for r in rows if r["row"] == "pix2pix_train")
     best_infer = max(r["images_per_s"] for r in rows if r["row"] == "pix2pix_infer")
-    from stsynth_lib.publish.stamp import head_commit
+    from stsynth_lib.book.publish.stamp import head_commit
 
     report = {"benchmark": "gpu", "device": name, "peak_bf16_tflops": device_peak(name) if cuda else None,
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

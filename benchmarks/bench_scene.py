@@ -12,7 +12,7 @@ depend on training; a non-zero output layer so the outputs are not the past imag
 * ``loop_eager`` (the code before the fast path): per pair, read the image, rasterise its footprints, tile, predict
   with the eager generator, stitch, write; ``--baseline-threads`` (default 1 and 2) torch threads;
 * ``fast_bf16`` (on a CPU with native bf16): the same with ``--precision bf16`` (opt-in: not fp32's numbers);
-* ``fast``: ``stsynth_lib.predict_tree.predict_tree`` as the CLI runs it: the generator prepared by
+* ``fast``: ``stsynth_lib.predict.tree.predict_tree`` as the CLI runs it: the generator prepared by
   ``stsynth_lib.models.inference.prepare_for_inference`` (batch norm folded, phase transposed convolutions,
   ``torch.compile`` where ``resolve_device`` turns it on), images and footprints cached, reads and writes in
   background threads, all cores. Compilation is warmed on one pair first (a one-off per process, reported).
@@ -45,15 +45,15 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stsynth_lib.publish.stamp import head_commit  # noqa: E402
+from stsynth_lib.book.publish.stamp import head_commit  # noqa: E402
 from stsynth_lib.cgan.model_io import generator_from_spec  # noqa: E402
 from stsynth_lib.conditioning import GuidanceConfig  # noqa: E402
 from stsynth_lib.models import init_weights  # noqa: E402
 from stsynth_lib.predict import load_predictor  # noqa: E402
-from stsynth_lib.predict_tree import (TreeOptions, pair_inputs, plan_pairs, predict_tree, read_scene,  # noqa: E402
+from stsynth_lib.predict.files import write_geotiff  # noqa: E402
+from stsynth_lib.predict.scene import predict_scene  # noqa: E402
+from stsynth_lib.predict.tree import (TreeOptions, pair_inputs, plan_pairs, predict_tree, read_scene,  # noqa: E402
                                       scan_tree, scene_footprints)
-from stsynth_lib.predictions import write_geotiff  # noqa: E402
-from stsynth_lib.scene import predict_scene  # noqa: E402
 from stsynth_lib.training import cpu_has_native_bf16  # noqa: E402
 
 SHARED_LABELLED = ROOT.parent / "shared" / "data" / "sn7_real_labelled"
@@ -149,7 +149,7 @@ def evaluate_seconds(pred_dir: Path, data: Path, out: Path, n_pairs: int, thread
     import pandas as pd
 
     from stsynth_lib.evaluate.folder import evaluate_folder
-    from stsynth_lib.segmentation import SegUNet, save_segmenter
+    from stsynth_lib.metrics.segmentation import SegUNet, save_segmenter
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def evaluate_seconds(pred_dir: Path, data: Path, out: Path, n_pairs: int, thread
 def compare(fast_dir: Path, eager_dir: Path, pairs) -> dict:
     import rasterio
 
-    from stsynth_lib.predict_tree import prediction_name
+    from stsynth_lib.predict.tree import prediction_name
 
     worst, differing, total = 0, 0, 0
     for _, pair in pairs.iterrows():

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from reference_pix2pix import ReferencePix2Pix  # noqa: E402
 
-from stsynth_lib.publish.stamp import head_commit  # noqa: E402
+from stsynth_lib.book.publish.stamp import head_commit  # noqa: E402
 from stsynth_lib.cgan.losses import train_step  # noqa: E402
 from stsynth_lib.conditioning import GuidanceConfig, build_condition  # noqa: E402
 from stsynth_lib.models import build_discriminator, build_generator, init_weights  # noqa: E402

@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         from stsynth_lib.controlnet.generate import generate_split
         from stsynth_lib.controlnet.strength import sweep_strength
 
-        from stsynth_lib.segmentation import load_or_train_segmenter
+        from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 
         seg, _, _ = load_or_train_segmenter(runs, "smoke", dataset, device=dev, steps=10 if args.quick else 150,
                                             batch_size=16)
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
 
     def evaluate():
         from stsynth_lib.evaluate import evaluate_models
-        from stsynth_lib.segmentation import load_or_train_segmenter
+        from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 
         seg, _, msg = load_or_train_segmenter(runs, "smoke", dataset, device=dev, steps=10 if args.quick else 150,
                                               batch_size=16)

@@ -7,7 +7,7 @@ wholly on the bad side; otherwise (the interval contains zero, or one resampled 
 **no clear difference**. Intervals over tiles never decide: tiles of one area share its light and land cover.
 
 Every page that states a verdict words it here: the landing page and the README's results block
-(:mod:`stsynth_lib.publish`), ``results.md`` and ``python -m stsynth_lib.evaluate``
+(:mod:`stsynth_lib.book.publish`), ``results.md`` and ``python -m stsynth_lib.evaluate``
 (:mod:`stsynth_lib.evaluate.report`), chapter 6, and the ✔ / ✘ marks of the tables.
 
 * :func:`verdict` -- "better" / "worse" / "no clear difference" from an interval and the metric's direction;

@@ -12,19 +12,16 @@ LIB = Path(__file__).resolve().parents[1] / "stsynth_lib"
 LAYERS = ["base", "data", "models", "metrics", "training", "evaluation", "trainers", "predict"]
 # module (dotted, without the "stsynth_lib." prefix) or package prefix -> layer; the longest match wins
 LAYER_OF = {
-    "__init__": "base", "runs": "base", "book_check": "base", "book_screens": "base", "book_browser": "base",
-    "publish": "base", "notebook_sync": "base", "report_format": "base", "verdict": "base", "book_content": "base",
-    "figure_check": "base", "options": "base",
+    "__init__": "base", "runs": "base", "book": "base", "verdict": "base", "figure_check": "base", "options": "base",
     "data": "data",
     "models": "models", "conditioning": "models", "baselines": "models", "controlnet.backbone": "models", "controlnet.tokenizer": "models",
     "controlnet.conditioning": "models", "cgan.model_io": "models", "controlnet.__init__": "models",
     "cgan.__init__": "models",
-    "metrics": "metrics", "perceptual": "metrics", "weights": "metrics", "backbones": "metrics",
-    "segmentation": "metrics",
-    "training": "training", "predictions": "training", "params": "training",
+    "metrics": "metrics",
+    "training": "training", "predict.files": "training", "params": "training",
     "evaluate": "evaluation",
     "cgan": "trainers", "controlnet": "trainers",
-    "predict": "predict", "predict_tree": "predict", "scene": "predict",
+    "predict": "predict",
 }
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 450

@@ -1,6 +1,6 @@
 """The offline-rendering check of the built book."""
 
-from stsynth_lib.book_check import main, remote_loads
+from stsynth_lib.book.check import main, remote_loads
 
 
 def test_book_check_flags_network_loads_and_raw_tex(tmp_path):
@@ -14,12 +14,12 @@ def test_book_check_flags_network_loads_and_raw_tex(tmp_path):
     assert main([str(tmp_path / "missing")]) == 2
 
 
-# ---- what a reader sees: nan intervals, dict dumps, long floats, tracebacks, cut-off content (book_screens)
+# ---- what a reader sees: nan intervals, dict dumps, long floats, tracebacks, cut-off content (book.screens)
 
 import pytest  # noqa: E402
 
-from stsynth_lib.book_screens import browser_findings, check_page_html, find_chromium  # noqa: E402
-from stsynth_lib.book_screens import main as screens_main  # noqa: E402
+from stsynth_lib.book.screens import browser_findings, check_page_html, find_chromium  # noqa: E402
+from stsynth_lib.book.screens import main as screens_main  # noqa: E402
 
 
 def _out(inner: str, kind: str = "text_plain highlight-myst-ansi notranslate") -> str:
@@ -110,8 +110,8 @@ def test_browser_pass_flags_cut_off_tables_and_writes_screenshots(tmp_path):
 import struct  # noqa: E402
 import zlib  # noqa: E402
 
-from stsynth_lib.book_content import constant_panels, missing_links, parse_verdict_sentences, read_png  # noqa: E402
-from stsynth_lib.book_screens import file_findings  # noqa: E402
+from stsynth_lib.book.content import constant_panels, missing_links, parse_verdict_sentences, read_png  # noqa: E402
+from stsynth_lib.book.screens import file_findings  # noqa: E402
 from stsynth_lib.verdict import verdict_sentence  # noqa: E402
 
 

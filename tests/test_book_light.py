@@ -50,18 +50,18 @@ def test_the_prelude_blocks_the_heavy_packages():
 @pytest.mark.skipif(not any(REFERENCE.glob("*/*.ipynb")), reason="no committed reference run")
 def test_stage_and_readme_run_without_numpy_pandas_torch(tmp_path):
     out = tmp_path / "stage"
-    r = _light("stsynth_lib.publish", "stage", "--source", "reference", "--out", str(out))
+    r = _light("stsynth_lib.book.publish", "stage", "--source", "reference", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
     intro = (out / "intro.md").read_text()
     assert "## Results: `" in intro and "| model |" in intro and (out / "_toc.yml").is_file()
     assert "No `summary.json`" not in intro
     readme = tmp_path / "README.md"
     shutil.copy2(ROOT / "README.md", readme)
-    r = _light("stsynth_lib.publish", "readme", "--readme", str(readme))
+    r = _light("stsynth_lib.book.publish", "readme", "--readme", str(readme))
     assert r.returncode == 0, r.stdout + r.stderr
     assert readme.read_text(encoding="utf-8") == (ROOT / "README.md").read_text(encoding="utf-8"), \
         "the light environment wrote another README block than the committed one: run make readme-results"
-    r = _light("stsynth_lib.publish", "readme", "--check")  # what `make readme-results` compares, in place
+    r = _light("stsynth_lib.book.publish", "readme", "--check")  # what `make readme-results` compares, in place
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -69,7 +69,7 @@ def test_book_check_runs_without_numpy_pandas_torch(tmp_path):
     html = tmp_path / "html"
     html.mkdir()
     (html / "index.html").write_text("<html><body><p>offline</p></body></html>")
-    r = _light("stsynth_lib.book_check", str(html))
+    r = _light("stsynth_lib.book.check", str(html))
     assert r.returncode == 0 and "nothing loaded from the network" in r.stdout, r.stdout + r.stderr
 
 
@@ -81,7 +81,7 @@ def test_make_book_and_the_pages_workflow_use_only_these_commands():
     make = (ROOT / "Makefile").read_text()
     recipe = make.split("\nbook: ", 1)[1].split("\n\n", 1)[0]
     modules = set(re.findall(r"python -m ([\w.]+)", recipe))
-    assert modules == {"stsynth_lib.publish", "stsynth_lib.book_check"}, modules
+    assert modules == {"stsynth_lib.book.publish", "stsynth_lib.book.check"}, modules
     env = make.split("$(BOOK_VENV)/.installed:", 1)[1].split("\n\n", 1)[0]
     assert "jupyter-book" in env and "pandas" not in env and "torch" not in env
 
@@ -95,6 +95,6 @@ def test_book_screens_runs_without_numpy_pandas_torch(tmp_path):
     png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
     (html / "a.png").write_bytes(png)
     (html / "index.html").write_text('<html><body><img src="a.png"><a href="b.html">b</a></body></html>')
-    r = _light("stsynth_lib.book_screens", str(html), "--out", str(tmp_path / "out"), "--no-browser")
+    r = _light("stsynth_lib.book.screens", str(html), "--out", str(tmp_path / "out"), "--no-browser")
     assert r.returncode == 1, r.stdout + r.stderr  # a 1 px image is one colour; b.html is missing
     assert "constant image" in r.stdout and "missing file" in r.stdout, r.stdout + r.stderr

@@ -395,7 +395,7 @@ def test_context_predictor_from_a_sample_gives_the_saved_prediction(tiny_dataset
     from stsynth_lib.cgan.train import train_cgan
     from stsynth_lib.evaluate.generator import predict_split
     from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     offsets = [0, -1, -2]
     run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", context_offsets_months=offsets, max_steps=4))

@@ -389,7 +389,7 @@ def test_generated_geotiffs_carry_crs_and_transform(trained_runs, tiny_dataset_d
 
     from stsynth_lib.controlnet.generate import generate_split
     from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     full, _, _ = trained_runs
     out = generate_split(full, tiny_dataset_dir, "test", num_inference_steps=2, batch_size=3, max_pairs=4,

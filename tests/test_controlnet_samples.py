@@ -40,7 +40,7 @@ def zero_run(run, tmp_path_factory):
 
 
 def _imgs(folder) -> dict[int, np.ndarray]:
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     return load_predictions(folder)
 
@@ -58,7 +58,7 @@ def test_sample_seeds_are_documented_and_distinct():
 
 def test_several_samples_per_pair(run, tiny_dataset_dir, tmp_path):
     from stsynth_lib.controlnet.generate import generate_split, sample_dirs
-    from stsynth_lib.predictions import read_prediction_index
+    from stsynth_lib.predict.files import read_prediction_index
 
     one = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "one", **GEN)
     three = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "three", num_samples_per_pair=3, **GEN)

@@ -15,8 +15,7 @@ import torch
 
 from stsynth_lib import evaluate as E
 from stsynth_lib.evaluate.data import _same_persistence
-from stsynth_lib.predictions import load_predictions, save_predictions
-from stsynth_lib.segmentation import (
+from stsynth_lib.metrics.segmentation import (
     SegUNet,
     dataset_fingerprint,
     load_segmenter,
@@ -24,6 +23,7 @@ from stsynth_lib.segmentation import (
     save_segmenter,
     train_segmenter,
 )
+from stsynth_lib.predict.files import load_predictions, save_predictions
 
 
 @pytest.fixture(autouse=True)
@@ -135,7 +135,7 @@ def test_mismatched_prediction_shape_is_a_clear_error(tiny_dataset_dir, tmp_path
 
 
 def test_missing_lpips_weights_without_flag_fail(tiny_dataset_dir):
-    from stsynth_lib.perceptual import MissingWeightsError
+    from stsynth_lib.metrics.perceptual import MissingWeightsError
 
     with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
         E.evaluate_models(tiny_dataset_dir, "test", {}, allow_uncalibrated=False, progress=False)
@@ -196,7 +196,7 @@ def test_segmenter_trains_for_any_number_of_steps(tiny_dataset_dir, steps):
 def test_segmenter_is_reused_only_for_the_same_dataset_build(tiny_dataset_dir, tmp_path):
     import shutil
 
-    from stsynth_lib.segmentation import load_or_train_segmenter
+    from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 
     kw = dict(steps=2, batch_size=4, base_channels=4, depth=2, progress=False)
     _, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, **kw)

@@ -19,7 +19,7 @@ from stsynth_lib.data.sn7 import scan_sn7
 from stsynth_lib.data.synthetic import generate_synthetic_sn7
 from stsynth_lib.evaluate.__main__ import main
 from stsynth_lib.evaluate.folder import INDEX_COLUMNS
-from stsynth_lib.predictions import write_geotiff
+from stsynth_lib.predict.files import write_geotiff
 
 SIZE = 64
 TILE = 32
@@ -239,7 +239,7 @@ def test_several_models_in_one_index_and_reserved_names(tree, tmp_path, capsys):
 
 
 def test_segmenter_scores_buildings_and_a_missing_one_is_named(tree, tmp_path, capsys):
-    from stsynth_lib.segmentation import SegUNet, save_segmenter
+    from stsynth_lib.metrics.segmentation import SegUNet, save_segmenter
 
     seg = save_segmenter(SegUNet(in_channels=3, base_channels=4, depth=2), tmp_path / "segmenter.pt", {"steps": 0})
     pred = _write_folder(tree, tmp_path / "pred", "future")

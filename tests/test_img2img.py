@@ -154,7 +154,7 @@ def test_sweep_records_the_choice_and_generation_uses_it(one_step_controlnet_run
 
     from stsynth_lib.controlnet.generate import GENERATION_FILE, chosen_strength, generate_split
     from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength_sweep, sweep_strength, sweep_table
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     run = tmp_path / "cn"
     shutil.copytree(one_step_controlnet_run, run)
@@ -193,7 +193,7 @@ def test_sweep_by_new_building_f1_scores_with_the_segmenter(one_step_controlnet_
     import shutil
 
     from stsynth_lib.controlnet.strength import plot_strength_sweep, sweep_strength, sweep_table
-    from stsynth_lib.segmentation import train_segmenter
+    from stsynth_lib.metrics.segmentation import train_segmenter
 
     run = tmp_path / "cn"
     shutil.copytree(one_step_controlnet_run, run)
@@ -224,7 +224,8 @@ def test_predictor_uses_the_recorded_strength(one_step_controlnet_run, tmp_path)
     import shutil
 
     from stsynth_lib.controlnet.generate import GENERATION_FILE
-    from stsynth_lib.predict import load_predictor, parse_args
+    from stsynth_lib.predict import load_predictor
+    from stsynth_lib.predict.cli import parse_args
 
     run = tmp_path / "cn"
     shutil.copytree(one_step_controlnet_run, run)

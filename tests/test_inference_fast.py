@@ -188,7 +188,7 @@ def test_predictor_precision_auto_follows_the_resolver_and_bf16_stays_near_fp32(
 @pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.skipif(
     not has_cpp_compiler(), reason="torch.compile needs a C++ compiler for CPU kernels"))])
 def test_segmenter_masks_equal_the_plain_model_and_follow_new_weights(compile):
-    from stsynth_lib.segmentation import SegUNet, predict_masks
+    from stsynth_lib.metrics.segmentation import SegUNet, predict_masks
 
     torch.manual_seed(0)
     seg = SegUNet(base_channels=8, depth=2).eval()

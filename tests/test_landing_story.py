@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stsynth_lib.publish import facts as F
-from stsynth_lib.publish import pages
-from stsynth_lib.publish.stamp import write_nb
+from stsynth_lib.book.publish import facts as F
+from stsynth_lib.book.publish import pages
+from stsynth_lib.book.publish.stamp import write_nb
 
 ROOT = Path(__file__).resolve().parents[1]
 LONG = ("ControlNet [tiny, trained from scratch on the p train split (data/p/dataset); img2img from the past image, "

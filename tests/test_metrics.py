@@ -11,8 +11,8 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
 from stsynth_lib import metrics as M
-from stsynth_lib import weights as W
-from stsynth_lib import perceptual as P
+from stsynth_lib.metrics import weights as W
+from stsynth_lib.metrics import perceptual as P
 
 
 def _sk_ssim(a, b, data_range, full=False):

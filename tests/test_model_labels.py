@@ -16,9 +16,8 @@ import pytest
 import yaml
 
 from stsynth_lib import evaluate as E
-from stsynth_lib import publish as pub
-from stsynth_lib.predictions import save_predictions
-from stsynth_lib.report_format import (
+from stsynth_lib.book import publish as pub
+from stsynth_lib.book.report_format import (
     CONTROLNET_NOT_RECORDED,
     backbone_label,
     controlnet_label,
@@ -28,6 +27,7 @@ from stsynth_lib.report_format import (
     model_legend_markdown,
     short_model_name,
 )
+from stsynth_lib.predict.files import save_predictions
 
 TRAINED = {"model": "controlnet", "backbone": "tiny-trained", "backbone_name": "tiny-trained",
            "backbone_description": "tiny, trained from scratch on sn7_real_128 train split"}
@@ -155,7 +155,7 @@ def test_committed_reference_label_is_the_one_its_params_give():
 
     import yaml
 
-    from stsynth_lib.report_format import CONTROLNET_NOT_RECORDED
+    from stsynth_lib.book.report_format import CONTROLNET_NOT_RECORDED
 
     root = Path(__file__).resolve().parents[1]
     summary = root / "book" / "reference" / "sn7_real_128" / "results" / "summary.json"
@@ -217,7 +217,7 @@ def test_committed_reference_tables_use_the_short_name():
     if not label:
         pytest.skip("the reference run has no ControlNet label")
     short = short_model_name("controlnet", data["model_labels"])
-    from stsynth_lib.publish import pages
+    from stsynth_lib.book.publish import pages
 
     block = "\n".join(pages._verdict_and_tables(data))
     assert block.count(label) == 1 and f"| {short} | {label} |" in block

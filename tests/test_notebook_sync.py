@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stsynth_lib import notebook_sync as ns
+from stsynth_lib.book import notebook_sync as ns
 
 ROOT = Path(__file__).resolve().parents[1]
 IPYNB = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))

@@ -12,7 +12,7 @@ from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import predict_split
 from stsynth_lib.predict import inputs_from_sample, load_predictor, make_batch, parse_month
-from stsynth_lib.predictions import load_predictions
+from stsynth_lib.predict.files import load_predictions
 
 
 def _sample_arrays(ds: PairedTileDataset, i: int):

@@ -16,9 +16,10 @@ import yaml
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.synthetic import generate_synthetic_sn7
-from stsynth_lib.predict import load_predictor, main
-from stsynth_lib.predict_tree import INDEX_COLUMNS
-from stsynth_lib.scene import predict_scene, tile_starts
+from stsynth_lib.predict import load_predictor
+from stsynth_lib.predict.cli import main
+from stsynth_lib.predict.scene import predict_scene, tile_starts
+from stsynth_lib.predict.tree import INDEX_COLUMNS
 
 LABEL_FOLDERS = ("labels", "labels_match", "labels_match_pix")
 
@@ -139,7 +140,7 @@ def test_tile_borders_are_no_worse_than_tile_interiors(mask_run, tmp_path):
     mostly its own texture, whose strength varies across a tile) and a stand-in with exaggerated per-tile offsets,
     which shows that the measure sees seams (about 2 without overlap). Tolerance 10 %: border rows are 84 of 1022,
     each averaged over 256 columns x 3 bands."""
-    from stsynth_lib.predict_tree import read_scene, scan_tree, scene_footprints
+    from stsynth_lib.predict.tree import read_scene, scan_tree, scene_footprints
 
     root = generate_synthetic_sn7(tmp_path / "sn7", n_aois=1, n_months=2, size_px=256, cloud_probability=0.0, seed=7,
                                   progress=False)

@@ -17,7 +17,8 @@ from conftest import SHARED_DATA
 from stsynth_lib.cgan.model_io import generator_from_spec
 from stsynth_lib.conditioning import GuidanceConfig
 from stsynth_lib.models import init_weights
-from stsynth_lib.predict import load_predictor, main
+from stsynth_lib.predict import load_predictor
+from stsynth_lib.predict.cli import main
 
 REAL_128 = SHARED_DATA / "sn7_real_128"
 REAL_LABELLED = SHARED_DATA / "sn7_real_labelled"

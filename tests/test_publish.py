@@ -1,4 +1,5 @@
-"""Reference runs and generated results pages (stsynth_lib.publish): stamps, publishing, landing page, README block."""
+"""Reference runs and generated results pages (stsynth_lib.book.publish): stamps, publishing, landing page, README
+block."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stsynth_lib import publish as pub
+from stsynth_lib.book import publish as pub
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -376,7 +377,7 @@ def test_shrink_png_fits_a_heavy_figure_under_the_byte_cap():
 
 
 def test_publish_shrinks_figures_further_until_a_notebook_fits(tmp_path, monkeypatch):
-    from stsynth_lib.publish import reference
+    from stsynth_lib.book.publish import reference
 
     params = _params(tmp_path, "p", synthetic=False)
     import numpy as np
@@ -405,7 +406,7 @@ def test_publish_takes_noise_like_figures_below_the_usual_floor_when_it_must(tmp
 
     from PIL import Image
 
-    from stsynth_lib.publish import reference
+    from stsynth_lib.book.publish import reference
 
     params = _params(tmp_path, "p", synthetic=False)
     nb_path = _notebook(tmp_path / "executed" / "p" / "05_cn.ipynb", "p", png=_png(1500, 1500, noisy=True))

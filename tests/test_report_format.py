@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.report_format import fix_plurals, fmt_value, format_interval, plural, round_floats, settings_table
+from stsynth_lib.book.report_format import fix_plurals, fmt_value, format_interval, plural, round_floats, settings_table
 
 
 def test_plural_and_fix_plurals():

@@ -7,7 +7,7 @@ import pytest
 import rasterio
 import torch
 
-from stsynth_lib.predictions import load_predictions, save_predictions
+from stsynth_lib.predict.files import load_predictions, save_predictions
 from stsynth_lib.runs import (
     CSVLogger,
     atomic_checkpoint_dir,

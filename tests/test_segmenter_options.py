@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stsynth_lib.segmentation import (
+from stsynth_lib.metrics.segmentation import (
     TRAIN_OPTION_DEFAULTS,
     SegUNet,
     _loss,

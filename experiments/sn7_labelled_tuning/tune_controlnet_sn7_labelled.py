@@ -39,8 +39,8 @@ from stsynth_lib.controlnet.config import ControlNetTrainConfig
 from stsynth_lib.controlnet.generate import generate_split
 from stsynth_lib.controlnet.train import train_controlnet
 from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
+from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.runs import parse_cli_value
-from stsynth_lib.segmentation import load_or_train_segmenter
 
 KEYS = ("psnr", "l1", "ssim", "l1_new", "psnr_new", "l1_unchanged", "f1_drawn_micro", "recall_drawn", "f1_new_micro",
         "recall_new", "f1_micro")

@@ -31,8 +31,8 @@ from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
 from stsynth_lib.evaluate.generator import predict_split
+from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.runs import parse_cli_value
-from stsynth_lib.segmentation import load_or_train_segmenter
 
 KEYS = ("psnr", "l1", "ssim", "l1_new", "psnr_new", "ssim_new", "l1_unchanged", "f1_drawn_micro", "recall_drawn", "f1_new_micro",
         "recall_new", "f1_micro")

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from stsynth_lib.book.report_format import fmt_value, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
@@ -27,7 +28,6 @@ from stsynth_lib.evaluate.generator import (
     mean_scores,
     predict_split,
 )
-from stsynth_lib.report_format import fmt_value, settings_table
 
 SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
                   "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}

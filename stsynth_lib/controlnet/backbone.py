@@ -79,8 +79,8 @@ class Backbone:
 
 def describe_backbone(kind: str, name: str) -> str:
     """The label tables print for a backbone that records no description of its own (one mapping:
-    :func:`stsynth_lib.report_format.backbone_label`)."""
-    from stsynth_lib.report_format import backbone_label
+    :func:`stsynth_lib.book.report_format.backbone_label`)."""
+    from stsynth_lib.book.report_format import backbone_label
 
     return backbone_label({"backbone": kind, "backbone_name": name})
 

@@ -134,7 +134,7 @@ def prompt_fields(sample: Mapping[str, Any]) -> dict[str, Any]:
 def render_prompt(template: str, fields: Mapping[str, Any]) -> str:
     """Fill ``template``; comma-separated segments with an unknown (``None``) field are dropped, and a count of 1
     takes the singular ("1 month later", not "1 months later")."""
-    from stsynth_lib.report_format import fix_plurals
+    from stsynth_lib.book.report_format import fix_plurals
 
     names = {n for _, n, _, _ in string.Formatter().parse(template) if n}
     unknown = names - set(fields)

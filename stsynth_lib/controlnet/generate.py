@@ -9,7 +9,7 @@ pipeline's image processor treats a 4-channel tensor as latents). There is no
 safety checker: generated satellite tiles never go through one.
 
 :func:`generate_split` writes the images of a split with
-``stsynth_lib.predictions.save_predictions`` (GeoTIFF with the input tile's CRS
+``stsynth_lib.predict.files.save_predictions`` (GeoTIFF with the input tile's CRS
 and geotransform + PNG + index.csv): sample 0 of each pair in the predictions
 folder itself (what chapter 6 scores), further samples of the same pairs
 (``num_samples_per_pair > 1``) in ``<folder>/samples/sample-<k>/``, seeded by
@@ -296,7 +296,7 @@ def generate_split(
     from tqdm.auto import tqdm
 
     from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.predictions import save_predictions
+    from stsynth_lib.predict.files import save_predictions
 
     if int(num_samples_per_pair) < 1:
         raise ValueError(f"num_samples_per_pair must be >= 1, got {num_samples_per_pair}")
@@ -345,7 +345,7 @@ def sample_dirs(pred_dir: str | os.PathLike) -> list[Path]:
 
 def _clear_with_samples(out: Path) -> None:
     """Clear a predictions folder and the folders of its extra samples (so no old sample outlives a new run)."""
-    from stsynth_lib.predictions import clear_predictions
+    from stsynth_lib.predict.files import clear_predictions
 
     clear_predictions(out)
     (out / SAMPLING_FILE).unlink(missing_ok=True)  # an interrupted run must not keep the old settings' record

@@ -14,7 +14,7 @@ from stsynth_lib.figure_check import checked
 def _title_suffix(run_dir: Path) -> str:
     import yaml
 
-    from stsynth_lib.report_format import backbone_label
+    from stsynth_lib.book.report_format import backbone_label
 
     p = yaml.safe_load((run_dir / "params.yaml").read_text())
     return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{backbone_label(p)}]"
@@ -96,7 +96,7 @@ def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike
     import matplotlib.pyplot as plt
 
     from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     preds = load_predictions(pred_dir)
     ds = PairedTileDataset(dataset_dir, split)
@@ -132,7 +132,7 @@ def show_sample_spread(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLi
 
     from stsynth_lib.controlnet.generate import sample_dirs
     from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     samples = [load_predictions(d) for d in sample_dirs(pred_dir)]
     common = sorted(set.intersection(*(set(s) for s in samples)))

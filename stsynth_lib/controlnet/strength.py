@@ -94,7 +94,7 @@ def _check_criterion(criterion: str, compute_lpips: bool, segmenter: Any, datase
         raise ValueError("criterion 'lpips' needs compute_lpips=True")
     if criterion == "f1_new" and segmenter is None:
         raise ValueError("criterion 'f1_new' needs the building segmenter (segmenter=..., see "
-                         "stsynth_lib.segmentation.load_or_train_segmenter) and a dataset with labels")
+                         "stsynth_lib.metrics.segmentation.load_or_train_segmenter) and a dataset with labels")
     if criterion == "f1_new":
         from stsynth_lib.data.dataset import PairedTileDataset
 
@@ -146,8 +146,8 @@ def sweep_strength(
     ``<run_dir>/generation.yaml`` (the predictor's defaults). Images go to ``out_dir`` (default
     ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. Only ``split="val"`` is
     accepted: settings are chosen on validation, never on test (nor on ``"all"``, which holds the test pairs).
-    ``segmenter`` (chapter 6's, :func:`~stsynth_lib.segmentation.load_or_train_segmenter`) adds the new-building F1
-    on labelled pairs; criterion ``f1_new`` needs it."""
+    ``segmenter`` (chapter 6's, :func:`~stsynth_lib.metrics.segmentation.load_or_train_segmenter`) adds the
+    new-building F1 on labelled pairs; criterion ``f1_new`` needs it."""
     from stsynth_lib import evaluate as E
 
     if split != "val":

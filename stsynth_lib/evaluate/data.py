@@ -172,7 +172,7 @@ def _align_predictions(preds: dict[int, np.ndarray], data: SplitData) -> tuple[n
             continue
         if img.dtype != np.uint8:
             raise ValueError(f"prediction for pair {pid} is {img.dtype}; expected uint8 in [0, 255] (no silent cast: "
-                             "see stsynth_lib.predictions.read_prediction_tif).")
+                             "see stsynth_lib.predict.files.read_prediction_tif).")
         if img.shape != data.future.shape[1:]:
             raise ValueError(
                 f"prediction for pair {pid} has shape {img.shape}, the dataset's tiles are {data.future.shape[1:]}: "
@@ -212,9 +212,9 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
     """``{model: (images aligned with data, which pairs it predicted)}``; a missing or empty folder becomes a note.
 
     Listed prediction files that do not exist leave their pairs out, with a note naming them; a malformed
-    index.csv or a prediction that is not uint8 raises :class:`stsynth_lib.predictions.PredictionFileError`.
+    index.csv or a prediction that is not uint8 raises :class:`stsynth_lib.predict.files.PredictionFileError`.
     """
-    from stsynth_lib.predictions import load_predictions
+    from stsynth_lib.predict.files import load_predictions
 
     out = {}
     for name, folder in (runs or {}).items():
@@ -247,13 +247,13 @@ def _generation_strength(folder: Path) -> float | None:
 def model_labels(runs) -> dict[str, str]:
     """``{model: label}`` for every ControlNet of ``runs`` ({name: predictions folder}): which backbone produced its
     images, read from the run folder's ``params.yaml`` (``<run>/predictions/<split>`` -> ``<run>/params.yaml``;
-    :func:`stsynth_lib.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
+    :func:`stsynth_lib.book.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
     ``predictions_prompt_only``) are labelled as the backbone alone; images started from the noised past image (the
     folder's ``sampling.yaml`` has ``strength`` < 1) say so; a ControlNet-named model without a readable
     params.yaml gets "ControlNet [backbone not recorded]". Other models get no label (tables show their name)."""
     import yaml
 
-    from stsynth_lib.report_format import CONTROLNET_NOT_RECORDED, controlnet_label, is_controlnet
+    from stsynth_lib.book.report_format import CONTROLNET_NOT_RECORDED, controlnet_label, is_controlnet
 
     out: dict[str, str] = {}
     for name, folder in (runs or {}).items():

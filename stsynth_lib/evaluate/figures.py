@@ -7,10 +7,10 @@ from typing import Sequence
 
 import numpy as np
 
+from stsynth_lib.book.report_format import model_display_name, plural
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
 from stsynth_lib.figure_check import checked
-from stsynth_lib.report_format import model_display_name, plural
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -104,7 +104,7 @@ def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80
 
     from PIL import Image
 
-    from stsynth_lib.publish.reference import encode_png
+    from stsynth_lib.book.publish.reference import encode_png
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

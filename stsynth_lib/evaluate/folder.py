@@ -15,7 +15,7 @@ input image's size, CRS and transform, and ``<folder>/index.csv`` with the colum
 
 The paired comparison resamples ``block_size_px`` blocks (:func:`stsynth_lib.data.blocks.block_of`; a tile that
 crosses a block border goes to the block of its centre) when the folder covers ONE area, and whole areas otherwise.
-Bad input raises :class:`~stsynth_lib.predictions.PredictionFileError` (the prediction folder),
+Bad input raises :class:`~stsynth_lib.predict.files.PredictionFileError` (the prediction folder),
 :class:`~stsynth_lib.data.errors.SN7DataError` (the data tree) or :class:`EvalInputError` (an option), each naming
 the file and the fix.
 """
@@ -33,7 +33,7 @@ import pandas as pd
 from stsynth_lib.data.errors import SN7DataError
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult, SplitData
 from stsynth_lib.evaluate.folder_index import INDEX_COLUMNS, read_index  # noqa: F401
-from stsynth_lib.predictions import PredictionFileError
+from stsynth_lib.predict.files import PredictionFileError
 
 
 class EvalInputError(ValueError):
@@ -118,7 +118,7 @@ def _read_prediction(path: Path, index: Path, line: int) -> tuple[np.ndarray, An
 
     import rasterio
 
-    from stsynth_lib.predictions import read_prediction_tif
+    from stsynth_lib.predict.files import read_prediction_tif
 
     if not path.is_file():
         raise PredictionFileError(
@@ -336,7 +336,7 @@ def _model_name(index: pd.DataFrame, name: str | None, pred_dir: Path) -> str:
 def _load_segmenter(path, device: str):
     if path is None:
         return None
-    from stsynth_lib.segmentation import load_segmenter
+    from stsynth_lib.metrics.segmentation import load_segmenter
 
     if not Path(path).is_file():
         raise EvalInputError(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.predictions import PredictionFileError
+from stsynth_lib.predict.files import PredictionFileError
 
 INDEX_COLUMNS = (
     "pair_id",

@@ -108,7 +108,7 @@ def predict_split(model: str | Path | nn.Module, dataset: PairedTileDataset, out
     columns); written to ``metrics_csv`` if given.
     """
     from stsynth_lib.evaluate.scoring import resampling_clusters, resampling_unit
-    from stsynth_lib.predictions import clear_predictions, save_predictions
+    from stsynth_lib.predict.files import clear_predictions, save_predictions
 
     if isinstance(model, (str, Path)):
         G, guidance = load_generator(model, which)

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from stsynth_lib import perceptual as P
+from stsynth_lib.book.report_format import model_display_name, model_legend_markdown, short_model_name
 from stsynth_lib.evaluate.data import (
     CHANGE_METRICS,
     LPIPS_METRICS,
@@ -29,7 +29,7 @@ from stsynth_lib.evaluate.stats import (
     results_table,
     summarise,
 )
-from stsynth_lib.report_format import model_display_name, model_legend_markdown, short_model_name
+from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.verdict import strongest_baseline_text, verdict_sentence
 
 

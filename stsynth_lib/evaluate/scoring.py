@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib import metrics as M
-from stsynth_lib import perceptual as P
 from stsynth_lib.baselines import baseline_offsets, baseline_prediction
 from stsynth_lib.evaluate.data import (
     PERSISTENCE,
@@ -25,6 +24,7 @@ from stsynth_lib.evaluate.data import (
 )
 from stsynth_lib.evaluate.report import save_results
 from stsynth_lib.evaluate.stats import summarise
+from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.training import resolve_device
 
 
@@ -153,7 +153,7 @@ def evaluate_models(
 
     A model whose folder is missing or empty becomes a note (not a crash). Tiles a model did not
     predict are left out of *every* model's summary, so that all rows of the table share one tile
-    set (the count is in the notes). ``segmenter`` (a :class:`~stsynth_lib.segmentation.SegUNet`,
+    set (the count is in the notes). ``segmenter`` (a :class:`~stsynth_lib.metrics.segmentation.SegUNet`,
     or None) scores buildings on labelled tiles; without it or without labels the building columns
     are NaN with a note. ``persistence_dir`` (optional) receives the persistence baseline's
     "predictions" as GeoTIFF + PNG, like a model's. ``baselines`` (e.g. ``("mean_last_3", "seasonal")``, see
@@ -269,7 +269,7 @@ def _gather_predictions(data: SplitData, runs, split: str, persistence_dir, note
     """``({name: uint8 images}, {name: which pairs it predicted})`` for persistence, the simple ``baselines`` and
     every model of ``runs``; the persistence "predictions" are written to ``persistence_dir`` (GeoTIFF + PNG) when
     given."""
-    from stsynth_lib.predictions import clear_predictions, save_predictions
+    from stsynth_lib.predict.files import clear_predictions, save_predictions
 
     preds: dict[str, np.ndarray] = {PERSISTENCE: data.past.copy(), **baseline_images(data, baselines)}
     have: dict[str, np.ndarray] = {name: np.ones(len(data), bool) for name in preds}
@@ -296,7 +296,7 @@ def _segmenter_usable(segmenter, data: SplitData, split: str, notes: list[str],
 
 def _score_model(name, pred, have, common, base, data, lp, segmenter, device, seg_masks) -> pd.DataFrame:
     """One model's per-tile rows: image scores, building scores (when ``segmenter``), NaN where it did not predict."""
-    from stsynth_lib.segmentation import predict_masks
+    from stsynth_lib.metrics.segmentation import predict_masks
 
     df = base.copy()
     df.insert(0, "model", name)
@@ -315,7 +315,7 @@ def _score_model(name, pred, have, common, base, data, lp, segmenter, device, se
 
 def _score_upper_bound(segmenter, data, base, common, device, seg_masks) -> pd.DataFrame:
     """The segmenter on the real future images: the building-score upper bound."""
-    from stsynth_lib.segmentation import predict_masks
+    from stsynth_lib.metrics.segmentation import predict_masks
 
     seg_masks[UPPER_BOUND] = predict_masks(segmenter, data.future, device=device,
                                             compile=segmenter_compiles(device))

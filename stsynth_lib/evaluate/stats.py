@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib import metrics as M
-from stsynth_lib import perceptual as P
+from stsynth_lib.book.report_format import model_display_name
 from stsynth_lib.evaluate.data import LPIPS_METRICS, METRICS, PERSISTENCE, UPPER_BOUND, gap_bucket_order
-from stsynth_lib.report_format import model_display_name
+from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.verdict import SENTENCE_METRICS, UNCLEAR, as_better, row_verdict, verdict, verdict_sentence
 
 POOLED_F1 = {"f1_micro": ("tp", "fp", "fn"), "f1_new_micro": ("tp_new", "fp_new", "fn_new"),
@@ -73,7 +73,7 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
                   digits: int = 3, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Wide table, models x metrics, cells 'mean [lo, hi]'; LPIPS headers say 'uncalibrated' when they are.
     ``labels`` (``EvalResult.labels`` / summary.json ``model_labels``) renames the rows, e.g. the ControlNet's row
-    to "ControlNet [tiny random backbone]" (:func:`stsynth_lib.report_format.model_display_name`)."""
+    to "ControlNet [tiny random backbone]" (:func:`stsynth_lib.book.report_format.model_display_name`)."""
     metrics = [m for m in metrics if m in set(summary["metric"])]
     order = [m for m in [PERSISTENCE] + [x for x in summary["model"].unique() if x not in (PERSISTENCE, UPPER_BOUND)] + [UPPER_BOUND]
              if m in set(summary["model"])]
@@ -251,10 +251,10 @@ def paired_table(paired: pd.DataFrame, digits: int = 4, unit: str | None = None,
 
     Accepts the rows as computed or as read back from ``summary.json`` (NaN as null). With one resampled unit there
     is no interval: the cell says "n/a (1 area)" or "n/a (1 block)" instead of printing ``nan``
-    (:func:`stsynth_lib.report_format.format_interval`). ``unit`` ("area" / "block") overrides the rows' own
+    (:func:`stsynth_lib.book.report_format.format_interval`). ``unit`` ("area" / "block") overrides the rows' own
     ``unit`` column (rows written before it existed count areas). ``labels`` renames the models as
     :func:`results_table` does."""
-    from stsynth_lib.report_format import format_interval, plural
+    from stsynth_lib.book.report_format import format_interval, plural
 
     out = []
     for _, r in paired.iterrows():

@@ -3,7 +3,7 @@
 The parameters cell (``# %% tags=["parameters"]``, papermill injects a profile's values after it) states every
 option of the notebook with its schema default and help, the chapter's own concern first; the cell after it
 (``# %% tags=["options"]``) builds the notebook's config from exactly the options that are the config's fields, by
-name. ``make notebooks-sync`` (:mod:`stsynth_lib.notebook_sync`) writes both; :func:`cell_differences` is what a test
+name. ``make notebooks-sync`` (:mod:`stsynth_lib.book.notebook_sync`) writes both; :func:`cell_differences` is what a test
 checks.
 
 A concern in :data:`PACKED` (the trainers' bookkeeping: checkpoints, resume, logging, data subsets, precision) is one

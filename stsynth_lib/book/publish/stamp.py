@@ -1,5 +1,5 @@
 """Run stamps: read and write notebooks, and record in each executed notebook the profile, the kind of data, the
-commit, the date, the machine and papermill's wall time, with a banner cell first (``python -m stsynth_lib.publish
+commit, the date, the machine and papermill's wall time, with a banner cell first (``python -m stsynth_lib.book.publish
 stamp``). Standard library and PyYAML only."""
 
 from __future__ import annotations

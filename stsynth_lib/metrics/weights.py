@@ -21,7 +21,7 @@ Order of the sources, for each backbone (:func:`resolve`):
 
 Environment: ``STSYNTH_WEIGHTS_DIR`` moves the project cache (default ``$XDG_CACHE_HOME/stsynth/weights`` or
 ``~/.cache/stsynth/weights``); ``STSYNTH_WEIGHTS_FETCH=0`` forbids any network access (steps 2 and the fetch of 3).
-``python -m stsynth_lib.weights`` (``make weights``) fetches and converts both backbones explicitly.
+``python -m stsynth_lib.metrics.weights`` (``make weights``) fetches and converts both backbones explicitly.
 
 The downloaded pickle is never loaded with plain :mod:`pickle`: :class:`NumpyOnlyUnpickler` reconstructs numpy arrays
 and refuses every other class.
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from stsynth_lib.backbones import (  # noqa: F401  (re-exported)
+from stsynth_lib.metrics.backbones import (  # noqa: F401  (re-exported)
     NumpyOnlyUnpickler,
     WeightsVerificationError,
     alexnet_features,
@@ -360,7 +360,8 @@ def resolve(kind: str, allow_uncalibrated: bool, metric: str | None = None, fetc
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m stsynth_lib.weights [alex inception]``: make both metric backbones available (``make weights``)."""
+    """``python -m stsynth_lib.metrics.weights [alex inception]``: make both metric backbones available
+    (``make weights``)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)

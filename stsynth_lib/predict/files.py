@@ -113,7 +113,7 @@ def read_prediction_index(out_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         if missing:
             raise PredictionFileError(
                 f"{index}: the header is {reader.fieldnames}, columns {missing} are missing. Expected the header "
-                f"'{expected}' that stsynth_lib.predictions.save_predictions writes; re-run the model's predictions."
+                f"'{expected}' that stsynth_lib.predict.files.save_predictions writes; re-run the model's predictions."
             )
         rows = []
         for n, row in enumerate(reader, start=2):
@@ -149,7 +149,7 @@ def read_prediction_tif(path: Path) -> np.ndarray:
         nan = f", {int(arr.size - finite.size)} NaN/inf" if finite.size != arr.size else ""
         raise PredictionFileError(
             f"Prediction {path} is {dtype} ({span}{nan}); expected uint8 in [0, 255], as "
-            "stsynth_lib.predictions.save_predictions writes from a [-1, 1] model output. It is not converted "
+            "stsynth_lib.predict.files.save_predictions writes from a [-1, 1] model output. It is not converted "
             "(a [0, 1] or [-1, 1] float cast to uint8 scores as a black image): save it with save_predictions, "
             "or convert it yourself, e.g. np.round(x * 255) for [0, 1] or np.round((x + 1) * 127.5) for [-1, 1]."
         )

@@ -1,6 +1,6 @@
 """Check what a reader sees in the built book: no ``nan`` interval, raw dict dump, traceback or cut-off content.
 
-    python -m stsynth_lib.book_screens book/_build/html --out build/book-check     (make book-check)
+    python -m stsynth_lib.book.screens book/_build/html --out build/book-check     (make book-check)
 
 Two passes over every content page of a Jupyter Book 1 HTML build:
 
@@ -9,18 +9,18 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
   is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
   ``dict(``...), a number printed with more than 4 significant decimals (``0.123456``) in a text output or a table cell, and a traceback
   (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
-* browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book_browser`): each
+* browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book.browser`): each
   page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
   box in between) and elements that stick out of the column.
 
-Per page, stdlib only too (:mod:`stsynth_lib.book_content`): an embedded PNG that is one colour, or holds a
+Per page, stdlib only too (:mod:`stsynth_lib.book.content`): an embedded PNG that is one colour, or holds a
 panel-sized rectangle of one colour (``constant image``: an all-black mask column); an ``href`` / ``src`` to a file
 the build lacks, or a launch link to a path the repository lacks (``missing file``); a verdict sentence or a ✔ / ✘ /
 verdict cell that the page's own paired interval contradicts (``verdict contradicted``). Legends over other panels
 cannot be seen in HTML: :func:`stsynth_lib.figure_check.check_legends` checks them where the library returns figures.
 
-The network/TeX checks of :mod:`stsynth_lib.book_check` run too. Every finding names the page and a snippet; the
+The network/TeX checks of :mod:`stsynth_lib.book.check` run too. Every finding names the page and a snippet; the
 command exits 1 on any finding (2 when the book is not built).
 """
 
@@ -35,9 +35,9 @@ from dataclasses import asdict, dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from stsynth_lib.book_browser import find_chromium, measure_page, screenshot
-from stsynth_lib.book_check import remote_loads
-from stsynth_lib.book_content import _repository, check_verdicts, missing_links, png_findings, table_intervals
+from stsynth_lib.book.browser import find_chromium, measure_page, screenshot
+from stsynth_lib.book.check import remote_loads
+from stsynth_lib.book.content import _repository, check_verdicts, missing_links, png_findings, table_intervals
 
 # ------------------------------------------------------------------------------------------------------ findings
 
@@ -279,7 +279,7 @@ def _table_rows(table: _Node) -> tuple[list[str], list[list[str]]]:
 
 def _verdict_findings(root: _Node) -> list[str]:
     """Verdict sentences and ✔ / ✘ / verdict cells that the page's paired intervals contradict
-    (:func:`stsynth_lib.book_content.check_verdicts`)."""
+    (:func:`stsynth_lib.book.content.check_verdicts`)."""
     text, intervals = [], []
     for kind, x in _linear(root):
         if kind in ("text", "heading"):
@@ -305,8 +305,8 @@ def page_images(text: str) -> list[tuple[str, str]]:
 
 
 def file_findings(html_dir: str | Path, pages: list[Path] | None = None) -> list[Finding]:
-    """Per page: links to missing files (:func:`stsynth_lib.book_content.missing_links`) and constant image panels
-    of its PNGs (:func:`stsynth_lib.book_content.png_findings`, each PNG decoded once)."""
+    """Per page: links to missing files (:func:`stsynth_lib.book.content.missing_links`) and constant image panels
+    of its PNGs (:func:`stsynth_lib.book.content.png_findings`, each PNG decoded once)."""
     html_dir = Path(html_dir)
     repo = _repository(html_dir)
     cache: dict[Path, list[str]] = {}
@@ -351,7 +351,7 @@ def static_findings(html_dir: str | Path) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------------------ browser pass
-# (Chromium itself, the measuring script and the screenshots: stsynth_lib.book_browser)
+# (Chromium itself, the measuring script and the screenshots: stsynth_lib.book.browser)
 
 
 def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, width: int = 1280,
@@ -395,7 +395,7 @@ def _report(findings: list[Finding], per_group: int = 5) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stsynth_lib.book_screens", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stsynth_lib.book.screens", description=__doc__.split("\n")[0])
     ap.add_argument("html_dir", nargs="?", default="book/_build/html")
     ap.add_argument("--out", default="build/book-check", help="screenshots and findings.json go here")
     ap.add_argument("--width", type=int, default=1280, help="browser window width in px")

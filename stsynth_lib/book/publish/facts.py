@@ -16,8 +16,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from stsynth_lib.publish.stamp import read_nb
-from stsynth_lib.report_format import is_controlnet, model_description, short_model_name
+from stsynth_lib.book.publish.stamp import read_nb
+from stsynth_lib.book.report_format import is_controlnet, model_description, short_model_name
 from stsynth_lib.verdict import as_number
 
 UDM_MISSING = re.compile(r"missing UDM_masks/ in (all|\d+ of \d+) AOIs")
@@ -264,7 +264,7 @@ def chapter_note(profile: str, dataset_dir: str | Path, params_dir: str | Path =
     (``has_labels``). Chapters print it in place of text written for one profile."""
     import yaml
 
-    from stsynth_lib.publish.stamp import PublishError, profile_data_kind
+    from stsynth_lib.book.publish.stamp import PublishError, profile_data_kind
 
     try:
         kind = profile_data_kind(profile, params_dir)

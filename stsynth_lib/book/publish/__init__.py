@@ -1,32 +1,33 @@
 """Stamp executed notebooks, publish a reference run into the book, and generate the results pages.
 
-    python -m stsynth_lib.publish stamp book/executed/smoke/06_evaluate.ipynb --profile smoke
-    python -m stsynth_lib.publish publish --profile sn7_real_128          # book/executed/<p>/ -> book/reference/<p>/
-    python -m stsynth_lib.publish stage --source reference --out build/book   # what `make book` builds
-    python -m stsynth_lib.publish readme [--check]                         # README results block
+    python -m stsynth_lib.book.publish stamp book/executed/smoke/06_evaluate.ipynb --profile smoke
+    python -m stsynth_lib.book.publish publish --profile sn7_real_128     # book/executed/<p>/ -> book/reference/<p>/
+    python -m stsynth_lib.book.publish stage --source reference --out build/book   # what `make book` builds
+    python -m stsynth_lib.book.publish readme [--check]                    # README results block
 
 Every number on the landing page and in the README's results block is formatted here from a ``summary.json``
 written by chapter 6 (never typed), and every verdict is worded by :mod:`stsynth_lib.verdict` from the paired
 interval. The package imports only the standard library and PyYAML at the top, so `make book` runs it in a light
 environment (jupyter-book alone: no numpy, pandas or torch; ``tests/test_book_light.py`` checks it); Pillow is
-imported only to shrink figures when publishing. Of stsynth_lib it imports only :mod:`~stsynth_lib.report_format`
+imported only to shrink figures when publishing. Of stsynth_lib it imports only :mod:`~stsynth_lib.book.report_format`
 and :mod:`~stsynth_lib.verdict` (standard library too).
 
-* :mod:`~stsynth_lib.publish.stamp`: notebook read/write, the run stamp (commit, machine, wall time) and its banner;
-* :mod:`~stsynth_lib.publish.reference`: clean an executed notebook, shrink its figures, publish a reference run;
-* :mod:`~stsynth_lib.publish.pages`: results tables, the strongest-baseline section, the staged book and its
+* :mod:`~stsynth_lib.book.publish.stamp`: notebook read/write, the run stamp (commit, machine, wall time) and its
+  banner;
+* :mod:`~stsynth_lib.book.publish.reference`: clean an executed notebook, shrink its figures, publish a reference run;
+* :mod:`~stsynth_lib.book.publish.pages`: results tables, the strongest-baseline section, the staged book and its
   landing page, the README's results block;
-* :mod:`~stsynth_lib.publish.facts`: what a published run can and cannot show, and the landing page's glossary,
+* :mod:`~stsynth_lib.book.publish.facts`: what a published run can and cannot show, and the landing page's glossary,
   from the run's own files;
-* :mod:`~stsynth_lib.publish.cli` (``__main__``): the command line.
+* :mod:`~stsynth_lib.book.publish.cli` (``__main__``): the command line.
 """
 
 from __future__ import annotations
 
-# Every name of the modules below stays reachable as stsynth_lib.publish.<name>, as before the package split
+# Every name of the modules below stays reachable as stsynth_lib.book.publish.<name>, as before the package split
 # (private helpers included: the tests use some).
-from stsynth_lib.publish.cli import main
-from stsynth_lib.publish.pages import (
+from stsynth_lib.book.publish.cli import main
+from stsynth_lib.book.publish.pages import (
     HEADLINE_METRICS,
     NOT_A_PREDICTOR,
     PERSISTENCE,
@@ -53,7 +54,7 @@ from stsynth_lib.publish.pages import (
     table_caption,
     update_readme,
 )
-from stsynth_lib.publish.reference import (
+from stsynth_lib.book.publish.reference import (
     _VOLATILE_NB_PAPERMILL,  # noqa: F401
     _WIDGET,  # noqa: F401
     MAX_PNG_BYTES,
@@ -66,7 +67,7 @@ from stsynth_lib.publish.reference import (
     publish,
     shrink_png,
 )
-from stsynth_lib.publish.stamp import (
+from stsynth_lib.book.publish.stamp import (
     EXECUTED_ROOT,
     HIDE_TAGS,
     REFERENCE_ROOT,

@@ -1,6 +1,6 @@
 """Check that a built Jupyter Book renders offline: no script, stylesheet or font fetched from the network.
 
-    python -m stsynth_lib.book_check book/_build/html
+    python -m stsynth_lib.book.check book/_build/html
 """
 
 from __future__ import annotations

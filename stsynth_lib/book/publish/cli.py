@@ -1,9 +1,9 @@
 """Stamp executed notebooks, publish a reference run into the book, and generate the results pages.
 
-    python -m stsynth_lib.publish stamp book/executed/smoke/06_evaluate.ipynb --profile smoke
-    python -m stsynth_lib.publish publish --profile sn7_real_128          # book/executed/<p>/ -> book/reference/<p>/
-    python -m stsynth_lib.publish stage --source reference --out build/book   # what `make book` builds
-    python -m stsynth_lib.publish readme [--check]                         # README results block
+    python -m stsynth_lib.book.publish stamp book/executed/smoke/06_evaluate.ipynb --profile smoke
+    python -m stsynth_lib.book.publish publish --profile sn7_real_128     # book/executed/<p>/ -> book/reference/<p>/
+    python -m stsynth_lib.book.publish stage --source reference --out build/book   # what `make book` builds
+    python -m stsynth_lib.book.publish readme [--check]                    # README results block
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from stsynth_lib.publish.pages import stage_book, update_readme
-from stsynth_lib.publish.reference import MAX_TOTAL_MB, publish
-from stsynth_lib.publish.stamp import PublishError, format_duration, git_commit, stamp_notebook
+from stsynth_lib.book.publish.pages import stage_book, update_readme
+from stsynth_lib.book.publish.reference import MAX_TOTAL_MB, publish
+from stsynth_lib.book.publish.stamp import PublishError, format_duration, git_commit, stamp_notebook
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m stsynth_lib.publish", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m stsynth_lib.book.publish", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stamp", help="stamp executed notebooks (profile, data kind, commit, date, machine, wall time)")
     s.add_argument("notebooks", nargs="+")

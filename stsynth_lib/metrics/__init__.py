@@ -19,9 +19,11 @@ Conventions
   and NaN / inf at valid pixels raise ``ValueError``; NaN / inf at *invalid* pixels (``valid == 0``) are
   ignored (replaced by 0 before the computation; for SSIM that value enters the windows of neighbouring
   valid pixels like any invalid pixel's value does).
-* LPIPS, FID and KID need pretrained networks: they live in :mod:`stsynth_lib.perceptual` (weights from
-  :mod:`stsynth_lib.weights`) and are re-exported here (``M.LPIPSMetric``, ``M.InceptionFeatures``,
-  ``M.fid_from_features``, ``M.kid_from_features``, ``M.label``, ``M.UNCALIBRATED``, ``M.MissingWeightsError``).
+* LPIPS, FID and KID need pretrained networks: they live in the submodule :mod:`stsynth_lib.metrics.perceptual`
+  (``LPIPSMetric``, ``InceptionFeatures``, ``fid_from_features``, ``kid_from_features``, ``label``, ``UNCALIBRATED``,
+  ``MissingWeightsError``; weights from :mod:`stsynth_lib.metrics.weights`, converted by
+  :mod:`stsynth_lib.metrics.backbones`). The building judge is :mod:`stsynth_lib.metrics.segmentation`. This module
+  imports none of them (they import it).
 * Building scores are pixel-level (precision, recall, F1, IoU), from TP/FP/FN counts so they can
   be micro-averaged over tiles.
 """

@@ -9,7 +9,7 @@ The executed notebooks are read as web pages, so nothing here prints a raw ``dic
 * :func:`plural` / :func:`fix_plurals` -- "1 month", "2 months"; "1 months later" -> "1 month later".
 
 Only :func:`settings_table` and :func:`round_floats` need pandas, and import it when called: the rest is standard
-library, so the book tools (:mod:`stsynth_lib.publish`, run by `make book` without pandas or torch) use it.
+library, so the book tools (:mod:`stsynth_lib.book.publish`, run by `make book` without pandas or torch) use it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Publish a reference run: copy ``book/executed/<profile>/`` into ``book/reference/<profile>/`` with volatile metadata,
-widgets and stderr dropped and heavy figures shrunk (``python -m stsynth_lib.publish publish``). Pillow is imported
+widgets and stderr dropped and heavy figures shrunk (``python -m stsynth_lib.book.publish publish``). Pillow is imported
 only when a figure is shrunk."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-from stsynth_lib.publish.stamp import EXECUTED_ROOT, REFERENCE_ROOT, PublishError, _src, read_nb, read_stamp, write_nb
+from stsynth_lib.book.publish.stamp import (EXECUTED_ROOT, REFERENCE_ROOT, PublishError, _src, read_nb, read_stamp,
+                                            write_nb)
 
 MAX_TOTAL_MB = 25.0
 MAX_NOTEBOOK_BYTES = 1_500_000  # one committed notebook: figures shrink further until it fits (git stays light)
@@ -133,7 +134,7 @@ def publish(profile: str, *, executed_root: str | Path = EXECUTED_ROOT, runs_dir
     unstamped = [p.name for p in notebooks if read_stamp(p) is None]
     if unstamped:
         raise PublishError(f"{', '.join(unstamped)} in {src}/ carry no run stamp: rerun them with "
-                           f"`make nb NB=<stem> PROFILE={profile}` (or stamp them: python -m stsynth_lib.publish "
+                           f"`make nb NB=<stem> PROFILE={profile}` (or stamp them: python -m stsynth_lib.book.publish "
                            f"stamp {src}/<stem>.ipynb --profile {profile}).")
     other = [f"{p.name} ({read_stamp(p)['profile']})" for p in notebooks if read_stamp(p)["profile"] != profile]
     if other:

@@ -3,7 +3,7 @@
 Finds Chromium (``$CHROMIUM`` or the system packages), loads a copy of a page with a measuring script injected
 (:func:`measure_page`: elements of the article column whose content is cut off with no scrollbar of their own, and
 elements that stick out of the column) and takes full-page screenshots (:func:`screenshot`). Standard library only;
-:mod:`stsynth_lib.book_screens` turns the measurements into findings.
+:mod:`stsynth_lib.book.screens` turns the measurements into findings.
 """
 
 from __future__ import annotations

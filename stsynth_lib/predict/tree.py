@@ -1,5 +1,5 @@
 """Apply a trained run to every (past, future) month pair of a SpaceNet 7 tree: the work behind
-``python -m stsynth_lib.predict`` (see :func:`stsynth_lib.predict.main`).
+``python -m stsynth_lib.predict`` (see :func:`stsynth_lib.predict.cli.main`).
 
 ``<out>/``::
 
@@ -36,10 +36,10 @@ import pandas as pd
 import torch
 import yaml
 
+from stsynth_lib.book.publish.stamp import head_commit
 from stsynth_lib.data.errors import SN7DataError
-from stsynth_lib.publish.stamp import head_commit
+from stsynth_lib.predict.scene import predict_scene, resolve_overlap
 from stsynth_lib.runs import atomic_write_text, save_yaml
-from stsynth_lib.scene import predict_scene, resolve_overlap
 
 INDEX_COLUMNS = ["pair_id", "aoi", "past_date", "future_date", "gap_months", "past_image", "future_image",
                  "prediction", "used_mask", "model", "run"]
@@ -213,8 +213,8 @@ def context_months(meta: pd.DataFrame, pair: pd.Series, offsets: Sequence[int | 
 
 
 def pair_inputs(predictor, meta: pd.DataFrame, pair: pd.Series, tile_px: int, cache: SceneCache) -> dict[str, Any]:
-    """What :func:`stsynth_lib.scene.predict_scene` needs for one pair (images, masks and context frames that the
-    model reads), with the past image's transform and CRS."""
+    """What :func:`stsynth_lib.predict.scene.predict_scene` needs for one pair (images, masks and context frames
+    that the model reads), with the past image's transform and CRS."""
     past_row, future_row = meta.loc[pair["past_index"]], meta.loc[pair["future_index"]]
     past, transform, crs = cache.image(past_row)
     shape = past.shape[1:]
@@ -256,7 +256,7 @@ def predict_tree(predictor, run_dir: str | Path, data: str | Path, out: str | Pa
     ``settings`` (how the model was loaded: device, weights, sampling steps) go into ``predict.yaml`` as they are."""
     from tqdm.auto import tqdm
 
-    from stsynth_lib.predictions import write_geotiff
+    from stsynth_lib.predict.files import write_geotiff
 
     started = dt.datetime.now().astimezone()
     run_dir, out = Path(run_dir).resolve(), Path(out)
