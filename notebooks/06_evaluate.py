@@ -339,12 +339,7 @@ else:
 # Longer gaps leave more to change; persistence (dashed) degrades with the gap, and a useful model degrades less.
 
 # %%
-curve_metrics = [m for m in ("psnr", "ssim", "lpips") if m in set(res.summary["metric"])]
-fig, axes = plt.subplots(1, len(curve_metrics), figsize=(5.2 * len(curve_metrics), 3.8))
-for ax, metric in zip(np.atleast_1d(axes), curve_metrics):
-    E.plot_metric_vs_gap(res, metric, n_boot=200, seed=seed, ax=ax)
-fig.suptitle(f"{lpips_source}", fontsize=8, y=0.02, ha="left", x=0.01)
-fig.tight_layout(rect=(0, 0.04, 1, 1))
+fig = E.plot_metrics_vs_gap(res, ("psnr", "ssim", "lpips"), n_boot=200, seed=seed, note=lpips_source)
 plt.show()
 
 # %% [markdown]

@@ -71,3 +71,32 @@ def test_a_legend_over_its_twin_axes_is_one_panel():
     a.legend(loc="center left", bbox_to_anchor=(1.05, 0.5))  # over the neighbouring panel: still reported
     assert any("overlaps axes 1" in p for p in check_legends(fig))
     plt.close(fig)
+
+
+def test_the_metric_vs_gap_panels_share_one_legend_outside_them():
+    """Chapter 6's metric-vs-gap figure: one legend for all panels, right of them, overlapping none (issue 35)."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from stsynth_lib.evaluate import plot_metrics_vs_gap
+    from stsynth_lib.evaluate.data import EvalResult
+    from stsynth_lib.figure_check import LegendOverlapWarning, check_legends
+
+    rng = np.random.default_rng(0)
+    rows = [{"model": m, "pair_id": i, "aoi": f"a{i % 3}", "gap_months": 1 + i % 12, "psnr": 20 + rng.normal(),
+             "ssim": 0.7 + 0.01 * rng.normal()} for m in ("persistence", "pix2pix", "a very long model name (tiny)")
+            for i in range(60)]
+    per_tile = pd.DataFrame(rows)
+    from stsynth_lib.evaluate.data import gap_bucket
+    per_tile["gap_bucket"] = gap_bucket(per_tile["gap_months"])
+    res = EvalResult.__new__(EvalResult)
+    res.per_tile, res.labels = per_tile, {}
+    res.summary = pd.DataFrame({"metric": ["psnr", "ssim"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LegendOverlapWarning)
+        fig = plot_metrics_vs_gap(res, ("psnr", "ssim", "lpips"), n_boot=20, note="LPIPS: none")
+    assert len(fig.axes) == 2 and len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert check_legends(fig) == []
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix", "a very long model name (tiny)"]

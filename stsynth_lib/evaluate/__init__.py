@@ -68,7 +68,12 @@ from stsynth_lib.evaluate.scoring import (  # noqa: F401
     score_split,
     scoring_device,
 )
-from stsynth_lib.evaluate.figures import plot_gain_by_area, plot_gain_by_gap, plot_sequence_examples  # noqa: F401
+from stsynth_lib.evaluate.figures import (  # noqa: F401
+    plot_gain_by_area,
+    plot_gain_by_gap,
+    plot_metrics_vs_gap,
+    plot_sequence_examples,
+)
 from stsynth_lib.evaluate.stats import (  # noqa: F401
     VERDICT_METRICS,
     paired_gain_by_area,

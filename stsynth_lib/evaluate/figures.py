@@ -248,3 +248,26 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     fig.suptitle(title or "Test pairs: the past sequence | truth | each model and baseline", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_metrics_vs_gap(res: EvalResult, metrics: Sequence[str] = ("psnr", "ssim", "lpips"), n_boot: int = 200,
+                        seed: int = 0, note: str | None = None):
+    """One panel per metric of ``res`` (:func:`stsynth_lib.evaluate.report.plot_metric_vs_gap`: mean per time-gap
+    bucket with its 95 % band, persistence dashed) and one legend for all of them, right of the panels (no legend
+    covers a neighbouring panel); ``note``: a small line under the panels (e.g. where the LPIPS weights came from)."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.report import plot_metric_vs_gap
+
+    shown = [m for m in metrics if m in set(res.summary["metric"])]
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown) + 2.4, 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], shown):
+        plot_metric_vs_gap(res, metric, n_boot=n_boot, seed=seed, ax=ax, legend=False)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
+    fig.subplots_adjust(right=1 - 2.3 / fig.get_figwidth())
+    fig.legend(handles, names, fontsize=9, loc="center left", bbox_to_anchor=(1 - 2.25 / fig.get_figwidth(), 0.5),
+               borderaxespad=0, frameon=False)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom")
+    return checked(fig)

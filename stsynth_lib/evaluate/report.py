@@ -227,9 +227,10 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
 
 
 def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None,
-                       labels: Mapping[str, str] | None = None):
+                       labels: Mapping[str, str] | None = None, legend: bool = True):
     """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence (named by
-    ``labels``, default an EvalResult's own)."""
+    ``labels``, default an EvalResult's own); ``legend``: False leaves the legend to the caller (several panels:
+    :func:`stsynth_lib.evaluate.figures.plot_metrics_vs_gap` draws one, outside the panels)."""
     import matplotlib.pyplot as plt
 
     per_tile = res_or_per_tile.per_tile if isinstance(res_or_per_tile, EvalResult) else res_or_per_tile
@@ -252,7 +253,8 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
     ax.set_xlabel("time gap t1 - t0 (months)")
     ax.set_ylabel(P.label(METRICS[metric][1], calibrated))
     ax.set_title(f"{P.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
-    ax.legend(fontsize=8)
+    if legend:
+        ax.legend(fontsize=8)
     return ax
 
 
