@@ -123,12 +123,12 @@ def main(argv=None) -> int:
 
     def cgan_stage(model):
         def fn():
+            from stsynth_lib.cgan.predictor import predict_and_score
             from stsynth_lib.data.dataset import PairedTileDataset
-            from stsynth_lib.evaluate.generator import predict_split
 
             rec, run_dir = cgan(model)
             ds = PairedTileDataset(dataset, "test")
-            df = predict_split(run_dir, ds, Path(runs) / "preds" / model, device=dev, progress=False)
+            df = predict_and_score(run_dir, ds, Path(runs) / "preds" / model, device=dev, progress=False)
             rec.update(test_pairs=len(df), test_psnr=float(df["psnr"].mean()) if "psnr" in df else None)
             return rec
         return fn

@@ -295,7 +295,7 @@ def test_k1_training_is_todays_training(tiny_dataset_dir, tmp_path):
 def test_context_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.train import train_cgan
-    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.cgan.predictor import predict_and_score
     from stsynth_lib.predict import load_predictor
 
     offsets = [0, -1, SMLY]
@@ -307,9 +307,9 @@ def test_context_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
     G, guide = load_generator(run, "best")
     first_conv = next(v for v in G.state_dict().values() if v.ndim == 4)
     assert guide.context_offsets_months == tuple(offsets) and first_conv.shape[1] == spec["in_channels"]
-    # the chapters' test split opened without context: predict_split looks the frames up
+    # the chapters' test split opened without context: predict_and_score looks the frames up
     test_ds = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3)
-    df = predict_split(run, test_ds, tmp_path / "pred", progress=False)
+    df = predict_and_score(run, test_ds, tmp_path / "pred", progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
     # the predictor needs the context frames and says which
     pred = load_predictor(run)
@@ -375,7 +375,7 @@ def test_residual_generator_starts_from_the_seasonal_baseline(long_dataset_dir):
 def test_seasonal_base_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path):
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.train import train_cgan
-    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.cgan.predictor import predict_and_score
 
     offsets = [0, SMLY]
     run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", context_offsets_months=offsets,
@@ -385,7 +385,8 @@ def test_seasonal_base_cgan_trains_saves_and_reloads(tiny_dataset_dir, tmp_path)
     assert spec["in_channels"] == GuidanceConfig().resolve(True, 3).n_channels + 3 + (3 + 2)
     _, guide = load_generator(run, "best")
     assert guide.residual_base == "seasonal"
-    df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
+    df = predict_and_score(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred",
+                           progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
 
 
@@ -393,7 +394,7 @@ def test_context_predictor_from_a_sample_gives_the_saved_prediction(tiny_dataset
     """Chapter 3's last cell: one test pair through the array predictor (with its context frames) equals the saved
     test prediction; a sample without the frames is refused with the fix."""
     from stsynth_lib.cgan.train import train_cgan
-    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.cgan.predictor import predict_and_score
     from stsynth_lib.predict import inputs_from_sample, load_predictor, predictor_sample
     from stsynth_lib.predict.files import load_predictions
 
@@ -404,7 +405,7 @@ def test_context_predictor_from_a_sample_gives_the_saved_prediction(tiny_dataset
     with_frames = [i for i in range(len(ctx)) if bool(ctx[i]["context_present"][1:].any())][:3]
     test_ds = PairedTileDataset(tiny_dataset_dir, "test")
     test_ds.pairs = test_ds.pairs.iloc[[0] + with_frames].reset_index(drop=True)  # a first pair + 3 with history
-    predict_split(run, test_ds, tmp_path / "pred", progress=False)
+    predict_and_score(run, test_ds, tmp_path / "pred", progress=False)
     saved = load_predictions(tmp_path / "pred")
     pred = load_predictor(run)
     with pytest.raises(ValueError, match="predictor_sample"):

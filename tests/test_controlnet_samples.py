@@ -46,7 +46,7 @@ def _imgs(folder) -> dict[int, np.ndarray]:
 
 
 def test_sample_seeds_are_documented_and_distinct():
-    from stsynth_lib.controlnet.generate import SAMPLE_SEED_STRIDE, sample_dir, sample_seed
+    from stsynth_lib.predict.split import SAMPLE_SEED_STRIDE, sample_dir, sample_seed
 
     assert sample_seed(7, 12) == 19 and sample_seed(7, 12, 0) == 19  # sample 0: seed + pair_id, as always
     assert sample_seed(7, 12, 2) == 19 + 2 * 1_000_003 == 19 + 2 * SAMPLE_SEED_STRIDE
@@ -57,7 +57,8 @@ def test_sample_seeds_are_documented_and_distinct():
 
 
 def test_several_samples_per_pair(run, tiny_dataset_dir, tmp_path):
-    from stsynth_lib.controlnet.generate import generate_split, sample_dirs
+    from stsynth_lib.controlnet.generate import generate_split
+    from stsynth_lib.predict.split import sample_dirs
     from stsynth_lib.predict.files import read_prediction_index
 
     one = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "one", **GEN)

@@ -277,8 +277,8 @@ def test_tables_say_when_images_started_from_the_past(one_step_controlnet_run, t
 
 
 def test_clearing_a_predictions_folder_removes_its_sampling_record(tmp_path):
-    from stsynth_lib.controlnet.generate import SAMPLING_FILE, _clear_with_samples
+    from stsynth_lib.predict.split import SAMPLING_FILE, clear_split
 
     (tmp_path / SAMPLING_FILE).write_text("strength: 0.3\n")
-    _clear_with_samples(tmp_path)
+    clear_split(tmp_path)
     assert not (tmp_path / SAMPLING_FILE).exists()  # an interrupted run cannot pass its images off as old settings

@@ -10,7 +10,7 @@ import torch
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate.generator import predict_split
+from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.predict import inputs_from_sample, load_predictor, make_batch, parse_month
 from stsynth_lib.predict.files import load_predictions
 
@@ -29,7 +29,7 @@ def test_cgan_predictor_matches_the_split_predictions(tiny_dataset_dir, tmp_path
                           device="cpu", use_mask=True)
     run = train_cgan(cfg)
     test_ds = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3)
-    predict_split(run, test_ds, tmp_path / "pred", progress=False)
+    predict_and_score(run, test_ds, tmp_path / "pred", progress=False)
     saved = load_predictions(tmp_path / "pred")
 
     # the README's few lines

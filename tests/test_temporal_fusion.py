@@ -93,7 +93,7 @@ def test_attention_options_are_checked():
 def test_attention_cgan_trains_calibrates_saves_and_reloads(tiny_dataset_dir, tmp_path, model):
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.train import train_cgan
-    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.cgan.predictor import predict_and_score
 
     offsets = [0, -1, SAME_MONTH_LAST_YEAR]
     run = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "runs", model=model, context_offsets_months=offsets,
@@ -106,7 +106,8 @@ def test_attention_cgan_trains_calibrates_saves_and_reloads(tiny_dataset_dir, tm
     best = yaml.safe_load((run / "best" / "best.yaml").read_text())
     assert float(G.residual_scale) == pytest.approx(best["residual_scale"])  # the calibrated scale reached the model
     assert float(G.residual_full_gap_months) == pytest.approx(best["residual_full_gap_months"])
-    df = predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
+    df = predict_and_score(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred",
+                           progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
     # a run without the key (every older run) is plain channel stacking
     plain = train_cgan(_train_cfg(tiny_dataset_dir, tmp_path / "plain", context_offsets_months=offsets))

@@ -88,7 +88,7 @@ def test_tile_reweight_cgan_trains_calibrates_reloads_and_resumes(tiny_dataset_d
     from stsynth_lib.cgan.model_io import load_generator
     from stsynth_lib.cgan.plots import plot_frame_weights
     from stsynth_lib.cgan.train import train_cgan
-    from stsynth_lib.evaluate.generator import predict_split
+    from stsynth_lib.cgan.predictor import predict_and_score
 
     kw = dict(context_offsets_months=[0, -1, SAME_MONTH_LAST_YEAR], temporal_fusion="tile_reweight",
               checkpoint_every_steps=2)
@@ -98,7 +98,8 @@ def test_tile_reweight_cgan_trains_calibrates_reloads_and_resumes(tiny_dataset_d
     assert isinstance(G, TileReweightGenerator)
     best = yaml.safe_load((cal / "best" / "best.yaml").read_text())
     assert float(G.residual_scale) == pytest.approx(best["residual_scale"])
-    df = predict_split(cal, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred", progress=False)
+    df = predict_and_score(cal, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=3), tmp_path / "pred",
+                           progress=False)
     assert len(df) == 3 and np.isfinite(df["l1"]).all()
     with pytest.raises(ValueError, match="temporal_fusion"):
         plot_frame_weights(G, PairedTileDataset(tiny_dataset_dir, "val"), guide)

@@ -19,16 +19,11 @@ from stsynth_lib.cgan.calibrate import calibrate_residual_scale
 from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.losses import cgan_losses, masked_l1_loss, train_step
 from stsynth_lib.cgan.model_io import load_generator
+from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.cgan.train import parse_args, train_cgan
 from stsynth_lib.conditioning import GuidanceConfig, build_condition
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate.generator import (
-    _metric_rows,
-    _unit01,
-    area_comparison,
-    comparison_table,
-    predict_split,
-)
+from stsynth_lib.evaluate.generator import _metric_rows, _unit01, area_comparison, comparison_table
 from stsynth_lib.models import build_discriminator, build_generator, init_weights
 from stsynth_lib.runs import latest_checkpoint, list_checkpoints
 from stsynth_lib.training import collate, lr_factor
@@ -232,14 +227,14 @@ def test_no_labels_trains_on_image_and_time(unlabelled_dataset_dir, tmp_path):
     assert yaml.safe_load((forced / "model.yaml").read_text())["channels"] == ["past_b1", "past_b2", "past_b3", "future_mask"]
 
 
-def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_dir, tmp_path):
+def test_predict_and_score_writes_predictions_and_scores_persistence(tiny_dataset_dir, tmp_path):
     from stsynth_lib.metrics import masked_l1
     from stsynth_lib.predict.files import load_predictions
 
     run = train_cgan(_cfg(tiny_dataset_dir, tmp_path, max_steps=2))
     test = PairedTileDataset(tiny_dataset_dir, "test", max_pairs=6)
     out = run / "predictions" / "test"
-    df = predict_split(run, test, out, progress=False, metrics_csv=run / "test_metrics.csv")
+    df = predict_and_score(run, test, out, progress=False, metrics_csv=run / "test_metrics.csv")
     preds = load_predictions(out)
     assert sorted(preds) == sorted(df["pair_id"]) == sorted(int(test[i]["pair_id"]) for i in range(len(test)))
     s = test[0]
@@ -257,7 +252,7 @@ def test_predict_split_writes_predictions_and_scores_persistence(tiny_dataset_di
     assert list(table.index) == ["pix2pix", "persistence (future = past)"]
     assert (run / "test_metrics.csv").is_file()
     # a second call replaces, never mixes
-    predict_split(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=2), out, progress=False)
+    predict_and_score(run, PairedTileDataset(tiny_dataset_dir, "test", max_pairs=2), out, progress=False)
     assert len(load_predictions(out)) == 2
 
 
@@ -418,27 +413,37 @@ def test_chapter_comparison_resamples_blocks_on_a_block_split(tiny_dataset_dir, 
         for p in G.parameters():
             p.add_(0.05 * torch.randn_like(p))
     ds = OneAreaInBlocks(tiny_dataset_dir, "test")
-    df = predict_split(G.eval(), ds, tmp_path / "pred", guidance=cfg, progress=False)
+    df = predict_and_score(G.eval(), ds, tmp_path / "pred", guidance=cfg, progress=False)
     assert set(df["cluster"]) == {"one_area/block-0-0", "one_area/block-1-0"}
     _, paired = area_comparison(df, "m", n_boot=200)
     psnr = paired.set_index("metric").loc["psnr"]
     assert psnr["n_areas"] == 2 and not pd.isna(psnr["ci_lo"]) and psnr["ci_lo"] <= psnr["ci_hi"]
-    plain = predict_split(G.eval(), PairedTileDataset(tiny_dataset_dir, "test"), tmp_path / "pred2", guidance=cfg,
-                          progress=False)
+    plain = predict_and_score(G.eval(), PairedTileDataset(tiny_dataset_dir, "test"), tmp_path / "pred2",
+                              guidance=cfg, progress=False)
     assert "cluster" not in plain  # split by areas: areas are resampled, as before
 
 
 def test_chapter_call_trains_then_predicts_the_test_split(tiny_dataset_dir, tmp_path):
     """Chapters 3 and 4 share one call (stsynth_lib.cgan.chapter.train_and_test): the run, then its best generator's
-    test predictions compared with persistence, as predict_split gives them."""
+    test predictions compared with persistence, as predict_and_score gives them."""
     from stsynth_lib.cgan.chapter import scores_text, train_and_test
 
     run = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2), max_test_pairs=3)
     assert len(run.test_ds) == len(run.per_pair) == 3
     assert (run.run_dir / "predictions" / "test" / "index.csv").is_file()
     assert (run.run_dir / "test_metrics.csv").is_file()
-    again = predict_split(run.run_dir, run.test_ds, tmp_path / "again", progress=False)
+    again = predict_and_score(run.run_dir, run.test_ds, tmp_path / "again", progress=False)
     pd.testing.assert_frame_equal(run.per_pair, again)
+    # the saved GeoTIFFs are the best generator as it trained (eager, fp32) on the test pairs, bit for bit
+    from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.predict.files import load_predictions
+
+    G, guidance = load_generator(run.run_dir, "best")
+    batch = collate([run.test_ds[i] for i in range(len(run.test_ds))])
+    with torch.no_grad():
+        want = to_uint8(G.eval()(build_condition(batch, guidance)))
+    saved = load_predictions(run.run_dir / "predictions" / "test")
+    assert np.array_equal(np.stack([saved[int(p)] for p in batch["pair_id"]]), want)
     assert list(run.table.index) == ["pix2pix", "persistence (future = past)"]
     assert set(run.per_area.index) == set(run.per_pair["aoi"])
     text = scores_text({"l1": 0.5, "psnr": 20.0})

@@ -27,10 +27,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]  # the repository (params/ is read from it)
 
 from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
-from stsynth_lib.evaluate.generator import predict_split
 from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.runs import parse_cli_value
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     index = run_dir / "predictions" / "val" / "index.csv"
     complete = index.is_file() and len(pd.read_csv(index)) == len(val_ds)
     if not (args.score_only and complete):
-        predict_split(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
+        predict_and_score(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
     seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
     print(msg)
     res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,

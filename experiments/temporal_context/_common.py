@@ -17,14 +17,14 @@ def score_runs(dataset_dir, names: list[str], predictions: str = "val", baseline
     """Predict the val split of ``dataset_dir`` with each named run of runs/sn7_real_128/ (into its
     ``predictions/<predictions>`` folder) and score them with persistence and ``baselines`` on the same pairs."""
     from stsynth_lib import evaluate as E
+    from stsynth_lib.cgan.predictor import predict_and_score
     from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.evaluate.generator import predict_split
 
     ds = PairedTileDataset(dataset_dir, "val")
     runs = {}
     for name in names:
         out = f"runs/sn7_real_128/{name}/predictions/{predictions}"
-        predict_split(f"runs/sn7_real_128/{name}", ds, out, progress=False)
+        predict_and_score(f"runs/sn7_real_128/{name}", ds, out, progress=False)
         runs[name] = out
     return E.evaluate_models(dataset_dir, "val", runs, compute_lpips=False, n_boot=1000, progress=False,
                              baselines=baselines)

@@ -19,15 +19,10 @@ import yaml
 
 from stsynth_lib.book.report_format import fmt_value, settings_table
 from stsynth_lib.cgan.config import CGANTrainConfig
+from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate.generator import (
-    area_comparison,
-    comparison_table,
-    evaluate_persistence,
-    mean_scores,
-    predict_split,
-)
+from stsynth_lib.evaluate.generator import area_comparison, comparison_table, evaluate_persistence, mean_scores
 
 SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
                   "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
@@ -45,7 +40,7 @@ class CGANChapterRun:
 
     run_dir: Path
     test_ds: PairedTileDataset
-    per_pair: pd.DataFrame  # :func:`predict_split`: the model's and persistence's scores per test pair
+    per_pair: pd.DataFrame  # :func:`predict_and_score`: the model's and persistence's scores per test pair
     table: pd.DataFrame  # :func:`comparison_table`: mean L1 / PSNR / SSIM of the model and of persistence
     per_area: pd.DataFrame  # :func:`area_comparison`: mean L1 of both per area
     paired: pd.DataFrame  # :func:`area_comparison`: model minus persistence with a 95 % interval over areas / blocks
@@ -57,8 +52,8 @@ def train_and_test(config: CGANTrainConfig, max_test_pairs: int | None = None) -
     compare it with persistence."""
     run_dir = train_cgan(config)
     test_ds = PairedTileDataset(config.dataset_dir, "test", max_pairs=max_test_pairs)
-    per_pair = predict_split(run_dir, test_ds, run_dir / "predictions" / "test", which="best",
-                             metrics_csv=run_dir / "test_metrics.csv")
+    per_pair = predict_and_score(run_dir, test_ds, run_dir / "predictions" / "test", which="best",
+                                 metrics_csv=run_dir / "test_metrics.csv")
     per_area, paired = area_comparison(per_pair, config.model)
     return CGANChapterRun(run_dir=run_dir, test_ds=test_ds, per_pair=per_pair,
                           table=comparison_table(per_pair, config.model), per_area=per_area, paired=paired)

@@ -54,9 +54,10 @@ from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
 from stsynth_lib.cgan.model_io import generator_from_spec, model_spec
 from stsynth_lib.cgan.plots import sample_grid, save_grid
+from stsynth_lib.cgan.predictor import score_generator
 from stsynth_lib.conditioning import GuidanceConfig, build_condition, dataset_has_mask, fit_linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate.generator import evaluate_generator, mean_scores
+from stsynth_lib.evaluate.generator import mean_scores
 from stsynth_lib.models.registry import build_discriminator, init_weights
 from stsynth_lib.runs import (
     CSVLogger,
@@ -256,8 +257,8 @@ class CGANRun:
         if not self.main or len(self.val_ds) == 0:
             return None
         with self.accelerator.autocast():
-            df = evaluate_generator(self.G_raw, self.val_ds, self.guidance, batch_size=max(cfg.batch_size, 16),
-                                    device=self.device)
+            df = score_generator(self.G_raw, self.val_ds, self.guidance, batch_size=max(cfg.batch_size, 16),
+                                 device=self.device)
         s = mean_scores(df)
         row = {"step": at_step, "epoch": epoch + 1, "val_l1": s["l1"], "val_psnr": s["psnr"], "val_ssim": s["ssim"]}
         value = row[cfg.best_metric]

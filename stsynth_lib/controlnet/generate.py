@@ -8,13 +8,14 @@ and multi-channel conditioning tensors are passed through untouched (the
 pipeline's image processor treats a 4-channel tensor as latents). There is no
 safety checker: generated satellite tiles never go through one.
 
-:func:`generate_split` writes the images of a split with
-``stsynth_lib.predict.files.save_predictions`` (GeoTIFF with the input tile's CRS
-and geotransform + PNG + index.csv): sample 0 of each pair in the predictions
-folder itself (what chapter 6 scores), further samples of the same pairs
+:class:`ControlNetPredictor` is a trained run ready to sample (the run's prompts and
+conditioning, the chosen sampling settings); :func:`generate_split` runs it over a split
+with the one split loop :func:`stsynth_lib.predict.split.predict_split` (GeoTIFF with
+the input tile's CRS and geotransform + PNG + index.csv): sample 0 of each pair in the
+predictions folder itself (what chapter 6 scores), further samples of the same pairs
 (``num_samples_per_pair > 1``) in ``<folder>/samples/sample-<k>/``, seeded by
-:func:`sample_seed`. ``prompt_only=True`` samples the bare backbone from the
-prompt alone (no ControlNet) on the same pairs and seeds.
+:func:`stsynth_lib.predict.split.sample_seed`. ``prompt_only=True`` samples the bare
+backbone from the prompt alone (no ControlNet) on the same pairs and seeds.
 
 ``strength < 1`` starts the denoising from the past image instead of pure noise (SDEdit; diffusers'
 ``StableDiffusionControlNetImg2ImgPipeline``): the past image's VAE latent is noised to the timestep where the last
@@ -33,30 +34,17 @@ import torch
 import yaml
 
 from stsynth_lib.controlnet.backbone import Backbone, load_backbone
-from stsynth_lib.runs import save_yaml
-from stsynth_lib.controlnet.conditioning import (  # noqa: F401  (resize_spatial: re-exported)
+from stsynth_lib.controlnet.conditioning import (
     batch_conditioning,
     batch_prompts,
     resize_batch,
     resize_spatial,
 )
+from stsynth_lib.predict.base import Predictor, batch_seeds
+from stsynth_lib.predict.split import SAMPLING_FILE, predict_split
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
 GENERATION_FILE = "generation.yaml"  # run folder: the img2img strength chosen on validation, and its sampling settings
-SAMPLING_FILE = "sampling.yaml"  # predictions folder: how its images were drawn (strength, scheduler, steps, ...)
-SAMPLE_SEED_STRIDE = 1_000_003  # a prime larger than any pair id: sample k of one pair never reuses another's seed
-
-
-def sample_seed(seed: int, pair_id: int, k: int = 0) -> int:
-    """The noise seed of sample ``k`` of pair ``pair_id``: ``seed + pair_id + k * 1_000_003`` (sample 0:
-    ``seed + pair_id``, the seed generation always used)."""
-    return int(seed) + int(pair_id) + int(k) * SAMPLE_SEED_STRIDE
-
-
-def sample_dir(out_dir: str | os.PathLike, k: int) -> Path:
-    """Where sample ``k`` of every pair is written: the predictions folder itself for sample 0,
-    ``<out_dir>/samples/sample-<k>/`` for the others."""
-    return Path(out_dir) if k == 0 else Path(out_dir) / "samples" / f"sample-{k}"
 
 
 def make_scheduler(name: str, base_config: Any):
@@ -253,6 +241,51 @@ def load_trained(run_dir: str | os.PathLike, device="auto", dtype: torch.dtype |
     return backbone, controlnet, params
 
 
+class ControlNetPredictor(Predictor):
+    """A trained ControlNet with its backbone, sampling as chapter 5 chose (the run's prompts and conditioning,
+    seeded noise per image). ``None`` settings take what was chosen on validation and drawn with
+    (``generation.yaml``, :func:`chosen_generation`), else UniPC, 20 steps, no guidance, pure noise (strength 1).
+    ``prompt_only`` samples the bare backbone from the prompt alone (no ControlNet; same prompts, seeds and
+    scheduler)."""
+
+    family = "ControlNet"
+
+    def __init__(self, run_dir: str | os.PathLike, device: str = "cpu", scheduler: str | None = None,
+                 num_inference_steps: int | None = None, guidance_scale: float | None = None,
+                 strength: float | None = None, controlnet_conditioning_scale: float | None = None,
+                 prompt_only: bool = False):
+        self.backbone, self.controlnet, self.params = load_trained(run_dir, device)
+        self.device = next(self.controlnet.parameters()).device
+        chosen = chosen_generation(run_dir)
+        pick = lambda value, key, default: value if value is not None else chosen.get(key, default)  # noqa: E731
+        self.scheduler_name = pick(scheduler, "scheduler", "unipc")
+        self.scheduler = make_scheduler(self.scheduler_name, self.backbone.noise_scheduler.config)
+        self.steps = int(pick(num_inference_steps, "num_inference_steps", 20))
+        self.guidance_scale = float(pick(guidance_scale, "guidance_scale", 1.0))
+        self.strength = float(pick(strength, "img2img_strength", 1.0))
+        self.conditioning_scale = float(pick(controlnet_conditioning_scale, "controlnet_conditioning_scale", 1.0))
+        self.prompt_only = bool(prompt_only)
+        self.uses_mask = bool(self.params["use_mask"])
+        self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
+
+    def generate(self, batch: dict[str, Any], seed: int | Sequence[int]) -> torch.Tensor:
+        """Images of a collated batch on its own pixel grid: sampled at the run's resolution from the noise seeds
+        ``seed`` (one per image, or an int: ``seed + i``), resized back to the batch's tile size."""
+        p = self.params
+        b = resize_batch(batch, p["resolution_px"])
+        cond = batch_conditioning(b, p["use_gap_plane"], p["gap_scale_months"], p["use_mask"]).to(self.device)
+        prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
+        imgs = sample_images(self.backbone, None if self.prompt_only else self.controlnet, cond, prompts,
+                             self.scheduler, self.steps, self.guidance_scale, batch_seeds(seed, len(prompts)),
+                             self.conditioning_scale, init_image=b["past"].to(self.device), strength=self.strength)
+        return resize_spatial(imgs, batch["past"].shape[-1])
+
+    def sampling_record(self) -> dict[str, Any]:
+        """How this predictor draws (a predictions folder's ``sampling.yaml``, without the split's own keys)."""
+        return {"strength": self.strength, "scheduler": self.scheduler_name, "num_inference_steps": self.steps,
+                "guidance_scale": self.guidance_scale, "controlnet_conditioning_scale": self.conditioning_scale}
+
+
 def generate_split(
     run_dir: str | os.PathLike,
     dataset_dir: str | os.PathLike,
@@ -275,12 +308,13 @@ def generate_split(
 ) -> Path:
     """Generate the future image of every pair of ``split`` and save them as predictions.
 
+    A :class:`ControlNetPredictor` run over the split by :func:`stsynth_lib.predict.split.predict_split`.
     Prompts and conditioning use the run's own training options (template,
     gap plane), so generation sees exactly what training saw. Sample ``k`` of
-    pair ``i`` uses the seed :func:`sample_seed` ``= seed + i + k * 1_000_003``;
+    pair ``i`` uses the seed :func:`~stsynth_lib.predict.split.sample_seed` ``= seed + i + k * 1_000_003``;
     sample 0 (seed ``seed + pair_id``) is written in the predictions folder itself,
     samples ``k >= 1`` in ``<folder>/samples/sample-<k>/`` (same format), see
-    :func:`sample_dir`. ``prompt_only`` samples the bare backbone from the prompt
+    :func:`~stsynth_lib.predict.split.sample_dir`. ``prompt_only`` samples the bare backbone from the prompt
     alone (no ControlNet; same pairs, prompts, seeds and scheduler), by default into
     ``<run_dir>/predictions_prompt_only/<split>`` so the ControlNet's images stay.
     ``strength`` (img2img from the past image, see :func:`sample_images`; prompt-only
@@ -292,67 +326,28 @@ def generate_split(
     Returns the predictions folder (default ``<run_dir>/predictions/<split>``),
     which is cleared first, its ``samples/`` included.
     """
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
     from stsynth_lib.data.dataset import PairedTileDataset
-    from stsynth_lib.predict.files import save_predictions
 
     if int(num_samples_per_pair) < 1:
         raise ValueError(f"num_samples_per_pair must be >= 1, got {num_samples_per_pair}")
     run_dir = Path(run_dir)
-    backbone, controlnet, params = load_trained(run_dir, device)
-    dev = next(controlnet.parameters()).device
-    strength = chosen_strength(run_dir) if strength is None else float(strength)
+    predictor = ControlNetPredictor(run_dir, device, scheduler, num_inference_steps, guidance_scale, strength,
+                                    controlnet_conditioning_scale, prompt_only)  # strength None: the chosen one
     ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs, subsample_seed=subsample_seed)
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
-    _check_size(ds.tile_size_px, params)
-    _warn_other_dataset(dataset_dir, params)
+    _check_size(ds.tile_size_px, predictor.params)
+    _warn_other_dataset(dataset_dir, predictor.params)
     default = run_dir / ("predictions_prompt_only" if prompt_only else "predictions") / split
-    out = Path(out_dir) if out_dir else default
-    _clear_with_samples(out)
-    sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
-    what = ("prompt only" if prompt_only else scheduler) + (f", img2img strength {strength:g}" if strength < 1 else "")
-    for batch in tqdm(dl, desc=f"generate {split} ({what}, {num_inference_steps} steps)", disable=not progress):
-        b = resize_batch(batch, params["resolution_px"])
-        cond = batch_conditioning(b, params["use_gap_plane"], params["gap_scale_months"], params["use_mask"]).to(dev)
-        prompts = batch_prompts(batch, params["prompt_template"], params["empty_prompt"])
-        for k in range(int(num_samples_per_pair)):
-            seeds = [sample_seed(seed, p, k) for p in batch["pair_id"]]
-            imgs = sample_images(backbone, None if prompt_only else controlnet, cond, prompts, sched,
-                                 num_inference_steps, guidance_scale, seeds, controlnet_conditioning_scale,
-                                 init_image=b["past"], strength=strength)
-            imgs = resize_spatial(imgs, ds.tile_size_px)  # back onto the tile's pixel grid
-            save_predictions(sample_dir(out, k), imgs, batch["pair_id"].tolist(), batch["aoi"], batch["transform"],
-                             batch["crs"], write_png)
-    save_yaml({"strength": strength, "scheduler": scheduler, "num_inference_steps": int(num_inference_steps),
-               "guidance_scale": float(guidance_scale), "controlnet_conditioning_scale": float(controlnet_conditioning_scale),
-               "seed": int(seed), "prompt_only": bool(prompt_only), "num_samples_per_pair": int(num_samples_per_pair),
-               "max_pairs": max_pairs, "subsample_seed": subsample_seed}, out / SAMPLING_FILE)  # how these were drawn
-    return out
-
-
-def sample_dirs(pred_dir: str | os.PathLike) -> list[Path]:
-    """The folders of every sample of a predictions folder, sample 0 first: ``[pred_dir, samples/sample-1, ...]``
-    (those with an index.csv, in the order of k)."""
-    pred_dir = Path(pred_dir)
-    extra = [d for d in (pred_dir / "samples").glob("sample-*") if (d / "index.csv").is_file()
-             and d.name.split("-", 1)[1].isdigit()]
-    return [pred_dir] + sorted(extra, key=lambda d: int(d.name.split("-", 1)[1]))
-
-
-def _clear_with_samples(out: Path) -> None:
-    """Clear a predictions folder and the folders of its extra samples (so no old sample outlives a new run)."""
-    from stsynth_lib.predict.files import clear_predictions
-
-    clear_predictions(out)
-    (out / SAMPLING_FILE).unlink(missing_ok=True)  # an interrupted run must not keep the old settings' record
-    for d in sorted((out / "samples").glob("sample-*")) if (out / "samples").is_dir() else []:
-        clear_predictions(d)
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
+    what = ("prompt only" if prompt_only else scheduler) + (f", img2img strength {predictor.strength:g}"
+                                                            if predictor.strength < 1 else "")
+    record = {**predictor.sampling_record(), "seed": int(seed), "prompt_only": bool(prompt_only),
+              "num_samples_per_pair": int(num_samples_per_pair), "max_pairs": max_pairs,
+              "subsample_seed": subsample_seed}  # how these were drawn
+    return predict_split(predictor, ds, Path(out_dir) if out_dir else default, seed=seed,
+                         num_samples=num_samples_per_pair, batch_size=batch_size, progress=progress,
+                         write_png=write_png, record=record,
+                         desc=f"generate {split} ({what}, {num_inference_steps} steps)")
 
 
 def _warn_other_dataset(dataset_dir, params: dict) -> None:

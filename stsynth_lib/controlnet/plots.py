@@ -130,7 +130,7 @@ def show_sample_spread(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLi
     grey levels 0-255; where the samples agree, the model is sure). Pairs every sample holds, evenly spread."""
     import matplotlib.pyplot as plt
 
-    from stsynth_lib.controlnet.generate import sample_dirs
+    from stsynth_lib.predict.split import sample_dirs
     from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
     from stsynth_lib.predict.files import load_predictions
 

@@ -1,5 +1,7 @@
-"""Score a generator (or persistence) pair by pair on a ``PairedTileDataset``: the trainer's validation,
-the cGAN chapters' test predictions and their comparison with persistence.
+"""Score split predictions pair by pair (:class:`PairScores`, the ``on_batch`` of
+:func:`stsynth_lib.predict.split.predict_split`): the cGAN trainer's validation and the cGAN chapters' test predictions
+(both run by :mod:`stsynth_lib.cgan.predictor`), persistence (:func:`evaluate_persistence`) and the chapters'
+comparison of the two (:func:`comparison_table`, :func:`area_comparison`).
 
 Units: ``l1`` here is in the [-1, 1] units of the training loss (``val.csv``, ``test_metrics.csv``, the chapters'
 comparison tables), twice the [0, 1] L1 of :mod:`stsynth_lib.evaluate.scoring`; :func:`area_comparison`'s paired
@@ -7,17 +9,14 @@ interval table converts to [0, 1]. PSNR and SSIM are on [0, 1] images in both.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
-from torch import nn
 
-from stsynth_lib.cgan.model_io import load_generator
-from stsynth_lib.conditioning import GuidanceConfig, build_condition
-from stsynth_lib.data.dataset import PairedTileDataset, to_uint8
-from stsynth_lib.training import collate, to_device
+from stsynth_lib.conditioning import GuidanceConfig
+from stsynth_lib.data.dataset import PairedTileDataset
+from stsynth_lib.predict.base import Predictor
+from stsynth_lib.predict.split import predict_split
 
 
 def _metric_rows(pred01: torch.Tensor, truth01: torch.Tensor, valid: torch.Tensor, prefix: str = "") -> dict[str, np.ndarray]:
@@ -47,43 +46,25 @@ def dataset_for_guidance(dataset, guidance: GuidanceConfig | None):
     return dataset.with_context_offsets(guidance.context_offsets_months)
 
 
-@torch.no_grad()
-def evaluate_generator(G: nn.Module | None, dataset: PairedTileDataset, guidance: GuidanceConfig | None,
-                       batch_size: int = 16, device: str | torch.device = "cpu", progress: bool = False,
-                       on_batch=None) -> pd.DataFrame:
-    """Per-pair masked L1 / PSNR / SSIM of ``G`` (``None``: the persistence baseline, future = past).
+class PairScores:
+    """The scores of a split prediction, pair by pair: ``on_batch`` of :func:`stsynth_lib.predict.split.predict_split`
+    (sample 0 of each pair). Masked L1 in [-1, 1] units (the training loss' scale), PSNR (dB) and SSIM on [0, 1]
+    images, computed on the images as the uint8 GeoTIFFs hold them; :meth:`frame` gives one row per pair
+    (``pair_id, aoi, gap_months, l1, psnr, ssim``)."""
 
-    L1 is in [-1, 1] units (the training loss' scale); PSNR (dB) and SSIM on [0, 1]
-    images. Generated images are quantised to uint8 first, like the saved predictions.
-    ``on_batch(batch, generated)`` is called for each batch (used to save predictions). A model with context
-    guidance gets its context frames looked up for the pairs of ``dataset`` (:func:`dataset_for_guidance`).
-    """
-    from tqdm.auto import tqdm
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
 
-    dataset = dataset_for_guidance(dataset, guidance if G is not None else None)
-    if G is not None:
-        was_training = G.training
-        G.eval()
-        dtype = next(G.parameters()).dtype
-    rows = []
-    idx = list(range(len(dataset)))
-    for start in tqdm(range(0, len(idx), batch_size), disable=not progress, desc="evaluate", leave=False):
-        batch = collate([dataset[i] for i in idx[start : start + batch_size]])
-        if G is None:
-            gen = batch["past"]
-        else:
-            b = to_device(batch, device)
-            gen = G(build_condition(b, guidance).to(dtype)).float().cpu()
-        gen = torch.from_numpy(to_uint8(gen)).float() / 127.5 - 1.0  # what the GeoTIFF will hold
-        if on_batch is not None:
-            on_batch(batch, gen)
-        m = _metric_rows(_unit01(gen), _unit01(batch["future"]), batch["valid"])
-        for i in range(gen.shape[0]):
-            rows.append({"pair_id": int(batch["pair_id"][i]), "aoi": batch["aoi"][i],
-                         "gap_months": float(batch["gap_months"][i]), **{k: float(v[i]) for k, v in m.items()}})
-    if G is not None:
-        G.train(was_training)
-    return pd.DataFrame(rows)
+    def __call__(self, batch: dict, generated: torch.Tensor, k: int = 0) -> None:
+        if k:
+            return
+        m = _metric_rows(_unit01(generated), _unit01(batch["future"]), batch["valid"])
+        for i in range(generated.shape[0]):
+            self.rows.append({"pair_id": int(batch["pair_id"][i]), "aoi": batch["aoi"][i],
+                              "gap_months": float(batch["gap_months"][i]), **{k: float(v[i]) for k, v in m.items()}})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
 
 
 def mean_scores(df: pd.DataFrame) -> dict[str, float]:
@@ -92,52 +73,25 @@ def mean_scores(df: pd.DataFrame) -> dict[str, float]:
     return {k: float(np.nanmean(df[k].to_numpy())) for k in ("l1", "psnr", "ssim") if k in df}
 
 
+class _Persistence(Predictor):
+    """The persistence baseline as a predictor: the future is the past image."""
+
+    family = "persistence"
+
+    def generate(self, batch: dict, seed=0) -> torch.Tensor:
+        return batch["past"]
+
+
 def evaluate_persistence(dataset: PairedTileDataset, batch_size: int = 32) -> pd.DataFrame:
-    """The persistence baseline (generated future = past image) scored like a model."""
-    return evaluate_generator(None, dataset, None, batch_size=batch_size)
-
-
-def predict_split(model: str | Path | nn.Module, dataset: PairedTileDataset, out_dir: str | Path,
-                  guidance: GuidanceConfig | None = None, which: str = "best", batch_size: int = 16,
-                  device: str = "cpu", progress: bool = True, metrics_csv: str | Path | None = None) -> pd.DataFrame:
-    """Generate every pair of ``dataset``, save GeoTIFF + PNG predictions into ``out_dir`` and score them.
-
-    ``model`` is a run folder (loaded with :func:`load_generator`) or a generator
-    (then pass its ``guidance``). The folder is cleared first so runs never mix.
-    Returns per-pair metrics of the model and of persistence (``persistence_*``
-    columns); written to ``metrics_csv`` if given.
-    """
-    from stsynth_lib.evaluate.scoring import resampling_clusters, resampling_unit
-    from stsynth_lib.predict.files import clear_predictions, save_predictions
-
-    if isinstance(model, (str, Path)):
-        G, guidance = load_generator(model, which)
-    else:
-        G = model
-        if guidance is None:
-            raise ValueError("predict_split(model=<nn.Module>) needs the GuidanceConfig the model was trained with")
-    G = G.to(device)
-    out_dir = Path(out_dir)
-    clear_predictions(out_dir)
-
-    def _save(batch, gen):
-        save_predictions(out_dir, gen, batch["pair_id"].tolist(), batch["aoi"], batch["transform"], batch["crs"])
-
-    df = evaluate_generator(G, dataset, guidance, batch_size, device, progress, on_batch=_save)
-    pers = evaluate_persistence(dataset, batch_size)
-    df = df.merge(pers[["pair_id", "l1", "psnr", "ssim"]].add_prefix("persistence_").rename(
-        columns={"persistence_pair_id": "pair_id"}), on="pair_id")
-    pairs = getattr(dataset, "pairs", None)
-    if pairs is not None and resampling_unit(pairs) == "block":  # what area_comparison's interval resamples
-        df["cluster"] = df["pair_id"].map(dict(zip(pairs["pair_id"], resampling_clusters(pairs))))
-    if metrics_csv is not None:
-        Path(metrics_csv).parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(metrics_csv, index=False)
-    return df
+    """The persistence baseline (generated future = past image) scored like a model (:class:`PairScores`)."""
+    scores = PairScores()
+    predict_split(_Persistence(), dataset, None, batch_size=batch_size, progress=False, on_batch=scores)
+    return scores.frame()
 
 
 def comparison_table(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
-    """Two-row table (model vs persistence) of mean L1 / PSNR / SSIM from :func:`predict_split`'s output."""
+    """Two-row table (model vs persistence) of mean L1 / PSNR / SSIM from
+    :func:`~stsynth_lib.cgan.predictor.predict_and_score`'s output."""
     rows = [{"method": model_name, **mean_scores(df)},
             {"method": "persistence (future = past)", **mean_scores(df[[c for c in df if c.startswith("persistence_")]]
                                                                 .rename(columns=lambda c: c[len("persistence_"):]))}]
@@ -145,14 +99,13 @@ def comparison_table(df: pd.DataFrame, model_name: str) -> pd.DataFrame:
 
 
 def area_comparison(df: pd.DataFrame, model_name: str, n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Model against persistence area by area, from :func:`predict_split`'s output.
+    """Model against persistence area by area, from :func:`~stsynth_lib.cgan.predictor.predict_and_score`'s output.
 
     Returns ``(per_area, paired)``: mean L1 of both per area (AOI) with the pair count and whether the
     model is better there (L1 in the [-1, 1] units of training, like :func:`comparison_table`), and
     :func:`stsynth_lib.evaluate.paired_vs_persistence` (model minus persistence with a 95 % interval
-    from resampling whole areas, or whole blocks when ``df`` has :func:`predict_split`'s ``cluster`` column of a
-    dataset split by blocks) for L1, PSNR and SSIM, with L1 in [0, 1] units (half the [-1, 1]
-    value) like the evaluation chapter.
+    from resampling whole areas, or whole blocks when ``df`` has the ``cluster`` column of a dataset split by
+    blocks) for L1, PSNR and SSIM, with L1 in [0, 1] units (half the [-1, 1] value) like the evaluation chapter.
     """
     from stsynth_lib.evaluate import PERSISTENCE, paired_vs_persistence
 

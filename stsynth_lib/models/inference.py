@@ -16,7 +16,7 @@ Why each step (measured on the developers' 2-core AMD EPYC, fp32, ``make bench``
   A first call compiles (seconds); a machine without a C++ compiler, or any compile error, falls back to the eager
   module with one warning.
 
-Use :func:`prepare_for_inference` (the :class:`stsynth_lib.predict.CGANPredictor` does); the original module is not
+Use :func:`prepare_for_inference` (the :class:`stsynth_lib.cgan.predictor.CGANPredictor` does); the original module is not
 changed. Outputs agree with the eager module within ``INFERENCE_ATOL`` (tested in ``tests/test_inference_fast.py``).
 """
 
