@@ -42,7 +42,7 @@ COLUMNS = ("factor", "latent_values_per_pixel", "vae_params_m", "train_min", "va
            "val_pairs_ceiling_psnr_db", "val_pairs_ceiling_ssim")
 
 
-def run_candidate(name: str, dataset_dir: str, runs_dir: Path, test: bool, seed: int) -> dict:
+def run_candidate(name: str, dataset_dir: str, runs_dir: Path, test: bool, seed: int, previous: dict) -> dict:
     import torch
 
     from stsynth_lib.controlnet.adapt import BackboneAdaptConfig, train_vae
@@ -55,9 +55,10 @@ def run_candidate(name: str, dataset_dir: str, runs_dir: Path, test: bool, seed:
                               resume_from_checkpoint="latest", progress=False, **opts)
     run_dir = runs_dir / "ae" / name
     run_dir.mkdir(parents=True, exist_ok=True)
+    trained = (run_dir / "vae" / "final" / "config.json").is_file()
     t = time.perf_counter()
-    vae = train_vae(cfg, run_dir, torch.device("cpu"))
-    minutes = (time.perf_counter() - t) / 60
+    vae = train_vae(cfg, run_dir, torch.device("cpu"))  # a trained candidate is loaded, not trained again
+    minutes = previous.get("train_min") if trained else (time.perf_counter() - t) / 60
     out = {"options": opts, "factor": 2 ** (len(opts["vae_channels"]) - 1),
            "latent_values_per_pixel": opts["latent_channels"] / 4 ** (len(opts["vae_channels"]) - 1) / 3,
            "vae_params_m": sum(p.numel() for p in vae.parameters()) / 1e6, "train_min": minutes}
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.only or list(CANDIDATES):
-        r = run_candidate(name, args.dataset_dir, Path(args.runs_dir), args.test, args.seed)
+        r = run_candidate(name, args.dataset_dir, Path(args.runs_dir), args.test, args.seed,
+                          results.get("candidates", {}).get(name, {}))
         results.setdefault("candidates", {})[name] = r
         print(name, json.dumps({k: v for k, v in r.items() if k != "options"}), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
