@@ -160,3 +160,18 @@ def test_strength_sweep_settings_are_checked_before_training(tmp_path, known):
         assert expect in str(err.value), str(err.value)
     (tmp_path / "05_controlnet.yaml").write_text("img2img_strengths: [0.3, 1.0]\nstrength_criterion: lpips\n")
     validate_params(nb05, [tmp_path / "common.yaml", tmp_path / "05_controlnet.yaml"], known)
+
+
+def test_params_check_refuses_a_twin_change_it_cannot_apply(tmp_path, capsys):
+    """Chapter 4's twin_changes are checked with the parameter files: an unknown option or a bad value is named."""
+    from stsynth_lib.params import main as params_main
+
+    bad = tmp_path / "04.yaml"
+    bad.write_text("model: attention_unet\ntwin_changes:\n  linear_centr: none\n")
+    common = "params/smoke/common.yaml"
+    assert params_main(["check", "--notebook", "notebooks/04_train_attention_cgan.py", common, str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "twin_changes" in err and "profile is not set" not in err
+    good = tmp_path / "04ok.yaml"
+    good.write_text("model: attention_unet\ntwin_changes:\n  linear_centre: none\n")
+    assert params_main(["check", "--notebook", "notebooks/04_train_attention_cgan.py", common, str(good)]) == 0

@@ -458,8 +458,10 @@ def test_chapter_4_is_the_twin_of_chapter_3s_run(tiny_dataset_dir, tmp_path):
     first = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2, lambda_l1=50.0), max_test_pairs=4)
     with pytest.raises(FileNotFoundError, match="run chapter 3 first"):
         twin_config(tmp_path, "test", "no_such_run", "attention_unet")
-    with pytest.raises(ValueError, match="not cGAN options a twin may change"):
+    with pytest.raises(ValueError, match="no_such_option: not a cGAN option a twin may change"):
         twin_config(tmp_path, "test", first.run_dir.name, "attention_unet", changes={"no_such_option": 1})
+    with pytest.raises(ValueError, match="lr = -1.0: accepted values"):
+        twin_config(tmp_path, "test", first.run_dir.name, "attention_unet", changes={"lr": -1.0})
     twin = twin_config(tmp_path, "test", first.run_dir.name, "attention_unet", changes={"lr": 1e-3}, progress=False)
     recorded = yaml.safe_load((first.run_dir / "params.yaml").read_text())
     assert twin.model == "attention_unet" and twin.lr == 1e-3

@@ -23,6 +23,7 @@ from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import area_comparison, comparison_table, evaluate_persistence, mean_scores
+from stsynth_lib.options.twin import twin_change_problems
 
 SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
                   "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
@@ -69,10 +70,6 @@ def scores_text(scores: dict[str, float]) -> str:
     return ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in scores.items())
 
 
-# what chapter 4 takes from its own parameters, not from the twin's recorded options
-TWIN_OWN = ("profile", "runs_dir", "run_name", "device", "progress", "model")
-
-
 def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str, run_name: str | None = None,
                 changes: dict | None = None, device: str = "auto", progress: bool = True) -> CGANTrainConfig:
     """The options of ``<runs_dir>/<profile>/<twin_of_run>`` (its ``params.yaml``: what chapter 3's trainer ran with)
@@ -85,10 +82,9 @@ def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str
                                 "a finished cGAN run of this profile")
     fields = {f.name for f in dataclasses.fields(CGANTrainConfig)}
     changes = dict(changes or {})
-    wrong = sorted(set(changes) - (fields - set(TWIN_OWN)))
-    if wrong:
-        raise ValueError(f"twin_changes {wrong}: not cGAN options a twin may change (model, run_name and the run "
-                         "options are this chapter's own parameters; see docs/OPTIONS.md)")
+    problems = twin_change_problems(changes)
+    if problems:
+        raise ValueError("twin_changes:\n  - " + "\n  - ".join(problems))
     saved = yaml.safe_load(path.read_text()) or {}
     options = {k: v for k, v in saved.items() if k in fields}
     options.update(changes)
