@@ -477,3 +477,25 @@ def test_chapter_4_is_the_twin_of_chapter_3s_run(tiny_dataset_dir, tmp_path):
         assert l1["ci_lo"] <= l1["mean_diff"] <= l1["ci_hi"]
     else:  # one area: nothing to resample, no interval (and so no verdict)
         assert np.isnan(l1["ci_lo"]) and np.isnan(l1["ci_hi"])
+
+
+def test_the_twin_command_trains_a_no_mask_control_of_a_guided_run(tiny_dataset_dir, tmp_path, capsys):
+    """python -m stsynth_lib.cgan.twin: the run's recorded options with the mask channels removed, its test
+    predictions, and the paired table against the run; bad input answers with the fix, exit code 2."""
+    from stsynth_lib.cgan.chapter import train_and_test
+    from stsynth_lib.cgan.twin import main as twin_main
+
+    guided = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2, use_mask=True), max_test_pairs=4)
+    assert twin_main(["--run", str(guided.run_dir), "--run-name", "pix2pix_nomask", "--set", "use_mask=false",
+                      "--max-test-pairs", "4", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    twin_dir = guided.run_dir.parent / "pix2pix_nomask"
+    recorded = yaml.safe_load((twin_dir / "params.yaml").read_text())
+    original = yaml.safe_load((guided.run_dir / "params.yaml").read_text())
+    assert recorded["use_mask"] is False and original["use_mask"] is True
+    same = lambda d: {k: v for k, v in d.items() if k not in ("use_mask", "run_name", "resolved_guidance")}  # noqa: E731
+    assert same(recorded) == same(original) and recorded["resolved_guidance"]["use_mask"] is False
+    assert (twin_dir / "test_metrics.csv").is_file() and "model − pix2pix" in out
+    assert twin_main(["--run", str(guided.run_dir), "--run-name", "x", "--set", "use_mask=maybe"]) == 2
+    assert "use_mask" in capsys.readouterr().err
+    assert twin_main(["--run", str(guided.run_dir), "--run-name", guided.run_dir.name]) == 2

@@ -70,10 +70,12 @@ def scores_text(scores: dict[str, float]) -> str:
     return ", ".join(f"{METRIC_NAMES.get(k, k)} {fmt_value(v)}" for k, v in scores.items())
 
 
-def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str, run_name: str | None = None,
-                changes: dict | None = None, device: str = "auto", progress: bool = True) -> CGANTrainConfig:
+def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str | None = None,
+                run_name: str | None = None, changes: dict | None = None, device: str = "auto",
+                progress: bool = True) -> CGANTrainConfig:
     """The options of ``<runs_dir>/<profile>/<twin_of_run>`` (its ``params.yaml``: what chapter 3's trainer ran with)
-    with another generator ``model`` and the ``changes`` (each chosen on validation), so that the two runs differ by
+    with another generator ``model`` (None: the same) and the ``changes`` (each chosen on validation, or the one
+    factor a control removes, e.g. ``{"use_mask": False, "use_past_mask": False}``), so that the two runs differ by
     the generator and by the changes alone: same data, seed, losses, schedule and guidance."""
     path = Path(runs_dir) / profile / twin_of_run / "params.yaml"
     if not path.is_file():
@@ -89,7 +91,7 @@ def twin_config(runs_dir: str | Path, profile: str, twin_of_run: str, model: str
     options = {k: v for k, v in saved.items() if k in fields}
     options.update(changes)
     options.update(profile=profile, runs_dir=str(runs_dir), run_name=run_name, device=device, progress=progress,
-                   model=model)
+                   model=model or saved.get("model", "pix2pix"))
     return CGANTrainConfig(**options)
 
 
