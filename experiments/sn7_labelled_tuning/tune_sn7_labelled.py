@@ -30,7 +30,7 @@ from stsynth_lib.cgan.config import CGANTrainConfig
 from stsynth_lib.cgan.predictor import predict_and_score
 from stsynth_lib.cgan.train import train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
-from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
+from stsynth_lib.evaluate import evaluate_models, paired_vs_baseline, paired_vs_persistence
 from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.runs import parse_cli_value
 
@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="key=value override (YAML value)")
     p.add_argument("--out", default="bench_results")
     p.add_argument("--score-only", action="store_true", help="re-score the run's saved validation predictions")
+    p.add_argument("--baselines", nargs="*", default=["seasonal"],
+                   help="simple baselines scored beside the model, each with a paired table (default: seasonal, "
+                        "the strongest one on sn7_real_128; none: persistence only)")
     args = p.parse_args(argv)
     params = {}
     for f in ("common", args.notebook):
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
     print(msg)
     res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,
-                          compute_lpips=False, progress=False, n_boot=1000)
+                          compute_lpips=False, progress=False, n_boot=1000, baselines=args.baselines)
     row = {"name": args.name, "overrides": json.dumps(overrides), "train_s": round(train_s), "n_val_pairs": len(val_ds)}
     paired = paired_vs_persistence(res.per_tile, metrics=[k for k in KEYS if k in res.per_tile or k.endswith("_micro")],
                                    cluster="cluster", n_boot=1000)
@@ -77,6 +80,12 @@ def main(argv=None) -> int:
             row[k] = summ.loc[args.name, k]
             row[f"persistence_{k}"] = summ.loc["persistence", k]
     row["paired"] = paired.to_json(orient="records") if hasattr(paired, "to_json") else str(paired)
+    by_baseline = {}
+    for b in args.baselines:  # the model (and the other rows) minus each simple baseline, the same pairs and blocks
+        vs = paired_vs_baseline(res.per_tile, b, metrics=["psnr", "l1", "ssim", "l1_new", "psnr_new"],
+                                cluster="cluster", n_boot=1000)
+        by_baseline[b] = vs
+        row[f"paired_vs_{b}"] = vs.to_json(orient="records")
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     csv = out / "tune_sn7_labelled.csv"
@@ -88,8 +97,11 @@ def main(argv=None) -> int:
     tmp.replace(csv)
     df = df.tail(1)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(df.drop(columns=["paired"]).T)
+        print(df.drop(columns=[c for c in df.columns if c.startswith("paired")]).T)
         print(paired)
+        for b, vs in by_baseline.items():
+            print(f"minus {b}:")
+            print(vs)
     return 0
 
 
