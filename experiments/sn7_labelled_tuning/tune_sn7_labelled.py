@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="key=value override (YAML value)")
     p.add_argument("--out", default="bench_results")
     p.add_argument("--score-only", action="store_true", help="re-score the run's saved validation predictions")
+    p.add_argument("--compare-with", metavar="NAME",
+                   help="another candidate (its saved validation predictions, runs/sn7_labelled/tune_<NAME>) scored on "
+                        "the same pairs, with this candidate minus it paired (e.g. a guided model against its no-mask "
+                        "twin: name the twin with --name and the guided one here; the table reads twin minus guided)")
     p.add_argument("--baselines", nargs="*", default=["seasonal"],
                    help="simple baselines scored beside the model, each with a paired table (default: seasonal, "
                         "the strongest one on sn7_real_128; none: persistence only)")
@@ -69,7 +73,10 @@ def main(argv=None) -> int:
         predict_and_score(run_dir, val_ds, run_dir / "predictions" / "val", which="best", progress=False)
     seg, _, msg = load_or_train_segmenter(cfg.runs_dir, cfg.profile, cfg.dataset_dir, steps=300, batch_size=16)
     print(msg)
-    res = evaluate_models(cfg.dataset_dir, "val", {args.name: run_dir / "predictions" / "val"}, segmenter=seg,
+    runs = {args.name: run_dir / "predictions" / "val"}
+    if args.compare_with:
+        runs[args.compare_with] = run_dir.parent / f"tune_{args.compare_with}" / "predictions" / "val"
+    res = evaluate_models(cfg.dataset_dir, "val", runs, segmenter=seg,
                           compute_lpips=False, progress=False, n_boot=1000, baselines=args.baselines)
     row = {"name": args.name, "overrides": json.dumps(overrides), "train_s": round(train_s), "n_val_pairs": len(val_ds)}
     paired = paired_vs_persistence(res.per_tile, metrics=[k for k in KEYS if k in res.per_tile or k.endswith("_micro")],
@@ -81,9 +88,9 @@ def main(argv=None) -> int:
             row[f"persistence_{k}"] = summ.loc["persistence", k]
     row["paired"] = paired.to_json(orient="records") if hasattr(paired, "to_json") else str(paired)
     by_baseline = {}
-    for b in args.baselines:  # the model (and the other rows) minus each simple baseline, the same pairs and blocks
-        vs = paired_vs_baseline(res.per_tile, b, metrics=["psnr", "l1", "ssim", "l1_new", "psnr_new"],
-                                cluster="cluster", n_boot=1000)
+    for b in [*args.baselines, *([args.compare_with] if args.compare_with else [])]:  # every row minus b, paired
+        vs = paired_vs_baseline(res.per_tile, b, metrics=["psnr", "l1", "ssim", "l1_new", "psnr_new", "recall_drawn",
+                                                          "f1_drawn_micro"], cluster="cluster", n_boot=1000)
         by_baseline[b] = vs
         row[f"paired_vs_{b}"] = vs.to_json(orient="records")
     out = Path(args.out)
