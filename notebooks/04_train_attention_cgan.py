@@ -149,8 +149,7 @@ display(paired_table(run.paired))
 # %%
 predictor = load_predictor(run.run_dir)  # the generator of best/ and its guidance, as for any prediction
 test_ds = run.test_ds
-changed = run.per_pair.nlargest(3, "persistence_l1")["pair_id"].tolist()
-rows = [i for i in range(len(test_ds)) if int(test_ds.pairs.iloc[i]["pair_id"]) in changed]
+rows = run.most_changed(3)
 batch = collate([predictor_sample(test_ds, i, predictor) for i in rows])  # with its earlier frames
 fig = plot_attention(predictor.G, build_condition(batch, predictor.guidance), batch, n=len(rows))
 plt.show()

@@ -467,6 +467,8 @@ def test_chapter_4_is_the_twin_of_chapter_3s_run(tiny_dataset_dir, tmp_path):
     assert twin.model == "attention_unet" and twin.lr == 1e-3
     assert twin.lambda_l1 == recorded["lambda_l1"] == 50.0 and twin.max_steps == recorded["max_steps"]
     assert twin.dataset_dir == recorded["dataset_dir"] and twin.seed == recorded["seed"]
+    top = set(first.per_pair.nlargest(2, "persistence_l1")["pair_id"])
+    assert {int(first.test_ds.pairs.iloc[i]["pair_id"]) for i in first.most_changed(2)} == top
     second = train_and_test(twin, max_test_pairs=4)
     paired = paired_with_twin(second, first.run_dir)
     assert set(paired["metric"]) >= {"l1", "psnr", "ssim"} and set(paired["baseline"]) == {first.run_dir.name}

@@ -175,13 +175,15 @@ def readme_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
+def margin(scores: dict) -> float:
+    """How far one split's scores clear the bar: min(F1 / 0.55, recall / 0.5); >= 1 clears it."""
+    return min(scores["f1_future"] / BAR["f1_future"], scores["object_recall_new"] / BAR["object_recall_new"])
+
+
 def choose(results: dict) -> tuple[str, float]:
-    """The candidate whose VALIDATION scores clear the bar by the widest margin: min(F1 / 0.55, recall / 0.5)."""
-    def margin(r):
-        v = r["val"]
-        return min(v["f1_future"] / BAR["f1_future"], v["object_recall_new"] / BAR["object_recall_new"])
-    best = max((n for n in results if "options" in results[n]), key=lambda n: margin(results[n]))
-    return best, margin(results[best])
+    """The candidate whose VALIDATION scores clear the bar by the widest :func:`margin`."""
+    best = max((n for n in results if "options" in results[n]), key=lambda n: margin(results[n]["val"]))
+    return best, margin(results[best]["val"])
 
 
 def threshold_lines(results: dict) -> list[str]:
@@ -251,7 +253,6 @@ def sweep_thresholds(args, store, out: Path) -> None:
         sweep[name] = {f"{t:g}": score_split(model, store, "val", t, probs) for t in args.thresholds}
         print(name, {t: (round(v["f1_future"], 3), round(v["object_recall_new"], 3)) for t, v in sweep[name].items()},
               flush=True)
-    margin = lambda v: min(v["f1_future"] / BAR["f1_future"], v["object_recall_new"] / BAR["object_recall_new"])  # noqa: E731
     name, thr = max(((n, t) for n in sweep for t in sweep[n]), key=lambda nt: margin(sweep[nt[0]][nt[1]]))
     model, _ = load_segmenter(Path(args.save_dir) / name / "segmenter.pt")
     test = score_split(model, store, "test", float(thr))

@@ -46,6 +46,12 @@ class CGANChapterRun:
     per_area: pd.DataFrame  # :func:`area_comparison`: mean L1 of both per area
     paired: pd.DataFrame  # :func:`area_comparison`: model minus persistence with a 95 % interval over areas / blocks
 
+    def most_changed(self, n: int = 3) -> list[int]:
+        """Positions in :attr:`test_ds` of the ``n`` test pairs whose past and future differ most (largest L1 of
+        persistence), in the dataset's order."""
+        changed = set(self.per_pair.nlargest(n, "persistence_l1")["pair_id"].astype(int))
+        return [i for i, pid in enumerate(self.test_ds.pairs["pair_id"].astype(int)) if pid in changed]
+
 
 def train_and_test(config: CGANTrainConfig, max_test_pairs: int | None = None) -> CGANChapterRun:
     """Train ``config`` (:func:`train_cgan`), then let the best generator predict the test split (``max_test_pairs``:

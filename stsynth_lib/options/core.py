@@ -131,6 +131,14 @@ class Option:
 
 
 
+def mapping_problems(values: dict, declared: dict[str, Option], unknown: str) -> list[str]:
+    """Why the mapping ``values`` (option name -> value) does not fit the ``declared`` options: each key not declared
+    (``"<key>: " + unknown``), then each value its declaration refuses; [] when it fits."""
+    out = [f"{k}: {unknown}" for k in values if k not in declared]
+    out += [f"{k} = {v!r}: {err}" for k, v in values.items() if k in declared
+            and (err := declared[k].problem(declared[k].convert(v)[0]))]
+    return out
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(x)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stsynth_lib import options as schema
-from stsynth_lib.options.core import Option
+from stsynth_lib.options.core import Option, mapping_problems
 
 PARAMETERS_MARK = re.compile(r'^# %%.*tags\s*=\s*\[[^\]]*["\']parameters["\']')
 OPTIONS_HEADER = '# %% tags=["options"]'
@@ -126,10 +126,8 @@ def unpack(name: str, values: dict | None) -> dict[str, Any]:
     concern = next(c for c in schema.CONCERNS if PACKED.get(c.name) == name)
     values = dict(values or {})
     declared = {o.name: o for o in concern.options}
-    problems = [f"{k}: not an option of {name} (its options: {', '.join(declared)}; docs/OPTIONS.md)"
-                for k in values if k not in declared]
-    problems += [f"{k} = {v!r}: {err}" for k, v in values.items() if k in declared
-                 and (err := declared[k].problem(declared[k].convert(v)[0]))]
+    problems = mapping_problems(values, declared, f"not an option of {name} (its options: {', '.join(declared)}; "
+                                                  "docs/OPTIONS.md)")
     if problems:
         raise ValueError(f"{name}:\n  - " + "\n  - ".join(problems))
     return {k: declared[k].convert(v)[0] for k, v in values.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stsynth_lib.options.core import Concern, Option
+from stsynth_lib.options.core import Concern, Option, mapping_problems
 
 # what chapter 4 states itself: its run options and the generator (the twin copies everything else)
 TWIN_OWN = ("profile", "runs_dir", "run_name", "device", "progress", "model")
@@ -20,11 +20,8 @@ def twin_change_problems(changes: Any) -> list[str]:
     from stsynth_lib.options import CGAN_TRAIN
 
     declared = {o.name: o for o in CGAN_TRAIN if o.name not in TWIN_OWN}
-    out = [f"{k}: not a cGAN option a twin may change (model, run_name and the run options are chapter 4's own "
-           "parameters; docs/OPTIONS.md)" for k in changes if k not in declared]
-    out += [f"{k} = {v!r}: {err}" for k, v in changes.items() if k in declared
-            and (err := declared[k].problem(declared[k].convert(v)[0]))]
-    return out
+    return mapping_problems(changes, declared, "not a cGAN option a twin may change (model, run_name and the run "
+                                               "options are chapter 4's own parameters; docs/OPTIONS.md)")
 
 
 TWIN = Concern("twin", "The twin of chapter 3's run", (
