@@ -89,6 +89,12 @@ segmenter_batch_size = 16         # segmenter pairs per step (both dates used: 2
 segmenter_base_channels = 16      # segmenter width
 segmenter_depth = 3               # segmenter levels
 segmenter_lr = 0.001              # segmenter learning rate
+segmenter_upsample = 1            # segmenter input upsampling (buildings a few pixels wide get more pixels)
+segmenter_crop_px = None          # segmenter training crops (px); null: whole tiles
+segmenter_sample_by = "pairs"     # segmenter training images: both dates of each pair, or every labelled tile once per
+                                  # epoch
+segmenter_decision_threshold = 0.5  # building probability above which the judge calls a pixel building (chosen on
+                                    # validation: experiments/segmenter)
 retrain_segmenter = False         # false: reuse runs/<profile>/segmenter/segmenter.pt when it exists
 gallery_metric = "lpips"          # the metric that ranks the best / median / worst tiles
 
@@ -153,7 +159,9 @@ segmenter, seg_info = None, {}
 try:
     segmenter, seg_info, message = load_or_train_segmenter(
         runs_dir, profile, dataset_dir, retrain=retrain_segmenter, device=device, seed=seed, steps=segmenter_steps,
-        batch_size=segmenter_batch_size, lr=segmenter_lr, base_channels=segmenter_base_channels, depth=segmenter_depth)
+        batch_size=segmenter_batch_size, lr=segmenter_lr, base_channels=segmenter_base_channels, depth=segmenter_depth,
+        upsample=segmenter_upsample, crop_px=segmenter_crop_px, sample_by=segmenter_sample_by,
+        decision_threshold=segmenter_decision_threshold)
     print(message)
     if seg_info.get("losses"):  # trained now, or earlier (chapter 5 trains it when it picks the strength by F1)
         fig, ax = plt.subplots(figsize=(5, 2.6))

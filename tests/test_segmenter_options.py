@@ -96,3 +96,35 @@ def test_train_defaults_unchanged_and_options_recorded(tiny_dataset_dir, tmp_pat
     assert info["trained_now"] and "upsample 1, now 2" in msg
     model, info, _ = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, **kw, upsample=2)
     assert not info["trained_now"] and model.upsample == 2
+
+
+def test_decision_threshold_is_the_judges_own_and_never_retrains(tmp_path, tiny_dataset_dir):
+    """A judge's decision threshold (chosen on validation, experiments/segmenter) is what predict_masks applies by
+    default, survives save/load, and changing it reuses the saved weights instead of retraining."""
+    torch.manual_seed(0)
+    model = SegUNet(3, 4, 2).eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        prob = torch.sigmoid(model(x)).numpy()
+    low = float(np.quantile(prob, 0.3))  # another threshold than 0.5, whichever side the random judge lies on
+    assert (predict_masks(model, x) == (prob > 0.5)).all()
+    model.set_decision_threshold(low)
+    assert model.config["decision_threshold"] == low
+    got = predict_masks(model, x)
+    assert (got == (prob > low)).all() and got.astype(int).sum() != (prob > 0.5).sum()
+    assert (predict_masks(model, x, threshold=0.5) == (prob > 0.5)).all()  # an explicit threshold still wins
+    path = save_segmenter(model, tmp_path / "judge.pt")
+    loaded, _ = load_segmenter(path)
+    assert loaded.decision_threshold == low and (predict_masks(loaded, x) == got).all()
+    model.set_decision_threshold(0.5)
+    assert "decision_threshold" not in model.config  # the default is not recorded: old files read the same
+    with pytest.raises(ValueError, match="decision_threshold"):
+        SegUNet(3, 4, 2, decision_threshold=1.0)
+
+    kw = dict(steps=2, batch_size=2, base_channels=4, depth=2, progress=False)
+    m0, info, _ = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, **kw)
+    assert info["trained_now"] and m0.decision_threshold == 0.5
+    m1, info, msg = load_or_train_segmenter(tmp_path / "runs", "t", tiny_dataset_dir, decision_threshold=0.2, **kw)
+    assert not info["trained_now"] and m1.decision_threshold == 0.2 and "above 0.2" in msg
+    for a, b in zip(m0.state_dict().values(), m1.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

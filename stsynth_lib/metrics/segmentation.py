@@ -48,21 +48,36 @@ class SegUNet(nn.Module):
     ``W * upsample`` must be divisible by ``2**depth`` (:func:`input_multiple`).
     """
 
-    def __init__(self, in_channels: int = 3, base_channels: int = 16, depth: int = 3, upsample: int = 1):
+    def __init__(self, in_channels: int = 3, base_channels: int = 16, depth: int = 3, upsample: int = 1,
+                 decision_threshold: float = 0.5):
         super().__init__()
         if int(upsample) != upsample or upsample < 1:
             raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}")
+        if not 0.0 < float(decision_threshold) < 1.0:
+            raise ValueError(f"decision_threshold must lie in (0, 1), got {decision_threshold!r}")
         upsample = int(upsample)
         self.config = {"in_channels": in_channels, "base_channels": base_channels, "depth": depth}
         if upsample != 1:  # recorded only when set: a default segmenter's saved config is the one it always was
             self.config["upsample"] = upsample
         self.upsample = upsample
+        self.set_decision_threshold(decision_threshold)
         chs = [base_channels * 2**i for i in range(depth + 1)]
         self.downs = nn.ModuleList([_block(in_channels, chs[0])] + [_block(chs[i], chs[i + 1]) for i in range(depth)])
         self.ups = nn.ModuleList([nn.ConvTranspose2d(chs[i + 1], chs[i], 2, stride=2) for i in reversed(range(depth))])
         self.up_blocks = nn.ModuleList([_block(2 * chs[i], chs[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(chs[0], 1, 1)
         self.depth = depth
+
+    def set_decision_threshold(self, p: float) -> None:
+        """The building probability above which :func:`predict_masks` calls a pixel building (0.5 unless a study
+        chose another on validation, e.g. ``experiments/segmenter``); saved with the model, recorded only when set."""
+        if not 0.0 < float(p) < 1.0:
+            raise ValueError(f"decision_threshold must lie in (0, 1), got {p!r}")
+        self.decision_threshold = float(p)
+        if self.decision_threshold != 0.5:
+            self.config["decision_threshold"] = self.decision_threshold
+        else:
+            self.config.pop("decision_threshold", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = input_multiple(self)
@@ -294,13 +309,16 @@ def _inference_copy(model: SegUNet, compile: bool) -> nn.Module:
 
 
 @torch.no_grad()
-def predict_masks(model: SegUNet, images, batch_size: int = 64, threshold: float = 0.5, device: str | None = None,
-                  compile: bool = False) -> np.ndarray:
-    """Binary building masks (N, 1, H, W) uint8 for images (N, C, H, W) in [-1, 1] (or uint8).
+def predict_masks(model: SegUNet, images, batch_size: int = 64, threshold: float | None = None,
+                  device: str | None = None, compile: bool = False) -> np.ndarray:
+    """Binary building masks (N, 1, H, W) uint8 for images (N, C, H, W) in [-1, 1] (or uint8): probability above
+    ``threshold`` (default: the model's ``decision_threshold``, 0.5 unless set).
 
     The segmenter runs with its batch norm folded (:func:`stsynth_lib.models.inference.prepare_for_inference`) and,
     with ``compile``, compiled (every batch padded to ``batch_size``: one graph); the masks equal the plain model's
     except where a probability lies within float rounding (~1e-7) of ``threshold``."""
+    if threshold is None:
+        threshold = getattr(model, "decision_threshold", 0.5)
     x = images
     if isinstance(x, np.ndarray) and x.dtype == np.uint8 or isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
         x = torch.as_tensor(np.asarray(x), dtype=torch.float32) / 127.5 - 1.0
@@ -344,10 +362,13 @@ def load_segmenter(path: str | Path, device: str = "cpu") -> tuple[SegUNet, dict
 
 
 def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str | Path, retrain: bool = False,
-                            device: str = "cpu", seed: int = 0, **train_kwargs: Any) -> tuple[SegUNet, dict[str, Any], str]:
+                            device: str = "cpu", seed: int = 0, decision_threshold: float = 0.5,
+                            **train_kwargs: Any) -> tuple[SegUNet, dict[str, Any], str]:
     """Reuse ``<runs_dir>/<profile>/segmenter/segmenter.pt`` if it was trained on this build of the dataset with the
     same settings (each of ``train_kwargs`` and ``seed`` that the saved file records), else train. Chapter 5 (choosing
-    the img2img strength by new-building F1) and chapter 6 share it this way.
+    the img2img strength by new-building F1) and chapter 6 share it this way. ``decision_threshold`` (the probability
+    above which a pixel is building; ``experiments/segmenter`` chooses it on validation) is set on the returned model
+    whether loaded or trained: it changes no weight, so it never causes a retraining.
 
     Returns ``(model, info, message)``; ``info["trained_now"]`` says which happened. Raises ``ValueError`` (from
     :func:`train_segmenter`) when the dataset has no labelled pairs to train on.
@@ -362,7 +383,9 @@ def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str
         other = {k: (recorded[k], v) for k, v in asked.items() if k in recorded and recorded[k] != v}
         if info.get("dataset_fingerprint") == dataset_fingerprint(dataset_dir) and not other:
             info["trained_now"] = False
-            return model, info, f"Loaded {seg_path} ({info.get('steps')} steps, trained on this dataset)"
+            model.set_decision_threshold(decision_threshold)
+            return model, info, (f"Loaded {seg_path} ({info.get('steps')} steps, trained on this dataset)"
+                                 + _threshold_words(decision_threshold))
         stale = (f"{seg_path} was trained with other settings ("
                  + ", ".join(f"{k} {a!r}, now {b!r}" for k, (a, b) in other.items()) + "): retrained. " if other else
                  f"{seg_path} was trained on another build of the dataset: retrained. ")
@@ -372,5 +395,11 @@ def load_or_train_segmenter(runs_dir: str | Path, profile: str, dataset_dir: str
     prepare_run_dir(runs_dir, profile, "segmenter", {"dataset_dir": dataset_dir, "seed": seed, **train_kwargs})
     save_segmenter(model, seg_path, info)
     info["trained_now"] = True
+    model.set_decision_threshold(decision_threshold)
     return model, info, (f"{stale}Trained in {info['seconds']:.0f} s on {info['train_pairs']} labelled pairs "
-                         f"({info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}")
+                         f"({info['n_params'] / 1e6:.2f} M parameters); saved to {seg_path}"
+                         + _threshold_words(decision_threshold))
+
+
+def _threshold_words(p: float) -> str:
+    return "" if float(p) == 0.5 else f"; a pixel is building where its probability is above {float(p):g}"

@@ -16,6 +16,13 @@ EVALUATION = Concern("evaluation", "Evaluation", (
     Option("segmenter_base_channels", int, 16, "segmenter width", min=1),
     Option("segmenter_depth", int, 3, "segmenter levels", min=1),
     Option("segmenter_lr", float, 1e-3, "segmenter learning rate", min=0, min_open=True),
+    Option("segmenter_upsample", int, 1, "segmenter input upsampling (buildings a few pixels wide get more pixels)",
+           min=1),
+    Option("segmenter_crop_px", int, None, "segmenter training crops (px); null: whole tiles", none_ok=True, min=8),
+    Option("segmenter_sample_by", str, "pairs", "segmenter training images: both dates of each pair, or every "
+           "labelled tile once per epoch", choices=("pairs", "tiles")),
+    Option("segmenter_decision_threshold", float, 0.5, "building probability above which the judge calls a pixel "
+           "building (chosen on validation: experiments/segmenter)", min=0, min_open=True, max=1, max_open=True),
     Option("retrain_segmenter", bool, False, "false: reuse runs/<profile>/segmenter/segmenter.pt when it exists"),
     Option("gallery_metric", str, "lpips", "the metric that ranks the best / median / worst tiles"),
     Option("fid_max_pairs", int, 64, "null: every pair; an int: a seeded subset, the same for every model",

@@ -47,7 +47,8 @@ CONTROLNET_CONFIG = Config("stsynth_lib.controlnet.config", "ControlNetTrainConf
                            "CONTROLNET_TRAIN")
 # concern name -> the one mapping parameter that carries its options in a notebook's parameters cell
 PACKED = {"trainer": "training"}
-SEGMENTER = ("segmenter_steps", "segmenter_batch_size", "segmenter_base_channels", "segmenter_depth", "segmenter_lr")
+SEGMENTER = ("segmenter_steps", "segmenter_batch_size", "segmenter_base_channels", "segmenter_depth", "segmenter_lr",
+             "segmenter_upsample", "segmenter_crop_px", "segmenter_sample_by", "segmenter_decision_threshold")
 # the chapter's own concern first, then the shared ones
 _CGAN = (("cgan", ALL), ("run", ALL), ("trainer", ALL), ("guidance", ALL), ("evaluation", ("max_test_pairs",)))
 
