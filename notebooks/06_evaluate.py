@@ -115,7 +115,7 @@ from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
 from stsynth_lib import metrics as M
-from stsynth_lib.evaluate.figures import plot_examples, plot_new_buildings, save_figure_png
+from stsynth_lib.evaluate.figures import plot_examples, plot_landing_example, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
 from stsynth_lib.book.report_format import model_display_name, round_floats
 from stsynth_lib.metrics.segmentation import load_or_train_segmenter
@@ -329,7 +329,7 @@ else:
 # %% [markdown]
 # A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints
 # the models were given (new ones in orange), the true future and each model, new buildings outlined in cyan
-# (without labels: evenly spread test pairs). The figure is also saved as `runs/<profile>/eval/examples.png`.
+# (without labels: evenly spread test pairs).
 
 # %%
 fig = plot_new_buildings(res, n=4)
@@ -337,6 +337,19 @@ if fig is None:  # no labels: the same layout on evenly spread test pairs
     fig = plot_examples(res, n=4)
 if fig is None:
     display(Markdown(f"> **Note:** no scored {split} pair to show."))
+else:
+    plt.show()
+
+# %% [markdown]
+# The landing page's figure (saved as `runs/<profile>/eval/examples.png`): the learned model with the highest mean
+# PSNR beside the truth, and what each changed from the past image on one colour scale per row. A model that only
+# copies the past would show a black last column. Rows: the pairs with the most new buildings (labelled data), else
+# pairs at the 60th, 75th and 90th percentiles of the true change (the largest changes are mostly clouds).
+
+# %%
+fig = plot_landing_example(res, n=3)
+if fig is None:
+    display(Markdown(f"> **Note:** no learned model scored on {split}: no landing figure."))
 else:
     examples_png = save_figure_png(fig, eval_dir / "examples.png", max_kb=400)
     print(f"saved {examples_png} ({examples_png.stat().st_size // 1024} KB)")

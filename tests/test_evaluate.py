@@ -342,3 +342,43 @@ def test_new_building_figure_picks_the_pairs_with_most_new_buildings(tiny_datase
     assert [a.get_title() for a in fig.axes[:3]] == ["past (= persistence)", "truth (future)", "oracle"]
     assert len(fig.axes) == 2 * 3
     plt.close(fig)
+
+
+def test_landing_figure_shows_the_best_learned_model_and_what_it_changed(tiny_dataset_dir, tmp_path):
+    """The landing figure: past | footprints | truth | model | true change | model's change; the change panels are
+    |image - past| so a copy of the past shows black and the oracle shows the true change; without labels no
+    footprint column and rows at quantiles of the true change."""
+    import dataclasses
+
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.figures import change_pairs, landing_model, plot_landing_example
+
+    data = E.load_split(tiny_dataset_dir, "test")
+    _write(tmp_path / "oracle", data, data.future)
+    _write(tmp_path / "copy", data, data.past)
+    res = E.evaluate_models(tiny_dataset_dir, "test", {"oracle": tmp_path / "oracle", "copy": tmp_path / "copy"},
+                            compute_lpips=False, n_boot=20, progress=False, baselines=["seasonal"])
+    assert landing_model(res) == "oracle"  # the best mean PSNR among learned models, baselines left out
+    for model in ("oracle", "copy"):
+        fig = plot_landing_example(res, model=model, n=2)
+        titles = [a.get_title() for a in fig.axes[:6]]
+        assert titles == ["past", "future footprints", "truth (future)", model, "true change", "model's change"]
+        true_change, model_change = fig.axes[4].images[0].get_array(), fig.axes[5].images[0].get_array()
+        if model == "oracle":
+            np.testing.assert_allclose(model_change, true_change)
+            assert float(np.max(true_change)) > 0
+        else:
+            assert float(np.max(model_change)) == 0.0  # copying the past: nothing changed
+        assert all(t.get_fontsize() >= 12 for a in fig.axes for t in [a.title] if t.get_text())
+        plt.close(fig)
+    unlabelled = dataclasses.replace(res, data=dataclasses.replace(data, has_mask=np.zeros(len(data), bool)))
+    idx = change_pairs(unlabelled, n=3)
+    d = unlabelled.data
+    score = [np.abs(d.future[i].astype(float) - d.past[i].astype(float)).mean(0)[d.valid[i, 0] > 0].mean()
+             for i in range(len(d))]  # mean change over valid pixels
+    assert len(idx) >= 2 and np.median(score) <= min(score[i] for i in idx)  # changed pairs, not the median ones
+    assert max(score[i] for i in idx) < max(score)  # nor the single largest change (mostly clouds on real data)
+    fig = plot_landing_example(unlabelled, n=3)
+    assert [a.get_title() for a in fig.axes[:5]] == ["past", "truth (future)", "oracle", "true change", "model's change"]
+    plt.close(fig)

@@ -95,6 +95,86 @@ def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int =
                               title="Test pairs: past | future footprints (where labelled) | truth | each model") if idx else None
 
 
+def landing_model(res: EvalResult) -> str | None:
+    """The learned model the landing figure shows: the one with the highest mean PSNR on the scored pairs (baselines
+    and the real future left out); None when no learned model was scored."""
+    from stsynth_lib.baselines import is_baseline
+
+    df = res.per_tile[res.per_tile["common"]] if "common" in res.per_tile else res.per_tile
+    means = df[~df["model"].map(lambda m: is_baseline(m) or m == UPPER_BOUND)].groupby("model")["psnr"].mean()
+    means = means[means.index.isin(list(res.predictions))].dropna()
+    return str(means.idxmax()) if len(means) else None
+
+
+def change_pairs(res: EvalResult, n: int = 3, quantiles: Sequence[float] = (0.6, 0.75, 0.9)) -> list[int]:
+    """``n`` pairs that show change without hand-picking: the pairs with the most new-building pixels where the split
+    is labelled (:func:`pick_new_building_pairs`), else the pairs at the ``quantiles`` of the true change (mean
+    |truth - past| over valid pixels): changed enough to see, short of the largest changes (mostly clouds)."""
+    picks = pick_new_building_pairs(res, n)
+    if picks:
+        return picks
+    d = res.data
+    change = np.abs(d.future.astype(np.float32) - d.past.astype(np.float32)).mean(1) * (d.valid[:, 0] > 0)
+    score = change.reshape(len(d), -1).sum(1) / np.maximum((d.valid[:, 0] > 0).reshape(len(d), -1).sum(1), 1)
+    order = np.argsort(score, kind="stable")
+    out: list[int] = []
+    for q in list(quantiles)[:n]:
+        i = int(order[min(int(round(q * (len(order) - 1))), len(order) - 1)])
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, fontsize: float = 12.0):
+    """What the system does, in one figure for the landing page: per pair, past | future footprints (labelled data
+    only) | truth | the model | the true change | the model's change. The change panels are the mean over bands of
+    |image - past| on one colour scale per row (black: unchanged), so a prediction that only copies the past shows a
+    black last panel. ``model`` defaults to :func:`landing_model`; rows from :func:`change_pairs`. Returns None
+    without a learned model or a pair."""
+    import matplotlib.pyplot as plt
+
+    model = model or landing_model(res)
+    idx = change_pairs(res, n) if model else []
+    if not idx:
+        return None
+    d = res.data
+    labelled = bool(np.asarray(d.has_mask)[idx].any())
+    name = model_display_name(model, res.labels) if res.labels else model
+    cols = ["past"] + (["future footprints"] if labelled else []) + ["truth (future)", textwrap.fill(name, 18),
+                                                                     "true change", "model's change"]
+    fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.75 * len(cols), 1.85 * len(idx) + 0.7), squeeze=False)
+    for r, i in enumerate(idx):
+        past = d.past[i].astype(np.float32)
+        pred = res.predictions[model][i]
+        true_change = np.abs(d.future[i].astype(np.float32) - past).mean(0) / 255.0
+        model_change = np.abs(pred.astype(np.float32) - past).mean(0) / 255.0
+        vmax = max(float(np.quantile(true_change, 0.99)), 1e-3)
+        new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
+        mask_rgb = np.zeros((*new.shape, 3))
+        mask_rgb[d.future_mask[i, 0] > 0] = 1.0
+        mask_rgb[new] = (1.0, 0.55, 0.0)
+        panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i]), rgb_image(pred)]
+        for c, img in enumerate(panels + [true_change, model_change]):
+            ax = axes[r, c]
+            if c >= len(panels):
+                ax.imshow(img, cmap="magma", vmin=0, vmax=vmax)
+            else:
+                ax.imshow(img)
+            if new.any() and not (labelled and c == 1):
+                ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(cols[c], fontsize=fontsize)
+        p = d.pairs.iloc[i]
+        gap = plural(round(float(p["gap_months"])), "month")
+        axes[r, 0].set_ylabel(f"gap {gap}", fontsize=fontsize)
+    fig.suptitle("Change panels: mean |image - past| over bands, one scale per row (black: unchanged)"
+                 + ("; cyan: new buildings" if labelled else ""), fontsize=fontsize)
+    fig.tight_layout()
+    return checked(fig)
+
+
 def save_figure_png(fig, path, max_kb: int = 400, dpis: Sequence[int] = (100, 80, 64, 50, 40)):
     """Save ``fig`` as a PNG at ``path``, under ``max_kb`` KB (the book's landing page embeds it): the highest of
     ``dpis`` whose file fits, first as full colour, then as a 256-colour palette PNG (satellite tiles are noisy and
