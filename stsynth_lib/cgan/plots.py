@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,18 +105,21 @@ def plot_residual_calibration(run_dir: str | Path):
 
 
 def show_samples(run_dir: str | Path, which: int | str = "last"):
-    """Show a saved sample grid (``"last"``, ``"first"`` or a step): past | mask | generated | truth."""
+    """Show a saved sample grid (``"last"``, ``"first"`` or a step): its columns (:func:`sample_grid_columns`)."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
     from stsynth_lib.runs import sample_grid_path
 
     path = sample_grid_path(run_dir, which)
-    img = np.asarray(Image.open(path))
+    with Image.open(path) as im:
+        img = np.asarray(im)
+        cols = im.info.get("columns", "past|future mask|generated|truth").split("|")  # grids before: 4 columns
     fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.4))
     ax.imshow(img)
-    w = img.shape[1] / 4
-    ax.set_xticks([w * (i + 0.5) for i in range(4)], ["past", "future mask", "generated", "truth (magenta: invalid)"])
+    w = img.shape[1] / len(cols)
+    ax.set_xticks([w * (i + 0.5) for i in range(len(cols))],
+                  [c + " (magenta: invalid)" if c == "truth" else c for c in cols])
     ax.set_yticks([])
     ax.set_title(f"{path.stem} (validation pairs)", fontsize=10)
     fig.tight_layout()
@@ -126,7 +129,8 @@ def show_samples(run_dir: str | Path, which: int | str = "last"):
 def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: int = 3, levels: tuple[int, ...] | None = None):
     """Attention maps of an :class:`AttentionUNetGenerator` overlaid on the past image, one row per pair.
 
-    Columns: past image, future mask, then one overlay per gate (finest first; ``levels`` picks some).
+    Columns: past image, future mask (labelled pairs only), then one overlay per gate (finest first; ``levels``
+    picks some).
     Bright = the gate passes the skip feature (the decoder copies detail from the past image there).
     """
     import matplotlib.pyplot as plt
@@ -137,16 +141,19 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
     maps = attention_maps(model, condition)
     levels = tuple(range(len(maps))) if levels is None else levels
     n = min(n, condition.shape[0])
-    cols = 2 + len(levels)
+    labelled = _labelled(batch, n)  # no labels: no all-black mask column
+    first = 2 if labelled else 1
+    cols = first + len(levels)
     fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.5 * n), squeeze=False)
     for i in range(n):
         past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
         axes[i, 0].imshow(past)
         axes[i, 0].set_title("past" if i == 0 else "")
-        axes[i, 1].imshow(batch["future_mask"][i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
-        axes[i, 1].set_title("future mask" if i == 0 else "")
+        if labelled:
+            axes[i, 1].imshow(batch["future_mask"][i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+            axes[i, 1].set_title("future mask" if i == 0 else "")
         for c, lv in enumerate(levels):
-            a = axes[i, 2 + c]
+            a = axes[i, first + c]
             a.imshow(past)
             im = a.imshow(maps[lv][i, 0].cpu(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
             if i == 0:
@@ -157,9 +164,23 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
     return fig
 
 
+def _labelled(batch: Mapping[str, Any], n: int) -> bool:
+    """Whether any of the batch's first ``n`` pairs has building labels (a batch without ``has_mask``: yes)."""
+    if "has_mask" not in batch:
+        return True
+    return bool(torch.as_tensor(batch["has_mask"])[:n].any())
+
+
+def sample_grid_columns(batch: Mapping[str, Any], n_rows: int = 4) -> list[str]:
+    """The columns :func:`sample_grid` draws for ``batch``: the future mask only when a shown pair is labelled."""
+    return ["past"] + (["future mask"] if _labelled(batch, n_rows) else []) + ["generated", "truth"]
+
+
 def sample_grid(batch: Mapping[str, Any], generated: torch.Tensor, n_rows: int = 4) -> np.ndarray:
-    """``(rows*H, 4*W, 3)`` uint8 grid: past | future mask | generated | truth (invalid truth pixels magenta)."""
+    """``(rows*H, cols*W, 3)`` uint8 grid: past | future mask (labelled pairs only) | generated | truth (invalid truth
+    pixels magenta); :func:`sample_grid_columns` names the columns."""
     n = min(n_rows, generated.shape[0])
+    labelled = _labelled(batch, n)
     rows = []
     for i in range(n):
         past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
@@ -169,16 +190,21 @@ def sample_grid(batch: Mapping[str, Any], generated: torch.Tensor, n_rows: int =
         truth = to_uint8(batch["future"][i][:3]).transpose(1, 2, 0).copy()
         invalid = batch["valid"][i, 0].cpu().numpy() < 0.5
         truth[invalid] = (255, 0, 255)
-        rows.append(np.concatenate([past, mask, gen, truth], 1))
+        rows.append(np.concatenate([past] + ([mask] if labelled else []) + [gen, truth], 1))
     return np.concatenate(rows, 0)
 
 
-def save_grid(grid: np.ndarray, path: Path) -> Path:
-    from PIL import Image
+def save_grid(grid: np.ndarray, path: Path, columns: Sequence[str] | None = None) -> Path:
+    """Write ``grid`` as a PNG atomically; ``columns`` (the grid's column names) go into its text chunk, where
+    :func:`show_samples` reads them."""
+    from PIL import Image, PngImagePlugin
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
+    info = PngImagePlugin.PngInfo()
+    if columns:
+        info.add_text("columns", "|".join(columns))
+    Image.fromarray(grid).save(tmp, format="PNG", pnginfo=info)
     tmp.replace(path)
     return path
 

@@ -53,7 +53,7 @@ from stsynth_lib.cgan.calibrate import calibrate_residual_scale
 from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
 from stsynth_lib.cgan.losses import train_step
 from stsynth_lib.cgan.model_io import generator_from_spec, model_spec
-from stsynth_lib.cgan.plots import sample_grid, save_grid
+from stsynth_lib.cgan.plots import sample_grid, sample_grid_columns, save_grid
 from stsynth_lib.cgan.predictor import score_generator
 from stsynth_lib.conditioning import GuidanceConfig, build_condition, dataset_has_mask, fit_linear_base
 from stsynth_lib.data.dataset import PairedTileDataset
@@ -249,7 +249,8 @@ class CGANRun:
             gen = self.G_raw(build_condition(b, self.guidance)).float().cpu()
         self.G_raw.train()
         save_grid(sample_grid(self.grid_batch, gen, self.cfg.n_sample_rows),
-                  self.run_dir / "samples" / f"step-{at_step:07d}.png")
+                  self.run_dir / "samples" / f"step-{at_step:07d}.png",
+                  columns=sample_grid_columns(self.grid_batch, self.cfg.n_sample_rows))
 
     def validate(self, epoch: int, at_step: int) -> dict[str, Any] | None:
         """Score the validation pairs, log ``val.csv`` and keep the best generator in ``best/``."""

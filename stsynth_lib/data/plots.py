@@ -109,24 +109,30 @@ def plot_dataset_summary(store):
 
 
 def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
-    """``n`` random pairs of a ``PairedTileDataset``: past | future mask | future, one row each."""
+    """``n`` random pairs of a ``PairedTileDataset``: past | future mask (only when a shown pair is labelled) |
+    future, one row each."""
     from stsynth_lib.data.dataset import to_uint8
 
     plt = _plt()
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    fig, axes = plt.subplots(len(idx), 3, figsize=(7.5, 2.5 * len(idx)), squeeze=False)
-    for r, i in enumerate(idx):
-        s = dataset[int(i)]
+    samples = [dataset[int(i)] for i in idx]
+    labelled = any(bool(s["has_mask"]) for s in samples)  # no labels: no all-black mask column
+    cols = 3 if labelled else 2
+    fig, axes = plt.subplots(len(idx), cols, figsize=(2.5 * cols, 2.5 * len(idx)), squeeze=False)
+    for r, s in enumerate(samples):
         axes[r, 0].imshow(to_uint8(s["past"][:3]).transpose(1, 2, 0))
-        axes[r, 0].set_title(f"past {int(s['past_year'])}-{int(s['past_month']):02d}", fontsize=8)
-        axes[r, 1].imshow(s["future_mask"][0], cmap="gray", vmin=0, vmax=1)
-        axes[r, 1].set_title("future buildings" if bool(s["has_mask"]) else "no labels", fontsize=8)
-        axes[r, 2].imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
+        axes[r, 0].set_title(f"past {int(s['past_year'])}-{int(s['past_month']):02d}", fontsize=9)
+        if labelled:
+            axes[r, 1].imshow(s["future_mask"][0], cmap="gray", vmin=0, vmax=1)
+            axes[r, 1].set_title("future buildings" if bool(s["has_mask"]) else "no labels", fontsize=9)
+        fut = axes[r, cols - 1]
+        fut.imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
         inval = 1 - s["valid"][0].numpy()
         if inval.any():
-            axes[r, 2].contour(inval, levels=[0.5], colors="cyan", linewidths=0.6)
-        axes[r, 2].set_title(f"future {int(s['future_year'])}-{int(s['future_month']):02d} (+{int(s['gap_months'])} mo)", fontsize=8)
+            fut.contour(inval, levels=[0.5], colors="cyan", linewidths=0.6)
+        fut.set_title(f"future {int(s['future_year'])}-{int(s['future_month']):02d} (+{int(s['gap_months'])} mo)",
+                      fontsize=9)
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -187,7 +188,8 @@ def rgb_image(img_uint8: np.ndarray) -> np.ndarray:
 
 
 def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | None = None):
-    """Best, median and worst tiles of ``model`` by ``metric``: past | future mask | generated | truth | error map."""
+    """Best, median and worst tiles of ``model`` by ``metric``: past | future mask (labelled pairs only) | generated |
+    truth | error map."""
     import matplotlib.pyplot as plt
 
     df = res.per_tile[(res.per_tile["model"] == model) & res.per_tile["common"]].dropna(subset=[metric])
@@ -199,7 +201,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
     index = {int(p): i for i, p in enumerate(res.data.pair_ids)}
     cal = res.calibrated.get("lpips", True) if metric in LPIPS_METRICS else True
     shown = model_display_name(model, res.labels) if res.labels else model
-    fig, axes = plt.subplots(3, 5, figsize=(12, 7.6))
+    labelled = any(bool(res.data.has_mask[index[int(row["pair_id"])]]) for _, row in picks)  # else no mask column
+    n_cols = 5 if labelled else 4
+    fig, axes = plt.subplots(3, n_cols, figsize=(2.4 * n_cols, 7.6))
     for r, (tag, row) in enumerate(picks):
         i = index[int(row["pair_id"])]
         pred = res.predictions[model][i]
@@ -207,12 +211,14 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
         err = np.abs(pred.astype(float) - truth.astype(float)).mean(0) / 255.0
         invalid = res.data.valid[i, 0] == 0
         err = np.ma.masked_where(invalid, err)
-        panels = [(rgb_image(res.data.past[i]), "past"),
-                  (res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels"),
-                  (rgb_image(pred), shown), (rgb_image(truth), "truth"), (err, "|error| (invalid masked)")]
+        panels = ([(rgb_image(res.data.past[i]), "past")]
+                  + ([(res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels")]
+                     if labelled else [])
+                  + [(rgb_image(pred), textwrap.fill(shown, 28)), (rgb_image(truth), "truth"),
+                     (err, "|error| (invalid masked)")])
         for c, (img, t) in enumerate(panels):
             ax = axes[r, c]
-            if c == 4:
+            if c == n_cols - 1:
                 im = ax.imshow(img, cmap="magma", vmin=0, vmax=0.5)
             else:
                 ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
@@ -221,7 +227,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             if r == 0:
                 ax.set_title(t, fontsize=9)
         axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
-    fig.colorbar(im, ax=axes[:, 4], fraction=0.05)
+    fig.colorbar(im, ax=axes[:, n_cols - 1], fraction=0.05)
     fig.suptitle(title or f"{shown}: best / median / worst tiles by {P.label(METRICS[metric][1], cal)}", fontsize=11)
     return fig
 
