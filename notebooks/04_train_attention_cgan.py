@@ -81,6 +81,9 @@ twin_changes = {}                 # options that differ from that run's besides 
                                   # {linear_centre: none}
 # Evaluation
 max_test_pairs = None             # a seeded subset of the test pairs predicted; null: the whole split
+nomask_twin = None                # the run name of this run's no-mask control, trained after it with the same options
+                                  # but use_mask and use_past_mask false (what the footprints add: chapter 6, twins);
+                                  # null: none
 
 # %%
 import os
@@ -90,9 +93,10 @@ from stsynth_lib.runs import find_project_root
 os.chdir(find_project_root())
 
 import matplotlib.pyplot as plt
-from IPython.display import display
+from IPython.display import Markdown, display
 
-from stsynth_lib.cgan.chapter import config_table, paired_with_twin, persistence_on_val, train_and_test, twin_config
+from stsynth_lib.cgan.chapter import (config_table, paired_with_twin, persistence_on_val, train_and_test,
+                                      train_nomask_twin, twin_config)
 from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.evaluate import paired_table
@@ -139,6 +143,23 @@ display(paired_table(paired_with_twin(run, run.run_dir.parent / twin_of_run)))
 display(paired_table(run.paired))
 
 # %% [markdown]
+# ## What do the footprints add? The no-mask twin
+# With `nomask_twin` set (labelled profiles), the same options are trained again under that name with the footprint
+# channels removed (`use_mask` and `use_past_mask` off; data, seed, losses and steps unchanged), and tested like this
+# run. The table is this run minus its twin on the same test pairs (whole image); chapter 6 scores both on
+# new-building pixels and new buildings drawn (`twins`).
+
+# %%
+if nomask_twin:
+    twin, gain = train_nomask_twin(run, nomask_twin, max_test_pairs, device=device, progress=progress)
+    print(f"no-mask twin: {twin.run_dir}")
+    display(paired_table(gain))
+else:
+    display(Markdown("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
+                     + ("set `nomask_twin` to measure what the footprints add." if run.test_ds.pairs["has_mask"].any()
+                        else "its data have no building labels, so the model reads no footprints.")))
+
+# %% [markdown]
 # ## Where does the generator look where the scene changed?
 # The attention maps of the best generator on the three test pairs whose past and future differ most (largest L1 of
 # persistence), overlaid on the past image (finest gate first). Bright: the skip feature passes, the output copies
@@ -164,8 +185,6 @@ plt.show()
 # * The test predictions are saved as GeoTIFFs for the evaluation chapter.
 
 # %%
-from IPython.display import Markdown
-
 from stsynth_lib.book.publish.facts import chapter_note
 
 display(Markdown(chapter_note(profile, dataset_dir=config.dataset_dir)))  # what this profile's data can show

@@ -83,6 +83,9 @@ psnr_cap_db = 100.0               # PSNR of an exact match is inf; means use thi
 split = "test"                    # the split scored
 models = ["pix2pix", "attention_unet", "controlnet"]  # the run folders scored, by name
 baselines = ["mean_last_3", "seasonal"]  # simple past-only predictors scored next to persistence (no learning)
+twins = {}                        # guided model -> its no-mask twin (run folders), scored beside it and tabled as model
+                                  # minus twin on new-building pixels, new buildings drawn and the whole image
+kfold_results = None              # a k-fold results file (experiments/guidance_kfold) tabled in chapter 6; null: none
 max_eval_pairs = None             # null: every pair of the split; an int: a seeded subset, the same for every model
 segmenter_steps = 300             # building-segmenter training steps
 segmenter_batch_size = 16         # segmenter pairs per step (both dates used: 2x images)
@@ -124,7 +127,8 @@ from stsynth_lib.verdict import strongest_baseline_text
 seed_everything(seed)
 device = E.scoring_device(device)
 eval_dir = Path(runs_dir) / profile / "eval"
-runs = E.prediction_dirs(runs_dir, profile, models, split)
+# the no-mask twins (what the footprints add) are scored beside their guided models
+runs = E.prediction_dirs(runs_dir, profile, [*models, *(t for t in twins.values() if t not in models)], split)
 for name, folder in runs.items():
     print(f"{name:15s} {'found' if (folder / 'index.csv').is_file() else 'MISSING'}  {folder}")
 
@@ -325,6 +329,40 @@ if len(new_rows):
     display(E.paired_table(new_rows, labels=res.labels))
 else:
     display(Markdown("> **Note:** no new-building scores: this split has no building labels (or no segmenter)."))
+
+# %% [markdown]
+# ### What the footprints add: each guided model minus its no-mask twin
+# The twin (`twins`; trained by chapters 3-4 with `nomask_twin`) has the same options, seed and steps with the
+# footprint channels removed, so the difference is what the footprints themselves add: on new-building pixels (L1,
+# PSNR), in new buildings the judge sees on the output (object recall: a new footprint counts when the judge calls at
+# least half its pixels building), and on the whole image. Pairs matched, whole blocks or areas resampled.
+
+# %%
+gain, gain_notes = E.guidance_gain(res.per_tile, twins, n_boot=n_bootstrap, seed=seed) if twins else (None, [])
+for note in gain_notes:
+    display(Markdown(f"> **Note:** {note}"))
+if gain is not None and len(gain):
+    display(E.paired_table(gain, labels=res.labels))
+elif not twins:
+    display(Markdown("> **Note:** no no-mask twins on this profile (`twins: {}`)"
+                     + (": its data have no building labels." if not data.has_mask.any() else ".")))
+
+# %% [markdown]
+# ### Every block tested once: the k-fold
+# A single split leaves few test blocks. `experiments/guidance_kfold` holds each block out once (4 folds, each
+# training the profile's guided model and its no-mask twin on the other blocks) and pools the per-pair scores: the
+# rows below are the guided model minus its twin, persistence and the seasonal blend, whole blocks resampled over all
+# of them. It ran outside this chapter (`kfold_results`, its own README for the commands); its judge is the one named
+# there.
+
+# %%
+if kfold_results:
+    kfold = E.kfold_paired(kfold_results)
+    for base, rows in kfold.groupby("baseline", sort=False):
+        display(Markdown(f"**Guided minus {base}**"))
+        display(E.paired_table(rows))
+else:
+    display(Markdown("> **Note:** no k-fold results for this profile (`kfold_results: null`)."))
 
 # %% [markdown]
 # A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints

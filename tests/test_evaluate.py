@@ -382,3 +382,30 @@ def test_landing_figure_shows_the_best_learned_model_and_what_it_changed(tiny_da
     fig = plot_landing_example(unlabelled, n=3)
     assert [a.get_title() for a in fig.axes[:5]] == ["past", "truth (future)", "oracle", "true change", "model's change"]
     plt.close(fig)
+
+
+def test_guidance_gain_pairs_each_model_with_its_twin_and_names_a_missing_one(tiny_dataset_dir, tmp_path):
+    """Chapter 6's 'what the footprints add': model minus its no-mask twin on the same pairs (new-building pixels,
+    object recall, whole image); a twin that was not scored is a note, not a crash. The k-fold rows of a results
+    file come back in the same paired form, named by family."""
+    data = E.load_split(tiny_dataset_dir, "test")
+    _write(tmp_path / "oracle", data, data.future)
+    _write(tmp_path / "copy", data, data.past)
+    res = E.evaluate_models(tiny_dataset_dir, "test", {"oracle": tmp_path / "oracle", "copy": tmp_path / "copy"},
+                            compute_lpips=False, n_boot=20, progress=False)
+    rows, notes = E.guidance_gain(res.per_tile, {"oracle": "copy", "pix2pix": "pix2pix_nomask"}, n_boot=50)
+    assert set(rows["model"]) == {"oracle"} and set(rows["baseline"]) == {"copy"}
+    by = rows.set_index("metric")
+    assert by.loc["psnr", "mean_diff"] > 0 and by.loc["l1_new", "mean_diff"] < 0  # the truth beats a copy of the past
+    assert len(notes) == 1 and "pix2pix_nomask" in notes[0] and "nomask_twin" in notes[0]
+    table = E.paired_table(rows)
+    assert "model − copy" in table.columns and len(table) == len(rows)
+
+    pooled = E.paired_vs_baseline(res.per_tile.replace({"model": {"oracle": "guided", "copy": "nomask"}}), "nomask",
+                                  metrics=["psnr", "l1_new"], n_boot=20)
+    results = {"pix2pix": {"paired": {"nomask": pooled.to_dict("records")}}}
+    k = E.kfold_paired(results)
+    assert list(k["model"].unique()) == ["pix2pix (guided)"] and set(k["baseline"]) == {"pix2pix (no mask)"}
+    assert set(k["metric"]) == {"psnr", "l1_new"}
+    with pytest.raises(FileNotFoundError, match="kfold_guidance.py"):
+        E.kfold_paired(tmp_path / "none.json")

@@ -501,3 +501,25 @@ def test_the_twin_command_trains_a_no_mask_control_of_a_guided_run(tiny_dataset_
     assert twin_main(["--run", str(guided.run_dir), "--run-name", "x", "--set", "use_mask=maybe"]) == 2
     assert "use_mask" in capsys.readouterr().err
     assert twin_main(["--run", str(guided.run_dir), "--run-name", guided.run_dir.name]) == 2
+
+
+def test_chapters_3_and_4_train_a_no_mask_twin_that_differs_by_the_footprints_only(tiny_dataset_dir, tmp_path):
+    """nomask_twin (chapters 3-4): the run's recorded options with use_mask / use_past_mask off and nothing else
+    changed, tested on the same pairs, with the paired table against the run; a run that reads no footprints, or a
+    twin name that would overwrite the run, is refused."""
+    from stsynth_lib.cgan.chapter import train_and_test, train_nomask_twin
+
+    guided = train_and_test(_cfg(tiny_dataset_dir, tmp_path, max_steps=2, use_mask=True, use_past_mask=True),
+                            max_test_pairs=4)
+    with pytest.raises(ValueError, match="would overwrite"):
+        train_nomask_twin(guided, guided.run_dir.name, 4, device="cpu", progress=False)
+    twin, gain = train_nomask_twin(guided, "pix2pix_nomask", 4, device="cpu", progress=False)
+    recorded = yaml.safe_load((twin.run_dir / "params.yaml").read_text())
+    original = yaml.safe_load((guided.run_dir / "params.yaml").read_text())
+    assert recorded["use_mask"] is False and recorded["use_past_mask"] is False
+    drop = ("use_mask", "use_past_mask", "run_name", "resolved_guidance")
+    assert {k: v for k, v in recorded.items() if k not in drop} == {k: v for k, v in original.items() if k not in drop}
+    assert set(gain["baseline"]) == {"pix2pix_nomask"} and {"l1", "psnr"} <= set(gain["metric"])
+    assert set(twin.per_pair["pair_id"]) == set(guided.per_pair["pair_id"])  # the same test pairs
+    with pytest.raises(ValueError, match="reads no footprints"):
+        train_nomask_twin(twin, "pix2pix_nomask_nomask", 4, device="cpu", progress=False)

@@ -123,3 +123,28 @@ def paired_with_twin(run: CGANChapterRun, twin_run_dir: str | Path, n_boot: int 
                       for df, name in ((mine, names[0]), (twin, names[1]))])
     long["l1"] = long["l1"] / 2  # [-1, 1] -> [0, 1] units, as in area_comparison
     return paired_vs_baseline(long, baseline=names[1], n_boot=n_boot, seed=seed)
+
+
+NOMASK = {"use_mask": False, "use_past_mask": False}  # what a no-mask twin changes: the footprint channels, removed
+
+
+def train_nomask_twin(run: CGANChapterRun, run_name: str, max_test_pairs: int | None = None, device: str = "auto",
+                      progress: bool = True) -> tuple[CGANChapterRun, pd.DataFrame]:
+    """The no-mask control of ``run`` (issue 32): its recorded options with the footprint channels removed
+    (:data:`NOMASK`), trained and tested like it under ``run_name`` beside it; returns (the twin, ``run`` minus the
+    twin on the test pairs, :func:`paired_with_twin`). Chapter 6 (``twins``) tables what the footprints add on
+    new-building pixels. Refuses a run that reads no footprints (nothing to remove)."""
+    recorded = yaml.safe_load((run.run_dir / "params.yaml").read_text()) or {}
+    if not recorded.get("use_mask") and not recorded.get("use_past_mask"):
+        raise ValueError(f"{run.run_dir} reads no footprints (use_mask and use_past_mask are off in its params.yaml): "
+                         "a no-mask twin would be the same run; set nomask_twin: null for this profile")
+    if run_name == run.run_dir.name:
+        raise ValueError(f"nomask_twin {run_name!r} would overwrite the run it twins: name it e.g. "
+                         f"{run.run_dir.name}_nomask")
+    # one factor: the footprint channels (synthetic construction, erase_building_fraction, stays as recorded: the
+    # twin sees the same training pairs, without the footprints that say where a building was erased)
+    changes = {k: v for k, v in NOMASK.items() if recorded.get(k)}
+    config = twin_config(run.run_dir.parent.parent, run.run_dir.parent.name, run.run_dir.name, run_name=run_name,
+                         changes=changes, device=device, progress=progress)
+    twin = train_and_test(config, max_test_pairs)
+    return twin, paired_with_twin(run, twin.run_dir)

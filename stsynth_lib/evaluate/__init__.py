@@ -27,6 +27,8 @@ Entry points
   scored best on the same tile's earlier pairs. Validation rejected it for the sn7_real_128 cGANs (every variant scored
   0.004-0.36 dB under the unguarded model, better in no area:
   ``experiments/temporal_context/track_record_val.py``); kept to re-check that on other data.
+* :func:`guidance_gain` -- what the footprints add: each guided model minus its no-mask twin (chapter 6's
+  ``twins``); :func:`kfold_paired` -- the same pooled over the folds of ``experiments/guidance_kfold``.
 * :func:`fid_report` -- FID and KID per model, per gap bucket, and of persistence (notebook 07).
 * :func:`model_labels` -- the name tables show for each model: a ControlNet's row names its backbone
   ("ControlNet [tiny random backbone]"), read from the run's params.yaml and recorded in summary.json
@@ -36,6 +38,8 @@ All images are compared in [0, 1] (``uint8 / 255``, ``data_range = 1``) over val
 (``past_valid * future_valid``); LPIPS gets the same images in [-1, 1].
 """
 
+
+from stsynth_lib.evaluate.guidance import GUIDANCE_METRICS, guidance_gain, kfold_paired  # noqa: F401
 
 from stsynth_lib.evaluate.data import (  # noqa: F401
     CHANGE_METRICS,

@@ -9,6 +9,15 @@ EVALUATION = Concern("evaluation", "Evaluation", (
            "(no learning)", item=str),
     Option("max_test_pairs", int, None, "a seeded subset of the test pairs predicted; null: the whole split",
            none_ok=True, min=1),
+    Option("nomask_twin", str, None, "the run name of this run's no-mask control, trained after it with the same "
+           "options but use_mask and use_past_mask false (what the footprints add: chapter 6, twins); null: none",
+           none_ok=True),
+    Option("twins", dict, {}, "guided model -> its no-mask twin (run folders), scored beside it and tabled as model "
+           "minus twin on new-building pixels, new buildings drawn and the whole image", test=lambda d: all(
+               isinstance(k, str) and isinstance(v, str) for k, v in d.items()),
+           words="a mapping of run names to run names"),
+    Option("kfold_results", str, None, "a k-fold results file (experiments/guidance_kfold) tabled in chapter 6; null: "
+           "none", none_ok=True),
     Option("max_eval_pairs", int, None, "null: every pair of the split; an int: a seeded subset, the same for every "
            "model", none_ok=True, min=1),
     Option("segmenter_steps", int, 300, "building-segmenter training steps", min=1),

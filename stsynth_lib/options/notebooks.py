@@ -50,7 +50,8 @@ PACKED = {"trainer": "training"}
 SEGMENTER = ("segmenter_steps", "segmenter_batch_size", "segmenter_base_channels", "segmenter_depth", "segmenter_lr",
              "segmenter_upsample", "segmenter_crop_px", "segmenter_sample_by", "segmenter_decision_threshold")
 # the chapter's own concern first, then the shared ones
-_CGAN = (("cgan", ALL), ("run", ALL), ("trainer", ALL), ("guidance", ALL), ("evaluation", ("max_test_pairs",)))
+_CGAN = (("cgan", ALL), ("run", ALL), ("trainer", ALL), ("guidance", ALL),
+         ("evaluation", ("max_test_pairs", "nomask_twin")))
 
 # notebook stem -> ((concern name, option names or ALL), ...): the parameters cell, in this order
 NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
@@ -64,13 +65,13 @@ NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
     "03_train_cgan": _CGAN,
     # chapter 4 copies chapter 3's recorded options (stsynth_lib.cgan.chapter.twin_config): only these differ
     "04_train_attention_cgan": (("run", ("profile", "runs_dir", "run_name", "device", "progress")),
-                                ("cgan", ("model",)), ("twin", ALL), ("evaluation", ("max_test_pairs",))),
+                                ("cgan", ("model",)), ("twin", ALL), ("evaluation", ("max_test_pairs", "nomask_twin"))),
     "05_controlnet": (("controlnet", ALL), ("stage1", ALL), ("sampling", ALL), ("run", ALL),
                       ("guidance", ("use_mask", "gap_scale_months")), ("trainer", ALL),
                       ("scoring", ("allow_uncalibrated_metrics",)), ("evaluation", ("max_test_pairs", *SEGMENTER))),
     "06_evaluate": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")), ("scoring", ALL),
-                    ("evaluation", ("split", "models", "baselines", "max_eval_pairs", *SEGMENTER, "retrain_segmenter",
-                                    "gallery_metric"))),
+                    ("evaluation", ("split", "models", "twins", "baselines", "max_eval_pairs", *SEGMENTER,
+                                    "retrain_segmenter", "gallery_metric", "kfold_results"))),
     "07_fid": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")),
                ("scoring", ("allow_uncalibrated_metrics",)),
                ("evaluation", ("split", "models", "fid_max_pairs", "fid_batch_size", "min_bucket_pairs",

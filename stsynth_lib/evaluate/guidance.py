@@ -1,0 +1,65 @@
+"""What the footprints add (issue 32): each guided model minus its no-mask twin on the same pairs, and the pooled
+k-fold table of ``experiments/guidance_kfold`` (every block of a labelled profile tested once).
+
+The differences are :func:`~stsynth_lib.evaluate.stats.paired_vs_baseline` rows (whole areas or blocks resampled),
+so :func:`~stsynth_lib.evaluate.stats.paired_table` shows them and :mod:`stsynth_lib.verdict` words them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from stsynth_lib.evaluate.stats import paired_vs_baseline
+
+# new-building pixels (L1, PSNR), the share of new buildings the judge sees, and the whole image
+GUIDANCE_METRICS = ("l1_new", "psnr_new", "object_recall_new", "psnr")
+
+
+def guidance_gain(per_tile: pd.DataFrame, twins: Mapping[str, str], metrics: Sequence[str] = GUIDANCE_METRICS,
+                  n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """``(rows, notes)``: for each ``model -> twin`` of ``twins`` with both scored in ``per_tile``
+    (:func:`~stsynth_lib.evaluate.scoring.evaluate_models`), the model minus its twin on ``metrics`` (the metrics
+    ``per_tile`` has), pairs matched, blocks or areas resampled; a note for each pair that was not scored."""
+    scored = set(per_tile["model"])
+    rows, notes = [], []
+    for model, twin in twins.items():
+        missing = [m for m in (model, twin) if m not in scored]
+        if missing:
+            notes.append(f"{model} minus its no-mask twin {twin}: not scored ({', '.join(missing)} has no "
+                         "predictions; train the twin with nomask_twin in chapter 3 or 4, or "
+                         "python -m stsynth_lib.cgan.twin)")
+            continue
+        have = [m for m in metrics if m in per_tile or m == "object_recall_new" and "new_objects" in per_tile]
+        both = per_tile[per_tile["model"].isin([model, twin])]
+        t = paired_vs_baseline(both, twin, metrics=have, n_boot=n_boot, seed=seed)
+        rows.append(t[t["model"] == model])
+    return (pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()), notes
+
+
+def kfold_paired(results: Mapping | str | Path, against: Sequence[str] = ("nomask", "persistence", "seasonal"),
+                 metrics: Sequence[str] = GUIDANCE_METRICS) -> pd.DataFrame:
+    """The pooled k-fold rows of a ``kfold_guidance.py pool`` results file (or its loaded mapping): per model
+    family, the guided model minus each of ``against`` (``nomask``: its no-mask twin), in paired-row form with the
+    models named ``<family> (guided)`` and the twin ``<family> (no mask)``."""
+    if not isinstance(results, Mapping):
+        path = Path(results)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run experiments/guidance_kfold/kfold_guidance.py (run, then "
+                                    "pool), or set kfold_results: null")
+        results = json.loads(path.read_text())
+    out = []
+    for family, res in results.items():
+        names = {"guided": f"{family} (guided)", "nomask": f"{family} (no mask)"}
+        for base in against:
+            rows = pd.DataFrame((res.get("paired") or {}).get(base) or [])
+            if rows.empty:
+                continue
+            rows = rows[(rows["model"] == "guided") & rows["metric"].isin(metrics)].copy()
+            rows["model"] = names["guided"]
+            rows["baseline"] = names.get(base, base)
+            out.append(rows)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
