@@ -105,6 +105,11 @@ use_gap_plane = True              # add gap_months / gap_scale_months as a const
 prompt_template = "satellite image, {month_name} {year}, {gap_months} months later, {n_new_buildings} new buildings"
 empty_prompt = False              # train and generate with "" (image conditioning only)
 prompt_dropout = 0.5              # share of training prompts replaced by "" (ControlNet paper: 0.5)
+diffusion_target = "image"        # image: the whole future latent | residual: the latent change from the past image's
+                                  # latent, times residual_scale (generation adds it back to the past's latent, so a
+                                  # residual of 0 is the past through the VAE)
+residual_scale_pairs = 64         # residual only: seeded training pairs whose latent change fits residual_scale = 1 /
+                                  # RMS (recorded in the run folder's residual.yaml, kept on resume)
 max_train_steps = 200             # optimiser steps
 train_batch_size = 4              # pairs per step
 gradient_accumulation_steps = 1   # batches per optimiser step
@@ -191,16 +196,17 @@ controlnet_config = ControlNetTrainConfig(
     progress=progress, **unpack("training", training), use_mask=use_mask, gap_scale_months=gap_scale_months,
     pretrained_model=pretrained_model, revision=revision, variant=variant, tiny_seed=tiny_seed,
     resolution_px=resolution_px, use_gap_plane=use_gap_plane, prompt_template=prompt_template,
-    empty_prompt=empty_prompt, prompt_dropout=prompt_dropout, max_train_steps=max_train_steps,
-    train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-    learning_rate=learning_rate, zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init,
-    lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
-    adam_weight_decay=adam_weight_decay, adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm,
-    use_8bit_adam=use_8bit_adam, gradient_checkpointing=gradient_checkpointing, sdpa=sdpa,
-    checkpointing_steps=checkpointing_steps, validation_steps=validation_steps, validate_at_start=validate_at_start,
-    num_validation_images=num_validation_images, num_validation_loss_pairs=num_validation_loss_pairs,
-    validation_batch_size=validation_batch_size, validation_scheduler=validation_scheduler,
-    validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale
+    empty_prompt=empty_prompt, prompt_dropout=prompt_dropout, diffusion_target=diffusion_target,
+    residual_scale_pairs=residual_scale_pairs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
+    gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+    zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init, lr_scheduler=lr_scheduler,
+    lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_weight_decay=adam_weight_decay,
+    adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm, use_8bit_adam=use_8bit_adam,
+    gradient_checkpointing=gradient_checkpointing, sdpa=sdpa, checkpointing_steps=checkpointing_steps,
+    validation_steps=validation_steps, validate_at_start=validate_at_start, num_validation_images=num_validation_images,
+    num_validation_loss_pairs=num_validation_loss_pairs, validation_batch_size=validation_batch_size,
+    validation_scheduler=validation_scheduler, validation_inference_steps=validation_inference_steps,
+    validation_guidance_scale=validation_guidance_scale
 )
 
 # %%

@@ -164,11 +164,17 @@ def backbone_label(params: Mapping[str, Any]) -> str:
     return name or "backbone not recorded"
 
 
-def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False, strength: float | None = None) -> str:
+def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False, strength: float | None = None,
+                     sample_mean_of: int | None = None) -> str:
     """``"ControlNet [tiny random backbone]"``; ``prompt_only``: the backbone's images from the prompt alone;
-    ``strength`` < 1: denoising started from the noised past image (img2img), which the label says."""
+    ``strength`` < 1: denoising started from the noised past image (img2img), which the label says;
+    ``sample_mean_of``: the per-pixel mean of that many samples per pair; a ``diffusion_target: residual`` run says it
+    drew the change from the past image."""
     start = f"; img2img from the past image, strength {float(strength):g}" if strength is not None and strength < 1 else ""
-    return f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} [{backbone_label(params)}{start}]"
+    residual = "; residual diffusion (the change from the past)" if params.get("diffusion_target") == "residual" else ""
+    mean = f"; per-pixel mean of {int(sample_mean_of)} samples" if sample_mean_of else ""
+    return (f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} "
+            f"[{backbone_label(params)}{residual}{start}{mean}]")
 
 
 def is_controlnet(model: str) -> bool:

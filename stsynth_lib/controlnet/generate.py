@@ -22,6 +22,10 @@ backbone from the prompt alone (no ControlNet) on the same pairs and seeds.
 ``strength`` share of the schedule begins and only those steps run. ``strength = 1`` is pure noise, exactly the
 loop without it. :mod:`stsynth_lib.controlnet.strength` chooses it on validation and records it in the run folder
 (``generation.yaml``), which generation and the predictor then use by default.
+
+A ``diffusion_target: residual`` run (:mod:`stsynth_lib.controlnet.residual`) denoises the scaled latent change from
+the past image and decodes ``z_past + r / residual_scale`` (the scale read from the run's ``residual.yaml``); its
+``strength < 1`` starts from ``r = 0`` (no change) noised to the strength's first timestep.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from stsynth_lib.controlnet.conditioning import (
     resize_batch,
     resize_spatial,
 )
+from stsynth_lib.controlnet.residual import run_residual_scale
 from stsynth_lib.predict.base import Predictor, batch_seeds
 from stsynth_lib.predict.split import SAMPLING_FILE, predict_split
 
@@ -101,8 +106,14 @@ def sample_images(
     latents: torch.Tensor | None = None,
     init_image: torch.Tensor | None = None,
     strength: float = 1.0,
+    residual_scale: float | None = None,
 ) -> torch.Tensor:
     """Denoise from seeded noise to images ``(B, 3, H, W)`` in [-1, 1] (float32, on CPU).
+
+    ``residual_scale`` (a ``diffusion_target: residual`` run, :mod:`stsynth_lib.controlnet.residual`): the loop
+    denoises the scaled latent change ``r`` and the decoded latent is ``z_start + r / residual_scale``, with
+    ``z_start`` the posterior mean of ``init_image`` (the past image, required); ``strength < 1`` then starts from
+    ``r = 0`` (no change) noised to the strength's first timestep, the residual analogue of SDEdit.
 
     ``strength < 1`` (img2img / SDEdit) needs ``init_image`` ``(B, C, H, W)`` in [-1, 1] (the past image): its VAE
     latent (posterior mean) is noised with the seeded noise to the first of the last ``int(steps * strength)``
@@ -127,13 +138,23 @@ def sample_images(
     timesteps = scheduler.timesteps
     if not 0.0 < float(strength) <= 1.0:
         raise ValueError(f"strength must be in (0, 1], got {strength}")
+    z_start = None
+    if residual_scale is not None:
+        if init_image is None:
+            raise ValueError("residual diffusion adds the sampled change to the past image's latent: pass init_image "
+                             "(the past image, in [-1, 1])")
+        if not float(residual_scale) > 0:
+            raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
+        z_start = image_latents(backbone, init_image.to(device), (h, w))
     if float(strength) < 1.0:
         if init_image is None:
             raise ValueError("strength < 1 starts from an image: pass init_image (the past image, in [-1, 1])")
         timesteps, begin = img2img_timesteps(scheduler, num_inference_steps, strength)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
-        init = image_latents(backbone, init_image.to(device), (h, w))
+        # residual: the start is "no change" (r = 0); image: the past image's latent
+        init = torch.zeros_like(z_start) if z_start is not None else image_latents(backbone, init_image.to(device),
+                                                                                   (h, w))
         latents = scheduler.add_noise(init, latents.to(device, torch.float32), timesteps[:1].repeat(b))
     else:
         latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
@@ -157,6 +178,8 @@ def sample_images(
             e_u, e_c = eps.chunk(2)
             eps = e_u + guidance_scale * (e_c - e_u)
         latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+    if z_start is not None:
+        latents = z_start + latents.float() / float(residual_scale)
     vae = backbone.vae
     with torch.autocast(device_type=device.type, enabled=False):  # the VAE decodes in its own dtype (fp32)
         img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
@@ -246,7 +269,9 @@ class ControlNetPredictor(Predictor):
     seeded noise per image). ``None`` settings take what was chosen on validation and drawn with
     (``generation.yaml``, :func:`chosen_generation`), else UniPC, 20 steps, no guidance, pure noise (strength 1).
     ``prompt_only`` samples the bare backbone from the prompt alone (no ControlNet; same prompts, seeds and
-    scheduler)."""
+    scheduler). A ``diffusion_target: residual`` run samples the change from the past image with the residual scale
+    recorded in its folder (:func:`~stsynth_lib.controlnet.residual.run_residual_scale`; prompt-only too, so both
+    add their sampled change to the same past)."""
 
     family = "ControlNet"
 
@@ -266,6 +291,7 @@ class ControlNetPredictor(Predictor):
         self.conditioning_scale = float(pick(controlnet_conditioning_scale, "controlnet_conditioning_scale", 1.0))
         self.prompt_only = bool(prompt_only)
         self.uses_mask = bool(self.params["use_mask"])
+        self.residual_scale = run_residual_scale(run_dir, self.params)  # None: the run learned the image
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
 
     def generate(self, batch: dict[str, Any], seed: int | Sequence[int]) -> torch.Tensor:
@@ -277,13 +303,17 @@ class ControlNetPredictor(Predictor):
         prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
         imgs = sample_images(self.backbone, None if self.prompt_only else self.controlnet, cond, prompts,
                              self.scheduler, self.steps, self.guidance_scale, batch_seeds(seed, len(prompts)),
-                             self.conditioning_scale, init_image=b["past"].to(self.device), strength=self.strength)
+                             self.conditioning_scale, init_image=b["past"].to(self.device), strength=self.strength,
+                             residual_scale=self.residual_scale)
         return resize_spatial(imgs, batch["past"].shape[-1])
 
     def sampling_record(self) -> dict[str, Any]:
         """How this predictor draws (a predictions folder's ``sampling.yaml``, without the split's own keys)."""
-        return {"strength": self.strength, "scheduler": self.scheduler_name, "num_inference_steps": self.steps,
-                "guidance_scale": self.guidance_scale, "controlnet_conditioning_scale": self.conditioning_scale}
+        rec = {"strength": self.strength, "scheduler": self.scheduler_name, "num_inference_steps": self.steps,
+               "guidance_scale": self.guidance_scale, "controlnet_conditioning_scale": self.conditioning_scale}
+        if self.residual_scale is not None:
+            rec.update(diffusion_target="residual", residual_scale=self.residual_scale)
+        return rec
 
 
 def generate_split(
@@ -340,7 +370,8 @@ def generate_split(
     _warn_other_dataset(dataset_dir, predictor.params)
     default = run_dir / ("predictions_prompt_only" if prompt_only else "predictions") / split
     what = ("prompt only" if prompt_only else scheduler) + (f", img2img strength {predictor.strength:g}"
-                                                            if predictor.strength < 1 else "")
+                                                            if predictor.strength < 1 else "") \
+        + (", residual" if predictor.residual_scale is not None else "")
     record = {**predictor.sampling_record(), "seed": int(seed), "prompt_only": bool(prompt_only),
               "num_samples_per_pair": int(num_samples_per_pair), "max_pairs": max_pairs,
               "subsample_seed": subsample_seed}  # how these were drawn

@@ -41,16 +41,25 @@ def diffusion_loss(
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
     use_control: bool = True,
+    start: torch.Tensor | None = None,
+    residual_scale: float = 1.0,
 ) -> torch.Tensor:
     """One ControlNet training loss (diffusers example), fp32, masked to valid latents.
 
     ``pixels`` are the target images in [-1, 1]; ``use_control=False`` runs the
-    bare UNet (to measure what the control adds).
+    bare UNet (to measure what the control adds). ``start`` (residual diffusion,
+    :mod:`stsynth_lib.controlnet.residual`): the start images in [-1, 1] (the past, same size as ``pixels``); the
+    latents that get noised are then ``(z_future - image_latents(start)) * residual_scale`` instead of ``z_future``
+    (``z_future`` a posterior sample as without ``start``; the start's latent is the posterior mean).
     """
     vae, unet, sched = backbone.vae, backbone.unet, backbone.noise_scheduler
     with torch.no_grad(), torch.autocast(device_type=pixels.device.type, enabled=False):  # VAE in its dtype (fp32)
         latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
     latents = latents.float()
+    if start is not None:
+        from stsynth_lib.controlnet.generate import image_latents
+
+        latents = (latents - image_latents(backbone, start.to(latents.device))) * float(residual_scale)
     if noise is None:
         noise = torch.randn_like(latents)
     if timesteps is None:

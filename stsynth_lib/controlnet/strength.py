@@ -3,7 +3,9 @@
 ``strength`` (see :func:`stsynth_lib.controlnet.generate.sample_images`) sets where denoising starts: 1.0 is pure
 noise (the ControlNet must draw the whole future from its condition), smaller values start from the past image's
 VAE latent noised part of the way, so only the last ``strength`` share of the schedule runs. Low strengths keep
-more of the past image (towards persistence through the VAE); high ones leave more to the model.
+more of the past image (towards persistence through the VAE); high ones leave more to the model. A
+``diffusion_target: residual`` run starts from a change of 0 instead of the past's latent: the same scale (low
+strengths stay near the past through the VAE), so the sweep is the same.
 
 :func:`sweep_strength` generates a seeded subset of validation pairs at every strength of a grid, with the
 ControlNet and, on the same pairs, seeds and starting latents, with the backbone alone (prompt only), scores both

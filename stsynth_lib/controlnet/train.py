@@ -199,9 +199,33 @@ class ControlNetRun:
             if self.backbone.kind == TINY_BACKBONE and not (self.run_dir / "backbone" / "stsynth_backbone.json").is_file():
                 save_backbone(self.backbone, self.run_dir / "backbone")
             prepare_run_dir(self.cfg.runs_dir, self.cfg.profile, self.run_dir.name, params)
+        self.residual_scale = self.residual_scale_for(resume)
         self.logger = CSVLogger(self.run_dir / "log.csv", fieldnames=LOG_FIELDS)
         self.validator = ControlNetValidator(self.cfg, self.backbone, self.val_ds, self.res, self.tile_px, self.use_mask,
-                                             self.weight_dtype, self.device, self.setup.on_cuda, self.run_dir, self.main)
+                                             self.weight_dtype, self.device, self.setup.on_cuda, self.run_dir,
+                                             self.main, residual_scale=self.residual_scale)
+
+    def residual_scale_for(self, resume: Path | None) -> float | None:
+        """``diffusion_target: residual``: the residual scale, fitted on seeded training pairs at the start of a fresh
+        run and written to ``residual.yaml`` (by the main process; the others read it), read back on resume (never
+        refitted: :mod:`stsynth_lib.controlnet.residual`). None for ``image``."""
+        from stsynth_lib.controlnet import residual as R
+        from stsynth_lib.data.dataset import PairedTileDataset
+
+        cfg = self.cfg
+        if not R.is_residual(asdict(cfg)):
+            return None
+        path = self.run_dir / R.RESIDUAL_FILE
+        if self.main and not (resume is not None and path.is_file()):
+            ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs,  # the training pairs,
+                                   subsample_seed=cfg.seed if cfg.max_train_pairs else None)  # not augmented
+            devices = [torch.cuda.current_device()] if self.setup.on_cuda else []
+            with torch.random.fork_rng(devices=devices):  # the training RNG streams stay as they were
+                rms, n = R.latent_change_rms(self.backbone, ds, cfg.residual_scale_pairs, cfg.seed, self.res,
+                                             self.device)
+            save_yaml(R.residual_record(rms, n), path)
+        self.accelerator.wait_for_everyone()
+        return R.read_residual_scale(self.run_dir)
 
     def restore(self, resume: Path) -> None:
         self.accelerator.load_state(str(resume))
@@ -286,8 +310,10 @@ class ControlNetRun:
             self.prompt_gen.manual_seed(cfg.seed * 7919 + self.global_step * 131 + micro % cfg.gradient_accumulation_steps)
             prompts = apply_prompt_dropout(prompts, cfg.prompt_dropout, self.prompt_gen)
             emb = encode_prompts(self.backbone, prompts, self.device, self.weight_dtype)
+            residual = self.residual_scale is not None  # learn the change from the past image (its latent)
             loss = diffusion_loss(self.backbone, self.controlnet, batch["future"], cond, emb, batch["valid"],
-                                  self.weight_dtype)
+                                  self.weight_dtype, start=batch["past"] if residual else None,
+                                  residual_scale=self.residual_scale if residual else 1.0)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"ControlNet loss is {float(loss)} at step {self.global_step + 1} (mixed_precision={self.mp}). "
@@ -342,8 +368,9 @@ def train_controlnet(config: ControlNetTrainConfig) -> Path:
 
     The run folder (``<runs_dir>/<profile>/<run_name or controlnet>``) holds ``params.yaml`` (with
     ``backbone: tiny-random`` or ``pretrained``), ``log.csv``, ``samples/step-<step>.png`` (past | mask |
-    generated | truth), ``checkpoints/checkpoint-<step>/``, the final ``controlnet/`` (diffusers format) and, for
-    the tiny backbone, ``backbone/`` (so generation reloads the same random weights).
+    generated | truth), ``checkpoints/checkpoint-<step>/``, the final ``controlnet/`` (diffusers format), for
+    the tiny backbone ``backbone/`` (so generation reloads the same random weights) and, with ``diffusion_target:
+    residual``, ``residual.yaml`` (the residual scale, :mod:`stsynth_lib.controlnet.residual`).
     """
     run = ControlNetRun(config)
     resume = resolve_resume(run.run_dir, config.resume_from_checkpoint) if run.run_dir.exists() else None

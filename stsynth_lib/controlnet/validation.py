@@ -57,8 +57,9 @@ class ControlNetValidator:
     """
 
     def __init__(self, cfg, backbone, val_ds, res: int, tile_px: int, use_mask: bool, weight_dtype, device,
-                 on_cuda: bool, run_dir: Path, is_main: bool):
+                 on_cuda: bool, run_dir: Path, is_main: bool, residual_scale: float | None = None):
         self.cfg, self.backbone, self.res, self.tile_px = cfg, backbone, res, tile_px
+        self.residual_scale = residual_scale  # None: the run learns the image; else the change from the past
         self.use_mask, self.weight_dtype, self.device, self.on_cuda = use_mask, weight_dtype, device, on_cuda
         self.run_dir, self.is_main = Path(run_dir), is_main
         n_loss = max(1, min(max(cfg.num_validation_loss_pairs, cfg.num_validation_images), len(val_ds)))
@@ -108,10 +109,13 @@ class ControlNetValidator:
                                     generator=g).to(dev)
                 tt = t.repeat(px.shape[0]).to(dev)
                 valid = self.loss_batch["valid"][sl].to(dev)
+                residual = dict(start=self.loss_batch["past"][sl].to(dev), residual_scale=self.residual_scale) \
+                    if self.residual_scale is not None else {}
                 for key, c, use_control in (("val_loss", cond, True), ("val_loss_nocontrol", cond, False),
                                             ("val_loss_shuffled_cond", cond_other, True)):
                     torch.manual_seed(cfg.seed + 7)  # same VAE posterior sample for every loss
-                    loss = diffusion_loss(bb, cn, px, c[sl].to(dev), emb, valid, wd, noise, tt, use_control=use_control)
+                    loss = diffusion_loss(bb, cn, px, c[sl].to(dev), emb, valid, wd, noise, tt, use_control=use_control,
+                                          **residual)
                     sums[key] += float(loss) * px.shape[0]
                     self.slice_losses[key].append(float(loss))
                 n_terms += px.shape[0]
@@ -130,7 +134,8 @@ class ControlNetValidator:
             imgs.append(sample_images(self.backbone, cn, cond[sl].to(self.device), prompts[sl], sched,
                                       cfg.validation_inference_steps, cfg.validation_guidance_scale,
                                       seeds=[cfg.seed + i + j for j in range(len(prompts[sl]))],
-                                      weight_dtype=self.weight_dtype))
+                                      weight_dtype=self.weight_dtype, residual_scale=self.residual_scale,
+                                      init_image=self.loss_batch["past"][sl].to(self.device)))
         return resize_spatial(torch.cat(imgs), self.tile_px)
 
     def save_figure(self, step: int, gen: torch.Tensor, out: Mapping[str, Any]) -> Path:
@@ -158,6 +163,7 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
 
     from stsynth_lib.controlnet.config import ControlNetTrainConfig
     from stsynth_lib.controlnet.generate import load_trained
+    from stsynth_lib.controlnet.residual import run_residual_scale
     from stsynth_lib.data.dataset import PairedTileDataset
 
     backbone, controlnet, params = load_trained(run_dir, device)
@@ -169,7 +175,8 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
     dev = next(controlnet.parameters()).device
     wd = next(controlnet.parameters()).dtype
     v = ControlNetValidator(cfg, backbone, ds, int(params["resolution_px"]), int(params["tile_size_px"]),
-                            bool(params["use_mask"]), wd, dev, dev.type == "cuda", Path(run_dir), is_main=False)
+                            bool(params["use_mask"]), wd, dev, dev.type == "cuda", Path(run_dir), is_main=False,
+                            residual_scale=run_residual_scale(run_dir, params))
     with torch.no_grad():
         cond = batch_conditioning(v.loss_batch, cfg.use_gap_plane, cfg.gap_scale_months, bool(params["use_mask"]))
         prompts = batch_prompts(v.loss_batch, cfg.prompt_template, cfg.empty_prompt)

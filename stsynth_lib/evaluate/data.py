@@ -235,11 +235,16 @@ def _load_model_predictions(runs, data, split: str, notes: list[str]) -> dict[st
 
 def _generation_strength(folder: Path) -> float | None:
     """The img2img strength a ControlNet predictions folder was generated at (its ``sampling.yaml``), or None."""
+    return _sampling_number(folder, "strength")
+
+
+def _sampling_number(folder: Path, key: str) -> float | None:
+    """``key`` of a predictions folder's ``sampling.yaml`` as a number, or None."""
     import yaml
 
     path = folder / "sampling.yaml"
     try:
-        return float(yaml.safe_load(path.read_text())["strength"]) if path.is_file() else None
+        return float(yaml.safe_load(path.read_text())[key]) if path.is_file() else None
     except (yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
 
@@ -249,8 +254,10 @@ def model_labels(runs) -> dict[str, str]:
     images, read from the run folder's ``params.yaml`` (``<run>/predictions/<split>`` -> ``<run>/params.yaml``;
     :func:`stsynth_lib.book.report_format.controlnet_label`). Images sampled with ``prompt_only`` (folder
     ``predictions_prompt_only``) are labelled as the backbone alone; images started from the noised past image (the
-    folder's ``sampling.yaml`` has ``strength`` < 1) say so; a ControlNet-named model without a readable
-    params.yaml gets "ControlNet [backbone not recorded]". Other models get no label (tables show their name)."""
+    folder's ``sampling.yaml`` has ``strength`` < 1) say so, and so do the per-pixel mean of several samples
+    (``sample_mean_of``, :func:`stsynth_lib.predict.split.write_sample_mean`) and residual diffusion; a
+    ControlNet-named model without a readable params.yaml gets "ControlNet [backbone not recorded]". Other models get
+    no label (tables show their name)."""
     import yaml
 
     from stsynth_lib.book.report_format import CONTROLNET_NOT_RECORDED, controlnet_label, is_controlnet
@@ -264,8 +271,10 @@ def model_labels(runs) -> dict[str, str]:
             except yaml.YAMLError:
                 params = None
         if isinstance(params, dict) and (params.get("model") == "controlnet" or "backbone_name" in params):
+            mean_of = _sampling_number(Path(folder), "sample_mean_of")  # a write_sample_mean folder
             out[name] = controlnet_label(params, prompt_only=Path(folder).parent.name == "predictions_prompt_only",
-                                         strength=_generation_strength(Path(folder)))
+                                         strength=_generation_strength(Path(folder)),
+                                         sample_mean_of=int(mean_of) if mean_of else None)
         elif is_controlnet(name):
             out[name] = CONTROLNET_NOT_RECORDED
     return out

@@ -18,6 +18,12 @@ CONTROLNET = Concern("controlnet", "ControlNet", (
     Option("empty_prompt", bool, False, "train and generate with \"\" (image conditioning only)"),
     Option("prompt_dropout", float, 0.5, "share of training prompts replaced by \"\" (ControlNet paper: 0.5)", min=0,
            max=1),
+    # what the denoiser learns
+    Option("diffusion_target", str, "image", "image: the whole future latent | residual: the latent change from the "
+           "past image's latent, times residual_scale (generation adds it back to the past's latent, so a residual "
+           "of 0 is the past through the VAE)", choices=("image", "residual")),
+    Option("residual_scale_pairs", int, 64, "residual only: seeded training pairs whose latent change fits "
+           "residual_scale = 1 / RMS (recorded in the run folder's residual.yaml, kept on resume)", min=1),
     # optimisation
     Option("max_train_steps", int, 200, "optimiser steps", min=1),
     Option("train_batch_size", int, 4, "pairs per step", min=1),

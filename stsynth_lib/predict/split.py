@@ -15,6 +15,10 @@ cGAN trainer's validation (:func:`stsynth_lib.cgan.predictor.score_generator`), 
     samples/sample-<k>/                    sample k >= 1 of every pair, same format (num_samples > 1)
     sampling.yaml                          how the images were drawn, when the caller gives a record
 
+:func:`write_sample_mean` writes the per-pixel mean of every sample of each pair as a predictions folder of the same
+format beside it (``<out_dir>_sample_mean/``, with ``std.npz``: the per-pixel standard deviation), so that the
+evaluation scores the sample mean as a model of its own.
+
 Sample ``k`` of pair ``p`` gets the noise seed :func:`sample_seed` ``(seed, p, k)``: per pair, so the images do not
 depend on the batch size or on which pairs are predicted (deterministic models ignore seeds). This module sits in
 the training core layer, with :mod:`~stsynth_lib.predict.files` (``docs/ARCHITECTURE.md``): the trainers and the
@@ -23,20 +27,24 @@ evaluation predict through it.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stsynth_lib.data.dataset import to_uint8
-from stsynth_lib.predict.files import clear_predictions, save_predictions
+from stsynth_lib.predict.files import clear_predictions, read_prediction_index, read_prediction_tif, save_predictions
 from stsynth_lib.runs import save_yaml
 from stsynth_lib.training import collate
 
 SAMPLING_FILE = "sampling.yaml"  # predictions folder: how its images were drawn (strength, scheduler, steps, ...)
 SAMPLE_SEED_STRIDE = 1_000_003  # a prime larger than any pair id: sample k of one pair never reuses another's seed
+SAMPLE_MEAN_SUFFIX = "_sample_mean"  # <predictions folder>_sample_mean: the per-pixel mean of its samples
+SAMPLE_STD_FILE = "std.npz"  # in the sample-mean folder: {"<pair_id:06d>": (C, H, W) float32 std, grey levels}
 
 
 def sample_seed(seed: int, pair_id: int, k: int = 0) -> int:
@@ -70,6 +78,84 @@ def clear_split(out: str | os.PathLike) -> None:
         clear_predictions(d)
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+    _clear_sample_mean(sample_mean_dir(out))  # the mean of the old samples must not outlive them
+
+
+def sample_mean_dir(pred_dir: str | os.PathLike) -> Path:
+    """Where :func:`write_sample_mean` writes by default: ``<pred_dir>_sample_mean`` beside the predictions folder
+    (e.g. ``<run>/predictions/test_sample_mean``: the run's ``params.yaml`` stays two levels up, as the evaluation's
+    labels expect)."""
+    p = Path(pred_dir)
+    return p.with_name(p.name + SAMPLE_MEAN_SUFFIX)
+
+
+def _clear_sample_mean(d: Path) -> None:
+    clear_predictions(d)
+    for name in (SAMPLE_STD_FILE, SAMPLING_FILE):
+        (d / name).unlink(missing_ok=True)
+
+
+def _index_rows(pred_dir: Path) -> dict[int, str]:
+    with open(pred_dir / "index.csv", newline="") as fh:
+        return {int(r["pair_id"]): r.get("aoi", "") for r in csv.DictReader(fh)}
+
+
+def _georeference(tif: Path) -> tuple[list[float], str]:
+    import warnings
+
+    import rasterio
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tif) as src:
+            return list(src.transform)[:6], (src.crs.to_string() if src.crs else "")
+
+
+def write_sample_mean(pred_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                      write_png: bool = True) -> Path:
+    """The per-pixel mean of every sample of each pair of a predictions folder (sample 0 in ``pred_dir`` itself and
+    ``samples/sample-<k>/``, :func:`sample_dirs`), written as a predictions folder of the same format (GeoTIFF with
+    sample 0's CRS and geotransform, PNG, ``index.csv``) so that the evaluation scores it as a model of its own
+    (e.g. ``runs={"ControlNet (sample mean)": folder}``). The mean is taken in grey levels and rounded to uint8;
+    ``std.npz`` holds the per-pixel standard deviation over the samples (``{"<pair_id:06d>": (C, H, W) float32}``,
+    grey levels; :func:`~stsynth_lib.controlnet.plots.show_sample_spread` draws it) and ``sampling.yaml`` the source's
+    record plus ``sample_mean_of`` (the number of samples). Only pairs every sample holds are written. ``out_dir``
+    (default :func:`sample_mean_dir`) is cleared first. Returns it."""
+    import yaml
+
+    from stsynth_lib.runs import save_yaml
+
+    pred_dir = Path(pred_dir)
+    dirs = sample_dirs(pred_dir)
+    indexes = [dict(read_prediction_index(d)) for d in dirs]
+    common = sorted(set.intersection(*(set(ix) for ix in indexes)))
+    if not common:
+        raise ValueError(f"{pred_dir}: no pair is in every sample folder ({len(dirs)} folders)")
+    out = Path(out_dir) if out_dir is not None else sample_mean_dir(pred_dir)
+    if out.resolve() in {d.resolve() for d in dirs}:
+        raise ValueError(f"{out} is one of the sample folders: write the mean elsewhere")
+    _clear_sample_mean(out)
+    aois = _index_rows(pred_dir)
+    stds = {}
+    for pid in common:
+        stack = np.stack([read_prediction_tif(ix[pid]) for ix in indexes]).astype(np.float64)  # (K, C, H, W)
+        mean = np.round(stack.mean(0))  # grey levels, rounded as the GeoTIFF holds them
+        stds[f"{pid:06d}"] = stack.std(0).astype(np.float32)
+        transform, crs = _georeference(indexes[0][pid])
+        save_predictions(out, torch.from_numpy(mean[None] / 127.5 - 1.0), [pid], [aois.get(pid, "")],
+                         np.asarray([transform]), [crs], write_png)
+    np.savez_compressed(out / SAMPLE_STD_FILE, **stds)
+    source = pred_dir / SAMPLING_FILE
+    record = (yaml.safe_load(source.read_text()) or {}) if source.is_file() else {}
+    save_yaml({**record, "sample_mean_of": len(dirs), "source": str(pred_dir)}, out / SAMPLING_FILE)
+    return out
+
+
+def load_sample_std(mean_dir: str | os.PathLike) -> dict[int, np.ndarray]:
+    """``{pair_id: (C, H, W) float32}``: the per-pixel standard deviation over the samples (grey levels) that
+    :func:`write_sample_mean` recorded beside the mean."""
+    with np.load(Path(mean_dir) / SAMPLE_STD_FILE) as z:
+        return {int(k): z[k] for k in z.files}
 
 
 def quantised(images: torch.Tensor) -> torch.Tensor:
@@ -119,5 +205,6 @@ def predict_split(predictor, dataset, out_dir: str | os.PathLike | None, *, seed
     return out
 
 
-__all__ = ["SAMPLE_SEED_STRIDE", "SAMPLING_FILE", "clear_split", "predict_split", "quantised", "sample_dir",
-           "sample_dirs", "sample_seed"]
+__all__ = ["SAMPLE_MEAN_SUFFIX", "SAMPLE_SEED_STRIDE", "SAMPLE_STD_FILE", "SAMPLING_FILE", "clear_split",
+           "load_sample_std", "predict_split", "quantised", "sample_dir", "sample_dirs", "sample_mean_dir",
+           "sample_seed", "write_sample_mean"]
