@@ -135,7 +135,8 @@ def train_nomask_twin(run: CGANChapterRun, run_name: str, max_test_pairs: int | 
     twin on the test pairs, :func:`paired_with_twin`). Chapter 6 (``twins``) tables what the footprints add on
     new-building pixels. Refuses a run that reads no footprints (nothing to remove)."""
     recorded = yaml.safe_load((run.run_dir / "params.yaml").read_text()) or {}
-    if not recorded.get("use_mask") and not recorded.get("use_past_mask"):
+    reads = {**recorded, **(recorded.get("resolved_guidance") or {})}  # use_mask "auto" as the run resolved it
+    if not reads.get("use_mask") and not reads.get("use_past_mask"):
         raise ValueError(f"{run.run_dir} reads no footprints (use_mask and use_past_mask are off in its params.yaml): "
                          "a no-mask twin would be the same run; set nomask_twin: null for this profile")
     if run_name == run.run_dir.name:
@@ -143,7 +144,7 @@ def train_nomask_twin(run: CGANChapterRun, run_name: str, max_test_pairs: int | 
                          f"{run.run_dir.name}_nomask")
     # one factor: the footprint channels (synthetic construction, erase_building_fraction, stays as recorded: the
     # twin sees the same training pairs, without the footprints that say where a building was erased)
-    changes = {k: v for k, v in NOMASK.items() if recorded.get(k)}
+    changes = {k: v for k, v in NOMASK.items() if reads.get(k)}
     config = twin_config(run.run_dir.parent.parent, run.run_dir.parent.name, run.run_dir.name, run_name=run_name,
                          changes=changes, device=device, progress=progress)
     twin = train_and_test(config, max_test_pairs)
