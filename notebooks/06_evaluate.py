@@ -342,7 +342,8 @@ gain, gain_notes = E.guidance_gain(res.per_tile, twins, n_boot=n_bootstrap, seed
 for note in gain_notes:
     display(Markdown(f"> **Note:** {note}"))
 if gain is not None and len(gain):
-    display(E.paired_table(gain, labels=res.labels))
+    for model, rows in gain.groupby("model", sort=False):  # one table per pair: each has its own twin column
+        display(E.paired_table(rows, labels=res.labels))
 elif not twins:
     display(Markdown("> **Note:** no no-mask twins on this profile (`twins: {}`)"
                      + (": its data have no building labels." if not data.has_mask.any() else ".")))
