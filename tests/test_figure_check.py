@@ -100,3 +100,20 @@ def test_the_metric_vs_gap_panels_share_one_legend_outside_them():
     assert len(fig.axes) == 2 and len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
     assert check_legends(fig) == []
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix", "a very long model name (tiny)"]
+
+
+def test_an_empty_building_mask_is_a_labelled_grey_panel_not_a_black_square():
+    import numpy as np
+
+    from stsynth_lib.figure_check import show_mask
+
+    fig, (a, b) = plt.subplots(1, 2)
+    mask = np.zeros((8, 8))
+    show_mask(a, mask)
+    assert [t.get_text() for t in a.texts] == ["no building here"]
+    assert float(np.asarray(a.images[0].get_array()).min()) > 0.5  # light grey, not black
+    mask[2:4, 2:4] = 1
+    show_mask(b, mask)
+    assert not b.texts and np.array_equal(np.asarray(b.images[0].get_array()), mask)
+    assert b.images[0].get_cmap().name == "gray"
+    plt.close(fig)

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from stsynth_lib.data.dataset import to_uint8
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import checked, show_mask
 
 
 def plot_losses(run_dir: str | Path, smooth: int = 5):
@@ -150,7 +150,7 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
         axes[i, 0].imshow(past)
         axes[i, 0].set_title("past" if i == 0 else "")
         if labelled:
-            axes[i, 1].imshow(batch["future_mask"][i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+            show_mask(axes[i, 1], batch["future_mask"][i, 0].cpu().numpy())
             axes[i, 1].set_title("future mask" if i == 0 else "")
         for c, lv in enumerate(levels):
             a = axes[i, first + c]

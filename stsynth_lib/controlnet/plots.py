@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import checked, show_mask
 
 
 def _title_suffix(run_dir: Path) -> str:
@@ -64,7 +64,10 @@ def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: b
     axes[0].set_title(f"channels 0-{n_bands - 1}: past image", fontsize=9)
     for i, (ax, name) in enumerate(zip(axes[1:], names)):
         ch = c[n_bands + i]
-        ax.imshow(ch, cmap="gray", vmin=0, vmax=1)
+        if name == "future mask":
+            show_mask(ax, ch)
+        else:
+            ax.imshow(ch, cmap="gray", vmin=0, vmax=1)
         label = f"{name} = {ch.mean():.2f}" if name == "gap plane" else name
         ax.set_title(f"channel {n_bands + i}: {label}", fontsize=9)
     for ax in axes:
@@ -114,7 +117,10 @@ def show_predictions(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLike
         if not with_mask:
             del panels[1]
         for ax, (img, t) in zip(axes[r], panels):
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+            if img.ndim == 2:
+                show_mask(ax, img)
+            else:
+                ax.imshow(img)
             ax.set_title(t if r == 0 else "", fontsize=9)
             ax.axis("off")
         axes[r][0].text(-2, 0, f"{s['aoi'][:14]}\n+{int(s['gap_months'])} mo", fontsize=7, ha="right", va="top")

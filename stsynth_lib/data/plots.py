@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import checked, show_mask
 
 ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
 
@@ -124,7 +124,7 @@ def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
         axes[r, 0].imshow(to_uint8(s["past"][:3]).transpose(1, 2, 0))
         axes[r, 0].set_title(f"past {int(s['past_year'])}-{int(s['past_month']):02d}", fontsize=9)
         if labelled:
-            axes[r, 1].imshow(s["future_mask"][0], cmap="gray", vmin=0, vmax=1)
+            show_mask(axes[r, 1], s["future_mask"][0])
             axes[r, 1].set_title("future buildings" if bool(s["has_mask"]) else "no labels", fontsize=9)
         fut = axes[r, cols - 1]
         fut.imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))

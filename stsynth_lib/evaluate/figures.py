@@ -10,7 +10,7 @@ import numpy as np
 from stsynth_lib.book.report_format import model_display_name, plural
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import checked, show_mask
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -67,7 +67,10 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(img)
+            if labelled and c == 1:
+                show_mask(ax, img, "no building in the footprints")
+            else:
+                ax.imshow(img)
             if not (labelled and c == 1) and new.any():
                 ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
             ax.set_xticks([])
@@ -158,6 +161,8 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
             ax = axes[r, c]
             if c >= len(panels):
                 ax.imshow(img, cmap="magma", vmin=0, vmax=vmax)
+            elif labelled and c == 1:
+                show_mask(ax, img, "no building in the footprints")
             else:
                 ax.imshow(img)
             if new.any() and not (labelled and c == 1):

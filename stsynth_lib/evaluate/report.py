@@ -32,6 +32,7 @@ from stsynth_lib.evaluate.stats import (
 )
 from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.verdict import strongest_baseline_text, verdict_sentence
+from stsynth_lib.figure_check import show_mask
 
 
 def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None,
@@ -220,8 +221,10 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             ax = axes[r, c]
             if c == n_cols - 1:
                 im = ax.imshow(img, cmap="magma", vmin=0, vmax=0.5)
+            elif img.ndim == 2:
+                show_mask(ax, img)
             else:
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
+                ax.imshow(img)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
