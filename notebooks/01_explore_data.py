@@ -83,7 +83,9 @@ os.chdir(find_project_root())
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from stsynth_lib.book.report_format import round_floats
+from IPython.display import Markdown, display
+
+from stsynth_lib.data.explore import collection_note, metadata_preview, per_aoi_table, tree_name
 from stsynth_lib.data.plots import ATTRIBUTION, plot_aoi_timeline, plot_collection_overview
 from stsynth_lib.data.sn7 import save_metadata, scan_sn7
 from stsynth_lib.data.synthetic import generate_synthetic_sn7
@@ -102,31 +104,29 @@ if synthetic_data:
 else:
     source_note = ATTRIBUTION
 meta = scan_sn7(data_root, on_error=scan_on_error)
-print(meta.attrs["scan_report"].summary())
+print(meta.attrs["scan_report"].summary(name=tree_name(data_root)))  # the data's name, not this machine's path
 save_metadata(meta, metadata_path)
 print(f"saved {len(meta)} rows to {metadata_path}")
+display(Markdown(collection_note(meta, tree_name(data_root), synthetic=synthetic_data)))  # what the tree lacks
 
 # %% [markdown]
 # ## The metadata table
 # One row per AOI and month: the paths of every file SpaceNet 7 has for it (empty where absent), the image header,
-# whether labels exist, the building count and the cloud fraction from the UDM mask.
+# whether labels exist, the building count and the cloud fraction from the UDM mask. The page shows what varies; the
+# columns a tree cannot fill (building counts without labels, cloud fraction without UDM masks) are left out, as the
+# note above says.
 
 # %%
 pd.set_option("display.max_colwidth", 40)
-# the paths (and the header fields every image shares) stay in the Parquet file: the page shows what varies
-shown = ["aoi", "date", "width", "height", "has_labels", "building_count", "cloud_fraction"]
-round_floats(meta[[c for c in shown if c in meta.columns]].head(8), 3)
+metadata_preview(meta, n=8)
 
 # %%
-per_aoi = meta.groupby("aoi").agg(
-    months=("month_index", "size"), first=("date", "min"), last=("date", "max"),
-    buildings_first=("building_count", "first"), buildings_last=("building_count", "last"),
-    mean_cloud=("cloud_fraction", "mean"),
-)
-round_floats(per_aoi.head(12), 3)
+per_aoi_table(meta, n=12)
 
 # %% [markdown]
 # ## Months, growth and clouds
+# Months per AOI, building growth (labelled trees only) and cloud cover per month (images per month without UDM
+# masks).
 
 # %%
 fig = plot_collection_overview(meta)
@@ -134,7 +134,8 @@ plt.show()
 
 # %% [markdown]
 # ## One AOI over time
-# The AOI with the most buildings, at evenly spaced months, footprints outlined in yellow where labels exist.
+# One AOI at evenly spaced months: on a labelled tree the AOI with the most buildings, its footprints outlined in
+# yellow; without labels the first AOI, images alone.
 
 # %%
 fig = plot_aoi_timeline(meta, n_months=6, source_note=source_note)

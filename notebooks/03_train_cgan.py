@@ -179,7 +179,8 @@ from IPython.display import Markdown, display
 
 from stsynth_lib.cgan.chapter import (config_table, persistence_on_val, scores_text, train_and_test,
                                       train_nomask_twin)
-from stsynth_lib.cgan.plots import plot_losses, plot_residual_calibration, plot_validation, show_samples
+from stsynth_lib.cgan.plots import (loss_summary, plot_losses, plot_residual_calibration, plot_validation,
+                                    show_samples)
 from stsynth_lib.cgan.plots import plot_erased_buildings, plot_start_weights
 from stsynth_lib.cgan.model_io import load_generator
 from stsynth_lib.data.dataset import PairedTileDataset
@@ -233,17 +234,20 @@ display(settings_table(run_dir / "model.yaml"))
 # %% [markdown]
 # ## Loss curves
 # The discriminator should neither win (its losses near 0, the generator's adversarial loss climbing) nor give
-# up (all three near log 2 = 0.69 for the BCE loss); the L1 term should fall steadily.
+# up (all three near log 2 = 0.69 for the BCE loss); the L1 term should fall steadily. The sentence under the figure
+# reads this run's `log.csv` and says which it was.
 
 # %%
 fig = plot_losses(run_dir)
 plt.show()
+display(Markdown(loss_summary(run_dir)))  # what the curves show, numbers from log.csv
 
 # %% [markdown]
 # ## Validation
-# Each epoch, and every `val_every_steps` steps when set, the generator (eval mode: no dropout) is scored on the
-# validation pairs over valid pixels: L1 (in the [-1, 1] units of the loss), PSNR and SSIM (on [0, 1] images). The
-# best validation point by `best_metric` is kept in `best/`, and the test predictions below come from it.
+# Each epoch, and every `val_every_steps` steps when set (the figure's axis is the training step), the generator
+# (eval mode: no dropout) is scored on the validation pairs over valid pixels: L1 (in the [-1, 1] units of the
+# loss), PSNR and SSIM (on [0, 1] images). The best validation point by `best_metric` is kept in `best/`, and the
+# test predictions below come from it.
 # The dashed line is the **persistence baseline** (future = past image) on the same pairs: a model that cannot beat
 # it has learnt nothing about change.
 

@@ -97,7 +97,8 @@ from IPython.display import Markdown, display
 
 from stsynth_lib.cgan.chapter import (config_table, paired_with_twin, persistence_on_val, train_and_test,
                                       train_nomask_twin, twin_config)
-from stsynth_lib.cgan.plots import plot_attention, plot_losses, plot_residual_calibration, plot_validation
+from stsynth_lib.cgan.plots import (loss_summary, plot_attention, plot_losses, plot_residual_calibration,
+                                    plot_validation)
 from stsynth_lib.conditioning import build_condition
 from stsynth_lib.evaluate import paired_table
 from stsynth_lib.predict import load_predictor, predictor_sample
@@ -127,6 +128,7 @@ print(f"run folder: {run.run_dir}")
 # %%
 fig = plot_losses(run.run_dir)
 plt.show()
+display(Markdown(loss_summary(run.run_dir)))  # what the curves show, numbers from log.csv
 fig = plot_validation(run.run_dir, persistence_on_val(config))
 plt.show()
 if plot_residual_calibration(run.run_dir) is not None:  # no curve when calibrate_residual_scale is off

@@ -186,8 +186,9 @@ res = E.evaluate_models(dataset_dir, split, runs, out_dir=eval_dir, segmenter=se
                         baselines=baselines)
 for note in res.notes:
     display(Markdown(f"> **Note:** {note}"))
-lpips_source = json.loads((eval_dir / "summary.json").read_text()).get("lpips_weights") or "LPIPS not computed"
-print(f"LPIPS weights: {lpips_source}")
+lpips_source = json.loads((eval_dir / "summary.json").read_text()).get("lpips_weights")
+if E.weights_line("LPIPS", lpips_source, res.notes):  # printed only when no note above names the weights
+    print(E.weights_line("LPIPS", lpips_source, res.notes))
 print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_dir}")
 
 # %% [markdown]
@@ -411,7 +412,7 @@ plt.show()
 for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
     fig = E.gallery(res, name, gallery_metric)
     if gallery_metric.startswith("lpips"):
-        fig.text(0.01, 0.01, lpips_source, fontsize=8)
+        fig.text(0.01, 0.01, lpips_source or "LPIPS not computed", fontsize=8)
     plt.show()
 
 # %% [markdown]

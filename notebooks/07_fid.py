@@ -115,7 +115,8 @@ table, notes, calibrated = E.fid_report(
 for note in notes:
     display(Markdown(f"> **Note:** {note}"))
 fid_source = table["weights"].iloc[0]
-print(f"Inception weights: {fid_source}")
+if E.weights_line("Inception", fid_source, notes):  # printed only when no note above names the weights
+    print(E.weights_line("Inception", fid_source, notes))
 display(E.fid_table(table, calibrated))
 
 # %% [markdown]

@@ -205,7 +205,7 @@ def test_aoi_with_an_empty_images_folder_is_in_the_scan_report(tiny_sn7_root, tm
         meta = scan_sn7(root, progress=False)
     report = meta.attrs["scan_report"]
     assert report.empty_aois == [aoi.name]
-    assert "1 AOIs without any usable image" in report.summary() and aoi.name in report.summary()
+    assert "1 AOI without any usable image" in report.summary() and aoi.name in report.summary()
 
 
 def test_fifo_named_tif_is_skipped_not_opened(tiny_sn7_root, tmp_path):

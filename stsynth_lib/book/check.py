@@ -37,6 +37,10 @@ def remote_loads(html_dir: str | Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__.strip() + "\n\nWhat a reader sees (nan intervals, long floats, plurals, machine paths, split "
+              "outputs, constant images, missing files, contradicted verdicts): python -m stsynth_lib.book.screens")
+        return 0
     html_dir = Path(args[0] if args else "book/_build/html")
     if not (html_dir / "index.html").is_file():
         print(f"{html_dir}/index.html not found: build the book first (make book)")

@@ -8,7 +8,9 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
   are searched for a ``nan`` interval (``[nan, nan]``, ``+0.1 [+nan, +nan]``, ``nan – 0.3``, ``± nan``, a cell that
   is just ``nan`` in an interval column), a raw dict dump (a text line starting ``{'``, ``{"``, ``OrderedDict(``,
   ``dict(``...), a number printed with more than 4 significant decimals (``0.123456``) in a text output or a table cell, and a traceback
-  (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line);
+  (MyST-NB's ``output traceback`` block, ``Traceback (most recent call last)``, an ``...Error: `` line); a count of
+  one before a plural (``1 months``); a relative path leaving the repository in a text output (``../shared/...``);
+  consecutive text outputs of one cell, each its own box (``split output``);
 * browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book.browser`): each
   page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
@@ -161,6 +163,13 @@ TRACEBACK = re.compile(
 )
 
 
+# "1 months", "1 AOIs": a lone count of one before a plural (not 0.1, 11, -1 or "1 of 4 areas")
+ONE_PLURAL = re.compile(r"(?<![\d.,\-])\b1 (?:new |test |val |training )?(months|areas|AOIs|blocks|pairs|tiles|"
+                        r"buildings|images|rows|steps|samples|frames)\b")
+# a relative path that leaves the repository (../shared/data/...): one machine's layout, not the data's name
+MACHINE_PATH = re.compile(r"(?<![\w/.])\.\./[\w.-]+/[\w./-]*")
+
+
 def _snip(text: str, m: re.Match | None = None, width: int = 50) -> str:
     if m is None:
         s = text.strip()
@@ -213,7 +222,11 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
     out = [("nan interval", _snip(text, m)) for m in NAN_INTERVAL.finditer(text)]
     if m := TRACEBACK.search(text):
         out.append(("traceback", _snip(text, m)))
+    if m := ONE_PLURAL.search(text):
+        out.append(("plural", _snip(text, m)))
     if text_output:
+        if m := MACHINE_PATH.search(text):
+            out.append(("machine path", _snip(text, m)))
         out += [("raw dict dump", _snip(text[m.start() : m.start() + 120])) for m in DICT_DUMP.finditer(text)]
         if longs := list(LONG_FLOAT.finditer(text)):
             out.append(("long float", f"{len(longs)} number(s) with more than 4 significant decimals: {_snip(text, longs[0])}"))
@@ -233,6 +246,11 @@ def check_page_html(text: str, page: str = "page.html") -> list[Finding]:
                 found.append(("traceback", _snip(tb[-1] if tb else "")))
                 continue
             texts = [d for d in n.iter() if _is_text_output(d)]
+            kids = [c for c in n.children if isinstance(c, _Node)]
+            if any("stream" in a.classes and "stream" in b.classes for a, b in zip(kids, kids[1:])):
+                n_streams = sum("stream" in c.classes for c in kids)
+                found.append(("split output", f"{n_streams} text outputs in a row, one box each (merge the streams: "
+                                              f"nb_merge_streams, publish.merge_streams): {_snip(texts[0].text())}"))
             # the outputs' text with tables left out (the tables are checked cell by cell)
             found += _text_findings(n.text(skip=lambda d: d.tag == "table" or _is_text_output(d)), False)
             for d in texts:

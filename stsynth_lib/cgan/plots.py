@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stsynth_lib.book.report_format import plural
 from stsynth_lib.data.dataset import to_uint8
 from stsynth_lib.figure_check import checked, show_mask
 
@@ -39,23 +40,95 @@ def plot_losses(run_dir: str | Path, smooth: int = 5):
 
 
 def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None = None):
-    """Per-epoch validation L1 / PSNR / SSIM from ``val.csv``; dashed line: the persistence baseline."""
+    """Validation L1 / PSNR / SSIM from ``val.csv`` against the training step (validation runs every
+    ``val_every_steps`` steps and at each epoch's end, so an epoch axis would stack the points); dashed line: the
+    persistence baseline; dotted verticals: the ends of epochs."""
     import matplotlib.pyplot as plt
 
     val = pd.read_csv(Path(run_dir) / "val.csv")
+    x = "step" if "step" in val else "epoch"  # val.csv files before steps were logged
+    ends = val.groupby("epoch")["step"].max().to_numpy()[:-1] if x == "step" and "epoch" in val else []
     fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
     for a, key, title in zip(ax, ("val_l1", "val_psnr", "val_ssim"), ("L1 (lower is better)", "PSNR dB", "SSIM")):
-        a.plot(val["epoch"], val[key], "o-", label="model")
+        a.plot(val[x], val[key], "o-", label="model")
         best = val[val["best"] == 1]
-        a.plot(best["epoch"], best[key], "*", ms=12, color="gold", label="new best")
+        a.plot(best[x], best[key], "*", ms=12, color="gold", label="new best")
         if persistence and key[4:] in persistence:
             a.axhline(persistence[key[4:]], ls="--", color="gray", label="persistence")
+        for e in ends:
+            a.axvline(e, ls=":", lw=0.8, color="k", alpha=0.4)
         a.set_title(f"validation {title}")
-        a.set_xlabel("epoch")
+        a.set_xlabel("training step" + (" (dotted: end of an epoch)" if len(ends) else "") if x == "step" else "epoch")
         a.grid(alpha=0.3)
     ax[0].legend(fontsize=8)
     fig.tight_layout()
     return checked(fig)
+
+
+# the discriminator's BCE / least-squares loss when it cannot tell real from generated (D outputs 0.5 everywhere)
+BALANCED_LOSS = {"vanilla": float(np.log(2)), "lsgan": 0.25}
+
+
+def _ends(series: pd.Series) -> tuple[float, float]:
+    """Mean of the first and of the last tenth of a logged loss (at least one row each): start and end values
+    that one noisy step does not decide."""
+    s = series.dropna()
+    k = max(1, len(s) // 10)
+    return float(s.iloc[:k].mean()), float(s.iloc[-k:].mean())
+
+
+def _moved(a: float, b: float) -> str:
+    if f"{a:.2f}" == f"{b:.2f}":
+        return f"stayed at {a:.2f}"
+    if abs(b - a) <= 0.1 * max(abs(a), abs(b), 1e-9):
+        return f"stayed near {a:.2f} (from {a:.2f} to {b:.2f})"
+    return f"{'rose' if b > a else 'fell'} from {a:.2f} to {b:.2f}"
+
+
+def loss_summary(run_dir: str | Path) -> str:
+    """What the loss curves of a cGAN run show, in one Markdown paragraph read from its ``log.csv`` (numbers: the
+    mean of the first and of the last tenth of the logged steps) and ``params.yaml`` (the GAN loss, the L1 weight):
+    whether the discriminator wins (its loss falls towards 0 while the generator's adversarial loss climbs: it tells
+    the generated images apart), the generator fools it, or the two stay balanced near the loss of a discriminator
+    that cannot tell (log 2 = 0.69 for the BCE loss); and how the L1 term moved."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    log = pd.read_csv(run_dir / "log.csv")
+    if log.empty or "loss_d" not in log or "loss_g_gan" not in log:
+        return "No losses logged (`log.csv` is empty)."
+    params_path = run_dir / "params.yaml"
+    params = (yaml.safe_load(params_path.read_text()) or {}) if params_path.is_file() else {}
+    mode = str(params.get("gan_mode", "vanilla"))
+    ref = BALANCED_LOSS.get(mode, BALANCED_LOSS["vanilla"])
+    d0, d1 = _ends(log["loss_d"])
+    g0, g1 = _ends(log["loss_g_gan"])
+    steps = f"steps {int(log['step'].iloc[0])} to {int(log['step'].iloc[-1])}"
+    head = (f"Over {steps}, the discriminator's loss {_moved(d0, d1)} and the generator's adversarial loss "
+            f"{_moved(g0, g1)} (means of the first and last tenth of `log.csv`; a discriminator that cannot tell real "
+            f"from generated scores {ref:.2f} with the {'BCE' if mode == 'vanilla' else mode} loss).")
+    if d1 < 0.5 * ref and g1 > 2 * ref:
+        verdict = (" **The discriminator wins**: it tells the generator's images from real ones, so they are told "
+                   "apart, and the adversarial term pushes the generator without fooling the discriminator.")
+    elif d1 > 1.5 * ref or g1 < 0.5 * ref:
+        verdict = (" **The generator fools the discriminator** (or the discriminator gave up): the adversarial term "
+                   "no longer tells the generator much.")
+    else:
+        verdict = " **The two stay balanced**: neither network wins."
+    tail = ""
+    if "loss_g_l1" in log:
+        l0, l1 = _ends(log["loss_g_l1"])
+        tail = f" The L1 term {_moved(l0, l1)}"
+        lam = params.get("lambda_l1")
+        if lam:
+            from stsynth_lib.book.report_format import fmt_value
+
+            share = lam * l1 / (lam * l1 + g1) if lam * l1 + g1 > 0 else float("nan")
+            pct = "more than 99 %" if share > 0.99 else f"{share:.0%}"
+            tail += (f"; weighted by {fmt_value(float(lam))}, it makes {pct} of the generator's loss at the end"
+                     + (", so L1, not the discriminator, shapes the images" if share > 0.9 else ""))
+        tail += "."
+    return head + verdict + tail
 
 
 def _start_name(run_dir: str | Path) -> str:
@@ -259,7 +332,7 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
                                           (batch["future"][r], "truth")]):
             top[k + j].imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
             top[k + j].set_title(title, fontsize=8)
-        bottom[k].text(0.0, 0.5, f"{batch['aoi'][r]}\n+{int(batch['gap_months'][r])} months", fontsize=8,
+        bottom[k].text(0.0, 0.5, f"{batch['aoi'][r]}\n+{plural(int(batch['gap_months'][r]), 'month')}", fontsize=8,
                        transform=bottom[k].transAxes, va="center")
         for a in list(top) + list(bottom):
             a.axis("off")
@@ -312,7 +385,7 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
         row[0].bar(pos + 0.2, fitted + changes[r], 0.4, label="this tile", color="tab:blue")
         row[0].axhline(0, color="k", lw=0.5)
         row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=7)
-        row[0].set_title(f"{batch['aoi'][r]}, +{int(batch['gap_months'][r])} months", fontsize=8)
+        row[0].set_title(f"{batch['aoi'][r]}, +{plural(int(batch['gap_months'][r]), 'month')}", fontsize=8)
         for a, img, title in ((row[1], start[r], "tile's start"), (row[2], out[r], "generated"),
                               (row[3], batch["future"][r], "truth")):
             a.imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))

@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import yaml
 
+from stsynth_lib.book.report_format import plural
 from stsynth_lib.cgan.augment import augment_batch, check_erasable, erase_buildings, erase_generator
 from stsynth_lib.cgan.calibrate import calibrate_residual_scale
 from stsynth_lib.cgan.config import BEST_METRICS, CGANTrainConfig
@@ -382,7 +383,7 @@ class CGANRun:
         plain = table[(table["residual_scale"] == 1) & (table["full_gap_months"] == 1)]["val_l1_area_mean"].iloc[0]
         pers = table[table["residual_scale"] == 0]["val_l1_area_mean"].iloc[0]
         self.pbar.write(f"change scale {chosen['residual_scale']:.2f} x min(1, gap / "
-                        f"{chosen['residual_full_gap_months']:.0f} months) chosen on {len(cal_ds)} val pairs: "
+                        f"{plural(round(float(chosen['residual_full_gap_months'])), 'month')}) chosen on {plural(len(cal_ds), 'val pair')}: "
                         f"area-balanced val L1 {row['val_l1_area_mean']:.4f} (uncalibrated: {plain:.4f}, "
                         f"the start, scale 0: {pers:.4f})")
 

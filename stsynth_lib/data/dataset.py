@@ -69,6 +69,8 @@ import torch
 import yaml
 from torch.utils.data import Dataset
 
+from stsynth_lib.book.report_format import plural
+
 SPLITS = ("train", "val", "test")
 SAME_MONTH_LAST_YEAR = "same_month_last_year"
 # "same_month_last_year-1" / "+1" (up to +-11): the month before / after the same month last year (t1 - 13, t1 - 11)
@@ -374,7 +376,7 @@ def plot_sample(sample: dict[str, Any], suptitle: str | None = None, prediction:
             ax.contourf(invalid, levels=[0.5, 1.5], colors="none", hatches=["///"])
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle(suptitle or f"{sample['aoi']}  gap {float(sample['gap_months']):.0f} months", fontsize=10)
+    fig.suptitle(suptitle or f"{sample['aoi']}  gap {plural(round(float(sample['gap_months'])), 'month')}", fontsize=10)
     fig.tight_layout()
     return fig
 

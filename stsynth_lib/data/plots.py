@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.book.report_format import plural
 from stsynth_lib.figure_check import checked, show_mask
 
 ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
@@ -36,7 +37,7 @@ def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int 
             mask = footprint_mask(row.to_dict(), img.shape[1:], prof["transform"],
                                   prof["crs"].to_string() if prof["crs"] else None)
             ax.contour(mask, levels=[0.5], colors="yellow", linewidths=0.5)
-            title += f"\n{int(row['building_count'])} buildings"
+            title += f"\n{plural(int(row['building_count']), 'building')}"
         if row.get("cloud_fraction", 0) and row["cloud_fraction"] > 0:
             title += f", {row['cloud_fraction']:.0%} cloud"
         ax.set_title(title, fontsize=8)
@@ -47,48 +48,50 @@ def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int 
 
 
 def plot_collection_overview(meta: pd.DataFrame):
-    """Months per AOI, building growth per AOI, and cloud cover per month."""
+    """Months per AOI, building growth per AOI (only when the tree has building labels: no empty panel) and cloud
+    cover per month (images per month without UDM masks)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    labelled = bool(meta["has_labels"].any())
+    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(14, 3.6) if labelled else (10, 3.6))
     months = meta.groupby("aoi").size().sort_values()
     axes[0].barh(range(len(months)), months.to_numpy(), color="tab:blue")
     axes[0].set_yticks(range(len(months)))
     axes[0].set_yticklabels([a[:16] for a in months.index], fontsize=6 if len(months) > 12 else 8)
     axes[0].set_xlabel("months with an image")
     axes[0].set_title("Months per AOI")
-    if meta["has_labels"].any():
+    if labelled:
         for aoi, g in meta[meta["has_labels"]].groupby("aoi"):
             axes[1].plot(g["date"], g["building_count"], lw=1, alpha=0.7)
         axes[1].set_ylabel("buildings labelled")
         axes[1].set_title("Building growth (one line per AOI)")
-    else:
-        axes[1].text(0.5, 0.5, "no building labels\nin this tree", ha="center", va="center", transform=axes[1].transAxes)
-        axes[1].set_title("Building growth")
-    axes[1].tick_params(axis="x", rotation=30)
+        axes[1].tick_params(axis="x", rotation=30)
+    last = axes[-1]
     if meta["cloud_fraction"].notna().any():
         cc = meta.groupby("date")["cloud_fraction"].mean()
-        axes[2].bar(cc.index, cc.to_numpy(), width=20, color="tab:gray")
-        axes[2].set_ylabel("mean UDM cloud fraction")
-        axes[2].set_title("Cloud cover per month")
+        last.bar(cc.index, cc.to_numpy(), width=20, color="tab:gray")
+        last.set_ylabel("mean UDM cloud fraction")
+        last.set_title("Cloud cover per month")
     else:
         per_month = meta.groupby("date").size()
-        axes[2].bar(per_month.index, per_month.to_numpy(), width=20, color="tab:gray")
-        axes[2].set_ylabel("images")
-        axes[2].set_title("Images per month (no UDM masks)")
-    axes[2].tick_params(axis="x", rotation=30)
+        last.bar(per_month.index, per_month.to_numpy(), width=20, color="tab:gray")
+        last.set_ylabel("images")
+        last.set_title("Images per month (no UDM masks)")
+    last.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_dataset_summary(store):
-    """Pairs per time gap and split, tiles' usable-pixel fraction, and building cover of tiles."""
+    """Pairs per time gap and split, tiles' usable-pixel fraction, and building cover of tiles (only when the tiles
+    have building labels: no empty panel)."""
     plt = _plt()
     pairs, tiles = store.pairs, store.tiles
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+    labelled = bool(tiles["has_labels"].any())
+    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(14, 3.4) if labelled else (10, 3.4))
     for split, colour in zip(("train", "val", "test"), ("tab:blue", "tab:orange", "tab:green")):
         counts = pairs[pairs["split"] == split]["gap_months"].value_counts().sort_index()
         axes[0].plot(counts.index, counts.to_numpy(), "o-", ms=3, color=colour,
-                     label=f"{split}: {len(store.splits[split])} AOIs, {int((pairs['split'] == split).sum())} pairs")
+                     label=f"{split}: {plural(len(store.splits[split]), 'AOI')}, {plural(int((pairs['split'] == split).sum()), 'pair')}")
     axes[0].set_xlabel("time gap (months)")
     axes[0].set_ylabel("pairs")
     axes[0].set_title("Pairs per time gap")
@@ -96,13 +99,9 @@ def plot_dataset_summary(store):
     axes[1].hist(tiles["valid_fraction"], bins=20, color="tab:gray")
     axes[1].set_xlabel("usable-pixel fraction of a tile")
     axes[1].set_title("Tile validity (UDM, alpha, nodata)")
-    if tiles["has_labels"].any():
+    if labelled:
         axes[2].hist(tiles.loc[tiles["has_labels"], "building_fraction"], bins=20, color="tab:red")
         axes[2].set_xlabel("building cover of a tile")
-        axes[2].set_title("Building cover")
-    else:
-        axes[2].text(0.5, 0.5, "no building labels:\nguidance is the dates alone", ha="center", va="center",
-                     transform=axes[2].transAxes)
         axes[2].set_title("Building cover")
     fig.tight_layout()
     return checked(fig)
@@ -194,7 +193,7 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
     for tr in g[["row_off", "col_off"]].drop_duplicates().itertuples():
         ax.add_patch(Rectangle((tr.col_off - 0.5, tr.row_off - 0.5), t, t, fill=False, edgecolor="black", lw=0.6,
                                ls="--"))
-    ax.legend(handles=[Patch(color=c, alpha=0.6, label=f"{s}: {counts[s]} blocks") for s, c in SPLIT_COLOURS.items()],
+    ax.legend(handles=[Patch(color=c, alpha=0.6, label=f"{s}: {plural(counts[s], 'block')}") for s, c in SPLIT_COLOURS.items()],
               loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     row = g[g["month_index"] == month_index].iloc[0]
     ax.set_title(f"{aoi}, {int(row['year'])}-{int(row['month']):02d}: blocks by split, tiles dashed,\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.book.report_format import plural
 from stsynth_lib.data.errors import SN7DataError
 from stsynth_lib.data.io import read_raster
 
@@ -36,16 +37,18 @@ class ScanReport:
     skipped_files: list[str] = field(default_factory=list)
     empty_aois: list[str] = field(default_factory=list)  # AOIs whose images/ holds no usable image
 
-    def summary(self) -> str:
-        lines = [f"SpaceNet 7 tree at {self.root}: {self.n_aois} AOIs"]
+    def summary(self, name: str | None = None) -> str:
+        """The scan in a few lines; ``name``: what to call the tree in place of its path (a page shows the data's
+        name, not the path it has on one machine: :func:`tree_name`)."""
+        lines = [f"SpaceNet 7 tree at {self.root if name is None else name}: {plural(self.n_aois, 'AOI')}"]
         for folder, aois in sorted(self.missing_folders.items()):
             share = "all" if len(aois) == self.n_aois else f"{len(aois)} of {self.n_aois}"
             lines.append(f"  missing {folder}/ in {share} AOIs")
         if self.empty_aois:
-            lines.append(f"  {len(self.empty_aois)} AOIs without any usable image in images/ (left out): "
+            lines.append(f"  {plural(len(self.empty_aois), 'AOI')} without any usable image in images/ (left out): "
                          + ", ".join(self.empty_aois[:5]) + (" ..." if len(self.empty_aois) > 5 else ""))
         if self.skipped_files:
-            lines.append(f"  skipped {len(self.skipped_files)} unreadable files, e.g. {self.skipped_files[0]}")
+            lines.append(f"  skipped {plural(len(self.skipped_files), 'unreadable file')}, e.g. {self.skipped_files[0]}")
         return "\n".join(lines)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stsynth_lib.book.report_format import plural
 from stsynth_lib.data.errors import SN7DataError
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult, SplitData
 from stsynth_lib.evaluate.folder_index import INDEX_COLUMNS, read_index  # noqa: F401
@@ -369,7 +370,7 @@ def _meta(pred_dir, data_root, index, data, name, tile, block, one_area, cluster
 
 def _header(meta: dict) -> str:
     unit = (
-        f"{meta['n_clusters']} blocks of {meta['block_size_px']} px (one area)"
+        f"{plural(meta['n_clusters'], 'block')} of {meta['block_size_px']} px (one area)"
         if meta["clusters"] == "blocks"
         else f"{meta['n_clusters']} whole areas (AOIs)"
     )

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.book.report_format import model_display_name, model_legend_markdown, short_model_name
+from stsynth_lib.book.report_format import model_display_name, model_legend_markdown, plural, short_model_name
 from stsynth_lib.evaluate.data import (
     CHANGE_METRICS,
     LPIPS_METRICS,
@@ -316,7 +316,7 @@ def fid_report(
         groups += [(b, gaps == b) for b in gap_bucket_order() if (gaps == b).sum() >= min_bucket_pairs]
         skipped = [b for b in gap_bucket_order() if 0 < (gaps == b).sum() < min_bucket_pairs]
         if skipped:
-            notes.append(f"No FID for gap buckets with fewer than {min_bucket_pairs} pairs: {', '.join(skipped)} months.")
+            notes.append(skipped_buckets_note(skipped, min_bucket_pairs))
     for bucket, sel in groups:
         for name, f in feats.items():
             n = int(sel.sum())
@@ -329,6 +329,9 @@ def fid_report(
     labels = model_labels(runs)
     if len(table) and labels:  # the name the FID table shows (a ControlNet: which backbone produced it)
         table["label"] = [model_display_name(m, labels) for m in table["model"]]
+    kid_note = negative_kid_note(table)
+    if kid_note:
+        notes.append(kid_note)
     if len(real) < 2048:
         notes.append(f"n = {len(real)} < 2048 (the feature dimension): FID is biased upwards at this size and only comparable "
                      "between rows with the same n; KID (unbiased) is the headline.")
@@ -342,6 +345,43 @@ def fid_report(
                                                          "weights": feat.source, "notes": notes, "model_labels": labels,
                                                          "rows": json.loads(table.to_json(orient="records"))}, indent=2))
     return table, notes, feat.calibrated
+
+
+def skipped_buckets_note(skipped: list[str], min_pairs: int) -> str:
+    """The note on gap buckets too small for FID: "... fewer than 20 pairs: 1 month." / "...: 1, 2-3 months."."""
+    months = "month" if list(skipped) == ["1"] else "months"
+    return f"No FID for gap buckets with fewer than {plural(min_pairs, 'pair')}: {', '.join(skipped)} {months}."
+
+
+def negative_kid_note(table: pd.DataFrame) -> str:
+    """A note for a FID/KID table (:func:`fid_report`) with a KID below 0: the unbiased estimator can come out
+    negative when the two sets are close, and such a value reads as 0 within its spread (± one standard deviation
+    over subsets); "" when no KID is negative. Names the rows, and says which negative ones lie further than two
+    standard deviations from 0 (then the sets are small or the subsets few: not a real "better than identical")."""
+    if table is None or not len(table) or "kid" not in table:
+        return ""
+    neg = table[table["kid"] < 0]
+    if neg.empty:
+        return ""
+    name = lambda r: r["label"] if "label" in r and pd.notna(r["label"]) else r["model"]  # noqa: E731
+    rows = [f"{name(r)} ({'all gaps' if r['gap_bucket'] == 'all' else str(r['gap_bucket']) + ' months'}: "
+            f"{r['kid'] * 1000:.2f} ± {r['kid_std'] * 1000:.2f})" for _, r in neg.head(4).iterrows()]
+    more = f" and {len(neg) - 4} more" if len(neg) > 4 else ""
+    far = neg[neg["kid"] < -2 * neg["kid_std"]]
+    tail = ("" if far.empty else f" {plural(len(far), 'negative value')} lie more than two standard deviations below "
+            "0: too few tiles or subsets for KID to separate these sets, not a model better than the real images.")
+    return (f"KID x1000 is below 0 in {plural(len(neg), 'row')}, e.g. {'; '.join(rows)}{more}. KID is an unbiased "
+            "estimate (squared MMD with the diagonal terms left out), so it can come out below 0 when the two sets "
+            "are close: read such a value as 0 within its spread (± one standard deviation over subsets), i.e. "
+            f"these images cannot be told from the real ones at this size.{tail}")
+
+
+def weights_line(what: str, source: str | None, notes: Iterable[str] = ()) -> str:
+    """``"LPIPS weights: <source>"`` to print beside a table, or "" when one of the ``notes`` shown above already
+    names ``source`` (a page names its weights once)."""
+    if source and any(str(source) in str(n) for n in notes):
+        return ""
+    return f"{what} weights: {source or 'not computed'}"
 
 
 def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:

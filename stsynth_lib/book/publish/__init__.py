@@ -64,6 +64,7 @@ from stsynth_lib.book.publish.reference import (
     _dir_mb,  # noqa: F401
     clean_notebook,
     encode_png,
+    merge_streams,
     publish,
     shrink_png,
 )
@@ -90,7 +91,7 @@ from stsynth_lib.book.publish.stamp import (
 __all__ = [
     "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
-    "banner_text", "clean_notebook", "format_duration", "git_commit", "head_commit", "headline_section",
+    "banner_text", "clean_notebook", "merge_streams", "format_duration", "git_commit", "head_commit", "headline_section",
     "headline_sentence", "headline_table",
     "figure_block", "landing_page", "lpips_calibrated", "machine_description", "model_legend", "model_name", "main", "persistence_sentence", "profile_data_kind",
     "profile_stamp", "publish", "read_nb",

@@ -21,7 +21,7 @@ from stsynth_lib.book.report_format import is_controlnet, model_description, sho
 from stsynth_lib.verdict import as_number
 
 UDM_MISSING = re.compile(r"missing UDM_masks/ in (all|\d+ of \d+) AOIs")
-SCAN_HEADER = re.compile(r"SpaceNet 7 tree at .*: (\d+) AOIs")
+SCAN_HEADER = re.compile(r"SpaceNet 7 tree at .*: (\d+) AOIs?\b")
 F1_METRICS = ("f1_micro", "f1_new_micro")
 
 

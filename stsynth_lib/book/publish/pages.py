@@ -16,10 +16,14 @@ from stsynth_lib.book.publish.stamp import (
     PublishError,
     format_duration,
     profile_data_kind,
+    read_nb,
     read_stamp,
+    write_nb,
 )
+from stsynth_lib.book.publish.reference import merge_streams
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, read_fid, run_facts
-from stsynth_lib.book.report_format import model_description, model_legend_markdown, short_model_name
+from stsynth_lib.book.report_format import (is_controlnet, model_description, model_legend_markdown,
+                                              short_model_name)
 from stsynth_lib.verdict import MARK_LEGEND, mark, strongest_baseline_text, verdict_sentence
 
 README_START = "<!-- results-table:start -->"
@@ -283,6 +287,57 @@ def _profile_sources(source: str, profile: str | None, reference_root: Path, exe
     return [(profile, d, ev / "summary.json", ev / "examples.png")]
 
 
+def launch_config(config: str, source: str, reference_root: Path, book_dir: Path) -> str:
+    """The staged ``_config.yml``: launch (Colab) links must open a notebook the repository has. A reference book's
+    pages are ``book/reference/<profile>/*.ipynb`` in git, so ``path_to_book`` becomes that folder; a local run's
+    pages (``book/executed/``, ignored by git) exist nowhere online, so its launch buttons are turned off."""
+    if source == "reference":
+        root, repo = reference_root.resolve(), book_dir.resolve().parent
+        rel = root.relative_to(repo) if root.is_relative_to(repo) else reference_root
+        return re.sub(r"^(\s+path_to_book:).*$", lambda m: f"{m.group(1)} {rel.as_posix()}", config, flags=re.M)
+    config = re.sub(r"^(\s+colab_url:).*$", lambda m: f'{m.group(1)} ""', config, flags=re.M)
+    return re.sub(r"^(\s+binderhub_url:).*$", lambda m: f'{m.group(1)} ""', config, flags=re.M)
+
+
+def chapter_title(title: str, summary: dict) -> str:
+    """A chapter's title (``"# 5. ControlNet on Stable Diffusion"``) naming the backbone the run's ControlNet used
+    (summary.json's ``model_labels``, :func:`~stsynth_lib.book.report_format.short_model_name`): ``"# 5. ControlNet
+    on a latent diffusion backbone (tiny, from scratch)"``. Titles of other chapters, and every title when the run
+    scored no ControlNet, are returned unchanged."""
+    m = re.match(r"^(#\s+)(\d+\.\s*)?(.*)$", title)
+    if not m or "controlnet" not in m.group(3).lower():
+        return title
+    labels = summary.get("model_labels") or {}
+    models = [x for x in list(summary.get("runs") or {}) + list(labels) if is_controlnet(x)]
+    if not models:
+        return title
+    short = model_name(summary, models[0])
+    inner = re.search(r"\((.*)\)\s*$", short)
+    backbone = inner.group(1) if inner else "backbone not recorded"
+    return f"{m.group(1)}{m.group(2) or ''}ControlNet on a latent diffusion backbone ({backbone})"
+
+
+def stage_notebook(src: Path, dest: Path, summary: dict) -> None:
+    """Copy an executed notebook into the staged book: consecutive stream outputs merged into one box
+    (:func:`~stsynth_lib.book.publish.reference.merge_streams`) and the title of a ControlNet chapter naming the
+    backbone that ran (:func:`chapter_title`)."""
+    nb = read_nb(src)
+    titled = False
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = merge_streams(cell.get("outputs", []))
+        elif cell.get("cell_type") == "markdown" and not titled:
+            src_text = "".join(cell["source"]) if isinstance(cell.get("source"), list) else str(cell.get("source", ""))
+            lines = src_text.split("\n")
+            at = next((i for i, line in enumerate(lines) if line.startswith("# ")), None)
+            if at is not None:
+                lines[at] = chapter_title(lines[at], summary)
+                cell["source"] = "\n".join(lines)
+                titled = True
+    write_nb(nb, dest)
+    shutil.copystat(src, dest)
+
+
 def stage_book(source: str = "reference", profile: str | None = None, *, out: str | Path = "build/book",
                book_dir: str | Path = "book", reference_root: str | Path = REFERENCE_ROOT,
                executed_root: str | Path = EXECUTED_ROOT, runs_dir: str | Path = "runs",
@@ -295,10 +350,7 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config = (book_dir / "_config.yml").read_text()
-    if source == "reference":  # the launch (Colab) links: the pages' notebooks are at book/reference/<profile>/ in git
-        rel = Path(reference_root).resolve().relative_to(book_dir.resolve().parent) \
-            if Path(reference_root).resolve().is_relative_to(book_dir.resolve().parent) else Path(reference_root)
-        config = re.sub(r"^(\s+path_to_book:).*$", lambda m: f"{m.group(1)} {rel.as_posix()}", config, flags=re.M)
+    config = launch_config(config, source, Path(reference_root), book_dir)
     (out / "_config.yml").write_text(config)
     if (book_dir / "_static").is_dir():
         shutil.copytree(book_dir / "_static", out / "_static")
@@ -306,8 +358,9 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
     for name, nb_dir, summary_path, fig in profiles:
         (out / name).mkdir()
         chapters = []
+        run_summary = json.loads(summary_path.read_text()) if summary_path is not None and summary_path.is_file() else {}
         for p in sorted(nb_dir.glob("*.ipynb")):
-            shutil.copy2(p, out / name / p.name)
+            stage_notebook(p, out / name / p.name, run_summary)
             chapters.append(f"{name}/{p.stem}")
         stamp = profile_stamp(nb_dir)
         try:

@@ -64,8 +64,29 @@ def shrink_png(data: bytes, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_B
     return out if len(out) < len(data) else data
 
 
+def _text(out: dict) -> str:
+    t = out.get("text", "")
+    return "".join(t) if isinstance(t, list) else str(t)
+
+
+def merge_streams(outputs: list[dict]) -> list[dict]:
+    """Consecutive ``stream`` outputs of one name (stdout, stderr) merged into one, as one box on the page: a
+    trainer's validation lines, written between progress-bar updates on stderr, arrive as one output each, and once
+    stderr is dropped they would show as a grey box per line."""
+    merged: list[dict] = []
+    for out in outputs:
+        prev = merged[-1] if merged else None
+        if (out.get("output_type") == "stream" and prev is not None and prev.get("output_type") == "stream"
+                and prev.get("name") == out.get("name")):
+            merged[-1] = {**prev, "text": _text(prev) + _text(out)}
+        else:
+            merged.append(out)
+    return merged
+
+
 def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES, min_px: int = MIN_PNG_PX) -> dict:
-    """Drop volatile metadata, widgets and stderr, and shrink heavy PNGs. Keeps tags, outputs and the stamp."""
+    """Drop volatile metadata, widgets and stderr, merge consecutive stdout outputs into one (:func:`merge_streams`)
+    and shrink heavy PNGs. Keeps tags, outputs and the stamp."""
     meta = nb.setdefault("metadata", {})
     meta.pop("widgets", None)
     pm = meta.get("papermill")
@@ -109,7 +130,7 @@ def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_P
                                 w, h = im.size
                             md.update({k: v for k, v in (("width", w), ("height", h)) if k in md})
             outputs.append(out)
-        cell["outputs"] = outputs
+        cell["outputs"] = merge_streams(outputs)
     return nb
 
 
