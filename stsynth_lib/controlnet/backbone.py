@@ -272,3 +272,16 @@ def build_random_sd15(seed: int = 0, tokenizer_cache_dir: str | os.PathLike | No
         torch.random.set_rng_state(state)
     return Backbone(tokenizer, text_encoder, vae, unet, DDPMScheduler(**SD15_SCHEDULER),
                     name="sd15-architecture-random", kind="sd15-architecture-random")
+
+
+@torch.no_grad()
+def image_latents(backbone: Backbone, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Scaled VAE latents (posterior mean, fp32) of images ``(B, C, H, W)`` in [-1, 1]: the first channels the VAE
+    takes, resized to ``size`` (the generation resolution) when given."""
+    vae = backbone.vae
+    x = images[:, : vae.config.in_channels].float()
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        lat = vae.encode(x.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
+    return lat.float()

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import torch
 import yaml
 
-from stsynth_lib.controlnet.backbone import Backbone, load_backbone
+from stsynth_lib.controlnet.backbone import Backbone, image_latents, load_backbone  # noqa: F401 (image_latents: re-exported)
 from stsynth_lib.controlnet.conditioning import (
     batch_conditioning,
     batch_prompts,
@@ -134,30 +134,8 @@ def sample_images(
         shape = (1, backbone.unet.config.in_channels, h // f, w // f)
         seeds = list(range(b)) if seeds is None else [int(s) for s in seeds]
         latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    timesteps = scheduler.timesteps
-    if not 0.0 < float(strength) <= 1.0:
-        raise ValueError(f"strength must be in (0, 1], got {strength}")
-    z_start = None
-    if residual_scale is not None:
-        if init_image is None:
-            raise ValueError("residual diffusion adds the sampled change to the past image's latent: pass init_image "
-                             "(the past image, in [-1, 1])")
-        if not float(residual_scale) > 0:
-            raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
-        z_start = image_latents(backbone, init_image.to(device), (h, w))
-    if float(strength) < 1.0:
-        if init_image is None:
-            raise ValueError("strength < 1 starts from an image: pass init_image (the past image, in [-1, 1])")
-        timesteps, begin = img2img_timesteps(scheduler, num_inference_steps, strength)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
-        # residual: the start is "no change" (r = 0); image: the past image's latent
-        init = torch.zeros_like(z_start) if z_start is not None else image_latents(backbone, init_image.to(device),
-                                                                                   (h, w))
-        latents = scheduler.add_noise(init, latents.to(device, torch.float32), timesteps[:1].repeat(b))
-    else:
-        latents = latents.to(device, torch.float32) * scheduler.init_noise_sigma
+    latents, timesteps, z_start = _start_latents(backbone, scheduler, latents, num_inference_steps, strength,
+                                                 init_image, residual_scale, (h, w), device)
     do_cfg = guidance_scale > 1.0
     emb = encode_prompts(backbone, prompts, device, dtype)
     if do_cfg:
@@ -191,6 +169,37 @@ def sample_images(
     return img
 
 
+def _start_latents(backbone: Backbone, scheduler, noise: torch.Tensor, num_inference_steps: int, strength: float,
+                   init_image: torch.Tensor | None, residual_scale: float | None, size: tuple[int, int], device):
+    """(the first latents, the timesteps that run, ``z_start``) of :func:`sample_images`: pure noise at strength 1,
+    else the start (the past image's latent; ``r = 0`` for residual diffusion) noised to the strength's first
+    timestep; ``z_start`` is the past image's latent that residual diffusion adds the sampled change to (else None)."""
+    b = noise.shape[0]
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    timesteps = scheduler.timesteps
+    if not 0.0 < float(strength) <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    z_start = None
+    if residual_scale is not None:
+        if init_image is None:
+            raise ValueError("residual diffusion adds the sampled change to the past image's latent: pass init_image "
+                             "(the past image, in [-1, 1])")
+        if not float(residual_scale) > 0:
+            raise ValueError(f"residual_scale must be > 0, got {residual_scale}")
+        z_start = image_latents(backbone, init_image.to(device), size)
+    if float(strength) < 1.0:
+        if init_image is None:
+            raise ValueError("strength < 1 starts from an image: pass init_image (the past image, in [-1, 1])")
+        timesteps, begin = img2img_timesteps(scheduler, num_inference_steps, strength)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        # residual: the start is "no change" (r = 0); image: the past image's latent
+        init = torch.zeros_like(z_start) if z_start is not None else image_latents(backbone, init_image.to(device),
+                                                                                   size)
+        return scheduler.add_noise(init, noise.to(device, torch.float32), timesteps[:1].repeat(b)), timesteps, z_start
+    return noise.to(device, torch.float32) * scheduler.init_noise_sigma, timesteps, z_start
+
+
 def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> tuple[torch.Tensor, int]:
     """(the timesteps that run, their start index) for ``strength``: the last ``int(steps * strength)`` of the
     scheduler's (already set) schedule, as diffusers' img2img pipelines take them (``tests/test_img2img.py`` compares
@@ -202,19 +211,6 @@ def img2img_timesteps(scheduler, num_inference_steps: int, strength: float) -> t
                          f"strength to at least {1 / num_inference_steps:.3g} or the number of steps")
     begin = (num_inference_steps - n_run) * scheduler.order
     return scheduler.timesteps[begin:], begin
-
-
-@torch.no_grad()
-def image_latents(backbone: Backbone, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Scaled VAE latents (posterior mean, fp32) of images ``(B, C, H, W)`` in [-1, 1]: the first channels the VAE
-    takes, resized to ``size`` (the generation resolution) when given."""
-    vae = backbone.vae
-    x = images[:, : vae.config.in_channels].float()
-    if size is not None and tuple(x.shape[-2:]) != tuple(size):
-        x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        lat = vae.encode(x.to(vae.dtype)).latent_dist.mean * vae.config.scaling_factor
-    return lat.float()
 
 
 def chosen_generation(run_dir: str | os.PathLike) -> dict[str, Any]:

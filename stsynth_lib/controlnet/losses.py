@@ -57,7 +57,7 @@ def diffusion_loss(
         latents = vae.encode(pixels.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
     latents = latents.float()
     if start is not None:
-        from stsynth_lib.controlnet.generate import image_latents
+        from stsynth_lib.controlnet.backbone import image_latents
 
         latents = (latents - image_latents(backbone, start.to(latents.device))) * float(residual_scale)
     if noise is None:

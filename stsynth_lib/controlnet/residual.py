@@ -51,7 +51,7 @@ def latent_change_rms(backbone, dataset, n_pairs: int, seed: int, resolution_px:
     ``dataset`` drawn with ``seed`` (all of them when it has fewer), at the training resolution. Posterior means,
     no augmentation drawn from the global RNG (the dataset should not augment), no RNG stream touched."""
     from stsynth_lib.controlnet.conditioning import resize_batch
-    from stsynth_lib.controlnet.generate import image_latents
+    from stsynth_lib.controlnet.backbone import image_latents
     from stsynth_lib.controlnet.losses import latent_valid_weight
     from stsynth_lib.training import collate
 

@@ -5,7 +5,6 @@ with them (``python -m stsynth_lib.book.publish stage``), and the README's resul
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -22,191 +21,29 @@ from stsynth_lib.book.publish.stamp import (
 )
 from stsynth_lib.book.publish.reference import merge_streams
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, read_fid, run_facts
-from stsynth_lib.book.report_format import (is_controlnet, model_description, model_legend_markdown,
-                                              short_model_name)
-from stsynth_lib.verdict import MARK_LEGEND, mark, strongest_baseline_text, verdict_sentence
-
-README_START = "<!-- results-table:start -->"
-README_END = "<!-- results-table:end -->"
-# (summary.json metric key, column label, digits of the mean, digits of the paired difference)
-HEADLINE_METRICS = (("psnr", "PSNR dB", 2, 2), ("ssim", "SSIM", 3, 4), ("lpips", "LPIPS", 3, 4))
-PERSISTENCE = "persistence"
-NOT_A_PREDICTOR = ("real_future",)  # the segmenter's ceiling: no image metrics
-
-
-# ------------------------------------------------------------------------------------------------- results tables
-def _fmt(v, digits: int, sign: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
-def _missing(v) -> bool:
-    """A value summary.json leaves out: null, or NaN (json.dumps writes NaN for rows that did not pass pandas)."""
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _units(rows: list[dict]) -> str:
-    """The resampled unit of these paired rows: "area" or "block" (rows carry it; older files: areas)."""
-    return next((r["unit"] for r in rows if r.get("unit")), "area")
-
-
-def _no_interval(row: dict) -> str:
-    """What a paired cell shows instead of an interval when one unit (area or block) was resampled."""
-    n, unit = row.get("n_areas") or 1, row.get("unit") or "area"
-    return f"n/a ({n} {unit}{'s' if n != 1 else ''})"
-
-
-def _delta_cell(row: dict | None, digits: int, verdict: bool = False) -> str:
-    """A paired row as "+0.31 [+0.12, +0.49]" ("n/a (1 area)" in place of a missing interval); ``verdict`` adds the
-    row's mark (:func:`stsynth_lib.verdict.mark`: ✔ better, ✘ worse, none: no clear difference)."""
-    if row is None:
-        return "n/a"
-    diff = _fmt(row["mean_diff"], digits, True)
-    if _missing(row.get("ci_lo")) or _missing(row.get("ci_hi")):
-        return f"{diff} {_no_interval(row)}"
-    tick = f" {mark(row)}" if verdict and mark(row) else ""
-    return f"{diff} [{_fmt(row['ci_lo'], digits, True)}, {_fmt(row['ci_hi'], digits, True)}]{tick}"
-
-
-def _model_order(summary: dict) -> list[str]:
-    present = []
-    for r in summary.get("summary", []):
-        if r["model"] not in present and r["model"] not in NOT_A_PREDICTOR and r["metric"] in ("psnr", "ssim", "lpips"):
-            present.append(r["model"])
-    order = [PERSISTENCE] + list(summary.get("baselines", [])) + list(summary.get("runs", {}))
-    return [m for m in order if m in present] + [m for m in present if m not in order]
-
-
-def model_name(summary: dict, model: str) -> str:
-    """The short name a results row and a sentence show: summary.json's ``model_names`` entry, else
-    :func:`stsynth_lib.book.report_format.short_model_name` of its ``model_labels`` entry (summaries written before
-    short names were recorded: "ControlNet (tiny, from scratch)" for the ~140-character label), "ControlNet (backbone
-    not recorded)" for a ControlNet of an older summary, else the model's name. The long description is printed once,
-    in :func:`model_legend` under the table."""
-    recorded = (summary.get("model_names") or {}).get(model)
-    return str(recorded) if recorded else short_model_name(model, summary.get("model_labels"))
-
-
-def model_legend(summary: dict) -> str:
-    """The legend table under the results table: each short name whose model has a longer description (chapter 6's
-    ``model_labels``: which backbone, how it was sampled), once; "" when no name needs one."""
-    labels = summary.get("model_labels") or {}
-    rows = {model_name(summary, m): model_description(m, labels) for m in _model_order(summary)}
-    rows = {k: v for k, v in rows.items() if k != v}
-    if not rows:
-        return ""
-    return "\n".join(["| model (as in the tables) | what it is |", "|---|---|"]
-                     + [f"| {k} | {v.replace('|', '/')} |" for k, v in rows.items()])
-
-
-def lpips_calibrated(summary: dict) -> bool:
-    rows = [r for r in summary.get("summary", []) if r["metric"] == "lpips"]
-    cal = summary.get("calibrated", {})
-    cal = cal.get("lpips", True) if isinstance(cal, dict) else cal  # older files: one flag for every metric
-    return bool(cal) and all(r.get("calibrated", True) for r in rows)
-
-
-def headline_table(summary: dict) -> str:
-    """The headline table of the landing page and the README (Markdown, from a summary.json; the evaluation's
-    own wide table is :func:`stsynth_lib.evaluate.results_table`): every model, persistence and baseline; n pairs;
-    PSNR, SSIM, LPIPS [95 % CI over tiles]; and the paired difference to persistence [95 % CI, resampling
-    summary["paired_resamples"]]."""
-    rows = {(r["model"], r["metric"]): r for r in summary.get("summary", [])}
-    paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
-              if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
-    cal = lpips_calibrated(summary)
-    labels = [(k, lab + (" (uncalibrated)" if k == "lpips" and not cal else ""), d, dd)
-              for k, lab, d, dd in HEADLINE_METRICS]
-    head = ["model", "n pairs"] + [lab for _, lab, _, _ in labels] + [f"Δ {lab} vs persistence" for _, lab, _, _ in labels]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in _model_order(summary):
-        ns = {rows[(m, k)]["n"] for k, *_ in labels if (m, k) in rows}
-        cells = [model_name(summary, m), "/".join(str(n) for n in sorted(ns)) or "n/a"]
-        for k, _, d, _ in labels:
-            r = rows.get((m, k))
-            if r is None or _missing(r.get("mean")):
-                cells.append("n/a")
-            elif _missing(r.get("ci_lo")) or _missing(r.get("ci_hi")):
-                cells.append(f"{_fmt(r['mean'], d)} (no interval)")
-            else:
-                cells.append(f"{_fmt(r['mean'], d)} [{_fmt(r['ci_lo'], d)}, {_fmt(r['ci_hi'], d)}]")
-        for k, _, _, dd in labels:
-            if m == PERSISTENCE:
-                cells.append("(reference)")
-                continue
-            cells.append(_delta_cell(paired.get((m, k)), dd))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-STRONGEST_METRICS = (("psnr", "PSNR dB", 2, "higher"), ("ssim", "SSIM", 4, "higher"), ("l1", "L1", 4, "lower"))
-
-
-def strongest_baseline_section(summary: dict) -> str:
-    """Markdown: each learned model minus the strongest simple baseline (chosen on validation by chapter 6 and
-    recorded in summary.json), paired on the same test pairs; "" when summary.json has no such comparison."""
-    info = summary.get("strongest_baseline")
-    rows = summary.get("paired_vs_strongest_baseline") or []
-    if not info:
-        return ""
-    name = info["name"]
-    head = (f"**The bar: the strongest simple baseline, `{name}`** (no learning; chosen by "
-            f"{info.get('chosen_by', 'psnr').upper()} on the `{info.get('chosen_on', 'val')}` split, never on test). "
-            f"Model − `{name}` on the same test pairs [95 % interval, resampling "
-            f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; a model is better than the bar on a metric "
-            f"only when the whole interval is on the good side of zero:")
-    models = list(dict.fromkeys(r["model"] for r in rows if r["model"] != name))
-    if not models:
-        return head + "\n\nNo learned model was scored against it.\n"
-    by = {(r["model"], r["metric"]): r for r in rows}
-    cols = ["model"] + [f"Δ {lab} ({better} is better)" for _, lab, _, better in STRONGEST_METRICS] + [f"{_units(rows)}s better (PSNR)"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for m in models:
-        cells = [model_name(summary, m)]
-        for k, _, d, _ in STRONGEST_METRICS:
-            cells.append(_delta_cell(by.get((m, k)), d, verdict=True))
-        p = by.get((m, "psnr"))
-        cells.append(f"{p.get('areas_better', 'n/a')} of {p.get('n_areas', 'n/a')}" if p else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    return head + "\n\n" + "\n".join(lines) + f"\n\n{MARK_LEGEND}.\n"
-
-
-def headline_sentence(summary: dict) -> str:
-    """The profile's result in one sentence: every learned model against the strongest simple baseline, in the
-    words of :func:`stsynth_lib.verdict.verdict_sentence` (the paired interval decides); "" without that
-    comparison."""
-    info = summary.get("strongest_baseline")
-    if not info:
-        return ""
-    name = info["name"]
-    return verdict_sentence(summary.get("paired_vs_strongest_baseline") or [], name,
-                            baseline_text=strongest_baseline_text(name, info.get("chosen_on", "val")),
-                            name=lambda m: model_name(summary, m), metrics=[k for k, *_ in STRONGEST_METRICS],
-                            split=summary.get("split", "test"))
-
-
-def persistence_sentence(summary: dict) -> str:
-    """Every model and simple baseline against persistence in one sentence (the paired interval decides)."""
-    return verdict_sentence(summary.get("paired_vs_persistence") or [], PERSISTENCE,
-                            baseline_text="persistence (the past image as the prediction)",
-                            name=lambda m: model_name(summary, m), split=summary.get("split", "test"))
-
-
-def table_caption(summary: dict) -> str:
-    unit = summary.get("paired_resamples", "whole areas (AOIs)")
-    n_units = sorted({r.get("n_areas") for r in summary.get("paired_vs_persistence", []) if r.get("n_areas")})
-    units = (f" ({'/'.join(str(n) for n in n_units)} unit{'s' if n_units != [1] else ''})" if n_units else "")
-    cal = "" if lpips_calibrated(summary) else (" LPIPS is **uncalibrated** (random backbone): it ranks these rows "
-                                                "and means nothing outside this table.")
-    weights = f" LPIPS weights: {summary['lpips_weights']}." if summary.get("lpips_weights") else ""
-    split = summary.get("split", "test")
-    one = _units(summary.get("paired_vs_persistence", []))
-    return (f"Split `{split}`, {summary.get('n_pairs', 'n/a')} {split} pairs. Scores: mean "
-            f"[95 % bootstrap interval over tiles]; n pairs = tiles scored. Δ = model − persistence on the same "
-            f"pairs [95 % interval, resampling {unit}{units}; \"n/a (1 {one})\" = one {one} resampled, no interval]. "
-            f"Higher is better for PSNR and SSIM, lower for LPIPS.{weights}{cal}")
-
+from stsynth_lib.book.report_format import is_controlnet, short_model_name
+from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the page builders' tables)
+    _fmt,
+    _missing,
+    _units,
+    _no_interval,
+    _delta_cell,
+    _model_order,
+    model_name,
+    model_legend,
+    lpips_calibrated,
+    headline_table,
+    strongest_baseline_section,
+    headline_sentence,
+    persistence_sentence,
+    table_caption,
+    README_START,
+    README_END,
+    HEADLINE_METRICS,
+    PERSISTENCE,
+    NOT_A_PREDICTOR,
+    STRONGEST_METRICS,
+)
 
 def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
     """The stamp of the notebooks in ``nb_dir`` that ran with ``profile`` (default: the folder's name): the first one's,
