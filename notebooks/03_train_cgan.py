@@ -178,7 +178,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from stsynth_lib.cgan.chapter import (config_table, persistence_on_val, scores_text, train_and_test,
-                                      train_nomask_twin)
+                                      nomask_twin_report)
 from stsynth_lib.cgan.plots import (loss_summary, plot_losses, plot_residual_calibration, plot_validation,
                                     show_samples)
 from stsynth_lib.cgan.plots import plot_erased_buildings, plot_start_weights
@@ -342,14 +342,10 @@ plt.show()
 # new-building pixels and new buildings drawn (`twins`).
 
 # %%
-if nomask_twin:
-    twin, gain = train_nomask_twin(run, nomask_twin, max_test_pairs, device=device, progress=progress)
-    print(f"no-mask twin: {twin.run_dir}")
+text, gain = nomask_twin_report(run, nomask_twin, max_test_pairs, device=device, progress=progress)
+display(Markdown(text))
+if gain is not None:
     display(paired_table(gain))
-else:
-    display(Markdown("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
-                     + ("set `nomask_twin` to measure what the footprints add." if run.test_ds.pairs["has_mask"].any()
-                        else "its data have no building labels, so the model reads no footprints.")))
 
 # %% [markdown]
 # ## Applying the model to your own images

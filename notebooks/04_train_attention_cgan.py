@@ -96,7 +96,7 @@ import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
 from stsynth_lib.cgan.chapter import (config_table, paired_with_twin, persistence_on_val, train_and_test,
-                                      train_nomask_twin, twin_config)
+                                      nomask_twin_report, twin_config)
 from stsynth_lib.cgan.plots import (loss_summary, plot_attention, plot_losses, plot_residual_calibration,
                                     plot_validation)
 from stsynth_lib.conditioning import build_condition
@@ -152,14 +152,10 @@ display(paired_table(run.paired))
 # new-building pixels and new buildings drawn (`twins`).
 
 # %%
-if nomask_twin:
-    twin, gain = train_nomask_twin(run, nomask_twin, max_test_pairs, device=device, progress=progress)
-    print(f"no-mask twin: {twin.run_dir}")
+text, gain = nomask_twin_report(run, nomask_twin, max_test_pairs, device=device, progress=progress)
+display(Markdown(text))
+if gain is not None:
     display(paired_table(gain))
-else:
-    display(Markdown("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
-                     + ("set `nomask_twin` to measure what the footprints add." if run.test_ds.pairs["has_mask"].any()
-                        else "its data have no building labels, so the model reads no footprints.")))
 
 # %% [markdown]
 # ## Where does the generator look where the scene changed?

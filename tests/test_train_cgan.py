@@ -523,3 +523,7 @@ def test_chapters_3_and_4_train_a_no_mask_twin_that_differs_by_the_footprints_on
     assert set(twin.per_pair["pair_id"]) == set(guided.per_pair["pair_id"])  # the same test pairs
     with pytest.raises(ValueError, match="reads no footprints"):
         train_nomask_twin(twin, "pix2pix_nomask_nomask", 4, device="cpu", progress=False)
+    from stsynth_lib.cgan.chapter import nomask_twin_report
+
+    text, table = nomask_twin_report(guided, None)  # labelled data, no twin asked for: says how to get one
+    assert table is None and "set `nomask_twin`" in text

@@ -149,3 +149,16 @@ def train_nomask_twin(run: CGANChapterRun, run_name: str, max_test_pairs: int | 
                          changes=changes, device=device, progress=progress)
     twin = train_and_test(config, max_test_pairs)
     return twin, paired_with_twin(run, twin.run_dir)
+
+
+def nomask_twin_report(run: CGANChapterRun, nomask_twin: str | None, max_test_pairs: int | None = None,
+                       device: str = "auto", progress: bool = True) -> tuple[str, pd.DataFrame | None]:
+    """Chapters 3-4's no-mask twin section: ``(a line of Markdown, run minus twin or None)``. With ``nomask_twin``
+    set, :func:`train_nomask_twin` trains and tests the twin; without it, a note says why there is none."""
+    if nomask_twin:
+        twin, gain = train_nomask_twin(run, nomask_twin, max_test_pairs, device=device, progress=progress)
+        return f"No-mask twin: `{twin.run_dir}`; this run minus the twin on the same test pairs:", gain
+    labelled = bool(run.test_ds.pairs["has_mask"].any()) if "has_mask" in run.test_ds.pairs else False
+    return ("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
+            + ("set `nomask_twin` to measure what the footprints add." if labelled
+               else "its data have no building labels, so the model reads no footprints.")), None
