@@ -46,7 +46,12 @@
 #    and `adapt_pretrained = True`, it fine-tunes SD's UNet on the training split's images. Offline there is no SD
 #    to adapt, so `pretrained_model = "tiny-from-scratch"` **trains a tiny backbone from scratch** on the training
 #    split: first a small VAE (factor 4; its reconstruction PSNR bounds every later number), then the UNet with a
-#    2-layer CLIP text encoder and the real CLIP tokenizer. The result is a normal diffusers folder.
+#    2-layer CLIP text encoder and the real CLIP tokenizer. The result is a normal diffusers folder. With
+#    `diffusion_target = "residual"` the ControlNet learns the latent change from the past image, and stage 1
+#    teaches the UNet the same thing (its `unet_target` follows `diffusion_target` unless `stage1` sets it): the
+#    UNet trains on the training pairs' scaled latent change instead of single images, and the ControlNet takes
+#    stage 1's residual scale. A ControlNet whose `diffusion_target` differs from its stage-1 backbone's
+#    `unet_target` is refused.
 # 2. **Stage 2, the ControlNet**, beside that backbone, frozen.
 #
 # Every table and figure names the backbone that produced it ("tiny, trained from scratch on ... train split", or
@@ -107,9 +112,11 @@ empty_prompt = False              # train and generate with "" (image conditioni
 prompt_dropout = 0.5              # share of training prompts replaced by "" (ControlNet paper: 0.5)
 diffusion_target = "image"        # image: the whole future latent | residual: the latent change from the past image's
                                   # latent, times residual_scale (generation adds it back to the past's latent, so a
-                                  # residual of 0 is the past through the VAE)
+                                  # residual of 0 is the past through the VAE); beside a stage-1 backbone it must be
+                                  # stage 1's unet_target
 residual_scale_pairs = 64         # residual only: seeded training pairs whose latent change fits residual_scale = 1 /
-                                  # RMS (recorded in the run folder's residual.yaml, kept on resume)
+                                  # RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1
+                                  # backbone trained with unet_target: residual, the backbone's scale is taken instead)
 max_train_steps = 200             # optimiser steps
 train_batch_size = 4              # pairs per step
 gradient_accumulation_steps = 1   # batches per optimiser step
@@ -139,7 +146,10 @@ cond_gain_pairs = 256             # validation pairs of the end-of-training cond
 # Diffusion stage 1
 adapt_pretrained = False          # with a pretrained Stable Diffusion: stage 1 fine-tunes its UNet on the training
                                   # images first
-stage1 = {}                       # stage-1 options (BackboneAdaptConfig fields: vae_steps, unet_steps, ...)
+stage1 = {}                       # stage-1 options (BackboneAdaptConfig fields: vae_steps, unet_steps, ...;
+                                  # unet_target: image | residual, what the UNet denoises: tile images or the scaled
+                                  # latent change of training pairs; it must match diffusion_target, which it follows
+                                  # unless set)
 # Sampling
 scheduler = "unipc"               # the sampler
 num_inference_steps = 20          # sampling steps
@@ -234,6 +244,7 @@ from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconst
 from stsynth_lib.controlnet.ceiling import ceiling_vs_persistence
 from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
 from stsynth_lib.controlnet.backbone import load_backbone
+from stsynth_lib.controlnet.residual import target_mismatch
 from stsynth_lib.controlnet.train import train_controlnet
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.book.report_format import plural, round_floats, settings_table
@@ -241,9 +252,13 @@ from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from IPython.display import Markdown, display
 
 run_stage1 = pretrained_model == TINY_FROM_SCRATCH or bool(adapt_pretrained)
+# the UNet learns what the ControlNet will learn (images or latent changes) unless stage1 says otherwise
 stage1_config = BackboneAdaptConfig(dataset_dir=dataset_dir, runs_dir=runs_dir, profile=profile, seed=seed,
-                                    device=device, pretrained_model=pretrained_model, **stage1) if run_stage1 else None
+                                    device=device, pretrained_model=pretrained_model,
+                                    **{"unet_target": diffusion_target, **stage1}) if run_stage1 else None
 if stage1_config is not None:
+    if stage1_config.unet_target != diffusion_target:  # refused now, not after stage 1 has trained
+        raise ValueError(target_mismatch(diffusion_target, stage1_config.unet_target, "stage 1 of this chapter"))
     display(settings_table(stage1_config, exclude=["dataset_dir", "runs_dir", "profile"]))
 
 # %% [markdown]
@@ -286,10 +301,14 @@ display(round_floats(ceiling_vs_persistence(bb.vae, dataset_dir, "test", max_pai
 # %% [markdown]
 # ### What the backbone draws from a prompt alone
 # One column per month in the prompt, one row per seed (the same starting noise along a row): what stage 1 learned
-# of these areas and their seasons, before any conditioning image.
+# of these areas and their seasons, before any conditioning image. A backbone trained with `unet_target: residual`
+# draws latent changes, not images: it has no such figure.
 
 # %%
-if run_stage1:
+if run_stage1 and stage1_config.residual:
+    print("stage 1 trained the UNet on latent changes (unet_target: residual): a prompt alone draws a change from no "
+          "image, not a picture, so no prompt-only samples are drawn")
+elif run_stage1:
     tiles = PairedTileDataset(dataset_dir, "train").store
     year = int(tiles.tiles["year"].median())
     months = ["January", "April", "July", "October"]

@@ -13,6 +13,22 @@ classifier-free guidance).
 * ``pretrained_model: <SD 1.x hub id or folder>`` (GPU profiles): phase ``unet`` only, fine-tuning SD's UNet with
   the VAE and text encoder frozen.
 
+What phase ``unet`` denoises is ``unet_target``:
+
+* ``image`` (the default): the latents of single tile images, as diffusers' example (the backbone learns what one
+  image of the area looks like);
+* ``residual``: the scaled latent change of the training split's pairs, ``(z_future - z_past) * residual_scale``
+  (``z_future`` a posterior sample, ``z_past`` the posterior mean), the target of a ControlNet with
+  ``diffusion_target: residual``, so the frozen UNet's prior is the distribution the ControlNet steers (as residual
+  diffusion, e.g. CorrDiff, trains its whole denoiser on residuals). The scale is fitted once by
+  :func:`~stsynth_lib.controlnet.residual.latent_change_rms` on ``residual_scale_pairs`` un-augmented training pairs
+  (the ControlNet's function), written to ``<run_dir>/residual.yaml`` (read back on resume, never refitted) and
+  copied to ``<run_dir>/backbone/residual.yaml``; the ControlNet then uses it instead of fitting its own, and refuses
+  a ``diffusion_target`` other than the backbone's ``unet_target``. The pairs are augmented like the tiles (the same
+  flip and rotation for past and future); a pair's prompt is the ControlNet's
+  (:func:`~stsynth_lib.controlnet.conditioning.batch_prompts`) with stage 1's ``prompt_template``: with the default
+  template, the stage-1 prompt of the future tile's date. ``max_train_tiles`` / ``max_val_tiles`` cap the pairs.
+
 The result is ``<run_dir>/backbone/``, a diffusers folder that :func:`~stsynth_lib.controlnet.backbone.load_backbone`
 accepts as ``pretrained_model`` (stage 2 does not change). Its ``stsynth_backbone.json`` records the kind
 (``tiny-trained`` or ``pretrained-adapted``) and a description that every table prints (never "Stable Diffusion"
@@ -35,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from stsynth_lib.controlnet import residual as R
 from stsynth_lib.controlnet.adapt_loop import Phase, step_batch, warmup, zero_init_residuals
 from stsynth_lib.controlnet.adapt_parts import (
     EMA,
@@ -48,7 +65,7 @@ from stsynth_lib.controlnet.adapt_parts import (
     vae_reconstruction_scores,
 )
 from stsynth_lib.controlnet.backbone import SD15_SCHEDULER, Backbone, load_backbone, save_backbone
-from stsynth_lib.controlnet.generate import text_embeddings
+from stsynth_lib.controlnet.generate import image_latents, text_embeddings
 from stsynth_lib.controlnet.losses import latent_valid_weight, masked_mse
 from stsynth_lib.runs import prepare_run_dir, save_yaml, seed_everything
 from stsynth_lib.training import TrainConfig, check_checkpoint_limit, resolve_device, train_from_command_line
@@ -95,6 +112,9 @@ class BackboneAdaptConfig(TrainConfig):
     ema_decay: float = 0.999
     prompt_template: str = STAGE1_PROMPT_TEMPLATE
     prompt_dropout: float = 0.1  # share of empty prompts (classifier-free guidance)
+    unet_target: str = "image"  # image: tile images | residual: the scaled latent change (z_future - z_past) * scale
+    #                             of training pairs (a ControlNet with diffusion_target: residual needs this backbone)
+    residual_scale_pairs: int = 64  # unet_target residual: training pairs whose latent change fits scale = 1 / RMS
     max_grad_norm: float = 1.0
     resolution_px: int | None = None  # phase unet: resize the tiles (e.g. 512 for SD 1.5, as the ControlNet's)
     mixed_precision: str = "auto"  # phase unet: auto (bf16 autocast on a GPU that has it) | no | bf16
@@ -122,6 +142,9 @@ class BackboneAdaptConfig(TrainConfig):
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.vae_loss not in ("l1", "mse"):
             raise ValueError(f"vae_loss must be l1 or mse, got {self.vae_loss!r}")
+        R.check_target("unet_target", self.unet_target)
+        if int(self.residual_scale_pairs) < 1:
+            raise ValueError(f"residual_scale_pairs must be >= 1, got {self.residual_scale_pairs}")
         if self.mixed_precision not in ("auto", "no", "bf16"):
             raise ValueError(f"mixed_precision must be auto, no or bf16 (fp16 training of the UNet is not supported "
                              f"here), got {self.mixed_precision!r}")
@@ -130,6 +153,11 @@ class BackboneAdaptConfig(TrainConfig):
     @property
     def from_scratch(self) -> bool:
         return str(self.pretrained_model) == TINY_FROM_SCRATCH
+
+    @property
+    def residual(self) -> bool:
+        """Phase ``unet`` learns the scaled latent change of training pairs (``unet_target: residual``)."""
+        return self.unet_target == "residual"
 
 
 def train_vae(cfg: BackboneAdaptConfig, run_dir: Path, device: torch.device):
@@ -205,25 +233,23 @@ def build_stage1_backbone(cfg: BackboneAdaptConfig, vae) -> Backbone:
                     name=TINY_TRAINED, kind=TINY_TRAINED)
 
 
-def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], step: int, device) -> torch.Tensor:
-    """Text-to-image denoising loss of one batch (epsilon / v target, min-SNR weights, valid latents only)."""
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + step)
-    x, valid = batch["image"].to(device), batch["valid"].to(device)
-    if cfg.resolution_px and int(cfg.resolution_px) != x.shape[-1]:
-        from stsynth_lib.controlnet.conditioning import resize_spatial
+def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], step: int, device,
+              residual_scale: float | None = None) -> torch.Tensor:
+    """Text-to-image denoising loss of one batch (epsilon / v target, min-SNR weights, valid latents only).
 
-        x = resize_spatial(x, int(cfg.resolution_px)).clamp(-1, 1)
-        valid = (torch.nn.functional.interpolate(valid, size=x.shape[-2:], mode="nearest") > 0.5).float()
-    with torch.no_grad():
-        lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist
-        lat = (lat.mean + lat.std * torch.randn(lat.mean.shape, generator=g).to(device)) * bb.vae.config.scaling_factor
-    lat = lat.float()
+    ``unet_target: residual``: ``batch`` is a collated batch of pairs and the latents noised are
+    ``(z_future - z_past) * residual_scale`` (``z_future`` a posterior sample, ``z_past`` the posterior mean)."""
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed * 7919 + step)
+    if cfg.residual:
+        lat, valid, prompts = _pair_latents(bb, cfg, batch, residual_scale, device, g)
+    else:
+        lat, valid, prompts = *_image_latents(bb, cfg, batch, device, g), batch["prompt"]
     noise = torch.randn(lat.shape, generator=g).to(device)
     if cfg.noise_offset:
         noise = noise + cfg.noise_offset * torch.randn((lat.shape[0], lat.shape[1], 1, 1), generator=g).to(device)
     t = torch.randint(0, bb.noise_scheduler.config.num_train_timesteps, (lat.shape[0],), generator=g).to(device)
-    drop = torch.rand(len(batch["prompt"]), generator=g) < cfg.prompt_dropout
-    prompts = ["" if d else p for d, p in zip(drop.tolist(), batch["prompt"])]
+    drop = torch.rand(len(prompts), generator=g) < cfg.prompt_dropout
+    prompts = ["" if d else p for d, p in zip(drop.tolist(), prompts)]
     with torch.set_grad_enabled(bool(cfg.train_text_encoder and cfg.from_scratch)):
         emb = text_embeddings(bb, prompts, device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=_use_bf16(cfg, device)):
@@ -236,6 +262,39 @@ def unet_loss(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], ste
     return per.mean()
 
 
+def _image_latents(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], device, g: torch.Generator):
+    """(scaled posterior-sample latents, pixel validity) of a batch of tile images."""
+    x, valid = batch["image"].to(device), batch["valid"].to(device)
+    if cfg.resolution_px and int(cfg.resolution_px) != x.shape[-1]:
+        from stsynth_lib.controlnet.conditioning import resize_spatial
+
+        x = resize_spatial(x, int(cfg.resolution_px)).clamp(-1, 1)
+        valid = (torch.nn.functional.interpolate(valid, size=x.shape[-2:], mode="nearest") > 0.5).float()
+    with torch.no_grad():
+        lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist
+        lat = (lat.mean + lat.std * torch.randn(lat.mean.shape, generator=g).to(device)) * bb.vae.config.scaling_factor
+    return lat.float(), valid
+
+
+@torch.no_grad()
+def _pair_latents(bb: Backbone, cfg: BackboneAdaptConfig, batch: dict[str, Any], residual_scale: float | None,
+                  device, g: torch.Generator | None):
+    """(``(z_future - z_past) * residual_scale``, pixel validity of both dates, prompts) of a batch of pairs:
+    ``z_future`` a posterior sample drawn from ``g`` (its mean when ``g`` is None), ``z_past`` the posterior mean,
+    as :func:`~stsynth_lib.controlnet.losses.diffusion_loss`. The prompts are the ControlNet's, with stage 1's
+    template."""
+    from stsynth_lib.controlnet.conditioning import batch_prompts, resize_batch
+
+    if residual_scale is None:
+        raise ValueError("unet_target: residual needs the residual scale (stage1_residual_scale)")
+    batch = resize_batch(batch, int(cfg.resolution_px) if cfg.resolution_px else None)
+    future, past, valid = batch["future"].to(device), batch["past"].to(device), batch["valid"].to(device)
+    post = bb.vae.encode(future.to(bb.vae.dtype)).latent_dist
+    z = post.mean if g is None else post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(device)
+    lat = (z.float() * bb.vae.config.scaling_factor - image_latents(bb, past)) * float(residual_scale)
+    return lat, valid, batch_prompts(batch, cfg.prompt_template)
+
+
 def _use_bf16(cfg: BackboneAdaptConfig, device: torch.device) -> bool:
     if cfg.mixed_precision == "no" or device.type != "cuda":
         return False
@@ -243,13 +302,21 @@ def _use_bf16(cfg: BackboneAdaptConfig, device: torch.device) -> bool:
 
 
 @torch.no_grad()
-def unet_val_loss(bb: Backbone, cfg: BackboneAdaptConfig, val_ds, device, n: int = 16) -> float:
-    """Unweighted denoising MSE on fixed val tiles, noise and timesteps (5 levels), full prompts."""
+def unet_val_loss(bb: Backbone, cfg: BackboneAdaptConfig, val_ds, device, n: int = 16,
+                  residual_scale: float | None = None) -> float:
+    """Unweighted denoising MSE on fixed val tiles, noise and timesteps (5 levels), full prompts (``unet_target:
+    residual``: on fixed val pairs, their scaled latent change from posterior means)."""
     idx = np.linspace(0, len(val_ds) - 1, min(n, len(val_ds))).round().astype(int)
-    b = collate_tiles([val_ds[int(i)] for i in idx])
-    x, valid = b["image"].to(device), b["valid"].to(device)
-    lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist.mean.float() * bb.vae.config.scaling_factor
-    emb, g, total = text_embeddings(bb, b["prompt"], device), torch.Generator().manual_seed(cfg.seed + 999), 0.0
+    if cfg.residual:
+        from stsynth_lib.training import collate
+
+        lat, valid, prompts = _pair_latents(bb, cfg, collate([val_ds[int(i)] for i in idx]), residual_scale, device,
+                                            None)
+    else:
+        b = collate_tiles([val_ds[int(i)] for i in idx])
+        x, valid, prompts = b["image"].to(device), b["valid"].to(device), b["prompt"]
+        lat = bb.vae.encode(x.to(bb.vae.dtype)).latent_dist.mean.float() * bb.vae.config.scaling_factor
+    emb, g, total = text_embeddings(bb, prompts, device), torch.Generator().manual_seed(cfg.seed + 999), 0.0
     levels = torch.linspace(50, bb.noise_scheduler.config.num_train_timesteps - 50, 5).long()
     for t in levels:
         noise = torch.randn(lat.shape, generator=g).to(device)
@@ -269,10 +336,17 @@ def train_unet(cfg: BackboneAdaptConfig, run_dir: Path, bb: Backbone, device) ->
         bb.unet.enable_gradient_checkpointing()
     for m in (bb.text_encoder, bb.unet, bb.vae):
         m.to(device)
-    ds = TileImageDataset(cfg.dataset_dir, "train", cfg.prompt_template, augment=cfg.augment,
-                          max_tiles=cfg.max_train_tiles, seed=cfg.seed)
-    val = TileImageDataset(cfg.dataset_dir, "val", cfg.prompt_template, max_tiles=cfg.max_val_tiles, seed=cfg.seed)
-    val = val if len(val) else ds
+    scale = stage1_residual_scale(cfg, run_dir, bb, device)
+    if cfg.residual:  # pairs: past and future flipped and rotated alike
+        from stsynth_lib.training import collate
+
+        ds, val = stage1_pairs(cfg, "train", augment=cfg.augment), stage1_pairs(cfg, "val")
+        val, collate_fn = val if len(val) else stage1_pairs(cfg, "train", max_pairs=cfg.max_val_tiles), collate
+    else:
+        ds = TileImageDataset(cfg.dataset_dir, "train", cfg.prompt_template, augment=cfg.augment,
+                              max_tiles=cfg.max_train_tiles, seed=cfg.seed)
+        val = TileImageDataset(cfg.dataset_dir, "val", cfg.prompt_template, max_tiles=cfg.max_val_tiles, seed=cfg.seed)
+        val, collate_fn = val if len(val) else ds, collate_tiles
     modules = {"unet": bb.unet, **({"text_encoder": bb.text_encoder} if train_te else {})}
     params = [p for m in modules.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.unet_learning_rate, weight_decay=1e-2)
@@ -285,18 +359,49 @@ def train_unet(cfg: BackboneAdaptConfig, run_dir: Path, bb: Backbone, device) ->
         live = [p.detach().clone() for p in bb.unet.parameters()]
         bb.unet.eval()
         ema.copy_to(bb.unet)
-        out = {"val_loss_ema": unet_val_loss(bb, cfg, val, device)}
+        out = {"val_loss_ema": unet_val_loss(bb, cfg, val, device, residual_scale=scale)}
         with torch.no_grad():
             for p, v in zip(bb.unet.parameters(), live):
                 p.copy_(v)
         bb.unet.train()
         return out
 
-    phase.run(lambda step: unet_loss(bb, cfg, step_batch(ds, step, cfg.unet_batch_size, cfg.seed), step, device), validate)
+    phase.run(lambda step: unet_loss(bb, cfg, step_batch(ds, step, cfg.unet_batch_size, cfg.seed, collate_fn), step,
+                                     device, residual_scale=scale), validate)
     ema.copy_to(bb.unet)
     bb.unet.eval()
     bb.text_encoder.eval()
     return bb
+
+
+def stage1_pairs(cfg: BackboneAdaptConfig, split: str, augment: bool = False, max_pairs: int | None = -1):
+    """The pairs of ``split`` that ``unet_target: residual`` trains (``train``, capped by ``max_train_tiles``) or
+    validates on (``val``, capped by ``max_val_tiles``), drawn with the seed as the ControlNet draws them
+    (``max_pairs``: another cap, None for none; -1: the split's option)."""
+    from stsynth_lib.data.dataset import PairedTileDataset
+
+    if max_pairs == -1:
+        max_pairs = cfg.max_train_tiles if split == "train" else cfg.max_val_tiles
+    return PairedTileDataset(cfg.dataset_dir, split, max_pairs=max_pairs, augment=augment,
+                             subsample_seed=cfg.seed if max_pairs or split != "train" else None)
+
+
+def stage1_residual_scale(cfg: BackboneAdaptConfig, run_dir: Path, bb: Backbone, device) -> float | None:
+    """``unet_target: residual``: the residual scale, fitted at the start of phase ``unet`` of a fresh run on
+    ``residual_scale_pairs`` un-augmented training pairs (:func:`~stsynth_lib.controlnet.residual.latent_change_rms`,
+    the ControlNet's fit) and written to ``<run_dir>/residual.yaml``; read back on resume (never refitted). None for
+    ``image``."""
+    if not cfg.residual:
+        return None
+    path = Path(run_dir) / R.RESIDUAL_FILE
+    if not (cfg.resume_from_checkpoint and path.is_file()):
+        ds = stage1_pairs(cfg, "train")
+        res = int(cfg.resolution_px or ds.tile_size_px)
+        devices = [torch.cuda.current_device()] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the training RNG streams stay as they were
+            rms, n = R.latent_change_rms(bb, ds, cfg.residual_scale_pairs, cfg.seed, res, device)
+        save_yaml(R.stage1_record(rms, n), path)
+    return R.read_residual_scale(run_dir)
 
 
 def adapt_backbone(cfg: BackboneAdaptConfig) -> Path:
@@ -348,13 +453,17 @@ def _adapt(cfg: BackboneAdaptConfig, run_dir: Path) -> Path:
     bb.to("cpu")
     out, tmp = run_dir / "backbone", run_dir / "backbone.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_backbone(bb, tmp, description=desc)
+    save_backbone(bb, tmp, description=desc, unet_target=cfg.unet_target)
+    if cfg.residual:  # the backbone folder carries its scale: the ControlNet reads it there
+        shutil.copy2(run_dir / R.RESIDUAL_FILE, tmp / R.RESIDUAL_FILE)
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     summary = {"backbone": bb.kind, "backbone_description": desc, "wall_s": time.perf_counter() - t0,
                "vae_factor": bb.vae_scale_factor, "vae_scaling_factor": float(bb.vae.config.scaling_factor),
                "unet_params_M": sum(p.numel() for p in bb.unet.parameters()) / 1e6,
                "vae_params_M": sum(p.numel() for p in bb.vae.parameters()) / 1e6}
+    if cfg.residual:
+        summary.update(unet_target=cfg.unet_target, residual_scale=R.read_residual_scale(out))
     if cfg.from_scratch:
         summary["vae_val"] = vae_reconstruction_scores(bb.vae, cfg.dataset_dir, "val", max_tiles=cfg.max_val_tiles)
     save_yaml(summary, run_dir / "summary.yaml")

@@ -17,13 +17,14 @@ from stsynth_lib.runs import CSVLogger, atomic_checkpoint_dir, resolve_resume
 from stsynth_lib.training import epoch_batches
 
 
-def step_batch(ds, step: int, batch_size: int, seed: int) -> dict[str, Any]:
-    """The batch of optimiser step ``step`` (1-based): deterministic in (seed, step), so resume replays it."""
+def step_batch(ds, step: int, batch_size: int, seed: int, collate_fn=collate_tiles) -> dict[str, Any]:
+    """The batch of optimiser step ``step`` (1-based): deterministic in (seed, step), so resume replays it
+    (``collate_fn``: :func:`~stsynth_lib.training.collate` for a dataset of pairs)."""
     spe = max(1, len(ds) // batch_size)
     epoch, pos = divmod(step - 1, spe)
     idx = epoch_batches(len(ds), batch_size, epoch, seed, drop_last=True)[pos]
     np.random.seed((seed * 1_000_003 + step) % 2**32)  # crops and flips of this batch
-    return collate_tiles([ds[i] for i in idx])
+    return collate_fn([ds[i] for i in idx])
 
 
 class Phase:

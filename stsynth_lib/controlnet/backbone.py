@@ -221,9 +221,11 @@ def build_tiny_sd(seed: int = 0, tokenizer_cache_dir: str | os.PathLike | None =
     return Backbone(tokenizer, text_encoder, vae, unet, noise_scheduler, name=TINY_BACKBONE, kind=TINY_BACKBONE)
 
 
-def save_backbone(backbone: Backbone, out_dir: str | os.PathLike, description: str | None = None) -> Path:
+def save_backbone(backbone: Backbone, out_dir: str | os.PathLike, description: str | None = None,
+                  unet_target: str | None = None) -> Path:
     """Write the backbone as a diffusers folder (loadable with :func:`load_backbone`), with its kind and
-    description recorded (``stsynth_backbone.json``)."""
+    description recorded (``stsynth_backbone.json``; and, for a stage-1 backbone, what its UNet learned:
+    ``unet_target``, :func:`stsynth_lib.controlnet.residual.backbone_unet_target`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     backbone.tokenizer.save_pretrained(out / "tokenizer")
@@ -233,8 +235,10 @@ def save_backbone(backbone: Backbone, out_dir: str | os.PathLike, description: s
     backbone.noise_scheduler.save_pretrained(out / "scheduler")
     from stsynth_lib.runs import atomic_write_text
 
-    atomic_write_text(out / _MARKER, json.dumps({"backbone": backbone.kind, "source": backbone.name,
-                                                  "description": description or backbone.description}))
+    marker = {"backbone": backbone.kind, "source": backbone.name, "description": description or backbone.description}
+    if unet_target is not None:
+        marker["unet_target"] = unet_target
+    atomic_write_text(out / _MARKER, json.dumps(marker))
     return out
 
 

@@ -140,7 +140,12 @@ class ControlNetRun:
         self.n_cond = conditioning_channels(self.train_ds.n_bands, cfg.use_gap_plane, self.use_mask)
 
     def load_backbone(self) -> None:
+        from stsynth_lib.controlnet.residual import check_backbone_target
+
         cfg = self.cfg
+        # a stage-1 backbone's UNet learned images or latent changes: the ControlNet must learn the same
+        self.backbone_target = (None if cfg.pretrained_model == TINY_BACKBONE
+                                else check_backbone_target(cfg.diffusion_target, cfg.pretrained_model))
         if cfg.pretrained_model == TINY_BACKBONE:
             self.backbone = build_tiny_sd(seed=cfg.tiny_seed)
         else:
@@ -208,7 +213,8 @@ class ControlNetRun:
     def residual_scale_for(self, resume: Path | None) -> float | None:
         """``diffusion_target: residual``: the residual scale, fitted on seeded training pairs at the start of a fresh
         run and written to ``residual.yaml`` (by the main process; the others read it), read back on resume (never
-        refitted: :mod:`stsynth_lib.controlnet.residual`). None for ``image``."""
+        refitted: :mod:`stsynth_lib.controlnet.residual`). Beside a stage-1 backbone trained with ``unet_target:
+        residual`` the scale is the backbone's (its ``residual.yaml``, copied), not a refit. None for ``image``."""
         from stsynth_lib.controlnet import residual as R
         from stsynth_lib.data.dataset import PairedTileDataset
 
@@ -217,13 +223,16 @@ class ControlNetRun:
             return None
         path = self.run_dir / R.RESIDUAL_FILE
         if self.main and not (resume is not None and path.is_file()):
-            ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs,  # the training pairs,
-                                   subsample_seed=cfg.seed if cfg.max_train_pairs else None)  # not augmented
-            devices = [torch.cuda.current_device()] if self.setup.on_cuda else []
-            with torch.random.fork_rng(devices=devices):  # the training RNG streams stay as they were
-                rms, n = R.latent_change_rms(self.backbone, ds, cfg.residual_scale_pairs, cfg.seed, self.res,
-                                             self.device)
-            save_yaml(R.residual_record(rms, n), path)
+            if self.backbone_target == "residual":  # the scale the frozen UNet learned with
+                save_yaml(R.backbone_residual_record(cfg.pretrained_model), path)
+            else:
+                ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs,  # the training pairs,
+                                       subsample_seed=cfg.seed if cfg.max_train_pairs else None)  # not augmented
+                devices = [torch.cuda.current_device()] if self.setup.on_cuda else []
+                with torch.random.fork_rng(devices=devices):  # the training RNG streams stay as they were
+                    rms, n = R.latent_change_rms(self.backbone, ds, cfg.residual_scale_pairs, cfg.seed, self.res,
+                                                 self.device)
+                save_yaml(R.residual_record(rms, n), path)
         self.accelerator.wait_for_everyone()
         return R.read_residual_scale(self.run_dir)
 

@@ -21,9 +21,11 @@ CONTROLNET = Concern("controlnet", "ControlNet", (
     # what the denoiser learns
     Option("diffusion_target", str, "image", "image: the whole future latent | residual: the latent change from the "
            "past image's latent, times residual_scale (generation adds it back to the past's latent, so a residual "
-           "of 0 is the past through the VAE)", choices=("image", "residual")),
+           "of 0 is the past through the VAE); beside a stage-1 backbone it must be stage 1's unet_target",
+           choices=("image", "residual")),
     Option("residual_scale_pairs", int, 64, "residual only: seeded training pairs whose latent change fits "
-           "residual_scale = 1 / RMS (recorded in the run folder's residual.yaml, kept on resume)", min=1),
+           "residual_scale = 1 / RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1 "
+           "backbone trained with unet_target: residual, the backbone's scale is taken instead)", min=1),
     # optimisation
     Option("max_train_steps", int, 200, "optimiser steps", min=1),
     Option("train_batch_size", int, 4, "pairs per step", min=1),
