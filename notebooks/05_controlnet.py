@@ -19,7 +19,9 @@
 #
 # * **conditioning image** = the past image (RGB, [0, 1]) + the future building mask + a constant plane
 #   `gap_months / 24` -- the past shapes the future, the mask says where buildings must appear (the mask is dropped
-#   automatically on unlabelled data such as the real 128 px profile);
+#   automatically on unlabelled data such as the real 128 px profile); with `context_offsets_months` set (the option
+#   the cGANs of chapters 3-4 read), the earlier frames of the sequence come after the past image, each as its bands,
+#   a validity plane and an age plane, with absent months treated as the cGANs treat them;
 # * **text prompt** made from the sample's metadata (date, time gap, number of new buildings), with **prompt
 #   dropout** (50 % empty prompts, as in the ControlNet paper) so that the ControlNet must learn from its
 #   conditioning image and classifier-free guidance is possible at generation time.
@@ -175,6 +177,8 @@ progress = True                   # progress bars
 # Guidance
 use_mask = "auto"                 # the future building mask as input: auto (when the dataset has labels) | true | false
 gap_scale_months = 24.0           # the gap plane is gap_months / gap_scale_months
+context_offsets_months = None     # earlier frames as extra channels, e.g. [0, -1, -2, same_month_last_year] (months <=
+                                  # 0 from the past image); null: the past image only
 # Training (both trainers): any of num_workers, max_train_pairs, max_val_pairs, augment, erase_building_fraction,
 # mixed_precision, log_every_steps, checkpoints_total_limit, resume_from_checkpoint, allow_resume_changes (defaults and
 # help: docs/OPTIONS.md), e.g. {"resume_from_checkpoint": "latest"}
@@ -204,19 +208,19 @@ from stsynth_lib.options.notebooks import unpack
 controlnet_config = ControlNetTrainConfig(
     profile=profile, dataset_dir=dataset_dir, runs_dir=runs_dir, run_name=run_name, seed=seed, device=device,
     progress=progress, **unpack("training", training), use_mask=use_mask, gap_scale_months=gap_scale_months,
-    pretrained_model=pretrained_model, revision=revision, variant=variant, tiny_seed=tiny_seed,
-    resolution_px=resolution_px, use_gap_plane=use_gap_plane, prompt_template=prompt_template,
-    empty_prompt=empty_prompt, prompt_dropout=prompt_dropout, diffusion_target=diffusion_target,
-    residual_scale_pairs=residual_scale_pairs, max_train_steps=max_train_steps, train_batch_size=train_batch_size,
-    gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
-    zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init, lr_scheduler=lr_scheduler,
-    lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_weight_decay=adam_weight_decay,
-    adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm, use_8bit_adam=use_8bit_adam,
-    gradient_checkpointing=gradient_checkpointing, sdpa=sdpa, checkpointing_steps=checkpointing_steps,
-    validation_steps=validation_steps, validate_at_start=validate_at_start, num_validation_images=num_validation_images,
-    num_validation_loss_pairs=num_validation_loss_pairs, validation_batch_size=validation_batch_size,
-    validation_scheduler=validation_scheduler, validation_inference_steps=validation_inference_steps,
-    validation_guidance_scale=validation_guidance_scale
+    context_offsets_months=context_offsets_months, pretrained_model=pretrained_model, revision=revision,
+    variant=variant, tiny_seed=tiny_seed, resolution_px=resolution_px, use_gap_plane=use_gap_plane,
+    prompt_template=prompt_template, empty_prompt=empty_prompt, prompt_dropout=prompt_dropout,
+    diffusion_target=diffusion_target, residual_scale_pairs=residual_scale_pairs, max_train_steps=max_train_steps,
+    train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
+    learning_rate=learning_rate, zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init,
+    lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
+    adam_weight_decay=adam_weight_decay, adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm,
+    use_8bit_adam=use_8bit_adam, gradient_checkpointing=gradient_checkpointing, sdpa=sdpa,
+    checkpointing_steps=checkpointing_steps, validation_steps=validation_steps, validate_at_start=validate_at_start,
+    num_validation_images=num_validation_images, num_validation_loss_pairs=num_validation_loss_pairs,
+    validation_batch_size=validation_batch_size, validation_scheduler=validation_scheduler,
+    validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale
 )
 
 # %%
@@ -329,19 +333,22 @@ settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"])
 # %% [markdown]
 # ### What the ControlNet sees
 # One training pair: the conditioning channels and the prompt built from its metadata. For an unlabelled AOI the
-# prompt's building count is unknown and that part of the template is left out.
+# prompt's building count is unknown and that part of the template is left out. With `context_offsets_months`, one
+# panel per earlier frame: its unusable pixels are tinted red, and a month the series lacks says so.
 
 # %%
-train_ds = PairedTileDataset(dataset_dir, "train")
+train_ds = PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months)
 has_labels = bool(train_ds.store.meta.get("has_labels", True))
 mask_on = has_labels if use_mask == "auto" else bool(use_mask)
 sample = train_ds[0]
 cond = make_conditioning(sample["past"], sample["future_mask"], sample["gap_months"], use_gap_plane, gap_scale_months,
-                         use_mask=mask_on)
+                         use_mask=mask_on, context_offsets_months=context_offsets_months, context=sample)
 prompt = build_prompt(sample, prompt_template, empty_prompt)
+n_cond = conditioning_channels(train_ds.n_bands, use_gap_plane, mask_on, context_offsets_months)
 print(f"{plural(len(train_ds), 'training pair')}, {train_ds.tile_size_px} px tiles, "
-      f"{plural(conditioning_channels(train_ds.n_bands, use_gap_plane, mask_on), 'conditioning channel')}")
-fig = plot_conditioning(cond, prompt, use_mask=mask_on, use_gap_plane=use_gap_plane, n_bands=train_ds.n_bands)
+      f"{plural(n_cond, 'conditioning channel')}")
+fig = plot_conditioning(cond, prompt, use_mask=mask_on, use_gap_plane=use_gap_plane, n_bands=train_ds.n_bands,
+                        context_offsets_months=context_offsets_months)
 plt.show()
 
 # %% [markdown]

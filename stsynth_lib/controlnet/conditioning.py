@@ -1,9 +1,15 @@
-"""What the ControlNet sees: the conditioning image (past + future mask [+ time gap]) and the text prompt.
+"""What the ControlNet sees: the conditioning image (past [+ past frames] + future mask [+ time gap]) and the prompt.
 
-Conditioning image, ``(B, C [+ 1] [+ 1], H, W)`` in [0, 1] like diffusers' ControlNet expects:
+Conditioning image, ``(B, C [+ K' (C + 2)] [+ 1] [+ 1], H, W)`` in [0, 1] like diffusers' ControlNet expects:
 
 * channels ``0..C-1``: the past image, [-1, 1] -> [0, 1] (the past shapes the future),
-* channel ``C`` (``use_mask``; dropped for unlabelled datasets such as ``sn7_real_128``):
+* with ``context_offsets_months`` (the guidance option the cGANs read, :mod:`stsynth_lib.conditioning`), for each
+  of its ``K'`` offsets other than 0, in the order given: the frame's ``C`` bands, [-1, 1] -> [0, 1] (an absent
+  month is the dataset's zeros, so 0.5, as the cGANs see it), its validity plane ``context_valid *
+  context_present`` (0 where absent or unusable) and its age plane ``min(context_age_months / gap_scale_months, 1)``
+  (0 where absent): the cGANs' per-frame channels (:func:`stsynth_lib.conditioning.context_planes`), the age clipped
+  to [0, 1] like the gap plane. ``None`` (default) or ``[0]`` add nothing,
+* next channel (``use_mask``; dropped for unlabelled datasets such as ``sn7_real_128``):
   the future building mask, {0, 1} (the guidance),
 * last channel (``use_gap_plane``): a constant plane ``min(gap_months / gap_scale_months, 1)``.
 
@@ -31,9 +37,64 @@ DEFAULT_PROMPT_TEMPLATE = (
 )
 
 
-def conditioning_channels(n_bands: int = 3, use_gap_plane: bool = True, use_mask: bool = True) -> int:
-    """Number of ControlNet conditioning channels for images with ``n_bands`` bands."""
-    return int(n_bands) + int(bool(use_mask)) + int(bool(use_gap_plane))
+CONTEXT_KEYS = ("context", "context_valid", "context_present", "context_age_months")
+
+
+def extra_offsets(context_offsets_months: Sequence[int | str] | None) -> list[tuple[int, int | str]]:
+    """``(position in the dataset's context, offset)`` of each context frame the conditioning holds (offset 0, the
+    past image itself, aside), checked as the dataset checks them."""
+    from stsynth_lib.data.dataset import check_context_offsets
+
+    return [(k, o) for k, o in enumerate(check_context_offsets(context_offsets_months) or ()) if o != 0]
+
+
+def conditioning_channels(n_bands: int = 3, use_gap_plane: bool = True, use_mask: bool = True,
+                          context_offsets_months: Sequence[int | str] | None = None) -> int:
+    """Number of ControlNet conditioning channels for images with ``n_bands`` bands (each context frame other than
+    offset 0 adds its bands, a validity and an age plane)."""
+    n_extra = len(extra_offsets(context_offsets_months))
+    return int(n_bands) * (1 + n_extra) + 2 * n_extra + int(bool(use_mask)) + int(bool(use_gap_plane))
+
+
+def conditioning_channel_names(n_bands: int = 3, use_gap_plane: bool = True, use_mask: bool = True,
+                               context_offsets_months: Sequence[int | str] | None = None) -> list[str]:
+    """The name of each conditioning channel, in order (the cGANs' names for the context frames)."""
+    from stsynth_lib.conditioning import context_tag
+
+    names = [f"past_b{i + 1}" for i in range(n_bands)]
+    for _, o in extra_offsets(context_offsets_months):
+        tag = context_tag(o)
+        names += [f"{tag}_b{i + 1}" for i in range(n_bands)] + [f"{tag}_valid", f"{tag}_age_scaled"]
+    return names + (["future_mask"] if use_mask else []) + (["gap_months_scaled"] if use_gap_plane else [])
+
+
+def context_conditioning(context: Mapping[str, Any], context_offsets_months: Sequence[int | str],
+                         n_bands: int, size: tuple[int, int], gap_scale_months: float = 24.0) -> list[torch.Tensor]:
+    """Per context frame other than offset 0: its bands in [0, 1], its validity (valid * present) and its age plane
+    ``min(age / gap_scale_months, 1)`` (0 where absent), each ``(B, ., H, W)``. ``context``: a collated batch (or a
+    sample with a batch axis added) holding the dataset's ``context*`` keys for exactly these offsets."""
+    offsets = list(context_offsets_months)
+    missing = [k for k in CONTEXT_KEYS if k not in context]
+    if missing:
+        raise ValueError(f"this ControlNet's conditioning holds the past frames at offsets {offsets} (its "
+                         f"context_offsets_months) but the batch has no {missing}: build the dataset with "
+                         f"PairedTileDataset(..., context_offsets_months={offsets}), or pass context={{offset: "
+                         "image}} to predict()")
+    ctx = context["context"]
+    if ctx.ndim != 5 or ctx.shape[1] != len(offsets) or ctx.shape[2] != n_bands or tuple(ctx.shape[-2:]) != size:
+        raise ValueError(f"context must be (B, {len(offsets)}, {n_bands}, {size[0]}, {size[1]}) for the offsets "
+                         f"{offsets}, got {tuple(ctx.shape)}")
+    dev = ctx.device
+    present = torch.as_tensor(context["context_present"], device=dev).float()
+    age = torch.as_tensor(context["context_age_months"], device=dev).float()
+    valid = torch.as_tensor(context["context_valid"], device=dev).float()
+    out = []
+    for k, _ in extra_offsets(offsets):
+        out.append(((ctx[:, k].float() + 1.0) / 2.0).clamp(0, 1))
+        out.append(valid[:, k] * present[:, k, None, None, None])
+        a = (age[:, k] * present[:, k] / float(gap_scale_months)).clamp(0, 1)
+        out.append(a[:, None, None, None].expand(-1, 1, *size))
+    return out
 
 
 def make_conditioning(
@@ -43,18 +104,28 @@ def make_conditioning(
     use_gap_plane: bool = True,
     gap_scale_months: float = 24.0,
     use_mask: bool = True,
+    context_offsets_months: Sequence[int | str] | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
-    """Stack the past image, the future mask and an optional time-gap plane into a [0, 1] tensor.
+    """Stack the past image, its context frames, the future mask and an optional time-gap plane into a [0, 1] tensor.
 
     ``past`` is ``(B, C, H, W)`` in [-1, 1] (``PairedTileDataset`` convention),
     ``future_mask`` ``(B, 1, H, W)`` in {0, 1}, ``gap_months`` ``(B,)``.
     Unbatched inputs (``(C, H, W)``) are accepted and return ``(C', H, W)``.
+    ``context_offsets_months`` with frames other than 0 needs ``context``: a batch (or, unbatched, the sample) with
+    the dataset's ``context*`` keys for those offsets (:func:`context_conditioning`).
     """
     unbatched = past.dim() == 3
+    extra = extra_offsets(context_offsets_months)
+    if extra and context is None:
+        raise ValueError(f"context_offsets_months={list(context_offsets_months)} puts past frames in the "
+                         "conditioning: pass context= (the sample or batch with the dataset's context keys)")
     if unbatched:
         past, future_mask = past[None], future_mask[None]
         if gap_months is not None:
             gap_months = torch.as_tensor(gap_months).reshape(1)
+        if extra:
+            context = {k: torch.as_tensor(context[k])[None] for k in CONTEXT_KEYS if k in context}
     if past.dim() != 4 or future_mask.dim() != 4 or future_mask.shape[1] != 1:
         raise ValueError(
             f"past must be (B, C, H, W) and future_mask (B, 1, H, W); got {tuple(past.shape)} and {tuple(future_mask.shape)}"
@@ -70,6 +141,9 @@ def make_conditioning(
     if not torch.all((future_mask == 0) | (future_mask == 1)):
         raise ValueError("future_mask must hold only 0 and 1 (building footprints); got other values")
     parts = [((past.float() + 1.0) / 2.0).clamp(0, 1)]
+    if extra:
+        parts += [p.to(past.device) for p in context_conditioning(context, context_offsets_months, past.shape[1],
+                                                                  tuple(past.shape[-2:]), gap_scale_months)]
     if use_mask:
         parts.append(future_mask.float())
     if use_gap_plane:
@@ -84,11 +158,13 @@ def make_conditioning(
 
 
 def batch_conditioning(
-    batch: Mapping[str, Any], use_gap_plane: bool = True, gap_scale_months: float = 24.0, use_mask: bool = True
+    batch: Mapping[str, Any], use_gap_plane: bool = True, gap_scale_months: float = 24.0, use_mask: bool = True,
+    context_offsets_months: Sequence[int | str] | None = None,
 ) -> torch.Tensor:
-    """:func:`make_conditioning` on a collated ``PairedTileDataset`` batch."""
+    """:func:`make_conditioning` on a collated ``PairedTileDataset`` batch (its ``context*`` keys give the frames of
+    ``context_offsets_months``)."""
     return make_conditioning(batch["past"], batch["future_mask"], batch.get("gap_months"), use_gap_plane,
-                             gap_scale_months, use_mask)
+                             gap_scale_months, use_mask, context_offsets_months, batch)
 
 
 def count_new_buildings(past_mask: np.ndarray, future_mask: np.ndarray) -> int:
@@ -190,6 +266,7 @@ def resize_spatial(x: torch.Tensor, size_px: int | None, mode: str = "auto") -> 
 
 _IMAGE_KEYS = ("past", "future")
 _MASK_KEYS = ("past_mask", "future_mask", "past_valid", "future_valid", "valid")
+_FRAME_KEYS = {"context": "auto", "context_valid": "nearest"}  # (B, K, C, H, W): resized frame by frame
 
 
 def resize_batch(batch: Mapping[str, Any], size_px: int | None) -> dict[str, Any]:
@@ -207,4 +284,10 @@ def resize_batch(batch: Mapping[str, Any], size_px: int | None) -> dict[str, Any
     for k in _MASK_KEYS:
         if k in out:
             out[k] = resize_spatial(out[k], size_px, mode="nearest")
+    for k, mode in _FRAME_KEYS.items():
+        if k in out:
+            x = out[k]
+            y = resize_spatial(x.reshape(-1, *x.shape[2:]), size_px, mode=mode)
+            y = y.reshape(*x.shape[:3], *y.shape[-2:])
+            out[k] = y.clamp(-1, 1) if k == "context" else y
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from stsynth_lib.data.dataset import check_context_offsets
 from stsynth_lib.options import CONTROLNET_TRAIN
 from stsynth_lib.options.core import config_from
 from stsynth_lib.training import TrainConfig
@@ -22,3 +23,5 @@ class ControlNetTrainConfig(TrainConfig):
         if self.erase_building_fraction > 0 and self.use_mask is False:
             raise ValueError("erase_building_fraction > 0 needs the future mask in the conditioning (use_mask: auto or "
                              "true): without it nothing tells the ControlNet where an erased building stood")
+        offsets = check_context_offsets(self.context_offsets_months)  # as the cGANs check them
+        self.context_offsets_months = None if offsets is None else list(offsets)

@@ -45,6 +45,7 @@ from stsynth_lib.controlnet.conditioning import (
     resize_spatial,
 )
 from stsynth_lib.controlnet.residual import run_residual_scale
+from stsynth_lib.data.dataset import check_context_offsets
 from stsynth_lib.predict.base import Predictor, batch_seeds
 from stsynth_lib.predict.split import SAMPLING_FILE, predict_split
 
@@ -267,7 +268,9 @@ class ControlNetPredictor(Predictor):
     ``prompt_only`` samples the bare backbone from the prompt alone (no ControlNet; same prompts, seeds and
     scheduler). A ``diffusion_target: residual`` run samples the change from the past image with the residual scale
     recorded in its folder (:func:`~stsynth_lib.controlnet.residual.run_residual_scale`; prompt-only too, so both
-    add their sampled change to the same past)."""
+    add their sampled change to the same past). A run trained with ``context_offsets_months`` declares them
+    (``context_offsets``, ``needs_context``) like a cGAN predictor, so :meth:`prepare_dataset` opens a split with
+    those frames and ``predict`` / ``python -m stsynth_lib.predict`` ask for them."""
 
     family = "ControlNet"
 
@@ -289,13 +292,16 @@ class ControlNetPredictor(Predictor):
         self.uses_mask = bool(self.params["use_mask"])
         self.residual_scale = run_residual_scale(run_dir, self.params)  # None: the run learned the image
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
+        # the run's past frames (runs older than the option: None); the split loop, the tree and predict() pass them
+        self.context_offsets = check_context_offsets(self.params.get("context_offsets_months"))
 
     def generate(self, batch: dict[str, Any], seed: int | Sequence[int]) -> torch.Tensor:
         """Images of a collated batch on its own pixel grid: sampled at the run's resolution from the noise seeds
         ``seed`` (one per image, or an int: ``seed + i``), resized back to the batch's tile size."""
         p = self.params
         b = resize_batch(batch, p["resolution_px"])
-        cond = batch_conditioning(b, p["use_gap_plane"], p["gap_scale_months"], p["use_mask"]).to(self.device)
+        cond = batch_conditioning(b, p["use_gap_plane"], p["gap_scale_months"], p["use_mask"],
+                                  self.context_offsets if self.needs_context else None).to(self.device)
         prompts = batch_prompts(batch, p["prompt_template"], p["empty_prompt"])
         imgs = sample_images(self.backbone, None if self.prompt_only else self.controlnet, cond, prompts,
                              self.scheduler, self.steps, self.guidance_scale, batch_seeds(seed, len(prompts)),
@@ -359,7 +365,8 @@ def generate_split(
     run_dir = Path(run_dir)
     predictor = ControlNetPredictor(run_dir, device, scheduler, num_inference_steps, guidance_scale, strength,
                                     controlnet_conditioning_scale, prompt_only)  # strength None: the chosen one
-    ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs, subsample_seed=subsample_seed)
+    ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs, subsample_seed=subsample_seed,
+                           context_offsets_months=predictor.context_offsets if predictor.needs_context else None)
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of {dataset_dir} has no pairs: nothing to generate")
     _check_size(ds.tile_size_px, predictor.params)

@@ -50,31 +50,63 @@ def plot_training(run_dir: str | os.PathLike):
     return checked(fig)
 
 
-def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: bool = True, n_bands: int = 3):
-    """The channels the ControlNet sees for one sample (``(C, H, W)`` in [0, 1]), and its prompt."""
+def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: bool = True, n_bands: int = 3,
+                      context_offsets_months=None):
+    """The channels the ControlNet sees for one sample (``(C, H, W)`` in [0, 1]), and its prompt. With
+    ``context_offsets_months``, one panel per past frame (after the past image, in the offsets' order): the frame,
+    its unusable pixels tinted red, its validity and age planes in the title; an absent month says so."""
     import matplotlib.pyplot as plt
 
+    from stsynth_lib.conditioning import context_tag
+    from stsynth_lib.controlnet.conditioning import conditioning_channels, extra_offsets
+
     c = cond.numpy() if hasattr(cond, "numpy") else np.asarray(cond)
+    extra = extra_offsets(context_offsets_months)
     names = (["future mask"] if use_mask else []) + (["gap plane"] if use_gap_plane else [])
-    if c.shape[0] != n_bands + len(names):
-        raise ValueError(f"conditioning has {c.shape[0]} channels, expected {n_bands} bands + {names}")
-    fig, axes = plt.subplots(1, 1 + len(names), figsize=(3 * (1 + len(names)), 3.3), squeeze=False)
-    axes = axes[0]
+    want = conditioning_channels(n_bands, use_gap_plane, use_mask, context_offsets_months)
+    if c.shape[0] != want:
+        frames = f" + {len(extra)} past frames x ({n_bands} bands, validity, age)" if extra else ""
+        raise ValueError(f"conditioning has {c.shape[0]} channels, expected {want}: {n_bands} bands{frames} + {names}")
+    n_panels = 1 + len(extra) + len(names)
+    ncols = min(n_panels, 4)
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3.3 * nrows), squeeze=False)
+    axes = axes.reshape(-1)
     axes[0].imshow(np.clip(c[:3].transpose(1, 2, 0), 0, 1))
     axes[0].set_title(f"channels 0-{n_bands - 1}: past image", fontsize=9)
-    for i, (ax, name) in enumerate(zip(axes[1:], names)):
-        ch = c[n_bands + i]
+    ch = n_bands
+    for ax, (_, o) in zip(axes[1:], extra):
+        _show_context_frame(ax, c[ch:ch + n_bands], c[ch + n_bands], c[ch + n_bands + 1], ch, context_tag(o))
+        ch += n_bands + 2
+    for i, (ax, name) in enumerate(zip(axes[1 + len(extra):], names)):
+        plane = c[ch + i]
         if name == "future mask":
-            show_mask(ax, ch)
+            show_mask(ax, plane)
         else:
-            ax.imshow(ch, cmap="gray", vmin=0, vmax=1)
-        label = f"{name} = {ch.mean():.2f}" if name == "gap plane" else name
-        ax.set_title(f"channel {n_bands + i}: {label}", fontsize=9)
+            ax.imshow(plane, cmap="gray", vmin=0, vmax=1)
+        label = f"{name} = {plane.mean():.2f}" if name == "gap plane" else name
+        ax.set_title(f"channel {ch + i}: {label}", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"prompt: \"{prompt}\"", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _show_context_frame(ax, bands, valid, age, first: int, tag: str) -> None:
+    """One past frame of the conditioning: its bands (first three as RGB), unusable pixels tinted red; a month the
+    series lacks (validity 0 everywhere) is a light grey panel that says so."""
+    n = bands.shape[0]
+    where = f"channels {first}-{first + n + 1}: {tag.removeprefix('ctx_')}"
+    if not np.any(valid):
+        show_mask(ax, valid, empty_text="absent month\n(bands 0.5, validity 0, age 0)")
+        ax.set_title(where, fontsize=9)
+        return
+    rgb = np.clip(bands[:3].transpose(1, 2, 0), 0, 1).copy()
+    bad = valid < 0.5
+    rgb[bad] = 0.5 * rgb[bad] + 0.5 * np.array([1.0, 0.0, 0.0])
+    ax.imshow(rgb)
+    ax.set_title(f"{where}\nvalid {100 * float(valid.mean()):.0f} %, age plane {float(age.mean()):.2f}", fontsize=9)
 
 
 def show_validation(run_dir: str | os.PathLike, which: str = "last"):

@@ -6,7 +6,8 @@ v-prediction MSE) with what users of that example ask for:
 
 * data from ``PairedTileDataset`` (no column names, no path juggling), the same
   dataset, split and tiles as the cGANs;
-* conditioning = past image + future mask (+ time-gap plane), prompts from metadata
+* conditioning = past image (+ its past frames, ``context_offsets_months``) + future mask (+ time-gap plane),
+  prompts from metadata
   with prompt dropout (50 % by default, as in the ControlNet paper, so the ControlNet
   has to learn from its condition rather than from the text);
 * the loss is computed in fp32 and only over latent pixels whose 8x8 footprint is
@@ -121,14 +122,16 @@ class ControlNetRun:
         from stsynth_lib.data.dataset import PairedTileDataset
 
         cfg = self.cfg
+        ctx = {"context_offsets_months": cfg.context_offsets_months}  # the past frames of the conditioning, if any
         self.train_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.max_train_pairs, augment=cfg.augment,
-                                          subsample_seed=cfg.seed if cfg.max_train_pairs else None)
-        self.val_ds = PairedTileDataset(cfg.dataset_dir, "val", max_pairs=cfg.max_val_pairs, subsample_seed=cfg.seed)
+                                          subsample_seed=cfg.seed if cfg.max_train_pairs else None, **ctx)
+        self.val_ds = PairedTileDataset(cfg.dataset_dir, "val", max_pairs=cfg.max_val_pairs, subsample_seed=cfg.seed,
+                                        **ctx)
         if len(self.train_ds) == 0:
             raise ValueError(f"{cfg.dataset_dir}: the train split has no pairs; rebuild the dataset with more AOIs")
         if len(self.val_ds) == 0:  # validation falls back to (un-augmented) training pairs
             self.val_ds = PairedTileDataset(cfg.dataset_dir, "train", max_pairs=cfg.num_validation_loss_pairs,
-                                            subsample_seed=cfg.seed)
+                                            subsample_seed=cfg.seed, **ctx)
         if self.train_ds.n_bands != 3:
             raise ValueError(f"{cfg.dataset_dir} has {self.train_ds.n_bands} bands; Stable Diffusion's VAE is RGB: "
                              "build the dataset with bands [1, 2, 3]")
@@ -137,7 +140,8 @@ class ControlNetRun:
         check_erasable(cfg.erase_building_fraction, self.train_ds, cfg.dataset_dir, labelled=self.use_mask)
         self.tile_px = self.train_ds.tile_size_px
         self.res = int(cfg.resolution_px or self.tile_px)
-        self.n_cond = conditioning_channels(self.train_ds.n_bands, cfg.use_gap_plane, self.use_mask)
+        self.n_cond = conditioning_channels(self.train_ds.n_bands, cfg.use_gap_plane, self.use_mask,
+                                            cfg.context_offsets_months)
 
     def load_backbone(self) -> None:
         from stsynth_lib.controlnet.residual import check_backbone_target
@@ -197,6 +201,7 @@ class ControlNetRun:
         step = 0
         if resume is not None:
             step = int(json.loads((resume / "trainer_state.json").read_text())["global_step"])
+            self.check_same_conditioning()
             params["resumed"] = record_resume(self.run_dir, step, params, self.cfg, self.cfg.allow_resume_changes)
         if self.main and step < self.cfg.max_train_steps:  # new weights: a strength chosen for the old ones is void
             (self.run_dir / GENERATION_FILE).unlink(missing_ok=True)
@@ -209,6 +214,19 @@ class ControlNetRun:
         self.validator = ControlNetValidator(self.cfg, self.backbone, self.val_ds, self.res, self.tile_px, self.use_mask,
                                              self.weight_dtype, self.device, self.setup.on_cuda, self.run_dir,
                                              self.main, residual_scale=self.residual_scale)
+
+    def check_same_conditioning(self) -> None:
+        """A resume must build the conditioning the checkpoint's encoder reads (its number of input channels), even
+        with ``allow_resume_changes``: other context offsets make another network."""
+        import yaml
+
+        path = self.run_dir / "params.yaml"
+        saved = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        before, now = saved.get("context_offsets_months"), self.cfg.context_offsets_months
+        if "conditioning_channels" in saved and (before != now or int(saved["conditioning_channels"]) != self.n_cond):
+            raise ValueError(f"cannot resume {self.run_dir}: it was trained with context_offsets_months={before} "
+                             f"({saved['conditioning_channels']} conditioning channels), now {now} ({self.n_cond}); "
+                             "resume with the saved offsets or start a fresh run")
 
     def residual_scale_for(self, resume: Path | None) -> float | None:
         """``diffusion_target: residual``: the residual scale, fitted on seeded training pairs at the start of a fresh
@@ -313,7 +331,8 @@ class ControlNetRun:
             batch = erase_buildings(batch, erase_generator(seed, self.rank), cfg.erase_building_fraction)
         batch = resize_batch(batch, self.res)
         with acc.accumulate(self.controlnet):
-            cond = batch_conditioning(batch, cfg.use_gap_plane, cfg.gap_scale_months, self.use_mask)
+            cond = batch_conditioning(batch, cfg.use_gap_plane, cfg.gap_scale_months, self.use_mask,
+                                      cfg.context_offsets_months)
             prompts = batch_prompts(batch, cfg.prompt_template, cfg.empty_prompt)
             # re-seeded from the step count so that resume replays the same prompt-dropout draws
             self.prompt_gen.manual_seed(cfg.seed * 7919 + self.global_step * 131 + micro % cfg.gradient_accumulation_steps)

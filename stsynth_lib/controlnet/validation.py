@@ -78,7 +78,7 @@ class ControlNetValidator:
             try:
                 with torch.no_grad():
                     cond = batch_conditioning(self.loss_batch, self.cfg.use_gap_plane, self.cfg.gap_scale_months,
-                                              self.use_mask)
+                                              self.use_mask, self.cfg.context_offsets_months)
                     prompts = batch_prompts(self.loss_batch, self.cfg.prompt_template, self.cfg.empty_prompt)
                     out = self.losses(controlnet, cond, prompts)
                     gen = self.images(controlnet, cond, prompts)
@@ -130,7 +130,7 @@ class ControlNetValidator:
         sched = make_scheduler(cfg.validation_scheduler, self.backbone.noise_scheduler.config)
         imgs = []
         for i in range(0, self.n_val, bs):
-            sl = slice(i, i + bs)
+            sl = slice(i, min(i + bs, self.n_val))  # the drawn pairs only, not the next loss pairs
             imgs.append(sample_images(self.backbone, cn, cond[sl].to(self.device), prompts[sl], sched,
                                       cfg.validation_inference_steps, cfg.validation_guidance_scale,
                                       seeds=[cfg.seed + i + j for j in range(len(prompts[sl]))],
@@ -169,7 +169,8 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
     backbone, controlnet, params = load_trained(run_dir, device)
     cfg = ControlNetTrainConfig(**{f.name: params[f.name] for f in fields(ControlNetTrainConfig) if f.name in params})
     cfg = replace(cfg, num_validation_loss_pairs=int(n_pairs), num_validation_images=1, validation_batch_size=1)
-    ds = PairedTileDataset(params["dataset_dir"], "val", max_pairs=int(n_pairs), subsample_seed=cfg.seed)
+    ds = PairedTileDataset(params["dataset_dir"], "val", max_pairs=int(n_pairs), subsample_seed=cfg.seed,
+                           context_offsets_months=cfg.context_offsets_months)
     if len(ds) < 2:
         raise ValueError(f"{params['dataset_dir']}: the val split has {len(ds)} pair(s); cond_gain needs 2 or more")
     dev = next(controlnet.parameters()).device
@@ -178,7 +179,8 @@ def condition_gain_estimate(run_dir: str | Path, n_pairs: int = 256, n_boot: int
                             bool(params["use_mask"]), wd, dev, dev.type == "cuda", Path(run_dir), is_main=False,
                             residual_scale=run_residual_scale(run_dir, params))
     with torch.no_grad():
-        cond = batch_conditioning(v.loss_batch, cfg.use_gap_plane, cfg.gap_scale_months, bool(params["use_mask"]))
+        cond = batch_conditioning(v.loss_batch, cfg.use_gap_plane, cfg.gap_scale_months, bool(params["use_mask"]),
+                                  cfg.context_offsets_months)
         prompts = batch_prompts(v.loss_batch, cfg.prompt_template, cfg.empty_prompt)
         means = v.losses(controlnet.eval(), cond, prompts)
     n = v.n_loss

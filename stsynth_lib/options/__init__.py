@@ -50,7 +50,8 @@ def omit(concern: Concern, *names: str) -> tuple[Option, ...]:
 
 # The options of the trainers' config dataclasses (their fields, in this order).
 CGAN_TRAIN: tuple[Option, ...] = (*RUN.options, *TRAINER.options, *GUIDANCE.options, *CGAN.options)
-CONTROLNET_TRAIN: tuple[Option, ...] = (*RUN.options, *TRAINER.options, *pick(GUIDANCE, "use_mask", "gap_scale_months"),
+CONTROLNET_TRAIN: tuple[Option, ...] = (*RUN.options, *TRAINER.options,
+                                        *pick(GUIDANCE, "use_mask", "gap_scale_months", "context_offsets_months"),
                                         *omit(CONTROLNET, "cond_gain_pairs"))
 
 

@@ -187,9 +187,15 @@ class Predictor:
         raise NotImplementedError
 
     def prepare_dataset(self, dataset):
-        """``dataset`` with what the model reads besides the sample's own keys (a cGAN trained with context frames
-        looks them up); the split predictor calls it once before iterating."""
-        return dataset
+        """``dataset`` with what the model reads besides the sample's own keys (a model trained with context frames
+        looks them up: the same pairs opened with its ``context_offsets``); the split predictor calls it once before
+        iterating."""
+        if not self.needs_context or getattr(dataset, "context_offsets_months", None) == tuple(self.context_offsets):
+            return dataset
+        if not hasattr(dataset, "with_context_offsets"):
+            raise ValueError(f"this {self.family} model needs context frames at offsets {list(self.context_offsets)}: "
+                             "pass a PairedTileDataset opened with context_offsets_months set to them")
+        return dataset.with_context_offsets(self.context_offsets)
 
 
 def batch_seeds(seed: int | Sequence[int], n: int) -> list[int]:
