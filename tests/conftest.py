@@ -105,16 +105,44 @@ def one_step_controlnet_run(tiny_dataset_dir, tmp_path_factory, stsynth_cache_in
     zero. Trained on one thread."""
     import torch
 
-    from stsynth_lib.controlnet.config import ControlNetTrainConfig
     from stsynth_lib.controlnet.train import train_controlnet
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = ControlNetTrainConfig(
-            dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path_factory.mktemp("runs")), profile="test",
-            max_train_steps=1, train_batch_size=2, learning_rate=1e-3, validate_at_start=False, validation_steps=0,
-            checkpointing_steps=0, max_train_pairs=8, progress=False)
-        yield train_controlnet(cfg)
+        yield train_controlnet(tiny_controlnet_config(tiny_dataset_dir, tmp_path_factory.mktemp("runs")))
     finally:
         torch.set_num_threads(old_threads)
+
+
+@pytest.fixture
+def no_residual_refit(monkeypatch):
+    """``forbid(why)``: any refit of the residual scale (``residual.latent_change_rms``) now fails with ``why``;
+    ``forbid(why, run)`` first sets the scale recorded in ``run`` to 7.0, a number no refit would give."""
+    import yaml
+
+    from stsynth_lib.controlnet import residual as R
+
+    def forbid(why: str, run: Path | None = None) -> None:
+        if run is not None:
+            path = Path(run) / R.RESIDUAL_FILE
+            rec = yaml.safe_load(path.read_text())
+            rec["residual_scale"] = 7.0
+            path.write_text(yaml.safe_dump(rec))
+
+        def refit(*a, **kw):
+            raise AssertionError(why)
+
+        monkeypatch.setattr(R, "latent_change_rms", refit)
+
+    return forbid
+
+
+def tiny_controlnet_config(dataset_dir, runs_dir, **kw):
+    """A ControlNet config for the tiny random backbone (32 px tiles) with the test suite's small settings."""
+    from stsynth_lib.controlnet.config import ControlNetTrainConfig
+
+    base = dict(dataset_dir=str(dataset_dir), runs_dir=str(runs_dir), profile="test", max_train_steps=1,
+                train_batch_size=2, learning_rate=1e-3, validate_at_start=False, validation_steps=0,
+                checkpointing_steps=0, max_train_pairs=8, progress=False)
+    return ControlNetTrainConfig(**{**base, **kw})

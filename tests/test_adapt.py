@@ -337,22 +337,12 @@ def test_residual_stage1_records_its_scale_in_the_backbone(residual_stage1, tiny
     assert np.isfinite(log["val_loss_ema"].dropna()).all() and len(log["val_loss_ema"].dropna()) == 2
 
 
-def test_residual_stage1_resume_keeps_the_scale(residual_stage1, tiny_dataset_dir, monkeypatch):
-    import yaml
-
+def test_residual_stage1_resume_keeps_the_scale(residual_stage1, tiny_dataset_dir, no_residual_refit):
     from stsynth_lib.controlnet import residual as R
     from stsynth_lib.controlnet.adapt import adapt_backbone
 
     run, runs = residual_stage1
-    path = run / R.RESIDUAL_FILE
-    rec = yaml.safe_load(path.read_text())
-    rec["residual_scale"] = 7.0  # a number no refit would give
-    path.write_text(yaml.safe_dump(rec))
-
-    def refit(*a, **kw):
-        raise AssertionError("stage 1's resume refitted the residual scale")
-
-    monkeypatch.setattr(R, "latent_change_rms", refit)
+    no_residual_refit("stage 1's resume refitted the residual scale", run)  # the recorded scale is now 7.0
     adapt_backbone(_cfg(tiny_dataset_dir, runs, unet_target="residual", residual_scale_pairs=6, vae_steps=2,
                         unet_steps=3, checkpointing_steps=1, validation_steps=1, resume_from_checkpoint="latest"))
     assert R.read_residual_scale(run) == 7.0 and R.read_residual_scale(run / "backbone") == 7.0
@@ -371,7 +361,8 @@ def _controlnet_cfg(dataset_dir, runs_dir, backbone, **kw):
                                  progress=False, **kw)
 
 
-def test_a_residual_controlnet_takes_the_backbones_scale(residual_stage1, tiny_dataset_dir, tmp_path, monkeypatch):
+def test_a_residual_controlnet_takes_the_backbones_scale(residual_stage1, tiny_dataset_dir, tmp_path, monkeypatch,
+                                                        no_residual_refit):
     import yaml
 
     from stsynth_lib.controlnet import residual as R
@@ -381,11 +372,7 @@ def test_a_residual_controlnet_takes_the_backbones_scale(residual_stage1, tiny_d
     run, _ = residual_stage1
     backbone = run / "backbone"
     scale = R.read_residual_scale(backbone)
-
-    def refit(*a, **kw):
-        raise AssertionError("the ControlNet refitted the scale of a residual backbone")
-
-    monkeypatch.setattr(R, "latent_change_rms", refit)
+    no_residual_refit("the ControlNet refitted the scale of a residual backbone")
     used = []
     fit = ControlNetRun.fit
     monkeypatch.setattr(ControlNetRun, "fit", lambda self: used.append(self.residual_scale) or fit(self))

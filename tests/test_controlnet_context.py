@@ -111,18 +111,16 @@ def context_run(tiny_dataset_dir, tmp_path_factory, stsynth_cache_in_tmp):
     the conditioning with the frames too). Two steps: the first moves only the zero convolutions (no gradient
     reaches the conditioning encoder through them while they are zero), the second the encoder's zero conv_out."""
     pytest.importorskip("diffusers")
-    from stsynth_lib.controlnet.config import ControlNetTrainConfig
+    from conftest import tiny_controlnet_config
     from stsynth_lib.controlnet.train import train_controlnet
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = ControlNetTrainConfig(
-            dataset_dir=str(tiny_dataset_dir), runs_dir=str(tmp_path_factory.mktemp("runs")), profile="test",
-            max_train_steps=2, train_batch_size=2, learning_rate=1e-3, validate_at_start=False, validation_steps=2,
-            num_validation_images=1, num_validation_loss_pairs=2, validation_batch_size=2,
-            validation_inference_steps=2, checkpointing_steps=0, max_train_pairs=8, max_val_pairs=4, progress=False,
-            context_offsets_months=RUN_OFFSETS)
+        cfg = tiny_controlnet_config(tiny_dataset_dir, tmp_path_factory.mktemp("runs"), max_train_steps=2,
+                                     validation_steps=2, num_validation_images=1, num_validation_loss_pairs=2,
+                                     validation_batch_size=2, validation_inference_steps=2, max_val_pairs=4,
+                                     context_offsets_months=RUN_OFFSETS)
         yield train_controlnet(cfg)
     finally:
         torch.set_num_threads(threads)

@@ -188,21 +188,15 @@ def test_the_fitted_scale_is_recorded_and_used_by_the_predictor(residual_run, ti
     assert pred.sampling_record()["residual_scale"] == rec["residual_scale"]
 
 
-def test_resume_reads_the_recorded_scale_and_never_refits(tiny_dataset_dir, tmp_path, monkeypatch):
+def test_resume_reads_the_recorded_scale_and_never_refits(tiny_dataset_dir, tmp_path, monkeypatch,
+                                                          no_residual_refit):
     from stsynth_lib.controlnet import residual as R
     from stsynth_lib.controlnet.generate import ControlNetPredictor
     from stsynth_lib.controlnet.train import ControlNetRun, train_controlnet
 
     run = train_controlnet(_residual_cfg(tiny_dataset_dir, tmp_path))
     path = run / R.RESIDUAL_FILE
-    rec = yaml.safe_load(path.read_text())
-    rec["residual_scale"] = 7.0  # a number no refit would give
-    path.write_text(yaml.safe_dump(rec))
-
-    def refit(*a, **kw):
-        raise AssertionError("resume refitted the residual scale")
-
-    monkeypatch.setattr(R, "latent_change_rms", refit)
+    no_residual_refit("resume refitted the residual scale", run)  # the recorded scale is now 7.0
     used = []
     restore = ControlNetRun.restore
     monkeypatch.setattr(ControlNetRun, "restore", lambda self, ck: used.append(self.residual_scale) or restore(self, ck))
