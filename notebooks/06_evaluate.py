@@ -85,6 +85,8 @@ models = ["pix2pix", "attention_unet", "controlnet"]  # the run folders scored, 
 baselines = ["mean_last_3", "seasonal"]  # simple past-only predictors scored next to persistence (no learning)
 twins = {}                        # guided model -> its no-mask twin (run folders), scored beside it and tabled as model
                                   # minus twin on new-building pixels, new buildings drawn and the whole image
+judge_results = None              # the building judge study's results file (experiments/segmenter) tabled in chapter 6
+                                  # beside the bar; null: none
 kfold_results = None              # a k-fold results file (experiments/guidance_kfold) tabled in chapter 6; null: none
 max_eval_pairs = None             # null: every pair of the split; an int: a seeded subset, the same for every model
 segmenter_steps = 300             # building-segmenter training steps
@@ -174,6 +176,16 @@ try:
         plt.show()
 except ValueError as err:
     display(Markdown(f"> **Note: building F1 is skipped on this dataset.** {err}"))
+
+# %% [markdown]
+# How well does the judge see real buildings? Its study (`judge_results`, `experiments/segmenter`) scored it on the
+# test blocks: building F1 on the real future images and the share of real new buildings it calls building on at
+# least half their pixels, next to chapter 6's former 300-step judge and issue 32's bar. The `real_future` row of the
+# tables below is the same judge on this run's test split.
+
+# %%
+if judge_results:
+    display(E.judge_quality(judge_results))
 
 # %% [markdown]
 # ## Scores per tile, then per model

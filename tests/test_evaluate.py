@@ -409,3 +409,20 @@ def test_guidance_gain_pairs_each_model_with_its_twin_and_names_a_missing_one(ti
     assert set(k["metric"]) == {"psnr", "l1_new"}
     with pytest.raises(FileNotFoundError, match="kfold_guidance.py"):
         E.kfold_paired(tmp_path / "none.json")
+
+
+def test_judge_quality_tables_the_old_and_the_chosen_judge_beside_the_bar(tmp_path):
+    """Chapter 6's judge table comes from the judge study's results: the 300-step judge at p > 0.5, the judge the
+    last threshold round chose (with its threshold), and issue 32's bar; a missing file names the script."""
+    results = {"judge300": {"test": {"f1_future": 0.51, "object_recall_new": 0.26}, "real_tile": {"f1_real_tile": 0.5}},
+               "up2": {"test": {"f1_future": 0.6, "object_recall_new": 0.3}, "real_tile": {"f1_real_tile": 0.44}},
+               "threshold_sweep": [{"chosen": {"judge": "judge300", "threshold": 0.3, "test": {}}},
+                                   {"chosen": {"judge": "up2", "threshold": 0.05,
+                                               "test": {"f1_future": 0.54, "object_recall_new": 0.65}}}]}
+    t = E.judge_quality(results)
+    assert list(t["judge"]) == ["judge300 (p > 0.5)", "up2 (p > 0.05, chosen on validation)", "the bar (issue 32)"]
+    assert list(t["F1, real future (test)"]) == [0.51, 0.54, 0.55]
+    assert list(t["object recall, new buildings (test)"]) == [0.26, 0.65, 0.5]
+    assert t["F1, another area at p > 0.5"].iloc[1] == 0.44
+    with pytest.raises(FileNotFoundError, match="compare_judges.py"):
+        E.judge_quality(tmp_path / "none.json")

@@ -63,3 +63,37 @@ def kfold_paired(results: Mapping | str | Path, against: Sequence[str] = ("nomas
             rows["baseline"] = names.get(base, base)
             out.append(rows)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
+JUDGE_BAR = {"f1_future": 0.55, "object_recall_new": 0.5}  # issue 32's bar for a judge worth its name
+
+
+def judge_quality(results: Mapping | str | Path, baseline: str = "judge300") -> pd.DataFrame:
+    """How well the building judge sees real buildings, from ``experiments/segmenter``'s results file: the
+    ``baseline`` judge at p > 0.5 and the judge the last threshold round chose on validation, on the TEST blocks
+    (building F1 on the real future images, object recall of real new buildings) and on the labelled tile of another
+    area (``sn7_real_tile``, at p > 0.5: the round scored only the blocks at its threshold), beside the bar."""
+    if not isinstance(results, Mapping):
+        path = Path(results)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run experiments/segmenter/compare_judges.py, or set "
+                                    "judge_results: null")
+        results = json.loads(path.read_text())
+    rows = []
+    if baseline in results:
+        r = results[baseline]
+        rows.append({"judge": f"{baseline} (p > 0.5)", "F1, real future (test)": r["test"]["f1_future"],
+                     "object recall, new buildings (test)": r["test"]["object_recall_new"],
+                     "F1, another area at p > 0.5": (r.get("real_tile") or {}).get("f1_real_tile")})
+    rounds = results.get("threshold_sweep") or []
+    if rounds:
+        c = rounds[-1]["chosen"]
+        other = (results.get(c["judge"]) or {}).get("real_tile") or {}
+        rows.append({"judge": f"{c['judge']} (p > {c['threshold']:g}, chosen on validation)",
+                     "F1, real future (test)": c["test"]["f1_future"],
+                     "object recall, new buildings (test)": c["test"]["object_recall_new"],
+                     "F1, another area at p > 0.5": other.get("f1_real_tile")})
+    rows.append({"judge": "the bar (issue 32)", "F1, real future (test)": JUDGE_BAR["f1_future"],
+                 "object recall, new buildings (test)": JUDGE_BAR["object_recall_new"],
+                 "F1, another area at p > 0.5": None})
+    return pd.DataFrame(rows).round(3)

@@ -16,6 +16,8 @@ EVALUATION = Concern("evaluation", "Evaluation", (
            "minus twin on new-building pixels, new buildings drawn and the whole image", test=lambda d: all(
                isinstance(k, str) and isinstance(v, str) for k, v in d.items()),
            words="a mapping of run names to run names"),
+    Option("judge_results", str, None, "the building judge study's results file (experiments/segmenter) tabled in "
+           "chapter 6 beside the bar; null: none", none_ok=True),
     Option("kfold_results", str, None, "a k-fold results file (experiments/guidance_kfold) tabled in chapter 6; null: "
            "none", none_ok=True),
     Option("max_eval_pairs", int, None, "null: every pair of the split; an int: a seeded subset, the same for every "

@@ -71,7 +71,7 @@ NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
                       ("scoring", ("allow_uncalibrated_metrics",)), ("evaluation", ("max_test_pairs", *SEGMENTER))),
     "06_evaluate": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")), ("scoring", ALL),
                     ("evaluation", ("split", "models", "twins", "baselines", "max_eval_pairs", *SEGMENTER,
-                                    "retrain_segmenter", "gallery_metric", "kfold_results"))),
+                                    "retrain_segmenter", "gallery_metric", "judge_results", "kfold_results"))),
     "07_fid": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")),
                ("scoring", ("allow_uncalibrated_metrics",)),
                ("evaluation", ("split", "models", "fid_max_pairs", "fid_batch_size", "min_bucket_pairs",
