@@ -370,7 +370,10 @@ elif not twins:
 # there.
 
 # %%
-if kfold_results:
+if kfold_results and not Path(kfold_results).is_file():
+    display(Markdown(f"> **Note:** `{kfold_results}` is not there yet: run `experiments/guidance_kfold/"
+                     "kfold_guidance.py` (run, then pool) to table the k-fold here."))
+elif kfold_results:
     kfold = E.kfold_paired(kfold_results)
     for base, rows in kfold.groupby("baseline", sort=False):
         display(Markdown(f"**Guided minus {base}**"))
@@ -399,7 +402,7 @@ else:
 # pairs at the 60th, 75th and 90th percentiles of the true change (the largest changes are mostly clouds).
 
 # %%
-fig = plot_landing_example(res, n=3)
+fig = plot_landing_example(res, n=3, exclude=list(twins.values()))  # a guided model, never its no-mask twin
 if fig is None:
     display(Markdown(f"> **Note:** no learned model scored on {split}: no landing figure."))
 else:

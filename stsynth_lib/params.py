@@ -72,6 +72,15 @@ def _is_shared(path: Path) -> bool:
     return path.name in SHARED_FILE_NAMES
 
 
+def _chapter_only(path: Path, declared: dict[str, Option]) -> set[str]:
+    """Keys a notebook's own file (``<stem>.yaml``) may set for the chapter but not for the config a command line
+    builds from it (e.g. ``nomask_twin`` in ``03_train_cgan.yaml``): dropped there, not refused."""
+    try:
+        return set(notebook_options(path.stem)) - set(declared)
+    except KeyError:
+        return set()
+
+
 def _load(path: Path) -> dict:
     if not path.is_file():
         raise ParamError(f"Parameter file {path} does not exist.")
@@ -119,7 +128,7 @@ def _validate(declared: dict[str, Option], label: str, param_files: list, known_
         for key, value in _load(path).items():
             key = str(key)
             if key not in declared:
-                if _is_shared(path) and key in known:
+                if (_is_shared(path) and key in known) or key in _chapter_only(path, declared):
                     checked.dropped[key] = str(path)
                     continue
                 pool = known if _is_shared(path) else declared

@@ -144,6 +144,9 @@ def test_cli_config_files_are_checked_against_the_config_fields(tmp_path, known)
     assert "batch_size: 'many' -- expected an integer" in msg
     ok = validate_config_files(CGANTrainConfig, _profile(tmp_path, "lambda_l1: 10\n"), known)
     assert ok.params["lambda_l1"] == 10.0 and "synthetic_data" not in ok.params
+    # a key of chapter 3's own cell that the trainer does not take (nomask_twin) is dropped, not refused
+    ok = validate_config_files(CGANTrainConfig, _profile(tmp_path, "nomask_twin: pix2pix_nomask\n"), known)
+    assert "nomask_twin" not in ok.params and ok.dropped["nomask_twin"].endswith("03_train_cgan.yaml")
 
 
 def test_strength_sweep_settings_are_checked_before_training(tmp_path, known):

@@ -80,6 +80,8 @@ def prepare(folds: list[int]) -> None:
     splits = json.loads((SRC / "splits.json").read_text())
     if splits.get("split_by") != "block":
         raise SystemExit(f"{SRC} is not split by blocks (split_by: {splits.get('split_by')}).")
+    if len({b["aoi"] for b in splits["blocks"]}) != 1:
+        raise SystemExit(f"{SRC}: the fold plan keys blocks by (row, col) within ONE area; this tree has several")
     plan = fold_plan(splits["blocks"])
     for k in folds:
         out = FOLDS_DIR / f"fold{k}"
@@ -115,6 +117,7 @@ def params_for(fold: int, model: str, variant: str) -> dict:
         params.update(TWIN)
     params["dataset_dir"] = str((FOLDS_DIR / f"fold{fold}").relative_to(ROOT))
     params["run_name"] = f"kfold{fold}_{model}_{variant}"
+    params["resume_from_checkpoint"] = "latest"  # a rerun continues (or keeps) a finished run instead of retraining
     return params
 
 
@@ -143,7 +146,9 @@ def run_fold(fold: int, model: str, judge_path: Path, threshold: float) -> Path:
         test_ds = PairedTileDataset(cfg.dataset_dir, "test")
         out = run_dir / "predictions" / "test"
         index = out / "index.csv"
-        if not (index.is_file() and len(pd.read_csv(index)) == len(test_ds)):
+        best = [f for f in (run_dir / "best").rglob("*") if f.is_file()]
+        stale = not index.is_file() or any(f.stat().st_mtime > index.stat().st_mtime for f in best)
+        if stale or len(pd.read_csv(index)) != len(test_ds):  # predictions of other weights are never scored
             predict_and_score(run_dir, test_ds, out, which="best", progress=False)
         seconds[variant] = round(time.time() - t0)
         runs[variant] = out

@@ -98,13 +98,14 @@ def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int =
                               title="Test pairs: past | future footprints (where labelled) | truth | each model") if idx else None
 
 
-def landing_model(res: EvalResult) -> str | None:
-    """The learned model the landing figure shows: the one with the highest mean PSNR on the scored pairs (baselines
-    and the real future left out); None when no learned model was scored."""
+def landing_model(res: EvalResult, exclude: Sequence[str] = ()) -> str | None:
+    """The learned model the landing figure shows: the one with the highest mean PSNR on the scored pairs (baselines,
+    the real future and ``exclude``, e.g. the no-mask twins, left out); None when no learned model was scored."""
     from stsynth_lib.baselines import is_baseline
 
     df = res.per_tile[res.per_tile["common"]] if "common" in res.per_tile else res.per_tile
-    means = df[~df["model"].map(lambda m: is_baseline(m) or m == UPPER_BOUND)].groupby("model")["psnr"].mean()
+    skip = set(exclude)
+    means = df[~df["model"].map(lambda m: is_baseline(m) or m == UPPER_BOUND or m in skip)].groupby("model")["psnr"].mean()
     means = means[means.index.isin(list(res.predictions))].dropna()
     return str(means.idxmax()) if len(means) else None
 
@@ -128,15 +129,17 @@ def change_pairs(res: EvalResult, n: int = 3, quantiles: Sequence[float] = (0.6,
     return out
 
 
-def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, fontsize: float = 12.0):
+def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, fontsize: float = 12.0,
+                         exclude: Sequence[str] = ()):
     """What the system does, in one figure for the landing page: per pair, past | future footprints (labelled data
     only) | truth | the model | the true change | the model's change. The change panels are the mean over bands of
     |image - past| on one colour scale per row (black: unchanged), so a prediction that only copies the past shows a
-    black last panel. ``model`` defaults to :func:`landing_model`; rows from :func:`change_pairs`. Returns None
+    black last panel. ``model`` defaults to :func:`landing_model` (without ``exclude``); rows from
+    :func:`change_pairs`. Returns None
     without a learned model or a pair."""
     import matplotlib.pyplot as plt
 
-    model = model or landing_model(res)
+    model = model or landing_model(res, exclude)
     idx = change_pairs(res, n) if model else []
     if not idx:
         return None
