@@ -220,7 +220,8 @@ def readme_lines(results: dict) -> list[str]:
         judge = runs[0].get("judge") if runs else "?"
         thr = runs[0].get("judge_threshold") if runs else "?"
         train_s = [v for r in runs for v in (r.get("seconds") or {}).values()]
-        out += [f"**{family}**: folds {', '.join(map(str, res['folds']))} of {N_FOLDS}, {res['n_pairs']} test pairs, "
+        out += [f"**{family}**: {len(res['folds'])} of {N_FOLDS} folds (fold {', '.join(map(str, res['folds']))}), "
+                f"{res['n_pairs']} test pairs, "
                 f"{res['n_blocks']} blocks; judge `{judge}` at p > {thr}; train + predict "
                 f"{sum(train_s) / 60:.0f} min on one core for {len(train_s)} runs.", "",
                 "Guided model minus each row, paired, whole blocks resampled (95 %); then the blocks where the guided "
