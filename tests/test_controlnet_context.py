@@ -99,6 +99,8 @@ def test_plot_conditioning_shows_the_frames(tiny_dataset_dir):
     assert any(t.startswith("channels 3-7: t0-1") for t in titles)
     assert any(t.startswith("channels 8-12: last_year") for t in titles)
     assert "channel 13: future mask" in titles and any(t.startswith("channel 14: gap plane") for t in titles)
+    gap_ax = next(ax for ax in fig.axes if ax.get_title().startswith("channel 14: gap plane"))
+    assert [t.get_text() for t in gap_ax.texts][0].startswith("constant ")  # a constant plane is said, not drawn black
     assert any("absent month" in tx.get_text() for ax in fig.axes for tx in ax.texts)
     plt.close(fig)
     with pytest.raises(ValueError, match="past frames"):

@@ -77,6 +77,8 @@ def test_negative_kid_gets_a_note():
     assert "below 0" in note and "unbiased" in note and "persistence" in note and "-0.73" in note
     assert "1 row," in note  # plural
     assert negative_kid_note(table.assign(kid=[0.001, 0.002])) == ""
+    by_gap = table.assign(gap_bucket=["1", "2-3"], kid=[-0.001, -0.002])
+    assert "persistence (1 month: " in negative_kid_note(by_gap) and "pix2pix (2-3 months: " in negative_kid_note(by_gap)
 
 
 # ------------------------------------------------------------------------------------- 4. one box per output

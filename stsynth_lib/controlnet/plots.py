@@ -82,6 +82,8 @@ def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: b
         plane = c[ch + i]
         if name == "future mask":
             show_mask(ax, plane)
+        elif name == "gap plane":  # one value everywhere: say it rather than draw a near-black square
+            show_mask(ax, np.zeros_like(plane), f"constant {float(plane.mean()):.2f}")
         else:
             ax.imshow(plane, cmap="gray", vmin=0, vmax=1)
         label = f"{name} = {plane.mean():.2f}" if name == "gap plane" else name

@@ -364,7 +364,8 @@ def negative_kid_note(table: pd.DataFrame) -> str:
     if neg.empty:
         return ""
     name = lambda r: r["label"] if "label" in r and pd.notna(r["label"]) else r["model"]  # noqa: E731
-    rows = [f"{name(r)} ({'all gaps' if r['gap_bucket'] == 'all' else str(r['gap_bucket']) + ' months'}: "
+    gaps = lambda b: "all gaps" if b == "all" else f"{b} month" + ("" if str(b) == "1" else "s")  # noqa: E731
+    rows = [f"{name(r)} ({gaps(r['gap_bucket'])}: "
             f"{r['kid'] * 1000:.2f} ± {r['kid_std'] * 1000:.2f})" for _, r in neg.head(4).iterrows()]
     more = f" and {len(neg) - 4} more" if len(neg) > 4 else ""
     far = neg[neg["kid"] < -2 * neg["kid_std"]]
