@@ -19,6 +19,16 @@ from stsynth_lib.evaluate.stats import paired_vs_baseline
 GUIDANCE_METRICS = ("l1_new", "psnr_new", "object_recall_new", "psnr")
 
 
+def _results(results: Mapping | str | Path, fix: str) -> Mapping:
+    """A study's results: the mapping itself, or its JSON file read (missing: an error that says ``fix``)."""
+    if isinstance(results, Mapping):
+        return results
+    path = Path(results)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {fix}")
+    return json.loads(path.read_text())
+
+
 def guidance_gain(per_tile: pd.DataFrame, twins: Mapping[str, str], metrics: Sequence[str] = GUIDANCE_METRICS,
                   n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
     """``(rows, notes)``: for each ``model -> twin`` of ``twins`` with both scored in ``per_tile``
@@ -45,12 +55,8 @@ def kfold_paired(results: Mapping | str | Path, against: Sequence[str] = ("nomas
     """The pooled k-fold rows of a ``kfold_guidance.py pool`` results file (or its loaded mapping): per model
     family, the guided model minus each of ``against`` (``nomask``: its no-mask twin), in paired-row form with the
     models named ``<family> (guided)`` and the twin ``<family> (no mask)``."""
-    if not isinstance(results, Mapping):
-        path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run experiments/guidance_kfold/kfold_guidance.py (run, then "
-                                    "pool), or set kfold_results: null")
-        results = json.loads(path.read_text())
+    results = _results(results, "run experiments/guidance_kfold/kfold_guidance.py (run, then pool), or set "
+                                "kfold_results: null")
     out = []
     for family, res in results.items():
         names = {"guided": f"{family} (guided)", "nomask": f"{family} (no mask)"}
@@ -73,12 +79,7 @@ def judge_quality(results: Mapping | str | Path, baseline: str = "judge300") -> 
     ``baseline`` judge at p > 0.5 and the judge the last threshold round chose on validation, on the TEST blocks
     (building F1 on the real future images, object recall of real new buildings) and on the labelled tile of another
     area (``sn7_real_tile``, at p > 0.5: the round scored only the blocks at its threshold), beside the bar."""
-    if not isinstance(results, Mapping):
-        path = Path(results)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run experiments/segmenter/compare_judges.py, or set "
-                                    "judge_results: null")
-        results = json.loads(path.read_text())
+    results = _results(results, "run experiments/segmenter/compare_judges.py, or set judge_results: null")
     rows = []
     if baseline in results:
         r = results[baseline]
