@@ -370,16 +370,10 @@ elif not twins:
 # there.
 
 # %%
-if kfold_results and not Path(kfold_results).is_file():
-    display(Markdown(f"> **Note:** `{kfold_results}` is not there yet: run `experiments/guidance_kfold/"
-                     "kfold_guidance.py` (run, then pool) to table the k-fold here."))
-elif kfold_results:
-    kfold = E.kfold_paired(kfold_results)
-    for base, rows in kfold.groupby("baseline", sort=False):
-        display(Markdown(f"**Guided minus {base}**"))
-        display(E.paired_table(rows))
-else:
-    display(Markdown("> **Note:** no k-fold results for this profile (`kfold_results: null`)."))
+for text, table in E.kfold_report(kfold_results):
+    display(Markdown(text))
+    if table is not None:
+        display(table)
 
 # %% [markdown]
 # A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints

@@ -410,6 +410,13 @@ def test_guidance_gain_pairs_each_model_with_its_twin_and_names_a_missing_one(ti
     assert set(k["metric"]) == {"psnr", "l1_new"}
     with pytest.raises(FileNotFoundError, match="kfold_guidance.py"):
         E.kfold_paired(tmp_path / "none.json")
+    assert "not there yet" in E.kfold_report(tmp_path / "none.json")[0][0]  # chapter 6 notes it, no crash
+    assert E.kfold_report(None)[0][1] is None
+    import json
+
+    (tmp_path / "k.json").write_text(json.dumps(results))
+    (text, table), = E.kfold_report(tmp_path / "k.json")
+    assert text == "**Guided minus pix2pix (no mask)**" and len(table) == 2
 
 
 def test_judge_quality_tables_the_old_and_the_chosen_judge_beside_the_bar(tmp_path):

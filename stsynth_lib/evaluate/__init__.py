@@ -39,7 +39,13 @@ All images are compared in [0, 1] (``uint8 / 255``, ``data_range = 1``) over val
 """
 
 
-from stsynth_lib.evaluate.guidance import GUIDANCE_METRICS, guidance_gain, judge_quality, kfold_paired  # noqa: F401
+from stsynth_lib.evaluate.guidance import (  # noqa: F401
+    GUIDANCE_METRICS,
+    guidance_gain,
+    judge_quality,
+    kfold_paired,
+    kfold_report,
+)
 
 from stsynth_lib.evaluate.data import (  # noqa: F401
     CHANGE_METRICS,

@@ -20,6 +20,16 @@ def new_building_pixels(res: EvalResult) -> np.ndarray:
     return np.where(d.has_mask, new.reshape(len(d), -1).sum(1), 0)
 
 
+def footprint_picture(d, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the new-building pixels of pair ``i``: built at t1, not at t0; its footprint panel (H, W, 3): buildings that
+    already stood white, new ones orange)."""
+    new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
+    mask_rgb = np.zeros((*new.shape, 3))
+    mask_rgb[d.future_mask[i, 0] > 0] = 1.0
+    mask_rgb[new] = (1.0, 0.55, 0.0)
+    return new, mask_rgb
+
+
 def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6) -> list[int]:
     """Indices of ``n`` pairs with the most new-building pixels, at most one per tile position and past month
     (so the rows show different places), preferring gaps of at least ``min_gap_months``."""
@@ -59,10 +69,7 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
     cols = ["past (= persistence)"] + (["future footprints"] if labelled else []) + ["truth (future)"] + shown
     fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.4 * len(idx) + 0.5), squeeze=False)
     for r, i in enumerate(idx):
-        new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
-        mask_rgb = np.zeros((*new.shape, 3))
-        mask_rgb[d.future_mask[i, 0] > 0] = 1.0
-        mask_rgb[new] = (1.0, 0.55, 0.0)
+        new, mask_rgb = footprint_picture(d, i)
         panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i])]
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
@@ -155,10 +162,7 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
         true_change = np.abs(d.future[i].astype(np.float32) - past).mean(0) / 255.0
         model_change = np.abs(pred.astype(np.float32) - past).mean(0) / 255.0
         vmax = max(float(np.quantile(true_change, 0.99)), 1e-3)
-        new = (d.future_mask[i, 0] > 0) & (d.past_mask[i, 0] == 0)
-        mask_rgb = np.zeros((*new.shape, 3))
-        mask_rgb[d.future_mask[i, 0] > 0] = 1.0
-        mask_rgb[new] = (1.0, 0.55, 0.0)
+        new, mask_rgb = footprint_picture(d, i)
         panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i]), rgb_image(pred)]
         for c, img in enumerate(panels + [true_change, model_change]):
             ax = axes[r, c]

