@@ -119,6 +119,9 @@ diffusion_target = "image"        # image: the whole future latent | residual: t
 residual_scale_pairs = 64         # residual only: seeded training pairs whose latent change fits residual_scale = 1 /
                                   # RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1
                                   # backbone trained with unet_target: residual, the backbone's scale is taken instead)
+nomask_twin_of = None             # set by chapter 5's nomask_twin on the twin it trains: the guided run this one is the
+                                  # no-mask control of (use_mask false; erase_building_fraction kept, so both see the
+                                  # same training pairs)
 max_train_steps = 200             # optimiser steps
 train_batch_size = 4              # pairs per step
 gradient_accumulation_steps = 1   # batches per optimiser step
@@ -164,7 +167,11 @@ strength_sweep_pairs = 256        # validation pairs of that sweep (a seeded shu
 strength_criterion = "psnr"       # the validation score that picks the strength; f1_new (labelled data): the building
                                   # segmenter's F1 on new buildings
 compare_prompt_only = True        # also draw the test pairs from the prompt alone (backbone without ControlNet)
-num_samples_per_pair = 4          # samples drawn for the spread figure
+num_samples_per_pair = 4          # samples drawn for the spread figure (and, with test_sample_mean, for every test
+                                  # pair)
+test_sample_mean = False          # draw num_samples_per_pair samples of every test pair and write their per-pixel mean
+                                  # (<run>/predictions/test_sample_mean; chapter 6 scores it as the model <run
+                                  # name>_sample_mean)
 n_spread_pairs = 4                # test pairs of the spread figure
 # Run
 profile = "smoke"                 # profile name: runs go to <runs_dir>/<profile>/
@@ -188,6 +195,9 @@ allow_uncalibrated_metrics = False  # without the LPIPS / Inception weights, use
                                     # labelled uncalibrated)
 # Evaluation
 max_test_pairs = None             # a seeded subset of the test pairs predicted; null: the whole split
+nomask_twin = None                # the run name of this run's no-mask control, trained after it with the same options
+                                  # but use_mask and use_past_mask false (what the footprints add: chapter 6, twins);
+                                  # null: none
 segmenter_steps = 300             # building-segmenter training steps
 segmenter_batch_size = 16         # segmenter pairs per step (both dates used: 2x images)
 segmenter_base_channels = 16      # segmenter width
@@ -211,16 +221,17 @@ controlnet_config = ControlNetTrainConfig(
     context_offsets_months=context_offsets_months, pretrained_model=pretrained_model, revision=revision,
     variant=variant, tiny_seed=tiny_seed, resolution_px=resolution_px, use_gap_plane=use_gap_plane,
     prompt_template=prompt_template, empty_prompt=empty_prompt, prompt_dropout=prompt_dropout,
-    diffusion_target=diffusion_target, residual_scale_pairs=residual_scale_pairs, max_train_steps=max_train_steps,
-    train_batch_size=train_batch_size, gradient_accumulation_steps=gradient_accumulation_steps,
-    learning_rate=learning_rate, zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init,
-    lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2,
-    adam_weight_decay=adam_weight_decay, adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm,
-    use_8bit_adam=use_8bit_adam, gradient_checkpointing=gradient_checkpointing, sdpa=sdpa,
-    checkpointing_steps=checkpointing_steps, validation_steps=validation_steps, validate_at_start=validate_at_start,
-    num_validation_images=num_validation_images, num_validation_loss_pairs=num_validation_loss_pairs,
-    validation_batch_size=validation_batch_size, validation_scheduler=validation_scheduler,
-    validation_inference_steps=validation_inference_steps, validation_guidance_scale=validation_guidance_scale
+    diffusion_target=diffusion_target, residual_scale_pairs=residual_scale_pairs, nomask_twin_of=nomask_twin_of,
+    max_train_steps=max_train_steps, train_batch_size=train_batch_size,
+    gradient_accumulation_steps=gradient_accumulation_steps, learning_rate=learning_rate,
+    zero_conv_lr_mult=zero_conv_lr_mult, cond_embedding_init=cond_embedding_init, lr_scheduler=lr_scheduler,
+    lr_warmup_steps=lr_warmup_steps, adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_weight_decay=adam_weight_decay,
+    adam_epsilon=adam_epsilon, max_grad_norm=max_grad_norm, use_8bit_adam=use_8bit_adam,
+    gradient_checkpointing=gradient_checkpointing, sdpa=sdpa, checkpointing_steps=checkpointing_steps,
+    validation_steps=validation_steps, validate_at_start=validate_at_start, num_validation_images=num_validation_images,
+    num_validation_loss_pairs=num_validation_loss_pairs, validation_batch_size=validation_batch_size,
+    validation_scheduler=validation_scheduler, validation_inference_steps=validation_inference_steps,
+    validation_guidance_scale=validation_guidance_scale
 )
 
 # %%
@@ -241,6 +252,8 @@ from stsynth_lib.controlnet.validation import condition_gain_estimate
 from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength_sweep, sweep_strength, sweep_table
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
 from stsynth_lib.controlnet.plots import show_validation
+from stsynth_lib.controlnet.twin import train_nomask_twin, twin_comparison
+from stsynth_lib.predict.split import write_sample_mean
 from stsynth_lib import evaluate as E
 from stsynth_lib.book.report_format import controlnet_label
 from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig, adapt_backbone
@@ -464,9 +477,13 @@ print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if str
 
 # %%
 gen_kw.update(max_pairs=max_test_pairs, strength=strength, subsample_seed=seed if max_test_pairs else None)
-pred_dir = generate_split(run_dir, dataset_dir, "test", **gen_kw)
+pred_dir = generate_split(run_dir, dataset_dir, "test", **gen_kw,
+                          num_samples_per_pair=num_samples_per_pair if test_sample_mean else 1)
 index = pd.read_csv(pred_dir / "index.csv")
 print(f"{plural(len(index), 'test image')} in {pred_dir}")
+if test_sample_mean:  # chapter 6 scores the mean as the model "<run name>_sample_mean"
+    mean_dir = write_sample_mean(pred_dir)
+    print(f"the per-pixel mean of {plural(num_samples_per_pair, 'sample')} per pair in {mean_dir}")
 label = controlnet_label(params, strength=strength)
 fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"{label}: test predictions")
 plt.show()
@@ -493,17 +510,38 @@ if compare_prompt_only:
     display(E.paired_table(vs_prompt, labels=cmp.labels))
 
 # %% [markdown]
+# ### What do the footprints add? The no-mask twin
+# With `nomask_twin` set (labelled profiles), this run's options are trained again under that name with the
+# footprint channel off (`stsynth_lib.controlnet.twin`): the same seed, steps, backbone and synthetic construction,
+# and its test split is generated at this run's strength with the same seeds. The table is this run minus its twin
+# on the same test pairs (whole image, areas or blocks resampled); chapter 6 scores both on new-building pixels and
+# new buildings drawn (`twins`).
+
+# %%
+if nomask_twin:
+    twin_pred_dir = train_nomask_twin(config, run_dir, nomask_twin, gen_kw)
+    twin_scores, twin_gain = twin_comparison(dataset_dir, pred_dir, twin_pred_dir, device=E.scoring_device(device),
+                                             max_pairs=max_test_pairs, seed=seed)
+    display(twin_scores)
+    display(twin_gain)
+else:
+    display(Markdown("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
+                     + ("set `nomask_twin` to measure what the footprints add." if mask_on
+                        else "its data have no building labels, so the ControlNet reads no footprints.")))
+
+# %% [markdown]
 # ### The spread of futures
 # A diffusion model proposes a distribution of futures, not one. For a few test pairs, `num_samples_per_pair`
 # samples (different seeds) and their per-pixel standard deviation: where the samples agree, the condition (and, at
 # strength < 1, the noised past image they all start from) pins the image down; where they differ, the model is
-# unsure.
+# unsure. With `test_sample_mean`, every test pair already has its samples (and chapter 6 scores their mean: it
+# averages the model's uncertainty away, which PSNR rewards and sharpness metrics do not).
 
 # %%
 if num_samples_per_pair > 1:
-    spread_dir = generate_split(run_dir, dataset_dir, "test", out_dir=run_dir / "predictions" / "test_spread",
-                                num_samples_per_pair=num_samples_per_pair,
-                                **{**gen_kw, "max_pairs": n_spread_pairs})
+    spread_dir = pred_dir if test_sample_mean else generate_split(
+        run_dir, dataset_dir, "test", out_dir=run_dir / "predictions" / "test_spread",
+        num_samples_per_pair=num_samples_per_pair, **{**gen_kw, "max_pairs": n_spread_pairs})
     fig = show_sample_spread(spread_dir, dataset_dir, "test", n_pairs=n_spread_pairs, title=f"{label}: samples per pair")
     plt.show()
 

@@ -434,3 +434,13 @@ def test_judge_quality_tables_the_old_and_the_chosen_judge_beside_the_bar(tmp_pa
     assert t["F1, another area at p > 0.5"].iloc[1] == 0.44
     with pytest.raises(FileNotFoundError, match="compare_judges.py"):
         E.judge_quality(tmp_path / "none.json")
+
+
+def test_prediction_dirs_maps_sample_mean_names_to_the_mean_folder(tmp_path):
+    """``<run>_sample_mean`` is chapter 5's per-pixel mean folder of that run, not a run called so."""
+    from stsynth_lib.evaluate import prediction_dirs
+    from stsynth_lib.predict.split import sample_mean_dir
+
+    dirs = prediction_dirs(tmp_path, "p", "pix2pix, controlnet_sample_mean", split="val")
+    assert dirs["pix2pix"] == tmp_path / "p" / "pix2pix" / "predictions" / "val"
+    assert dirs["controlnet_sample_mean"] == sample_mean_dir(tmp_path / "p" / "controlnet" / "predictions" / "val")

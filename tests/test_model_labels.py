@@ -188,6 +188,10 @@ LONG = ("ControlNet [tiny, trained from scratch on the sn7_real_128 train split 
     ("Backbone alone, prompt only [tiny, trained from scratch on x; img2img from the past image, strength 0.5]",
      "Backbone alone (tiny, from scratch)"),
     ("ControlNet [tiny-trained backbone: runs/p/backbone]", "ControlNet (tiny, from scratch)"),
+    ("ControlNet [tiny, trained from scratch on x; img2img from the past image, strength 0.4; per-pixel mean of 4 "
+     "samples]", "ControlNet, mean of 4 (tiny, from scratch)"),
+    ("ControlNet [tiny, trained from scratch on x; no footprints: the no-mask twin of controlnet; per-pixel mean of "
+     "16 samples]", "ControlNet, no mask, mean of 16 (tiny, from scratch)"),
     ("ControlNet [pretrained backbone: /very/long/local/path/to/some-custom-checkpoint-name-v2]",
      "ControlNet (some-custom-checkpoint-…)"),
 ])

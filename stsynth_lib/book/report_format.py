@@ -172,9 +172,17 @@ def controlnet_label(params: Mapping[str, Any], prompt_only: bool = False, stren
     drew the change from the past image."""
     start = f"; img2img from the past image, strength {float(strength):g}" if strength is not None and strength < 1 else ""
     residual = "; residual diffusion (the change from the past)" if params.get("diffusion_target") == "residual" else ""
-    mean = f"; per-pixel mean of {int(sample_mean_of)} samples" if sample_mean_of else ""
+    mean = f"; {MEAN_OF.format(n=int(sample_mean_of))}" if sample_mean_of else ""
+    twin = f"; {NO_MASK_TWIN.format(run=params['nomask_twin_of'])}" if params.get("nomask_twin_of") else ""
     return (f"{'Backbone alone, prompt only' if prompt_only else CONTROLNET} "
-            f"[{backbone_label(params)}{residual}{start}{mean}]")
+            f"[{backbone_label(params)}{twin}{residual}{start}{mean}]")
+
+
+MEAN_OF = "per-pixel mean of {n} samples"
+NO_MASK_TWIN = "no footprints: the no-mask twin of {run}"
+# the parts of a label that the short name keeps (a twin or a sample mean is another row than its model)
+_SHORT_QUALIFIERS = ((re.compile(r"^per-pixel mean of (\d+) samples$"), ", mean of {0}"),
+                     (re.compile(r"^no footprints: the no-mask twin of "), ", no mask"))
 
 
 def is_controlnet(model: str) -> bool:
@@ -198,7 +206,7 @@ _SHORT_BACKBONES = (("tiny, trained from scratch", "tiny, from scratch"), ("tiny
                     ("tiny-trained", "tiny, from scratch"), ("tiny-random", "tiny, random"),
                     ("sd 1.5 architecture, random", "SD 1.5 architecture, random"),
                     ("backbone not recorded", "backbone not recorded"))
-SHORT_NAME_MAX = 40
+SHORT_NAME_MAX = 52  # "ControlNet, no mask, mean of 4 (tiny, from scratch)" (51) is the longest kind
 
 
 def _short_backbone(desc: str) -> str:
@@ -223,7 +231,10 @@ def short_model_name(model: str, labels: Mapping[str, str] | None = None) -> str
         return long if len(long) <= SHORT_NAME_MAX else long[:SHORT_NAME_MAX - 1] + "…"
     kind = m.group("kind").strip()
     kind = "Backbone alone" if kind.lower().startswith("backbone alone") else kind
-    return f"{kind} ({_short_backbone(m.group('desc').split(';')[0].strip())})"
+    parts = [p.strip() for p in m.group("desc").split(";")]
+    qualifiers = "".join(short.format(*hit.groups()) for part in parts[1:] for pattern, short in _SHORT_QUALIFIERS
+                         if (hit := pattern.match(part)))
+    return f"{kind}{qualifiers} ({_short_backbone(parts[0])})"
 
 
 def model_display_name(model: str, labels: Mapping[str, str] | None = None) -> str:

@@ -20,8 +20,11 @@ class ControlNetTrainConfig(TrainConfig):
 
     def check(self):
         """The checks of several options together."""
-        if self.erase_building_fraction > 0 and self.use_mask is False:
+        if self.erase_building_fraction > 0 and self.use_mask is False and not self.nomask_twin_of:
             raise ValueError("erase_building_fraction > 0 needs the future mask in the conditioning (use_mask: auto or "
-                             "true): without it nothing tells the ControlNet where an erased building stood")
+                             "true): without it nothing tells the ControlNet where an erased building stood (only a "
+                             "no-mask twin, nomask_twin_of, trains so, on purpose)")
+        if self.nomask_twin_of and self.use_mask is not False:
+            raise ValueError(f"nomask_twin_of={self.nomask_twin_of!r}: a no-mask twin needs use_mask: false")
         offsets = check_context_offsets(self.context_offsets_months)  # as the cGANs check them
         self.context_offsets_months = None if offsets is None else list(offsets)

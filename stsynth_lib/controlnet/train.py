@@ -137,7 +137,8 @@ class ControlNetRun:
                              "build the dataset with bands [1, 2, 3]")
         has_labels = bool(self.train_ds.store.meta.get("has_labels", True))
         self.use_mask = has_labels if cfg.use_mask == "auto" else bool(cfg.use_mask)
-        check_erasable(cfg.erase_building_fraction, self.train_ds, cfg.dataset_dir, labelled=self.use_mask)
+        check_erasable(cfg.erase_building_fraction, self.train_ds, cfg.dataset_dir,  # a twin erases without the mask
+                       labelled=self.use_mask or bool(cfg.nomask_twin_of))
         self.tile_px = self.train_ds.tile_size_px
         self.res = int(cfg.resolution_px or self.tile_px)
         self.n_cond = conditioning_channels(self.train_ds.n_bands, cfg.use_gap_plane, self.use_mask,

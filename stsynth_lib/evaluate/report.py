@@ -411,8 +411,16 @@ def fid_table(table: pd.DataFrame, calibrated: bool) -> pd.DataFrame:
 def prediction_dirs(runs_dir: str | Path, profile: str, models: Iterable[str], split: str = "test") -> dict[str, Path]:
     """``{model: runs/<profile>/<model>/predictions/<split>}`` (folders may not exist: evaluate_models notes it).
 
-    ``models`` may also be one comma-separated string (``papermill -p models pix2pix,controlnet``).
+    ``models`` may also be one comma-separated string (``papermill -p models pix2pix,controlnet``). A name ending in
+    ``_sample_mean`` (``controlnet_sample_mean``) is the per-pixel mean of that run's samples,
+    ``runs/<profile>/controlnet/predictions/<split>_sample_mean`` (chapter 5's ``test_sample_mean``).
     """
+    from stsynth_lib.predict.split import SAMPLE_MEAN_SUFFIX
+
     if isinstance(models, str):
         models = [m.strip(" '\"") for m in models.strip("[]").split(",") if m.strip(" '\"")]
-    return {m: Path(runs_dir) / profile / m / "predictions" / split for m in models}
+    out = {}
+    for m in models:
+        run, mean = (m[: -len(SAMPLE_MEAN_SUFFIX)], SAMPLE_MEAN_SUFFIX) if m.endswith(SAMPLE_MEAN_SUFFIX) else (m, "")
+        out[m] = Path(runs_dir) / profile / run / "predictions" / (split + mean)
+    return out

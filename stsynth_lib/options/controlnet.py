@@ -26,6 +26,9 @@ CONTROLNET = Concern("controlnet", "ControlNet", (
     Option("residual_scale_pairs", int, 64, "residual only: seeded training pairs whose latent change fits "
            "residual_scale = 1 / RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1 "
            "backbone trained with unet_target: residual, the backbone's scale is taken instead)", min=1),
+    Option("nomask_twin_of", str, None, "set by chapter 5's nomask_twin on the twin it trains: the guided run this "
+           "one is the no-mask control of (use_mask false; erase_building_fraction kept, so both see the same "
+           "training pairs)", none_ok=True),
     # optimisation
     Option("max_train_steps", int, 200, "optimiser steps", min=1),
     Option("train_batch_size", int, 4, "pairs per step", min=1),

@@ -68,7 +68,7 @@ NOTEBOOKS: dict[str, tuple[tuple[str, Any], ...]] = {
                                 ("cgan", ("model",)), ("twin", ALL), ("evaluation", ("max_test_pairs", "nomask_twin"))),
     "05_controlnet": (("controlnet", ALL), ("stage1", ALL), ("sampling", ALL), ("run", ALL),
                       ("guidance", ("use_mask", "gap_scale_months", "context_offsets_months")), ("trainer", ALL),
-                      ("scoring", ("allow_uncalibrated_metrics",)), ("evaluation", ("max_test_pairs", *SEGMENTER))),
+                      ("scoring", ("allow_uncalibrated_metrics",)), ("evaluation", ("max_test_pairs", "nomask_twin", *SEGMENTER))),
     "06_evaluate": (("run", ("profile", "dataset_dir", "runs_dir", "seed", "device")), ("scoring", ALL),
                     ("evaluation", ("split", "models", "twins", "baselines", "max_eval_pairs", *SEGMENTER,
                                     "retrain_segmenter", "gallery_metric", "judge_results", "kfold_results"))),

@@ -20,6 +20,10 @@ SAMPLING = Concern("sampling", "Sampling", (
            "data): the building segmenter's F1 on new buildings", choices=("psnr", "ssim", "lpips", "f1_new")),
     Option("compare_prompt_only", bool, True, "also draw the test pairs from the prompt alone (backbone without "
            "ControlNet)"),
-    Option("num_samples_per_pair", int, 4, "samples drawn for the spread figure", min=1),
+    Option("num_samples_per_pair", int, 4, "samples drawn for the spread figure (and, with test_sample_mean, for "
+           "every test pair)", min=1),
+    Option("test_sample_mean", bool, False, "draw num_samples_per_pair samples of every test pair and write their "
+           "per-pixel mean (<run>/predictions/test_sample_mean; chapter 6 scores it as the model "
+           "<run name>_sample_mean)"),
     Option("n_spread_pairs", int, 4, "test pairs of the spread figure", min=1),
 ))
