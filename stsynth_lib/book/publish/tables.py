@@ -91,19 +91,20 @@ def lpips_calibrated(summary: dict) -> bool:
 
 
 def headline_table(summary: dict) -> str:
-    """The headline table of the landing page and the README (Markdown, from a summary.json; the evaluation's
-    own wide table is :func:`stsynth_lib.evaluate.results_table`): every model, persistence and baseline; n pairs;
-    PSNR, SSIM, LPIPS [95 % CI over tiles]; and the paired difference to persistence [95 % CI, resampling
-    summary["paired_resamples"]]."""
+    """The headline tables of the landing page and the README (Markdown, from a summary.json; the evaluation's
+    own wide table is :func:`stsynth_lib.evaluate.results_table`), two of them so that each fits the page's column:
+    the scores (every model, persistence and baseline; n pairs; PSNR, SSIM, LPIPS [95 % CI over tiles]), then, after
+    a blank line, the paired difference of each to persistence [95 % CI, resampling summary["paired_resamples"]]."""
     rows = {(r["model"], r["metric"]): r for r in summary.get("summary", [])}
     paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
               if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
     cal = lpips_calibrated(summary)
     labels = [(k, lab + (" (uncalibrated)" if k == "lpips" and not cal else ""), d, dd)
               for k, lab, d, dd in HEADLINE_METRICS]
-    head = ["model", "n pairs"] + [lab for _, lab, _, _ in labels] + [f"Δ {lab} vs persistence" for _, lab, _, _ in labels]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in _model_order(summary):
+    models = _model_order(summary)
+    scores = _table(["model", "n pairs"] + [lab for _, lab, _, _ in labels])
+    deltas = _table(["model"] + [f"Δ {lab} vs persistence" for _, lab, _, _ in labels])
+    for m in models:
         ns = {rows[(m, k)]["n"] for k, *_ in labels if (m, k) in rows}
         cells = [model_name(summary, m), "/".join(str(n) for n in sorted(ns)) or "n/a"]
         for k, _, d, _ in labels:
@@ -114,13 +115,15 @@ def headline_table(summary: dict) -> str:
                 cells.append(f"{_fmt(r['mean'], d)} (no interval)")
             else:
                 cells.append(f"{_fmt(r['mean'], d)} [{_fmt(r['ci_lo'], d)}, {_fmt(r['ci_hi'], d)}]")
-        for k, _, _, dd in labels:
-            if m == PERSISTENCE:
-                cells.append("(reference)")
-                continue
-            cells.append(_delta_cell(paired.get((m, k)), dd))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        scores.append("| " + " | ".join(cells) + " |")
+        if m != PERSISTENCE:  # the reference row of the differences would be all "(reference)"
+            deltas.append("| " + " | ".join([model_name(summary, m)] + [_delta_cell(paired.get((m, k)), dd)
+                                                                        for k, _, _, dd in labels]) + " |")
+    return "\n".join(scores) + "\n\n" + "\n".join(deltas)
+
+
+def _table(head: list[str]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
 
 STRONGEST_METRICS = (("psnr", "PSNR dB", 2, "higher"), ("ssim", "SSIM", 4, "higher"), ("l1", "L1", 4, "lower"))
