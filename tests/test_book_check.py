@@ -93,15 +93,18 @@ def test_browser_pass_flags_cut_off_tables_and_writes_screenshots(tmp_path):
     (tmp_path / "index.html").write_text(
         "<html><body><main style='width:600px'>"
         f"<div id='clipped' style='overflow:hidden'>{wide}</div>"
-        f"<div id='scrolls' style='overflow-x:auto'>{wide}</div>"
+        f"<div id='scrolls' style='overflow-x:auto'>{wide.replace('<table>', '<table id=hidden>')}</div>"
+        "<div class='cell_output'><div style='overflow-x:auto'>" + wide + "</div></div>"
+        "<div style='overflow-x:auto'><table id='narrow'><tr><td>fits</td></tr></table></div>"
         "<div id='wide' style='width:900px'>a box wider than the column</div>"
         "</main></body></html>"
     )
     findings, shots = browser_findings(tmp_path, tmp_path / "out", find_chromium(), width=800,
                                        pages=[tmp_path / "index.html"])
-    assert [f.kind for f in findings] == ["cut off", "sticks out"], findings
+    assert [f.kind for f in findings] == ["cut off", "sticks out", "behind a scrollbar"], findings
     assert "div#clipped" in findings[0].snippet and "div#wide" in findings[1].snippet
-    assert not any("scrolls" in f.snippet for f in findings)
+    # a page table that needs a sideways scroll is flagged; a cell's output table and a table that fits are not
+    assert "table#hidden" in findings[2].snippet and "need a sideways scroll" in findings[2].snippet
     assert shots == [tmp_path / "out" / "index.png"] and shots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -74,11 +74,23 @@ _MEASURE_JS = r"""
         cut.push([el, 'y', el.scrollHeight, el.clientHeight]);
       if ((r.right > cr.right + 2 || r.left < cr.left - 2) && !inScroll) out.push([el, r]);
     }
+    var hidden = [], tables = col.querySelectorAll('table');  // page tables (not cell outputs) needing a sideways scroll
+    for (var j = 0; j < tables.length; j++) {
+      var t = tables[j];
+      if (t.closest(SKIP) || t.closest('.cell_output, .output')) continue;
+      for (var a = t; a && a !== col && a !== document.body; a = a.parentElement) {
+        var aox = getComputedStyle(a).overflowX;
+        if (aox !== 'auto' && aox !== 'scroll') continue;
+        if (a.scrollWidth > a.clientWidth + 8) hidden.push({element: describe(t), content: a.scrollWidth, box: a.clientWidth});
+        break;
+      }
+    }
     var cutEls = cut.map(function (c) { return c[0]; });
     function contains(list, e, inner) {  // another element of list inside (inner) or around e
       return list.some(function (o) { return o !== e && (inner ? e.contains(o) : o.contains(e)); });
     }
     var res = {
+      hidden: hidden,
       height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
       column: {selector: col.className ? '.' + col.className.split(' ')[0] : col.tagName.toLowerCase(),
                left: Math.round(cr.left), right: Math.round(cr.right)},

@@ -55,7 +55,7 @@ class Finding:
 
 
 KINDS = ("nan interval", "raw dict dump", "long float", "traceback", "constant image", "missing file",
-         "verdict contradicted", "cut off", "sticks out", "network")
+         "verdict contradicted", "cut off", "sticks out", "behind a scrollbar", "network")
 
 # ------------------------------------------------------------------------------------------------ static rules
 
@@ -282,6 +282,9 @@ def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, w
         for o in m["out"]:
             findings.append(Finding(str(rel), "sticks out", f"{o['element']}: spans x {o['left']}–{o['right']} px, "
                                     f"the column {col['selector']} spans {col['left']}–{col['right']} px"))
+        for h in m.get("hidden", []):
+            findings.append(Finding(str(rel), "behind a scrollbar", f"{h['element']}: {h['content']} px wide in a "
+                                    f"{h['box']} px box: its last {h['content'] - h['box']} px need a sideways scroll"))
         png = out_dir / rel.with_suffix(".png")
         shots += screenshot(chromium, p, png, width, m["height"])
     return findings, shots
