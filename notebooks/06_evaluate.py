@@ -288,8 +288,8 @@ if len(gain_by_area):
     fig = E.plot_gain_by_area(gain_by_area, "psnr", labels=res.labels)
     plt.show()
     shown = gain_by_area.assign(model=[model_display_name(m, res.labels) for m in gain_by_area["model"]])
-    display(round_floats(shown.pivot_table(index=["aoi", "persistence"], columns=["baseline", "model"],
-                                           values="mean_diff", sort=False), 2))
+    display(round_floats(shown.pivot_table(index=["aoi", "persistence", "model"], columns="baseline",
+                                           values="mean_diff", sort=False), 2))  # long: one row per area and model
 
 # %% [markdown]
 # A few test pairs with their past sequence (the frames the simple baselines and context models read, with their
