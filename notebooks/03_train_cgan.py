@@ -383,4 +383,4 @@ display(Markdown(chapter_note(profile, dataset_dir)))  # what this profile's dat
 # %% [markdown]
 # ## What's next
 # Chapter 4 trains the same generator with attention gates on its skip connections and shows where it looks;
-# chapter 6 scores every model (LPIPS, FID/KID, building F1) from the saved predictions.
+# chapter 6 scores every model (PSNR, SSIM, LPIPS, building F1) from the saved predictions, chapter 7 adds FID/KID.

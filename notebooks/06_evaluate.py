@@ -127,12 +127,14 @@ from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.verdict import strongest_baseline_text
 
 seed_everything(seed)
+pd.set_option("display.max_rows", 300)  # whole tables: a frame pandas cuts hides rows (book-check: truncated table)
 device = E.scoring_device(device)
 eval_dir = Path(runs_dir) / profile / "eval"
 # the no-mask twins (what the footprints add) are scored beside their guided models
 runs = E.prediction_dirs(runs_dir, profile, [*models, *(t for t in twins.values() if t not in models)], split)
+width = max(map(len, runs), default=0)
 for name, folder in runs.items():
-    print(f"{name:15s} {'found' if (folder / 'index.csv').is_file() else 'MISSING'}  {folder}")
+    print(f"{name:{width}s}  {'found' if (folder / 'index.csv').is_file() else 'MISSING'}  {folder}")
 
 # %% [markdown]
 # ## The data range, and why it matters

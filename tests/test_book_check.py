@@ -275,3 +275,17 @@ def test_verdict_check_flags_a_claim_or_mark_its_interval_does_not_support():
             '<td>{}</td></tr></tbody></table>')
     assert _kinds(long.format("no clear difference")) == set()
     assert _kinds(long.format("better")) == {"verdict contradicted"}
+
+
+def test_static_checks_flag_pandas_cuts_and_long_floats_in_row_names():
+    """A frame pandas cut (its '72 rows × 6 columns' footer) hides rows a reader needs; a float index level printed
+    at full precision (an area's persistence PSNR 27.427331) is a long float like any cell."""
+    cut = ('<div class="cell_output docutils container"><div class="output text_html"><table class="dataframe">'
+           "<tbody><tr><th>pix2pix</th><td>1.0</td></tr><tr><th>...</th><td>...</td></tr></tbody></table>"
+           "<p>72 rows × 6 columns</p></div></div>")
+    assert _kinds(cut) == {"truncated table"}
+    named = ('<div class="cell_output docutils container"><div class="output text_html"><table class="dataframe">'
+             "<thead><tr><th></th><th>gain</th></tr></thead><tbody><tr><th>27.427331</th><td>-4.14</td></tr>"
+             "</tbody></table></div></div>")
+    assert _kinds(named) == {"long float"}
+    assert _kinds(named.replace("27.427331", "27.43")) == set()

@@ -74,6 +74,9 @@ def test_round_floats_keeps_ints_and_text():
     df = pd.DataFrame({"step": [20, 40], "val_l1": [0.127162123, 0.101821987], "name": ["a", "b"]})
     out = round_floats(df, 4)
     assert list(out["val_l1"]) == [0.1272, 0.1018] and list(out["step"]) == [20, 40] and list(out["name"]) == ["a", "b"]
+    wide = df.assign(psnr=[27.427331, 22.1]).pivot_table(index=["name", "psnr"], columns="step", values="val_l1")
+    assert list(round_floats(wide, 2).index) == [("a", 27.43), ("b", 22.1)]  # a float index level too
+    assert list(round_floats(df.set_index("val_l1"), 2).index) == [0.13, 0.1]
 
 
 def test_format_interval_one_unit_is_not_nan():

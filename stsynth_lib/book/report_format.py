@@ -118,13 +118,19 @@ def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] |
 
 
 def round_floats(df: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
-    """``df`` with every float column rounded to ``decimals`` (ints, text and the index untouched)."""
+    """``df`` with every float column and every float level of its index rounded to ``decimals`` (ints and text
+    untouched): a row named by a float (an area's persistence PSNR) prints as short as the cells."""
     import pandas as pd
 
     out = df.copy()
     for c in out.columns:
         if pd.api.types.is_float_dtype(out[c]):
             out[c] = out[c].round(decimals)
+    idx = out.index
+    levels = [idx.get_level_values(i) for i in range(idx.nlevels)]
+    if any(pd.api.types.is_float_dtype(v) for v in levels):
+        levels = [v.round(decimals) if pd.api.types.is_float_dtype(v) else v for v in levels]
+        out.index = pd.MultiIndex.from_arrays(levels, names=idx.names) if idx.nlevels > 1 else levels[0]
     return out
 
 

@@ -55,7 +55,7 @@ class Finding:
 
 
 KINDS = ("nan interval", "raw dict dump", "long float", "traceback", "constant image", "missing file",
-         "verdict contradicted", "cut off", "sticks out", "behind a scrollbar", "network")
+         "verdict contradicted", "truncated table", "cut off", "sticks out", "behind a scrollbar", "network")
 
 # ------------------------------------------------------------------------------------------------ static rules
 
@@ -91,6 +91,8 @@ TRACEBACK = re.compile(
 # "1 months", "1 AOIs": a lone count of one before a plural (not 0.1, 11, -1 or "1 of 4 areas")
 ONE_PLURAL = re.compile(r"(?<![\d.,\-])\b1 (?:new |test |val |training )?(months|areas|AOIs|blocks|pairs|tiles|"
                         r"buildings|images|rows|steps|samples|frames)\b")
+# pandas' footer under a frame it cut (rows or columns replaced by "..."): show_dimensions="truncate" prints it only then
+TRUNCATED_FRAME = re.compile(r"\b\d+ rows × \d+ columns\b")
 # a relative path that leaves the repository (../shared/data/...): one machine's layout, not the data's name
 MACHINE_PATH = re.compile(r"(?<![\w/.])\.\./[\w.-]+/[\w./-]*")
 
@@ -129,7 +131,9 @@ def _table_findings(table: _Node) -> list[tuple[str, str]]:
         cells = [c for c in r.children if isinstance(c, _Node) and c.tag in ("th", "td")]
         row_name = re.sub(r"\s+", " ", cells[0].text()).strip() if cells and cells[0].tag == "th" else ""
         for i, c in enumerate(cells):
-            if c.tag != "td":
+            if c.tag != "td":  # a row name (index level) is checked for long floats only
+                if m := LONG_FLOAT.search(re.sub(r"\s+", " ", c.text()).strip()):
+                    out.append(("long float", f"table row name {row_name!r}: " + _snip(c.text(), m)))
                 continue
             t = re.sub(r"\s+", " ", c.text()).strip()
             col = header[i] if i < len(header) else ""
@@ -149,6 +153,8 @@ def _text_findings(text: str, text_output: bool) -> list[tuple[str, str]]:
         out.append(("traceback", _snip(text, m)))
     if m := ONE_PLURAL.search(text):
         out.append(("plural", _snip(text, m)))
+    if m := TRUNCATED_FRAME.search(text):  # the footer of an HTML frame too (no "text_output" needed)
+        out.append(("truncated table", f"pandas cut this table (some rows or columns are '…'): {_snip(text, m)}"))
     if text_output:
         if m := MACHINE_PATH.search(text):
             out.append(("machine path", _snip(text, m)))
