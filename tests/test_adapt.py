@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("diffusers")
 pytest.importorskip("open_clip")
@@ -85,6 +86,12 @@ def test_resume_replays_the_uninterrupted_run(tiny_dataset_dir, tmp_path, stsynt
         a, b = getattr(full, name).state_dict(), getattr(resumed, name).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert (resumed_dir / "unet" / "checkpoints" / "checkpoint-4").is_dir()
+    # a finished stage 1 called again keeps what it had recorded: its time grows by this call's, never shrinks
+    wall = yaml.safe_load((resumed_dir / "summary.yaml").read_text())["wall_s"]
+    again = adapt_backbone(_cfg(tiny_dataset_dir, tmp_path / "b", unet_steps=4, checkpointing_steps=2,
+                                resume_from_checkpoint="latest"))
+    assert yaml.safe_load((again / "summary.yaml").read_text())["wall_s"] > wall
+    assert not list(again.glob("backbone.tmp*"))  # the per-process staging folder is gone
 
 
 def test_min_snr_weights_and_ema_warmup():

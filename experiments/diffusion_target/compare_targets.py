@@ -29,7 +29,6 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +75,6 @@ def train_candidate(name: str, args) -> tuple[Path, float]:
     if args.vae_from and not (s1_dir / "vae" / "final" / "config.json").is_file():
         (s1_dir / "vae").mkdir(parents=True, exist_ok=True)
         shutil.copytree(args.vae_from, s1_dir / "vae" / "final")
-    t = time.perf_counter()
     s1_cfg = BackboneAdaptConfig(dataset_dir=params["dataset_dir"], runs_dir=params["runs_dir"], profile=PROFILE,
                                  run_name=s1_name, seed=params["seed"], device="cpu", progress=False, **stage1)
     backbone = adapt_backbone(s1_cfg) / "backbone"
@@ -84,7 +82,12 @@ def train_candidate(name: str, args) -> tuple[Path, float]:
                  "max_val_pairs": 16, "checkpointing_steps": 100, "run_name": f"dt_{name}", "progress": False,
                  "device": "cpu"}
     run_dir = train_controlnet(ControlNetTrainConfig.from_params(cn_params, pretrained_model=str(backbone)))
-    return run_dir, time.perf_counter() - t
+    # training time from the logs (the last row's elapsed_s of the stage-1 UNet and of the ControlNet: a kept run is
+    # not timed again); the seeded VAE's 16 min (one core) are not in it
+    import pandas as pd
+
+    logs = (backbone.parent / "unet" / "log.csv", run_dir / "log.csv")
+    return run_dir, float(sum(pd.read_csv(f)["elapsed_s"].dropna().iloc[-1] for f in logs))
 
 
 def generate(run_dir: Path, args, params: dict) -> tuple[dict, float]:
@@ -136,20 +139,31 @@ def score(name: str, run_dir: Path, train_s: float, folders: dict, best: float, 
             row[f"{m}_minus_persistence"] = [float(d["mean_diff"]), float(d["ci_lo"]), float(d["ci_hi"])]
         rows.append(row)
     persistence = {m: float(means.loc["persistence", m]) for m in metrics}
-    log = yaml.safe_load((run_dir / "summary.yaml").read_text()) if (run_dir / "summary.yaml").is_file() else {}
+    import pandas as pd
+
+    log = pd.read_csv(run_dir / "log.csv").dropna(subset=["cond_gain"]).iloc[-1]  # the last validation
     return {"candidate": name, "options": CANDIDATES[name][0], "stage1": CANDIDATES[name][1],
             "unet_steps": args.unet_steps, "controlnet_steps": args.controlnet_steps, "n_val_pairs": args.pairs,
             "n_areas": int(res.per_tile["cluster"].nunique()), "chosen_strength": best,
             "train_min": round(train_s / 60, 1), "persistence": persistence, "rows": rows,
-            "final_cond_gain": log.get("final_cond_gain", log.get("cond_gain"))}
+            "last_val_step": int(log["step"]), "cond_gain": float(log["cond_gain"]),
+            "control_gain": float(log["control_gain"])}
 
 
 def write_readme(results: dict) -> None:
     def ci(v):
         return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
 
-    lines = ["| candidate | model | PSNR (dB) | PSNR - persistence | SSIM - persistence | LPIPS - persistence |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| candidate | diffusion_target | context frames | stage-1 UNet steps | ControlNet steps | train min (UNet + "
+             "ControlNet, 1 core) | cond_gain (last validation) | strength chosen (single-sample PSNR) | val pairs "
+             "(areas) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        ctx = r["options"].get("context_offsets_months")
+        lines.append(f"| {name} | {r['options']['diffusion_target']} | {len(ctx) if ctx else 1} | {r['unet_steps']} | "
+                     f"{r['controlnet_steps']} | {r['train_min']} | {r['cond_gain']:.4f} | {r['chosen_strength']:g} | "
+                     f"{r['n_val_pairs']} ({r['n_areas']}) |")
+    lines += ["", "| candidate | model | PSNR (dB) | PSNR - persistence | SSIM - persistence | LPIPS - persistence |",
+              "|---|---|---|---|---|---|"]
     for name, r in results.items():
         for row in r["rows"]:
             lp = ci(row["lpips_minus_persistence"]) if "lpips_minus_persistence" in row else "(not scored)"
@@ -177,19 +191,20 @@ def main(argv=None) -> int:
     p.add_argument("--write-readme", action="store_true", help="regenerate the README table from --out")
     args = p.parse_args(argv)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {}
     if args.name:
         params = profile_params(args.runs_dir)
         run_dir, train_s = train_candidate(args.name, args)
         folders, best = generate(run_dir, args, params)
-        results[args.name] = score(args.name, run_dir, train_s, folders, best, args, params)
+        row = score(args.name, run_dir, train_s, folders, best, args, params)
+        # read just before writing: candidates run side by side each add their own entry
+        results = {**(json.loads(out.read_text()) if out.is_file() else {}), args.name: row}
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_suffix(f".{args.name}.tmp")
         tmp.write_text(json.dumps(results, indent=1))
         tmp.replace(out)
-        print(json.dumps(results[args.name], indent=1))
+        print(json.dumps(row, indent=1))
     if args.write_readme:
-        write_readme(results)
+        write_readme(json.loads(out.read_text()) if out.is_file() else {})
     return 0
 
 

@@ -41,6 +41,7 @@ noise and timesteps are drawn from generators seeded by the step, so a resumed r
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -50,6 +51,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from stsynth_lib.controlnet import residual as R
 from stsynth_lib.controlnet.adapt_loop import Phase, step_batch, warmup, zero_init_residuals
@@ -400,17 +402,20 @@ def _adapt(cfg: BackboneAdaptConfig, run_dir: Path) -> Path:
     prepare_run_dir(cfg.runs_dir, cfg.profile, cfg.run_name, {**asdict(cfg), "backbone_description": desc,
                                                                "device_resolved": str(device)})
     t0 = time.perf_counter()
+    # a finished stage 1 called again (chapter 5 re-run) keeps its recorded time: this call's is added to it
+    before = yaml.safe_load((run_dir / "summary.yaml").read_text()) if (run_dir / "summary.yaml").is_file() else {}
     vae = train_vae(cfg, run_dir, device) if cfg.from_scratch else None
     bb = train_unet(cfg, run_dir, build_stage1_backbone(cfg, vae), device)
     bb.to("cpu")
-    out, tmp = run_dir / "backbone", run_dir / "backbone.tmp"
+    out, tmp = run_dir / "backbone", run_dir / f"backbone.tmp-{os.getpid()}"  # two processes on one run: no clash
     shutil.rmtree(tmp, ignore_errors=True)
     save_backbone(bb, tmp, description=desc, unet_target=cfg.unet_target)
     if cfg.residual:  # the backbone folder carries its scale: the ControlNet reads it there
         shutil.copy2(run_dir / R.RESIDUAL_FILE, tmp / R.RESIDUAL_FILE)
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
-    summary = {"backbone": bb.kind, "backbone_description": desc, "wall_s": time.perf_counter() - t0,
+    wall_s = float((before or {}).get("wall_s", 0.0)) + time.perf_counter() - t0
+    summary = {"backbone": bb.kind, "backbone_description": desc, "wall_s": wall_s,
                "vae_factor": bb.vae_scale_factor, "vae_scaling_factor": float(bb.vae.config.scaling_factor),
                "unet_params_M": sum(p.numel() for p in bb.unet.parameters()) / 1e6,
                "vae_params_M": sum(p.numel() for p in bb.vae.parameters()) / 1e6}
