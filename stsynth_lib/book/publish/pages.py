@@ -87,12 +87,14 @@ def figure_block(profile: str, figure: str) -> str:
                       f"`runs/{profile}/eval/examples.png`).", "```", ""])
 
 
-def _verdict_and_tables(summary: dict) -> list[str]:
-    """The headline sentence, the results table and its caption, the strongest-baseline section and the sentence
-    against persistence: what the landing page and the README show of one profile."""
+def _verdict_and_tables(summary: dict, readme: bool = False) -> list[str]:
+    """The headline sentence, the results tables and their caption, the strongest-baseline section and the sentence
+    against persistence: what the landing page and the README show of one profile. The README (``readme``) keeps
+    the scores table and says the differences to persistence in the sentence only (the book has their table)."""
     head, pers = headline_sentence(summary), persistence_sentence(summary)
     lines = [f"**In one sentence:** {head}", ""] if head else []
-    lines += [headline_table(summary), "", table_caption(summary), ""]
+    tables = headline_table(summary)
+    lines += [tables.split("\n\n")[0] if readme else tables, "", table_caption(summary), ""]
     if model_legend(summary):
         lines += [model_legend(summary), ""]
     if pers:
@@ -272,7 +274,7 @@ def readme_block(reference_root: str | Path = REFERENCE_ROOT) -> str:
         kind = (stamp or {}).get("data", "unknown")
         when = (f" (commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, {stamp['machine']}, "
                 f"all chapters {format_duration(stamp.get('total_wall_s'))})" if stamp else "")
-        parts += [f"**`{prof}`** · {kind} data{when}:", ""] + _verdict_and_tables(summary)
+        parts += [f"**`{prof}`** · {kind} data{when}:", ""] + _verdict_and_tables(summary, readme=True)
     parts.append(README_END)
     return "\n".join(parts)
 
