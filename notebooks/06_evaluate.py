@@ -420,10 +420,10 @@ plt.show()
 # pixels masked).
 
 # %%
-for name in [m for m in res.predictions if m in runs or m == E.PERSISTENCE]:
-    fig = E.gallery(res, name, gallery_metric)
-    if gallery_metric.startswith("lpips"):
-        fig.text(0.01, 0.01, lpips_source or "LPIPS not computed", fontsize=8)
+if gallery_metric.startswith("lpips"):  # once, not under every gallery
+    print(f"galleries ranked by LPIPS ({lpips_source or 'LPIPS not computed'})")
+for name in [m for m in res.predictions if (m in runs and m not in twins.values()) or m == E.PERSISTENCE]:
+    fig = E.gallery(res, name, gallery_metric)  # the no-mask twins are tables only (above), not galleries
     plt.show()
 
 # %% [markdown]
