@@ -253,6 +253,7 @@ from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
 from stsynth_lib.controlnet.plots import show_validation
 from stsynth_lib.controlnet.twin import train_nomask_twin, twin_comparison
+from stsynth_lib.runs import no_twin_note
 from stsynth_lib.predict.split import write_sample_mean
 from stsynth_lib import evaluate as E
 from stsynth_lib.book.report_format import controlnet_label
@@ -525,9 +526,7 @@ if nomask_twin:
     display(twin_scores)
     display(twin_gain)
 else:
-    display(Markdown("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
-                     + ("set `nomask_twin` to measure what the footprints add." if mask_on
-                        else "its data have no building labels, so the ControlNet reads no footprints.")))
+    display(Markdown(no_twin_note(mask_on, "the ControlNet")))
 
 # %% [markdown]
 # ### The spread of futures

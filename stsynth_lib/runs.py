@@ -256,3 +256,19 @@ def sample_grid_path(run_dir: str | os.PathLike, which: str | int = "last") -> P
     if not matches:
         raise FileNotFoundError(f"no sample grid for step {which} in {Path(run_dir) / 'samples'}; have {[p.name for p in files]}")
     return matches[0]
+
+
+# ------------------------------------------------------------------------------------------------ no-mask twins
+def check_twin_name(guided_run_dir: str | os.PathLike, twin_name: str) -> None:
+    """Refuse a no-mask twin named like the run it twins (it would overwrite it); shared by the cGAN and ControlNet
+    twins (:mod:`stsynth_lib.cgan.chapter`, :mod:`stsynth_lib.controlnet.twin`)."""
+    name = Path(guided_run_dir).name
+    if twin_name == name:
+        raise ValueError(f"nomask_twin {twin_name!r} would overwrite the run it twins: name it e.g. {name}_nomask")
+
+
+def no_twin_note(labelled: bool, reader: str = "the model") -> str:
+    """The chapters' line where a profile trains no no-mask twin (``nomask_twin: null``)."""
+    return ("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
+            + ("set `nomask_twin` to measure what the footprints add." if labelled
+               else f"its data have no building labels, so {reader} reads no footprints."))

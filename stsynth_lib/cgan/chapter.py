@@ -24,6 +24,7 @@ from stsynth_lib.cgan.train import split_dataset, train_cgan
 from stsynth_lib.data.dataset import PairedTileDataset
 from stsynth_lib.evaluate.generator import area_comparison, comparison_table, evaluate_persistence, mean_scores
 from stsynth_lib.options.twin import twin_change_problems
+from stsynth_lib.runs import check_twin_name, no_twin_note
 
 SETTING_LABELS = {"lambda_l1": "L1 weight (lambda_l1)", "ngf": "generator filters (ngf)",
                   "ndf": "discriminator filters (ndf)", "lr": "learning rate (lr)"}
@@ -139,9 +140,7 @@ def train_nomask_twin(run: CGANChapterRun, run_name: str, max_test_pairs: int | 
     if not reads.get("use_mask") and not reads.get("use_past_mask"):
         raise ValueError(f"{run.run_dir} reads no footprints (use_mask and use_past_mask are off in its params.yaml): "
                          "a no-mask twin would be the same run; set nomask_twin: null for this profile")
-    if run_name == run.run_dir.name:
-        raise ValueError(f"nomask_twin {run_name!r} would overwrite the run it twins: name it e.g. "
-                         f"{run.run_dir.name}_nomask")
+    check_twin_name(run.run_dir, run_name)
     # one factor: the footprint channels (synthetic construction, erase_building_fraction, stays as recorded: the
     # twin sees the same training pairs, without the footprints that say where a building was erased)
     changes = {k: v for k, v in NOMASK.items() if reads.get(k)}
@@ -159,6 +158,4 @@ def nomask_twin_report(run: CGANChapterRun, nomask_twin: str | None, max_test_pa
         twin, gain = train_nomask_twin(run, nomask_twin, max_test_pairs, device=device, progress=progress)
         return f"No-mask twin: `{twin.run_dir}`; this run minus the twin on the same test pairs:", gain
     labelled = bool(run.test_ds.pairs["has_mask"].any()) if "has_mask" in run.test_ds.pairs else False
-    return ("> **Note:** no no-mask twin on this profile (`nomask_twin: null`): "
-            + ("set `nomask_twin` to measure what the footprints add." if labelled
-               else "its data have no building labels, so the model reads no footprints.")), None
+    return no_twin_note(labelled), None

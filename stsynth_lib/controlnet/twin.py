@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from stsynth_lib.runs import check_twin_name
+
 
 def nomask_twin_config(config, guided_run_dir: str | Path, twin_name: str):
     """``config`` (the guided run's :class:`~stsynth_lib.controlnet.config.ControlNetTrainConfig`) as its no-mask
@@ -27,9 +29,7 @@ def nomask_twin_config(config, guided_run_dir: str | Path, twin_name: str):
     if not recorded.get("use_mask"):  # as the run resolved "auto"
         raise ValueError(f"{guided_run_dir} reads no footprints (use_mask is off in its params.yaml): a no-mask twin "
                          "would be the same run; set nomask_twin: null for this profile")
-    if twin_name == guided_run_dir.name:
-        raise ValueError(f"nomask_twin {twin_name!r} would overwrite the run it twins: name it e.g. "
-                         f"{guided_run_dir.name}_nomask")
+    check_twin_name(guided_run_dir, twin_name)
     return dataclasses.replace(config, run_name=twin_name, use_mask=False, nomask_twin_of=guided_run_dir.name)
 
 
