@@ -33,6 +33,7 @@ from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the pa
     model_legend,
     lpips_calibrated,
     headline_table,
+    headline_tables,
     strongest_baseline_section,
     headline_sentence,
     persistence_sentence,
@@ -93,8 +94,7 @@ def _verdict_and_tables(summary: dict, readme: bool = False) -> list[str]:
     the scores table and says the differences to persistence in the sentence only (the book has their table)."""
     head, pers = headline_sentence(summary), persistence_sentence(summary)
     lines = [f"**In one sentence:** {head}", ""] if head else []
-    tables = headline_table(summary)
-    lines += [tables.split("\n\n")[0] if readme else tables, "", table_caption(summary), ""]
+    lines += [headline_tables(summary)[0] if readme else headline_table(summary), "", table_caption(summary), ""]
     if model_legend(summary):
         lines += [model_legend(summary), ""]
     if pers:

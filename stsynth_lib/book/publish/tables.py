@@ -91,10 +91,16 @@ def lpips_calibrated(summary: dict) -> bool:
 
 
 def headline_table(summary: dict) -> str:
+    """The headline tables of the landing page (:func:`headline_tables`), the scores, then after a blank line the
+    differences to persistence."""
+    return "\n\n".join(headline_tables(summary))
+
+
+def headline_tables(summary: dict) -> tuple[str, str]:
     """The headline tables of the landing page and the README (Markdown, from a summary.json; the evaluation's
     own wide table is :func:`stsynth_lib.evaluate.results_table`), two of them so that each fits the page's column:
-    the scores (every model, persistence and baseline; n pairs; PSNR, SSIM, LPIPS [95 % CI over tiles]), then, after
-    a blank line, the paired difference of each to persistence [95 % CI, resampling summary["paired_resamples"]]."""
+    the scores (every model, persistence and baseline; n pairs; PSNR, SSIM, LPIPS [95 % CI over tiles]) and the
+    paired difference of each to persistence [95 % CI, resampling summary["paired_resamples"]]."""
     rows = {(r["model"], r["metric"]): r for r in summary.get("summary", [])}
     paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
               if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
@@ -119,7 +125,7 @@ def headline_table(summary: dict) -> str:
         if m != PERSISTENCE:  # the reference row of the differences would be all "(reference)"
             deltas.append("| " + " | ".join([model_name(summary, m)] + [_delta_cell(paired.get((m, k)), dd)
                                                                         for k, _, _, dd in labels]) + " |")
-    return "\n".join(scores) + "\n\n" + "\n".join(deltas)
+    return "\n".join(scores), "\n".join(deltas)
 
 
 def _table(head: list[str]) -> list[str]:
