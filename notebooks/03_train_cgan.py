@@ -229,7 +229,10 @@ if config.erase_building_fraction > 0:
 run = train_and_test(config, max_test_pairs)
 run_dir = run.run_dir
 print(f"run folder: {run_dir}")
-display(settings_table(run_dir / "model.yaml"))
+
+# %% tags=["hide-output"]
+# the run's effective settings (model.yaml; folded in the book: "Show code cell output" opens them)
+settings_table(run_dir / "model.yaml")
 
 # %% [markdown]
 # ## Loss curves

@@ -277,6 +277,10 @@ stage1_config = BackboneAdaptConfig(dataset_dir=dataset_dir, runs_dir=runs_dir, 
 if stage1_config is not None:
     if stage1_config.unet_target != diffusion_target:  # refused now, not after stage 1 has trained
         raise ValueError(target_mismatch(diffusion_target, stage1_config.unet_target, "stage 1 of this chapter"))
+
+# %% tags=["hide-output"]
+# stage 1's settings (folded in the book: "Show code cell output" opens them)
+if stage1_config is not None:
     display(settings_table(stage1_config, exclude=["dataset_dir", "runs_dir", "profile"]))
 
 # %% [markdown]
@@ -338,9 +342,10 @@ elif run_stage1:
 
 # %% [markdown]
 # ## Stage 2: the ControlNet
-# The ControlNet's options (built in the cell after the parameters), with the backbone of stage 1.
+# The ControlNet's options (built in the cell after the parameters), with the backbone of stage 1 (folded).
 
-# %%
+# %% tags=["hide-output"]
+# folded in the book: "Show code cell output" opens the table
 config = dataclasses.replace(controlnet_config, pretrained_model=backbone_for_controlnet)
 settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"])
 

@@ -2,8 +2,11 @@
 
 * :func:`check_legends` -- every legend (an axes' or the figure's) whose drawn box overlaps another axes, from the
   renderer's window extents;
+* :func:`check_text_size` -- every drawn text (tick labels, titles, legends, annotations) smaller than
+  :data:`MIN_TEXT_PT` once the figure is shown in the book's article column (:data:`BOOK_COLUMN_PX` wide: a wider
+  figure is scaled down, and its text with it);
 * :func:`checked` -- the library's plotting functions return ``checked(fig)``: the figure, with a warning per
-  overlapping legend (tests assert none).
+  overlapping legend and per too-small text size (tests turn both into errors: ``pyproject.toml``).
 
 matplotlib is imported only by the figures passed in: no torch, numpy or pandas import here.
 """
@@ -16,7 +19,21 @@ import warnings
 MIN_OVERLAP_PX2 = 4.0
 
 
+# The article column of the built book (sphinx-book-theme, Jupyter Book 1) at make book-check's 1280 px window,
+# measured with stsynth_lib.book.browser.measure_page: 253..993 px. An image wider than this is scaled down to it.
+BOOK_COLUMN_PX = 740
+MIN_TEXT_PT = 9.0  # the smallest text a reader should have to read in a figure, as shown (issue 35)
+CSS_PX_PER_INCH = 96.0  # how browsers map points to pixels (1 pt = 96 / 72 CSS px)
+TIGHT_PAD_INCHES = 0.1  # the inline backend saves with bbox_inches="tight" and this pad
+# the widest figure (inches, at matplotlib's default 100 dpi) the column shows unscaled: 10 pt text stays 10.4 pt
+BOOK_WIDTH_IN = BOOK_COLUMN_PX / 100 - 2 * TIGHT_PAD_INCHES
+
+
 class LegendOverlapWarning(UserWarning):
+    pass
+
+
+class SmallTextWarning(UserWarning):
     pass
 
 
@@ -57,16 +74,55 @@ def _twins(a, b, renderer) -> bool:
     return all(abs(u - v) < 1.0 for u, v in zip((ea.x0, ea.y0, ea.x1, ea.y1), (eb.x0, eb.y0, eb.x1, eb.y1)))
 
 
+def shown_scale(fig, renderer, column_px: float = BOOK_COLUMN_PX) -> float:
+    """How many CSS points one point of ``fig``'s text becomes in the book: the inline backend writes the figure's
+    tight box at ``fig.dpi`` pixels per inch, the page shows one image pixel per CSS pixel up to the column's width
+    and scales a wider image down to it."""
+    width_px = (fig.get_tightbbox(renderer).width + 2 * TIGHT_PAD_INCHES) * fig.dpi
+    return fig.dpi / CSS_PX_PER_INCH * min(1.0, column_px / max(width_px, 1.0))
+
+
+def check_text_size(fig, column_px: float = BOOK_COLUMN_PX, min_pt: float = MIN_TEXT_PT) -> list[str]:
+    """One line per distinct too-small size: the texts ``fig`` draws (only those drawn: an axis turned off has no
+    tick labels) whose size, as the book shows the figure (:func:`shown_scale`), is under ``min_pt``. Each line names
+    up to three of the texts and the font size that would pass."""
+    from matplotlib.text import Text
+
+    drawn = []
+    original = Text.draw
+
+    def recording_draw(self, renderer):
+        if self.get_visible() and self.get_text().strip():
+            drawn.append(self)
+        return original(self, renderer)
+
+    Text.draw = recording_draw
+    try:
+        fig.canvas.draw()
+    finally:
+        Text.draw = original
+    scale = shown_scale(fig, fig.canvas.get_renderer(), column_px)
+    by_size: dict[float, list[str]] = {}
+    for t in drawn:
+        if t.get_fontsize() * scale < min_pt:
+            by_size.setdefault(float(t.get_fontsize()), []).append(t.get_text().replace("\n", " ")[:30])
+    return [f"{len(names)} text(s) at {size:g} pt show at {size * scale:.1f} pt in the book (under {min_pt:g} pt: "
+            f"use >= {min_pt / scale:.1f} pt or a narrower figure), e.g. {', '.join(repr(n) for n in names[:3])}"
+            for size, names in sorted(by_size.items())]
+
+
 def checked(fig):
-    """``fig`` unchanged, after a :class:`LegendOverlapWarning` per overlap :func:`check_legends` finds (None
-    passes through)."""
+    """``fig`` unchanged, after a :class:`LegendOverlapWarning` per overlap :func:`check_legends` finds and a
+    :class:`SmallTextWarning` per size :func:`check_text_size` finds (None passes through)."""
     if fig is not None:
         for problem in check_legends(fig):
             warnings.warn(problem, LegendOverlapWarning, stacklevel=2)
+        for problem in check_text_size(fig):
+            warnings.warn(problem, SmallTextWarning, stacklevel=2)
     return fig
 
 
-def show_mask(ax, mask, empty_text: str = "no building here", **imshow_kw) -> None:
+def show_mask(ax, mask, empty_text: str = "no building here", fontsize: float = 9, **imshow_kw) -> None:
     """Draw a building mask (H, W) {0, 1} (or an (H, W, 3) mask picture) in ``ax``; an empty one becomes a light
     grey panel that says ``empty_text`` instead of an all-black square (which reads as a broken image; ``make
     book-check`` flags constant panels)."""
@@ -79,4 +135,27 @@ def show_mask(ax, mask, empty_text: str = "no building here", **imshow_kw) -> No
         ax.imshow(m, **imshow_kw)
         return
     ax.imshow(np.full(m.shape[:2] + (3,), 0.9))
-    ax.text(0.5, 0.5, empty_text, transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.3")
+    ax.text(0.5, 0.5, empty_text, transform=ax.transAxes, ha="center", va="center", fontsize=fontsize, color="0.3")
+
+
+def image_rows(n_items: int, n_panels: int, max_cols: int = 7, title_in: float = 0.5, extra_in: float = 0.7,
+               max_side_in: float = 2.3):
+    """A figure for ``n_items`` rows of ``n_panels`` image panels that fits the book's column: an item with more
+    than ``max_cols`` panels wraps onto further lines (panels stay at least ``BOOK_WIDTH_IN / max_cols`` wide, so
+    their titles can be 9 pt), unused cells are hidden. ``title_in``: height per line for the panel titles,
+    ``extra_in``: for the suptitle. Returns ``(fig, rows)``: ``rows[i]`` the ``n_panels`` axes of item ``i`` in
+    reading order."""
+    import matplotlib.pyplot as plt
+
+    cols = max(1, min(n_panels, max_cols))
+    lines = -(-n_panels // cols)
+    side = min(max_side_in, BOOK_WIDTH_IN / cols)
+    fig, axes = plt.subplots(n_items * lines, cols, figsize=(side * cols, n_items * lines * (side + title_in) + extra_in),
+                             squeeze=False)
+    rows = []
+    for i in range(n_items):
+        block = list(axes[i * lines:(i + 1) * lines].ravel())
+        for ax in block[n_panels:]:
+            ax.axis("off")
+        rows.append(block[:n_panels])
+    return fig, rows

@@ -276,7 +276,7 @@ def test_plot_sample_returns_a_figure(tiny_dataset_dir):
     matplotlib.use("Agg")
     ds = PairedTileDataset(tiny_dataset_dir, "val")
     fig = ds.plot(ds[0], prediction=ds[0]["past"])
-    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "future buildings"
+    assert len(fig.axes) == 4 and fig.axes[1].get_title() == "future\nbuildings"
 
 
 def test_downsample_writes_the_128px_layout(tiny_sn7_root, tmp_path):

@@ -95,11 +95,11 @@ def test_plot_conditioning_shows_the_frames(tiny_dataset_dir):
     s = ds[i]
     cond = make_conditioning(s["past"], s["future_mask"], s["gap_months"], context_offsets_months=OFFSETS, context=s)
     fig = plot_conditioning(cond, "p", context_offsets_months=OFFSETS)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert any(t.startswith("channels 3-7: t0-1") for t in titles)
-    assert any(t.startswith("channels 8-12: last_year") for t in titles)
+    titles = [ax.get_title().replace("\n", " ") for ax in fig.axes]
+    assert any(t.startswith("channels 3-7: frame t0-1") for t in titles)
+    assert any(t.startswith("channels 8-12: frame last_year") for t in titles)
     assert "channel 13: future mask" in titles and any(t.startswith("channel 14: gap plane") for t in titles)
-    gap_ax = next(ax for ax in fig.axes if ax.get_title().startswith("channel 14: gap plane"))
+    gap_ax = next(ax for ax in fig.axes if ax.get_title().startswith("channel 14:\ngap plane"))
     assert [t.get_text() for t in gap_ax.texts][0].startswith("constant ")  # a constant plane is said, not drawn black
     assert any("absent month" in tx.get_text() for ax in fig.axes for tx in ax.texts)
     plt.close(fig)

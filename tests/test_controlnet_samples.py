@@ -141,7 +141,7 @@ def test_show_sample_spread(run, tiny_dataset_dir, tmp_path):
     fig = show_sample_spread(out, tiny_dataset_dir, "test", n_pairs=2)
     image_axes = [a for a in fig.axes if a.images]
     assert len(image_axes) == 2 * (3 + 3) and len(fig.axes) == 2 * 6 + 1  # 2 rows of 6 panels + the colourbar
-    titles = [a.get_title() for a in fig.axes[:6]]
+    titles = [a.get_title().replace("\n", " ") for a in fig.axes[:6]]
     assert titles == ["past", "truth", "sample 0", "sample 1", "sample 2", "std over 3 samples"]
     assert fig._suptitle is not None and "3 samples per pair" in fig._suptitle.get_text()
     spread = fig.axes[5].images[0].get_array()
@@ -168,7 +168,7 @@ def test_prediction_grid_shows_the_mask_of_labelled_data(run, tiny_dataset_dir, 
 
     pred = generate_split(run, tiny_dataset_dir, "test", out_dir=tmp_path / "p", **GEN)
     fig = show_predictions(pred, tiny_dataset_dir, "test", n=2)
-    assert [ax.get_title() for ax in fig.axes[:4]] == ["past", "future mask", "generated (GeoTIFF)", "truth"]
+    assert [ax.get_title().replace("\n", " ") for ax in fig.axes[:4]] == ["past", "future mask", "generated (GeoTIFF)", "truth"]
 
 
 def test_condition_gain_estimate_on_more_pairs(run):

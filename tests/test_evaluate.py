@@ -331,7 +331,7 @@ def test_new_building_figure_picks_the_pairs_with_most_new_buildings(tiny_datase
     places = {(data.pairs.loc[i, "row_off"], data.pairs.loc[i, "col_off"], data.pairs.loc[i, "aoi"]) for i in picks}
     assert len(places) == len(picks)  # one row per place
     fig = plot_new_buildings(res, indices=picks)
-    assert fig.axes[0].get_title() == "past (= persistence)" and fig.axes[3].get_title() == "oracle"
+    assert fig.axes[0].get_title() == "past (=\npersistence)" and fig.axes[3].get_title() == "oracle"
     assert len(fig.axes) == len(picks) * 4
     plt.close(fig)
     unlabelled = dataclasses.replace(res, data=dataclasses.replace(data, has_mask=np.zeros(len(data), bool)))
@@ -339,7 +339,7 @@ def test_new_building_figure_picks_the_pairs_with_most_new_buildings(tiny_datase
     from stsynth_lib.evaluate.figures import plot_examples
 
     fig = plot_examples(unlabelled, n=2)  # no labels: no all-black footprint column
-    assert [a.get_title() for a in fig.axes[:3]] == ["past (= persistence)", "truth (future)", "oracle"]
+    assert [a.get_title().replace("\n", " ") for a in fig.axes[:3]] == ["past (= persistence)", "truth (future)", "oracle"]
     assert len(fig.axes) == 2 * 3
     plt.close(fig)
 
@@ -363,7 +363,7 @@ def test_landing_figure_shows_the_best_learned_model_and_what_it_changed(tiny_da
     assert landing_model(res, exclude=["oracle"]) == "copy"  # e.g. a no-mask twin is never the landing model
     for model in ("oracle", "copy"):
         fig = plot_landing_example(res, model=model, n=2)
-        titles = [a.get_title() for a in fig.axes[:6]]
+        titles = [a.get_title().replace("\n", " ") for a in fig.axes[:6]]
         assert titles == ["past", "future footprints", "truth (future)", model, "true change", "model's change"]
         true_change, model_change = fig.axes[4].images[0].get_array(), fig.axes[5].images[0].get_array()
         if model == "oracle":
@@ -381,7 +381,8 @@ def test_landing_figure_shows_the_best_learned_model_and_what_it_changed(tiny_da
     assert len(idx) >= 2 and np.median(score) <= min(score[i] for i in idx)  # changed pairs, not the median ones
     assert max(score[i] for i in idx) < max(score)  # nor the single largest change (mostly clouds on real data)
     fig = plot_landing_example(unlabelled, n=3)
-    assert [a.get_title() for a in fig.axes[:5]] == ["past", "truth (future)", "oracle", "true change", "model's change"]
+    assert [a.get_title().replace("\n", " ") for a in fig.axes[:5]] == ["past", "truth (future)", "oracle", "true change",
+                                                                     "model's change"]
     plt.close(fig)
 
 

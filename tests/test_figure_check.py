@@ -1,4 +1,5 @@
-"""Legends must not cover another panel (stsynth_lib.figure_check), checked where the library returns a figure."""
+"""Legends must not cover another panel and text must stay readable in the book's column (stsynth_lib.figure_check),
+checked where the library returns a figure."""
 
 import warnings
 
@@ -116,4 +117,44 @@ def test_an_empty_building_mask_is_a_labelled_grey_panel_not_a_black_square():
     show_mask(b, mask)
     assert not b.texts and np.array_equal(np.asarray(b.images[0].get_array()), mask)
     assert b.images[0].get_cmap().name == "gray"
+    plt.close(fig)
+
+
+def test_text_too_small_once_the_book_scales_a_wide_figure_down():
+    """A 16-inch figure is shown 740 px wide: its 10 pt ticks become ~4.5 pt; the same text in a 7-inch figure stays
+    10.4 pt. Text of an axis turned off is not drawn, so it is not counted."""
+    from stsynth_lib.figure_check import BOOK_WIDTH_IN, SmallTextWarning, check_text_size, shown_scale
+
+    wide, (a, b) = plt.subplots(1, 2, figsize=(16, 3))
+    a.plot([0, 1])
+    a.set_title("loss", fontsize=12)
+    b.axis("off")
+    found = check_text_size(wide)
+    assert found and all("in the book" in f for f in found)
+    assert any("'loss'" in f and "12 pt" in f for f in found) and len(found) == 2  # the 10 pt ticks, the 12 pt title
+    wide.canvas.draw()
+    assert shown_scale(wide, wide.canvas.get_renderer()) == pytest.approx(740 / ((wide.get_tightbbox().width + 0.2) * 100) * 100 / 96, rel=1e-6)
+    with pytest.warns(SmallTextWarning):
+        checked(wide)
+    narrow, ax = plt.subplots(figsize=(BOOK_WIDTH_IN - 0.2, 3))
+    ax.plot([0, 1])
+    ax.set_title("loss", fontsize=10)
+    assert check_text_size(narrow) == []
+    ax.set_title("loss", fontsize=8)  # under 9 pt even at full size
+    assert any("'loss'" in f and "8 pt" in f for f in check_text_size(narrow))
+    plt.close(wide)
+    plt.close(narrow)
+
+
+def test_image_rows_wrap_long_rows_and_hide_the_unused_cells():
+    from stsynth_lib.figure_check import BOOK_WIDTH_IN, image_rows
+
+    fig, rows = image_rows(2, 10, max_cols=7)
+    assert len(rows) == 2 and all(len(r) == 10 for r in rows)
+    assert len(fig.axes) == 2 * 2 * 7  # two lines of seven per item
+    shown = [ax for ax in fig.axes if ax.axison]
+    assert len(shown) == 20 and all(ax in shown for r in rows for ax in r)
+    assert fig.get_figwidth() <= BOOK_WIDTH_IN + 1e-9
+    y = [ax.get_position().y0 for ax in rows[0]]
+    assert y[6] > y[7] and y[0] == y[6]  # panel 8 starts a new line
     plt.close(fig)

@@ -225,8 +225,6 @@ def test_linear_start_trains_calibrates_from_its_start_reloads_and_resumes(long_
 
 
 def test_sequence_panel_titles_name_last_years_neighbours():
-    from stsynth_lib.data.plots import _offset_label
     from stsynth_lib.data.plots import short_offset_label as _short_offset
 
     assert [_short_offset(o) for o in (0, -2, LY, f"{LY}-1", f"{LY}+1")] == ["t0", "t0-2", "t1-12", "t1-13", "t1-11"]
-    assert _offset_label(f"{LY}-1") == "t1 - 13 (last year -1 mo)" and _offset_label(-1) == "t0 -1 mo"

@@ -63,7 +63,7 @@ def test_validation_curves_use_the_step_axis(tmp_path):
     fig = plot_validation(tmp_path, {"l1": 0.18, "psnr": 18.5, "ssim": 0.65})
     line = fig.axes[0].lines[0]
     assert list(line.get_xdata()) == steps  # one point per validation, never stacked on x = 1
-    assert "step" in fig.axes[0].get_xlabel()
+    assert "step" in fig.get_supxlabel()  # one x label under the three panels
     plt.close(fig)
 
 

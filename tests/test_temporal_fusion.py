@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -144,9 +146,9 @@ def test_frame_weights_figure(long_dataset_dir):
                         channels=cfg.channel_names())
     ds = PairedTileDataset(long_dataset_dir, "all")  # opened without context: the figure looks the frames up
     fig = plot_frame_weights(G, ds, cfg, n=2)
-    titles = [a.get_title() for a in fig.axes if "mean weight" in a.get_title()]
+    titles = [a.get_title() for a in fig.axes if re.fullmatch(r"[^\n]+\n\d\.\d\d", a.get_title())]  # "<frame>\n<mean>"
     assert len(titles) == 2 * 4
-    means = [float(t.rsplit(" ", 1)[1]) for t in titles]
+    means = [float(t.split("\n")[1]) for t in titles]
     assert sum(means[:4]) == pytest.approx(1.0, abs=0.02)  # the weights of one pair sum to 1
     with pytest.raises(ValueError, match="temporal_fusion"):
         plot_frame_weights(build_generator("pix2pix", cfg.n_channels, 3, 32, ngf=8, residual=True), ds, cfg)
@@ -158,11 +160,11 @@ def test_frame_weights_figure(long_dataset_dir):
     ds2 = PairedTileDataset(long_dataset_dir, "all", context_offsets_months=other)
     i = next(i for i in range(len(ds2)) if bool(ds2[i]["context_present"].all()))
     fig = plot_frame_weights(G2, ds2, cfg2, indices=[i])
-    shown = {a.get_title().split("\n")[0]: a.get_images()[0].get_array() for a in fig.axes if "mean weight" in a.get_title()}
+    shown = {a.get_title().split("\n")[0]: a.get_images()[0].get_array() for a in fig.axes if re.fullmatch(r"[^\n]+\n\d\.\d\d", a.get_title())}
     from stsynth_lib.data.dataset import to_uint8
     s = ds2[i]
     assert np.array_equal(shown["past"], to_uint8(s["past"]).transpose(1, 2, 0))
-    assert np.array_equal(shown["ctx_t0-1"], to_uint8(s["context"][0]).transpose(1, 2, 0))
+    assert np.array_equal(shown["t0-1"], to_uint8(s["context"][0]).transpose(1, 2, 0))
 
 
 def test_attention_maps_of_a_temporal_attention_unet(long_dataset_dir):

@@ -11,7 +11,7 @@ import torch
 
 from stsynth_lib.book.report_format import plural
 from stsynth_lib.data.dataset import to_uint8
-from stsynth_lib.figure_check import checked, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
 
 
 def plot_losses(run_dir: str | Path, smooth: int = 5):
@@ -20,19 +20,17 @@ def plot_losses(run_dir: str | Path, smooth: int = 5):
 
     log = pd.read_csv(Path(run_dir) / "log.csv")
     r = lambda s: s.rolling(smooth, min_periods=1).mean()  # noqa: E731
-    fig, ax = plt.subplots(1, 4, figsize=(16, 3.2))
+    fig, ax = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 5.4))
+    ax = ax.ravel()
     ax[0].plot(log["step"], r(log["loss_g_gan"]), label="G adversarial")
     ax[0].plot(log["step"], r(log["loss_d_real"]), label="D on real")
     ax[0].plot(log["step"], r(log["loss_d_fake"]), label="D on generated")
-    ax[0].set_title("adversarial losses")
-    ax[0].legend(fontsize=8)
+    ax[0].legend(fontsize=9)
     ax[1].plot(log["step"], r(log["loss_g_l1"]), color="C3")
-    ax[1].set_title("L1 on valid pixels (train)")
     ax[2].plot(log["step"], log["lr"], color="C4")
-    ax[2].set_title("learning rate")
     ax[3].plot(log["step"], r(log["images_per_s"]), color="C2")
-    ax[3].set_title("throughput (images/s)")
-    for a in ax:
+    for a, title in zip(ax, ("adversarial losses", "L1 on valid pixels (train)", "learning rate", "throughput (images/s)")):
+        a.set_title(title, fontsize=11)
         a.set_xlabel("step")
         a.grid(alpha=0.3)
     fig.tight_layout()
@@ -48,8 +46,8 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
     val = pd.read_csv(Path(run_dir) / "val.csv")
     x = "step" if "step" in val else "epoch"  # val.csv files before steps were logged
     ends = val.groupby("epoch")["step"].max().to_numpy()[:-1] if x == "step" and "epoch" in val else []
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.2))
-    for a, key, title in zip(ax, ("val_l1", "val_psnr", "val_ssim"), ("L1 (lower is better)", "PSNR dB", "SSIM")):
+    fig, ax = plt.subplots(1, 3, figsize=(BOOK_WIDTH_IN, 3.0))
+    for a, key, title in zip(ax, ("val_l1", "val_psnr", "val_ssim"), ("L1 (lower: better)", "PSNR (dB)", "SSIM")):
         a.plot(val[x], val[key], "o-", label="model")
         best = val[val["best"] == 1]
         a.plot(best[x], best[key], "*", ms=12, color="gold", label="new best")
@@ -57,10 +55,12 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
             a.axhline(persistence[key[4:]], ls="--", color="gray", label="persistence")
         for e in ends:
             a.axvline(e, ls=":", lw=0.8, color="k", alpha=0.4)
-        a.set_title(f"validation {title}")
-        a.set_xlabel("training step" + (" (dotted: end of an epoch)" if len(ends) else "") if x == "step" else "epoch")
+        a.set_title(f"validation {title}", fontsize=10)
+        a.tick_params(axis="x", labelrotation=30)
         a.grid(alpha=0.3)
-    ax[0].legend(fontsize=8)
+    fig.supxlabel("training step" + (" (dotted: end of an epoch)" if len(ends) else "") if x == "step" else "epoch",
+                  fontsize=10)
+    ax[0].legend(fontsize=9)
     fig.tight_layout()
     return checked(fig)
 
@@ -158,7 +158,7 @@ def plot_residual_calibration(run_dir: str | Path):
         return None
     t = pd.read_csv(path)
     chosen = t[t["chosen"]].iloc[0]
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    fig, ax = plt.subplots(figsize=(6.8, 3.4))
     for g, label in ((1.0, "same scale at every gap"), (float(chosen["full_gap_months"]), None)):
         sub = t[t["full_gap_months"] == g]
         if label is None:
@@ -172,7 +172,7 @@ def plot_residual_calibration(run_dir: str | Path):
     ax.set_ylabel("val L1, mean over areas")
     ax.set_title("Calibration on the validation split")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return checked(fig)
 
@@ -188,7 +188,7 @@ def show_samples(run_dir: str | Path, which: int | str = "last"):
     with Image.open(path) as im:
         img = np.asarray(im)
         cols = im.info.get("columns", "past|future mask|generated|truth").split("|")  # grids before: 4 columns
-    fig, ax = plt.subplots(figsize=(8, 8 * img.shape[0] / img.shape[1] + 0.4))
+    fig, ax = plt.subplots(figsize=(BOOK_WIDTH_IN, BOOK_WIDTH_IN * img.shape[0] / img.shape[1] + 0.4))
     ax.imshow(img)
     w = img.shape[1] / len(cols)
     ax.set_xticks([w * (i + 0.5) for i in range(len(cols))],
@@ -196,7 +196,7 @@ def show_samples(run_dir: str | Path, which: int | str = "last"):
     ax.set_yticks([])
     ax.set_title(f"{path.stem} (validation pairs)", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: int = 3, levels: tuple[int, ...] | None = None):
@@ -217,24 +217,25 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
     labelled = _labelled(batch, n)  # no labels: no all-black mask column
     first = 2 if labelled else 1
     cols = first + len(levels)
-    fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.5 * n), squeeze=False)
+    side = min(2.4, (BOOK_WIDTH_IN - 0.8) / cols)  # 0.8 in: the colour bar
+    fig, axes = plt.subplots(n, cols, figsize=(side * cols + 0.8, (side + 0.3) * n), squeeze=False)
     for i in range(n):
         past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
         axes[i, 0].imshow(past)
-        axes[i, 0].set_title("past" if i == 0 else "")
+        axes[i, 0].set_title("past" if i == 0 else "", fontsize=9)
         if labelled:
             show_mask(axes[i, 1], batch["future_mask"][i, 0].cpu().numpy())
-            axes[i, 1].set_title("future mask" if i == 0 else "")
+            axes[i, 1].set_title("future mask" if i == 0 else "", fontsize=9)
         for c, lv in enumerate(levels):
             a = axes[i, first + c]
             a.imshow(past)
             im = a.imshow(maps[lv][i, 0].cpu(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
             if i == 0:
-                a.set_title(f"gate {lv} ({condition.shape[-1] // 2 ** (lv + 1)} px)", fontsize=9)
+                a.set_title(f"gate {lv}\n({condition.shape[-1] // 2 ** (lv + 1)} px)", fontsize=9)
         for a in axes[i]:
             a.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention")
-    return fig
+    return checked(fig)
 
 
 def _labelled(batch: Mapping[str, Any], n: int) -> bool:
@@ -318,7 +319,8 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     x, w, start, out = x.float().cpu(), w.float().cpu(), start.float().cpu(), out.float().cpu()
     frames = model.blend.frames  # each frame's bands and validity plane in the condition, in the weights' order
     k, rows = len(frames), len(indices)
-    fig, axes = plt.subplots(2 * rows, k + 3, figsize=(2.1 * (k + 3), 4.3 * rows), squeeze=False)
+    side = min(2.1, (BOOK_WIDTH_IN - 0.7) / (k + 3))  # 0.7 in: the colour bar
+    fig, axes = plt.subplots(2 * rows, k + 3, figsize=(side * (k + 3) + 0.7, 2 * (side + 0.45) * rows), squeeze=False)
     for r in range(rows):
         top, bottom = axes[2 * r], axes[2 * r + 1]
         for j, f in enumerate(frames):
@@ -326,19 +328,19 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
             img = to_uint8(x[r, f["bands"][:3]]).transpose(1, 2, 0) if present else \
                 np.full(tuple(x.shape[-2:]) + (3,), 200, np.uint8)
             top[j].imshow(img)
-            top[j].set_title(f"{tags[j]}\nmean weight {float(w[r, j].mean()):.2f}", fontsize=8)
+            top[j].set_title(f"{tags[j].replace('ctx_', '')}\n{float(w[r, j].mean()):.2f}", fontsize=9)
             im = bottom[j].imshow(w[r, j].numpy(), cmap="viridis", vmin=0, vmax=1)
-        for j, (img, title) in enumerate([(start[r], "blend (start)"), (out[r], "generated"),
-                                          (batch["future"][r], "truth")]):
+        for j, (img, title) in enumerate([(start[r], "blend\n(start)"), (out[r], "generated\n"),
+                                          (batch["future"][r], "truth\n")]):
             top[k + j].imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
-            top[k + j].set_title(title, fontsize=8)
-        bottom[k].text(0.0, 0.5, f"{batch['aoi'][r]}\n+{plural(int(batch['gap_months'][r]), 'month')}", fontsize=8,
-                       transform=bottom[k].transAxes, va="center")
+            top[k + j].set_title(title, fontsize=9)
+        bottom[k].text(0.0, 0.5, f"{str(batch['aoi'][r])[:16]}\n+{plural(int(batch['gap_months'][r]), 'month')}",
+                       fontsize=9, transform=bottom[k].transAxes, va="center")
         for a in list(top) + list(bottom):
             a.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.4, label="weight of the frame")
-    fig.suptitle("Attention over time: the weight of each past frame per pixel (sums to 1 over the frames)", fontsize=9)
-    return fig
+    fig.suptitle("Weight of each past frame per pixel (number: its mean; the weights sum to 1)", fontsize=10)
+    return checked(fig)
 
 
 def _base_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
@@ -375,7 +377,7 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     changes = changes.float().cpu().mean(2).numpy()  # (B, K + 1): band mean
     if getattr(model, "centre_inputs", False):  # the changes act on frame - m: count m as a share of each frame
         changes[:, :-1] -= changes[:, :-1].mean(1, keepdims=True)
-    fig, axes = plt.subplots(len(indices), 4, figsize=(13, 2.8 * len(indices)), squeeze=False,
+    fig, axes = plt.subplots(len(indices), 4, figsize=(BOOK_WIDTH_IN, 2.2 * len(indices) + 0.9), squeeze=False,
                              gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
     pos = np.arange(len(tags))
     for r, row in enumerate(axes):
@@ -384,16 +386,16 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
             " fitted on train (this gap)" if guidance.residual_base == "linear" else ""), color="0.6")
         row[0].bar(pos + 0.2, fitted + changes[r], 0.4, label="this tile", color="tab:blue")
         row[0].axhline(0, color="k", lw=0.5)
-        row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=7)
-        row[0].set_title(f"{batch['aoi'][r]}, +{plural(int(batch['gap_months'][r]), 'month')}", fontsize=8)
+        row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=9, rotation=45)
+        row[0].set_title(f"{str(batch['aoi'][r])[:16]}, +{plural(int(batch['gap_months'][r]), 'month')}", fontsize=9)
         for a, img, title in ((row[1], start[r], "tile's start"), (row[2], out[r], "generated"),
                               (row[3], batch["future"][r], "truth")):
             a.imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
-            a.set_title(title, fontsize=8)
+            a.set_title(title, fontsize=9)
             a.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias", fontsize=9)
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)
+    fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias", fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return checked(fig)
 
 
@@ -430,8 +432,8 @@ def plot_erased_buildings(dataset, fraction: float, n: int = 4, seed: int = 0):
     batch = collate([samples[i] for i in order])
     out = erase_buildings(batch, torch.Generator().manual_seed(seed), fraction)
     erased = (batch["past_mask"] > 0.5) & ~(out["past_mask"] > 0.5)
-    fig, axes = plt.subplots(len(order), 3, figsize=(7.5, 2.6 * len(order)), squeeze=False)
-    titles = ("past image", f"past, standing buildings erased (p = {fraction:g})", "future (target)")
+    fig, axes = plt.subplots(len(order), 3, figsize=(BOOK_WIDTH_IN, 2.5 * len(order)), squeeze=False)
+    titles = ("past image", f"past, buildings erased\n(p = {fraction:g})", "future (target)")
     for r in range(len(order)):
         for c, img in enumerate((batch["past"][r], out["past"][r], batch["future"][r])):
             ax = axes[r, c]
@@ -442,7 +444,7 @@ def plot_erased_buildings(dataset, fraction: float, n: int = 4, seed: int = 0):
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
-    fig.suptitle("Synthetic construction: erased footprints (cyan) are new buildings for the generator to draw",
-                 fontsize=9)
+    fig.suptitle("Synthetic construction: erased footprints (cyan) are new\nbuildings for the generator to draw",
+                 fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)

@@ -184,23 +184,24 @@ def plot_reconstructions(vae, dataset_dir: str | os.PathLike, split: str = "val"
     import matplotlib.pyplot as plt
 
     from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
     from stsynth_lib.training import spread_indices
 
     ds = TileImageDataset(dataset_dir, split)
     idx = spread_indices(len(ds), n)
     x = torch.stack([ds[i]["image"] for i in idx])
     rec = reconstruct(vae.eval(), x).cpu()
-    fig, axes = plt.subplots(len(idx), 3, figsize=(7, 2.3 * len(idx) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(idx), 3, figsize=(BOOK_WIDTH_IN, 2.6 * len(idx) + 0.6), squeeze=False)
     for r, i in enumerate(idx):
         diff = (rec[r] - x[r]).abs().mean(0).numpy() / 2
-        for ax, (img, t) in zip(axes[r], [(to_uint8(x[r]).transpose(1, 2, 0), f"{ds[i]['aoi'][:16]} {ds[i]['year']}-{ds[i]['month']:02d}"),
-                                          (to_uint8(rec[r]).transpose(1, 2, 0), "VAE reconstruction"), (diff, "|difference|")]):
+        for ax, (img, t) in zip(axes[r], [(to_uint8(x[r]).transpose(1, 2, 0), f"{ds[i]['aoi'][:16]}\n{ds[i]['year']}-{ds[i]['month']:02d}"),
+                                          (to_uint8(rec[r]).transpose(1, 2, 0), "VAE\nreconstruction"), (diff, "|difference|\n")]):
             ax.imshow(img, cmap="magma" if img.ndim == 2 else None, vmin=0, vmax=0.25 if img.ndim == 2 else None)
-            ax.set_title(t, fontsize=8)
+            ax.set_title(t, fontsize=9)
             ax.axis("off")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def backbone_description(kind: str, dataset_dir: str | os.PathLike, profile: str, pretrained: str | None = None) -> str:

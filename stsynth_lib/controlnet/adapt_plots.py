@@ -4,13 +4,14 @@ draws from a prompt alone. They are pyplot figures: ``plt.show()`` displays them
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
 
 
 def plot_stage1_training(run_dir: str | os.PathLike):
@@ -18,7 +19,7 @@ def plot_stage1_training(run_dir: str | os.PathLike):
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 3.4))
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(BOOK_WIDTH_IN, 6.6))
     vae_log = run_dir / "vae" / "log.csv"
     if vae_log.is_file():
         v = pd.read_csv(vae_log)
@@ -29,9 +30,9 @@ def plot_stage1_training(run_dir: str | os.PathLike):
         ax = a1.twinx()
         ax.plot(va["step"], va["val_psnr_db"], "o-", color="C3", label="val reconstruction PSNR (dB)")
         ax.set_ylabel("PSNR (dB)")
-        a1.legend(loc="upper center", fontsize=8)
-        ax.legend(loc="center right", fontsize=8)
-        a1.set_title("phase vae", fontsize=9)
+        a1.legend(loc="upper center", fontsize=9)
+        ax.legend(loc="center right", fontsize=9)
+        a1.set_title("phase vae", fontsize=10)
     else:
         a1.text(0.5, 0.5, "no VAE phase (pretrained VAE kept)", ha="center", va="center")
         a1.axis("off")
@@ -41,8 +42,8 @@ def plot_stage1_training(run_dir: str | os.PathLike):
     a2.plot(ua["step"], ua["val_loss_ema"], "o-", label="val denoising MSE, EMA weights")
     a2.set_xlabel("UNet step")
     a2.set_ylabel("loss")
-    a2.legend(fontsize=8)
-    a2.set_title("phase unet", fontsize=9)
+    a2.legend(fontsize=9)
+    a2.set_title("phase unet", fontsize=10)
     fig.suptitle("Stage 1: adapting the backbone", fontsize=10)
     fig.tight_layout()
     return checked(fig)
@@ -59,7 +60,8 @@ def plot_prompt_samples(backbone, prompts: Sequence[str], seeds: Sequence[int] =
 
     dev = next(backbone.unet.parameters()).device
     sched = make_scheduler(scheduler, backbone.noise_scheduler.config)
-    fig, axes = plt.subplots(len(seeds), len(prompts), figsize=(2.2 * len(prompts), 2.2 * len(seeds) + 0.6),
+    side = min(2.2, BOOK_WIDTH_IN / len(prompts))
+    fig, axes = plt.subplots(len(seeds), len(prompts), figsize=(side * len(prompts), (side + 0.1) * len(seeds) + 1.2),
                              squeeze=False)
     for r, s in enumerate(seeds):
         shape = torch.zeros(len(prompts), 1, size_px, size_px, device=dev)  # only sizes the batch (no control)
@@ -70,7 +72,7 @@ def plot_prompt_samples(backbone, prompts: Sequence[str], seeds: Sequence[int] =
             ax.imshow(to_uint8(imgs[c]).transpose(1, 2, 0))
             ax.axis("off")
             if r == 0:
-                ax.set_title(p.replace("satellite image, ", ""), fontsize=8)
-    fig.suptitle(title or "Backbone alone, from the prompt (one row per seed)", fontsize=9)
+                ax.set_title(textwrap.fill(p.replace("satellite image, ", ""), 16), fontsize=9)
+    fig.suptitle(title or "Backbone alone, from the prompt (one row per seed)", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)

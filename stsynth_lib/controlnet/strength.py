@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from stsynth_lib.controlnet.generate import GENERATION_FILE, generate_split
-from stsynth_lib.figure_check import checked
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
 from stsynth_lib.runs import save_yaml
 
 STRENGTH_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
@@ -216,8 +216,13 @@ def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
     import matplotlib.pyplot as plt
 
     metrics = [m for m in SCORES if sweep.table[m].notna().any()]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    cols = min(len(metrics), 2)
+    rows = -(-len(metrics) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(BOOK_WIDTH_IN, 3.0 * rows + 1.4), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(metrics):]:
+        ax.remove()
+    for ax, m in zip(axes, metrics):
         for kind, style, label in ((CONTROLNET, "o-", "ControlNet"), (PROMPT_ONLY, "s--", "backbone alone (prompt)")):
             g = sweep.table[sweep.table["model"] == kind]
             if len(g):
@@ -226,12 +231,13 @@ def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
             ax.axhline(sweep.persistence[m], color="grey", ls="--", lw=1, label="persistence")
         ax.axvline(sweep.chosen, color="k", ls=":", lw=1, label=f"chosen ({sweep.chosen:g})")
         unit = " (dB)" if m == "psnr" else (" (uncalibrated)" if m == "lpips" and not sweep.lpips_calibrated else "")
-        ax.set_xlabel("img2img strength (1 = pure noise)")
+        ax.set_xlabel("img2img strength (1: pure noise)")
         label = "new-building F1" if m == "f1_new" else m.upper()
-        ax.set_ylabel(label + unit + (", lower is better" if m == "lpips" else ""))
+        ax.set_ylabel(label + unit + ("\n(lower is better)" if m == "lpips" else ""))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title or f"img2img strength on {sweep.split} ({sweep.n_pairs} pairs): chosen by {sweep.criterion}",
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.suptitle(title or f"img2img strength on {sweep.split} ({sweep.n_pairs} pairs):\nchosen by {sweep.criterion}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.7 / fig.get_figheight(), 1, 1))
+    fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, frameon=False)
     return checked(fig)

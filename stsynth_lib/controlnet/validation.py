@@ -4,6 +4,7 @@ pair's conditioning (``control_gain``, ``cond_gain``) on fixed noise and timeste
 from __future__ import annotations
 
 import gc
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -13,6 +14,7 @@ import torch
 from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch, resize_spatial
 from stsynth_lib.controlnet.generate import encode_prompts, make_scheduler, sample_images
 from stsynth_lib.controlnet.losses import diffusion_loss
+from stsynth_lib.figure_check import BOOK_WIDTH_IN
 from stsynth_lib.training import collate
 
 
@@ -24,7 +26,7 @@ def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: 
 
     n = generated.shape[0]
     with_mask = bool(torch.as_tensor(batch["has_mask"][:n]).any())  # no all-black "no labels" column
-    fig = Figure(figsize=(2 * (3 + with_mask), 2.1 * n + 0.4))
+    fig = Figure(figsize=(min(2 * (3 + with_mask), BOOK_WIDTH_IN), 2.1 * n + 0.6))  # shown 1:1 (show_validation)
     axes = fig.subplots(n, 3 + with_mask, squeeze=False)
     for i in range(n):
         panels = [
@@ -39,8 +41,7 @@ def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: 
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
             ax.set_title(f"{t}" if i == 0 else "", fontsize=9)
             ax.axis("off")
-        axes[i][0].set_ylabel(str(batch["aoi"][i])[:18], fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 60), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -144,7 +145,7 @@ class ControlNetValidator:
         path = self.run_dir / "samples" / f"step-{step:06d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        fig.savefig(tmp, dpi=100)  # 9 pt titles stay 9 pt when the book shows the grid (show_validation: 1:1)
         tmp.replace(path)
         return path
 

@@ -363,12 +363,15 @@ def plot_sample(sample: dict[str, Any], suptitle: str | None = None, prediction:
 
     panels = [
         (_rgb(sample["past"]), f"past {int(sample['past_year'])}-{int(sample['past_month']):02d}"),
-        (sample["future_mask"][0].numpy(), "future buildings" if bool(sample["has_mask"]) else "no labels"),
+        (sample["future_mask"][0].numpy(), "future\nbuildings" if bool(sample["has_mask"]) else "no labels"),
         (_rgb(sample["future"]), f"future {int(sample['future_year'])}-{int(sample['future_month']):02d}"),
     ]
     if prediction is not None:
         panels.append((_rgb(prediction), "generated"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+    from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
+
+    side = min(3.0, BOOK_WIDTH_IN / len(panels))
+    fig, axes = plt.subplots(1, len(panels), figsize=(side * len(panels), side + 0.9))
     invalid = 1 - sample["valid"][0].numpy()
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1 if img.ndim == 2 else None)
@@ -378,7 +381,7 @@ def plot_sample(sample: dict[str, Any], suptitle: str | None = None, prediction:
         ax.axis("off")
     fig.suptitle(suptitle or f"{sample['aoi']}  gap {plural(round(float(sample['gap_months'])), 'month')}", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def measure_loader_throughput(dataset: Dataset, batch_size: int = 32, num_workers: int = 0, max_batches: int = 50,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib.book.report_format import plural
-from stsynth_lib.figure_check import checked, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
 
 ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
 
@@ -27,8 +27,13 @@ def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int 
     aoi = aoi or meta.groupby("aoi")["building_count"].max().fillna(0).idxmax()
     g = meta[meta["aoi"] == aoi].sort_values("month_index")
     picks = g.iloc[np.unique(np.linspace(0, len(g) - 1, min(n_months, len(g))).round().astype(int))]
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 3.0), squeeze=False)
-    for ax, (_, row) in zip(axes[0], picks.iterrows()):
+    cols = min(len(picks), 4)  # wrapped: four images a row stay large enough to see buildings in
+    rows = -(-len(picks) // cols)
+    side = BOOK_WIDTH_IN / cols
+    fig, axes = plt.subplots(rows, cols, figsize=(BOOK_WIDTH_IN, (side + 0.55) * rows + 0.3), squeeze=False)
+    for ax in axes.ravel()[len(picks):]:
+        ax.axis("off")
+    for ax, (_, row) in zip(axes.ravel(), picks.iterrows()):
         img, prof = read_raster(row["image_path"], with_profile=True)
         rgb = to_uint8_image(img[:3]).transpose(1, 2, 0)
         ax.imshow(rgb)
@@ -40,11 +45,11 @@ def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int 
             title += f"\n{plural(int(row['building_count']), 'building')}"
         if row.get("cloud_fraction", 0) and row["cloud_fraction"] > 0:
             title += f", {row['cloud_fraction']:.0%} cloud"
-        ax.set_title(title, fontsize=8)
+        ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{aoi}" + (f"  ({source_note})" if source_note else ""), fontsize=9)
+    fig.suptitle(f"{aoi}" + (f"\n({source_note})" if source_note else ""), fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_collection_overview(meta: pd.DataFrame):
@@ -52,30 +57,40 @@ def plot_collection_overview(meta: pd.DataFrame):
     cover per month (images per month without UDM masks)."""
     plt = _plt()
     labelled = bool(meta["has_labels"].any())
-    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(14, 3.6) if labelled else (10, 3.6))
+    if labelled:  # three panels: two rows, the fourth cell empty
+        fig, grid = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 6.6))
+        grid[1, 1].remove()
+        axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH_IN, 3.4))
     months = meta.groupby("aoi").size().sort_values()
-    axes[0].barh(range(len(months)), months.to_numpy(), color="tab:blue")
-    axes[0].set_yticks(range(len(months)))
-    axes[0].set_yticklabels([a[:16] for a in months.index], fontsize=6 if len(months) > 12 else 8)
-    axes[0].set_xlabel("months with an image")
-    axes[0].set_title("Months per AOI")
+    if len(months) <= 12:  # one bar per AOI, named
+        axes[0].barh(range(len(months)), months.to_numpy(), color="tab:blue")
+        axes[0].set_yticks(range(len(months)), [a[:16] for a in months.index], fontsize=9)
+        axes[0].set_xlabel("months with an image")
+        axes[0].set_title("Months per AOI", fontsize=11)
+    else:  # too many AOIs to name readably: how many AOIs have how many months
+        axes[0].hist(months.to_numpy(), bins=np.arange(months.min() - 0.5, months.max() + 1.5), color="tab:blue")
+        axes[0].set_xlabel("months with an image")
+        axes[0].set_ylabel("AOIs")
+        axes[0].set_title(f"Months per AOI ({len(months)} AOIs)", fontsize=11)
     if labelled:
         for aoi, g in meta[meta["has_labels"]].groupby("aoi"):
             axes[1].plot(g["date"], g["building_count"], lw=1, alpha=0.7)
         axes[1].set_ylabel("buildings labelled")
-        axes[1].set_title("Building growth (one line per AOI)")
+        axes[1].set_title("Building growth (a line per AOI)", fontsize=11)
         axes[1].tick_params(axis="x", rotation=30)
     last = axes[-1]
     if meta["cloud_fraction"].notna().any():
         cc = meta.groupby("date")["cloud_fraction"].mean()
         last.bar(cc.index, cc.to_numpy(), width=20, color="tab:gray")
         last.set_ylabel("mean UDM cloud fraction")
-        last.set_title("Cloud cover per month")
+        last.set_title("Cloud cover per month", fontsize=11)
     else:
         per_month = meta.groupby("date").size()
         last.bar(per_month.index, per_month.to_numpy(), width=20, color="tab:gray")
         last.set_ylabel("images")
-        last.set_title("Images per month (no UDM masks)")
+        last.set_title("Images per month (no UDM)", fontsize=11)
     last.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return checked(fig)
@@ -87,22 +102,27 @@ def plot_dataset_summary(store):
     plt = _plt()
     pairs, tiles = store.pairs, store.tiles
     labelled = bool(tiles["has_labels"].any())
-    fig, axes = plt.subplots(1, 3 if labelled else 2, figsize=(14, 3.4) if labelled else (10, 3.4))
+    if labelled:  # three panels: two rows, the fourth cell empty
+        fig, grid = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 6.4))
+        grid[1, 1].remove()
+        axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH_IN, 3.6))
     for split, colour in zip(("train", "val", "test"), ("tab:blue", "tab:orange", "tab:green")):
         counts = pairs[pairs["split"] == split]["gap_months"].value_counts().sort_index()
         axes[0].plot(counts.index, counts.to_numpy(), "o-", ms=3, color=colour,
                      label=f"{split}: {plural(len(store.splits[split]), 'AOI')}, {plural(int((pairs['split'] == split).sum()), 'pair')}")
     axes[0].set_xlabel("time gap (months)")
     axes[0].set_ylabel("pairs")
-    axes[0].set_title("Pairs per time gap")
-    axes[0].legend(fontsize=7)
+    axes[0].set_title("Pairs per time gap", fontsize=11)
+    axes[0].legend(fontsize=9)
     axes[1].hist(tiles["valid_fraction"], bins=20, color="tab:gray")
     axes[1].set_xlabel("usable-pixel fraction of a tile")
-    axes[1].set_title("Tile validity (UDM, alpha, nodata)")
+    axes[1].set_title("Tile validity\n(UDM, alpha, nodata)", fontsize=11)
     if labelled:
         axes[2].hist(tiles.loc[tiles["has_labels"], "building_fraction"], bins=20, color="tab:red")
         axes[2].set_xlabel("building cover of a tile")
-        axes[2].set_title("Building cover")
+        axes[2].set_title("Building cover", fontsize=11)
     fig.tight_layout()
     return checked(fig)
 
@@ -118,7 +138,7 @@ def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
     samples = [dataset[int(i)] for i in idx]
     labelled = any(bool(s["has_mask"]) for s in samples)  # no labels: no all-black mask column
     cols = 3 if labelled else 2
-    fig, axes = plt.subplots(len(idx), cols, figsize=(2.5 * cols, 2.5 * len(idx)), squeeze=False)
+    fig, axes = plt.subplots(len(idx), cols, figsize=(min(2.5 * cols, BOOK_WIDTH_IN), 2.5 * len(idx)), squeeze=False)
     for r, s in enumerate(samples):
         axes[r, 0].imshow(to_uint8(s["past"][:3]).transpose(1, 2, 0))
         axes[r, 0].set_title(f"past {int(s['past_year'])}-{int(s['past_month']):02d}", fontsize=9)
@@ -135,7 +155,7 @@ def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
@@ -178,7 +198,7 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
     aoi = aoi or blocks[0]["aoi"]
     g = store.tiles[store.tiles["aoi"] == aoi]
     month_index = int(g["month_index"].max()) if month_index is None else int(month_index)
-    fig, ax = plt.subplots(figsize=(6.5, 6.5))
+    fig, ax = plt.subplots(figsize=(6.4, 6.9))
     ax.imshow(_mosaic_from_tiles(store, aoi, month_index))
     counts = {s: 0 for s in SPLIT_COLOURS}
     for b in (b for b in blocks if b["aoi"] == aoi):
@@ -194,10 +214,10 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
         ax.add_patch(Rectangle((tr.col_off - 0.5, tr.row_off - 0.5), t, t, fill=False, edgecolor="black", lw=0.6,
                                ls="--"))
     ax.legend(handles=[Patch(color=c, alpha=0.6, label=f"{s}: {plural(counts[s], 'block')}") for s, c in SPLIT_COLOURS.items()],
-              loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+              loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, fontsize=9)
     row = g[g["month_index"] == month_index].iloc[0]
     ax.set_title(f"{aoi}, {int(row['year'])}-{int(row['month']):02d}: blocks by split, tiles dashed,\n"
-                 "new buildings since the first month in red", fontsize=9)
+                 "new buildings since the first month in red", fontsize=10)
     ax.set_xlabel("column (px)")
     ax.set_ylabel("row (px)")
     fig.tight_layout()
@@ -207,15 +227,6 @@ def plot_block_split(store, aoi: str | None = None, month_index: int | None = No
 def month_label(year_month: int) -> str:
     """``year * 12 + month`` -> ``"YYYY-MM"``."""
     return f"{(year_month - 1) // 12}-{(year_month - 1) % 12 + 1:02d}"
-
-
-def _offset_label(offset) -> str:
-    from stsynth_lib.data.dataset import last_year_shift
-
-    shift = last_year_shift(offset)
-    if shift is None:
-        return "t0" if offset == 0 else f"t0 {offset:+d} mo"
-    return "t1 - 12 (same month last year)" if shift == 0 else f"t1 - {12 - shift} (last year {shift:+d} mo)"
 
 
 def short_offset_label(offset) -> str:
@@ -254,7 +265,8 @@ def plot_context_strip(dataset, index: int | None = None, suptitle: str | None =
     t1 = int(s["future_year"]) * 12 + int(s["future_month"])
     plt = _plt()
     k = len(offsets)
-    fig, axes = plt.subplots(1, k + 1, figsize=(2.3 * (k + 1), 2.9), squeeze=False)
+    side = min(2.3, BOOK_WIDTH_IN / (k + 1))
+    fig, axes = plt.subplots(1, k + 1, figsize=(side * (k + 1), side + 1.0), squeeze=False)
     for j, o in enumerate(offsets):
         ax = axes[0, j]
         if bool(s["context_present"][j]):
@@ -267,12 +279,13 @@ def plot_context_strip(dataset, index: int | None = None, suptitle: str | None =
             ax.imshow(np.full(tuple(s["past"].shape[-2:]) + (3,), 200, np.uint8))
             ax.text(0.5, 0.5, "absent", transform=ax.transAxes, ha="center", va="center", fontsize=9)
             date = "-"
-        ax.set_title(f"{_offset_label(o)}\n{date}", fontsize=8)
+        ax.set_title(f"{short_offset_label(o)}\n{date}", fontsize=9)
     ax = axes[0, k]
     ax.imshow(to_uint8(s["future"][:3]).transpose(1, 2, 0))
-    ax.set_title(f"target t1\n{month_label(t1)} (+{int(s['gap_months'])} mo)", fontsize=8, fontweight="bold")
+    ax.set_title(f"t1 (+{int(s['gap_months'])} mo)\n{month_label(t1)}", fontsize=9, fontweight="bold")
     for ax in axes[0]:
         ax.axis("off")
-    fig.suptitle(suptitle or f"What a context model sees: {s['aoi']}, pair {int(s['pair_id'])}", fontsize=9)
+    fig.suptitle(suptitle or f"What a context model sees: {s['aoi']}, pair {int(s['pair_id'])}\n"
+                 "(t0: the past image; t0-k: k months before it; t1-k: k months before the target)", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)

@@ -10,7 +10,7 @@ import numpy as np
 from stsynth_lib.book.report_format import model_display_name, plural
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
-from stsynth_lib.figure_check import checked, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, image_rows, show_mask
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -65,17 +65,17 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
-    shown = [textwrap.fill(model_display_name(m, res.labels), 24) if res.labels else m for m in names]
-    cols = ["past (= persistence)"] + (["future footprints"] if labelled else []) + ["truth (future)"] + shown
-    fig, axes = plt.subplots(len(idx), len(cols), figsize=(2.3 * len(cols), 2.4 * len(idx) + 0.5), squeeze=False)
+    shown = [textwrap.fill(model_display_name(m, res.labels), 16) if res.labels else m for m in names]
+    cols = ["past (=\npersistence)"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)"] + shown
+    fig, axes = image_rows(len(idx), len(cols), max_cols=5, title_in=0.75, extra_in=0.8)
     for r, i in enumerate(idx):
         new, mask_rgb = footprint_picture(d, i)
         panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i])]
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
-            ax = axes[r, c]
+            ax = axes[r][c]
             if labelled and c == 1:
-                show_mask(ax, img, "no building in the footprints")
+                show_mask(ax, img, "no building\nin the footprints")
             else:
                 ax.imshow(img)
             if not (labelled and c == 1) and new.any():
@@ -88,11 +88,11 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
         dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
                  if "past_year" in p else f"pair {p['pair_id']}")
         gap = plural(round(float(p['gap_months'])), 'month')
-        axes[r, 0].set_ylabel(f"{dates}\ngap {gap}" + (f", {int(new.sum())} new px" if labelled else ""), fontsize=8)
-    fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel): asked for by the future mask, "
-                           "absent from the past image"), fontsize=10)
+        axes[r][0].set_ylabel(f"{dates}\ngap {gap}" + (f"\n{int(new.sum())} new px" if labelled else ""), fontsize=9)
+    fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel):\nasked for by the future "
+                           "mask, absent from the past image"), fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int = 4):
@@ -102,7 +102,7 @@ def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int =
 
     idx = [int(i) for i in spread_indices(len(res.data), min(n, len(res.data)))]
     return plot_new_buildings(res, models, indices=idx,
-                              title="Test pairs: past | future footprints (where labelled) | truth | each model") if idx else None
+                              title="Test pairs: past | future footprints (where labelled) |\ntruth | each model") if idx else None
 
 
 def landing_model(res: EvalResult, exclude: Sequence[str] = ()) -> str | None:
@@ -153,9 +153,9 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())
     name = model_display_name(model, res.labels) if res.labels else model
-    cols = ["past"] + (["future footprints"] if labelled else []) + ["truth (future)", textwrap.fill(name, 18),
-                                                                     "true change", "model's change"]
-    fig, axes = plt.subplots(len(idx), len(cols), figsize=(1.75 * len(cols), 1.85 * len(idx) + 0.7), squeeze=False)
+    cols = ["past"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)", textwrap.fill(name, 10),
+                                                                      "true\nchange", "model's\nchange"]
+    fig, axes = image_rows(len(idx), len(cols), max_cols=7, title_in=0.2, extra_in=1.2)
     for r, i in enumerate(idx):
         past = d.past[i].astype(np.float32)
         pred = res.predictions[model][i]
@@ -165,11 +165,11 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
         new, mask_rgb = footprint_picture(d, i)
         panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i]), rgb_image(pred)]
         for c, img in enumerate(panels + [true_change, model_change]):
-            ax = axes[r, c]
+            ax = axes[r][c]
             if c >= len(panels):
                 ax.imshow(img, cmap="magma", vmin=0, vmax=vmax)
             elif labelled and c == 1:
-                show_mask(ax, img, "no building in the footprints")
+                show_mask(ax, img, "no building", fontsize=fontsize)
             else:
                 ax.imshow(img)
             if new.any() and not (labelled and c == 1):
@@ -180,8 +180,8 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
                 ax.set_title(cols[c], fontsize=fontsize)
         p = d.pairs.iloc[i]
         gap = plural(round(float(p["gap_months"])), "month")
-        axes[r, 0].set_ylabel(f"gap {gap}", fontsize=fontsize)
-    fig.suptitle("Change panels: mean |image - past| over bands, one scale per row (black: unchanged)"
+        axes[r][0].set_ylabel(f"gap {gap}", fontsize=fontsize)
+    fig.suptitle("Change panels: mean |image - past| over bands,\none scale per row (black: unchanged)"
                  + ("; cyan: new buildings" if labelled else ""), fontsize=fontsize)
     fig.tight_layout()
     return checked(fig)
@@ -227,9 +227,10 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
         return None
     bases = list(dict.fromkeys(table["baseline"]))
     order = [b for b in gap_bucket_order() if b in set(table["gap_bucket"])]
-    fig, axes = plt.subplots(1, len(bases), figsize=(4.6 * len(bases), 3.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(bases), 1, figsize=(BOOK_WIDTH_IN, 2.6 * len(bases) + 1.6), squeeze=False,
+                             sharex=True)
     unit = METRICS.get(metric, (None, metric))[1]
-    for ax, base in zip(axes[0], bases):
+    for ax, base in zip(axes[:, 0], bases):
         g = table[table["baseline"] == base]
         models = list(dict.fromkeys(g["model"]))
         width = 0.8 / max(len(models), 1)
@@ -239,19 +240,27 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
             lo = (r["mean_diff"] - r["ci_lo"]).clip(lower=0).fillna(0)
             hi = (r["ci_hi"] - r["mean_diff"]).clip(lower=0).fillna(0)
             ax.errorbar(x, r["mean_diff"], yerr=[lo, hi], fmt="o", capsize=3,
-                        label=textwrap.fill(model_display_name(m, labels), 28))
+                        label=textwrap.fill(model_display_name(m, labels), 40))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(order)), order)
-        ax.set_xlabel("time gap t1 - t0 (months)")
         ax.set_title(f"model - {base}", fontsize=10)
+        ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"paired difference, {unit}")
-    # outside the last panel, right of it: never over a neighbouring panel or the data (figure_check.check_legends)
-    axes[0][-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline per time gap "
+    axes[-1][0].set_xlabel("time gap t1 - t0 (months)")
+    _legend_below(fig, axes[0][0])
+    fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline\nper time gap "
                           "(95 % interval, whole areas resampled)", fontsize=10)
-    fig.tight_layout()
     return checked(fig)
+
+
+def _legend_below(fig, ax) -> None:
+    """``ax``'s legend entries as one figure legend under all panels (two columns; never over a panel:
+    ``figure_check.check_legends``), the panels laid out above it."""
+    handles, names = ax.get_legend_handles_labels()
+    lines = sum(n.count("\n") + 1 for n in names[::2])  # the taller of the two columns, roughly
+    bottom = min(0.45, (0.25 * lines + 0.2) / fig.get_figheight())
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0), frameon=False)
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
@@ -265,27 +274,26 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
     if table is None or len(table) == 0:
         return None
     bases = list(dict.fromkeys(table["baseline"]))
-    fig, axes = plt.subplots(1, len(bases), figsize=(4.8 * len(bases), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(bases), 1, figsize=(BOOK_WIDTH_IN, 3.0 * len(bases) + 1.6), squeeze=False)
     unit = METRICS.get(metric, (None, metric))[1]
-    for ax, base in zip(axes[0], bases):
+    for ax, base in zip(axes[:, 0], bases):
         g = table[table["baseline"] == base]
         for m in dict.fromkeys(g["model"]):
             r = g[g["model"] == m]
             ax.plot(r["persistence"], r["mean_diff"], "o", alpha=0.8,
-                    label=textwrap.fill(model_display_name(m, labels), 28))
-        for aoi, r in g.groupby("aoi"):
-            ax.annotate(str(aoi)[:15], (r["persistence"].iloc[0], r["mean_diff"].max()), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points", color="0.35")
+                    label=textwrap.fill(model_display_name(m, labels), 40))
+        if g["aoi"].nunique() <= 12:  # names of more areas would overlap: the table beside the figure has them
+            for aoi, r in g.groupby("aoi"):
+                ax.annotate(str(aoi)[:15], (r["persistence"].iloc[0], r["mean_diff"].max()), fontsize=9,
+                            xytext=(3, 3), textcoords="offset points", color="0.35")
         ax.axhline(0, color="k", lw=0.8)
-        ax.set_xlabel(f"the area's persistence {unit} (higher: a more stable area)")
         ax.set_title(f"model - {base}", fontsize=10)
+        ax.set_ylabel(f"mean per area, {unit}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"mean paired difference per area, {unit}")
-    # outside the last panel, right of it: never over a neighbouring panel or the data (figure_check.check_legends)
-    axes[0][-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-    fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline, one point per area and model",
+    axes[-1][0].set_xlabel(f"the area's persistence {unit} (higher: a more stable area)")
+    _legend_below(fig, axes[0][0])
+    fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline,\none point per area and model",
                  fontsize=10)
-    fig.tight_layout()
     return checked(fig)
 
 
@@ -311,9 +319,9 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     offsets = list(d.context_offsets)
     ctx = d.context_fields(np.asarray(idx))
-    shown = [textwrap.fill(model_display_name(m, res.labels), 22) for m in names]
+    shown = [textwrap.fill(model_display_name(m, res.labels), 13) for m in names]
     cols = len(offsets) + 1 + len(names)
-    fig, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.3 * len(idx) + 0.5), squeeze=False)
+    fig, axes = image_rows(len(idx), cols, max_cols=7, title_in=0.8, extra_in=0.6)
     for r, i in enumerate(idx):
         p = d.pairs.iloc[i]
         t1 = int(p["future_year"]) * 12 + int(p["future_month"])
@@ -322,44 +330,43 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
             if bool(ctx["context_present"][r, k]):
                 panels.append(rgb_image(ctx["context"][r, k]))
                 age = int(ctx["context_age_months"][r, k])
-                titles.append(f"{short_offset_label(o)}: {month_label(t1 - age)}")
+                titles.append(f"{short_offset_label(o)}\n{month_label(t1 - age)}")
             else:
                 panels.append(np.full(d.future.shape[2:] + (3,), 0.8))
-                titles.append(f"{short_offset_label(o)}: absent")
+                titles.append(f"{short_offset_label(o)}\nabsent")
         panels.append(rgb_image(d.future[i]))
-        titles.append(f"truth {int(p['future_year'])}-{int(p['future_month']):02d}")
+        titles.append(f"truth\n{int(p['future_year'])}-{int(p['future_month']):02d}")
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[-1]) for m in names]
         titles += shown
         for c, (img, t) in enumerate(zip(panels, titles)):
-            ax = axes[r, c]
+            ax = axes[r][c]
             ax.imshow(img)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(t if (r == 0 or c <= len(offsets)) else "", fontsize=7)
-        axes[r, 0].set_ylabel(f"{str(p['aoi'])[:16]}\ngap {plural(round(float(p['gap_months'])), 'month')}", fontsize=7)
+            ax.set_title(t if (r == 0 or c <= len(offsets)) else "", fontsize=9)
+        axes[r][0].set_ylabel(f"{str(p['aoi'])[:16]}\ngap {plural(round(float(p['gap_months'])), 'month')}", fontsize=9)
     fig.suptitle(title or "Test pairs: the past sequence | truth | each model and baseline", fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 def plot_metrics_vs_gap(res: EvalResult, metrics: Sequence[str] = ("psnr", "ssim", "lpips"), n_boot: int = 200,
                         seed: int = 0, note: str | None = None):
     """One panel per metric of ``res`` (:func:`stsynth_lib.evaluate.report.plot_metric_vs_gap`: mean per time-gap
-    bucket with its 95 % band, persistence dashed) and one legend for all of them, right of the panels (no legend
+    bucket with its 95 % band, persistence dashed) and one legend for all of them, under the panels (no legend
     covers a neighbouring panel); ``note``: a small line under the panels (e.g. where the LPIPS weights came from)."""
     import matplotlib.pyplot as plt
 
     from stsynth_lib.evaluate.report import plot_metric_vs_gap
 
     shown = [m for m in metrics if m in set(res.summary["metric"])]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.6 * len(shown) + 2.4, 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], shown):
+    fig, axes = plt.subplots(len(shown), 1, figsize=(BOOK_WIDTH_IN, 2.6 * len(shown) + 1.8), squeeze=False,
+                             sharex=True)
+    for ax, metric in zip(axes[:, 0], shown):
         plot_metric_vs_gap(res, metric, n_boot=n_boot, seed=seed, ax=ax, legend=False)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.05 if note else 0, 1, 1))
-    fig.subplots_adjust(right=1 - 2.3 / fig.get_figwidth())
-    fig.legend(handles, names, fontsize=9, loc="center left", bbox_to_anchor=(1 - 2.25 / fig.get_figwidth(), 0.5),
-               borderaxespad=0, frameon=False)
+        if ax is not axes[-1][0]:
+            ax.set_xlabel("")
+    _legend_below(fig, axes[0][0])
     if note:
-        fig.text(0.01, 0.01, note, fontsize=8, ha="left", va="bottom")
+        fig.text(0.01, 0.005, note, fontsize=9, ha="left", va="bottom")
     return checked(fig)

@@ -32,7 +32,7 @@ from stsynth_lib.evaluate.stats import (
 )
 from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.verdict import strongest_baseline_text, verdict_sentence
-from stsynth_lib.figure_check import show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
 
 
 def save_results(res: EvalResult, out_dir: str | Path, meta: Mapping[str, Any] | None = None,
@@ -204,7 +204,8 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
     shown = model_display_name(model, res.labels) if res.labels else model
     labelled = any(bool(res.data.has_mask[index[int(row["pair_id"])]]) for _, row in picks)  # else no mask column
     n_cols = 5 if labelled else 4
-    fig, axes = plt.subplots(3, n_cols, figsize=(2.4 * n_cols, 7.6))
+    side = (BOOK_WIDTH_IN - 1.6) / n_cols  # 1.6 in: the row labels and the colour bar
+    fig, axes = plt.subplots(3, n_cols, figsize=(BOOK_WIDTH_IN, 3 * (side + 0.25) + 1.0))
     for r, (tag, row) in enumerate(picks):
         i = index[int(row["pair_id"])]
         pred = res.predictions[model][i]
@@ -215,8 +216,8 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
         panels = ([(rgb_image(res.data.past[i]), "past")]
                   + ([(res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels")]
                      if labelled else [])
-                  + [(rgb_image(pred), textwrap.fill(shown, 28)), (rgb_image(truth), "truth"),
-                     (err, "|error| (invalid masked)")])
+                  + [(rgb_image(pred), textwrap.fill(shown, 16)), (rgb_image(truth), "truth"),
+                     (err, "|error|\n(invalid masked)")])
         for c, (img, t) in enumerate(panels):
             ax = axes[r, c]
             if c == n_cols - 1:
@@ -229,10 +230,11 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=8)
+        axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=9)
     fig.colorbar(im, ax=axes[:, n_cols - 1], fraction=0.05)
-    fig.suptitle(title or f"{shown}: best / median / worst tiles by {P.label(METRICS[metric][1], cal)}", fontsize=11)
-    return fig
+    fig.suptitle(title or f"{textwrap.fill(shown, 40)}:\nbest / median / worst tiles by {P.label(METRICS[metric][1], cal)}",
+                 fontsize=11)
+    return checked(fig)
 
 
 def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None,
@@ -251,7 +253,7 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
     s = s[s["metric"] == metric]
     order = [b for b in gap_bucket_order() if b in set(s["gap_bucket"])]
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 3.8))
+        _, ax = plt.subplots(figsize=(6.8, 3.8))
     for model, g in s.groupby("model", sort=False):
         g = g.set_index("gap_bucket").reindex(order)
         x = np.arange(len(order))
@@ -263,7 +265,7 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
     ax.set_ylabel(P.label(METRICS[metric][1], calibrated))
     ax.set_title(f"{P.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
     if legend:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     return ax
 
 

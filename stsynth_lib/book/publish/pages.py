@@ -82,7 +82,8 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
 
 def figure_block(profile: str, figure: str) -> str:
     """The examples figure of one profile (MyST): what the system does, shown before its numbers."""
-    return "\n".join([f"```{{figure}} {figure}", f":name: examples-{profile}", "",
+    # the column's width whatever dpi save_figure_png chose to fit its byte budget: text as large as the figure drew it
+    return "\n".join([f"```{{figure}} {figure}", f":name: examples-{profile}", ":width: 100%", "",
                       f"Test examples of `{profile}`: past | future footprints (labelled data) | truth | the learned "
                       f"model with the highest mean PSNR | the true change | the model's change (chapter 6, "
                       f"`runs/{profile}/eval/examples.png`).", "```", ""])
