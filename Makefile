@@ -93,7 +93,7 @@ ci: ## what CI runs: bash .ci/run (fresh install into .venv, then make test)
 	bash .ci/run
 
 # Stdlib only: runs with the venv's Python or, without one, the system's. Chromium (system package) adds screenshots.
-book-check: ## check the built book as a reader sees it (nan intervals, dict dumps, long floats, tracebacks, constant image panels, missing files, contradicted verdicts, cut-off content); screenshots in build/book-check/
+book-check: ## check the built book as a reader sees it (nan intervals, dict dumps, long floats, tracebacks, constant image panels, missing files, contradicted verdicts, cut-off content, scaled-down figures); screenshots in build/book-check/
 	@test -f book/_build/html/index.html || $(MAKE) book
 	@PYTHONPATH=. $$(test -x $(PY) && echo $(PY) || echo python3) -m stsynth_lib.book.screens book/_build/html --out build/book-check
 

@@ -87,6 +87,21 @@ def test_book_screens_cli_without_browser(tmp_path, capsys):
     assert screens_main([str(tmp_path / "missing")]) == 2
 
 
+def _data_png(width: int, height: int = 20) -> str:
+    """A grey PNG ``width`` x ``height`` px as a data: URL."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 @pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (apt-get install chromium)")
 def test_browser_pass_flags_cut_off_tables_and_writes_screenshots(tmp_path):
     wide = "<table><tr>" + "".join(f"<td>column_{i}_with_a_long_name</td>" for i in range(12)) + "</tr></table>"
@@ -97,14 +112,17 @@ def test_browser_pass_flags_cut_off_tables_and_writes_screenshots(tmp_path):
         "<div class='cell_output'><div style='overflow-x:auto'>" + wide + "</div></div>"
         "<div style='overflow-x:auto'><table id='narrow'><tr><td>fits</td></tr></table></div>"
         "<div id='wide' style='width:900px'>a box wider than the column</div>"
+        f"<img id='big' src='{_data_png(1200)}' style='max-width:100%'><img id='fits' src='{_data_png(500)}'>"
         "</main></body></html>"
     )
     findings, shots = browser_findings(tmp_path, tmp_path / "out", find_chromium(), width=800,
                                        pages=[tmp_path / "index.html"])
-    assert [f.kind for f in findings] == ["cut off", "sticks out", "behind a scrollbar"], findings
+    assert [f.kind for f in findings] == ["cut off", "sticks out", "figure scaled down", "behind a scrollbar"], findings
     assert "div#clipped" in findings[0].snippet and "div#wide" in findings[1].snippet
+    # a 1200-px figure in a 600-px column is shown at half size; a 500-px one at its own size is not flagged
+    assert "img#big" in findings[2].snippet and "1200 px wide, shown at 600 px (50%)" in findings[2].snippet
     # a page table that needs a sideways scroll is flagged; a cell's output table and a table that fits are not
-    assert "table#hidden" in findings[2].snippet and "need a sideways scroll" in findings[2].snippet
+    assert "table#hidden" in findings[3].snippet and "need a sideways scroll" in findings[3].snippet
     assert shots == [tmp_path / "out" / "index.png"] and shots[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -30,10 +30,14 @@ _CHROMIUM_FLAGS = [
     "--mute-audio",
 ]
 _MAX_SHOT_HEIGHT = 16000  # px; Chromium paints at most 16384
+# an image shown at under this share of its own width: a figure drawn wider than the column, its text shrunk with it
+# (the library's figures fit the column: stsynth_lib.figure_check.BOOK_WIDTH_IN)
+SCALED_BELOW = 0.8
 
 # Runs after load in a copy of the page; writes its measurements as JSON into <pre id="__bookcheck">.
 _MEASURE_JS = r"""
 (function () {
+  var SCALED_BELOW = __SCALED_BELOW__;
   function describe(el) {
     var s = el.tagName.toLowerCase();
     if (el.id) s += '#' + el.id;
@@ -85,12 +89,21 @@ _MEASURE_JS = r"""
         break;
       }
     }
+    var scaled = [], imgs = col.querySelectorAll('img');  // figures drawn wider than shown: their text shrinks too
+    for (var q = 0; q < imgs.length; q++) {
+      var im = imgs[q];
+      if (im.closest(SKIP) || !im.naturalWidth || !im.clientWidth) continue;
+      if (im.clientWidth < SCALED_BELOW * im.naturalWidth)
+        scaled.push({element: describe(im) + (im.alt ? ' alt="' + im.alt.slice(0, 40) + '"' : ''),
+                     natural: im.naturalWidth, shown: im.clientWidth});
+    }
     var cutEls = cut.map(function (c) { return c[0]; });
     function contains(list, e, inner) {  // another element of list inside (inner) or around e
       return list.some(function (o) { return o !== e && (inner ? e.contains(o) : o.contains(e)); });
     }
     var res = {
       hidden: hidden,
+      scaled: scaled,
       height: Math.max(document.documentElement.scrollHeight, document.body.scrollHeight),
       column: {selector: col.className ? '.' + col.className.split(' ')[0] : col.tagName.toLowerCase(),
                left: Math.round(cr.left), right: Math.round(cr.right)},
@@ -150,7 +163,7 @@ def _copy_with(page: Path, tmp: Path, script: str) -> Path:
 def measure_page(chromium: str, page: Path, width: int = 1280, height: int = 900) -> dict:
     """Load a copy of ``page`` with the measuring script and return its measurements."""
     with tempfile.TemporaryDirectory(prefix="bookcheck-page-") as tmp:
-        copy = _copy_with(page, Path(tmp), _MEASURE_JS)
+        copy = _copy_with(page, Path(tmp), _MEASURE_JS.replace("__SCALED_BELOW__", str(SCALED_BELOW)))
         dom = _chromium(chromium, [f"--window-size={width},{height}", "--virtual-time-budget=10000", "--dump-dom",
                                    copy.as_uri()])
     m = re.search(r'<pre id="__bookcheck"[^>]*>(.*?)</pre>', dom, re.S)

@@ -14,7 +14,8 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
 * browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book.browser`): each
   page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
-  box in between) and elements that stick out of the column.
+  box in between), elements that stick out of the column, and images shown at under 80 % of their width (``figure
+  scaled down``: a figure drawn wider than the column, its text shrunk with it).
 
 Per page, stdlib only too (:mod:`stsynth_lib.book.content`): an embedded PNG that is one colour, or holds a
 panel-sized rectangle of one colour (``constant image``: an all-black mask column); an ``href`` / ``src`` to a file
@@ -288,6 +289,9 @@ def browser_findings(html_dir: str | Path, out_dir: str | Path, chromium: str, w
         for o in m["out"]:
             findings.append(Finding(str(rel), "sticks out", f"{o['element']}: spans x {o['left']}–{o['right']} px, "
                                     f"the column {col['selector']} spans {col['left']}–{col['right']} px"))
+        for s in m.get("scaled", []):
+            findings.append(Finding(str(rel), "figure scaled down", f"{s['element']}: {s['natural']} px wide, shown at "
+                                    f"{s['shown']} px ({s['shown'] / s['natural']:.0%}): its text shrinks as much"))
         for h in m.get("hidden", []):
             findings.append(Finding(str(rel), "behind a scrollbar", f"{h['element']}: {h['content']} px wide in a "
                                     f"{h['box']} px box: its last {h['content'] - h['box']} px need a sideways scroll"))
