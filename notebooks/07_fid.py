@@ -91,11 +91,9 @@ os.chdir(find_project_root())
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import Markdown, display
 
 from stsynth_lib import evaluate as E
-from stsynth_lib.metrics import perceptual as P
 from stsynth_lib.runs import seed_everything
 
 seed_everything(seed)
@@ -125,21 +123,7 @@ display(E.fid_table(table, calibrated))
 # further from the future ones as the gap grows.
 
 # %%
-buckets = [b for b in E.gap_bucket_order() if b in set(table["gap_bucket"])]
-fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
-    g = g.set_index("gap_bucket").reindex(buckets)
-    style = dict(ls="--", color="k") if name == E.PERSISTENCE else {}
-    axes[0].errorbar(np.arange(len(buckets)), g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=name, **style)
-    axes[1].plot(np.arange(len(buckets)), g["fid"], marker="o", label=name, **style)
-n_per_bucket = table[table["model"] == E.PERSISTENCE].set_index("gap_bucket")["n"]
-for ax, what in zip(axes, ("KID x1000", "FID")):
-    ax.set_xticks(np.arange(len(buckets)), [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])
-    ax.set(xlabel="time gap t1 - t0 (months)", ylabel=P.label(what, calibrated))
-    ax.set_title(f"{P.label(what, calibrated)} vs time gap", fontsize=10)
-    ax.legend(fontsize=8)
-fig.text(0.01, 0.01, f"Inception: {fid_source}", fontsize=8)
-fig.tight_layout(rect=(0, 0.04, 1, 1))
+fig = E.plot_fid_by_gap(table, calibrated, note=f"Inception: {fid_source}")
 plt.show()
 
 # %%

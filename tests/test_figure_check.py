@@ -75,7 +75,8 @@ def test_a_legend_over_its_twin_axes_is_one_panel():
 
 
 def test_the_metric_vs_gap_panels_share_one_legend_outside_them():
-    """Chapter 6's metric-vs-gap figure: one legend for all panels, right of them, overlapping none (issue 35)."""
+    """Chapter 6's metric-vs-gap figure: one legend for all panels, under them, overlapping none, and the note under
+    the legend (issue 35)."""
     import warnings
 
     import numpy as np
@@ -101,6 +102,11 @@ def test_the_metric_vs_gap_panels_share_one_legend_outside_them():
     assert len(fig.axes) == 2 and len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
     assert check_legends(fig) == []
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix", "a very long model name (tiny)"]
+    renderer = fig.canvas.get_renderer()
+    note = next(t for t in fig.texts if t.get_text() == "LPIPS: none").get_window_extent(renderer)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert note.y1 <= legend.y0 + 1  # the note sits under the legend, not on it
+    assert legend.y1 <= min(ax.get_window_extent(renderer).y0 for ax in fig.axes)  # the legend under every panel
 
 
 def test_an_empty_building_mask_is_a_labelled_grey_panel_not_a_black_square():
@@ -157,4 +163,26 @@ def test_image_rows_wrap_long_rows_and_hide_the_unused_cells():
     assert fig.get_figwidth() <= BOOK_WIDTH_IN + 1e-9
     y = [ax.get_position().y0 for ax in rows[0]]
     assert y[6] > y[7] and y[0] == y[6]  # panel 8 starts a new line
+    plt.close(fig)
+
+
+def test_the_fid_by_gap_figure_fits_the_column_with_its_legend_and_note_under_the_panels():
+    """Chapter 7's KID / FID per gap (once an 11-inch figure drawn in the notebook, shown at 66 %): two stacked
+    panels, one legend under them, the Inception note under the legend (issue 35)."""
+    import pandas as pd
+
+    from stsynth_lib.evaluate import plot_fid_by_gap
+    from stsynth_lib.figure_check import BOOK_WIDTH_IN
+
+    rows = [{"model": m, "gap_bucket": b, "kid": 0.01 * (i + 1), "kid_std": 0.002, "fid": 30.0 + 5 * i, "n": 40}
+            for m in ("persistence", "pix2pix") for i, b in enumerate(("1", "2-3", "4-6", "all"))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a legend over a panel or text under 9 pt fails here
+        fig = plot_fid_by_gap(pd.DataFrame(rows), calibrated=True, note="Inception: torch hub cache")
+    assert fig.get_figwidth() <= BOOK_WIDTH_IN + 1e-9 and len(fig.axes) == 2 and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["1\n(n=40)", "2-3\n(n=40)", "4-6\n(n=40)"]
+    renderer = fig.canvas.get_renderer()
+    note = next(t for t in fig.texts if t.get_text().startswith("Inception")).get_window_extent(renderer)
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert note.y1 <= legend.y0 + 1 and legend.y1 <= min(ax.get_window_extent(renderer).y0 for ax in fig.axes)
     plt.close(fig)

@@ -14,7 +14,7 @@ Two passes over every content page of a Jupyter Book 1 HTML build:
 * browser (when Chromium is installed; its own command line, no driver: :mod:`stsynth_lib.book.browser`): each
   page gets a full-page screenshot ``<out>/<page>.png`` and a script measures, in the article column, elements whose content is cut off with no
   scrollbar of their own (``scrollWidth > clientWidth`` while ``overflow-x`` is hidden/clip/visible and no scrolling
-  box in between), elements that stick out of the column, and images shown at under 80 % of their width (``figure
+  box in between), elements that stick out of the column, and images shown at under 90 % of their width (``figure
   scaled down``: a figure drawn wider than the column, its text shrunk with it).
 
 Per page, stdlib only too (:mod:`stsynth_lib.book.content`): an embedded PNG that is one colour, or holds a

@@ -15,7 +15,7 @@ from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
 
 
 def plot_stage1_training(run_dir: str | os.PathLike):
-    """Left: the VAE's loss and validation reconstruction PSNR; right: the UNet's loss and EMA validation loss."""
+    """Top: the VAE's loss and validation reconstruction PSNR; bottom: the UNet's loss and EMA validation loss."""
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)

@@ -20,13 +20,16 @@ from stsynth_lib.training import collate
 
 def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: str):
     """Rows of past | future mask (on labelled data) | generated | truth (a matplotlib Figure, not shown)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.figure_check import checked
 
     n = generated.shape[0]
     with_mask = bool(torch.as_tensor(batch["has_mask"][:n]).any())  # no all-black "no labels" column
     fig = Figure(figsize=(min(2 * (3 + with_mask), BOOK_WIDTH_IN), 2.1 * n + 0.6))  # shown 1:1 (show_validation)
+    FigureCanvasAgg(fig)  # a renderer for the text-size check (no pyplot: training threads draw these)
     axes = fig.subplots(n, 3 + with_mask, squeeze=False)
     for i in range(n):
         panels = [
@@ -43,7 +46,7 @@ def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: 
             ax.axis("off")
     fig.suptitle(textwrap.fill(title, 60), fontsize=10)
     fig.tight_layout()
-    return fig
+    return checked(fig)
 
 
 

@@ -82,6 +82,7 @@ from stsynth_lib.evaluate.scoring import (  # noqa: F401
     scoring_device,
 )
 from stsynth_lib.evaluate.figures import (  # noqa: F401
+    plot_fid_by_gap,
     plot_gain_by_area,
     plot_gain_by_gap,
     plot_metrics_vs_gap,

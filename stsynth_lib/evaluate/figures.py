@@ -67,6 +67,7 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
     labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
     shown = [textwrap.fill(model_display_name(m, res.labels), 16) if res.labels else m for m in names]
     cols = ["past (=\npersistence)"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)"] + shown
+    wrapped = len(cols) > 5  # an item's panels span two lines: title every item's, or the second line reads wrong
     fig, axes = image_rows(len(idx), len(cols), max_cols=5, title_in=0.75, extra_in=0.8)
     for r, i in enumerate(idx):
         new, mask_rgb = footprint_picture(d, i)
@@ -82,7 +83,7 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
                 ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
+            if r == 0 or wrapped:
                 ax.set_title(cols[c], fontsize=9)
         p = d.pairs.iloc[i]
         dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
@@ -228,7 +229,7 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     bases = list(dict.fromkeys(table["baseline"]))
     order = [b for b in gap_bucket_order() if b in set(table["gap_bucket"])]
     fig, axes = plt.subplots(len(bases), 1, figsize=(BOOK_WIDTH_IN, 2.6 * len(bases) + 1.6), squeeze=False,
-                             sharex=True)
+                             sharex=True, sharey=True)
     unit = METRICS.get(metric, (None, metric))[1]
     for ax, base in zip(axes[:, 0], bases):
         g = table[table["baseline"] == base]
@@ -244,23 +245,25 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(order)), order)
         ax.set_title(f"model - {base}", fontsize=10)
-        ax.set_ylabel(unit)
+        ax.set_ylabel(f"paired difference, {unit}")
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel("time gap t1 - t0 (months)")
-    _legend_below(fig, axes[0][0])
     fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline\nper time gap "
                           "(95 % interval, whole areas resampled)", fontsize=10)
+    _legend_below(fig, axes[0][0])
     return checked(fig)
 
 
-def _legend_below(fig, ax) -> None:
+def _legend_below(fig, ax, note_in: float = 0.0) -> None:
     """``ax``'s legend entries as one figure legend under all panels (two columns; never over a panel:
-    ``figure_check.check_legends``), the panels laid out above it."""
+    ``figure_check.check_legends``), the panels (and the suptitle, made before) laid out above it; ``note_in``:
+    inches left free under the legend for a note line."""
     handles, names = ax.get_legend_handles_labels()
-    lines = sum(n.count("\n") + 1 for n in names[::2])  # the taller of the two columns, roughly
-    bottom = min(0.45, (0.25 * lines + 0.2) / fig.get_figheight())
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, bbox_to_anchor=(0.5, 0), frameon=False)
+    lines = sum(n.count("\n") + 1 for n in names[: -(-len(names) // 2)])  # column 1, the taller: matplotlib fills it first
+    legend_in = 0.22 * lines + 0.2
+    h = fig.get_figheight()
+    fig.tight_layout(rect=(0, min(0.5, (legend_in + note_in) / h), 1, 1))
+    fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, bbox_to_anchor=(0.5, note_in / h), frameon=False)
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
@@ -291,9 +294,9 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
         ax.set_ylabel(f"mean per area, {unit}")
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel(f"the area's persistence {unit} (higher: a more stable area)")
-    _legend_below(fig, axes[0][0])
     fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline,\none point per area and model",
                  fontsize=10)
+    _legend_below(fig, axes[0][0])
     return checked(fig)
 
 
@@ -321,6 +324,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     ctx = d.context_fields(np.asarray(idx))
     shown = [textwrap.fill(model_display_name(m, res.labels), 13) for m in names]
     cols = len(offsets) + 1 + len(names)
+    wrapped = cols > 7  # an item's panels span two lines: title every item's, or the second line reads wrong
     fig, axes = image_rows(len(idx), cols, max_cols=7, title_in=0.8, extra_in=0.6)
     for r, i in enumerate(idx):
         p = d.pairs.iloc[i]
@@ -343,7 +347,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
             ax.imshow(img)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(t if (r == 0 or c <= len(offsets)) else "", fontsize=9)
+            ax.set_title(t if (r == 0 or wrapped or c <= len(offsets)) else "", fontsize=9)
         axes[r][0].set_ylabel(f"{str(p['aoi'])[:16]}\ngap {plural(round(float(p['gap_months'])), 'month')}", fontsize=9)
     fig.suptitle(title or "Test pairs: the past sequence | truth | each model and baseline", fontsize=10)
     fig.tight_layout()
@@ -366,7 +370,38 @@ def plot_metrics_vs_gap(res: EvalResult, metrics: Sequence[str] = ("psnr", "ssim
         plot_metric_vs_gap(res, metric, n_boot=n_boot, seed=seed, ax=ax, legend=False)
         if ax is not axes[-1][0]:
             ax.set_xlabel("")
-    _legend_below(fig, axes[0][0])
+    _legend_below(fig, axes[0][0], note_in=0.3 if note else 0.0)
     if note:
-        fig.text(0.01, 0.005, note, fontsize=9, ha="left", va="bottom")
+        fig.text(0.01, 0.05 / fig.get_figheight(), note, fontsize=9, ha="left", va="bottom")
+    return checked(fig)
+
+
+def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
+    """Chapter 7's figure: KID x 1000 (± one standard deviation over subsets) and FID per time-gap bucket, one line per
+    model, persistence dashed, the number of pairs under each bucket; one legend under both panels; ``note`` (where
+    the Inception weights came from) under the legend. ``table``: :func:`~stsynth_lib.evaluate.report.fid_report`'s."""
+    import matplotlib.pyplot as plt
+
+    from stsynth_lib.evaluate.data import gap_bucket_order
+    from stsynth_lib.metrics import perceptual as P
+
+    buckets = [b for b in gap_bucket_order() if b in set(table["gap_bucket"])]
+    fig, axes = plt.subplots(2, 1, figsize=(BOOK_WIDTH_IN, 6.8), sharex=True, squeeze=False)
+    axes = axes[:, 0]
+    x = np.arange(len(buckets))
+    for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
+        g = g.set_index("gap_bucket").reindex(buckets)
+        style = dict(ls="--", color="k") if name == PERSISTENCE else {}
+        axes[0].errorbar(x, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=name, **style)
+        axes[1].plot(x, g["fid"], marker="o", label=name, **style)
+    n_per_bucket = table[table["model"] == PERSISTENCE].set_index("gap_bucket")["n"]
+    for ax, what in zip(axes, ("KID x1000", "FID")):
+        ax.set_xticks(x, [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])
+        ax.set_ylabel(P.label(what, calibrated))
+        ax.set_title(f"{P.label(what, calibrated)} vs time gap", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].set_xlabel("time gap t1 - t0 (months)")
+    _legend_below(fig, axes[0], note_in=0.3 if note else 0.0)
+    if note:
+        fig.text(0.01, 0.05 / fig.get_figheight(), note, fontsize=9, ha="left", va="bottom")
     return checked(fig)

@@ -205,7 +205,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
     labelled = any(bool(res.data.has_mask[index[int(row["pair_id"])]]) for _, row in picks)  # else no mask column
     n_cols = 5 if labelled else 4
     side = (BOOK_WIDTH_IN - 1.6) / n_cols  # 1.6 in: the row labels and the colour bar
-    fig, axes = plt.subplots(3, n_cols, figsize=(BOOK_WIDTH_IN, 3 * (side + 0.25) + 1.0))
+    fig, axes = plt.subplots(3, n_cols, figsize=(BOOK_WIDTH_IN, 3 * (side + 0.35) + 1.2), layout="constrained")
     for r, (tag, row) in enumerate(picks):
         i = index[int(row["pair_id"])]
         pred = res.predictions[model][i]
@@ -241,7 +241,7 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
                        labels: Mapping[str, str] | None = None, legend: bool = True):
     """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence (named by
     ``labels``, default an EvalResult's own); ``legend``: False leaves the legend to the caller (several panels:
-    :func:`stsynth_lib.evaluate.figures.plot_metrics_vs_gap` draws one, outside the panels)."""
+    :func:`stsynth_lib.evaluate.figures.plot_metrics_vs_gap` draws one, under the panels)."""
     import matplotlib.pyplot as plt
 
     per_tile = res_or_per_tile.per_tile if isinstance(res_or_per_tile, EvalResult) else res_or_per_tile
