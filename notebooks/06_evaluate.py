@@ -244,6 +244,8 @@ val_baselines = E.evaluate_models(dataset_dir, "val", {}, compute_lpips=False, n
 strongest = E.strongest_baseline(val_baselines.summary, "psnr")
 display(E.results_table(val_baselines.summary, ("psnr", "ssim", "l1")))
 print(f"strongest simple baseline by validation PSNR: {strongest}")
+if (coverage := E.seasonal_coverage_note(res.data, split)) is not None:
+    display(Markdown(f"> **Note:** {coverage}"))
 learned = [m for m in res.per_tile["model"].unique() if m in runs]
 vs_best = E.paired_vs_baseline(res.per_tile[res.per_tile["model"].isin(learned + [strongest])], strongest,
                                metrics=("l1", "psnr", "ssim"), n_boot=n_bootstrap) if learned else []

@@ -114,3 +114,25 @@ def test_sequence_examples_show_the_frames_the_baselines_read(tiny_dataset_dir):
     with pytest.raises(ValueError, match="baselines"):
         E.plot_sequence_examples(plain)
     assert np.all(res.data.context_tile_ids[:, 0] >= 0)  # t0 is always present
+
+
+def test_seasonal_coverage_note_counts_the_pairs_with_last_years_frame():
+    """On a tree shorter than 13 months the seasonal blend is persistence everywhere: chapter 6 says so (issue 35)."""
+    import numpy as np
+    import pandas as pd
+
+    from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR
+    from stsynth_lib.evaluate.data import SplitData, seasonal_coverage_note
+
+    def data(ids):
+        n = len(ids)
+        z = np.zeros((n, 1, 1, 1), np.uint8)
+        return SplitData(pairs=pd.DataFrame({"pair_id": range(n)}), past=z, future=z, past_mask=z, future_mask=z,
+                         valid=z, has_mask=np.zeros(n, bool), transform=np.zeros((n, 6)), crs=[""] * n,
+                         context_offsets=(0, -1, SAME_MONTH_LAST_YEAR), context_tile_ids=np.array(ids))
+
+    some = seasonal_coverage_note(data([[1, 2, 3], [4, -1, -1], [5, 6, -1]]))
+    assert "for 1 of 3 test pairs" in some and "other 2 it is the past image" in some
+    assert "too short" in seasonal_coverage_note(data([[1, 2, -1], [4, -1, -1]]), "val")
+    assert seasonal_coverage_note(data([[1, 2, 3]])) == "The seasonal blend had last year's frame for every test pair (1)."
+    assert seasonal_coverage_note(SplitData(**{**data([[1, 2, 3]]).__dict__, "context_offsets": (0, -1)})) is None

@@ -59,6 +59,7 @@ from stsynth_lib.evaluate.data import (  # noqa: F401
     gap_bucket_order,
     load_split,
     model_labels,
+    seasonal_coverage_note,
 )
 from stsynth_lib.evaluate.report import (  # noqa: F401
     fid_report,

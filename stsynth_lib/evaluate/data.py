@@ -95,6 +95,25 @@ class SplitData:
         return len(self.pairs)
 
 
+def seasonal_coverage_note(data: SplitData, split: str = "test") -> str | None:
+    """One sentence: for how many pairs of ``data`` the seasonal blend had the same month of last year (not after
+    t0); for the others it is the past image, so it scores as persistence there (a tree shorter than 13 months makes
+    the two baselines identical). None when ``data`` has no such frame column."""
+    from stsynth_lib.book.report_format import plural
+    from stsynth_lib.data.dataset import SAME_MONTH_LAST_YEAR
+
+    offsets = list(data.context_offsets or ())
+    if data.context_tile_ids is None or SAME_MONTH_LAST_YEAR not in offsets:
+        return None
+    present = int((data.context_tile_ids[:, offsets.index(SAME_MONTH_LAST_YEAR)] >= 0).sum())
+    n = len(data)
+    if present == n:
+        return f"The seasonal blend had last year's frame for every {split} pair ({n})."
+    return (f"The seasonal blend had last year's frame for {present} of {plural(n, f'{split} pair')}; for the other "
+            f"{n - present} it is the past image itself, so it scores as persistence there"
+            + (" (every pair here: the series is too short for last year's month)" if present == 0 else "") + ".")
+
+
 def load_split(dataset_dir: str | Path, split: str = "test", max_pairs: int | None = None, seed: int = 0,
                context_offsets_months: Iterable | None = None) -> SplitData:
     """Read one split's pairs from the tile store; ``max_pairs`` keeps a seeded random subset (same for every model).
