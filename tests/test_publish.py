@@ -144,10 +144,13 @@ def test_publish_strips_volatile_metadata_and_shrinks_png(tmp_path):
     assert len(set(ids)) == len(ids) and "p" not in ids  # ids from the sources, not jupytext's random ones
     from PIL import Image
 
-    png = base64.b64decode(nb["cells"][-1]["outputs"][-1]["data"]["image/png"])
+    out = nb["cells"][-1]["outputs"][-1]
+    png = base64.b64decode(out["data"]["image/png"])
     with Image.open(io.BytesIO(png)) as im:
         assert max(im.size) <= pub.MAX_PNG_PX
     assert len(png) < len(big)
+    # the book shows it as wide as it was drawn (MyST-NB reads the width): fewer pixels, the same text size
+    assert out["metadata"]["image/png"] == {"width": 2400}
     assert (dest / "results" / "summary.json").is_file() and (dest / "results" / "results.md").is_file()
     # Publishing twice gives the same bytes (reviewable diffs).
     before = (dest / "06_eval.ipynb").read_bytes()

@@ -122,13 +122,13 @@ def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_P
                     small = shrink_png(raw, max_px, max_bytes, min_px)
                     if small is not raw:
                         data["image/png"] = base64.b64encode(small).decode("ascii")
-                        md = out.get("metadata", {}).get("image/png")
-                        if isinstance(md, dict) and ("width" in md or "height" in md):
+                        md = out.setdefault("metadata", {}).setdefault("image/png", {})
+                        if isinstance(md, dict) and "width" not in md and "height" not in md:
+                            # shown as wide as drawn (MyST-NB reads this width): fewer pixels, not smaller text
                             from PIL import Image
 
-                            with Image.open(io.BytesIO(small)) as im:
-                                w, h = im.size
-                            md.update({k: v for k, v in (("width", w), ("height", h)) if k in md})
+                            with Image.open(io.BytesIO(raw)) as im:
+                                md["width"] = im.size[0]
             outputs.append(out)
         cell["outputs"] = merge_streams(outputs)
     return nb
