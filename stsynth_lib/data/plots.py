@@ -52,17 +52,24 @@ def plot_aoi_timeline(meta: pd.DataFrame, aoi: str | None = None, n_months: int 
     return checked(fig)
 
 
+def _two_or_three_panels(three: bool):
+    """A figure as wide as the book's column with two panels side by side, or three (two rows, the fourth cell
+    left out): ``(fig, [axes...])``."""
+    plt = _plt()
+    if not three:
+        fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH_IN, 3.5))
+        return fig, list(axes)
+    fig, grid = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 6.5))
+    grid[1, 1].remove()
+    return fig, [grid[0, 0], grid[0, 1], grid[1, 0]]
+
+
 def plot_collection_overview(meta: pd.DataFrame):
     """Months per AOI, building growth per AOI (only when the tree has building labels: no empty panel) and cloud
     cover per month (images per month without UDM masks)."""
     plt = _plt()
     labelled = bool(meta["has_labels"].any())
-    if labelled:  # three panels: two rows, the fourth cell empty
-        fig, grid = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 6.6))
-        grid[1, 1].remove()
-        axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
-    else:
-        fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH_IN, 3.4))
+    fig, axes = _two_or_three_panels(labelled)
     months = meta.groupby("aoi").size().sort_values()
     if len(months) <= 12:  # one bar per AOI, named
         axes[0].barh(range(len(months)), months.to_numpy(), color="tab:blue")
@@ -102,12 +109,7 @@ def plot_dataset_summary(store):
     plt = _plt()
     pairs, tiles = store.pairs, store.tiles
     labelled = bool(tiles["has_labels"].any())
-    if labelled:  # three panels: two rows, the fourth cell empty
-        fig, grid = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 6.4))
-        grid[1, 1].remove()
-        axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
-    else:
-        fig, axes = plt.subplots(1, 2, figsize=(BOOK_WIDTH_IN, 3.6))
+    fig, axes = _two_or_three_panels(labelled)
     for split, colour in zip(("train", "val", "test"), ("tab:blue", "tab:orange", "tab:green")):
         counts = pairs[pairs["split"] == split]["gap_months"].value_counts().sort_index()
         axes[0].plot(counts.index, counts.to_numpy(), "o-", ms=3, color=colour,
