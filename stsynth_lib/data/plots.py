@@ -67,7 +67,6 @@ def _two_or_three_panels(three: bool):
 def plot_collection_overview(meta: pd.DataFrame):
     """Months per AOI, building growth per AOI (only when the tree has building labels: no empty panel) and cloud
     cover per month (images per month without UDM masks)."""
-    plt = _plt()
     labelled = bool(meta["has_labels"].any())
     fig, axes = _two_or_three_panels(labelled)
     months = meta.groupby("aoi").size().sort_values()
@@ -106,7 +105,6 @@ def plot_collection_overview(meta: pd.DataFrame):
 def plot_dataset_summary(store):
     """Pairs per time gap and split, tiles' usable-pixel fraction, and building cover of tiles (only when the tiles
     have building labels: no empty panel)."""
-    plt = _plt()
     pairs, tiles = store.pairs, store.tiles
     labelled = bool(tiles["has_labels"].any())
     fig, axes = _two_or_three_panels(labelled)
