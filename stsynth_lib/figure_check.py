@@ -19,9 +19,10 @@ import warnings
 MIN_OVERLAP_PX2 = 4.0
 
 
-# The article column of the built book (sphinx-book-theme, Jupyter Book 1) at make book-check's 1280 px window,
-# measured with stsynth_lib.book.browser.measure_page: 253..993 px. An image wider than this is scaled down to it.
-BOOK_COLUMN_PX = 740
+# The width a cell's output image gets in the built book (sphinx-book-theme, Jupyter Book 1) at make book-check's
+# 1280 px window: the article column is 740 px (stsynth_lib.book.browser.measure_page: 253..993 px), a cell output
+# inside it 676 px (book-check's "figure scaled down" measured 766 px images shown at 676). Wider is scaled down.
+BOOK_COLUMN_PX = 676
 MIN_TEXT_PT = 9.0  # the smallest text a reader should have to read in a figure, as shown (issue 35)
 CSS_PX_PER_INCH = 96.0  # how browsers map points to pixels (1 pt = 96 / 72 CSS px)
 TIGHT_PAD_INCHES = 0.1  # the inline backend saves with bbox_inches="tight" and this pad

@@ -127,9 +127,9 @@ def test_an_empty_building_mask_is_a_labelled_grey_panel_not_a_black_square():
 
 
 def test_text_too_small_once_the_book_scales_a_wide_figure_down():
-    """A 16-inch figure is shown 740 px wide: its 10 pt ticks become ~4.5 pt; the same text in a 7-inch figure stays
-    10.4 pt. Text of an axis turned off is not drawn, so it is not counted."""
-    from stsynth_lib.figure_check import BOOK_WIDTH_IN, SmallTextWarning, check_text_size, shown_scale
+    """A 16-inch figure is shown a cell output's width (676 px): its 10 pt ticks become ~4 pt; the same text in a
+    figure of BOOK_WIDTH_IN stays 10.4 pt. Text of an axis turned off is not drawn, so it is not counted."""
+    from stsynth_lib.figure_check import BOOK_COLUMN_PX, BOOK_WIDTH_IN, SmallTextWarning, check_text_size, shown_scale
 
     wide, (a, b) = plt.subplots(1, 2, figsize=(16, 3))
     a.plot([0, 1])
@@ -139,7 +139,8 @@ def test_text_too_small_once_the_book_scales_a_wide_figure_down():
     assert found and all("in the book" in f for f in found)
     assert any("'loss'" in f and "12 pt" in f for f in found) and len(found) == 2  # the 10 pt ticks, the 12 pt title
     wide.canvas.draw()
-    assert shown_scale(wide, wide.canvas.get_renderer()) == pytest.approx(740 / ((wide.get_tightbbox().width + 0.2) * 100) * 100 / 96, rel=1e-6)
+    assert shown_scale(wide, wide.canvas.get_renderer()) == pytest.approx(BOOK_COLUMN_PX / ((wide.get_tightbbox().width + 0.2) * 100) * 100 / 96,
+                                                                       rel=1e-6)
     with pytest.warns(SmallTextWarning):
         checked(wide)
     narrow, ax = plt.subplots(figsize=(BOOK_WIDTH_IN - 0.2, 3))
