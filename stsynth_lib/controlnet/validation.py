@@ -14,7 +14,7 @@ import torch
 from stsynth_lib.controlnet.conditioning import batch_conditioning, batch_prompts, resize_batch, resize_spatial
 from stsynth_lib.controlnet.generate import encode_prompts, make_scheduler, sample_images
 from stsynth_lib.controlnet.losses import diffusion_loss
-from stsynth_lib.figure_check import BOOK_WIDTH_IN
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked
 from stsynth_lib.training import collate
 
 
@@ -24,7 +24,6 @@ def validation_figure(batch: Mapping[str, Any], generated: torch.Tensor, title: 
     from matplotlib.figure import Figure
 
     from stsynth_lib.data.dataset import to_uint8
-    from stsynth_lib.figure_check import checked
 
     n = generated.shape[0]
     with_mask = bool(torch.as_tensor(batch["has_mask"][:n]).any())  # no all-black "no labels" column

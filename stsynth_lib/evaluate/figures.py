@@ -254,16 +254,19 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     return checked(fig)
 
 
-def _legend_below(fig, ax, note_in: float = 0.0) -> None:
+def _legend_below(fig, ax, note: str | None = None) -> None:
     """``ax``'s legend entries as one figure legend under all panels (two columns; never over a panel:
-    ``figure_check.check_legends``), the panels (and the suptitle, made before) laid out above it; ``note_in``:
-    inches left free under the legend for a note line."""
+    ``figure_check.check_legends``), the panels (and the suptitle, made before) laid out above it; ``note``: a
+    line under the legend (e.g. where the metric's weights came from)."""
+    note_in = 0.3 if note else 0.0
     handles, names = ax.get_legend_handles_labels()
     lines = sum(n.count("\n") + 1 for n in names[: -(-len(names) // 2)])  # column 1, the taller: matplotlib fills it first
     legend_in = 0.22 * lines + 0.2
     h = fig.get_figheight()
     fig.tight_layout(rect=(0, min(0.5, (legend_in + note_in) / h), 1, 1))
     fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, bbox_to_anchor=(0.5, note_in / h), frameon=False)
+    if note:
+        fig.text(0.01, 0.05 / h, note, fontsize=9, ha="left", va="bottom")
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
@@ -370,9 +373,7 @@ def plot_metrics_vs_gap(res: EvalResult, metrics: Sequence[str] = ("psnr", "ssim
         plot_metric_vs_gap(res, metric, n_boot=n_boot, seed=seed, ax=ax, legend=False)
         if ax is not axes[-1][0]:
             ax.set_xlabel("")
-    _legend_below(fig, axes[0][0], note_in=0.3 if note else 0.0)
-    if note:
-        fig.text(0.01, 0.05 / fig.get_figheight(), note, fontsize=9, ha="left", va="bottom")
+    _legend_below(fig, axes[0][0], note)
     return checked(fig)
 
 
@@ -401,7 +402,5 @@ def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
         ax.set_title(f"{P.label(what, calibrated)} vs time gap", fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].set_xlabel("time gap t1 - t0 (months)")
-    _legend_below(fig, axes[0], note_in=0.3 if note else 0.0)
-    if note:
-        fig.text(0.01, 0.05 / fig.get_figheight(), note, fontsize=9, ha="left", va="bottom")
+    _legend_below(fig, axes[0], note)
     return checked(fig)
