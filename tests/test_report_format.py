@@ -46,6 +46,16 @@ def test_fmt_value_rounds_floats():
     assert fmt_value([1, 2, 3]) == "1, 2, 3" and fmt_value(np.float32(0.5)) == "0.5" and fmt_value(12000) == "12,000"
 
 
+def test_nested_values_print_without_braces_or_long_floats():
+    """A model.yaml's fitted linear start (a list of mappings) printed as a dict dump with 5-decimal weights, two
+    book-check findings in chapter 3."""
+    fitted = [{"gap_months": g, "weights": [0.53642, 0.12699], "bias": -0.01175} for g in (1, 2, 3)]
+    assert fmt_value(fitted) == "3 rows of gap_months, weights, bias"
+    assert fmt_value({"gap_months": 1, "weights": [0.536421, 0.12699]}) == "gap_months 1; weights 0.5364, 0.127"
+    rows = dict(zip(*settings_table({"guidance": {"linear_base": fitted, "k": 2}}).to_dict("list").values()))
+    assert rows == {"guidance / linear_base": "3 rows of gap_months, weights, bias", "guidance / k": "2"}
+
+
 def test_settings_table_from_dict_dataclass_and_yaml(tmp_path):
     d = {"final_loss": 0.9774104237556458, "step": 200, "guidance": {"n_bands": 3, "use_mask": True},
          "channels": ["past_b1", "past_b2"], "lambda_l1": 100.0}

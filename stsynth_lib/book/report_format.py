@@ -53,7 +53,8 @@ def fix_plurals(text: str) -> str:
 
 def fmt_value(v: Any, sig: int = 4) -> str:
     """One value as short text: floats to ``sig`` significant digits (no exponent for ordinary sizes), ``None`` as
-    "none", lists comma-separated, NaN as "n/a"."""
+    "none", lists comma-separated, NaN as "n/a", a mapping as ``"key value; key value"``, a list of more than two
+    mappings (a fitted table) as its shape (``"12 rows of gap_months, weights, bias"``)."""
     if v is None:
         return "none"
     if isinstance(v, bool):
@@ -71,7 +72,12 @@ def fmt_value(v: Any, sig: int = 4) -> str:
             digits = max(sig - 1 - int(math.floor(math.log10(abs(v)))), 0)
             return f"{v:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{v:.0f}"
         return f"{v:.{sig - 1}e}"
+    if isinstance(v, Mapping):
+        return "; ".join(f"{k} {fmt_value(x, sig)}" for k, x in v.items()) if v else "none"
     if isinstance(v, (list, tuple)):
+        if len(v) > 2 and all(isinstance(x, Mapping) for x in v):  # a fitted table (linear_base): its shape only
+            keys = list(dict.fromkeys(k for x in v for k in x))
+            return f"{len(v)} rows of {', '.join(map(str, keys))}"
         return ", ".join(fmt_value(x, sig) for x in v) if v else "none"
     if isinstance(v, Path):
         return str(v)
