@@ -237,6 +237,14 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
     assert pub.headline_table(_summary()) in intro
     assert "p/results/examples.png" in intro and (out / "p" / "results" / "examples.png").is_file()
     assert "file: p/01_a" in (out / "_toc.yml").read_text() and (out / "p" / "01_a.ipynb").is_file()
+    # the caption names the columns the figure has: a footprints column only where the run scored building F1
+    assert "Test examples of `p`: past | truth |" in intro and "footprints" not in intro.split("## Results")[0]
+    labelled = _summary()
+    labelled["summary"] = labelled["summary"] + [{"model": "pix2pix", "metric": "f1_micro", "mean": 0.5}]
+    (ref / "results" / "summary.json").write_text(json.dumps(labelled))
+    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
+                         params_dir=params)
+    assert "Test examples of `p`: past | future footprints" in (out / "intro.md").read_text()
 
 
 def test_readme_block_round_trip(tmp_path):

@@ -80,13 +80,16 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
     return "\n".join(lines)
 
 
-def figure_block(profile: str, figure: str) -> str:
-    """The examples figure of one profile (MyST): what the system does, shown before its numbers."""
+def figure_block(profile: str, figure: str, labelled: bool = False) -> str:
+    """The examples figure of one profile (MyST): what the system does, shown before its numbers. ``labelled``: the
+    run has building labels, so the figure has a footprints column (``stsynth_lib.evaluate.figures``'s
+    ``plot_landing_example`` draws it then only): the caption names only the columns the figure has."""
+    cols = "past | " + ("future footprints (new buildings outlined in cyan) | " if labelled else "")
     # the column's width whatever dpi save_figure_png chose to fit its byte budget: text as large as the figure drew it
     return "\n".join([f"```{{figure}} {figure}", f":name: examples-{profile}", ":width: 100%", "",
-                      f"Test examples of `{profile}`: past | future footprints (labelled data) | truth | the learned "
-                      f"model with the highest mean PSNR | the true change | the model's change (chapter 6, "
-                      f"`runs/{profile}/eval/examples.png`).", "```", ""])
+                      f"Test examples of `{profile}`: {cols}truth | the learned model with the highest mean PSNR | "
+                      f"the true change | the model's change (chapter 6, `runs/{profile}/eval/examples.png`).", "```",
+                      ""])
 
 
 def _verdict_and_tables(summary: dict, readme: bool = False) -> list[str]:
@@ -208,11 +211,12 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
         except PublishError:
             kind = None
         figure = None
+        run_summary_has_f1 = any(r.get("metric") == "f1_micro" for r in run_summary.get("summary", []))
         if fig is not None and fig.is_file():
             (out / name / "results").mkdir()
             shutil.copy2(fig, out / name / "results" / fig.name)
             figure = f"{name}/results/{fig.name}"
-            figures.append(figure_block(name, figure))
+            figures.append(figure_block(name, figure, labelled=run_summary_has_f1))
         if summary_path is not None and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             summaries[name] = summary
