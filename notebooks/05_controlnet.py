@@ -47,13 +47,15 @@
 #    min-SNR weighting, EMA, prompt dropout). With `pretrained_model` = a Stable Diffusion 1.x (hub id or folder)
 #    and `adapt_pretrained = True`, it fine-tunes SD's UNet on the training split's images. Offline there is no SD
 #    to adapt, so `pretrained_model = "tiny-from-scratch"` **trains a tiny backbone from scratch** on the training
-#    split: first a small VAE (factor 4; its reconstruction PSNR bounds every later number), then the UNet with a
+#    split: first a small VAE (factor 4 by default, 2 in the real-data profiles), then the UNet with a
 #    2-layer CLIP text encoder and the real CLIP tokenizer. The result is a normal diffusers folder. With
 #    `diffusion_target = "residual"` the ControlNet learns the latent change from the past image, and stage 1
 #    teaches the UNet the same thing (its `unet_target` follows `diffusion_target` unless `stage1` sets it): the
 #    UNet trains on the training pairs' scaled latent change instead of single images, and the ControlNet takes
 #    stage 1's residual scale. A ControlNet whose `diffusion_target` differs from its stage-1 backbone's
-#    `unet_target` is refused.
+#    `unet_target` is refused. The VAE's reconstruction error bounds every image decoded whole; a residual run with
+#    `residual_decode = "difference"` instead adds the decoded change to the past image itself, so where the model
+#    draws no change the output is the past exactly (`experiments/residual_decode`).
 # 2. **Stage 2, the ControlNet**, beside that backbone, frozen.
 #
 # Every table and figure names the backbone that produced it ("tiny, trained from scratch on ... train split", or
@@ -114,8 +116,8 @@ empty_prompt = False              # train and generate with "" (image conditioni
 prompt_dropout = 0.5              # share of training prompts replaced by "" (ControlNet paper: 0.5)
 diffusion_target = "image"        # image: the whole future latent | residual: the latent change from the past image's
                                   # latent, times residual_scale (generation adds it back to the past's latent, so a
-                                  # residual of 0 is the past through the VAE); beside a stage-1 backbone it must be
-                                  # stage 1's unet_target
+                                  # residual of 0 is the past through the VAE, or the past itself with residual_decode:
+                                  # difference); beside a stage-1 backbone it must be stage 1's unet_target
 residual_scale_pairs = 64         # residual only: seeded training pairs whose latent change fits residual_scale = 1 /
                                   # RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1
                                   # backbone trained with unet_target: residual, the backbone's scale is taken instead)
@@ -160,6 +162,8 @@ scheduler = "unipc"               # the sampler
 num_inference_steps = 20          # sampling steps
 guidance_scale = 1.0              # > 1: classifier-free guidance against the empty prompt
 controlnet_conditioning_scale = 1.0  # weight of the ControlNet's residuals
+residual_decode = "latent"        # a residual run's image: latent (decode the past's latent plus the sampled change) or
+                                  # difference (the past image plus the decoded change: no change is the past exactly)
 generation_batch_size = 16        # pairs per generation batch
 img2img_strengths = None          # null: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: choose the
                                   # img2img strength (start from the noised past image) on validation pairs
@@ -444,7 +448,7 @@ plt.show()
 # %%
 gen_kw = dict(scheduler=scheduler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
               batch_size=generation_batch_size, controlnet_conditioning_scale=controlnet_conditioning_scale,
-              device=device)
+              device=device, residual_decode=residual_decode)
 if img2img_strengths:
     segmenter = None
     if strength_criterion == "f1_new":
@@ -466,8 +470,8 @@ if img2img_strengths:
     display(round_floats(sweep_table(sweep), 4))
     if sweep.at_grid_edge and strength_criterion != "f1_new":
         display(Markdown(f"> **Note:** the lowest strength of the grid ({strength:g}) won: the images are then the "
-                         "past image through the VAE with little redrawn, the closest to persistence; the criterion "
-                         "rewards copying the past, so read the test scores next to persistence's."))
+                         "past image with little redrawn, the closest to persistence; the criterion rewards "
+                         "copying the past, so read the test scores next to persistence's."))
 else:
     strength = clear_chosen_strength(run_dir)  # pure noise; a strength recorded earlier no longer applies
 print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if strength == 1 else

@@ -135,6 +135,39 @@ def test_a_zero_residual_decodes_to_the_past_through_the_vae(tiny, tiny_dataset_
         sample_images(tiny, None, cond, prompts, _x0_scheduler(tiny), 4, residual_scale=2.0)
 
 
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_difference_decoding_gives_the_past_exactly_plus_the_decoded_change(tiny, tiny_dataset_dir, monkeypatch,
+                                                                            strength):
+    """``residual_decode="difference"``: no change is the past image itself (not its reconstruction), and a change r
+    adds decode(z_past + r / s) - decode(z_past) to it."""
+    from stsynth_lib.controlnet.generate import image_latents, sample_images
+
+    batch = _batch(tiny_dataset_dir, "test")
+    past = batch["past"]
+    cond, prompts = torch.rand(3, 5, 32, 32), ["x"] * 3
+    z = image_latents(tiny, past)
+
+    def sample(residual_scale, decode="difference"):
+        return sample_images(tiny, None, cond, prompts, _x0_scheduler(tiny), 4, seeds=[1, 2, 3], init_image=past,
+                             strength=strength, residual_scale=residual_scale, residual_decode=decode)
+
+    def unclamped(latents):
+        vae = tiny.vae
+        with torch.no_grad():
+            return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0].float()
+
+    _constant_unet(monkeypatch, tiny.unet, 0.0)
+    assert torch.allclose(sample(3.7), past[:, :3].clamp(-1, 1), atol=1e-6)  # the past exactly, VAE error gone
+    assert (sample(3.7, "latent") - past[:, :3]).abs().max() > 0.05  # through the autoencoder: not the past
+    _constant_unet(monkeypatch, tiny.unet, 0.5)
+    want = (past[:, :3] + unclamped(z + 0.25) - unclamped(z)).clamp(-1, 1)
+    assert torch.allclose(sample(2.0), want, atol=1e-5)
+    with pytest.raises(ValueError, match="residual_decode"):
+        sample(None)  # an image-target run has no change to decode
+    with pytest.raises(ValueError, match="residual_decode must be one of"):
+        sample(2.0, "pixels")
+
+
 # --------------------------------------------------------------------------- the recorded scale
 
 
@@ -167,6 +200,7 @@ def test_the_fitted_scale_is_recorded_and_used_by_the_predictor(residual_run, ti
     from stsynth_lib.controlnet import residual as R
     import pandas as pd
 
+    from stsynth_lib.controlnet import generate as G
     from stsynth_lib.controlnet.generate import ControlNetPredictor, load_trained
     from stsynth_lib.controlnet.validation import condition_gain_estimate
     from stsynth_lib.data.dataset import PairedTileDataset
@@ -186,6 +220,15 @@ def test_the_fitted_scale_is_recorded_and_used_by_the_predictor(residual_run, ti
     pred = ControlNetPredictor(residual_run, "cpu")
     assert pred.residual_scale == rec["residual_scale"]
     assert pred.sampling_record()["residual_scale"] == rec["residual_scale"]
+    assert pred.sampling_record()["residual_decode"] == "latent"  # the default without a validated choice
+    (residual_run / G.GENERATION_FILE).write_text(yaml.safe_dump({"img2img_strength": 0.3,
+                                                                 "residual_decode": "difference"}))
+    try:  # the choice chapter 5 recorded on validation is what the predictor draws with
+        assert ControlNetPredictor(residual_run, "cpu").sampling_record()["residual_decode"] == "difference"
+        with pytest.raises(ValueError, match="residual_decode must be one of"):
+            ControlNetPredictor(residual_run, "cpu", residual_decode="pixels")
+    finally:
+        (residual_run / G.GENERATION_FILE).unlink()
 
 
 def test_resume_reads_the_recorded_scale_and_never_refits(tiny_dataset_dir, tmp_path, monkeypatch,

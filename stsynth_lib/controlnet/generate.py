@@ -50,6 +50,9 @@ from stsynth_lib.predict.base import Predictor, batch_seeds
 from stsynth_lib.predict.split import SAMPLING_FILE, predict_split
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
+# how a residual run turns its sampled latent change into an image (sample_images): through the autoencoder whole
+# ("latent"), or as the past image plus the decoded change ("difference"); chosen on validation (chapter 5)
+RESIDUAL_DECODES = ("latent", "difference")
 GENERATION_FILE = "generation.yaml"  # run folder: the img2img strength chosen on validation, and its sampling settings
 
 
@@ -108,6 +111,7 @@ def sample_images(
     init_image: torch.Tensor | None = None,
     strength: float = 1.0,
     residual_scale: float | None = None,
+    residual_decode: str = "latent",
 ) -> torch.Tensor:
     """Denoise from seeded noise to images ``(B, 3, H, W)`` in [-1, 1] (float32, on CPU).
 
@@ -115,6 +119,10 @@ def sample_images(
     denoises the scaled latent change ``r`` and the decoded latent is ``z_start + r / residual_scale``, with
     ``z_start`` the posterior mean of ``init_image`` (the past image, required); ``strength < 1`` then starts from
     ``r = 0`` (no change) noised to the strength's first timestep, the residual analogue of SDEdit.
+    ``residual_decode`` (residual runs): ``"latent"`` returns that decoded image, so every pixel passes through the
+    autoencoder; ``"difference"`` returns ``past + decode(z_start + r / s) - decode(z_start)``: the past image with
+    the decoded change added, so "no change" (``r = 0``) is the past image exactly and the autoencoder's
+    reconstruction error of the past cancels (see :data:`RESIDUAL_DECODES`).
 
     ``strength < 1`` (img2img / SDEdit) needs ``init_image`` ``(B, C, H, W)`` in [-1, 1] (the past image): its VAE
     latent (posterior mean) is noised with the seeded noise to the first of the last ``int(steps * strength)``
@@ -157,17 +165,41 @@ def sample_images(
             e_u, e_c = eps.chunk(2)
             eps = e_u + guidance_scale * (e_c - e_u)
         latents = scheduler.step(eps, t, latents, return_dict=False)[0]
-    if z_start is not None:
-        latents = z_start + latents.float() / float(residual_scale)
-    vae = backbone.vae
-    with torch.autocast(device_type=device.type, enabled=False):  # the VAE decodes in its own dtype (fp32)
-        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
-    img = img.float().clamp(-1, 1).cpu()
+    img = _to_image(backbone, latents, z_start, residual_scale, residual_decode, init_image, device)
     if not torch.isfinite(img).all():
         raise FloatingPointError(
             "generated images contain NaN/Inf (black images): keep the VAE in fp32 and prefer bf16 over fp16."
         )
     return img
+
+
+def _to_image(backbone: Backbone, latents: torch.Tensor, z_start: torch.Tensor | None, residual_scale,
+              residual_decode: str, init_image: torch.Tensor | None, device) -> torch.Tensor:
+    """The denoised latents as images in [-1, 1] (CPU): decoded whole, or for a residual run ``z_start`` plus the
+    change decoded (``residual_decode="latent"``) or the past image plus the decoded change (``"difference"``)."""
+    if residual_decode not in RESIDUAL_DECODES:
+        raise ValueError(f"residual_decode must be one of {RESIDUAL_DECODES}, got {residual_decode!r}")
+    if residual_decode != "latent" and z_start is None:
+        raise ValueError(f"residual_decode {residual_decode!r} decodes a sampled change: pass residual_scale (a "
+                         "diffusion_target: residual run)")
+    if z_start is not None:
+        latents = z_start + latents.float() / float(residual_scale)
+    img = _decode(backbone, latents, device)
+    if z_start is not None and residual_decode == "difference":
+        past = init_image[:, : img.shape[1]].float()
+        if tuple(past.shape[-2:]) != tuple(img.shape[-2:]):
+            past = torch.nn.functional.interpolate(past, size=img.shape[-2:], mode="bilinear", align_corners=False,
+                                                   antialias=True)
+        img = past.cpu() + img - _decode(backbone, z_start, device)
+    return img.clamp(-1, 1)
+
+
+def _decode(backbone: Backbone, latents: torch.Tensor, device) -> torch.Tensor:
+    """Scaled latents to images in float32 on the CPU (unclamped)."""
+    vae = backbone.vae
+    with torch.autocast(device_type=device.type, enabled=False):  # the VAE decodes in its own dtype (fp32)
+        img = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype), return_dict=False)[0]
+    return img.float().cpu()
 
 
 def _start_latents(backbone: Backbone, scheduler, noise: torch.Tensor, num_inference_steps: int, strength: float,
@@ -277,7 +309,7 @@ class ControlNetPredictor(Predictor):
     def __init__(self, run_dir: str | os.PathLike, device: str = "cpu", scheduler: str | None = None,
                  num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  strength: float | None = None, controlnet_conditioning_scale: float | None = None,
-                 prompt_only: bool = False):
+                 prompt_only: bool = False, residual_decode: str | None = None):
         self.backbone, self.controlnet, self.params = load_trained(run_dir, device)
         self.device = next(self.controlnet.parameters()).device
         chosen = chosen_generation(run_dir)
@@ -291,6 +323,12 @@ class ControlNetPredictor(Predictor):
         self.prompt_only = bool(prompt_only)
         self.uses_mask = bool(self.params["use_mask"])
         self.residual_scale = run_residual_scale(run_dir, self.params)  # None: the run learned the image
+        self.residual_decode = str(pick(residual_decode, "residual_decode", "latent"))
+        if self.residual_decode not in RESIDUAL_DECODES:
+            raise ValueError(f"residual_decode must be one of {RESIDUAL_DECODES}, got {self.residual_decode!r}")
+        if self.residual_decode != "latent" and self.residual_scale is None:
+            raise ValueError(f"residual_decode {self.residual_decode!r} needs a run that learned the change "
+                             f"(diffusion_target: residual); {run_dir} learned the image")
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
         # the run's past frames (runs older than the option: None); the split loop, the tree and predict() pass them
         self.context_offsets = check_context_offsets(self.params.get("context_offsets_months"))
@@ -306,7 +344,7 @@ class ControlNetPredictor(Predictor):
         imgs = sample_images(self.backbone, None if self.prompt_only else self.controlnet, cond, prompts,
                              self.scheduler, self.steps, self.guidance_scale, batch_seeds(seed, len(prompts)),
                              self.conditioning_scale, init_image=b["past"].to(self.device), strength=self.strength,
-                             residual_scale=self.residual_scale)
+                             residual_scale=self.residual_scale, residual_decode=self.residual_decode)
         return resize_spatial(imgs, batch["past"].shape[-1])
 
     def sampling_record(self) -> dict[str, Any]:
@@ -314,7 +352,8 @@ class ControlNetPredictor(Predictor):
         rec = {"strength": self.strength, "scheduler": self.scheduler_name, "num_inference_steps": self.steps,
                "guidance_scale": self.guidance_scale, "controlnet_conditioning_scale": self.conditioning_scale}
         if self.residual_scale is not None:
-            rec.update(diffusion_target="residual", residual_scale=self.residual_scale)
+            rec.update(diffusion_target="residual", residual_scale=self.residual_scale,
+                       residual_decode=self.residual_decode)
         return rec
 
 
@@ -337,6 +376,7 @@ def generate_split(
     prompt_only: bool = False,
     strength: float | None = None,
     subsample_seed: int | None = None,
+    residual_decode: str | None = None,
 ) -> Path:
     """Generate the future image of every pair of ``split`` and save them as predictions.
 
@@ -354,7 +394,8 @@ def generate_split(
     value (:func:`chosen_strength`, 1.0 when none). ``subsample_seed`` with
     ``max_pairs`` takes a seeded random subset of the split (a seeded shuffle, the
     same subset as ``evaluate_models(max_pairs=..., seed=...)``) instead of its first
-    pairs. The folder's ``sampling.yaml`` records how its images were drawn.
+    pairs. ``residual_decode`` (residual runs, see :func:`sample_images`): None takes the run's validated value
+    (``generation.yaml``, else "latent"). The folder's ``sampling.yaml`` records how its images were drawn.
     Returns the predictions folder (default ``<run_dir>/predictions/<split>``),
     which is cleared first, its ``samples/`` included.
     """
@@ -364,7 +405,8 @@ def generate_split(
         raise ValueError(f"num_samples_per_pair must be >= 1, got {num_samples_per_pair}")
     run_dir = Path(run_dir)
     predictor = ControlNetPredictor(run_dir, device, scheduler, num_inference_steps, guidance_scale, strength,
-                                    controlnet_conditioning_scale, prompt_only)  # strength None: the chosen one
+                                    controlnet_conditioning_scale, prompt_only,
+                                    residual_decode)  # None: the chosen strength / decode
     ds = PairedTileDataset(dataset_dir, split=split, max_pairs=max_pairs, subsample_seed=subsample_seed,
                            context_offsets_months=predictor.context_offsets if predictor.needs_context else None)
     if len(ds) == 0:
@@ -374,7 +416,7 @@ def generate_split(
     default = run_dir / ("predictions_prompt_only" if prompt_only else "predictions") / split
     what = ("prompt only" if prompt_only else scheduler) + (f", img2img strength {predictor.strength:g}"
                                                             if predictor.strength < 1 else "") \
-        + (", residual" if predictor.residual_scale is not None else "")
+        + (f", residual ({predictor.residual_decode})" if predictor.residual_scale is not None else "")
     record = {**predictor.sampling_record(), "seed": int(seed), "prompt_only": bool(prompt_only),
               "num_samples_per_pair": int(num_samples_per_pair), "max_pairs": max_pairs,
               "subsample_seed": subsample_seed}  # how these were drawn

@@ -34,7 +34,7 @@ CRITERIA = {"psnr": "max", "ssim": "max", "lpips": "min", "f1_new": "max"}  # me
 SCORES = ("psnr", "ssim", "lpips", "f1_new")  # f1_new: the segmenter's new-building F1 (pooled pixels), labelled data
 _SUMMARY_NAME = {"f1_new": "f1_new_micro"}  # the evaluation's name of a score
 CONTROLNET, PROMPT_ONLY = "controlnet", "prompt_only"
-SAMPLING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "controlnet_conditioning_scale")
+SAMPLING_KEYS = ("scheduler", "num_inference_steps", "guidance_scale", "controlnet_conditioning_scale", "residual_decode")
 
 
 @dataclass

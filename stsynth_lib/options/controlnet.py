@@ -21,7 +21,8 @@ CONTROLNET = Concern("controlnet", "ControlNet", (
     # what the denoiser learns
     Option("diffusion_target", str, "image", "image: the whole future latent | residual: the latent change from the "
            "past image's latent, times residual_scale (generation adds it back to the past's latent, so a residual "
-           "of 0 is the past through the VAE); beside a stage-1 backbone it must be stage 1's unet_target",
+           "of 0 is the past through the VAE, or the past itself with residual_decode: difference); beside a stage-1 "
+           "backbone it must be stage 1's unet_target",
            choices=("image", "residual")),
     Option("residual_scale_pairs", int, 64, "residual only: seeded training pairs whose latent change fits "
            "residual_scale = 1 / RMS (recorded in the run folder's residual.yaml, kept on resume; beside a stage-1 "

@@ -9,6 +9,9 @@ SAMPLING = Concern("sampling", "Sampling", (
     Option("num_inference_steps", int, 20, "sampling steps", min=1),
     Option("guidance_scale", float, 1.0, "> 1: classifier-free guidance against the empty prompt", min=0),
     Option("controlnet_conditioning_scale", float, 1.0, "weight of the ControlNet's residuals", min=0),
+    Option("residual_decode", str, "latent", "a residual run's image: latent (decode the past's latent plus the "
+           "sampled change) or difference (the past image plus the decoded change: no change is the past exactly)",
+           choices=("latent", "difference")),
     Option("generation_batch_size", int, 16, "pairs per generation batch", min=1),
     Option("img2img_strengths", list, None, "null: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: "
            "choose the img2img strength (start from the noised past image) on validation pairs", none_ok=True,
