@@ -147,6 +147,13 @@ def test_show_sample_spread(run, tiny_dataset_dir, tmp_path):
     spread = fig.axes[5].images[0].get_array()
     assert float(np.asarray(spread).max()) > 0  # the samples differ
     plt.close(fig)
+    # chapter 5 titles it with the run's full label (~170 characters): unwrapped, that line alone made the saved
+    # figure 1,471 px wide, shown at 46 % in the book (its text too small: a SmallTextWarning, an error in the tests)
+    long = "ControlNet [tiny, trained from scratch on the sn7_real_128 train split (data/sn7_real_128/dataset); " \
+           "residual diffusion (the change from the past); img2img from the past image, strength 0.1]: samples"
+    fig = show_sample_spread(out, tiny_dataset_dir, "test", n_pairs=2, title=long)
+    assert fig._suptitle.get_text().replace("\n", " ") == long and fig._suptitle.get_text().count("\n") >= 1
+    plt.close(fig)
 
 
 @pytest.mark.parametrize("has_mask, n_cols", [([False, False], 3), ([False, True], 4)])

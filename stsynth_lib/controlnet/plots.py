@@ -45,7 +45,8 @@ def plot_training(run_dir: str | os.PathLike):
     a2.set_xlabel("step")
     a2.set_ylabel("share of the val loss\nremoved")
     a2.legend(fontsize=9)
-    fig.suptitle("ControlNet training" + _title_suffix(run_dir), fontsize=10)
+    # the backbone's label is long: wrapped, or the title alone widens the saved figure past the book's column
+    fig.suptitle(textwrap.fill("ControlNet training" + _title_suffix(run_dir), 90), fontsize=10)
     fig.tight_layout()
     return checked(fig)
 
@@ -201,8 +202,12 @@ def show_sample_spread(pred_dir: str | os.PathLike, dataset_dir: str | os.PathLi
         axes[r][-1].axis("off")
         axes[r][0].text(-2, 0, f"pair {pid}\n{s['aoi'][:12]}\n+{int(s['gap_months'])} mo", fontsize=9, ha="right",
                         va="top")
-    fig.tight_layout(rect=(0, 0, 0.88, 0.9))
+    # a long title (a run's full label) is wrapped, or it alone widens the saved figure past the book's column
+    title = textwrap.fill(title, 90) if title else f"{k} samples per pair ({Path(pred_dir).name}):\npast | truth | samples | spread"
+    top_in = 0.2 + 0.18 * (title.count("\n") + 1)
+    fig.set_figheight(fig.get_figheight() + top_in - 0.5)
+    fig.tight_layout(rect=(0, 0, 0.88, 1 - top_in / fig.get_figheight()))
     cax = fig.add_axes([0.9, 0.15, 0.02, 0.7])
     fig.colorbar(im, cax=cax, label="per-pixel std (grey levels)")
-    fig.suptitle(title or f"{k} samples per pair ({Path(pred_dir).name}):\npast | truth | samples | spread", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return checked(fig)
