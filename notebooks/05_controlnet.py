@@ -306,8 +306,9 @@ else:
 
 # %% [markdown]
 # ### The VAE: reconstructions and their ceiling
-# Every image the backbone draws goes through the VAE's decoder, so the VAE's reconstruction PSNR / SSIM of the real
-# images is a ceiling for everything below. The first table scores the reconstruction of the tile images on
+# An image decoded whole goes through the VAE's decoder, so the VAE's reconstruction PSNR / SSIM of the real images
+# is a ceiling for it (with `residual_decode = "difference"` only the drawn change passes through the decoder, added
+# to the past image: the ceiling then bounds what the change can add, not the image). The first table scores the reconstruction of the tile images on
 # validation (where stage 1 was checked) and on test (reported, never used to choose anything). The second puts the
 # ceiling on the test pairs next to persistence on the same pairs and pixels
 # (`stsynth_lib.controlnet.ceiling.ceiling_vs_persistence`): where the ceiling is not above persistence, the diffusion
