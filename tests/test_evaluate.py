@@ -445,3 +445,21 @@ def test_prediction_dirs_maps_sample_mean_names_to_the_mean_folder(tmp_path):
     dirs = prediction_dirs(tmp_path, "p", "pix2pix, controlnet_sample_mean", split="val")
     assert dirs["pix2pix"] == tmp_path / "p" / "pix2pix" / "predictions" / "val"
     assert dirs["controlnet_sample_mean"] == sample_mean_dir(tmp_path / "p" / "controlnet" / "predictions" / "val")
+
+
+def test_rows_vs_persistence_gives_each_models_mean_and_its_area_interval():
+    """The rows the experiments' results files hold (experiments/residual_decode, experiments/diffusion_target)."""
+    from types import SimpleNamespace
+
+    per_tile = _per_tile_two_models().rename(columns={"aoi": "cluster"})
+    summary = per_tile.melt(id_vars=["model"], value_vars=["l1", "psnr"], var_name="metric").groupby(
+        ["model", "metric"], as_index=False)["value"].mean().rename(columns={"value": "mean"})
+    rows = E.rows_vs_persistence(SimpleNamespace(per_tile=per_tile, summary=summary), ["steady", "mixed"],
+                                 ["l1", "psnr"], n_boot=300)
+    steady, mixed = rows
+    assert [r["model"] for r in rows] == ["steady", "mixed"]
+    assert steady["psnr"] == pytest.approx(per_tile[per_tile["model"] == "steady"]["psnr"].mean())
+    lo_mean_hi = steady["psnr_minus_persistence"]
+    assert lo_mean_hi[0] == pytest.approx(0.3) and lo_mean_hi[1] - 1e-9 <= 0.3 <= lo_mean_hi[2] + 1e-9
+    assert steady["l1_minus_persistence"][2] < 0  # better in every area: the interval is below 0
+    assert mixed["l1_minus_persistence"][1] < 0 < mixed["l1_minus_persistence"][2]  # 3 of 6 areas: spans 0

@@ -122,22 +122,14 @@ def generate(run_dir: Path, args, params: dict) -> tuple[dict, float]:
 
 
 def score(name: str, run_dir: Path, train_s: float, folders: dict, best: float, args, params: dict) -> dict:
-    from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
+    from stsynth_lib.evaluate import evaluate_models, rows_vs_persistence
 
     res = evaluate_models(params["dataset_dir"], "val", folders, compute_lpips=not args.no_lpips,
                           allow_uncalibrated=False, progress=False, n_boot=1000, max_pairs=args.pairs,
                           seed=params["seed"])
     metrics = [m for m in METRICS if m in res.per_tile.columns]
-    paired = paired_vs_persistence(res.per_tile, metrics=metrics, cluster="cluster", n_boot=2000)
+    rows = rows_vs_persistence(res, folders, metrics)
     means = res.summary.pivot_table(index="model", columns="metric", values="mean")
-    rows = []
-    for model in folders:
-        row = {"model": model}
-        for m in metrics:
-            row[m] = float(means.loc[model, m])
-            d = paired[(paired["model"] == model) & (paired["metric"] == m)].iloc[0]
-            row[f"{m}_minus_persistence"] = [float(d["mean_diff"]), float(d["ci_lo"]), float(d["ci_hi"])]
-        rows.append(row)
     persistence = {m: float(means.loc["persistence", m]) for m in metrics}
     import pandas as pd
 

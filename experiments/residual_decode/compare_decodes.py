@@ -76,22 +76,14 @@ def generate(run_dir: Path, args, params: dict) -> tuple[dict, tuple[str, float]
 
 
 def score(folders: dict, best: tuple[str, float], args, params: dict) -> dict:
-    from stsynth_lib.evaluate import evaluate_models, paired_vs_persistence
+    from stsynth_lib.evaluate import evaluate_models, rows_vs_persistence
 
     res = evaluate_models(params["dataset_dir"], "val", folders, compute_lpips=not args.no_lpips,
                           allow_uncalibrated=False, progress=False, n_boot=1000, max_pairs=args.pairs,
                           seed=params["seed"])
     metrics = [m for m in METRICS if m in res.per_tile.columns]
-    paired = paired_vs_persistence(res.per_tile, metrics=metrics, cluster="cluster", n_boot=2000)
+    rows = rows_vs_persistence(res, folders, metrics)
     means = res.summary.pivot_table(index="model", columns="metric", values="mean")
-    rows = []
-    for model in folders:
-        row = {"model": model}
-        for m in metrics:
-            row[m] = float(means.loc[model, m])
-            d = paired[(paired["model"] == model) & (paired["metric"] == m)].iloc[0]
-            row[f"{m}_minus_persistence"] = [float(d["mean_diff"]), float(d["ci_lo"]), float(d["ci_hi"])]
-        rows.append(row)
     return {"run": str(args.run), "n_val_pairs": args.pairs, "n_areas": int(res.per_tile["cluster"].nunique()),
             "criterion": "single-sample PSNR", "chosen": {"residual_decode": best[0], "img2img_strength": best[1]},
             "persistence": {m: float(means.loc["persistence", m]) for m in metrics}, "rows": rows}

@@ -98,6 +98,7 @@ from stsynth_lib.evaluate.stats import (  # noqa: F401
     paired_vs_persistence,
     persistence_verdict,
     results_table,
+    rows_vs_persistence,
     strongest_baseline,
     summarise,
 )

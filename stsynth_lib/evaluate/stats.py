@@ -109,6 +109,24 @@ def paired_vs_persistence(per_tile: pd.DataFrame, metrics: Iterable[str] = ("l1"
     return out.drop(columns="baseline", errors="ignore")
 
 
+def rows_vs_persistence(res, models: Iterable[str], metrics: Iterable[str], n_boot: int = 2000) -> list[dict]:
+    """One plain row per model of an evaluation ``res`` (``evaluate_models``): its mean of each metric and
+    ``<metric>_minus_persistence`` = [mean difference, interval low, high] on the same pairs, areas resampled
+    (:func:`paired_vs_persistence` with ``cluster="cluster"``): the rows the experiments' results files hold."""
+    metrics = list(metrics)
+    paired = paired_vs_persistence(res.per_tile, metrics=metrics, cluster="cluster", n_boot=n_boot)
+    means = res.summary.pivot_table(index="model", columns="metric", values="mean")
+    rows = []
+    for model in models:
+        row = {"model": model}
+        for m in metrics:
+            row[m] = float(means.loc[model, m])
+            d = paired[(paired["model"] == model) & (paired["metric"] == m)].iloc[0]
+            row[f"{m}_minus_persistence"] = [float(d["mean_diff"]), float(d["ci_lo"]), float(d["ci_hi"])]
+        rows.append(row)
+    return rows
+
+
 def paired_vs_baseline(per_tile: pd.DataFrame, baseline: str = PERSISTENCE,
                        metrics: Iterable[str] = ("l1", "psnr", "ssim"), cluster: str | None = None,
                        n_boot: int = 2000, ci: float = 0.95, seed: int = 0, psnr_cap_db: float = 100.0) -> pd.DataFrame:
