@@ -4,6 +4,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from stsynth_lib.book.report_format import fix_plurals, fmt_value, format_interval, plural, round_floats, settings_table
@@ -113,3 +114,18 @@ def test_save_figure_png_stays_under_size(tmp_path):
         ax.imshow(np.clip(img + 0.2 * (yy > 0.5)[..., None], 0, 1))
     p = save_figure_png(fig, tmp_path / "eval" / "examples.png", max_kb=400)
     assert p.is_file() and p.stat().st_size <= 400 * 1024 and p.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replace_marked_block_rewrites_only_between_the_markers(tmp_path):
+    from stsynth_lib.book.report_format import delta_vs_persistence_lines, replace_marked_block
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table:start -->\nold\n<!-- table:end -->\noutro\n")
+    row = {"model": "m", "psnr": 18.654, "psnr_minus_persistence": [0.0741, 0.058, 0.092],
+           "ssim_minus_persistence": [0.002, 0.001, 0.004]}
+    replace_marked_block(readme, "\n".join(delta_vs_persistence_lines([row], lead=("c",))))
+    assert readme.read_text() == ("intro\n<!-- table:start -->\n| c | m | 18.65 | +0.074 [+0.058, +0.092] | "
+                                  "+0.002 [+0.001, +0.004] | (not scored) |\n<!-- table:end -->\noutro\n")
+    (tmp_path / "other.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="other.md"):
+        replace_marked_block(tmp_path / "other.md", "x")

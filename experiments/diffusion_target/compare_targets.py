@@ -143,8 +143,7 @@ def score(name: str, run_dir: Path, train_s: float, folders: dict, best: float, 
 
 
 def write_readme(results: dict) -> None:
-    def ci(v):
-        return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+    from stsynth_lib.book.report_format import delta_vs_persistence_lines, replace_marked_block
 
     lines = ["| candidate | diffusion_target | context frames | stage-1 UNet steps | ControlNet steps | train min (UNet + "
              "ControlNet, 1 core) | cond_gain (last validation) | strength chosen (single-sample PSNR) | val pairs "
@@ -157,15 +156,9 @@ def write_readme(results: dict) -> None:
     lines += ["", "| candidate | model | PSNR (dB) | PSNR - persistence | SSIM - persistence | LPIPS - persistence |",
               "|---|---|---|---|---|---|"]
     for name, r in results.items():
-        for row in r["rows"]:
-            lp = ci(row["lpips_minus_persistence"]) if "lpips_minus_persistence" in row else "(not scored)"
-            lines.append(f"| {name} | {row['model']} | {row['psnr']:.2f} | {ci(row['psnr_minus_persistence'])} | "
-                         f"{ci(row['ssim_minus_persistence'])} | {lp} |")
+        lines += delta_vs_persistence_lines(r["rows"], lead=(name,))
         lines.append(f"| {name} | persistence | {r['persistence']['psnr']:.2f} | | | |")
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    a, b = text.index("<!-- table:start -->"), text.index("<!-- table:end -->")
-    readme.write_text(text[:a] + "<!-- table:start -->\n" + "\n".join(lines) + "\n" + text[b:])
+    replace_marked_block(HERE / "README.md", "\n".join(lines))
 
 
 def main(argv=None) -> int:

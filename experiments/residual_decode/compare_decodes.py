@@ -90,22 +90,15 @@ def score(folders: dict, best: tuple[str, float], args, params: dict) -> dict:
 
 
 def write_readme(r: dict) -> None:
-    def ci(v):
-        return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+    from stsynth_lib.book.report_format import delta_vs_persistence_lines, replace_marked_block
 
     lines = [f"Run `{r['run']}`, {r['n_val_pairs']} validation pairs ({r['n_areas']} areas); chosen by "
              f"{r['criterion']}: **{r['chosen']['residual_decode']}, strength {r['chosen']['img2img_strength']:g}**.",
              "", "| model | PSNR (dB) | PSNR - persistence | SSIM - persistence | LPIPS - persistence |",
              "|---|---|---|---|---|"]
-    for row in r["rows"]:
-        lp = ci(row["lpips_minus_persistence"]) if "lpips_minus_persistence" in row else "(not scored)"
-        lines.append(f"| {row['model']} | {row['psnr']:.2f} | {ci(row['psnr_minus_persistence'])} | "
-                     f"{ci(row['ssim_minus_persistence'])} | {lp} |")
+    lines += delta_vs_persistence_lines(r["rows"])
     lines.append(f"| persistence | {r['persistence']['psnr']:.2f} | | | |")
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    a, b = text.index("<!-- table:start -->"), text.index("<!-- table:end -->")
-    readme.write_text(text[:a] + "<!-- table:start -->\n" + "\n".join(lines) + "\n" + text[b:])
+    replace_marked_block(HERE / "README.md", "\n".join(lines))
 
 
 def main(argv=None) -> int:

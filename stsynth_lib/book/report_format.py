@@ -274,3 +274,30 @@ def model_legend_markdown(models, labels: Mapping[str, str] | None = None) -> st
     lines = ["| model (as in the tables) | what it is |", "|---|---|"]
     lines += [f"| {s} | {d.replace('|', '/')} |" for s, d in rows]
     return "\n".join(lines)
+
+
+def delta_vs_persistence_lines(rows: list[dict], lead: tuple[str, ...] = ()) -> list[str]:
+    """Markdown table lines of an experiment's rows (``evaluate.rows_vs_persistence``): PSNR and the paired
+    difference to persistence in PSNR, SSIM and LPIPS (``"(not scored)"`` without LPIPS); ``lead`` cells (e.g. the
+    candidate's name) open every row."""
+    def ci(v):
+        return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]"
+
+    lines = []
+    for row in rows:
+        lp = ci(row["lpips_minus_persistence"]) if "lpips_minus_persistence" in row else "(not scored)"
+        lines.append("| " + "".join(f"{c} | " for c in lead) + f"{row['model']} | {row['psnr']:.2f} | "
+                     f"{ci(row['psnr_minus_persistence'])} | {ci(row['ssim_minus_persistence'])} | {lp} |")
+    return lines
+
+
+def replace_marked_block(path: str | Path, body: str, name: str = "table") -> None:
+    """Rewrite the text between ``<!-- <name>:start -->`` and ``<!-- <name>:end -->`` of a Markdown file (a generated
+    table in a README); raises ValueError naming the file when a marker is missing."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: no {start} ... {end} block to rewrite")
+    a, b = text.index(start), text.index(end)
+    path.write_text(text[:a] + start + "\n" + body.rstrip("\n") + "\n" + text[b:])
