@@ -154,3 +154,17 @@ def test_controlnet_split_keeps_per_pair_seeds_and_prompt_only(one_step_controln
                 assert np.array_equal(to_uint8(predictor.generate(batch, seeds)), ref)
         rec = yaml.safe_load((out / SAMPLING_FILE).read_text())
         assert rec["prompt_only"] is prompt_only and rec["strength"] == 0.5 and rec["seed"] == 5
+
+
+def test_split_is_complete_needs_every_pair_and_exactly_the_samples(tmp_path):
+    from stsynth_lib.predict.split import split_is_complete
+
+    out = tmp_path / "pred"
+    assert not split_is_complete(out, 3)  # nothing generated
+    out.mkdir()
+    (out / "index.csv").write_text("pair_id,path\n1,a.tif\n2,b.tif\n3,c.tif\n")
+    assert split_is_complete(out, 3) and not split_is_complete(out, 4)  # an interrupted folder is not kept
+    extra = sample_dir(out, 1)
+    extra.mkdir(parents=True)
+    (extra / "index.csv").write_text("pair_id,path\n1,a.tif\n")
+    assert split_is_complete(out, 3, num_samples=2) and not split_is_complete(out, 3, num_samples=1)

@@ -68,6 +68,17 @@ def sample_dirs(pred_dir: str | os.PathLike) -> list[Path]:
     return [pred_dir] + sorted(extra, key=lambda d: int(d.name.split("-", 1)[1]))
 
 
+def split_is_complete(pred_dir: str | os.PathLike, n_pairs: int, num_samples: int = 1) -> bool:
+    """A predictions folder already holds ``n_pairs`` pairs in sample 0 and exactly ``num_samples`` samples (an
+    experiment can then keep it instead of generating it again)."""
+    index = Path(pred_dir) / "index.csv"
+    if not index.is_file():
+        return False
+    with index.open() as f:
+        rows = sum(1 for line in f if line.strip()) - 1  # minus the header
+    return rows == int(n_pairs) and len(sample_dirs(pred_dir)) == int(num_samples)
+
+
 def clear_split(out: str | os.PathLike) -> None:
     """Clear a predictions folder, its sampling record and the folders of its extra samples (so no old sample or
     record outlives a new run, not even an interrupted one)."""
