@@ -46,13 +46,11 @@ from stsynth_lib.controlnet.conditioning import (
 )
 from stsynth_lib.controlnet.residual import run_residual_scale
 from stsynth_lib.data.dataset import check_context_offsets
+from stsynth_lib.options.sampling import RESIDUAL_DECODES  # noqa: F401 (declared once, with the option)
 from stsynth_lib.predict.base import Predictor, batch_seeds
 from stsynth_lib.predict.split import SAMPLING_FILE, predict_split
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
-# how a residual run turns its sampled latent change into an image (sample_images): through the autoencoder whole
-# ("latent"), or as the past image plus the decoded change ("difference"); chosen on validation (chapter 5)
-RESIDUAL_DECODES = ("latent", "difference")
 GENERATION_FILE = "generation.yaml"  # run folder: the img2img strength chosen on validation, and its sampling settings
 
 
@@ -173,15 +171,21 @@ def sample_images(
     return img
 
 
+def check_residual_decode(residual_decode: str, residual: bool, why: str = "pass residual_scale") -> None:
+    """Refuse a decoding that is not one of :data:`RESIDUAL_DECODES`, or one other than ``"latent"`` without a
+    sampled change to decode (``residual``: a ``diffusion_target: residual`` run); ``why`` ends that message."""
+    if residual_decode not in RESIDUAL_DECODES:
+        raise ValueError(f"residual_decode must be one of {RESIDUAL_DECODES}, got {residual_decode!r}")
+    if residual_decode != "latent" and not residual:
+        raise ValueError(f"residual_decode {residual_decode!r} decodes a sampled change, which only a "
+                         f"diffusion_target: residual run draws: {why}")
+
+
 def _to_image(backbone: Backbone, latents: torch.Tensor, z_start: torch.Tensor | None, residual_scale,
               residual_decode: str, init_image: torch.Tensor | None, device) -> torch.Tensor:
     """The denoised latents as images in [-1, 1] (CPU): decoded whole, or for a residual run ``z_start`` plus the
     change decoded (``residual_decode="latent"``) or the past image plus the decoded change (``"difference"``)."""
-    if residual_decode not in RESIDUAL_DECODES:
-        raise ValueError(f"residual_decode must be one of {RESIDUAL_DECODES}, got {residual_decode!r}")
-    if residual_decode != "latent" and z_start is None:
-        raise ValueError(f"residual_decode {residual_decode!r} decodes a sampled change: pass residual_scale (a "
-                         "diffusion_target: residual run)")
+    check_residual_decode(residual_decode, z_start is not None)
     if z_start is not None:
         latents = z_start + latents.float() / float(residual_scale)
     img = _decode(backbone, latents, device)
@@ -324,11 +328,7 @@ class ControlNetPredictor(Predictor):
         self.uses_mask = bool(self.params["use_mask"])
         self.residual_scale = run_residual_scale(run_dir, self.params)  # None: the run learned the image
         self.residual_decode = str(pick(residual_decode, "residual_decode", "latent"))
-        if self.residual_decode not in RESIDUAL_DECODES:
-            raise ValueError(f"residual_decode must be one of {RESIDUAL_DECODES}, got {self.residual_decode!r}")
-        if self.residual_decode != "latent" and self.residual_scale is None:
-            raise ValueError(f"residual_decode {self.residual_decode!r} needs a run that learned the change "
-                             f"(diffusion_target: residual); {run_dir} learned the image")
+        check_residual_decode(self.residual_decode, self.residual_scale is not None, f"{run_dir} learned the image")
         self.tile_size_px = self.trained_tile_size_px = int(self.params["tile_size_px"])
         # the run's past frames (runs older than the option: None); the split loop, the tree and predict() pass them
         self.context_offsets = check_context_offsets(self.params.get("context_offsets_months"))

@@ -3,6 +3,9 @@
 from stsynth_lib.options.core import Concern, Option
 
 SCHEDULERS = ("unipc", "ddim", "dpmsolver++", "euler", "ddpm")
+# how a residual run turns its sampled latent change into an image (controlnet.generate.sample_images): through the
+# autoencoder whole ("latent"), or as the past image plus the decoded change ("difference")
+RESIDUAL_DECODES = ("latent", "difference")
 
 SAMPLING = Concern("sampling", "Sampling", (
     Option("scheduler", str, "unipc", "the sampler", choices=SCHEDULERS),
@@ -11,7 +14,7 @@ SAMPLING = Concern("sampling", "Sampling", (
     Option("controlnet_conditioning_scale", float, 1.0, "weight of the ControlNet's residuals", min=0),
     Option("residual_decode", str, "latent", "a residual run's image: latent (decode the past's latent plus the "
            "sampled change) or difference (the past image plus the decoded change: no change is the past exactly)",
-           choices=("latent", "difference")),
+           choices=RESIDUAL_DECODES),
     Option("generation_batch_size", int, 16, "pairs per generation batch", min=1),
     Option("img2img_strengths", list, None, "null: pure noise (strength 1); a grid, e.g. [0.2, 0.4, 0.6, 0.8, 1.0]: "
            "choose the img2img strength (start from the noised past image) on validation pairs", none_ok=True,

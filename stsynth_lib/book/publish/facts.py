@@ -52,7 +52,8 @@ def cloud_masks(nb_dir: str | Path) -> tuple[str, str]:
     return ("none" if m.group(1) == "all" else "some"), f"{nbs[0].name}: {m.group(0)}"
 
 
-def _has_metric(summary: Mapping, metric: str) -> bool:
+def has_metric(summary: Mapping, metric: str) -> bool:
+    """summary.json has a scored (numeric) row of ``metric`` (e.g. ``f1_micro``: the run had building labels)."""
     return any(r.get("metric") == metric and as_number(r.get("mean")) is not None for r in summary.get("summary", []))
 
 
@@ -75,8 +76,8 @@ def run_facts(summary: Mapping, nb_dir: str | Path | None = None, fid: Mapping |
     return {
         "split": summary.get("split", "test"),
         "n_pairs": summary.get("n_pairs"),
-        "building_f1": _has_metric(summary, "f1_micro"),
-        "new_building_f1": _has_metric(summary, "f1_new_micro"),
+        "building_f1": has_metric(summary, "f1_micro"),
+        "new_building_f1": has_metric(summary, "f1_new_micro"),
         "f1_note": next((n for n in summary.get("notes") or [] if "F1" in n and "skip" in n.lower()), None),
         "clouds": clouds,
         "clouds_evidence": evidence,

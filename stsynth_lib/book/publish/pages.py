@@ -20,7 +20,7 @@ from stsynth_lib.book.publish.stamp import (
     write_nb,
 )
 from stsynth_lib.book.publish.reference import merge_streams
-from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, read_fid, run_facts
+from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, has_metric, read_fid, run_facts
 from stsynth_lib.book.report_format import is_controlnet, short_model_name
 from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the page builders' tables)
     _fmt,
@@ -211,12 +211,11 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
         except PublishError:
             kind = None
         figure = None
-        run_summary_has_f1 = any(r.get("metric") == "f1_micro" for r in run_summary.get("summary", []))
         if fig is not None and fig.is_file():
             (out / name / "results").mkdir()
             shutil.copy2(fig, out / name / "results" / fig.name)
             figure = f"{name}/results/{fig.name}"
-            figures.append(figure_block(name, figure, labelled=run_summary_has_f1))
+            figures.append(figure_block(name, figure, labelled=has_metric(run_summary, "f1_micro")))
         if summary_path is not None and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             summaries[name] = summary
