@@ -33,7 +33,7 @@ CLAUSES = {BETTER: "better on", WORSE: "worse on", UNCLEAR: "not clearly differe
 # the metrics a sentence names, in this order, and the short names it gives them
 SENTENCE_METRICS = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro")
 METRIC_NAMES = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "l1": "L1", "f1_micro": "building F1",
-                "f1_new_micro": "new-building F1"}
+                "f1_new_micro": "new-building F1", "l1_new": "new-building L1", "psnr_new": "new-building PSNR"}
 _LOWER_IS_BETTER = ("l1", "lpips", "unrequested")  # every L1 and LPIPS variant; PSNR, SSIM, F1, IoU, recall: higher
 
 

@@ -228,9 +228,9 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
                          params_dir=params)
     intro = (out / "intro.md").read_text()
     assert intro.startswith("# The title\n")
-    # the story in order: what the system does (the intro's first paragraph, the figure), the sentence, the table,
-    # the glossary, what the run can and cannot show, then the rest of the intro
-    order = ["## What the system does", "What it does.", "p/results/examples.png", "## Results: `p` · REAL data",
+    # the story in order: what the system does (the intro's first paragraph), each profile's section opening with
+    # its examples figure, then the table, the glossary, what the run can and cannot show, the rest of the intro
+    order = ["## What the system does", "What it does.", "## Results: `p` · REAL data", "p/results/examples.png",
              "| model |", "## Glossary", "## What each published run can and cannot show", "## About this book",
              "Intro text."]
     assert [intro.index(x) for x in order] == sorted(intro.index(x) for x in order)
@@ -244,7 +244,49 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
     (ref / "results" / "summary.json").write_text(json.dumps(labelled))
     out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
                          params_dir=params)
-    assert "Test examples of `p`: past | future footprints" in (out / "intro.md").read_text()
+    intro = (out / "intro.md").read_text()
+    assert "Test examples of `p`: past | future footprints" in intro
+    # a labelled run without new-building scores has no new-building block; with them its section leads with it
+    assert "New buildings first" not in intro
+    labelled = _with_new_buildings(labelled)
+    (ref / "results" / "summary.json").write_text(json.dumps(labelled))
+    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
+                         params_dir=params)
+    section = (out / "intro.md").read_text().split("## Results: `p`")[1]
+    order = ["p/results/examples.png", "**New buildings first", "| model | n pairs |"]
+    assert [section.index(x) for x in order] == sorted(section.index(x) for x in order)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{pub.README_START}\n{pub.README_END}\n")
+    pub.update_readme(readme, tmp_path / "reference")
+    block = readme.read_text().split("**`p`**")[1]
+    assert block.index(pub.new_building_sentence(labelled)) < block.index("| model | n pairs |")
+
+
+def _with_new_buildings(summary: dict) -> dict:
+    """``summary`` with new-building rows: pix2pix better than persistence on new-building L1 (interval below 0),
+    mean_last_3 not clearly different; object recall for persistence, pix2pix and the real future."""
+    out = json.loads(json.dumps(summary))
+    for m, (lo, hi) in (("pix2pix", (-0.03, -0.01)), ("mean_last_3", (-0.01, 0.02))):
+        out["paired_vs_persistence"] += [
+            {"model": m, "metric": "l1_new", "mean_diff": (lo + hi) / 2, "ci_lo": lo, "ci_hi": hi, "n_areas": 3},
+            {"model": m, "metric": "psnr_new", "mean_diff": -(lo + hi) * 50, "ci_lo": -hi * 100, "ci_hi": -lo * 100,
+             "n_areas": 3}]
+    out["summary"] += [{"model": m, "metric": "object_recall_new", "mean": v, "ci_lo": v, "ci_hi": v, "n": 100}
+                       for m, v in (("persistence", 0.1), ("pix2pix", 0.31), ("real_future", 0.7))]
+    return out
+
+
+def test_new_building_section_states_each_rows_paired_interval_and_the_judges_ceiling():
+    s = _with_new_buildings(_summary())
+    text = pub.new_building_section(s)
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "[-0.0300, -0.0100] ✔" in rows["pix2pix"] and rows["pix2pix"].endswith("| 31 % |")
+    assert "[-0.0100, +0.0200]" in rows["mean_last_3"] and "✔" not in rows["mean_last_3"]
+    assert rows["persistence"].endswith("| 10 % |") and "70 %" in rows["real future (the judge's ceiling)"]
+    sentence = pub.new_building_sentence(s)
+    assert "pix2pix is better on new-building L1 and new-building PSNR" in sentence
+    assert "not clearly different on new-building L1 and new-building PSNR" in sentence
+    assert pub.new_building_section(_summary()) == "" and pub.new_building_sentence(_summary()) == ""
 
 
 def test_readme_block_round_trip(tmp_path):

@@ -40,6 +40,8 @@ from stsynth_lib.book.publish.pages import (
     _profile_sources,  # noqa: F401
     headline_section,
     headline_sentence,
+    new_building_section,
+    new_building_sentence,
     headline_table,
     landing_page,
     figure_block,
@@ -92,7 +94,7 @@ __all__ = [
     "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
     "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
     "banner_text", "clean_notebook", "merge_streams", "format_duration", "git_commit", "head_commit", "headline_section",
-    "headline_sentence", "headline_table",
+    "headline_sentence", "headline_table", "new_building_section", "new_building_sentence",
     "figure_block", "landing_page", "lpips_calibrated", "machine_description", "model_legend", "model_name", "main", "persistence_sentence", "profile_data_kind",
     "profile_stamp", "publish", "read_nb",
     "read_stamp", "readme_block", "encode_png", "shrink_png", "stage_book", "stamp_notebook",

@@ -36,6 +36,8 @@ from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the pa
     headline_tables,
     strongest_baseline_section,
     headline_sentence,
+    new_building_section,
+    new_building_sentence,
     persistence_sentence,
     table_caption,
     README_START,
@@ -63,7 +65,10 @@ def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
 
 
 def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure: str | None, reference: bool,
-                     data_kind: str | None = None) -> str:
+                     data_kind: str | None = None, figure_md: str = "") -> str:
+    """One profile's results section of the landing page: where the run comes from, its examples figure
+    (``figure_md``, :func:`figure_block`: what the system does, before any number), then
+    :func:`_verdict_and_tables` (a labelled profile leads with its new buildings)."""
     kind = (stamp or {}).get("data") or data_kind or "unknown"
     kind_txt = {"real": "REAL data", "synthetic": "SYNTHETIC data"}.get(kind, "data of unknown kind")
     origin = "reference run committed in `book/reference/`" if reference else "local run (`book/executed/`), not a reference"
@@ -76,6 +81,8 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
     if kind == "synthetic":
         lines += ["These are synthetic data: the numbers show that the pipeline works, not how well the models work "
                   "on real imagery.", ""]
+    if figure_md:
+        lines += [figure_md]
     lines += _verdict_and_tables(summary)
     return "\n".join(lines)
 
@@ -84,7 +91,8 @@ def figure_block(profile: str, figure: str, labelled: bool = False) -> str:
     """The examples figure of one profile (MyST): what the system does, shown before its numbers. ``labelled``: the
     run has building labels, so the figure has a footprints column (``stsynth_lib.evaluate.figures``'s
     ``plot_landing_example`` draws it then only): the caption names only the columns the figure has."""
-    cols = "past | " + ("future footprints (new buildings outlined in cyan) | " if labelled else "")
+    cols = "past | " + ("future footprints (buildings white, new ones orange; cyan outlines mark the new ones on "
+                        "every other panel) | " if labelled else "")
     # the column's width whatever dpi save_figure_png chose to fit its byte budget: text as large as the figure drew it
     return "\n".join([f"```{{figure}} {figure}", f":name: examples-{profile}", ":width: 100%", "",
                       f"Test examples of `{profile}`: {cols}truth | the learned model with the highest mean PSNR | "
@@ -93,17 +101,22 @@ def figure_block(profile: str, figure: str, labelled: bool = False) -> str:
 
 
 def _verdict_and_tables(summary: dict, readme: bool = False) -> list[str]:
-    """The headline sentence, the results tables and their caption, the strongest-baseline section and the sentence
+    """The new-building results first (labelled profiles: :func:`new_building_section`, the README its sentence), then
+    the headline sentence, the results tables and their caption, the strongest-baseline section and the sentence
     against persistence: what the landing page and the README show of one profile. The README (``readme``) keeps
-    the scores table and says the differences to persistence in the sentence only (the book has their table)."""
+    the sentences and the scores table; the tables of differences, the model legend and the strongest-baseline
+    table are the book's (the sentences state their verdicts)."""
     head, pers = headline_sentence(summary), persistence_sentence(summary)
-    lines = [f"**In one sentence:** {head}", ""] if head else []
+    new_buildings = new_building_section(summary) if not readme else new_building_sentence(summary)
+    lines = ([new_buildings if not readme else f"**New buildings first:** {new_buildings}", ""]
+             if new_buildings else [])
+    lines += [f"**In one sentence:** {head}", ""] if head else []
     lines += [headline_tables(summary)[0] if readme else headline_table(summary), "", table_caption(summary), ""]
-    if model_legend(summary):
+    if model_legend(summary) and not readme:
         lines += [model_legend(summary), ""]
     if pers:
         lines += [pers, ""]
-    if strongest_baseline_section(summary):
+    if strongest_baseline_section(summary) and not readme:
         lines += [strongest_baseline_section(summary), ""]
     return lines
 
@@ -210,20 +223,21 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
             kind = stamp["data"] if stamp else profile_data_kind(name, params_dir)
         except PublishError:
             kind = None
-        figure = None
+        figure, figure_md = None, ""
         if fig is not None and fig.is_file():
             (out / name / "results").mkdir()
             shutil.copy2(fig, out / name / "results" / fig.name)
             figure = f"{name}/results/{fig.name}"
-            figures.append(figure_block(name, figure, labelled=has_metric(run_summary, "f1_micro")))
+            figure_md = figure_block(name, figure, labelled=has_metric(run_summary, "f1_micro"))
         if summary_path is not None and summary_path.is_file():
             summary = json.loads(summary_path.read_text())
             summaries[name] = summary
-            sections.append(headline_section(name, summary, stamp=stamp, figure=figure,
+            sections.append(headline_section(name, summary, stamp=stamp, figure=figure, figure_md=figure_md,
                                              reference=source == "reference", data_kind=kind))
             facts = run_facts(summary, nb_dir, read_fid(summary_path.parent))
             capabilities.append(capabilities_section(name, facts, kind))
         else:
+            figures += [figure_md] if figure_md else []
             sections.append(f"## Results: `{name}`\n\nNo `summary.json` for this profile "
                             f"(`{summary_path}`): run chapter 6 (`make nb NB=06_evaluate PROFILE={name}`).\n")
         kind_txt = {"real": "real data", "synthetic": "synthetic data"}.get(kind, "")
@@ -242,8 +256,9 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
 
 def landing_page(intro: str, sections: list[str], *, figures: list[str] = (), glossary: str = "",
                  capabilities: list[str] = ()) -> str:
-    """The story in order: the intro's title; what the system does (the intro's first paragraph and each profile's
-    examples figure); the results sections (the sentence, the table, its legend); the glossary; what each published
+    """The story in order: the intro's title; what the system does (the intro's first paragraph; ``figures``: the
+    examples of profiles without results); the results sections (each opens with its examples figure, then the
+    sentence, the table, its legend); the glossary; what each published
     run can and cannot show; then the rest of the intro ("About this book")."""
     lines = intro.splitlines()
     title_at = next((i for i, l in enumerate(lines) if l.startswith("# ")), None)
@@ -252,7 +267,10 @@ def landing_page(intro: str, sections: list[str], *, figures: list[str] = (), gl
     first, _, rest = rest.partition("\n\n")
     note = ("<!-- Generated by `python -m stsynth_lib.book.publish stage` from book/intro.md and the results files; "
             "edit those, not this page. -->")
-    out = [title, "", note, "", "## What the system does", "", first.strip(), ""] + list(figures) + list(sections)
+    shown = ("Each results section below opens with test examples of its run: the past image, the guidance where the "
+             "run has labels, the truth, a model's prediction and what changed." if sections else "")
+    out = [title, "", note, "", "## What the system does", "", first.strip(), ""] + ([shown, ""] if shown else [])
+    out += list(figures) + list(sections)
     if glossary:
         out += [glossary]
     if capabilities:

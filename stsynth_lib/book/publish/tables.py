@@ -164,6 +164,56 @@ def strongest_baseline_section(summary: dict) -> str:
     return head + "\n\n" + "\n".join(lines) + f"\n\n{MARK_LEGEND}.\n"
 
 
+# the new-building scores a labelled profile leads with: (metric, column label, digits of the paired difference)
+NEW_BUILDING_METRICS = (("l1_new", "Δ new-building L1", 4), ("psnr_new", "Δ new-building PSNR dB", 2),
+                        ("f1_new_micro", "Δ new-building F1", 3))
+UPPER_BOUND = "real_future"
+
+
+def new_building_sentence(summary: dict) -> str:
+    """What the footprints are for, in one sentence (labelled profiles only): every model and baseline against
+    persistence on the pixels that are building in the future footprints and were not at the past date (paired
+    interval decides); "" when the run scored no new-building pixels."""
+    return verdict_sentence(summary.get("paired_vs_persistence") or [], PERSISTENCE,
+                            baseline_text="persistence on new-building pixels (footprint at the future date, not "
+                                          "at the past one)",
+                            name=lambda m: model_name(summary, m), metrics=[k for k, *_ in NEW_BUILDING_METRICS],
+                            split=summary.get("split", "test"))
+
+
+def new_building_section(summary: dict) -> str:
+    """Markdown that a labelled profile's results open with: :func:`new_building_sentence` and a table of each row
+    minus persistence on new-building pixels [paired interval], beside the share of requested new buildings that
+    the judge (chapter 6's segmenter) sees in it, with the real future image as the ceiling; "" without labels."""
+    sentence = new_building_sentence(summary)
+    if not sentence:
+        return ""
+    paired = {(r["model"], r["metric"]): r for r in summary.get("paired_vs_persistence", [])
+              if r.get("baseline", PERSISTENCE) in (PERSISTENCE, None)}
+    recall = {r["model"]: r for r in summary.get("summary", []) if r["metric"] == "object_recall_new"}
+    models = [m for m in _model_order(summary) if m != PERSISTENCE and any((m, k) in paired for k, *_ in
+                                                                            NEW_BUILDING_METRICS)]
+    lines = _table(["model"] + [lab for _, lab, _ in NEW_BUILDING_METRICS] + ["new buildings the judge sees"])
+
+    def seen(m):
+        r = recall.get(m)
+        return "n/a" if r is None or _missing(r.get("mean")) else f"{100 * r['mean']:.0f} %"
+
+    for m in [PERSISTENCE] + models + ([UPPER_BOUND] if UPPER_BOUND in recall else []):
+        if m in (PERSISTENCE, UPPER_BOUND):
+            cells = ["(reference)" if m == PERSISTENCE else "n/a"] * len(NEW_BUILDING_METRICS)
+        else:
+            cells = [_delta_cell(paired.get((m, k)), d, verdict=True) for k, _, d in NEW_BUILDING_METRICS]
+        name = "real future (the judge's ceiling)" if m == UPPER_BOUND else model_name(summary, m)
+        lines.append("| " + " | ".join([name] + cells + [seen(m)]) + " |")
+    return "\n".join([f"**New buildings first (what the footprints ask for).** {sentence}", "", *lines, "",
+                      f"Δ = row − persistence on the same pairs [95 % interval, resampling "
+                      f"{summary.get('paired_resamples', 'whole areas (AOIs)')}]; lower L1, higher PSNR and F1 are "
+                      f"better; {MARK_LEGEND}. *New buildings the judge sees*: requested new footprints of which "
+                      f"the building segmenter of chapter 6 calls at least half the pixels building, pooled over "
+                      f"the test pairs.", ""])
+
+
 def headline_sentence(summary: dict) -> str:
     """The profile's result in one sentence: every learned model against the strongest simple baseline, in the
     words of :func:`stsynth_lib.verdict.verdict_sentence` (the paired interval decides); "" without that
