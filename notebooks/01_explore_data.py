@@ -12,15 +12,20 @@
 # ## Overview
 # SpaceNet 7 gives, for 60+ areas of interest (AOIs), one Planet mosaic per month over about two years, with the
 # building footprints of each month. This chapter scans a SpaceNet 7 tree into one tidy table (one row per AOI and
-# month), shows what is in it -- months per AOI, building growth, cloud cover -- and looks at one AOI over time with
-# its footprints.
+# month), shows what is in it -- months per AOI, and building growth and cloud cover where the tree has labels and UDM
+# cloud masks -- and looks at one AOI over time.
 #
+# The tree is whatever `data_root` points at, in SpaceNet 7's folder layout and file formats, so the code that reads a
+# full download reads every profile's data: with `sn7_real_128` the real 128 px sample (images only), with
+# `sn7_labelled` one real AOI at full resolution with its footprints every month (most SpaceNet 7 mosaics are
+# 1024 x 1024 px, but some, this one included, are 1023 px tall), with `sn7` your own download.
+
+# %% [markdown] tags=["synthetic-only"]
 # With the `smoke` profile the tree is the project's **synthetic SpaceNet 7**: a seeded generator that writes SpaceNet
 # 7's exact folder layout and file formats (4-band GeoTIFFs in EPSG:3857, UDM masks, the three label GeoJSONs), so the
-# code that reads a real download is the code that runs here. With `sn7_real_128` it is the real 128 px sample
-# (images only), with `sn7_labelled` one real AOI at full resolution with its footprints every month (1023 rows:
-# real SpaceNet 7 images are not all powers of two), with `sn7` your own download.
-#
+# code that reads a real download is the code that runs here.
+
+# %% [markdown]
 # ## Prerequisites
 # | | |
 # |---|---|
@@ -92,7 +97,8 @@ from stsynth_lib.data.synthetic import generate_synthetic_sn7
 
 # %% [markdown]
 # ## The SpaceNet 7 tree
-# For the synthetic profile, generate it (a no-op when a tree with the same parameters is already there).
+# Scan the tree at `data_root` into the table (with `synthetic_data` the tree is generated first: a no-op when a tree
+# with the same parameters is already there).
 
 # %%
 if synthetic_data:
@@ -124,9 +130,13 @@ metadata_preview(meta, n=8)
 per_aoi_table(meta, n=12)
 
 # %% [markdown]
-# ## Months, growth and clouds
-# Months per AOI, building growth (labelled trees only) and cloud cover per month (images per month without UDM
-# masks).
+# ## The collection over time
+# Months with an image per AOI, and per month the mean UDM cloud fraction, or the number of images where the tree has
+# no UDM masks.
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels a middle panel shows building growth: the number of labelled buildings per month, a line per
+# AOI.
 
 # %%
 fig = plot_collection_overview(meta)
@@ -147,5 +157,5 @@ plt.show()
 # so the real 128 px sample (images only) and a full download go through the same code.
 #
 # ## What's next
-# [Chapter 2](02_build_dataset) turns the table into (past, future) pairs, splits them by AOI and cuts the mosaics
-# into tiles that the models read.
+# [Chapter 2](02_build_dataset) turns the table into (past, future) pairs, splits them into train, validation and
+# test, and cuts the mosaics into tiles that the models read.

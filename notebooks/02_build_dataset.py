@@ -11,20 +11,32 @@
 #
 # ## Overview
 # Every model in this book learns the same task: from the image of an AOI at month t0 and guidance about month
-# t1 > t0 (the building footprints of t1, the dates, the time gap), produce the image at t1. This chapter builds the
-# one dataset they all train and are scored on:
+# t1 > t0 (the dates and the time gap), produce the image at t1. This chapter builds the one dataset they all train
+# and are scored on:
 #
 # * **pairs** (t0, t1) within an AOI with `min_gap_months <= t1 - t0 <= max_gap_months` (never a gap of 0);
-# * **splits** drawn from a seed, by AOI (`split_by = "aoi"`: no AOI appears in two splits, so test scores measure
-#   unseen places) or, when there are too few AOIs, by **block** inside each AOI (`split_by = "block"`: square blocks
-#   of `block_size_px` go to train/val/test and tiles that cross a block border are dropped, so no pixel of a test
-#   tile is ever seen in training);
-# * **tiles** of `tile_size_px`, each with its own geotransform, written once into memory-mapped arrays, so the
-#   training loop does no GeoTIFF decoding and no rasterisation. Every pixel is covered: where an image is not a
-#   multiple of the tile size (real SpaceNet 7 images can have 1023 rows), the last row/column of tiles shifts inward
-#   and overlaps its neighbour, all its pixels real;
-# * a **validity mask** per tile (UDM clouds, alpha, nodata) that losses and metrics respect.
-#
+# * **splits** into train/val/test drawn from a seed, either by whole AOI (`split_by = "aoi"`) or, when there are too
+#   few AOIs, by square **blocks** inside each AOI (`split_by = "block"`);
+# * **tiles** of `tile_size_px`, each with its offset in the mosaic (and its geotransform where the tree has a CRS),
+#   written once into memory-mapped arrays, so the training loop does no image decoding and no rasterisation. Every
+#   pixel is covered: where an image is not a multiple of the tile size (most SpaceNet 7 mosaics are 1024 px square,
+#   but some are 1023 px tall), the last row/column of tiles shifts inward and overlaps its neighbour, all its pixels
+#   real;
+# * a **validity mask** per tile that losses and metrics respect: it leaves out nodata pixels, pixels the alpha band
+#   marks transparent, and clouds where the tree has UDM masks.
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels the guidance also holds the building footprints of t1, rasterised once into each tile's mask.
+
+# %% [markdown] tags=["needs-areas"]
+# This run splits by whole AOIs: no AOI appears in two splits, so test scores measure unseen places.
+
+# %% [markdown] tags=["needs-blocks"]
+# This run splits by blocks: square blocks of `block_size_px` inside each AOI go to train/val/test and tiles that cross
+# a block border are dropped, so no pixel of a test tile is ever seen in training (the test places themselves are
+# seen, at other pixels).
+
+# %% [markdown]
 # ## Prerequisites
 # | | |
 # |---|---|
@@ -133,24 +145,24 @@ if not summary["has_labels"]:
 fig = plot_dataset_summary(store)
 plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ## New buildings per split
 # How much construction each split holds: pairs whose future mask has buildings the past mask lacks, those
 # new-building pixels summed over the pairs, and new-building regions (connected groups of pixels built between the
 # AOI's first and last month; adjacent buildings merge, so it undercounts footprints). The test split's numbers bound
 # how precisely a new-building score can be measured.
 
-# %%
+# %% tags=["needs-labels"]
 if summary["has_labels"]:
     changes = change_summary(store)
     display(changes)
 else:
     print("No labels: no new buildings to count.")
 
-# %% [markdown]
+# %% [markdown] tags=["needs-blocks"]
 # ## The split over the image
 
-# %%
+# %% tags=["needs-blocks"]
 if split_by == "block":  # the explanation only where it applies (an area split has no blocks to draw)
     display(Markdown(
         "Each AOI's blocks filled with the colour of their split over its last month, the kept tiles dashed, "
@@ -166,8 +178,11 @@ else:
 
 # %% [markdown]
 # ## Example pairs
-# Past image, the building footprints of the future month (the guidance), and the future image the model must
-# produce; unusable pixels of either date are outlined in cyan.
+# Past image and the future image the model must produce; unusable pixels of either date are outlined in cyan on the
+# future image.
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels a middle column shows the building footprints of the future month: the guidance.
 
 # %%
 train = PairedTileDataset(dataset_dir, "train")
@@ -199,9 +214,12 @@ print(f"{tp['tiles_per_s']:.0f} tiles/s ({tp['pairs_per_s']:.0f} pairs/s) over {
 # %% [markdown]
 # ## Summary
 # The tile store holds every tile once; pairs reference tiles, so a tile shared by many pairs costs no extra disk.
-# Splits are by AOI, or by block inside each AOI, and saved in `splits.json` with their seed (and the blocks, with
-# their pixel bounds and split).
-#
+# The splits are saved in `splits.json` with their seed.
+
+# %% [markdown] tags=["needs-blocks"]
+# With a block split `splits.json` also lists the blocks, with their pixel bounds and split.
+
+# %% [markdown]
 # ## What's next
 # Chapters [3](03_train_cgan) and [4](04_train_attention_cgan) train the pix2pix and attention-U-Net cGANs on these
 # pairs; chapter [5](05_controlnet) trains a ControlNet on the same tiles.

@@ -11,20 +11,30 @@
 #
 # ## Overview
 # The first model is pix2pix (Isola et al. 2017): a U-Net generator maps the **condition** -- the past image, the
-# future building mask and the time gap -- to the future image, and a 70x70 **PatchGAN** discriminator judges,
-# patch by patch, whether an image is a plausible future *for that condition*. The generator minimises
+# time gap and the other guidance channels listed below -- to the future image, and a 70x70 **PatchGAN**
+# discriminator judges, patch by patch, whether an image is a plausible future *for that condition*. The generator
+# minimises
 #
 # **L_G = GAN(D(c, G(c)), real) + λ_L1 · ‖y − G(c)‖₁**,
 #
 # where λ_L1 is the **L1 weight**, 100 in pix2pix: the L1 term gets the colours and layout right, the adversarial term keeps the
-# result sharp. Both terms count **valid pixels only**: clouds, UDM and nodata of either date are zeroed in every
-# discriminator input and left out of the L1, so the model is never asked to paint a cloud.
-#
-# The guidance channels are explicit (`stsynth_lib.conditioning`): past RGB, the future mask (dropped automatically
-# when the dataset has no labels, as in the real 128 px profile), the gap in months / 24 and the future month of
-# year as sin/cos planes. The U-Net's depth follows the tile size (64 px: 6 levels, 256 px: 8 as in pix2pix's
-# `unet_256`).
-#
+# result sharp. Both terms count **valid pixels only**: pixels that are nodata at either date are zeroed in every
+# discriminator input and left out of the L1.
+
+# %% [markdown] tags=["needs-clouds"]
+# Pixels that the UDM masks flag (clouds) at either date are invalid too, so the model is never asked to paint a
+# cloud.
+
+# %% [markdown]
+# The guidance channels are explicit (`stsynth_lib.conditioning`): past RGB, the gap in months / 24 and the future
+# month of year as sin/cos planes. The U-Net's depth follows the tile size (64 px: 6 levels, 256 px: 8 as in
+# pix2pix's `unet_256`).
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels the condition also holds the **future building mask** (`use_mask = "auto"` adds it when the
+# dataset has labels): the footprints say where buildings will stand at the future date.
+
+# %% [markdown]
 # `residual = True` (off in pix2pix, on in the `sn7_real_128` profile) makes the generator output the past image
 # plus a tanh-bounded change from a zero-initialised last layer, clipped to [-1, 1]: the untrained model *is*
 # persistence and training only learns the change. Persistence is a hard baseline on real mosaics: month-to-month
@@ -34,8 +44,8 @@
 # adversarial term under 1% of the generator loss -- in effect an L1 regression with a PatchGAN attached -- batch
 # norm with a radiometric jitter of the training pairs, every training pair, the best generator by validation L1,
 # and a **calibration** of how much of its predicted change the generator applies (section below). Persistence is
-# hard to beat on unseen areas whose light and land cover the 34 training areas do not cover; the test section at
-# the end compares the two area by area and says how sure the comparison is.
+# hard to beat on unseen areas whose light and land cover the training areas do not cover; the test section at the
+# end compares the two area by area (block by block on a block split) and says how sure the comparison is.
 #
 # The trainer (`stsynth_lib.cgan.train`) is shared with chapter 4. Everything a run writes lives in
 # `runs/<profile>/pix2pix/`: `params.yaml`, `log.csv`, `val.csv`, resumable `checkpoints/`, the best generator
@@ -205,7 +215,7 @@ if context_offsets_months:
     fig = plot_context_strip(PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months))
     plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### Synthetic construction
 # Real new buildings are rare (on `sn7_labelled` about 150 in the train blocks), while buildings that stand at both
 # dates number thousands. With `erase_building_fraction` > 0 (labelled data), each training batch erases each
@@ -213,7 +223,7 @@ if context_offsets_months:
 # and from the past mask, so the future mask asks for it as a new building and the loss teaches the generator to
 # draw it. Without it, this figure is skipped.
 
-# %%
+# %% tags=["needs-labels"]
 if config.erase_building_fraction > 0:
     fig = plot_erased_buildings(split_dataset(config, "train"), config.erase_building_fraction)
     plt.show()
@@ -281,7 +291,8 @@ else:
 
 # %% [markdown]
 # ## Samples
-# Validation pairs at the last step: past | future mask | generated | truth (invalid truth pixels in magenta).
+# Validation pairs at the last step: past | future mask (labelled runs only) | generated | truth (invalid truth
+# pixels in magenta).
 
 # %%
 fig = show_samples(run_dir, "last")
@@ -308,16 +319,17 @@ if temporal_fusion in ("attention", "tile_reweight"):
 
 # %% [markdown]
 # ## Test predictions
-# The best generator predicted every test pair (AOIs never seen in training) in `train_and_test`; the GeoTIFFs
-# carry the tiles' georeferencing and are what chapter 6 evaluates. The table compares the model with persistence on the same
-# pairs and the same valid pixels.
+# The best generator predicted every test pair (areas, or blocks on a block split, never seen in training) in
+# `train_and_test`; the GeoTIFFs carry the tiles' georeferencing (when the source has a CRS) and are what chapter 6
+# evaluates. The table compares the model with persistence on the same pairs and the same valid pixels.
 
 # %%
 run.table.round(4)
 
 # %% [markdown]
-# Test tiles of one area share its light, season and land cover, so the pairs are not independent evidence. Below,
-# area by area, and the difference to persistence with a 95 % interval from resampling whole areas: the model is
+# Test tiles of one area (of one block, on a block split) share its light, season and land cover, so the pairs are
+# not independent evidence. Below, unit by unit, and the difference to persistence with a 95 % interval from
+# resampling whole units (areas, or blocks): the model is
 # better than persistence on a metric only when the whole interval is on the good side of zero, worse when it is
 # wholly on the bad side, and otherwise not clearly different (the project's one rule, `stsynth_lib.verdict`; with
 # few test areas, as on `sn7_real_128`, the interval is wide). The per-area table keeps the [-1, 1] units of
@@ -337,14 +349,14 @@ ax = by_gap.plot(marker="o", figsize=(6, 3), title="test L1 by time gap")
 ax.set_xlabel("gap (months)")
 plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ## What do the footprints add? The no-mask twin
 # With `nomask_twin` set (labelled profiles), the same options are trained again under that name with the footprint
 # channels removed (`use_mask` and `use_past_mask` off; data, seed, losses and steps unchanged), and tested like this
 # run. The table is this run minus its twin on the same test pairs (whole image); chapter 6 scores both on
 # new-building pixels and new buildings drawn (`twins`).
 
-# %%
+# %% tags=["needs-labels"]
 text, gain = nomask_twin_report(run, nomask_twin, max_test_pairs, device=device, progress=progress)
 display(Markdown(text))
 if gain is not None:
@@ -386,4 +398,7 @@ display(Markdown(chapter_note(profile, dataset_dir)))  # what this profile's dat
 # %% [markdown]
 # ## What's next
 # Chapter 4 trains the same generator with attention gates on its skip connections and shows where it looks;
-# chapter 6 scores every model (PSNR, SSIM, LPIPS, building F1) from the saved predictions, chapter 7 adds FID/KID.
+# chapter 6 scores every model (PSNR, SSIM, LPIPS) from the saved predictions, chapter 7 adds FID/KID.
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels, chapter 6 also scores building F1: whether the buildings of the future footprints are drawn.

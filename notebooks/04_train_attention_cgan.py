@@ -100,7 +100,7 @@ from stsynth_lib.cgan.chapter import (config_table, paired_with_twin, persistenc
 from stsynth_lib.cgan.plots import (loss_summary, plot_attention, plot_losses, plot_residual_calibration,
                                     plot_validation)
 from stsynth_lib.conditioning import build_condition
-from stsynth_lib.evaluate import paired_table
+from stsynth_lib.evaluate import paired_table, persistence_verdict
 from stsynth_lib.predict import load_predictor, predictor_sample
 from stsynth_lib.training import collate
 
@@ -139,19 +139,27 @@ if plot_residual_calibration(run.run_dir) is not None:  # no curve when calibrat
 # This run minus chapter 3's on the same test pairs, with a 95 % interval from resampling whole areas (blocks on
 # block-split data), L1 in [0, 1] units, read by the project's one rule (`stsynth_lib.verdict`): better or worse
 # only when the whole interval is on one side of zero. Below it, the same against persistence.
+#
+# Read the `verdict` column, not the mean difference or the count of areas: the gates help on a metric only where
+# the verdict of the first table is "better", and hurt where it is "worse"; "no clear difference" means this run
+# cannot tell the two generators apart on it. The sentence under the first table says it in words, from its rows.
 
 # %%
-display(paired_table(paired_with_twin(run, run.run_dir.parent / twin_of_run)))
+twin_paired = paired_with_twin(run, run.run_dir.parent / twin_of_run)
+display(paired_table(twin_paired))
+for line in persistence_verdict(twin_paired, baseline=twin_of_run,  # the verdict in words, from the paired rows
+                                baseline_text=f"chapter 3's run (`{twin_of_run}`)"):
+    display(Markdown(line))
 display(paired_table(run.paired))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ## What do the footprints add? The no-mask twin
 # With `nomask_twin` set (labelled profiles), the same options are trained again under that name with the footprint
 # channels removed (`use_mask` and `use_past_mask` off; data, seed, losses and steps unchanged), and tested like this
 # run. The table is this run minus its twin on the same test pairs (whole image); chapter 6 scores both on
 # new-building pixels and new buildings drawn (`twins`).
 
-# %%
+# %% tags=["needs-labels"]
 text, gain = nomask_twin_report(run, nomask_twin, max_test_pairs, device=device, progress=progress)
 display(Markdown(text))
 if gain is not None:
@@ -179,7 +187,8 @@ plt.show()
 #   run folder `runs/<profile>/attention_unet/` holds the parameters, logs, checkpoints and samples.
 # * The twin table is the controlled answer to "do the gates help?"; the table against persistence is the honest
 #   check of the generator against "nothing changes" (the note below says what this profile's data can show).
-# * The gate maps show which parts of the past image the generator copies where the scene changed.
+# * The gate maps show how much past-image detail each gate passes on the most-changed test pairs; near-uniform
+#   maps, as a short run leaves them, do not single out the places where the scene changed.
 # * The test predictions are saved as GeoTIFFs for the evaluation chapter.
 
 # %%

@@ -10,10 +10,12 @@
 # # 5. ControlNet on a latent diffusion backbone
 #
 # ## Overview
-# The third model keeps a pretrained text-to-image diffusion model, **Stable Diffusion 1.5**, frozen and trains a
-# **ControlNet** (Zhang et al. 2023) beside it: a trainable copy of the UNet's encoder that reads a conditioning image
-# and adds its features to the frozen UNet through *zero convolutions* (1x1 convolutions initialised at 0, so at
-# step 0 the ControlNet changes nothing and training starts from the unchanged Stable Diffusion).
+# The third model keeps a text-to-image latent-diffusion backbone frozen and trains a **ControlNet** (Zhang et al.
+# 2023) beside it: a trainable copy of the UNet's encoder that reads a conditioning image and adds its features to the
+# frozen UNet through *zero convolutions* (1x1 convolutions initialised at 0, so at step 0 the ControlNet changes
+# nothing and training starts from the unchanged backbone). The backbone is **Stable Diffusion 1.5** where its weights
+# can be had (the GPU profiles), else a tiny backbone trained from scratch in stage 1 of this chapter (the CPU
+# profiles).
 #
 # What the ControlNet sees here:
 #
@@ -65,7 +67,7 @@
 # ## Prerequisites
 # | | |
 # |---|---|
-# | Inputs | the tile store of chapter 2 (`dataset_dir`); for a real backbone, Stable Diffusion 1.5 weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
+# | Inputs | the tile store of chapter 2 (`dataset_dir`); for Stable Diffusion 1.5 (GPU profiles), its weights (downloaded on first use, about 2.5 GB in fp16/safetensors, or a local folder) |
 # | Outputs | stage 1: `runs/<profile>/backbone/` (`vae/` and `unet/` logs and checkpoints, `backbone/` the diffusers folder, `summary.yaml`); stage 2: `runs/<profile>/controlnet/`: `params.yaml`, `log.csv`, `samples/step-*.png`, `checkpoints/`, the trained `controlnet/` (diffusers format), `backbone/` (tiny only), `generation.yaml` (the img2img strength chosen on validation), and the test predictions `predictions/test/` (GeoTIFF + PNG, read by chapter 6) |
 # | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not for the tiny backbone. SD 1.5 at 512 px: one GPU with >= 16 GB (bf16, gradient checkpointing; 8-bit Adam when bitsandbytes is installed). Several GPUs: `accelerate launch -m stsynth_lib.controlnet.train --params params/<profile>/common.yaml --params params/<profile>/05_controlnet.yaml` |
@@ -260,7 +262,7 @@ from stsynth_lib.controlnet.twin import train_nomask_twin, twin_comparison
 from stsynth_lib.runs import no_twin_note
 from stsynth_lib.predict.split import write_sample_mean
 from stsynth_lib import evaluate as E
-from stsynth_lib.book.report_format import controlnet_label
+from stsynth_lib.book.report_format import controlnet_label, short_backbone, short_model_name
 from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig, adapt_backbone
 from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconstruction_scores
 from stsynth_lib.controlnet.ceiling import ceiling_vs_persistence
@@ -320,10 +322,10 @@ if run_stage1:
     vae_scores = pd.DataFrame([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")])
     display(round_floats(vae_scores, 3))
     fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3,
-                               title=f"VAE reconstructions, validation tiles [{bb.description}]")
+                               title=f"VAE reconstructions, validation tiles ({short_backbone(bb.description)})")
     plt.show()
 display(round_floats(ceiling_vs_persistence(bb.vae, dataset_dir, "test", max_pairs=max_test_pairs,
-                                            label=f"VAE ceiling [{bb.description}]"), 3))
+                                            label=f"VAE ceiling ({short_backbone(bb.description)})"), 3))
 
 # %% [markdown]
 # ### What the backbone draws from a prompt alone
@@ -342,7 +344,7 @@ elif run_stage1:
     fig = plot_prompt_samples(bb, [f"satellite image, {m} {year}" for m in months], seeds=(0, 1, 2),
                               size_px=int(resolution_px or tiles.tile_size_px),
                               num_inference_steps=num_inference_steps, scheduler=scheduler,
-                              title=f"Stage-1 samples from the prompt alone [{bb.description}]")
+                              title=f"Stage-1 samples from the prompt alone ({short_backbone(bb.description)})")
     plt.show()
 
 # %% [markdown]
@@ -377,9 +379,9 @@ plt.show()
 
 # %% [markdown]
 # ### Train
-# The progress bar shows the loss and the throughput (images/s). Validation images (past | mask | generated |
-# truth) are written to `samples/` every `validation_steps`; checkpoints every `checkpointing_steps`, keeping the
-# newest `checkpoints_total_limit`. Re-running with `training = {"resume_from_checkpoint": "latest"}` continues an interrupted run
+# The progress bar shows the loss and the throughput (images/s). Validation images (past | future mask, where the
+# run has labels | generated | truth) are written to `samples/` every `validation_steps`; checkpoints every
+# `checkpointing_steps`, keeping the newest `checkpoints_total_limit`. Re-running with `training = {"resume_from_checkpoint": "latest"}` continues an interrupted run
 # exactly (same weights as an uninterrupted run: the tests check it).
 
 # %%
@@ -442,6 +444,8 @@ plt.show()
 # noised past, by the backbone alone (prompt only); the strength with the best ControlNet `strength_criterion` is
 # recorded in the run folder (`generation.yaml`) and used for the test split below and by
 # `python -m stsynth_lib.predict`. Persistence on the same tiles is the dashed line: what copying the past gives.
+
+# %% [markdown] tags=["needs-labels"]
 # With `strength_criterion = "f1_new"` (labelled data) chapter 6's building segmenter also scores every strength, and
 # the strength whose images show the most of the *new* buildings the future mask asks for wins: PSNR rewards copying
 # the past, so it can never prefer a strength at which the guidance is drawn.
@@ -480,11 +484,12 @@ print(f"img2img strength for generation: {strength:g}" + (" (pure noise)" if str
 
 # %% [markdown]
 # ## Generate the test split
-# Every test pair (areas never seen in training) is generated with the `scheduler` (UniPC by default) in
-# `num_inference_steps` steps (at the strength above); pair `i` uses the seed `seed + pair_id`, so results do not
-# depend on the batch size. The images are saved with `stsynth_lib.predict.files.save_predictions`: a GeoTIFF with the
-# input tile's CRS and geotransform (drop it onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` --
-# what chapter 6 scores.
+# Every test pair (areas, or blocks on a profile split by blocks, never seen in training) is generated with the
+# `scheduler` (UniPC by default) in `num_inference_steps` steps (at the strength above); pair `i` uses the seed
+# `seed + pair_id`, so results do not depend on the batch size. The images are saved with
+# `stsynth_lib.predict.files.save_predictions`: a GeoTIFF with the input tile's CRS and geotransform where the tile
+# store records them (then it drops onto the source mosaic in QGIS) and a PNG, indexed in `index.csv` -- what
+# chapter 6 scores.
 
 # %%
 gen_kw.update(max_pairs=max_test_pairs, strength=strength, subsample_seed=seed if max_test_pairs else None)
@@ -496,7 +501,9 @@ if test_sample_mean:  # chapter 6 scores the mean as the model "<run name>_sampl
     mean_dir = write_sample_mean(pred_dir)
     print(f"the per-pixel mean of {plural(num_samples_per_pair, 'sample')} per pair in {mean_dir}")
 label = controlnet_label(params, strength=strength)
-fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"{label}: test predictions")
+short_label = short_model_name("controlnet", {"controlnet": label})  # figure titles show the short name
+print(f"{short_label} = {label}")
+fig = show_predictions(pred_dir, dataset_dir, "test", n=4, title=f"{short_label}: test predictions")
 plt.show()
 
 # %% [markdown]
@@ -505,8 +512,8 @@ plt.show()
 # ControlNet (the prompt alone). At strength 1 both start from pure noise, so this asks whether the past image
 # matters at all; at a lower strength both start from the same noised past image, so it asks what the ControlNet's
 # condition adds beyond that start (the sweep above shows both at every strength on validation). If the ControlNet uses its condition, its images are closer to the true future: the table gives the
-# ControlNet minus prompt-only per metric, paired by pair, with a 95 % interval that resamples whole areas. Nothing
-# is chosen from this table (the test split is only reported).
+# ControlNet minus prompt-only per metric, paired by pair, with a 95 % interval that resamples whole areas (whole
+# blocks on a profile split by blocks). Nothing is chosen from this table (the test split is only reported).
 
 # %%
 if compare_prompt_only:
@@ -520,7 +527,7 @@ if compare_prompt_only:
                                      metrics=("psnr", "ssim", "lpips"))
     display(E.paired_table(vs_prompt, labels=cmp.labels))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### What do the footprints add? The no-mask twin
 # With `nomask_twin` set (labelled profiles), this run's options are trained again under that name with the
 # footprint channel off (`stsynth_lib.controlnet.twin`): the same seed, steps, backbone and synthetic construction,
@@ -528,7 +535,7 @@ if compare_prompt_only:
 # on the same test pairs (whole image, areas or blocks resampled); chapter 6 scores both on new-building pixels and
 # new buildings drawn (`twins`).
 
-# %%
+# %% tags=["needs-labels"]
 if nomask_twin:
     twin_pred_dir = train_nomask_twin(config, run_dir, nomask_twin, gen_kw)
     twin_scores, twin_gain = twin_comparison(dataset_dir, pred_dir, twin_pred_dir, device=E.scoring_device(device),
@@ -551,13 +558,15 @@ if num_samples_per_pair > 1:
     spread_dir = pred_dir if test_sample_mean else generate_split(
         run_dir, dataset_dir, "test", out_dir=run_dir / "predictions" / "test_spread",
         num_samples_per_pair=num_samples_per_pair, **{**gen_kw, "max_pairs": n_spread_pairs})
-    fig = show_sample_spread(spread_dir, dataset_dir, "test", n_pairs=n_spread_pairs, title=f"{label}: samples per pair")
+    fig = show_sample_spread(spread_dir, dataset_dir, "test", n_pairs=n_spread_pairs,
+                             title=f"{short_label}: samples per pair")
     plt.show()
 
 # %% [markdown]
 # ## Summary
 # * Stage 1 adapted the backbone to these images (or, offline, trained a tiny one from scratch: VAE, then UNet and
-#   text encoder), saved as a diffusers folder; its VAE ceiling, curves and prompt-only samples are above.
+#   text encoder), saved as a diffusers folder; its VAE ceiling and curves are above, and, for a backbone that draws
+#   images (not latent changes: `unet_target: image`), its samples from a prompt alone.
 # * A ControlNet conditioned on the past image, the future building mask (where there are labels) and the time gap,
 #   with metadata prompts, was trained beside it on the same tiles as the cGANs; the run folder holds parameters,
 #   logs, validation grids, resumable checkpoints and the trained ControlNet.
@@ -565,8 +574,8 @@ if num_samples_per_pair > 1:
 #   (both 0 at step 0 by construction); the prompt-only comparison shows whether that reaches the images.
 # * Where denoising starts (the img2img strength) was chosen on validation pairs and recorded in the run folder; the
 #   sweep figure shows what each strength gives against the backbone alone and persistence.
-# * The test split was generated and saved as georeferenced GeoTIFFs + PNGs for chapter 6.
+# * The test split was generated and saved as GeoTIFFs (georeferenced where the tiles are) + PNGs for chapter 6.
 #
 # ## What's next
-# Chapter 6 scores the three models and the simple baselines on the same test tiles (PSNR, SSIM, LPIPS, building
-# F1), chapter 7 adds FID/KID.
+# Chapter 6 scores the models of chapters 3-5 and the simple baselines on the same test tiles (PSNR, SSIM, LPIPS,
+# L1, and building F1 where the run has labels), chapter 7 adds FID/KID.

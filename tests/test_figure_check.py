@@ -187,3 +187,10 @@ def test_the_fid_by_gap_figure_fits_the_column_with_its_legend_and_note_under_th
     legend = fig.legends[0].get_window_extent(renderer)
     assert note.y1 <= legend.y0 + 1 and legend.y1 <= min(ax.get_window_extent(renderer).y0 for ax in fig.axes)
     plt.close(fig)
+    # the legend names a ControlNet as the FID table does (its short name), never by its run name
+    label = "ControlNet [tiny, trained from scratch on the x train split; img2img from the past image, strength 0.1]"
+    rows += [dict(r, model="controlnet", label=label) for r in rows if r["model"] == "pix2pix"]
+    fig = plot_fid_by_gap(pd.DataFrame(rows), calibrated=True)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix",
+                                                                  "ControlNet (tiny, from scratch)"]
+    plt.close(fig)

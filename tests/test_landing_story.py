@@ -86,7 +86,11 @@ def test_glossary_names_the_scored_baselines_metrics_and_the_yardstick():
     assert "the last 3 months" in text  # mean_last_<k> worded from its k
     assert "+1 dB of PSNR means a root-mean-square error 11 % lower (mean squared error 21 % lower)" in text
     # this run's own yardstick: the median half-width of its paired PSNR intervals vs the bar, and the bar's gain
-    assert "In `p`, paired PSNR intervals are about ±0.60 dB wide" in text
+    assert "In `p`, the median paired PSNR interval is ±0.60 dB wide;" in text and "across the rows" not in text
+    wide = json.loads(json.dumps(s))
+    row = next(r for r in wide["paired_vs_strongest_baseline"] if r["metric"] == "psnr")
+    row["ci_lo"], row["ci_hi"] = -2.0, 2.0  # one row's interval much wider than the others: the range is said
+    assert "(from ±0.60 to ±2.00 dB across the rows)" in F.glossary_section({"p": wide})
     assert "`seasonal`, is +0.10 dB from persistence" in text
     assert "`mean_last_5`" in F.glossary_section({"p": dict(s, baselines=["mean_last_5"])})
 

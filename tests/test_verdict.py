@@ -182,10 +182,15 @@ def _section(text: str, start: str, stops: tuple[str, ...]) -> str:
     return text[a:min([e for e in ends if e > 0], default=len(text))]
 
 
-def _n_claims(summary: dict) -> int:
-    """How many verdicts a sentence pair states: every model x sentence metric, against persistence and the bar."""
-    pers = {(r["model"], r["metric"]) for r in summary["paired_vs_persistence"] if r["metric"] in V.SENTENCE_METRICS}
+def _n_claims(summary: dict, metrics=V.SENTENCE_METRICS) -> int:
+    """How many verdicts the sentences state: every model x metric of ``metrics`` against persistence, and every
+    row against the bar."""
+    pers = {(r["model"], r["metric"]) for r in summary["paired_vs_persistence"] if r["metric"] in metrics}
     return len(pers) + len(summary.get("paired_vs_strongest_baseline") or [])
+
+
+# the metrics the landing page and the README state against persistence: the table's, and the new-building ones
+PAGE_METRICS = tuple(k for k, *_ in pub.HEADLINE_METRICS) + tuple(k for k, *_ in pub.NEW_BUILDING_METRICS)
 
 
 @pytest.mark.skipif(not SUMMARIES, reason="no committed reference results")
@@ -194,16 +199,17 @@ def test_generated_pages_state_only_what_the_paired_interval_supports(path, tmp_
     from stsynth_lib.evaluate import results_markdown
 
     summary, prof = json.loads(path.read_text()), path.parent.parent.name
-    n = _n_claims(summary)
+    n, n_page = _n_claims(summary), _n_claims(summary, PAGE_METRICS)
     out = pub.stage_book("reference", prof, out=tmp_path / "stage", book_dir=ROOT / "book",
                          reference_root=ROOT / "book" / "reference", params_dir=ROOT / "params")
     landing = _section((out / "intro.md").read_text(), f"## Results: `{prof}`", ("\n## ",))
     n_marks = len(summary.get("paired_vs_strongest_baseline") or [])
-    assert _check(landing, summary, "landing page", n) == n + n_marks  # the sentences, and the marks of the table
+    # the sentences, and the marks of the strongest-baseline table
+    assert _check(landing, summary, "landing page", n_page) == n_page + n_marks
     block = _section(pub.readme_block(ROOT / "book" / "reference"), f"**`{prof}`**", ("\n**`", pub.README_END))
-    _check(block, summary, "README block (generated)", n)
+    assert _check(block, summary, "README block (generated)", n_page) == n_page
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    _check(_section(readme, f"**`{prof}`**", ("\n**`", pub.README_END)), summary, "README.md (committed)", n)
+    _check(_section(readme, f"**`{prof}`**", ("\n**`", pub.README_END)), summary, "README.md (committed)", n_page)
     _check(results_markdown(summary), summary, "results.md (generated)", n)
     _check((path.parent / "results.md").read_text(), summary, "results.md (committed)", n)
     _check("\n".join(summary.get("verdict", [])), summary, "summary.json verdict", n)

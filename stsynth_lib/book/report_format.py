@@ -221,7 +221,8 @@ _SHORT_BACKBONES = (("tiny, trained from scratch", "tiny, from scratch"), ("tiny
 SHORT_NAME_MAX = 52  # "ControlNet, no mask, mean of 4 (tiny, from scratch)" (51) is the longest kind
 
 
-def _short_backbone(desc: str) -> str:
+def short_backbone(desc: str) -> str:
+    """A backbone description in two or three words ("tiny, from scratch", "Stable Diffusion 1.5")."""
     low = desc.lower()
     for start, short in _SHORT_BACKBONES:
         if low.startswith(start):
@@ -246,7 +247,23 @@ def short_model_name(model: str, labels: Mapping[str, str] | None = None) -> str
     parts = [p.strip() for p in m.group("desc").split(";")]
     qualifiers = "".join(short.format(*hit.groups()) for part in parts[1:] for pattern, short in _SHORT_QUALIFIERS
                          if (hit := pattern.match(part)))
-    return f"{kind}{qualifiers} ({_short_backbone(parts[0])})"
+    return f"{kind}{qualifiers} ({short_backbone(parts[0])})"
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` on lines of about ``width`` characters for a figure title or legend, broken between words, and inside
+    a word longer than ``width`` only after an underscore ("attention_" / "unet"), never between two letters
+    (``textwrap``'s default cuts "ControlNet" to "ControlNe" / "t" at width 9)."""
+    words = []
+    for word in str(name).split():
+        words += [p + "_" for p in word.split("_")[:-1]] + [word.split("_")[-1]] if len(word) > width else [word]
+    lines: list[str] = []
+    for w in words:  # greedy, a piece ending in "_" is joined to the next without a space
+        if lines and len(lines[-1]) + (0 if lines[-1].endswith("_") else 1) + len(w) <= width:
+            lines[-1] += ("" if lines[-1].endswith("_") else " ") + w
+        else:
+            lines.append(w)
+    return "\n".join(lines)
 
 
 def model_display_name(model: str, labels: Mapping[str, str] | None = None) -> str:

@@ -15,10 +15,12 @@ from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
 def _title_suffix(run_dir: Path) -> str:
     import yaml
 
-    from stsynth_lib.book.report_format import backbone_label
+    from stsynth_lib.book.report_format import backbone_label, short_backbone
 
     p = yaml.safe_load((run_dir / "params.yaml").read_text())
-    return " [tiny-random backbone: not meaningful]" if p.get("backbone") == "tiny-random" else f" [{backbone_label(p)}]"
+    # the short backbone name, as the tables show it; the long description is printed once, in the legend tables
+    return " (tiny random backbone: not meaningful)" if p.get("backbone") == "tiny-random" else \
+        f" ({short_backbone(backbone_label(p))})"
 
 
 def plot_training(run_dir: str | os.PathLike):

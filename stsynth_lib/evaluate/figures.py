@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import textwrap
 from typing import Sequence
 
 import numpy as np
 
-from stsynth_lib.book.report_format import model_display_name, plural
+from stsynth_lib.book.report_format import model_display_name, plural, wrap_name
 from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
 from stsynth_lib.evaluate.report import rgb_image
 from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, image_rows, show_mask
@@ -65,7 +64,7 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
-    shown = [textwrap.fill(model_display_name(m, res.labels), 16) if res.labels else m for m in names]
+    shown = [wrap_name(model_display_name(m, res.labels), 16) if res.labels else m for m in names]
     cols = ["past (=\npersistence)"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)"] + shown
     wrapped = len(cols) > 5  # an item's panels span two lines: title every item's, or the second line reads wrong
     fig, axes = image_rows(len(idx), len(cols), max_cols=5, title_in=0.75, extra_in=0.8)
@@ -154,7 +153,7 @@ def plot_landing_example(res: EvalResult, model: str | None = None, n: int = 3, 
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())
     name = model_display_name(model, res.labels) if res.labels else model
-    cols = ["past"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)", textwrap.fill(name, 10),
+    cols = ["past"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)", wrap_name(name, 10),
                                                                       "true\nchange", "model's\nchange"]
     fig, axes = image_rows(len(idx), len(cols), max_cols=7, title_in=0.2, extra_in=1.2)
     for r, i in enumerate(idx):
@@ -241,7 +240,7 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
             lo = (r["mean_diff"] - r["ci_lo"]).clip(lower=0).fillna(0)
             hi = (r["ci_hi"] - r["mean_diff"]).clip(lower=0).fillna(0)
             ax.errorbar(x, r["mean_diff"], yerr=[lo, hi], fmt="o", capsize=3,
-                        label=textwrap.fill(model_display_name(m, labels), 40))
+                        label=wrap_name(model_display_name(m, labels), 40))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(order)), order)
         ax.set_title(f"model - {base}", fontsize=10)
@@ -287,7 +286,7 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
         for m in dict.fromkeys(g["model"]):
             r = g[g["model"] == m]
             ax.plot(r["persistence"], r["mean_diff"], "o", alpha=0.8,
-                    label=textwrap.fill(model_display_name(m, labels), 40))
+                    label=wrap_name(model_display_name(m, labels), 40))
         if g["aoi"].nunique() <= 12:  # names of more areas would overlap: the table beside the figure has them
             for aoi, r in g.groupby("aoi"):
                 ax.annotate(str(aoi)[:15], (r["persistence"].iloc[0], r["mean_diff"].max()), fontsize=9,
@@ -325,7 +324,7 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     offsets = list(d.context_offsets)
     ctx = d.context_fields(np.asarray(idx))
-    shown = [textwrap.fill(model_display_name(m, res.labels), 13) for m in names]
+    shown = [wrap_name(model_display_name(m, res.labels), 13) for m in names]
     cols = len(offsets) + 1 + len(names)
     wrapped = cols > 7  # an item's panels span two lines: title every item's, or the second line reads wrong
     fig, axes = image_rows(len(idx), cols, max_cols=7, title_in=0.8, extra_in=0.6)
@@ -390,11 +389,15 @@ def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
     fig, axes = plt.subplots(2, 1, figsize=(BOOK_WIDTH_IN, 6.8), sharex=True, squeeze=False)
     axes = axes[:, 0]
     x = np.arange(len(buckets))
+    # the names the table shows (fid_table): a ControlNet by its short name, never the bare run name "controlnet"
+    labels = ({m: v for m, v in zip(table["model"], table["label"]) if isinstance(v, str) and v}
+              if "label" in table else {})
     for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
         g = g.set_index("gap_bucket").reindex(buckets)
         style = dict(ls="--", color="k") if name == PERSISTENCE else {}
-        axes[0].errorbar(x, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=name, **style)
-        axes[1].plot(x, g["fid"], marker="o", label=name, **style)
+        shown = model_display_name(name, labels)
+        axes[0].errorbar(x, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=shown, **style)
+        axes[1].plot(x, g["fid"], marker="o", label=shown, **style)
     n_per_bucket = table[table["model"] == PERSISTENCE].set_index("gap_bucket")["n"]
     for ax, what in zip(axes, ("KID x1000", "FID")):
         ax.set_xticks(x, [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])

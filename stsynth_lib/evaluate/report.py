@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from stsynth_lib.book.report_format import model_display_name, model_legend_markdown, plural, short_model_name
+from stsynth_lib.book.report_format import model_display_name, model_legend_markdown, plural, short_model_name, wrap_name
 from stsynth_lib.evaluate.data import (
     CHANGE_METRICS,
     LPIPS_METRICS,
@@ -216,7 +215,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
         panels = ([(rgb_image(res.data.past[i]), "past")]
                   + ([(res.data.future_mask[i, 0], "future buildings" if res.data.has_mask[i] else "no labels")]
                      if labelled else [])
-                  + [(rgb_image(pred), textwrap.fill(shown, 16)), (rgb_image(truth), "truth"),
+                  + [(rgb_image(pred), wrap_name(shown, 16)), (rgb_image(truth), "truth"),
                      (err, "|error|\n(invalid masked)")])
         for c, (img, t) in enumerate(panels):
             ax = axes[r, c]
@@ -232,7 +231,7 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
                 ax.set_title(t, fontsize=9)
         axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=9)
     fig.colorbar(im, ax=axes[:, n_cols - 1], fraction=0.05)
-    fig.suptitle(title or f"{textwrap.fill(shown, 40)}:\nbest / median / worst tiles by {P.label(METRICS[metric][1], cal)}",
+    fig.suptitle(title or f"{wrap_name(shown, 40)}:\nbest / median / worst tiles by {P.label(METRICS[metric][1], cal)}",
                  fontsize=11)
     return checked(fig)
 

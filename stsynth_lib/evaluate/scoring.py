@@ -290,7 +290,7 @@ def _segmenter_usable(segmenter, data: SplitData, split: str, notes: list[str],
         notes.append(no_segmenter_note or "Building F1 skipped: no building segmenter (the training split has no "
                                           "building labels, or none was trained).")
     elif not data.has_mask.any():
-        notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False), e.g. the sn7_real_128 sample has no labels.")
+        notes.append(f"Building F1 skipped: no {split} pair has building labels (has_mask is False): the data have no building labels.")
     return segmenter is not None and bool(data.has_mask.any())
 
 

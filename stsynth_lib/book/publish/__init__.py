@@ -34,6 +34,7 @@ from stsynth_lib.book.publish.pages import (
     README_END,
     README_START,
     STRONGEST_METRICS,
+    NEW_BUILDING_METRICS,
     _fmt,  # noqa: F401
     _model_order,  # noqa: F401
     _no_interval,  # noqa: F401
@@ -92,7 +93,7 @@ from stsynth_lib.book.publish.stamp import (
 
 __all__ = [
     "EXECUTED_ROOT", "HEADLINE_METRICS", "HIDE_TAGS", "MAX_PNG_BYTES", "MAX_PNG_PX", "MAX_TOTAL_MB", "MIN_PNG_PX", "NOT_A_PREDICTOR",
-    "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "PublishError",
+    "PERSISTENCE", "README_END", "README_START", "REFERENCE_ROOT", "STAMP_TAG", "STRONGEST_METRICS", "NEW_BUILDING_METRICS", "PublishError",
     "banner_text", "clean_notebook", "merge_streams", "format_duration", "git_commit", "head_commit", "headline_section",
     "headline_sentence", "headline_table", "new_building_section", "new_building_sentence",
     "figure_block", "landing_page", "lpips_calibrated", "machine_description", "model_legend", "model_name", "main", "persistence_sentence", "profile_data_kind",

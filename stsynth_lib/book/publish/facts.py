@@ -18,7 +18,7 @@ from pathlib import Path
 
 from stsynth_lib.book.publish.stamp import read_nb
 from stsynth_lib.book.report_format import is_controlnet, model_description, short_model_name
-from stsynth_lib.verdict import as_number
+from stsynth_lib.verdict import as_number, join_words
 
 UDM_MISSING = re.compile(r"missing UDM_masks/ in (all|\d+ of \d+) AOIs")
 SCAN_HEADER = re.compile(r"SpaceNet 7 tree at .*: (\d+) AOIs?\b")
@@ -61,6 +61,7 @@ def run_facts(summary: Mapping, nb_dir: str | Path | None = None, fid: Mapping |
     """The facts of one run that decide what its pages can show, each read from a file:
 
     * ``building_f1`` / ``new_building_f1``: summary.json has scored rows of ``f1_micro`` / ``f1_new_micro``
+      (``new_building_px``: of ``l1_new``, the pixel scores on new buildings, which need labels but no segmenter)
       (the building segmenter needs labels); ``f1_note``: summary.json's note on why F1 was skipped, if any;
     * ``clouds``: :func:`cloud_masks` of the run's chapter 1 ("none", "some", "all", "unknown") and its evidence;
     * ``unit`` / ``n_units``: what the paired intervals resample (area: the test areas are unseen in training;
@@ -78,6 +79,7 @@ def run_facts(summary: Mapping, nb_dir: str | Path | None = None, fid: Mapping |
         "n_pairs": summary.get("n_pairs"),
         "building_f1": has_metric(summary, "f1_micro"),
         "new_building_f1": has_metric(summary, "f1_new_micro"),
+        "new_building_px": has_metric(summary, "l1_new"),
         "f1_note": next((n for n in summary.get("notes") or [] if "F1" in n and "skip" in n.lower()), None),
         "clouds": clouds,
         "clouds_evidence": evidence,
@@ -133,15 +135,24 @@ def capabilities_section(profile: str, facts: Mapping, data_kind: str | None = N
                    "losses and scores")
     else:
         cannot.append(f"whether clouds were masked: not recorded ({facts['clouds_evidence']})")
-    for short, desc in facts["diffusion"]:  # the description itself is printed once, in the legend of the table
+    # one line per kind of backbone, naming every diffusion row of that kind (a model and its sample mean share one);
+    # the description itself is printed once, in the legend of the table
+    kinds: dict[str, list[str]] = {}
+    for short, desc in facts["diffusion"]:
         low = desc.lower()
-        if "not recorded" in low:
-            cannot.append(f"which backbone the diffusion row `{short}` used: not recorded in summary.json")
-        elif any(w in low for w in ("from scratch", "random")):
-            cannot.append(f"what a pretrained Stable Diffusion would do: the diffusion row `{short}` uses no "
-                          "pretrained weights (see the legend under the results table)")
-        else:
-            can.append(f"a ControlNet on a pretrained backbone: `{short}` (see the legend under the results table)")
+        kind = ("unrecorded" if "not recorded" in low else
+                "scratch" if any(w in low for w in ("from scratch", "random")) else "pretrained")
+        kinds.setdefault(kind, []).append(f"`{short}`")
+    if "unrecorded" in kinds:
+        cannot.append(f"which backbone the diffusion rows {join_words(kinds['unrecorded'])} used: not recorded in "
+                      "summary.json")
+    if "scratch" in kinds:
+        verb = "use" if len(kinds["scratch"]) > 1 else "uses"
+        cannot.append(f"what a pretrained Stable Diffusion would do: {join_words(kinds['scratch'])} {verb} no "
+                      "pretrained weights (see the legend under the results table)")
+    if "pretrained" in kinds:
+        can.append(f"a ControlNet on a pretrained backbone: {join_words(kinds['pretrained'])} (see the legend under "
+                   "the results table)")
     if facts["fid_n"]:
         can.append(f"FID and KID on {'/'.join(map(str, facts['fid_n']))} test pairs per model (chapter 7); FID at "
                    "this size is biased upwards and only comparable between rows of the same size")
@@ -204,8 +215,10 @@ def scale_sentence(profile: str, summary: Mapping) -> str:
     widths = _half_widths(vs_bar or paired, "psnr")
     bits = []
     if widths:
-        bits.append(f"paired PSNR intervals are about ±{_median(widths):.2f} dB wide, so smaller differences cannot "
-                    "be told apart from chance")
+        spread = (f" (from ±{min(widths):.2f} to ±{max(widths):.2f} dB across the rows)"
+                  if max(widths) > 2 * min(widths) else "")
+        bits.append(f"the median paired PSNR interval is ±{_median(widths):.2f} dB wide{spread}; a difference "
+                    "smaller than its row's interval cannot be told apart from chance")
     bar = (summary.get("strongest_baseline") or {}).get("name")
     gain = next((r for r in paired if r.get("model") == bar and r.get("metric") == "psnr"), None)
     if gain and as_number(gain.get("mean_diff")) is not None:

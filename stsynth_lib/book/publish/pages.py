@@ -20,6 +20,7 @@ from stsynth_lib.book.publish.stamp import (
     write_nb,
 )
 from stsynth_lib.book.publish.reference import merge_streams
+from stsynth_lib.book.publish.profile_cells import cell_facts, drop_profile_cells
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, has_metric, read_fid, run_facts
 from stsynth_lib.book.report_format import is_controlnet, short_model_name
 from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the page builders' tables)
@@ -38,6 +39,7 @@ from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the pa
     headline_sentence,
     new_building_section,
     new_building_sentence,
+    NEW_BUILDING_METRICS,
     persistence_sentence,
     table_caption,
     README_START,
@@ -173,11 +175,14 @@ def chapter_title(title: str, summary: dict) -> str:
     return f"{m.group(1)}{m.group(2) or ''}ControlNet on a latent diffusion backbone ({backbone})"
 
 
-def stage_notebook(src: Path, dest: Path, summary: dict) -> None:
+def stage_notebook(src: Path, dest: Path, summary: dict, has: dict[str, bool] | None = None) -> list[str]:
     """Copy an executed notebook into the staged book: consecutive stream outputs merged into one box
-    (:func:`~stsynth_lib.book.publish.reference.merge_streams`) and the title of a ControlNet chapter naming the
-    backbone that ran (:func:`chapter_title`)."""
+    (:func:`~stsynth_lib.book.publish.reference.merge_streams`), the title of a ControlNet chapter naming the
+    backbone that ran (:func:`chapter_title`) and, given what the run ``has``
+    (:func:`~stsynth_lib.book.publish.profile_cells.cell_facts`), the cells it cannot fill dropped with one note
+    (:func:`~stsynth_lib.book.publish.profile_cells.drop_profile_cells`). Returns the tags whose cells were dropped."""
     nb = read_nb(src)
+    dropped = drop_profile_cells(nb, has) if has is not None else []
     titled = False
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
@@ -192,6 +197,7 @@ def stage_notebook(src: Path, dest: Path, summary: dict) -> None:
                 titled = True
     write_nb(nb, dest)
     shutil.copystat(src, dest)
+    return dropped
 
 
 def stage_book(source: str = "reference", profile: str | None = None, *, out: str | Path = "build/book",
@@ -215,14 +221,16 @@ def stage_book(source: str = "reference", profile: str | None = None, *, out: st
         (out / name).mkdir()
         chapters = []
         run_summary = json.loads(summary_path.read_text()) if summary_path is not None and summary_path.is_file() else {}
-        for p in sorted(nb_dir.glob("*.ipynb")):
-            stage_notebook(p, out / name / p.name, run_summary)
-            chapters.append(f"{name}/{p.stem}")
         stamp = profile_stamp(nb_dir)
         try:
             kind = stamp["data"] if stamp else profile_data_kind(name, params_dir)
         except PublishError:
             kind = None
+        # without a summary.json nothing says what the run lacks: every cell stays
+        has = (cell_facts(run_facts(run_summary, nb_dir), kind) if run_summary else None)
+        for p in sorted(nb_dir.glob("*.ipynb")):
+            stage_notebook(p, out / name / p.name, run_summary, has)
+            chapters.append(f"{name}/{p.stem}")
         figure, figure_md = None, ""
         if fig is not None and fig.is_file():
             (out / name / "results").mkdir()

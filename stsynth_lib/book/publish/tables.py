@@ -175,8 +175,8 @@ def new_building_sentence(summary: dict) -> str:
     persistence on the pixels that are building in the future footprints and were not at the past date (paired
     interval decides); "" when the run scored no new-building pixels."""
     return verdict_sentence(summary.get("paired_vs_persistence") or [], PERSISTENCE,
-                            baseline_text="persistence on new-building pixels (footprint at the future date, not "
-                                          "at the past one)",
+                            baseline_text="persistence (on new-building pixels: footprint at the future date, "
+                                          "not at the past one)",
                             name=lambda m: model_name(summary, m), metrics=[k for k, *_ in NEW_BUILDING_METRICS],
                             split=summary.get("split", "test"))
 
@@ -230,9 +230,12 @@ def headline_sentence(summary: dict) -> str:
 
 def persistence_sentence(summary: dict) -> str:
     """Every model and simple baseline against persistence in one sentence (the paired interval decides)."""
+    # the metrics of the table of differences above it: no verdict on a metric the reader cannot find in a table
+    # (new-building F1 has its own sentence and table: new_building_section)
+    metrics = [k for k, *_ in HEADLINE_METRICS]
     return verdict_sentence(summary.get("paired_vs_persistence") or [], PERSISTENCE,
                             baseline_text="persistence (the past image as the prediction)",
-                            name=lambda m: model_name(summary, m), split=summary.get("split", "test"))
+                            name=lambda m: model_name(summary, m), metrics=metrics, split=summary.get("split", "test"))
 
 
 def table_caption(summary: dict) -> str:
