@@ -481,3 +481,31 @@ def test_publish_takes_noise_like_figures_below_the_usual_floor_when_it_must(tmp
     pngs = [o["data"]["image/png"] for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     with Image.open(io.BytesIO(base64.b64decode(pngs[0]))) as im:
         assert reference.LAST_RESORT_PNG_PX <= max(im.size) < reference.MIN_PNG_PX
+
+
+def test_a_chapter_that_resumed_its_training_says_so_in_its_stamp_and_on_the_landing_page(tmp_path):
+    """A reference run that kept finished trainings resumes them at their last step: its wall time is not a training
+    time, and the staged pages say so (from the trainers' own "Resumed from ... at step N" lines)."""
+    params = _params(tmp_path, "p", synthetic=False)
+    ref = tmp_path / "reference" / "p"
+    for stem, line in (("01_a", "scanned\n"), ("03_c", "Resumed from runs/p/pix2pix/checkpoints/checkpoint-1706 "
+                                                         "at step 1706\n")):
+        path = _notebook(ref / f"{stem}.ipynb", "p")
+        nb = pub.read_nb(path)
+        nb["cells"][-1]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": [line]}]
+        pub.write_nb(nb, path)
+        _stamp(path, "p", params)
+    (ref / "results").mkdir()
+    (ref / "results" / "summary.json").write_text(json.dumps(_summary()))
+    assert pub.profile_stamp(ref)["resumed"] == ["03_c"]
+    book = tmp_path / "book"
+    (book / "_static").mkdir(parents=True)
+    (book / "_config.yml").write_text("title: t\n")
+    (book / "intro.md").write_text("# T\n\nWhat.\n\nMore.\n")
+    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
+                         params_dir=params)
+    assert "Chapter 3 resumed its trainings from saved checkpoints" in (out / "intro.md").read_text()
+    banner = lambda stem: pub._src(next(c for c in pub.read_nb(out / "p" / f"{stem}.ipynb")["cells"]  # noqa: E731
+                                        if pub.STAMP_TAG in c["metadata"].get("tags", [])))
+    assert "Trainings resumed from saved checkpoints** (`pix2pix` at step 1706)" in banner("03_c")
+    assert "resumed" not in banner("01_a")

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 from stsynth_lib.book.publish.stamp import (
+    STAMP_TAG,
+    _src,
     EXECUTED_ROOT,
     REFERENCE_ROOT,
     PublishError,
@@ -20,7 +22,7 @@ from stsynth_lib.book.publish.stamp import (
     write_nb,
 )
 from stsynth_lib.book.publish.reference import merge_streams
-from stsynth_lib.book.publish.profile_cells import cell_facts, drop_profile_cells
+from stsynth_lib.book.publish.profile_cells import cell_facts, drop_profile_cells, resumed_sentence, resumed_trainings
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, has_metric, read_fid, run_facts
 from stsynth_lib.book.report_format import is_controlnet, short_model_name
 from stsynth_lib.book.publish.tables import (  # noqa: F401 (re-exported: the page builders' tables)
@@ -61,6 +63,8 @@ def profile_stamp(nb_dir: Path, profile: str | None = None) -> dict | None:
     out = dict(mine[0])
     walls = [s.get("wall_s") for s in mine]  # this profile's chapters only
     out["total_wall_s"] = sum(walls) if all(w is not None for w in walls) else None
+    out["resumed"] = [stem for stem, s in stamps if s["profile"] == profile
+                      and resumed_trainings(read_nb(nb_dir / f"{stem}.ipynb"))]
     out["commits"] = sorted({s["commit"] for s in mine})
     out["other_profiles"] = [f"{stem} ({s['profile']})" for stem, s in stamps if s["profile"] != profile]
     return out
@@ -77,7 +81,7 @@ def headline_section(profile: str, summary: dict, *, stamp: dict | None, figure:
     lines = [f"## Results: `{profile}` · {kind_txt}", "",
              f"*{origin}*" + (f"; commit {', '.join(f'`{c}`' for c in stamp['commits'])}, {stamp['date']}, "
                              f"{stamp['machine']}, all chapters ran in {format_duration(stamp.get('total_wall_s'))}."
-                             if stamp else "; no run stamp."), ""]
+                             + resumed_sentence(stamp.get("resumed") or []) if stamp else "; no run stamp."), ""]
     if stamp and stamp.get("other_profiles"):
         lines += [f"**Mixed run:** these chapters ran with another profile: {', '.join(stamp['other_profiles'])}.", ""]
     if kind == "synthetic":
@@ -183,6 +187,12 @@ def stage_notebook(src: Path, dest: Path, summary: dict, has: dict[str, bool] | 
     (:func:`~stsynth_lib.book.publish.profile_cells.drop_profile_cells`). Returns the tags whose cells were dropped."""
     nb = read_nb(src)
     dropped = drop_profile_cells(nb, has) if has is not None else []
+    resumed = resumed_trainings(nb)
+    banner = next((c for c in nb.get("cells", []) if STAMP_TAG in (c.get("metadata") or {}).get("tags", [])), None)
+    if resumed and banner is not None:  # the stamp's wall time would read as the training time otherwise
+        steps = ", ".join(f"`{Path(ck).parent.parent.name}` at step {step}" for ck, step in resumed)
+        banner["source"] = (_src(banner).rstrip("\n") + f"\n\n**Trainings resumed from saved checkpoints** "
+                            f"({steps}): the wall time above counts only the work after them.")
     titled = False
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":

@@ -10,7 +10,9 @@ one line says what was left out and why, once per chapter: a reader of an unlabe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from pathlib import Path
 
 # tag -> (the fact that keeps the cell, what the run lacks when it does not: the words of the note)
 PROFILE_TAGS: dict[str, tuple[str, str]] = {
@@ -56,3 +58,30 @@ def drop_profile_cells(nb: dict, has: Mapping[str, bool]) -> list[str]:
                                    f"that need {what}.*"})
     nb["cells"] = kept
     return dropped
+
+
+# what the trainers print when they continue from a saved checkpoint (cgan.train, controlnet.train, stage 1)
+_RESUMED = re.compile(r"[Rr]esumed from (\S+) at step (\d+)")
+
+
+def resumed_trainings(nb: Mapping) -> list[tuple[str, int]]:
+    """``[(checkpoint, step)]`` that an executed notebook's outputs say its trainings resumed from: the chapter's wall
+    time then counts only the steps after them (a reference run that kept finished trainings resumes at their last
+    step and trains nothing)."""
+    out = []
+    for cell in nb.get("cells", []):
+        for o in cell.get("outputs", []) or []:
+            text = o.get("text", "")
+            text = "".join(text) if isinstance(text, list) else str(text)
+            out += [(m.group(1), int(m.group(2))) for m in _RESUMED.finditer(text)]
+    return out
+
+
+def resumed_sentence(chapters: list[str]) -> str:
+    """The words the landing page adds to a run's total time when chapters resumed trainings; "" when none did."""
+    if not chapters:
+        return ""
+    names = [Path(c).stem.split("_")[0].lstrip("0") or c for c in chapters]
+    listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    return (f" Chapter{'s' if len(names) > 1 else ''} {listed} resumed {'their' if len(names) > 1 else 'its'} "
+            f"trainings from saved checkpoints, so this time leaves out the training done before them.")
