@@ -74,3 +74,15 @@ def test_stage_book_drops_the_cells_of_what_the_run_lacks(tmp_path):
     out = stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
                      params_dir=tmp_path / "params")
     assert "footprints of the future" in json.dumps(read_nb(out / "p" / "02_b.ipynb"))
+
+
+def test_long_printed_sentences_are_wrapped_and_aligned_text_is_not():
+    from stsynth_lib.book.publish.reference import OUTPUT_LINE_CHARS, wrap_prose_lines
+
+    sentence = "No model has a lower KID than the persistence baseline over all gaps " * 3
+    table = "model            psnr    ssim  " + "x" * 120
+    wrapped = wrap_prose_lines(f"{sentence.strip()}\n{table}\nshort")
+    lines = wrapped.split("\n")
+    assert all(len(x) <= OUTPUT_LINE_CHARS for x in lines[:-2]) and len(lines) > 3
+    assert " ".join(x.strip() for x in lines[:-2]) == sentence.strip()  # every word kept, in order
+    assert lines[-2:] == [table, "short"]

@@ -21,7 +21,7 @@ from stsynth_lib.book.publish.stamp import (
     read_stamp,
     write_nb,
 )
-from stsynth_lib.book.publish.reference import merge_streams
+from stsynth_lib.book.publish.reference import merge_streams, wrap_prose_lines
 from stsynth_lib.book.publish.profile_cells import cell_facts, drop_profile_cells, resumed_sentence, resumed_trainings
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, has_metric, read_fid, run_facts
 from stsynth_lib.book.report_format import is_controlnet, short_model_name
@@ -181,7 +181,8 @@ def chapter_title(title: str, summary: dict) -> str:
 
 def stage_notebook(src: Path, dest: Path, summary: dict, has: dict[str, bool] | None = None) -> list[str]:
     """Copy an executed notebook into the staged book: consecutive stream outputs merged into one box
-    (:func:`~stsynth_lib.book.publish.reference.merge_streams`), the title of a ControlNet chapter naming the
+    (:func:`~stsynth_lib.book.publish.reference.merge_streams`) with their sentences wrapped to its width
+    (:func:`~stsynth_lib.book.publish.reference.wrap_prose_lines`), the title of a ControlNet chapter naming the
     backbone that ran (:func:`chapter_title`) and, given what the run ``has``
     (:func:`~stsynth_lib.book.publish.profile_cells.cell_facts`), the cells it cannot fill dropped with one note
     (:func:`~stsynth_lib.book.publish.profile_cells.drop_profile_cells`). Returns the tags whose cells were dropped."""
@@ -197,6 +198,9 @@ def stage_notebook(src: Path, dest: Path, summary: dict, has: dict[str, bool] | 
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
             cell["outputs"] = merge_streams(cell.get("outputs", []))
+            for out in cell["outputs"]:
+                if out.get("output_type") == "stream":
+                    out["text"] = wrap_prose_lines(_src({"source": out.get("text", "")}))
         elif cell.get("cell_type") == "markdown" and not titled:
             src_text = "".join(cell["source"]) if isinstance(cell.get("source"), list) else str(cell.get("source", ""))
             lines = src_text.split("\n")

@@ -84,6 +84,28 @@ def merge_streams(outputs: list[dict]) -> list[dict]:
     return merged
 
 
+# a stream line wider than this scrolls sideways in the book's output box (about 100 monospace characters at
+# make book-check's 1280 px window): sentences are wrapped, aligned text (tables, aligned columns) is left alone
+OUTPUT_LINE_CHARS = 100
+
+
+def wrap_prose_lines(text: str, width: int = OUTPUT_LINE_CHARS) -> str:
+    """``text`` with each line longer than ``width`` that reads as a sentence (no run of two spaces, which aligned
+    columns and tables have) wrapped between words, the continuation indented by two spaces: a printed conclusion is
+    read whole, not cut at the box's edge."""
+    import textwrap
+
+    out = []
+    for line in text.split("\n"):
+        if len(line) > width and "  " not in line.strip():
+            indent = line[:len(line) - len(line.lstrip())]
+            out += textwrap.wrap(line, width, subsequent_indent=indent + "  ", break_long_words=False,
+                                 break_on_hyphens=False) or [line]
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def clean_notebook(nb: dict, *, max_px: int = MAX_PNG_PX, max_bytes: int = MAX_PNG_BYTES, min_px: int = MIN_PNG_PX) -> dict:
     """Drop volatile metadata, widgets and stderr, merge consecutive stdout outputs into one (:func:`merge_streams`)
     and shrink heavy PNGs. Keeps tags, outputs and the stamp."""
