@@ -333,7 +333,9 @@ run.table.round(4)
 # better than persistence on a metric only when the whole interval is on the good side of zero, worse when it is
 # wholly on the bad side, and otherwise not clearly different (the project's one rule, `stsynth_lib.verdict`; with
 # few test areas, as on `sn7_real_128`, the interval is wide). The per-area table keeps the [-1, 1] units of
-# training; the interval table gives L1 in [0, 1] units (half as large), like chapter 6.
+# training; the interval table gives L1 in [0, 1] units (half as large), like chapter 6. These scores come from the
+# generator's output before it is written as 8-bit GeoTIFFs; chapter 6 scores the written files (and draws its own
+# resamples), so its intervals differ from these in the second decimal. The book's verdicts are chapter 6's.
 
 # %%
 display(run.per_area.round(4))
