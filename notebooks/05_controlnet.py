@@ -257,7 +257,7 @@ from stsynth_lib.controlnet.generate import generate_split
 from stsynth_lib.controlnet.validation import condition_gain_estimate
 from stsynth_lib.controlnet.strength import clear_chosen_strength, plot_strength_sweep, sweep_strength, sweep_table
 from stsynth_lib.controlnet.plots import plot_conditioning, plot_training, show_predictions, show_sample_spread
-from stsynth_lib.controlnet.plots import show_validation
+from stsynth_lib.controlnet.plots import show_validation, training_log_table
 from stsynth_lib.controlnet.twin import train_nomask_twin, twin_comparison
 from stsynth_lib.runs import no_twin_note
 from stsynth_lib.predict.split import write_sample_mean
@@ -267,6 +267,7 @@ from stsynth_lib.controlnet.adapt import TINY_FROM_SCRATCH, BackboneAdaptConfig,
 from stsynth_lib.controlnet.adapt_parts import plot_reconstructions, vae_reconstruction_scores
 from stsynth_lib.controlnet.ceiling import ceiling_vs_persistence
 from stsynth_lib.controlnet.adapt_plots import plot_prompt_samples, plot_stage1_training
+from stsynth_lib.controlnet.adapt_plots import ceiling_table, stage1_summary_table, vae_scores_table
 from stsynth_lib.controlnet.backbone import load_backbone
 from stsynth_lib.controlnet.residual import target_mismatch
 from stsynth_lib.controlnet.train import train_controlnet
@@ -299,7 +300,7 @@ if stage1_config is not None:
 if run_stage1:
     stage1_dir = adapt_backbone(stage1_config)
     backbone_for_controlnet = str(stage1_dir / "backbone")
-    display(settings_table(stage1_dir / "summary.yaml"))
+    display(stage1_summary_table(stage1_dir))
     fig = plot_stage1_training(stage1_dir)
     plt.show()
 else:
@@ -310,8 +311,9 @@ else:
 # ### The VAE: reconstructions and their ceiling
 # An image decoded whole goes through the VAE's decoder, so the VAE's reconstruction PSNR / SSIM of the real images
 # is a ceiling for it (with `residual_decode = "difference"` only the drawn change passes through the decoder, added
-# to the past image: the ceiling then bounds what the change can add, not the image). The first table scores the reconstruction of the tile images on
-# validation (where stage 1 was checked) and on test (reported, never used to choose anything). The second puts the
+# to the past image: the ceiling then bounds what the change can add, not the image). The first table scores the
+# reconstruction of every validation tile (stage 1's summary above counts only the `max_val_tiles` tiles it validated
+# on during training) and of every test tile (reported, never used to choose anything). The second puts the
 # ceiling on the test pairs next to persistence on the same pairs and pixels
 # (`stsynth_lib.controlnet.ceiling.ceiling_vs_persistence`): where the ceiling is not above persistence, the diffusion
 # model cannot beat persistence whatever it learns. With a pretrained Stable Diffusion, the table shows SD's own VAE.
@@ -319,13 +321,12 @@ else:
 # %%
 bb = load_backbone(backbone_for_controlnet)
 if run_stage1:
-    vae_scores = pd.DataFrame([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")])
-    display(round_floats(vae_scores, 3))
+    display(vae_scores_table([vae_reconstruction_scores(bb.vae, dataset_dir, s) for s in ("val", "test")]))
     fig = plot_reconstructions(bb.vae, dataset_dir, "val", n=3,
                                title=f"VAE reconstructions, validation tiles ({short_backbone(bb.description)})")
     plt.show()
-display(round_floats(ceiling_vs_persistence(bb.vae, dataset_dir, "test", max_pairs=max_test_pairs,
-                                            label=f"VAE ceiling ({short_backbone(bb.description)})"), 3))
+display(ceiling_table(ceiling_vs_persistence(bb.vae, dataset_dir, "test", max_pairs=max_test_pairs,
+                                             label=f"VAE ceiling ({short_backbone(bb.description)})")))
 
 # %% [markdown]
 # ### What the backbone draws from a prompt alone
@@ -360,7 +361,8 @@ settings_table(config, exclude=["dataset_dir", "runs_dir", "profile"])
 # ### What the ControlNet sees
 # One training pair: the conditioning channels and the prompt built from its metadata. For an unlabelled AOI the
 # prompt's building count is unknown and that part of the template is left out. With `context_offsets_months`, one
-# panel per earlier frame: its unusable pixels are tinted red, and a month the series lacks says so.
+# panel per earlier frame the series holds (its unusable pixels tinted red). What holds one value everywhere is listed
+# under the panels rather than drawn: the months the series lacks, and the gap plane.
 
 # %%
 train_ds = PairedTileDataset(dataset_dir, "train", context_offsets_months=context_offsets_months)
@@ -395,8 +397,8 @@ display(settings_table(run_dir / "summary.yaml"))
 # %% [markdown]
 # ### Loss curve, control gain and condition gain
 # Diffusion losses are noisy (each step draws new timesteps and noise), so the validation losses use the same
-# noise and timesteps every time. Left: training loss, and validation loss with the ControlNet and with the UNet
-# alone. Right: `control_gain` and `cond_gain`, the evidence that the condition is used.
+# noise and timesteps every time. Top: training loss, and validation loss with the ControlNet and with the UNet
+# alone. Bottom: `control_gain` and `cond_gain`, the evidence that the condition is used.
 #
 # A ControlNet that learns a generic correction but ignores its condition shows `control_gain` above 0 and
 # `cond_gain` near 0 (the "ControlNet ignores its condition for thousands of steps" complaint about diffusers'
@@ -407,9 +409,7 @@ display(settings_table(run_dir / "summary.yaml"))
 # %%
 fig = plot_training(run_dir)
 plt.show()
-log_cols = ["step", "loss", "val_loss", "val_loss_nocontrol", "control_gain", "cond_gain", "images_per_s"]
-val_log = pd.read_csv(run_dir / "log.csv").dropna(subset=["control_gain"])
-round_floats(val_log[[c for c in log_cols if c in val_log.columns]].reset_index(drop=True), 4)
+training_log_table(run_dir)
 
 # %% [markdown]
 # The training log measures the gains on a handful of validation pairs (`num_validation_loss_pairs`), which makes
@@ -472,7 +472,7 @@ if img2img_strengths:
     strength = sweep.chosen
     fig = plot_strength_sweep(sweep)
     plt.show()
-    display(round_floats(sweep_table(sweep), 4))
+    display(sweep_table(sweep))
     if sweep.at_grid_edge and strength_criterion != "f1_new":
         display(Markdown(f"> **Note:** the lowest strength of the grid ({strength:g}) won: the images are then the "
                          "past image with little redrawn, the closest to persistence; the criterion rewards "

@@ -128,6 +128,7 @@ from stsynth_lib import metrics as M
 from stsynth_lib.evaluate.figures import plot_examples, plot_landing_example, plot_new_buildings, save_figure_png
 from stsynth_lib.runs import seed_everything
 from stsynth_lib.book.report_format import model_display_name, round_floats
+from stsynth_lib.evaluate.stats import gain_by_area_table
 from stsynth_lib.metrics.segmentation import load_or_train_segmenter
 from stsynth_lib.verdict import strongest_baseline_text
 
@@ -302,9 +303,7 @@ gain_by_area = E.paired_gain_by_area(res.per_tile, gap_bases, "psnr", models=lea
 if len(gain_by_area):
     fig = E.plot_gain_by_area(gain_by_area, "psnr", labels=res.labels)
     plt.show()
-    shown = gain_by_area.assign(model=[model_display_name(m, res.labels) for m in gain_by_area["model"]])
-    display(round_floats(shown.pivot_table(index=["aoi", "persistence", "model"], columns="baseline",
-                                           values="mean_diff", sort=False), 2))  # long: one row per area and model
+    display(gain_by_area_table(gain_by_area, "psnr", labels=res.labels))  # long: one row per model and area
 
 # %% [markdown]
 # A few test pairs with their past sequence (the frames the simple baselines and context models read, with their

@@ -93,7 +93,7 @@ def test_gain_by_area_is_the_paired_difference_per_area_with_its_persistence_lev
     assert set(paired_gain_by_area(per_tile, ["persistence"])["model"]) == {"m", "seasonal"}
     fig = plot_gain_by_area(t)
     assert len(fig.axes) == 2 and fig.axes[0].get_title() == "model - persistence"
-    ys = sorted(fig.axes[1].lines[0].get_ydata())
+    ys = sorted(fig.axes[1].lines[0].get_xdata())
     assert ys == pytest.approx([-3.0, 2.0])
     assert plot_gain_by_area(t.iloc[0:0]) is None
 

@@ -194,3 +194,49 @@ def test_the_fid_by_gap_figure_fits_the_column_with_its_legend_and_note_under_th
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix",
                                                                   "ControlNet (tiny, from scratch)"]
     plt.close(fig)
+
+
+def test_a_legend_over_its_own_axes_data_warns_one_in_an_empty_corner_or_outside_does_not():
+    """A legend inside an axes on top of that axes' line / dashed reference line / scatter or errorbar points is a
+    LegendCoversDataWarning (reported by ``checked``); one in a corner the data leaves empty, or outside, is not."""
+    import numpy as np
+
+    from stsynth_lib.figure_check import LegendCoversDataWarning, check_legend_covers_data
+
+    x = np.linspace(0, 1, 50)
+
+    def figure(draw, **legend_kw):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        draw(ax)
+        ax.legend(fontsize=9, **legend_kw)
+        return fig, ax
+
+    covering = [
+        (lambda ax: ax.plot(x, 1 - x, label="falling from the top left"), {"loc": "upper left"}),
+        (lambda ax: (ax.plot(x, x, label="rising"), ax.axhline(0.5, ls="--", color="gray", label="baseline")),
+         {"loc": "center right"}),  # two vertices only: sampled along it
+        (lambda ax: (ax.scatter(x, np.full_like(x, 0.5), label="points"), ax.set_ylim(0, 1)), {"loc": "center"}),
+        (lambda ax: ax.errorbar(x[::3], np.full(17, 0.1), yerr=0.05, fmt="o", label="means"), {"loc": "lower center"}),
+    ]
+    for draw, kw in covering:
+        fig, ax = figure(draw, **kw)
+        assert len(check_legend_covers_data(fig)) == 1 and "covers" in check_legend_covers_data(fig)[0]
+        with pytest.warns(LegendCoversDataWarning):
+            checked(fig)
+        assert issubclass(LegendCoversDataWarning, LegendOverlapWarning)  # the tests' error filter catches it
+        plt.close(fig)
+    free = [
+        (lambda ax: ax.plot(x, x, label="rising"), {"loc": "upper left"}),  # the empty corner above the line
+        (lambda ax: ax.plot(x, np.full_like(x, 0.9), label="flat"), {"loc": "upper left", "bbox_to_anchor": (1.02, 1)}),
+        (lambda ax: ax.plot(x, x, label="rising"), {"loc": "upper center", "bbox_to_anchor": (0.5, -0.15)}),
+    ]
+    for draw, kw in free:
+        fig, ax = figure(draw, **kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert check_legend_covers_data(fig) == [] and checked(fig) is fig
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    ax.plot(x, x)  # no legend: nothing to check
+    assert check_legend_covers_data(fig) == []
+    plt.close(fig)

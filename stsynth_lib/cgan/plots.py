@@ -11,7 +11,7 @@ import torch
 
 from stsynth_lib.book.report_format import plural
 from stsynth_lib.data.dataset import to_uint8
-from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, colorbar_below, headed_rows, legend_below, show_mask
 
 
 def plot_losses(run_dir: str | Path, smooth: int = 5):
@@ -20,12 +20,11 @@ def plot_losses(run_dir: str | Path, smooth: int = 5):
 
     log = pd.read_csv(Path(run_dir) / "log.csv")
     r = lambda s: s.rolling(smooth, min_periods=1).mean()  # noqa: E731
-    fig, ax = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 5.4))
+    fig, ax = plt.subplots(2, 2, figsize=(BOOK_WIDTH_IN, 5.8))
     ax = ax.ravel()
     ax[0].plot(log["step"], r(log["loss_g_gan"]), label="G adversarial")
     ax[0].plot(log["step"], r(log["loss_d_real"]), label="D on real")
     ax[0].plot(log["step"], r(log["loss_d_fake"]), label="D on generated")
-    ax[0].legend(fontsize=9)
     ax[1].plot(log["step"], r(log["loss_g_l1"]), color="C3")
     ax[2].plot(log["step"], log["lr"], color="C4")
     ax[3].plot(log["step"], r(log["images_per_s"]), color="C2")
@@ -33,7 +32,7 @@ def plot_losses(run_dir: str | Path, smooth: int = 5):
         a.set_title(title, fontsize=11)
         a.set_xlabel("step")
         a.grid(alpha=0.3)
-    fig.tight_layout()
+    legend_below(fig, *ax[0].get_legend_handles_labels())  # under the panels: over none of the curves
     return checked(fig)
 
 
@@ -46,7 +45,7 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
     val = pd.read_csv(Path(run_dir) / "val.csv")
     x = "step" if "step" in val else "epoch"  # val.csv files before steps were logged
     ends = val.groupby("epoch")["step"].max().to_numpy()[:-1] if x == "step" and "epoch" in val else []
-    fig, ax = plt.subplots(1, 3, figsize=(BOOK_WIDTH_IN, 3.0))
+    fig, ax = plt.subplots(1, 3, figsize=(BOOK_WIDTH_IN, 3.4))
     for a, key, title in zip(ax, ("val_l1", "val_psnr", "val_ssim"), ("L1 (lower: better)", "PSNR (dB)", "SSIM")):
         a.plot(val[x], val[key], "o-", label="model")
         best = val[val["best"] == 1]
@@ -60,8 +59,7 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
         a.grid(alpha=0.3)
     fig.supxlabel("training step" + (" (dotted: end of an epoch)" if len(ends) else "") if x == "step" else "epoch",
                   fontsize=10)
-    ax[0].legend(fontsize=9)
-    fig.tight_layout()
+    legend_below(fig, *ax[0].get_legend_handles_labels())  # under the step label: over no curve or dashed line
     return checked(fig)
 
 
@@ -158,7 +156,7 @@ def plot_residual_calibration(run_dir: str | Path):
         return None
     t = pd.read_csv(path)
     chosen = t[t["chosen"]].iloc[0]
-    fig, ax = plt.subplots(figsize=(6.8, 3.4))
+    fig, ax = plt.subplots(figsize=(BOOK_WIDTH_IN, 3.9))
     for g, label in ((1.0, "same scale at every gap"), (float(chosen["full_gap_months"]), None)):
         sub = t[t["full_gap_months"] == g]
         if label is None:
@@ -172,8 +170,7 @@ def plot_residual_calibration(run_dir: str | Path):
     ax.set_ylabel("val L1, mean over areas")
     ax.set_title("Calibration on the validation split")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
-    fig.tight_layout()
+    legend_below(fig, *ax.get_legend_handles_labels(), ncol=2, ax=ax)  # the axes' own legend, under it
     return checked(fig)
 
 
@@ -200,15 +197,14 @@ def show_samples(run_dir: str | Path, which: int | str = "last"):
 
 
 def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: int = 3, levels: tuple[int, ...] | None = None):
-    """Attention maps of an :class:`AttentionUNetGenerator` overlaid on the past image, one row per pair.
+    """Attention maps of an :class:`AttentionUNetGenerator` overlaid on the past image, one row per pair, under a
+    heading that names the pair (its area, dates and gap where the batch has them), the panels filling the width.
 
     Columns: past image, future mask (labelled pairs only), then one overlay per gate (finest first; ``levels``
     picks some).
     Bright = the gate passes the skip feature (the decoder copies detail from the past image there).
     """
-    import matplotlib.pyplot as plt
-
-    from stsynth_lib.data.dataset import to_uint8
+    from stsynth_lib.data.plots import pair_heading
     from stsynth_lib.models.attention_unet import attention_maps
 
     maps = attention_maps(model, condition)
@@ -216,25 +212,18 @@ def plot_attention(model, condition: torch.Tensor, batch: Mapping[str, Any], n: 
     n = min(n, condition.shape[0])
     labelled = _labelled(batch, n)  # no labels: no all-black mask column
     first = 2 if labelled else 1
-    cols = first + len(levels)
-    side = min(2.4, (BOOK_WIDTH_IN - 0.8) / cols)  # 0.8 in: the colour bar
-    fig, axes = plt.subplots(n, cols, figsize=(side * cols + 0.8, (side + 0.3) * n), squeeze=False)
+    titles = ["past"] + (["future mask"] if labelled else []) + [
+        f"gate {lv}\n({condition.shape[-1] // 2 ** (lv + 1)} px)" for lv in levels]
+    fig, axes = headed_rows(n, first + len(levels), [pair_heading(batch, i) for i in range(n)], [titles], 0.75)
     for i in range(n):
         past = to_uint8(batch["past"][i][:3]).transpose(1, 2, 0)
-        axes[i, 0].imshow(past)
-        axes[i, 0].set_title("past" if i == 0 else "", fontsize=9)
+        axes[i][0].imshow(past)
         if labelled:
-            show_mask(axes[i, 1], batch["future_mask"][i, 0].cpu().numpy())
-            axes[i, 1].set_title("future mask" if i == 0 else "", fontsize=9)
+            show_mask(axes[i][1], batch["future_mask"][i, 0].cpu().numpy())
         for c, lv in enumerate(levels):
-            a = axes[i, first + c]
-            a.imshow(past)
-            im = a.imshow(maps[lv][i, 0].cpu(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
-            if i == 0:
-                a.set_title(f"gate {lv}\n({condition.shape[-1] // 2 ** (lv + 1)} px)", fontsize=9)
-        for a in axes[i]:
-            a.axis("off")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="attention")
+            axes[i][first + c].imshow(past)
+            im = axes[i][first + c].imshow(maps[lv][i, 0].cpu(), cmap="magma", alpha=0.6, vmin=0, vmax=1)
+    colorbar_below(fig, im, "attention (bright: the gate passes the past image's detail)")
     return checked(fig)
 
 
@@ -283,7 +272,6 @@ def save_grid(grid: np.ndarray, path: Path, columns: Sequence[str] | None = None
     return path
 
 
-
 def _fusion_pairs(model, fusion: str, caller: str, dataset, guidance, indices, n: int):
     """``(indices, batch, condition)`` of the pairs a figure of a ``temporal_fusion: <fusion>`` generator shows
     (``indices`` None: the first ``n`` pairs whose frames are all present), the condition on the model's device."""
@@ -306,9 +294,10 @@ def _fusion_pairs(model, fusion: str, caller: str, dataset, guidance, indices, n
 @torch.no_grad()
 def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     """What a ``temporal_fusion: attention`` generator takes from each past frame: per pair (row pairs), the frames
-    it saw (absent or wholly invalid ones grey) with their mean weight, under them the per-pixel weight maps (0-1), then the blend it
-    starts from, its output and the truth. ``indices`` None: the first ``n`` pairs whose frames are all present."""
-    import matplotlib.pyplot as plt
+    it saw (absent or wholly invalid ones grey) with their mean weight, under them the per-pixel weight maps (0-1),
+    then the blend it starts from, its output and the truth, under a heading naming the pair. ``indices`` None: the
+    first ``n`` pairs whose frames are all present."""
+    from stsynth_lib.data.plots import pair_heading
 
     indices, batch, x = _fusion_pairs(model, "attention", "plot_frame_weights", dataset, guidance, indices, n)
     was = model.training
@@ -318,29 +307,37 @@ def plot_frame_weights(model, dataset, guidance, indices=None, n: int = 2):
     model.train(was)
     x, w, start, out = x.float().cpu(), w.float().cpu(), start.float().cpu(), out.float().cpu()
     frames = model.blend.frames  # each frame's bands and validity plane in the condition, in the weights' order
-    k, rows = len(frames), len(indices)
-    side = min(2.1, (BOOK_WIDTH_IN - 0.7) / (k + 3))  # 0.7 in: the colour bar
-    fig, axes = plt.subplots(2 * rows, k + 3, figsize=(side * (k + 3) + 0.7, 2 * (side + 0.45) * rows), squeeze=False)
-    for r in range(rows):
+    k, names = len(frames), _frame_names(guidance, tags)
+    titles = [[f"{names[j]}\n{float(w[r, j].mean()):.2f}" for j in range(k)] + ["blend\n(start)", "generated", "truth"]
+              for r in range(len(indices))]
+    heads = [h for r in range(len(indices)) for h in (pair_heading(batch, r), None)]  # a heading over each pair
+    fig, axes = headed_rows(2 * len(indices), k + 3, heads, [t for row in titles for t in (row, None)], 0.75, 0.5)
+    for r in range(len(indices)):
         top, bottom = axes[2 * r], axes[2 * r + 1]
         for j, f in enumerate(frames):
             present = f["valid"] is None or bool(x[r, f["valid"]].max() > 0.5)
-            img = to_uint8(x[r, f["bands"][:3]]).transpose(1, 2, 0) if present else \
-                np.full(tuple(x.shape[-2:]) + (3,), 200, np.uint8)
-            top[j].imshow(img)
-            top[j].set_title(f"{tags[j].replace('ctx_', '')}\n{float(w[r, j].mean()):.2f}", fontsize=9)
+            top[j].imshow(to_uint8(x[r, f["bands"][:3]]).transpose(1, 2, 0) if present else
+                          np.full(tuple(x.shape[-2:]) + (3,), 200, np.uint8))
             im = bottom[j].imshow(w[r, j].numpy(), cmap="viridis", vmin=0, vmax=1)
-        for j, (img, title) in enumerate([(start[r], "blend\n(start)"), (out[r], "generated\n"),
-                                          (batch["future"][r], "truth\n")]):
+        for j, img in enumerate([start[r], out[r], batch["future"][r]]):
             top[k + j].imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
-            top[k + j].set_title(title, fontsize=9)
-        bottom[k].text(0.0, 0.5, f"{str(batch['aoi'][r])[:16]}\n+{plural(int(batch['gap_months'][r]), 'month')}",
-                       fontsize=9, transform=bottom[k].transAxes, va="center")
-        for a in list(top) + list(bottom):
-            a.axis("off")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.4, label="weight of the frame")
-    fig.suptitle("Weight of each past frame per pixel (number: its mean; the weights sum to 1)", fontsize=10)
+    colorbar_below(fig, im, "weight of the frame (the row under its image)")
+    fig.suptitle("Weight of each past frame per pixel (number: its mean; the weights sum to 1)\n" + FRAME_NOTE,
+                 fontsize=10, y=1 - 0.05 / fig.get_figheight(), va="top")
     return checked(fig)
+
+
+FRAME_NOTE = "(t0-k: k months before the past image t0; t1-k: k months before the target t1)"
+
+
+def _frame_names(guidance, tags: Sequence[str]) -> list[str]:
+    """Short names of the frames ``tags`` (channel tags, ``bias`` kept): the context strip's ``t0-1``, ``t1-12``
+    (not ``last_year-1``, too long to sit side by side under bars)."""
+    from stsynth_lib.conditioning import context_tag
+    from stsynth_lib.data.plots import short_offset_label
+
+    names = {context_tag(o): short_offset_label(o) for o in guidance.context_offsets_months or () if o != 0}
+    return [names.get(t, t.replace("ctx_", "")) for t in tags]
 
 
 def _base_frame_weights(guidance, gap: float, tags: list[str]) -> np.ndarray:
@@ -377,8 +374,8 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
     changes = changes.float().cpu().mean(2).numpy()  # (B, K + 1): band mean
     if getattr(model, "centre_inputs", False):  # the changes act on frame - m: count m as a share of each frame
         changes[:, :-1] -= changes[:, :-1].mean(1, keepdims=True)
-    fig, axes = plt.subplots(len(indices), 4, figsize=(BOOK_WIDTH_IN, 2.2 * len(indices) + 0.9), squeeze=False,
-                             gridspec_kw={"width_ratios": [2.2, 1, 1, 1]})
+    fig, axes = plt.subplots(len(indices), 4, figsize=(BOOK_WIDTH_IN, 2.3 * len(indices) + 1.1), squeeze=False,
+                             gridspec_kw={"width_ratios": [4, 1, 1, 1]})
     pos = np.arange(len(tags))
     for r, row in enumerate(axes):
         fitted = _base_frame_weights(guidance, float(batch["gap_months"][r]), tags[:-1])
@@ -386,16 +383,16 @@ def plot_tile_weights(model, dataset, guidance, indices=None, n: int = 3):
             " fitted on train (this gap)" if guidance.residual_base == "linear" else ""), color="0.6")
         row[0].bar(pos + 0.2, fitted + changes[r], 0.4, label="this tile", color="tab:blue")
         row[0].axhline(0, color="k", lw=0.5)
-        row[0].set_xticks(pos, [t.replace("ctx_", "") for t in tags], fontsize=9, rotation=45)
-        row[0].set_title(f"{str(batch['aoi'][r])[:16]}, +{plural(int(batch['gap_months'][r]), 'month')}", fontsize=9)
+        row[0].set_xticks(pos, _frame_names(guidance, tags), fontsize=9)  # short: side by side, unrotated
+        row[0].set_title(f"{batch['aoi'][r]}\n+{plural(int(batch['gap_months'][r]), 'month')}", fontsize=9)
         for a, img, title in ((row[1], start[r], "tile's start"), (row[2], out[r], "generated"),
                               (row[3], batch["future"][r], "truth")):
             a.imshow(to_uint8(img[:3].float().clamp(-1, 1)).transpose(1, 2, 0))
             a.set_title(title, fontsize=9)
             a.axis("off")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9)
-    fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias", fontsize=10)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.suptitle("Per-tile reweighting: the weight of each past frame (band mean) and the bias\n" + FRAME_NOTE,
+                 fontsize=10)
+    legend_below(fig, *axes[0, 0].get_legend_handles_labels(), ncol=2)
     return checked(fig)
 
 

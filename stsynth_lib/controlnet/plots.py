@@ -1,4 +1,5 @@
-"""Figures of the ControlNet chapter (return matplotlib Figures; the notebook shows them)."""
+"""Figures of the ControlNet chapter (return matplotlib Figures; the notebook shows them) and the training log's
+table."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import numpy as np
 import pandas as pd
 
 from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
+
+# log.csv's columns the chapter's log table shows, with the names it shows them under (images_per_s, the throughput,
+# is the progress bar's: it would only widen the table past the book's column)
+LOG_TABLE_COLUMNS = {"loss": "train loss", "val_loss": "val loss", "val_loss_nocontrol": "val loss, UNet alone",
+                     "control_gain": "control_gain", "cond_gain": "cond_gain"}
 
 
 def _title_suffix(run_dir: Path) -> str:
@@ -23,22 +29,32 @@ def _title_suffix(run_dir: Path) -> str:
         f" ({short_backbone(backbone_label(p))})"
 
 
+def legend_above(ax, handles=None, labels=None, ncol: int = 2, title: str | None = None) -> None:
+    """``ax``'s legend (or ``handles`` / ``labels``) in a frameless strip just above the axes, off the data (a legend
+    inside covers the curves it names); ``title``: a heading over the entries (the panel's name: an axes title
+    would sit under the strip)."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=9, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=ncol, frameon=False,
+              borderaxespad=0.0, title=title, title_fontsize=10, alignment="left")
+
+
 def plot_training(run_dir: str | os.PathLike):
     """Training loss (per logged step) and, at each validation, the loss with and without control,
     ``control_gain`` (share of the UNet-alone loss the ControlNet removes) and ``cond_gain`` (share of the
-    loss with another pair's conditioning that the right conditioning removes)."""
+    loss with another pair's conditioning that the right conditioning removes). Each panel's legend sits above it."""
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
     log = pd.read_csv(run_dir / "log.csv")
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(BOOK_WIDTH_IN, 6.4), sharex=True)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(BOOK_WIDTH_IN, 7.0), sharex=True)
     tr = log.dropna(subset=["loss"])
     a1.plot(tr["step"], tr["loss"], label="train loss (masked MSE)")
     va = log.dropna(subset=["val_loss"])
     a1.plot(va["step"], va["val_loss"], "o-", label="val loss, with control")
     a1.plot(va["step"], va["val_loss_nocontrol"], "s--", label="val loss, UNet alone")
     a1.set_ylabel("loss")
-    a1.legend(fontsize=9)
+    legend_above(a1)
     a2.plot(va["step"], va["control_gain"], "o-", color="C3", label="control_gain: 1 - loss / loss(UNet alone)")
     if "cond_gain" in va:
         a2.plot(va["step"], va["cond_gain"], "s-", color="C4",
@@ -46,20 +62,34 @@ def plot_training(run_dir: str | os.PathLike):
     a2.axhline(0, color="grey", lw=0.8)
     a2.set_xlabel("step")
     a2.set_ylabel("share of the val loss\nremoved")
-    a2.legend(fontsize=9)
+    legend_above(a2, ncol=1)
     # the backbone's label is long: wrapped, or the title alone widens the saved figure past the book's column
     fig.suptitle(textwrap.fill("ControlNet training" + _title_suffix(run_dir), 90), fontsize=10)
     fig.tight_layout()
     return checked(fig)
 
 
+def training_log_table(run_dir: str | os.PathLike, decimals: int = 4) -> pd.DataFrame:
+    """The validation rows of ``<run_dir>/log.csv`` as the chapter shows them: one row per validation step (the
+    index, named in the header's corner), the train loss and the validation losses and gains under short names
+    (:data:`LOG_TABLE_COLUMNS`), as text to ``decimals`` decimals; a value the log lacks (the train loss at step 0,
+    before any training step) reads "n/a"."""
+    log = pd.read_csv(Path(run_dir) / "log.csv").dropna(subset=["control_gain"])
+    cols = [c for c in LOG_TABLE_COLUMNS if c in log.columns]
+    table = log.set_index("step")[cols].rename(columns=LOG_TABLE_COLUMNS)
+    table = table.apply(lambda col: col.map(lambda v: "n/a" if pd.isna(v) else f"{float(v):.{decimals}f}"))
+    table.index = [int(s) for s in table.index]
+    table.columns.name = "step"  # shown in the corner over the step numbers: one header row
+    return table
+
+
 def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: bool = True, n_bands: int = 3,
                       context_offsets_months=None):
-    """The channels the ControlNet sees for one sample (``(C, H, W)`` in [0, 1]), and its prompt. With
-    ``context_offsets_months``, one panel per past frame (after the past image, in the offsets' order): the frame,
-    its unusable pixels tinted red, its validity and age planes in the title; an absent month says so."""
-    import matplotlib.pyplot as plt
-
+    """The channels the ControlNet sees for one sample (``(C, H, W)`` in [0, 1]), and its prompt. Only channels that
+    carry information are drawn: the past image, each past frame the series holds (``context_offsets_months``, in
+    the offsets' order; its unusable pixels tinted red, its validity and age in the title) and a future mask that
+    varies. What is constant is said in the notes under the panels instead: the absent months (one line) and a plane
+    with one value everywhere (the gap plane; an empty mask)."""
     from stsynth_lib.conditioning import context_tag
     from stsynth_lib.controlnet.conditioning import conditioning_channels, extra_offsets
 
@@ -70,43 +100,88 @@ def plot_conditioning(cond, prompt: str, use_mask: bool = True, use_gap_plane: b
     if c.shape[0] != want:
         frames = f" + {len(extra)} past frames x ({n_bands} bands, validity, age)" if extra else ""
         raise ValueError(f"conditioning has {c.shape[0]} channels, expected {want}: {n_bands} bands{frames} + {names}")
-    n_panels = 1 + len(extra) + len(names)
-    ncols = min(n_panels, 3)
-    nrows = -(-n_panels // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(min(2.6 * ncols, BOOK_WIDTH_IN), 2.9 * nrows + 0.5), squeeze=False)
-    axes = axes.reshape(-1)
-    axes[0].imshow(np.clip(c[:3].transpose(1, 2, 0), 0, 1))
-    axes[0].set_title(f"channels 0-{n_bands - 1}:\npast image", fontsize=9)
+    panels, absent, notes = [("past", 0, "past image")], [], []
     ch = n_bands
-    for ax, (_, o) in zip(axes[1:], extra):
-        _show_context_frame(ax, c[ch:ch + n_bands], c[ch + n_bands], c[ch + n_bands + 1], ch, context_tag(o))
+    for _, o in extra:
+        tag = context_tag(o).removeprefix("ctx_")
+        (panels if np.any(c[ch + n_bands]) else absent).append(("frame", ch, tag))
         ch += n_bands + 2
-    for i, (ax, name) in enumerate(zip(axes[1 + len(extra):], names)):
-        plane = c[ch + i]
-        if name == "future mask":
-            show_mask(ax, plane)
-        elif name == "gap plane":  # one value everywhere: say it rather than draw a near-black square
-            show_mask(ax, np.zeros_like(plane), f"constant {float(plane.mean()):.2f}")
+    for name in names:
+        plane = c[ch]
+        if float(plane.min()) == float(plane.max()):  # one value everywhere: said, not drawn as a flat square
+            notes.append(f"channel {ch}: {name} = {float(plane.mean()):.2f}"
+                         + (" (no building)" if name == "future mask" and not np.any(plane) else ""))
         else:
-            ax.imshow(plane, cmap="gray", vmin=0, vmax=1)
-        label = f"{name} = {plane.mean():.2f}" if name == "gap plane" else name
-        ax.set_title(f"channel {ch + i}:\n{label}", fontsize=9)
+            panels.append(("plane", ch, name))
+        ch += 1
+    if absent:
+        notes.insert(0, _absent_note(absent, n_bands))
+    return _draw_conditioning(c, panels, notes, prompt, n_bands)
+
+
+def _absent_note(absent, n_bands: int) -> str:
+    """One line for the past frames the series lacks: their names and channels, and the values they hold."""
+    from stsynth_lib.book.report_format import plural
+
+    spans = _channel_spans([(ch, ch + n_bands + 1) for _, ch, _ in absent])
+    return (f"{plural(len(absent), 'absent month')} ({', '.join(t for _, _, t in absent)}; channels {spans}): "
+            f"bands 0.5, validity 0, age 0")
+
+
+def _channel_spans(ranges) -> str:
+    """``[(3, 7), (8, 12), (18, 22)]`` -> ``"3-12, 18-22"`` (touching ranges merged)."""
+    merged: list[list[int]] = []
+    for a, b in ranges:
+        if merged and a == merged[-1][1] + 1:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    return ", ".join(f"{a}-{b}" for a, b in merged)
+
+
+def _draw_conditioning(c, panels, notes, prompt: str, n_bands: int):
+    """The panels of :func:`plot_conditioning` (at most three a row), the prompt over them and the notes (9 pt,
+    wrapped to the figure's width) under them."""
+    import matplotlib.pyplot as plt
+
+    ncols = min(len(panels), 3)
+    nrows = -(-len(panels) // ncols)
+    width = BOOK_WIDTH_IN if notes else min(2.6 * ncols, BOOK_WIDTH_IN)
+    chars = int(width * 72 / 5.4)  # about 5.4 pt a character at 9 pt
+    note = "\n".join(["Not drawn (one value everywhere):"]
+                     + [textwrap.fill(n, chars, initial_indent="• ", subsequent_indent="   ") for n in notes])
+    note_in = 0.18 * (note.count("\n") + 1) + 0.15 if notes else 0.0
+    row_in = min(2.6, 0.9 * width / ncols) + 0.65  # the image and its title (up to three lines)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, row_in * nrows + 0.5 + note_in), squeeze=False)
+    axes = axes.reshape(-1)
+    for ax, (kind, ch, name) in zip(axes, panels):
+        if kind == "past":
+            ax.imshow(np.clip(c[:3].transpose(1, 2, 0), 0, 1))
+            ax.set_title(f"channels 0-{n_bands - 1}:\npast image", fontsize=9)
+        elif kind == "frame":
+            _show_context_frame(ax, c[ch:ch + n_bands], c[ch + n_bands], c[ch + n_bands + 1], ch, name)
+        else:
+            if name == "future mask":
+                show_mask(ax, c[ch])
+            else:
+                ax.imshow(c[ch], cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"channel {ch}:\n{name}", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    fig.suptitle(textwrap.fill(f"prompt: \"{prompt}\"", 80), fontsize=10)
-    fig.tight_layout()
+    title = textwrap.fill(f"prompt: \"{prompt}\"", 80)
+    fig.suptitle(title, fontsize=10)
+    h = fig.get_figheight()
+    fig.tight_layout(rect=(0, note_in / h, 1, 1 - (0.2 * (title.count("\n") + 1) + 0.1) / h))
+    if notes:
+        fig.text(0.02, 0.1 / fig.get_figheight(), note, fontsize=9, ha="left", va="bottom")
     return checked(fig)
 
 
 def _show_context_frame(ax, bands, valid, age, first: int, tag: str) -> None:
-    """One past frame of the conditioning: its bands (first three as RGB), unusable pixels tinted red; a month the
-    series lacks (validity 0 everywhere) is a light grey panel that says so."""
+    """One past frame of the conditioning the series holds: its bands (first three as RGB), unusable pixels tinted
+    red, the share of valid pixels and the mean age in the title."""
     n = bands.shape[0]
-    where = f"channels {first}-{first + n + 1}:\nframe {tag.removeprefix('ctx_')}"
-    if not np.any(valid):
-        show_mask(ax, valid, empty_text="absent month\n(bands 0.5, validity 0, age 0)")
-        ax.set_title(where, fontsize=9)
-        return
+    where = f"channels {first}-{first + n + 1}:\nframe {tag}"
     rgb = np.clip(bands[:3].transpose(1, 2, 0), 0, 1).copy()
     bad = valid < 0.5
     rgb[bad] = 0.5 * rgb[bad] + 0.5 * np.array([1.0, 0.0, 0.0])

@@ -196,18 +196,29 @@ def clear_chosen_strength(run_dir: str | os.PathLike) -> float:
     return 1.0
 
 
-def sweep_table(sweep: StrengthSweep) -> pd.DataFrame:
-    """One row per strength: the ControlNet's and the backbone-alone means side by side, persistence as a row."""
+SWEEP_TABLE_UNITS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "f1_new": "new-building F1"}
+
+
+def sweep_table(sweep: StrengthSweep, decimals: int = 4) -> pd.DataFrame:
+    """The sweep as the chapter shows it, long rather than wide (so it fits the book's column): one row per
+    (strength, model), the ControlNet's row of the chosen strength marked "(chosen)", then persistence on the same
+    tiles; one column per score computed (PSNR to 2 decimals, the others to ``decimals``), as text, "n/a" where a
+    model has no score. The index is blank (the strength column names the rows)."""
     names = {CONTROLNET: "ControlNet", PROMPT_ONLY: "backbone alone"}
-    units = {"psnr": "PSNR (dB)", "ssim": "SSIM", "lpips": "LPIPS", "f1_new": "new-building F1"}
-    metrics = [m for m in units if sweep.table[m].notna().any()]
-    wide = sweep.table.pivot(index="strength", columns="model", values=metrics)
-    wide.columns = [f"{names[k]} {units[m]}" for m, k in wide.columns]
-    wide = wide.reset_index()
-    wide.insert(1, "chosen", ["yes" if s == sweep.chosen else "" for s in wide["strength"]])
-    pers = {"strength": "persistence (same tiles)", "chosen": ""}
-    pers.update({c: sweep.persistence[m] for c in wide.columns for m in metrics if c.endswith(units[m])})
-    return pd.concat([wide, pd.DataFrame([pers])], ignore_index=True)
+    metrics = [m for m in SWEEP_TABLE_UNITS if sweep.table[m].notna().any()]
+
+    def cells(scores) -> dict[str, str]:
+        values = {m: scores.get(m) for m in metrics}
+        return {SWEEP_TABLE_UNITS[m]: "n/a" if v is None or v != v else f"{float(v):.{2 if m == 'psnr' else decimals}f}"
+                for m, v in values.items()}
+
+    rows = []
+    for _, r in sweep.table.sort_values(["strength", "model"]).iterrows():
+        chosen = r["model"] == CONTROLNET and float(r["strength"]) == sweep.chosen
+        rows.append({"strength": f"{float(r['strength']):g}" + (" (chosen)" if chosen else ""),
+                     "model": names.get(r["model"], r["model"]), **cells(r)})
+    rows.append({"strength": "persistence (same tiles)", "model": "", **cells(sweep.persistence)})
+    return pd.DataFrame(rows, index=[""] * len(rows))
 
 
 def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from stsynth_lib.book.report_format import plural
-from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, legend_below, show_mask
 
 ATTRIBUTION = "SpaceNet 7 (SpaceNet LLC / Planet), CC BY-SA 4.0"
 
@@ -64,6 +66,24 @@ def _two_or_three_panels(three: bool):
     return fig, [grid[0, 0], grid[0, 1], grid[1, 0]]
 
 
+def _whole_numbers(*axes) -> None:
+    """Ticks at whole numbers only on these axes (counts, months: no 2.5 AOIs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in axes:
+        axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _month_ticks(ax) -> None:
+    """A date x axis with at most seven ticks, labelled concisely (``2018``, ``Apr``, ...) and unrotated: the
+    labels of a tick per quarter, rotated, ran into each other in a half-width panel."""
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=7)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+
+
 def plot_collection_overview(meta: pd.DataFrame):
     """Months per AOI, building growth per AOI (only when the tree has building labels: no empty panel) and cloud
     cover per month (images per month without UDM masks)."""
@@ -83,12 +103,14 @@ def plot_collection_overview(meta: pd.DataFrame):
         axes[0].set_xlabel("months with an image")
         axes[0].set_ylabel("AOIs")
         axes[0].set_title(f"Months per AOI ({len(months)} AOIs)", fontsize=11)
+        _whole_numbers(axes[0].yaxis)
+    _whole_numbers(axes[0].xaxis)
     if labelled:
         for aoi, g in meta[meta["has_labels"]].groupby("aoi"):
             axes[1].plot(g["date"], g["building_count"], lw=1, alpha=0.7)
         axes[1].set_ylabel("buildings labelled")
         axes[1].set_title("Building growth (a line per AOI)", fontsize=11)
-        axes[1].tick_params(axis="x", rotation=30)
+        _month_ticks(axes[1])
     last = axes[-1]
     if meta["cloud_fraction"].notna().any():
         cc = meta.groupby("date")["cloud_fraction"].mean()
@@ -100,14 +122,16 @@ def plot_collection_overview(meta: pd.DataFrame):
         last.bar(per_month.index, per_month.to_numpy(), width=20, color="tab:gray")
         last.set_ylabel("images")
         last.set_title("Images per month (no UDM)", fontsize=11)
-    last.tick_params(axis="x", rotation=30)
+        _whole_numbers(last.yaxis)
+    _month_ticks(last)
     fig.tight_layout()
     return checked(fig)
 
 
 def plot_dataset_summary(store):
-    """Pairs per time gap and split, tiles' usable-pixel fraction, and building cover of tiles (only when the tiles
-    have building labels: no empty panel)."""
+    """Pairs per time gap and split (its legend outside the panel: under the panels, or in the fourth cell), tiles'
+    usable-pixel fraction, and building cover of tiles (only when the tiles have building labels: no empty
+    panel)."""
     pairs, tiles = store.pairs, store.tiles
     labelled = bool(tiles["has_labels"].any())
     fig, axes = _two_or_three_panels(labelled)
@@ -118,16 +142,35 @@ def plot_dataset_summary(store):
     axes[0].set_xlabel("time gap (months)")
     axes[0].set_ylabel("pairs")
     axes[0].set_title("Pairs per time gap", fontsize=11)
-    axes[0].legend(fontsize=9)
+    _whole_numbers(axes[0].xaxis)
     axes[1].hist(tiles["valid_fraction"], bins=20, color="tab:gray")
     axes[1].set_xlabel("usable-pixel fraction of a tile")
-    axes[1].set_title("Tile validity\n(UDM, alpha, nodata)", fontsize=11)
+    axes[1].set_title(f"Tile validity\n({validity_sources(store)})", fontsize=11)
     if labelled:
         axes[2].hist(tiles.loc[tiles["has_labels"], "building_fraction"], bins=20, color="tab:red")
         axes[2].set_xlabel("building cover of a tile")
         axes[2].set_title("Building cover", fontsize=11)
-    fig.tight_layout()
+        fig.tight_layout()
+        right, low = axes[1].get_position(), axes[2].get_position()  # the empty fourth cell: right column, row 2
+        axes[0].legend(loc="center", bbox_to_anchor=(right.x0, low.y0, right.width, low.height),
+                       bbox_transform=fig.transFigure, fontsize=9, title="pairs per split", title_fontsize=9)
+    else:
+        fig.set_figheight(fig.get_figheight() + 0.5)
+        legend_below(fig, *axes[0].get_legend_handles_labels(), ncol=2, ax=axes[0])
     return checked(fig)
+
+
+def validity_sources(store) -> str:
+    """What marked a tile's pixels unusable, for a title, from the store's ``metadata.parquet``: the UDM (cloud)
+    masks only when its images had them, the alpha band only for 4-band 8-bit images, nodata always;
+    ``unusable pixels`` when the store does not tell."""
+    try:
+        meta = pd.read_parquet(Path(store.root) / "metadata.parquet", columns=["udm_path", "bands", "dtype"])
+    except (AttributeError, TypeError, OSError, KeyError, ValueError):  # no folder, no table, an older table
+        return "unusable pixels"
+    udm = bool((meta["udm_path"].fillna("").astype(str) != "").any())
+    alpha = bool(((meta["bands"] == 4) & (meta["dtype"].astype(str) == "uint8")).any())
+    return ", ".join(["UDM"] * udm + ["alpha"] * alpha + ["nodata"])
 
 
 def plot_pair_examples(dataset, n: int = 4, seed: int = 0):
@@ -240,6 +283,18 @@ def short_offset_label(offset) -> str:
     if shift is not None:
         return f"t1-{12 - shift}"
     return "t0" if offset == 0 else f"t0{offset:+d}"
+
+
+def pair_heading(batch, i: int) -> str:
+    """Which pair item ``i`` of a collated batch is, as a figure's row heading: its area, past and future month and
+    gap (those the batch has; else ``pair i + 1``)."""
+    parts = [str(batch["aoi"][i])] if "aoi" in batch else []
+    if all(f"{t}_{u}" in batch for t in ("past", "future") for u in ("year", "month")):
+        past, future = (int(batch[f"{t}_year"][i]) * 12 + int(batch[f"{t}_month"][i]) for t in ("past", "future"))
+        parts.append(f"{month_label(past)} \u2192 {month_label(future)}")
+    if "gap_months" in batch:
+        parts.append(f"+{plural(int(batch['gap_months'][i]), 'month')}")
+    return ", ".join(parts) or f"pair {i + 1}"
 
 
 def pairs_with_full_context(dataset, n: int = 1, search: int = 500) -> list[int]:

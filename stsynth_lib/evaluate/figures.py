@@ -7,9 +7,10 @@ from typing import Sequence
 import numpy as np
 
 from stsynth_lib.book.report_format import model_display_name, plural, wrap_name
-from stsynth_lib.evaluate.data import PERSISTENCE, UPPER_BOUND, EvalResult
-from stsynth_lib.evaluate.report import rgb_image
-from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, image_rows, show_mask
+from stsynth_lib.evaluate.data import METRICS, PERSISTENCE, UPPER_BOUND, EvalResult, gap_bucket_order
+from stsynth_lib.evaluate.report import MODEL_MARKERS, rgb_image
+from stsynth_lib.evaluate.stats import short_area_names
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, grid_shape, image_rows, panel_grid, show_mask
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -27,6 +28,14 @@ def footprint_picture(d, i: int) -> tuple[np.ndarray, np.ndarray]:
     mask_rgb[d.future_mask[i, 0] > 0] = 1.0
     mask_rgb[new] = (1.0, 0.55, 0.0)
     return new, mask_rgb
+
+
+def pair_header(p) -> str:
+    """A pair's header over its panels (``p``: its row of ``pairs``): "<area>: <t0> → <t1>, gap <n> months"."""
+    dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} → {int(p['future_year'])}-{int(p['future_month']):02d}"
+             if "past_year" in p else f"pair {p['pair_id']}")
+    area = f"{short_area_names([p['aoi']])[str(p['aoi'])]}: " if "aoi" in p else ""  # the id without its tile suffix
+    return f"{area}{dates}, gap {plural(round(float(p['gap_months'])), 'month')}"
 
 
 def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6) -> list[int]:
@@ -50,26 +59,26 @@ def pick_new_building_pairs(res: EvalResult, n: int = 4, min_gap_months: int = 6
 
 def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: int = 4, indices: Sequence[int] | None = None,
                        title: str | None = None):
-    """Rows of test pairs with the most new buildings: past | future mask | truth | each model.
-
-    The new buildings (footprints at t1 that were not built at t0) are outlined in every image panel, and drawn
-    orange in the mask panel (buildings that already stood are white). Returns the figure, or ``None`` when no
-    pair of the split has labelled new buildings.
-    """
-    import matplotlib.pyplot as plt
-
+    """Test pairs with the most new buildings, each under a header (area, dates, gap): past | future mask | truth |
+    each model, spread evenly over lines of at most five panels (:func:`panel_grid`). The new buildings (footprints
+    at t1 that were not built at t0) are outlined in every image panel, and drawn orange in the mask panel (buildings
+    that already stood are white). Returns the figure, or ``None`` when no pair has labelled new buildings."""
     idx = list(indices) if indices is not None else pick_new_building_pairs(res, n)
     if not idx:
         return None
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     d = res.data
     labelled = bool(np.asarray(d.has_mask)[idx].any())  # no labels: no (all-black) footprint column
-    shown = [wrap_name(model_display_name(m, res.labels), 16) if res.labels else m for m in names]
+    _, _, chars = grid_shape(len(names) + 2 + labelled, 5)
+    shown = [wrap_name(model_display_name(m, res.labels) if res.labels else m, chars) for m in names]
     cols = ["past (=\npersistence)"] + (["future\nfootprints"] if labelled else []) + ["truth\n(future)"] + shown
-    wrapped = len(cols) > 5  # an item's panels span two lines: title every item's, or the second line reads wrong
-    fig, axes = image_rows(len(idx), len(cols), max_cols=5, title_in=0.75, extra_in=0.8)
-    for r, i in enumerate(idx):
-        new, mask_rgb = footprint_picture(d, i)
+    pictures = [footprint_picture(d, i) for i in idx]
+    headers = [pair_header(d.pairs.iloc[i]) + (f", {plural(int(new.sum()), 'new-building pixel')}" if labelled else "")
+               for i, (new, _) in zip(idx, pictures)]
+    fig, axes = panel_grid(len(idx), 5, cols, headers, title or (
+        "New buildings (cyan outline; orange in the footprint panel):\nasked for by the future mask, absent from the "
+        "past image"))
+    for r, (i, (new, mask_rgb)) in enumerate(zip(idx, pictures)):
         panels = [rgb_image(d.past[i])] + ([mask_rgb] if labelled else []) + [rgb_image(d.future[i])]
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[0]) for m in names]
         for c, img in enumerate(panels):
@@ -80,18 +89,7 @@ def plot_new_buildings(res: EvalResult, models: Sequence[str] | None = None, n: 
                 ax.imshow(img)
             if not (labelled and c == 1) and new.any():
                 ax.contour(new.astype(float), levels=[0.5], colors=["#00e5ff"], linewidths=0.8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0 or wrapped:
-                ax.set_title(cols[c], fontsize=9)
-        p = d.pairs.iloc[i]
-        dates = (f"{int(p['past_year'])}-{int(p['past_month']):02d} -> {int(p['future_year'])}-{int(p['future_month']):02d}"
-                 if "past_year" in p else f"pair {p['pair_id']}")
-        gap = plural(round(float(p['gap_months'])), 'month')
-        axes[r][0].set_ylabel(f"{dates}\ngap {gap}" + (f"\n{int(new.sum())} new px" if labelled else ""), fontsize=9)
-    fig.suptitle(title or ("New buildings (cyan outline; orange in the footprint panel):\nasked for by the future "
-                           "mask, absent from the past image"), fontsize=10)
-    fig.tight_layout()
+            ax.set_title(cols[c], fontsize=9)  # every item's: an item's panels may span lines
     return checked(fig)
 
 
@@ -102,7 +100,8 @@ def plot_examples(res: EvalResult, models: Sequence[str] | None = None, n: int =
 
     idx = [int(i) for i in spread_indices(len(res.data), min(n, len(res.data)))]
     return plot_new_buildings(res, models, indices=idx,
-                              title="Test pairs: past | future footprints (where labelled) |\ntruth | each model") if idx else None
+                              title="Test pairs: past | future footprints (where labelled) | truth |\neach model "
+                                    "and baseline") if idx else None
 
 
 def landing_model(res: EvalResult, exclude: Sequence[str] = ()) -> str | None:
@@ -221,8 +220,6 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     line the model is better on a higher-is-better metric. Returns the figure, or None for an empty table."""
     import matplotlib.pyplot as plt
 
-    from stsynth_lib.evaluate.data import METRICS, gap_bucket_order
-
     if table is None or len(table) == 0:
         return None
     bases = list(dict.fromkeys(table["baseline"]))
@@ -269,35 +266,41 @@ def _legend_below(fig, ax, note: str | None = None) -> None:
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
-    """One panel per baseline: each model's mean paired difference to it per area (a
-    :func:`~stsynth_lib.evaluate.stats.paired_gain_by_area` table) against the area's persistence level, so an area
-    that carries a loss (or a win) stands out, with its name. Returns the figure, or None for an empty table."""
+    """One panel per baseline, side by side: each model's mean paired difference to it per area (a
+    :func:`~stsynth_lib.evaluate.stats.paired_gain_by_area` table), one row per area named on the shared y axis with
+    its persistence level in brackets, the least stable area at the top, so an area that carries a loss (or a win)
+    stands out. Area names: :func:`~stsynth_lib.evaluate.stats.short_area_names`; models: one marker each, offset
+    within the area's row. Returns the figure, or None for an empty table."""
     import matplotlib.pyplot as plt
-
-    from stsynth_lib.evaluate.data import METRICS
 
     if table is None or len(table) == 0:
         return None
-    bases = list(dict.fromkeys(table["baseline"]))
-    fig, axes = plt.subplots(len(bases), 1, figsize=(BOOK_WIDTH_IN, 3.0 * len(bases) + 1.6), squeeze=False)
+    bases, models = list(dict.fromkeys(table["baseline"])), list(dict.fromkeys(table["model"]))
+    level = table.groupby("aoi")["persistence"].first().sort_values(kind="stable")
+    short, row = short_area_names(level.index), {a: k for k, a in enumerate(level.index)}
     unit = METRICS.get(metric, (None, metric))[1]
-    for ax, base in zip(axes[:, 0], bases):
+    row_in = max(0.3, 0.06 * len(models) + 0.1)  # room for every model's marker in an area's row
+    fig, axes = plt.subplots(1, len(bases), figsize=(BOOK_WIDTH_IN, row_in * len(level) + 1.9), squeeze=False,
+                             sharey=True)
+    for ax, base in zip(axes[0], bases):
         g = table[table["baseline"] == base]
-        for m in dict.fromkeys(g["model"]):
+        for j, m in enumerate(models):
             r = g[g["model"] == m]
-            ax.plot(r["persistence"], r["mean_diff"], "o", alpha=0.8,
+            ax.plot(r["mean_diff"], r["aoi"].map(row) + (j - (len(models) - 1) / 2) * 0.7 / len(models), ls="none",
+                    marker=MODEL_MARKERS[j % len(MODEL_MARKERS)], color=f"C{j % 10}", alpha=0.85,
                     label=wrap_name(model_display_name(m, labels), 40))
-        if g["aoi"].nunique() <= 12:  # names of more areas would overlap: the table beside the figure has them
-            for aoi, r in g.groupby("aoi"):
-                ax.annotate(str(aoi)[:15], (r["persistence"].iloc[0], r["mean_diff"].max()), fontsize=9,
-                            xytext=(3, 3), textcoords="offset points", color="0.35")
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_title(f"model - {base}", fontsize=10)
-        ax.set_ylabel(f"mean per area, {unit}")
-        ax.grid(alpha=0.3)
-    axes[-1][0].set_xlabel(f"the area's persistence {unit} (higher: a more stable area)")
-    fig.suptitle(title or f"Is the gain broad? {unit} difference to each baseline,\none point per area and model",
-                 fontsize=10)
+        ax.hlines(np.arange(1, len(level)) - 0.5, 0, 1, transform=ax.get_yaxis_transform(), color="0.88", lw=0.6,
+                  zorder=0)  # a line between two areas' rows
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"model - {base}", fontsize=9)
+        ax.set_xlabel(unit, fontsize=9)
+        ax.tick_params(labelsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.1)
+    axes[0][0].set_yticks(range(len(level)), [f"{short[a]} ({v:.1f})" for a, v in level.items()])
+    axes[0][0].set_ylim(len(level) - 0.5, -0.5)
+    fig.suptitle(title or f"Is the gain broad? Mean {unit} difference to each baseline per area and model\n"
+                          f"(areas by their persistence {unit} in brackets, least stable at the top)", fontsize=10)
     _legend_below(fig, axes[0][0])
     return checked(fig)
 
@@ -306,9 +309,8 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
                            indices: Sequence[int] | None = None, title: str | None = None):
     """Rows of pairs: the past sequence (the context frames scored by the baselines, with their dates; absent ones
     grey) | truth | each model and baseline. Needs ``res`` scored with context (``evaluate_models(...,
-    baselines=...)``); pairs whose frames are all present are preferred, spread over the split."""
-    import matplotlib.pyplot as plt
-
+    baselines=...)``); pairs whose frames are all present are preferred, spread over the split. Each pair under a
+    header (area, gap), its panels spread evenly over as few lines of at most six as hold them."""
     from stsynth_lib.data.plots import month_label, short_offset_label
     from stsynth_lib.training import spread_indices
 
@@ -324,10 +326,9 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
     names = [m for m in (models or res.predictions) if m not in (PERSISTENCE, UPPER_BOUND) and m in res.predictions]
     offsets = list(d.context_offsets)
     ctx = d.context_fields(np.asarray(idx))
-    shown = [wrap_name(model_display_name(m, res.labels), 13) for m in names]
-    cols = len(offsets) + 1 + len(names)
-    wrapped = cols > 7  # an item's panels span two lines: title every item's, or the second line reads wrong
-    fig, axes = image_rows(len(idx), cols, max_cols=7, title_in=0.8, extra_in=0.6)
+    _, _, chars = grid_shape(len(offsets) + 1 + len(names), 6)
+    shown = [wrap_name(model_display_name(m, res.labels) if res.labels else m, chars) for m in names]
+    items = []  # (header, panels, titles) per pair
     for r, i in enumerate(idx):
         p = d.pairs.iloc[i]
         t1 = int(p["future_year"]) * 12 + int(p["future_month"])
@@ -335,24 +336,20 @@ def plot_sequence_examples(res: EvalResult, models: Sequence[str] | None = None,
         for k, o in enumerate(offsets):
             if bool(ctx["context_present"][r, k]):
                 panels.append(rgb_image(ctx["context"][r, k]))
-                age = int(ctx["context_age_months"][r, k])
-                titles.append(f"{short_offset_label(o)}\n{month_label(t1 - age)}")
+                titles.append(f"{short_offset_label(o)}\n{month_label(t1 - int(ctx['context_age_months'][r, k]))}")
             else:
                 panels.append(np.full(d.future.shape[2:] + (3,), 0.8))
                 titles.append(f"{short_offset_label(o)}\nabsent")
         panels.append(rgb_image(d.future[i]))
-        titles.append(f"truth\n{int(p['future_year'])}-{int(p['future_month']):02d}")
+        titles.append(f"truth\n{month_label(t1)}")
         panels += [rgb_image(res.predictions[m][i]) if res.available[m][i] else np.zeros_like(panels[-1]) for m in names]
-        titles += shown
-        for c, (img, t) in enumerate(zip(panels, titles)):
-            ax = axes[r][c]
+        items.append((pair_header(p), panels, titles + shown))
+    fig, axes = panel_grid(len(idx), 6, items[0][2], [it[0] for it in items],
+                           title or "Test pairs: the past sequence | truth | each model and baseline")
+    for row, (_, panels, titles) in zip(axes, items):
+        for ax, img, t in zip(row, panels, titles):
             ax.imshow(img)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(t if (r == 0 or wrapped or c <= len(offsets)) else "", fontsize=9)
-        axes[r][0].set_ylabel(f"{str(p['aoi'])[:16]}\ngap {plural(round(float(p['gap_months'])), 'month')}", fontsize=9)
-    fig.suptitle(title or "Test pairs: the past sequence | truth | each model and baseline", fontsize=10)
-    fig.tight_layout()
+            ax.set_title(t, fontsize=9)  # every item's: the frames' dates differ, and the panels span lines
     return checked(fig)
 
 

@@ -182,6 +182,9 @@ def _has_tabulate() -> bool:
 # --------------------------------------------------------------------------- figures
 
 
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per model in the figures' line and dot plots
+
+
 def rgb_image(img_uint8: np.ndarray) -> np.ndarray:
     """(C, H, W) uint8 -> (H, W, 3) for imshow (the first three bands)."""
     return np.asarray(img_uint8)[:3].transpose(1, 2, 0)
@@ -203,8 +206,8 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
     shown = model_display_name(model, res.labels) if res.labels else model
     labelled = any(bool(res.data.has_mask[index[int(row["pair_id"])]]) for _, row in picks)  # else no mask column
     n_cols = 5 if labelled else 4
-    side = (BOOK_WIDTH_IN - 1.6) / n_cols  # 1.6 in: the row labels and the colour bar
-    fig, axes = plt.subplots(3, n_cols, figsize=(BOOK_WIDTH_IN, 3 * (side + 0.35) + 1.2), layout="constrained")
+    side = (BOOK_WIDTH_IN - 1.9) / n_cols  # 1.9 in: the (horizontal) row labels and the colour bar
+    fig, axes = plt.subplots(3, n_cols, figsize=(BOOK_WIDTH_IN, 3 * (side + 0.1) + 1.4), layout="constrained")
     for r, (tag, row) in enumerate(picks):
         i = index[int(row["pair_id"])]
         pred = res.predictions[model][i]
@@ -229,7 +232,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(t, fontsize=9)
-        axes[r, 0].set_ylabel(f"{tag}\n{P.label(METRICS[metric][1], cal)}\n= {row[metric]:.3f}\ngap {row['gap_months']:.0f} mo", fontsize=9)
+        axes[r, 0].set_ylabel(f"{tag}\n{wrap_name(P.label(METRICS[metric][1], cal), 10)}\n= {row[metric]:.3f}\n"
+                              f"gap {plural(round(float(row['gap_months'])), 'month')}", fontsize=9, rotation=0,
+                              ha="right", va="center")  # horizontal: a rotated label is hard to read
     fig.colorbar(im, ax=axes[:, n_cols - 1], fraction=0.05)
     fig.suptitle(title or f"{wrap_name(shown, 40)}:\nbest / median / worst tiles by {P.label(METRICS[metric][1], cal)}",
                  fontsize=11)
@@ -238,8 +243,9 @@ def gallery(res: EvalResult, model: str, metric: str = "lpips", title: str | Non
 
 def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300, seed: int = 0, calibrated: bool | None = None, ax=None,
                        labels: Mapping[str, str] | None = None, legend: bool = True):
-    """Mean metric (95% bootstrap band) per time-gap bucket, one line per model incl. persistence (named by
-    ``labels``, default an EvalResult's own); ``legend``: False leaves the legend to the caller (several panels:
+    """Mean metric per time-gap bucket, one line per model incl. persistence (named by ``labels``, default an
+    EvalResult's own): persistence dashed black with its 95% bootstrap band, every other model a colour and a marker
+    of its own, without a band; ``legend``: False leaves the legend to the caller (several panels:
     :func:`stsynth_lib.evaluate.figures.plot_metrics_vs_gap` draws one, under the panels)."""
     import matplotlib.pyplot as plt
 
@@ -253,16 +259,23 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
     order = [b for b in gap_bucket_order() if b in set(s["gap_bucket"])]
     if ax is None:
         _, ax = plt.subplots(figsize=(6.8, 3.8))
+    others = [m for m in dict.fromkeys(s["model"]) if m != PERSISTENCE]
     for model, g in s.groupby("model", sort=False):
         g = g.set_index("gap_bucket").reindex(order)
         x = np.arange(len(order))
-        style = dict(ls="--", color="k") if model == PERSISTENCE else {}
-        ax.plot(x, g["mean"], marker="o", label=model if labels is None else model_display_name(model, labels), **style)
-        ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color=style.get("color"))
+        name = model if labels is None else model_display_name(model, labels)
+        if model == PERSISTENCE:  # the reference: its band only (seven overlapping bands read as one blob)
+            ax.plot(x, g["mean"], marker="o", ls="--", color="k", label=name, zorder=3)
+            ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color="k", lw=0)
+            continue
+        j = others.index(model)  # a colour and marker each, points a little apart so equal means stay visible
+        ax.plot(x + (j - (len(others) - 1) / 2) * 0.04, g["mean"], marker=MODEL_MARKERS[j % len(MODEL_MARKERS)],
+                color=f"C{j % 10}", label=name)
     ax.set_xticks(np.arange(len(order)), order)
     ax.set_xlabel("time gap t1 - t0 (months)")
     ax.set_ylabel(P.label(METRICS[metric][1], calibrated))
-    ax.set_title(f"{P.label(METRICS[metric][1], calibrated)} vs time gap (mean, 95% CI)", fontsize=10)
+    ax.set_title(f"{P.label(METRICS[metric][1], calibrated)} vs time gap (mean; grey: persistence's 95% CI)",
+                 fontsize=10)
     if legend:
         ax.legend(fontsize=9)
     return ax

@@ -373,3 +373,37 @@ def paired_gain_by_area(per_tile: pd.DataFrame, baselines: Iterable[str], metric
     out["persistence"] = out["aoi"].map(level)
     return out[columns]
 
+
+
+def short_area_names(names: Iterable[str]) -> dict[str, str]:
+    """``{name: short name}`` for figures and tables: a SpaceNet 7 area id without its tile suffix
+    ("L15-0434E-1218N_1736_3318_13" -> "L15-0434E-1218N", a block keeps its "/block-r-c"), where the short names stay
+    unique; otherwise every name as it is."""
+    import re
+
+    names = [str(n) for n in dict.fromkeys(names)]
+    short = {n: re.sub(r"^([^_/]+)_[^/]*", r"\1", n) for n in names}
+    return short if len(set(short.values())) == len(short) else {n: n for n in names}
+
+
+def gain_by_area_table(table: pd.DataFrame, metric: str = "psnr", labels: Mapping[str, str] | None = None,
+                       digits: int = 2) -> pd.DataFrame:
+    """The book's table beside :func:`~stsynth_lib.evaluate.figures.plot_gain_by_area`, narrow enough for the page:
+    one row per (model, area), models in their order and areas from the least stable (lowest persistence) up, as
+    in the figure; columns: the area's persistence level and ``model − <baseline>`` per baseline, rounded to
+    ``digits``. Areas by :func:`short_area_names`, models by their short names (``labels``). Every number of a
+    :func:`paired_gain_by_area` table is in it."""
+    unit = METRICS.get(metric, (None, metric))[1]
+    level = table.groupby("aoi")["persistence"].first().sort_values(kind="stable")
+    short = short_area_names(level.index)
+    wide = table.pivot_table(index=["model", "aoi"], columns="baseline", values="mean_diff", sort=False)
+    models, bases = list(dict.fromkeys(table["model"])), list(dict.fromkeys(table["baseline"]))
+    wide = wide.reindex(pd.MultiIndex.from_product([models, list(level.index)])).dropna(how="all")[bases]
+    out = pd.DataFrame({f"area's persistence {unit}": level.reindex(wide.index.get_level_values(1)).to_numpy()},
+                       index=wide.index)
+    for b in bases:
+        out[f"model − {b}"] = wide[b].to_numpy()
+    out.index = pd.MultiIndex.from_arrays(
+        [[model_display_name(m, labels) if labels is not None else m for m in wide.index.get_level_values(0)],
+         [short[a] for a in wide.index.get_level_values(1)]], names=["model", "area"])
+    return out.round(digits)
