@@ -63,6 +63,15 @@ def _notebook(path: Path, profile: str, png: bytes | None = None) -> Path:
     return path
 
 
+def _book(tmp_path: Path, intro: str = "# T\n\nWhat.\n\nMore.\n") -> Path:
+    """A minimal book source folder (config, static folder, intro) for stage_book."""
+    book = tmp_path / "book"
+    (book / "_static").mkdir(parents=True)
+    (book / "_config.yml").write_text("title: t\n")
+    (book / "intro.md").write_text(intro)
+    return book
+
+
 def _summary(n_areas: int = 3) -> dict:
     rows, paired = [], []
     for i, m in enumerate(["persistence", "mean_last_3", "pix2pix", "real_future"]):
@@ -220,10 +229,7 @@ def test_stage_builds_landing_page_toc_and_figure(tmp_path):
     (ref / "results").mkdir()
     (ref / "results" / "summary.json").write_text(json.dumps(_summary()))
     (ref / "results" / "examples.png").write_bytes(_png(30, 10))
-    book = tmp_path / "book"
-    (book / "_static").mkdir(parents=True)
-    (book / "_config.yml").write_text("title: t\n")
-    (book / "intro.md").write_text("# The title\n\nWhat it does.\n\nIntro text.\n")
+    book = _book(tmp_path, "# The title\n\nWhat it does.\n\nIntro text.\n")
     out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
                          params_dir=params)
     intro = (out / "intro.md").read_text()
@@ -498,12 +504,8 @@ def test_a_chapter_that_resumed_its_training_says_so_in_its_stamp_and_on_the_lan
     (ref / "results").mkdir()
     (ref / "results" / "summary.json").write_text(json.dumps(_summary()))
     assert pub.profile_stamp(ref)["resumed"] == ["03_c"]
-    book = tmp_path / "book"
-    (book / "_static").mkdir(parents=True)
-    (book / "_config.yml").write_text("title: t\n")
-    (book / "intro.md").write_text("# T\n\nWhat.\n\nMore.\n")
-    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=book, reference_root=tmp_path / "reference",
-                         params_dir=params)
+    out = pub.stage_book("reference", out=tmp_path / "stage", book_dir=_book(tmp_path),
+                         reference_root=tmp_path / "reference", params_dir=params)
     assert "Chapter 3 resumed its trainings from saved checkpoints" in (out / "intro.md").read_text()
     banner = lambda stem: pub._src(next(c for c in pub.read_nb(out / "p" / f"{stem}.ipynb")["cells"]  # noqa: E731
                                         if pub.STAMP_TAG in c["metadata"].get("tags", [])))
