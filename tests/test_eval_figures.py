@@ -87,6 +87,25 @@ def test_gain_by_area_names_every_area_on_the_y_axis_readable_and_apart(n_areas)
     plt.close(fig)
 
 
+def test_gain_by_area_with_one_area_and_many_models_keeps_its_room():
+    """One test area (the smoke profile) and seven models: the figure once shrank to 2.4 in, its title over the
+    panels' titles and the legend over the panels. Now: no warning, the title above the panel titles, the legend
+    below every panel."""
+    from stsynth_lib.evaluate import plot_gain_by_area
+
+    t = _area_table(1)
+    t = pd.concat([t.assign(model=f"{m}_{k}") for k in range(2) for m in t["model"].unique()[:4]])
+    t = t[t["model"].isin(sorted(t["model"].unique())[:7])]
+    fig = _strict(plot_gain_by_area, t, "psnr")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    titles = _boxes(fig, [ax.title for ax in fig.axes])
+    assert all(not _overlapping([sup, tb]) for sup in _boxes(fig, [fig._suptitle]) for tb in titles)
+    legend = (fig.legends[0] if fig.legends else fig.axes[0].get_legend()).get_window_extent(renderer)
+    assert all(legend.y1 <= ax.get_window_extent(renderer).y0 for ax in fig.axes)
+    plt.close(fig)
+
+
 def test_short_area_names_drop_the_tile_suffix_only_while_unique():
     from stsynth_lib.evaluate.stats import short_area_names
 

@@ -280,7 +280,8 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
     short, row = short_area_names(level.index), {a: k for k, a in enumerate(level.index)}
     unit = METRICS.get(metric, (None, metric))[1]
     row_in = max(0.3, 0.06 * len(models) + 0.1)  # room for every model's marker in an area's row
-    fig, axes = plt.subplots(1, len(bases), figsize=(BOOK_WIDTH_IN, row_in * len(level) + 1.9), squeeze=False,
+    # at least 3.4 in: with one or two areas the two-line title, the axes and the legend below still need their room
+    fig, axes = plt.subplots(1, len(bases), figsize=(BOOK_WIDTH_IN, max(3.4, row_in * len(level) + 2.2)), squeeze=False,
                              sharey=True)
     for ax, base in zip(axes[0], bases):
         g = table[table["baseline"] == base]
