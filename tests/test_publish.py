@@ -293,6 +293,15 @@ def test_new_building_section_states_each_rows_paired_interval_and_the_judges_ce
     assert "pix2pix is better on new-building L1 and new-building PSNR" in sentence
     assert "not clearly different on new-building L1 and new-building PSNR" in sentence
     assert pub.new_building_section(_summary()) == "" and pub.new_building_sentence(_summary()) == ""
+    # a no-mask twin's row sits right under its guided model's
+    twin = json.loads(json.dumps(s))
+    for m in ("attention_unet", "pix2pix_nomask"):  # the twin comes after another model in summary.json
+        twin["paired_vs_persistence"] += [dict(r, model=m) for r in s["paired_vs_persistence"] if r["model"] == "pix2pix"]
+        twin["summary"] += [dict(r, model=m) for r in s["summary"] if r["model"] == "pix2pix"]
+    twin["runs"]["attention_unet"] = "runs/x/attention_unet"
+    names = [line.split(" | ")[0].strip("| ") for line in pub.new_building_section(twin).splitlines()
+             if line.startswith("| ") and "---" not in line][1:]
+    assert names.index("pix2pix_nomask") == names.index("pix2pix") + 1
 
 
 def test_readme_block_round_trip(tmp_path):

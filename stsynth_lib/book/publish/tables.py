@@ -193,6 +193,9 @@ def new_building_section(summary: dict) -> str:
     recall = {r["model"]: r for r in summary.get("summary", []) if r["metric"] == "object_recall_new"}
     models = [m for m in _model_order(summary) if m != PERSISTENCE and any((m, k) in paired for k, *_ in
                                                                             NEW_BUILDING_METRICS)]
+    # each no-mask twin right under its guided model: the pair of rows shows what the footprints add
+    twins = {m: f"{m}_nomask" for m in models if f"{m}_nomask" in models}
+    models = [x for m in models if m not in twins.values() for x in (m, twins.get(m)) if x]
     lines = _table(["model"] + [lab for _, lab, _ in NEW_BUILDING_METRICS] + ["new buildings the judge sees"])
 
     def seen(m):
