@@ -57,6 +57,7 @@ def plot_validation(run_dir: str | Path, persistence: Mapping[str, float] | None
         a.set_title(f"validation {title}", fontsize=10)
         a.tick_params(axis="x", labelrotation=30)
         a.grid(alpha=0.3)
+        a.margins(x=0.08)  # the last validation's star is not cut by the panel's edge
     fig.supxlabel("training step" + (" (dotted: end of an epoch)" if len(ends) else "") if x == "step" else "epoch",
                   fontsize=10)
     legend_below(fig, *ax[0].get_legend_handles_labels())  # under the step label: over no curve or dashed line

@@ -241,6 +241,7 @@ def plot_strength_sweep(sweep: StrengthSweep, title: str | None = None):
         if sweep.persistence.get(m) == sweep.persistence.get(m):
             ax.axhline(sweep.persistence[m], color="grey", ls="--", lw=1, label="persistence")
         ax.axvline(sweep.chosen, color="k", ls=":", lw=1, label=f"chosen ({sweep.chosen:g})")
+        ax.margins(x=0.08)  # a chosen strength at the end of the grid stays off the axis spine
         unit = " (dB)" if m == "psnr" else (" (uncalibrated)" if m == "lpips" and not sweep.lpips_calibrated else "")
         ax.set_xlabel("img2img strength (1: pure noise)")
         label = "new-building F1" if m == "f1_new" else m.upper()
