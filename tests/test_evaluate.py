@@ -93,6 +93,9 @@ def test_evaluate_models_fake_models(tiny_dataset_dir, tmp_path, segmenter):
     assert all(r["calibrated"] is False for r in payload["summary"] if r["metric"].startswith("lpips"))
     table = E.results_table(res.summary)
     assert any("LPIPS (uncalibrated)" in c for c in table.columns)
+    # a row without a score of a metric says so, never a blank cell
+    partial = E.results_table(res.summary[~((res.summary["model"] == "persistence") & (res.summary["metric"] == "ssim"))])
+    assert partial.loc["persistence", next(c for c in partial.columns if c.startswith("SSIM"))] == "n/a"
     assert not any("PSNR" in c and "uncalibrated" in c for c in table.columns)
     assert "uncalibrated" in (out / "results.md").read_text()
     # the paired comparison with persistence covers LPIPS too when it was computed

@@ -71,7 +71,8 @@ def summarise(per_tile: pd.DataFrame, n_boot: int = 1000, ci: float = 0.95, psnr
 
 def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim", "lpips", "l1", "f1_micro", "f1_new_micro"),
                   digits: int = 3, labels: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """Wide table, models x metrics, cells 'mean [lo, hi]'; LPIPS headers say 'uncalibrated' when they are.
+    """Wide table, models x metrics, cells 'mean [lo, hi]' ("n/a" where a row has no score of that metric); LPIPS
+    headers say 'uncalibrated' when they are.
     ``labels`` (``EvalResult.labels`` / summary.json ``model_labels``) renames the rows, e.g. the ControlNet's row
     to "ControlNet [tiny random backbone]" (:func:`stsynth_lib.book.report_format.model_display_name`)."""
     metrics = [m for m in metrics if m in set(summary["metric"])]
@@ -84,10 +85,10 @@ def results_table(summary: pd.DataFrame, metrics: Iterable[str] = ("psnr", "ssim
         header = P.label(METRICS[metric][1], cal) + (" ↑" if METRICS[metric][0] else " ↓")
         col = []
         for m in order:
-            if m not in s.index:
-                col.append("")
+            r = s.loc[m] if m in s.index else None
+            if r is None or r["mean"] != r["mean"]:  # not scored for this row (the judge's ceiling has no PSNR)
+                col.append("n/a")
                 continue
-            r = s.loc[m]
             ci = "" if math.isnan(r["ci_lo"]) else f" [{r['ci_lo']:.{digits}f}, {r['ci_hi']:.{digits}f}]"
             col.append(f"{r['mean']:.{digits}f}{ci}")
         table[header] = col
