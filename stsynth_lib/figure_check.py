@@ -219,7 +219,9 @@ def show_mask(ax, mask, empty_text: str = "no building here", fontsize: float = 
         ax.imshow(m, **imshow_kw)
         return
     ax.imshow(np.full(m.shape[:2] + (3,), 0.9))
-    ax.text(0.5, 0.5, empty_text, transform=ax.transAxes, ha="center", va="center", fontsize=fontsize, color="0.3")
+    # one word a line: a narrow panel (a gallery's) cut "no building here" at its edges
+    ax.text(0.5, 0.5, "\n".join(str(empty_text).split()), transform=ax.transAxes, ha="center", va="center",
+            fontsize=fontsize, color="0.3")
 
 
 def image_rows(n_items: int, n_panels: int, max_cols: int = 7, title_in: float = 0.5, extra_in: float = 0.7,

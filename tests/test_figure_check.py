@@ -117,7 +117,12 @@ def test_an_empty_building_mask_is_a_labelled_grey_panel_not_a_black_square():
     fig, (a, b) = plt.subplots(1, 2)
     mask = np.zeros((8, 8))
     show_mask(a, mask)
-    assert [t.get_text() for t in a.texts] == ["no building here"]
+    assert [t.get_text() for t in a.texts] == ["no\nbuilding\nhere"]  # a word a line: fits a narrow panel
+    fig.set_size_inches(2.4, 1.4)  # two panels of about 0.9 in, a gallery's: "no building here" is wider
+    fig.canvas.draw()
+    inside = a.get_window_extent(fig.canvas.get_renderer())
+    words = a.texts[0].get_window_extent(fig.canvas.get_renderer())
+    assert words.x0 >= inside.x0 - 1 and words.x1 <= inside.x1 + 1
     assert float(np.asarray(a.images[0].get_array()).min()) > 0.5  # light grey, not black
     mask[2:4, 2:4] = 1
     show_mask(b, mask)
