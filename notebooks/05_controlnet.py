@@ -172,6 +172,9 @@ img2img_strengths = None          # null: pure noise (strength 1); a grid, e.g. 
 strength_sweep_pairs = 256        # validation pairs of that sweep (a seeded shuffle of the val split)
 strength_criterion = "psnr"       # the validation score that picks the strength; f1_new (labelled data): the building
                                   # segmenter's F1 on new buildings
+strength_psnr_floor_db = None     # only strengths whose validation PSNR is at least persistence's plus this many dB
+                                  # compete (0: never trade the whole image's PSNR against persistence for the
+                                  # criterion); null: every strength
 compare_prompt_only = True        # also draw the test pairs from the prompt alone (backbone without ControlNet)
 num_samples_per_pair = 4          # samples drawn for the spread figure (and, with test_sample_mean, for every test
                                   # pair)
@@ -467,7 +470,7 @@ if img2img_strengths:
         print(message)
     sweep = sweep_strength(run_dir, dataset_dir, img2img_strengths, split="val", max_pairs=strength_sweep_pairs,
                            criterion=strength_criterion, allow_uncalibrated=allow_uncalibrated_metrics, segmenter=segmenter,
-                           eval_device=E.scoring_device(device),
+                           psnr_floor_db=strength_psnr_floor_db, eval_device=E.scoring_device(device),
                            progress=False, **gen_kw)
     strength = sweep.chosen
     fig = plot_strength_sweep(sweep)

@@ -137,6 +137,14 @@ def test_choose_strength_follows_its_criterion():
     assert choose_strength(tie, "psnr") == 0.5  # ties go to the higher strength
     with pytest.raises(ValueError, match="criterion"):
         choose_strength(t, "fid")
+    # a PSNR floor: f1_new alone picks 1.0 (12 dB); with persistence at 20.5 dB and a floor of 0 only 0.5 competes
+    f1 = t.assign(f1_new=[0.01, 0.02, 0.03, 0.5, 0.5, 0.5])
+    assert choose_strength(f1, "f1_new", psnr_floor_db=0.0, persistence_psnr=20.5) == 0.5
+    assert choose_strength(f1, "f1_new", psnr_floor_db=-1.0, persistence_psnr=20.5) == 0.5  # 0.2 (20.0) and 0.5
+    assert choose_strength(f1, "f1_new", psnr_floor_db=-9.0, persistence_psnr=20.5) == 1.0  # all three compete
+    assert choose_strength(f1, "f1_new", psnr_floor_db=0.0, persistence_psnr=25.0) == 0.5  # none clears: best PSNR
+    with pytest.raises(ValueError, match="persistence_psnr"):
+        choose_strength(f1, "f1_new", psnr_floor_db=0.0)
 
 
 def test_sweep_refuses_the_test_split(one_step_controlnet_run, tiny_dataset_dir):

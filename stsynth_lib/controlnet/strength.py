@@ -52,6 +52,7 @@ class StrengthSweep:
     n_pairs: int
     lpips_calibrated: bool
     sampling: dict[str, Any]  # the sampling settings the strengths were drawn with (scheduler, steps, guidance...)
+    psnr_floor_db: float | None = None  # only strengths with PSNR >= persistence's + this competed (None: all)
 
     @property
     def at_grid_edge(self) -> bool:
@@ -67,6 +68,7 @@ class StrengthSweep:
                               g.set_index("model").iterrows()}
         return {"img2img_strength": float(self.chosen), **self.sampling, "chosen_on": self.split,
                 "criterion": self.criterion, "n_pairs": int(self.n_pairs),
+                **({"psnr_floor_db": float(self.psnr_floor_db)} if self.psnr_floor_db is not None else {}),
                 "lpips_calibrated": bool(self.lpips_calibrated),
                 "persistence": {k: _plain(v) for k, v in self.persistence.items()}, "scores": rows}
 
@@ -76,14 +78,24 @@ def _plain(v: Any) -> float | None:
     return None if v != v else round(v, 5)
 
 
-def choose_strength(table: pd.DataFrame, criterion: str = "psnr") -> float:
+def choose_strength(table: pd.DataFrame, criterion: str = "psnr", psnr_floor_db: float | None = None,
+                    persistence_psnr: float | None = None) -> float:
     """The strength whose ControlNet row is best on ``criterion`` (psnr/ssim/f1_new: highest, lpips: lowest); ties
-    go to the higher strength (more of the image left to the model)."""
+    go to the higher strength (more of the image left to the model). With ``psnr_floor_db`` only the strengths whose
+    mean PSNR is at least ``persistence_psnr + psnr_floor_db`` compete (0: draw the new buildings, but never at the
+    cost of the whole image's PSNR against persistence); when none reaches the floor, the highest PSNR wins."""
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
     rows = table[table["model"] == CONTROLNET].dropna(subset=[criterion]).sort_values("strength", ascending=False)
     if rows.empty:
         raise ValueError(f"no ControlNet row has a {criterion} score: nothing to choose from")
+    if psnr_floor_db is not None:
+        if persistence_psnr is None or persistence_psnr != persistence_psnr:
+            raise ValueError("psnr_floor_db needs persistence's PSNR on the same pairs (persistence_psnr)")
+        above = rows[rows["psnr"] >= persistence_psnr + float(psnr_floor_db)]
+        if above.empty:  # nothing clears the floor: the strength that comes closest
+            return float(rows.loc[rows["psnr"].idxmax(), "strength"])
+        rows = above
     best = rows[criterion].idxmax() if CRITERIA[criterion] == "max" else rows[criterion].idxmin()
     return float(rows.loc[best, "strength"])
 
@@ -139,6 +151,7 @@ def sweep_strength(
     keep_images: bool = False,
     progress: bool = True,
     segmenter: Any = None,
+    psnr_floor_db: float | None = None,
     **gen_kw: Any,
 ) -> StrengthSweep:
     """Generate ``max_pairs`` pairs of the validation split (a seeded shuffle of all its pairs) at each strength,
@@ -149,7 +162,8 @@ def sweep_strength(
     ``<run_dir>/strength_sweep_<split>``), deleted afterwards unless ``keep_images``. Only ``split="val"`` is
     accepted: settings are chosen on validation, never on test (nor on ``"all"``, which holds the test pairs).
     ``segmenter`` (chapter 6's, :func:`~stsynth_lib.metrics.segmentation.load_or_train_segmenter`) adds the
-    new-building F1 on labelled pairs; criterion ``f1_new`` needs it."""
+    new-building F1 on labelled pairs; criterion ``f1_new`` needs it. ``psnr_floor_db``: only strengths whose
+    validation PSNR is at least persistence's plus this many dB compete (:func:`choose_strength`)."""
     from stsynth_lib import evaluate as E
 
     if split != "val":
@@ -181,8 +195,9 @@ def sweep_strength(
                              "every strength would tie; score more pairs (max_pairs) or use criterion psnr")
     table, persistence = _score_table(res.summary, folders)
     sampling = {k: gen_kw[k] for k in SAMPLING_KEYS if k in gen_kw}
-    sweep = StrengthSweep(table, persistence, choose_strength(table, criterion), criterion, split,
-                          int(table["n"].max()), bool(res.calibrated.get("lpips", False)), sampling)
+    chosen = choose_strength(table, criterion, psnr_floor_db, persistence.get("psnr"))
+    sweep = StrengthSweep(table, persistence, chosen, criterion, split, int(table["n"].max()),
+                          bool(res.calibrated.get("lpips", False)), sampling, psnr_floor_db)
     if record:
         save_yaml(sweep.record(), run_dir / GENERATION_FILE)
     if not keep_images:

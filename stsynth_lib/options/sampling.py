@@ -24,6 +24,9 @@ SAMPLING = Concern("sampling", "Sampling", (
            min=1),
     Option("strength_criterion", str, "psnr", "the validation score that picks the strength; f1_new (labelled "
            "data): the building segmenter's F1 on new buildings", choices=("psnr", "ssim", "lpips", "f1_new")),
+    Option("strength_psnr_floor_db", float, None, "only strengths whose validation PSNR is at least persistence's "
+           "plus this many dB compete (0: never trade the whole image's PSNR against persistence for the criterion); "
+           "null: every strength", none_ok=True),
     Option("compare_prompt_only", bool, True, "also draw the test pairs from the prompt alone (backbone without "
            "ControlNet)"),
     Option("num_samples_per_pair", int, 4, "samples drawn for the spread figure (and, with test_sample_mean, for "
