@@ -57,6 +57,11 @@ def test_nested_values_print_without_braces_or_long_floats():
     assert rows == {"guidance / linear_base": "3 rows of gap_months, weights, bias", "guidance / k": "2"}
 
 
+def test_settings_table_shows_no_row_numbers():
+    t = settings_table({"a": 1, "b": 2})
+    assert list(t.index) == ["", ""] and "0" not in t.to_html().split("<tbody>")[1].split("<td>")[0]
+
+
 def test_settings_table_from_dict_dataclass_and_yaml(tmp_path):
     d = {"final_loss": 0.9774104237556458, "step": 200, "guidance": {"n_bands": 3, "use_mask": True},
          "channels": ["past_b1", "past_b2"], "lambda_l1": 100.0}

@@ -104,7 +104,7 @@ def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] |
 
     Nested mappings are flattened (``"guidance / n_bands"``), floats rounded to ``sig`` significant digits,
     ``keys`` picks and orders rows, ``exclude`` drops some, ``labels`` renames settings (e.g. ``lambda_l1`` ->
-    "L1 weight"). The table's index is hidden-friendly (0..n-1)."""
+    "L1 weight"). The index is blank (no row numbers on the page)."""
     import pandas as pd
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -120,7 +120,9 @@ def settings_table(obj: Any, keys: list[str] | None = None, exclude: list[str] |
     flat = _flatten(d)
     names = [k for k in (keys if keys is not None else flat) if k in flat and k not in set(exclude)]
     labels = dict(labels or {})
-    return pd.DataFrame({"setting": [labels.get(k, k) for k in names], "value": [fmt_value(flat[k], sig) for k in names]})
+    # a blank index: the page shows the two columns, not a 0..n-1 row number beside them
+    return pd.DataFrame({"setting": [labels.get(k, k) for k in names], "value": [fmt_value(flat[k], sig) for k in names]},
+                        index=[""] * len(names))
 
 
 def round_floats(df: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
