@@ -390,11 +390,14 @@ def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
     # the names the table shows (fid_table): a ControlNet by its short name, never the bare run name "controlnet"
     labels = ({m: v for m, v in zip(table["model"], table["label"]) if isinstance(v, str) and v}
               if "label" in table else {})
-    for name, g in table[table["gap_bucket"] != "all"].groupby("model", sort=False):
+    groups = list(table[table["gap_bucket"] != "all"].groupby("model", sort=False))
+    for k, (name, g) in enumerate(groups):
         g = g.set_index("gap_bucket").reindex(buckets)
         style = dict(ls="--", color="k") if name == PERSISTENCE else {}
         shown = model_display_name(name, labels)
-        axes[0].errorbar(x, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=shown, **style)
+        dx = (k - (len(groups) - 1) / 2) * 0.4 / max(1, len(groups))  # side by side: error bars apart at one gap
+        axes[0].errorbar(x + dx, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=shown,
+                         **style)
         axes[1].plot(x, g["fid"], marker="o", label=shown, **style)
     n_per_bucket = table[table["model"] == PERSISTENCE].set_index("gap_bucket")["n"]
     for ax, what in zip(axes, ("KID x1000", "FID")):
