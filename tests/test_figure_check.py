@@ -198,8 +198,13 @@ def test_the_fid_by_gap_figure_fits_the_column_with_its_legend_and_note_under_th
     fig = plot_fid_by_gap(pd.DataFrame(rows), calibrated=True)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["persistence", "pix2pix",
                                                                   "ControlNet (tiny, from scratch)"]
+    # one colour per model name, the same as chapter 6's figures give it
+    from stsynth_lib.evaluate.data import model_style
+
+    assert [c.lines[0].get_color() for c in fig.axes[0].containers][1:] == [model_style(m)["color"]
+                                                                            for m in ("pix2pix", "controlnet")]
     # the KID error bars of the models sit side by side at each gap, not on top of each other
-    xs = [ln.get_xdata() for ln in fig.axes[0].lines if ln.get_marker() == "o"]
+    xs = [c.lines[0].get_xdata() for c in fig.axes[0].containers]  # each model's error-bar points
     assert len(xs) == 3 and all(len(set(col)) == 3 for col in zip(*xs))
     plt.close(fig)
 

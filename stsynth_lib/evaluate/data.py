@@ -52,6 +52,24 @@ CHANGE_METRICS = ("psnr_new", "ssim_new", "l1_new", "lpips_new", "psnr_changed",
 DEFAULT_GAP_EDGES = (1, 2, 4, 7, 13, 10_000)  # buckets [1], [2-3], [4-6], [7-12], [13+]
 
 
+MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per model in the figures' line and dot plots
+# one colour per model NAME, the same in every figure of chapters 6 and 7 (a model's colour once changed from one
+# figure to the next); names not listed get one from a hash of the name, so they are stable too
+MODEL_COLOURS = {PERSISTENCE: "k", "seasonal": "0.45", "mean_last_3": "0.65", "pix2pix": "C0", "attention_unet": "C1",
+                 "controlnet": "C2", "controlnet_sample_mean": "C4", "pix2pix_nomask": "C6",
+                 "attention_unet_nomask": "C8", "controlnet_nomask": "C9"}
+
+
+def model_style(model: str) -> dict:
+    """``{"color", "marker"}`` of ``model`` in every figure: :data:`MODEL_COLOURS` (else a stable hash of the name)
+    and a marker from the same name."""
+    import zlib
+
+    h = zlib.crc32(str(model).encode())
+    colour = MODEL_COLOURS.get(model, f"C{(3, 5, 7)[h % 3]}")
+    return {"color": colour, "marker": MODEL_MARKERS[h % len(MODEL_MARKERS)]}
+
+
 # --------------------------------------------------------------------------- data
 
 

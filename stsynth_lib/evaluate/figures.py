@@ -7,8 +7,8 @@ from typing import Sequence
 import numpy as np
 
 from stsynth_lib.book.report_format import model_display_name, plural, wrap_name
-from stsynth_lib.evaluate.data import METRICS, PERSISTENCE, UPPER_BOUND, EvalResult, gap_bucket_order
-from stsynth_lib.evaluate.report import MODEL_MARKERS, rgb_image
+from stsynth_lib.evaluate.data import METRICS, PERSISTENCE, UPPER_BOUND, EvalResult, gap_bucket_order, model_style
+from stsynth_lib.evaluate.report import rgb_image
 from stsynth_lib.evaluate.stats import short_area_names
 from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, grid_shape, image_rows, panel_grid, show_mask
 
@@ -236,7 +236,7 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
             x = np.arange(len(order)) + (j - (len(models) - 1) / 2) * width
             lo = (r["mean_diff"] - r["ci_lo"]).clip(lower=0).fillna(0)
             hi = (r["ci_hi"] - r["mean_diff"]).clip(lower=0).fillna(0)
-            ax.errorbar(x, r["mean_diff"], yerr=[lo, hi], fmt="o", capsize=3,
+            ax.errorbar(x, r["mean_diff"], yerr=[lo, hi], ls="none", capsize=3, **model_style(m),
                         label=wrap_name(model_display_name(m, labels), 40))
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(np.arange(len(order)), order)
@@ -288,7 +288,7 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
         for j, m in enumerate(models):
             r = g[g["model"] == m]
             ax.plot(r["mean_diff"], r["aoi"].map(row) + (j - (len(models) - 1) / 2) * 0.7 / len(models), ls="none",
-                    marker=MODEL_MARKERS[j % len(MODEL_MARKERS)], color=f"C{j % 10}", alpha=0.85,
+                    **model_style(m), alpha=0.85,
                     label=wrap_name(model_display_name(m, labels), 40))
         ax.hlines(np.arange(1, len(level)) - 0.5, 0, 1, transform=ax.get_yaxis_transform(), color="0.88", lw=0.6,
                   zorder=0)  # a line between two areas' rows
@@ -393,12 +393,11 @@ def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
     groups = list(table[table["gap_bucket"] != "all"].groupby("model", sort=False))
     for k, (name, g) in enumerate(groups):
         g = g.set_index("gap_bucket").reindex(buckets)
-        style = dict(ls="--", color="k") if name == PERSISTENCE else {}
+        style = dict(ls="--", color="k", marker="o") if name == PERSISTENCE else model_style(name)
         shown = model_display_name(name, labels)
         dx = (k - (len(groups) - 1) / 2) * 0.4 / max(1, len(groups))  # side by side: error bars apart at one gap
-        axes[0].errorbar(x + dx, g["kid"] * 1000, yerr=g["kid_std"] * 1000, marker="o", capsize=3, label=shown,
-                         **style)
-        axes[1].plot(x, g["fid"], marker="o", label=shown, **style)
+        axes[0].errorbar(x + dx, g["kid"] * 1000, yerr=g["kid_std"] * 1000, capsize=3, label=shown, **style)
+        axes[1].plot(x, g["fid"], label=shown, **style)
     n_per_bucket = table[table["model"] == PERSISTENCE].set_index("gap_bucket")["n"]
     for ax, what in zip(axes, ("KID x1000", "FID")):
         ax.set_xticks(x, [f"{b}\n(n={n_per_bucket[b]})" for b in buckets])

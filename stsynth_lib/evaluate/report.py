@@ -14,6 +14,7 @@ from stsynth_lib.evaluate.data import (
     CHANGE_METRICS,
     LPIPS_METRICS,
     METRICS,
+    MODEL_MARKERS,  # noqa: F401 (re-exported: the figures' markers)
     PERSISTENCE,
     EvalResult,
     _load_model_predictions,
@@ -21,6 +22,7 @@ from stsynth_lib.evaluate.data import (
     gap_bucket_order,
     load_split,
     model_labels,
+    model_style,
 )
 from stsynth_lib.evaluate.stats import (
     paired_table,
@@ -182,9 +184,6 @@ def _has_tabulate() -> bool:
 # --------------------------------------------------------------------------- figures
 
 
-MODEL_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")  # one per model in the figures' line and dot plots
-
-
 def rgb_image(img_uint8: np.ndarray) -> np.ndarray:
     """(C, H, W) uint8 -> (H, W, 3) for imshow (the first three bands)."""
     return np.asarray(img_uint8)[:3].transpose(1, 2, 0)
@@ -269,8 +268,7 @@ def plot_metric_vs_gap(res_or_per_tile, metric: str = "psnr", n_boot: int = 300,
             ax.fill_between(x, g["ci_lo"], g["ci_hi"], alpha=0.15, color="k", lw=0)
             continue
         j = others.index(model)  # a colour and marker each, points a little apart so equal means stay visible
-        ax.plot(x + (j - (len(others) - 1) / 2) * 0.04, g["mean"], marker=MODEL_MARKERS[j % len(MODEL_MARKERS)],
-                color=f"C{j % 10}", label=name)
+        ax.plot(x + (j - (len(others) - 1) / 2) * 0.04, g["mean"], label=name, **model_style(model))
     ax.set_xticks(np.arange(len(order)), order)
     ax.set_xlabel("time gap t1 - t0 (months)")
     ax.set_ylabel(P.label(METRICS[metric][1], calibrated))
