@@ -22,6 +22,7 @@ from stsynth_lib.book.publish.stamp import (
     write_nb,
 )
 from stsynth_lib.book.publish.reference import merge_streams, wrap_prose_lines
+from stsynth_lib.book.publish.reference import _text as stream_text
 from stsynth_lib.book.publish.profile_cells import cell_facts, drop_profile_cells, resumed_sentence, resumed_trainings
 from stsynth_lib.book.publish.facts import capabilities_section, glossary_section, has_metric, read_fid, run_facts
 from stsynth_lib.book.report_format import is_controlnet, short_model_name
@@ -200,7 +201,7 @@ def stage_notebook(src: Path, dest: Path, summary: dict, has: dict[str, bool] | 
             cell["outputs"] = merge_streams(cell.get("outputs", []))
             for out in cell["outputs"]:
                 if out.get("output_type") == "stream":
-                    out["text"] = wrap_prose_lines(_src({"source": out.get("text", "")}))
+                    out["text"] = wrap_prose_lines(stream_text(out))
         elif cell.get("cell_type") == "markdown" and not titled:
             src_text = "".join(cell["source"]) if isinstance(cell.get("source"), list) else str(cell.get("source", ""))
             lines = src_text.split("\n")

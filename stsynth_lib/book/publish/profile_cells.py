@@ -81,7 +81,9 @@ def resumed_sentence(chapters: list[str]) -> str:
     """The words the landing page adds to a run's total time when chapters resumed trainings; "" when none did."""
     if not chapters:
         return ""
+    from stsynth_lib.verdict import join_words
+
     names = [Path(c).stem.split("_")[0].lstrip("0") or c for c in chapters]
-    listed = ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1]
+    listed = join_words(names)
     return (f" Chapter{'s' if len(names) > 1 else ''} {listed} resumed {'their' if len(names) > 1 else 'its'} "
             f"trainings from saved checkpoints, so this time leaves out the training done before them.")
