@@ -247,23 +247,28 @@ def image_rows(n_items: int, n_panels: int, max_cols: int = 7, title_in: float =
     return fig, rows
 
 
-def legend_below(fig, handles, labels, ncol: int = 3, ax=None, top: float = 1.0) -> None:
+def legend_below(fig, handles, labels, ncol: int = 3, ax=None, top: float = 1.0, note: str | None = None) -> None:
     """``labels`` as one legend under all of ``fig``'s panels (outside every axes: it covers no data, overlaps no
     panel), the panels laid out above it (``tight_layout``; ``top``: the share of the height they may reach), a
     ``supxlabel`` made before kept between them and the legend. ``ax``: the legend is that axes' (for callers that
-    read ``ax.get_legend()``), placed in figure coordinates; else a figure legend."""
+    read ``ax.get_legend()``), placed in figure coordinates; else a figure legend. ``note``: a line under the legend
+    (e.g. where a metric's weights came from)."""
+    h = fig.get_figheight()
+    note_in = 0.3 if note else 0.0
     rows = -(-len(labels) // ncol)
     lines = sum(max(str(n).count("\n") + 1 for n in labels[r * ncol:(r + 1) * ncol]) for r in range(rows))
-    bottom = min(0.5, (0.2 * lines + 0.12) / fig.get_figheight())
+    bottom = min(0.5, (0.2 * lines + 0.12 + note_in) / h)
     label = getattr(fig, "_supxlabel", None)
     if label is not None:
         label.set_y(bottom)
     fig.tight_layout(rect=(0, bottom, 1, top))
-    kw = dict(loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=ncol, fontsize=9, frameon=False)
+    kw = dict(loc="lower center", bbox_to_anchor=(0.5, note_in / h), ncol=ncol, fontsize=9, frameon=False)
     if ax is None:
         fig.legend(handles, labels, **kw)
     else:
         ax.legend(handles, labels, bbox_transform=fig.transFigure, **kw)
+    if note:
+        fig.text(0.01, 0.05 / h, note, fontsize=9, ha="left", va="bottom")
 
 
 def headed_rows(n_rows: int, n_cols: int, headings=None, titles=None, bottom_in: float = 0.0, top_in: float = 0.0,

@@ -10,7 +10,7 @@ from stsynth_lib.book.report_format import model_display_name, plural, wrap_name
 from stsynth_lib.evaluate.data import METRICS, PERSISTENCE, UPPER_BOUND, EvalResult, gap_bucket_order, model_style
 from stsynth_lib.evaluate.report import rgb_image
 from stsynth_lib.evaluate.stats import short_area_names
-from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, grid_shape, image_rows, panel_grid, show_mask
+from stsynth_lib.figure_check import BOOK_WIDTH_IN, checked, grid_shape, image_rows, legend_below, panel_grid, show_mask
 
 
 def new_building_pixels(res: EvalResult) -> np.ndarray:
@@ -246,23 +246,8 @@ def plot_gain_by_gap(table, metric: str = "psnr", labels=None, title: str | None
     axes[-1][0].set_xlabel("time gap t1 - t0 (months)")
     fig.suptitle(title or f"Where the gain comes from: {unit} difference to each baseline\nper time gap "
                           "(95 % interval, whole areas resampled)", fontsize=10)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, *axes[0][0].get_legend_handles_labels(), ncol=2)
     return checked(fig)
-
-
-def _legend_below(fig, ax, note: str | None = None) -> None:
-    """``ax``'s legend entries as one figure legend under all panels (two columns; never over a panel:
-    ``figure_check.check_legends``), the panels (and the suptitle, made before) laid out above it; ``note``: a
-    line under the legend (e.g. where the metric's weights came from)."""
-    note_in = 0.3 if note else 0.0
-    handles, names = ax.get_legend_handles_labels()
-    lines = sum(n.count("\n") + 1 for n in names[: -(-len(names) // 2)])  # column 1, the taller: matplotlib fills it first
-    legend_in = 0.22 * lines + 0.2
-    h = fig.get_figheight()
-    fig.tight_layout(rect=(0, min(0.5, (legend_in + note_in) / h), 1, 1))
-    fig.legend(handles, names, fontsize=9, loc="lower center", ncol=2, bbox_to_anchor=(0.5, note_in / h), frameon=False)
-    if note:
-        fig.text(0.01, 0.05 / h, note, fontsize=9, ha="left", va="bottom")
 
 
 def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | None = None):
@@ -302,7 +287,7 @@ def plot_gain_by_area(table, metric: str = "psnr", labels=None, title: str | Non
     axes[0][0].set_ylim(len(level) - 0.5, -0.5)
     fig.suptitle(title or f"Is the gain broad? Mean {unit} difference to each baseline per area and model\n"
                           f"(areas by their persistence {unit} in brackets, least stable at the top)", fontsize=10)
-    _legend_below(fig, axes[0][0])
+    legend_below(fig, *axes[0][0].get_legend_handles_labels(), ncol=2)
     return checked(fig)
 
 
@@ -370,7 +355,7 @@ def plot_metrics_vs_gap(res: EvalResult, metrics: Sequence[str] = ("psnr", "ssim
         plot_metric_vs_gap(res, metric, n_boot=n_boot, seed=seed, ax=ax, legend=False)
         if ax is not axes[-1][0]:
             ax.set_xlabel("")
-    _legend_below(fig, axes[0][0], note)
+    legend_below(fig, *axes[0][0].get_legend_handles_labels(), ncol=2, note=note)
     return checked(fig)
 
 
@@ -405,5 +390,5 @@ def plot_fid_by_gap(table, calibrated: bool, note: str | None = None):
         ax.set_title(f"{P.label(what, calibrated)} vs time gap", fontsize=10)
         ax.grid(alpha=0.3)
     axes[1].set_xlabel("time gap t1 - t0 (months)")
-    _legend_below(fig, axes[0], note)
+    legend_below(fig, *axes[0].get_legend_handles_labels(), ncol=2, note=note)
     return checked(fig)
